@@ -1,0 +1,334 @@
+//! The `mailsilo` binary: reads the configuration and starts the roles this host runs, or
+//! inspects and changes a running gateway's queue. It wires the role crates together and
+//! owns nothing of their logic.
+
+mod sink;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+use config::Config;
+use queue::{Intake, Queue, SystemClock};
+use smtp::server::Server;
+use store::{Embedded, QueueStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// How long open sessions may take to finish after a shutdown signal.
+const GRACE: Duration = Duration::from_secs(30);
+
+#[derive(Parser)]
+#[command(
+    name = "mailsilo",
+    version,
+    about = "Managed inbound e-mail filtering: receive, spool, relay"
+)]
+struct Cli {
+    /// Log format on standard error.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(clap::Args)]
+struct Where {
+    /// Configuration file (default: ./mailsilo.toml if present, else the built-in demo).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory: queue, TLS key, demo mailboxes.
+    #[arg(long, default_value = "mailsilo-data")]
+    data_dir: PathBuf,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run every role the configuration gives this host, until SIGINT or SIGTERM.
+    Up(Where),
+    /// Run only the demo mailbox server (a stand-in for a client's own mail server).
+    Sink {
+        #[arg(long, default_value = "127.0.0.1:2526")]
+        listen: SocketAddr,
+        #[arg(long, default_value = "mailsilo-data")]
+        data_dir: PathBuf,
+    },
+    /// Check or print configuration.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+    /// Inspect or change the queue (works while `up` runs).
+    Queue {
+        #[command(flatten)]
+        at: Where,
+        #[command(subcommand)]
+        command: QueueCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Validate a file (default: ./mailsilo.toml) without starting anything.
+    Check { file: Option<PathBuf> },
+    /// Print the annotated demo configuration.
+    Example,
+}
+
+#[derive(Subcommand)]
+enum QueueCommand {
+    /// One line per queued message with its pending recipients.
+    List,
+    /// Envelope, recipient states and headers of one message.
+    Show { id: String },
+    /// Make every deferred recipient due now.
+    Flush,
+    /// Remove a message from the queue.
+    Delete { id: String },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.init(),
+        LogFormat::Json => logs.json().init(),
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    runtime.block_on(async move {
+        match cli.command {
+            Command::Up(at) => up(at).await,
+            Command::Sink { listen, data_dir } => run_sink(listen, &data_dir).await,
+            Command::Config(ConfigCommand::Example) => {
+                print!("{}", config::DEMO);
+                Ok(())
+            }
+            Command::Config(ConfigCommand::Check { file }) => {
+                let file = file.unwrap_or_else(|| PathBuf::from("mailsilo.toml"));
+                let c = Config::load(&file)?;
+                println!(
+                    "{}: ok ({} client domains, {} listeners)",
+                    file.display(),
+                    c.domains.len(),
+                    c.smtp.listen.len()
+                );
+                Ok(())
+            }
+            Command::Queue { at, command } => queue_command(at, command).await,
+        }
+    })
+}
+
+fn load_config(path: Option<&Path>) -> Result<Config> {
+    let local = Path::new("mailsilo.toml");
+    Ok(match path {
+        Some(p) => Config::load(p)?,
+        None if local.exists() => Config::load(local)?,
+        None => Config::demo(),
+    })
+}
+
+async fn shutdown_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {addr}"))
+}
+
+async fn up(at: Where) -> Result<()> {
+    let config = Arc::new(load_config(at.config.as_deref())?);
+    std::fs::create_dir_all(&at.data_dir)
+        .with_context(|| format!("creating {}", at.data_dir.display()))?;
+    let tls = smtp::tls::server_config(
+        config.smtp.tls_cert.as_deref(),
+        config.smtp.tls_key.as_deref(),
+        &config.smtp.hostname,
+        &at.data_dir,
+    )?;
+    let store: Arc<dyn QueueStore> =
+        Arc::new(Embedded::open(&at.data_dir.join("queue")).context("opening the queue")?);
+    let queue = Queue::new(config.clone(), store, Arc::new(SystemClock))?;
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks = Vec::new();
+
+    println!(
+        "mailsilo up: config {}, data dir {}",
+        config.source,
+        at.data_dir.display()
+    );
+    if let Some(s) = &config.sink {
+        let listener = bind(s.listen, "sink").await?;
+        let root = at.data_dir.join("mailbox");
+        println!(
+            "  sink (demo mailboxes)  smtp://{}  -> {}",
+            listener.local_addr()?,
+            root.display()
+        );
+        let server = sink_server(config.smtp.clone(), s.listen, tls.clone(), root);
+        tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
+    }
+    let intake = Arc::new(Intake(queue.clone()));
+    for addr in &config.smtp.listen {
+        let listener = bind(*addr, "smtp.listen").await?;
+        println!(
+            "  mx listener            smtp://{}  ({})",
+            listener.local_addr()?,
+            config.smtp.hostname
+        );
+        let server = Server::new(config.smtp.clone(), Some(tls.clone()), intake.clone());
+        tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
+    }
+    for d in &config.domains {
+        println!(
+            "  client domain          {:<24} -> {}",
+            d.name, d.destination
+        );
+    }
+    let poller = tokio::spawn(queue.run(stopped.clone()));
+    tracing::info!("ready");
+
+    shutdown_signal().await?;
+    tracing::info!("shutting down: no new sessions; open sessions get 421 at their next command");
+    stop.send(true).ok();
+    for t in tasks {
+        t.await.ok();
+    }
+    poller.await.ok();
+    tracing::info!("stopped");
+    Ok(())
+}
+
+fn sink_server(
+    mut settings: config::Smtp,
+    listen: SocketAddr,
+    tls: Arc<smtp::tls::ServerConfig>,
+    root: PathBuf,
+) -> Arc<Server<sink::Maildir>> {
+    settings.hostname = format!("sink.{}", settings.hostname);
+    settings.listen = vec![listen];
+    Server::new(settings, Some(tls), Arc::new(sink::Maildir { root }))
+}
+
+async fn run_sink(listen: SocketAddr, data_dir: &Path) -> Result<()> {
+    let mut settings = Config::demo().smtp;
+    settings.hostname = "mailsilo.test".into();
+    let tls = smtp::tls::server_config(None, None, "sink.mailsilo.test", data_dir)?;
+    let listener = bind(listen, "sink").await?;
+    let root = data_dir.join("mailbox");
+    println!(
+        "mailsilo sink: smtp://{} -> {}",
+        listener.local_addr()?,
+        root.display()
+    );
+    let (stop, stopped) = watch::channel(false);
+    let server = sink_server(settings, listen, tls, root);
+    let task = tokio::spawn(server.serve(listener, stopped, GRACE));
+    shutdown_signal().await?;
+    stop.send(true).ok();
+    task.await.ok();
+    Ok(())
+}
+
+async fn queue_command(at: Where, command: QueueCommand) -> Result<()> {
+    let dir = at.data_dir.join("queue");
+    if !dir.join("queue.db").exists() {
+        bail!(
+            "no queue in {} (is --data-dir right?)",
+            at.data_dir.display()
+        );
+    }
+    let store = Embedded::open(&dir)?;
+    let now = smtp::date::now();
+    match command {
+        QueueCommand::List => {
+            let list = store.list().await?;
+            for m in &list {
+                let sender = if m.sender.is_empty() {
+                    "MAILER-DAEMON"
+                } else {
+                    &m.sender
+                };
+                println!(
+                    "{:<18} {:>9} {}  {}",
+                    m.id,
+                    m.size,
+                    smtp::date::rfc5322(m.received_at),
+                    sender
+                );
+                for (rcpt, err) in &m.pending {
+                    if let Some(e) = err {
+                        println!("{:<18} ({e})", "");
+                    }
+                    println!("{:<40} {rcpt}", "");
+                }
+                println!(
+                    "{:<18} next attempt in {}s",
+                    "",
+                    (m.next_attempt - now).max(0)
+                );
+            }
+            let n = list.iter().map(|m| m.pending.len()).sum::<usize>();
+            println!("-- {} messages, {n} recipients pending", list.len());
+        }
+        QueueCommand::Show { id } => {
+            let Some(m) = store.get(&id).await? else {
+                bail!("no message {id} in the queue")
+            };
+            println!(
+                "id: {}\nsender: <{}>\nreceived: {}\nsize: {}",
+                m.id,
+                m.sender,
+                smtp::date::rfc5322(m.received_at),
+                m.body.len()
+            );
+            if let Some(e) = &m.envid {
+                println!("envid: {e}");
+            }
+            for r in &m.recipients {
+                println!(
+                    "recipient: <{}> {:?} attempts={} next={} {}",
+                    r.address,
+                    r.status,
+                    r.attempts,
+                    smtp::date::rfc5322(r.next_attempt),
+                    r.last_error.as_deref().unwrap_or("")
+                );
+            }
+            let end = m
+                .body
+                .windows(4)
+                .position(|w| w == b"\r\n\r\n")
+                .unwrap_or(m.body.len());
+            println!("\n{}", String::from_utf8_lossy(&m.body[..end]));
+        }
+        QueueCommand::Flush => println!("{} recipients made due now", store.flush(now).await?),
+        QueueCommand::Delete { id } => {
+            if !store.delete(&id).await? {
+                bail!("no message {id} in the queue");
+            }
+            println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
