@@ -461,7 +461,7 @@ mod raw {
                 listen,
                 max_message_size,
                 max_recipients,
-                max_errors: cx.positive(&s.max_errors, "smtp.max_errors", 10)?,
+                max_errors: cx.positive(&s.max_errors, "smtp.max_errors", 20)?,
                 max_sessions: cx.positive(&s.max_sessions, "smtp.max_sessions", 1000)?,
                 max_sessions_per_client: cx.positive(
                     &s.max_sessions_per_client,

@@ -1,0 +1,284 @@
+//! Test harness: runs the real `mailsilo` binary on ephemeral loopback ports and talks to it
+//! over TCP. Every process started here is killed when its handle drops.
+#![allow(dead_code)] // each test binary uses part of the harness
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_mailsilo");
+
+/// A port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `f` every 50 ms until it is true or `limit` passes.
+pub fn wait_until(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    f()
+}
+
+/// A child process killed on drop.
+pub struct Proc(pub Child);
+
+impl Proc {
+    pub fn kill9(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        unsafe_kill(self.0.id(), "-TERM");
+        self.0.wait().unwrap()
+    }
+}
+
+fn unsafe_kill(pid: u32, sig: &str) {
+    let _ = Command::new("kill").arg(sig).arg(pid.to_string()).status();
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn wait_listening(addr: SocketAddr) {
+    assert!(
+        wait_until(Duration::from_secs(20), || TcpStream::connect(addr).is_ok()),
+        "nothing listening on {addr}"
+    );
+}
+
+/// Extra TOML for the `[smtp]` table and extra tables after it.
+#[derive(Default, Clone)]
+pub struct Options {
+    pub smtp: String,
+    pub tail: String,
+    /// Leave the sink out of `up` (tests start their own with [`Gateway::start_sink`]).
+    pub external_sink: bool,
+}
+
+/// A running `mailsilo up` with its own data directory and ports.
+pub struct Gateway {
+    pub dir: tempfile::TempDir,
+    pub mx: SocketAddr,
+    pub sink: SocketAddr,
+    pub config: PathBuf,
+    pub up: Option<Proc>,
+    pub sink_proc: Option<Proc>,
+}
+
+impl Gateway {
+    pub fn start(opts: Options) -> Gateway {
+        let dir = tempfile::tempdir().unwrap();
+        let mx: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let sink: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let sink_table = if opts.external_sink {
+            String::new()
+        } else {
+            format!("[sink]\nlisten = \"{sink}\"\n")
+        };
+        let text = format!(
+            r#"[smtp]
+hostname = "mx.test"
+listen = ["{mx}"]
+max_message_size = "200KiB"
+{smtp}
+
+[delivery]
+connection_cache_time = "1s"
+
+[retry]
+min_backoff = "1s"
+max_backoff = "2s"
+
+[[domain]]
+name = "example.com"
+destination = "{sink}"
+
+[[domain]]
+name = "example.org"
+destination = "{sink}"
+
+[[domain]]
+name = "strict.test"
+destination = "{sink}"
+recipients = ["alice"]
+
+{sink_table}
+{tail}
+"#,
+            smtp = opts.smtp,
+            tail = opts.tail,
+        );
+        let config = dir.path().join("mailsilo.toml");
+        std::fs::write(&config, text).unwrap();
+        let mut g = Gateway {
+            dir,
+            mx,
+            sink,
+            config,
+            up: None,
+            sink_proc: None,
+        };
+        g.start_up();
+        g
+    }
+
+    pub fn data(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// Starts (or restarts) `mailsilo up`.
+    pub fn start_up(&mut self) {
+        let log = std::fs::File::create(
+            self.dir
+                .path()
+                .join(format!("up-{}.log", Instant::now().elapsed().as_nanos())),
+        )
+        .unwrap();
+        let child = Command::new(BIN)
+            .args(["up", "--config"])
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.up = Some(Proc(child));
+        wait_listening(self.mx);
+    }
+
+    /// Starts a separate `mailsilo sink` on the sink address.
+    pub fn start_sink(&mut self) {
+        let child = Command::new(BIN)
+            .args(["sink", "--listen", &self.sink.to_string(), "--data-dir"])
+            .arg(self.data())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        self.sink_proc = Some(Proc(child));
+        wait_listening(self.sink);
+    }
+
+    /// The files delivered to a recipient's mailbox.
+    pub fn mailbox(&self, rcpt: &str) -> Vec<String> {
+        read_mailbox(&self.data().join("mailbox").join(rcpt))
+    }
+
+    /// Runs `mailsilo queue ...` against this gateway's data.
+    pub fn queue(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("queue")
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "queue {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    pub fn smtp(&self) -> Smtp {
+        Smtp::connect(self.mx)
+    }
+}
+
+pub fn read_mailbox(dir: &Path) -> Vec<String> {
+    let Ok(entries) = std::fs::read_dir(dir.join("new")) else {
+        return Vec::new();
+    };
+    let mut out: Vec<String> = entries
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    out.sort();
+    out
+}
+
+/// A raw SMTP client for driving exact bytes at the server.
+pub struct Smtp {
+    pub reader: BufReader<TcpStream>,
+    pub writer: TcpStream,
+}
+
+impl Smtp {
+    pub fn connect(addr: SocketAddr) -> Smtp {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut c = Smtp {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        };
+        let banner = c.reply();
+        assert_eq!(banner.0, 220, "{banner:?}");
+        c
+    }
+
+    /// Reads one reply: its code and its lines' text joined by newlines.
+    pub fn reply(&mut self) -> (u16, String) {
+        let mut text = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = self.reader.read_line(&mut line).unwrap();
+            assert!(n > 0, "connection closed while waiting for a reply");
+            let code: u16 = line[..3]
+                .parse()
+                .unwrap_or_else(|_| panic!("bad reply line {line:?}"));
+            text.push(line[4..].trim_end().to_string());
+            if line.as_bytes()[3] == b' ' {
+                return (code, text.join("\n"));
+            }
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.writer.write_all(bytes).unwrap();
+    }
+
+    /// Sends one command line and returns the reply.
+    pub fn cmd(&mut self, line: &str) -> (u16, String) {
+        self.send(format!("{line}\r\n").as_bytes());
+        self.reply()
+    }
+
+    /// Whether the server has closed the connection (reads EOF).
+    pub fn closed(&mut self) -> bool {
+        let mut b = [0u8; 1];
+        matches!(self.reader.read(&mut b), Ok(0) | Err(_))
+    }
+
+    /// A whole transaction with DATA; returns the final reply.
+    pub fn mail(&mut self, from: &str, to: &[&str], body: &str) -> (u16, String) {
+        let r = self.cmd(&format!("MAIL FROM:<{from}>"));
+        assert_eq!(r.0, 250, "{r:?}");
+        for t in to {
+            let r = self.cmd(&format!("RCPT TO:<{t}>"));
+            assert_eq!(r.0, 250, "{t}: {r:?}");
+        }
+        assert_eq!(self.cmd("DATA").0, 354);
+        self.send(body.as_bytes());
+        self.send(b"\r\n.\r\n");
+        self.reply()
+    }
+}

@@ -1,0 +1,276 @@
+//! Never losing mail: outages, restarts, kill -9 under load, graceful shutdown; and the
+//! command line around the queue and the configuration.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::io::{BufRead, BufReader, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use common::{BIN, Gateway, Options, wait_until};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+#[test]
+fn outage_defers_then_delivers_and_queue_commands_work() {
+    let mut g = Gateway::start(Options {
+        external_sink: true,
+        ..Options::default()
+    });
+    let mut c = g.smtp();
+    c.cmd("EHLO client.test");
+    let mut ids = Vec::new();
+    for rcpt in ["alice@example.com", "bob@example.org", "carol@example.com"] {
+        let r = c.mail(
+            "sender@outside.net",
+            &[rcpt],
+            &format!("Subject: for {rcpt}\r\n\r\nqueued while the server is down"),
+        );
+        assert_eq!(r.0, 250, "{r:?}");
+        ids.push(r.1.rsplit(' ').next().unwrap().to_string());
+    }
+    // Deferred: the first attempt failed and was recorded.
+    assert!(
+        wait_until(WAIT, || g.queue(&["list"]).matches("connect to").count()
+            == 3),
+        "{}",
+        g.queue(&["list"])
+    );
+    let list = g.queue(&["list"]);
+    assert!(ids.iter().all(|id| list.contains(id)), "{list}");
+    assert!(
+        list.contains("-- 3 messages, 3 recipients pending"),
+        "{list}"
+    );
+    let show = g.queue(&["show", &ids[0]]);
+    assert!(
+        show.contains("recipient: <alice@example.com> Pending attempts="),
+        "{show}"
+    );
+    assert!(show.contains("Subject: for alice@example.com"), "{show}");
+    assert!(g.queue(&["delete", &ids[2]]).contains("deleted"));
+    let out = Command::new(BIN)
+        .args(["queue", "--data-dir"])
+        .arg(g.data())
+        .args(["delete", &ids[2]])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "deleting twice fails");
+
+    g.start_sink();
+    g.queue(&["flush"]);
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len()
+        == 1
+        && g.mailbox("bob@example.org").len() == 1));
+    assert!(wait_until(WAIT, || g
+        .queue(&["list"])
+        .contains("-- 0 messages")));
+    assert!(
+        g.mailbox("carol@example.com").is_empty(),
+        "the deleted message was not delivered"
+    );
+}
+
+#[test]
+fn queue_survives_kill_and_restart() {
+    let mut g = Gateway::start(Options {
+        external_sink: true,
+        ..Options::default()
+    });
+    let mut c = g.smtp();
+    c.cmd("EHLO client.test");
+    assert_eq!(
+        c.mail(
+            "s@outside.net",
+            &["alice@example.com"],
+            "Subject: survive\r\n\r\nstill here"
+        )
+        .0,
+        250
+    );
+    drop(c);
+    g.up.as_mut().unwrap().kill9();
+    g.start_sink();
+    g.start_up();
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+    assert!(g.mailbox("alice@example.com")[0].contains("still here"));
+}
+
+/// Sends one message on a fresh connection; `Ok(true)` only on a 250 after DATA.
+fn try_send(addr: SocketAddr, token: &str) -> std::io::Result<bool> {
+    let s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut r = BufReader::new(s.try_clone()?);
+    let mut w = s;
+    let mut reply = || -> std::io::Result<u16> {
+        loop {
+            let mut line = String::new();
+            if r.read_line(&mut line)? == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            if line.len() < 4 {
+                return Err(std::io::ErrorKind::InvalidData.into());
+            }
+            if line.as_bytes()[3] == b' ' {
+                return line[..3]
+                    .parse()
+                    .map_err(|_| std::io::ErrorKind::InvalidData.into());
+            }
+        }
+    };
+    if reply()? != 220 {
+        return Ok(false);
+    }
+    w.write_all(b"EHLO load.test\r\nMAIL FROM:<load@outside.net>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")?;
+    for expected in [250, 250, 250, 354] {
+        if reply()? != expected {
+            return Ok(false);
+        }
+    }
+    w.write_all(format!("Subject: {token}\r\n\r\ntoken {token}\r\n.\r\n").as_bytes())?;
+    let ok = reply()? == 250;
+    let _ = w.write_all(b"QUIT\r\n");
+    Ok(ok)
+}
+
+/// kill -9 the gateway several times under load: every message that got a 250 reaches
+/// the mailbox (duplicates allowed, loss not).
+#[test]
+fn crash_under_load_loses_nothing_acknowledged() {
+    let mut g = Gateway::start(Options {
+        external_sink: true,
+        ..Options::default()
+    });
+    g.start_sink();
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for t in 0..4 {
+        let (acked, stop, addr) = (acked.clone(), stop.clone(), g.mx);
+        senders.push(std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 5000 {
+                let token = format!("t{t}-m{n}");
+                n += 1;
+                match try_send(addr, &token) {
+                    Ok(true) => {
+                        acked.lock().unwrap().insert(token);
+                    }
+                    Ok(false) => {}
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        }));
+    }
+    for _ in 0..4 {
+        std::thread::sleep(Duration::from_millis(800));
+        g.up.as_mut().unwrap().kill9();
+        std::thread::sleep(Duration::from_millis(100));
+        g.start_up();
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        s.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "{} messages acknowledged across 4 kill -9 restarts",
+        acked.len()
+    );
+    assert!(
+        acked.len() > 50,
+        "the load ran ({} acknowledged)",
+        acked.len()
+    );
+    let delivered = || -> BTreeSet<String> {
+        g.mailbox("alice@example.com")
+            .iter()
+            .filter_map(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+            })
+            .collect()
+    };
+    let all_there = wait_until(Duration::from_secs(60), || acked.is_subset(&delivered()));
+    let missing: Vec<_> = acked.difference(&delivered()).cloned().collect();
+    assert!(
+        all_there,
+        "{} of {} acknowledged messages lost: {:?}",
+        missing.len(),
+        acked.len(),
+        &missing[..missing.len().min(10)]
+    );
+}
+
+#[test]
+fn sigterm_says_421_to_open_sessions_and_exits_cleanly() {
+    let mut g = Gateway::start(Options::default());
+    let mut c = g.smtp();
+    assert_eq!(c.cmd("EHLO client.test").0, 250);
+    let pid = g.up.as_ref().unwrap().0.id();
+    Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert_eq!(c.reply(), (421, "4.3.2 Service shutting down".into()));
+    assert!(c.closed());
+    let status = g.up.as_mut().unwrap().0.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    assert!(TcpStream::connect(g.mx).is_err(), "no longer listening");
+}
+
+#[test]
+fn config_check_and_example() {
+    let dir = tempfile::tempdir().unwrap();
+    let example = Command::new(BIN)
+        .args(["config", "example"])
+        .output()
+        .unwrap();
+    assert!(example.status.success());
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, &example.stdout).unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&good)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 client domains, 1 listeners)"));
+
+    let bad = dir.path().join("bad.toml");
+    let text = String::from_utf8(example.stdout)
+        .unwrap()
+        .replace("listen = [\"127.0.0.1:2525\"]", "listen = [\"127.0.0.1\"]");
+    std::fs::write(&bad, text).unwrap();
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "{}:9:11: smtp.listen: invalid address \"127.0.0.1\"",
+            bad.display()
+        )),
+        "{err}"
+    );
+
+    let out = Command::new(BIN)
+        .args(["config", "check"])
+        .arg(dir.path().join("missing.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml: cannot read"));
+}
