@@ -356,6 +356,7 @@ impl Client {
             self.command("DATA\r\n".into()).await?;
             self.read_reply().await?
         } else {
+            self.reset().await?;
             return Ok(results);
         };
         if let Some(reply) = mail_reply.filter(|r| !r.is_positive()) {
@@ -371,6 +372,9 @@ impl Client {
             if data_reply.code == 354 {
                 self.abort_data().await?;
             }
+            // The server may still hold the transaction open: clear it before the
+            // connection carries another message.
+            self.reset().await?;
             return Ok(results);
         }
         if data_reply.code != 354 {
@@ -396,6 +400,20 @@ impl Client {
         self.command(".\r\n".into()).await?;
         self.read_reply().await?;
         Ok(())
+    }
+
+    /// RSET; the connection is unusable if the server does not agree.
+    async fn reset(&mut self) -> Result<(), Error> {
+        self.command("RSET\r\n".into()).await?;
+        let reply = self.read_reply().await?;
+        if reply.is_positive() {
+            Ok(())
+        } else {
+            Err(Error::Reply {
+                stage: "RSET",
+                reply,
+            })
+        }
     }
 
     /// Says QUIT and waits briefly for the answer.

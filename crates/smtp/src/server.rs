@@ -320,10 +320,10 @@ impl<H: Handler> Session<H> {
                 }
                 Err(e) => return Err(e),
             };
-            if !line.is_empty() {
-                if let Next::Close = self.command(&line).await? {
-                    return self.flush().await;
-                }
+            if !line.is_empty()
+                && let Next::Close = self.command(&line).await?
+            {
+                return self.flush().await;
             }
             if self.errors >= self.settings().max_errors {
                 self.reply(421, "4.7.0 Too many errors, closing connection");

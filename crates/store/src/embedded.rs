@@ -40,6 +40,10 @@ CREATE INDEX IF NOT EXISTS recipient_due ON recipient (next_attempt) WHERE statu
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
+/// Answers an operation once its transaction's commit outcome (an error message, if it
+/// failed) is known.
+type Answer = Box<dyn FnOnce(Option<&str>)>;
+
 /// One request to the writer thread.
 enum Op {
     Enqueue(Box<NewMessage>, Reply<()>),
@@ -105,7 +109,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>) {
                 continue;
             }
         };
-        let mut done: Vec<Box<dyn FnOnce(Option<&str>)>> = Vec::with_capacity(ops.len());
+        let mut done: Vec<Answer> = Vec::with_capacity(ops.len());
         for op in ops {
             done.push(run(&tx, op));
         }
@@ -134,11 +138,11 @@ fn fail(op: Op, msg: &str) {
 
 /// Runs one operation inside a savepoint (so a failing one leaves the others intact) and
 /// returns what answers it once the commit's outcome is known.
-fn run(conn: &Connection, op: Op) -> Box<dyn FnOnce(Option<&str>)> {
+fn run(conn: &Connection, op: Op) -> Answer {
     fn answer<T: Send + 'static>(
         reply: Reply<T>,
         result: Result<T>,
-    ) -> Box<dyn FnOnce(Option<&str>)> {
+    ) -> Answer {
         Box::new(move |commit_error: Option<&str>| {
             let result = match commit_error {
                 Some(msg) => Err(Error::Transaction(msg.to_string())),

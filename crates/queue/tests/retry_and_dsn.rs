@@ -1,0 +1,288 @@
+//! Retries, expiry and DSNs, with a clock the test moves and a real SMTP server on loopback
+//! standing in for the client's mail server.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use config::Config;
+use mailsilo_queue::{Clock, Intake, ManualClock, Queue};
+use smtp::server::{ClientInfo, Server, new_queue_id};
+use smtp::{Accepted, Envelope, Handler, Rcpt, Reply};
+use store::{Embedded, QueueStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+/// Keeps what it receives; refuses `nobody@`.
+#[derive(Default)]
+struct Collect(Mutex<Vec<Accepted>>);
+
+#[async_trait]
+impl Handler for Collect {
+    fn check_recipient(&self, r: &smtp::address::Recipient) -> Result<(), Reply> {
+        if r.local == "nobody" {
+            Err(Reply::new(550, "5.1.1 No such user"))
+        } else {
+            Ok(())
+        }
+    }
+    async fn accept(&self, m: Accepted) -> Result<(), Reply> {
+        self.0.lock().unwrap().push(m);
+        Ok(())
+    }
+}
+
+struct World {
+    queue: Arc<Queue>,
+    store: Arc<Embedded>,
+    clock: Arc<ManualClock>,
+    sink: Arc<Collect>,
+    stop: watch::Sender<bool>,
+    _dir: tempfile::TempDir,
+}
+
+async fn world(extra: &str) -> World {
+    let sink = Arc::new(Collect::default());
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let sink_addr = listener.local_addr().unwrap();
+    // A port with nothing behind it: connections are refused.
+    let dead = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let text = format!(
+        "[smtp]\nhostname = \"mx.test\"\nlisten = [\"127.0.0.1:1\"]\n[retry]\nmin_backoff = \"300s\"\nmax_backoff = \"4000s\"\nlifetime = \"5d\"\n{extra}\n\
+         [[domain]]\nname = \"down.test\"\ndestination = \"{dead}\"\n[[domain]]\nname = \"example.org\"\ndestination = \"{sink_addr}\"\n"
+    );
+    let config = Arc::new(Config::parse("test.toml", &text).unwrap());
+    let (stop, stopped) = watch::channel(false);
+    let server = Server::new(config.smtp.clone(), None, sink.clone());
+    tokio::spawn(server.serve(listener, stopped.clone(), Duration::from_secs(1)));
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(Embedded::open(dir.path()).unwrap());
+    let clock = Arc::new(ManualClock::new(1_800_000_000));
+    let queue = Queue::new(config, store.clone(), clock.clone())
+        .unwrap()
+        .with_poll_interval(Duration::from_millis(50));
+    tokio::spawn(queue.clone().run(stopped));
+    World {
+        queue,
+        store,
+        clock,
+        sink,
+        stop,
+        _dir: dir,
+    }
+}
+
+impl World {
+    async fn send(&self, from: &str, to: &str) -> String {
+        let id = new_queue_id();
+        let m = Accepted {
+            id: id.clone(),
+            client: ClientInfo {
+                peer: "127.0.0.1:9".parse().unwrap(),
+                helo: "x".into(),
+                tls: None,
+            },
+            envelope: Envelope {
+                sender: from.into(),
+                recipients: vec![Rcpt {
+                    address: to.into(),
+                    notify: 0,
+                    orcpt: Some(format!("rfc822;{to}")),
+                }],
+                envid: Some("ENV-1".into()),
+                ret_headers_only: false,
+                smtputf8: false,
+                eight_bit: false,
+            },
+            body: b"Subject: original\r\n\r\noriginal body\r\n".to_vec(),
+        };
+        Intake(self.queue.clone()).accept(m).await.unwrap();
+        id
+    }
+
+    fn received(&self) -> Vec<(String, Vec<String>, String)> {
+        self.sink
+            .0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|m| {
+                let rcpts = m
+                    .envelope
+                    .recipients
+                    .iter()
+                    .map(|r| r.address.clone())
+                    .collect();
+                (
+                    m.envelope.sender.clone(),
+                    rcpts,
+                    String::from_utf8_lossy(&m.body).into_owned(),
+                )
+            })
+            .collect()
+    }
+
+    async fn until(&self, what: &str, mut f: impl FnMut(&World) -> bool) {
+        for _ in 0..200 {
+            if f(self) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("timed out waiting for {what}");
+    }
+
+    async fn attempts(&self, id: &str) -> u32 {
+        self.store
+            .get(id)
+            .await
+            .unwrap()
+            .map_or(u32::MAX, |m| m.recipients[0].attempts)
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expiry_sends_one_dsn_to_the_sender() {
+    let w = world("").await;
+    let id = w.send("bob@example.org", "alice@down.test").await;
+    let mut attempts = 0;
+    for _ in 0..200 {
+        attempts = w.attempts(&id).await;
+        if attempts >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(attempts, 1, "first attempt deferred");
+    let m = w.store.get(&id).await.unwrap().unwrap();
+    let r = &m.recipients[0];
+    assert!(
+        r.last_error.as_deref().unwrap().contains("connect to"),
+        "{r:?}"
+    );
+    assert_eq!(
+        r.next_attempt,
+        w.clock.now() + 300,
+        "first backoff is min_backoff"
+    );
+
+    // Retries back off: 300 s, 600 s, ... capped at 4000 s.
+    w.clock.advance(Duration::from_secs(301));
+    let mut n = 0;
+    for _ in 0..200 {
+        n = w.attempts(&id).await;
+        if n >= 2 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(n, 2);
+    assert_eq!(
+        w.store.get(&id).await.unwrap().unwrap().recipients[0].next_attempt,
+        w.clock.now() + 600
+    );
+    assert!(w.received().is_empty(), "no DSN while retrying");
+
+    // Past the 5-day lifetime: the next attempt fails for good and one DSN goes back.
+    w.clock.advance(Duration::from_secs(5 * 86400 + 1));
+    w.until("the DSN", |w| !w.received().is_empty()).await;
+    w.until("the queue to empty", |w| w.received().len() == 1)
+        .await;
+    assert!(
+        w.store.get(&id).await.unwrap().is_none(),
+        "expired message left the queue"
+    );
+    let (sender, rcpts, body) = w.received().remove(0);
+    assert_eq!(sender, "", "a DSN has the null sender");
+    assert_eq!(rcpts, vec!["bob@example.org"]);
+    for needle in [
+        "Subject: Undelivered Mail Returned to Sender",
+        "report-type=delivery-status",
+        "Original-Envelope-Id: ENV-1",
+        "Final-Recipient: rfc822; alice@down.test",
+        "Original-Recipient: rfc822;alice@down.test",
+        "Action: failed",
+        "Status: 5.4.7",
+        "delivery time expired; last error: connect to",
+        "Content-Type: message/rfc822",
+        "original body",
+    ] {
+        assert!(body.contains(needle), "missing {needle:?} in\n{body}");
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.received().len(), 1, "exactly one DSN");
+    assert!(w.store.list().await.unwrap().is_empty());
+    w.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn permanent_refusal_bounces_at_once_but_never_to_the_null_sender() {
+    let w = world("").await;
+    w.send("bob@example.org", "nobody@example.org").await;
+    w.until("the DSN", |w| !w.received().is_empty()).await;
+    let (sender, rcpts, body) = w.received().remove(0);
+    assert_eq!(
+        (sender.as_str(), rcpts),
+        ("", vec!["bob@example.org".to_string()])
+    );
+    assert!(
+        body.contains("Status: 5.1.1")
+            && body.contains("Diagnostic-Code: smtp; 550 5.1.1 No such user"),
+        "{body}"
+    );
+
+    // A bounce of a bounce is never sent.
+    let id = w.send("", "nobody@example.org").await;
+    for _ in 0..100 {
+        if w.store.get(&id).await.unwrap().is_none() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(w.store.get(&id).await.unwrap().is_none());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(w.received().len(), 1);
+    w.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn delay_warning_is_sent_once() {
+    let w = world("delay_warning = \"4h\"").await;
+    let id = w.send("bob@example.org", "alice@down.test").await;
+    for _ in 0..200 {
+        if w.attempts(&id).await >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.clock.advance(Duration::from_secs(5 * 3600));
+    w.until("the delay warning", |w| !w.received().is_empty())
+        .await;
+    let body = w.received()[0].2.clone();
+    assert!(
+        body.contains("Action: delayed") && body.contains("Will-Retry-Until:"),
+        "{body}"
+    );
+    assert!(
+        body.contains("text/rfc822-headers") && !body.contains("original body"),
+        "headers only: {body}"
+    );
+    // Later retries do not warn again.
+    w.clock.advance(Duration::from_secs(4001));
+    let before = w.attempts(&id).await;
+    for _ in 0..200 {
+        if w.attempts(&id).await > before {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(w.attempts(&id).await > before);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(w.received().len(), 1);
+    assert!(w.store.get(&id).await.unwrap().unwrap().recipients[0].warned);
+    w.stop.send(true).unwrap();
+}

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The test command: installs what the tests drive mailsilo with (Debian packages), then runs
+# every unit, property and integration test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+missing=()
+command -v swaks >/dev/null || missing+=(swaks)
+command -v python3 >/dev/null || missing+=(python3)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "installing: ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+cargo test --workspace --all-targets "$@"
