@@ -110,12 +110,30 @@ impl Decoder {
     /// Feeds bytes; returns `Some(n)` when the terminator ends within `input`, `n` being how
     /// many bytes of `input` the message used (the rest belongs to the next command).
     pub fn feed(&mut self, input: &[u8]) -> Option<usize> {
-        for (i, &b) in input.iter().enumerate() {
+        let mut i = 0;
+        while i < input.len() {
+            let b = input[i];
+            i += 1;
+            if !self.pending_cr && self.line_len > 0 && b != b'\r' && b != b'\n' {
+                // Inside a line: copy the whole run up to the next CR or LF at once.
+                let start = i - 1;
+                let run = input[start..]
+                    .iter()
+                    .position(|&c| c == b'\r' || c == b'\n')
+                    .unwrap_or(input.len() - start);
+                self.emit(&input[start..start + run]);
+                self.line_len += run;
+                if self.line_len > MAX_LINE {
+                    self.long = true;
+                }
+                i = start + run;
+                continue;
+            }
             if self.pending_cr {
                 self.pending_cr = false;
                 if b == b'\n' {
                     if self.dots && self.first_dot && self.line_len == 1 && self.prev_proper {
-                        return Some(i + 1);
+                        return Some(i);
                     }
                     self.end_line(true);
                     continue;

@@ -23,7 +23,7 @@ use tokio_rustls::TlsAcceptor;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::address::{self, Recipient};
-use crate::conn::{Conn, Line};
+use crate::conn::{Conn, Line, Stream};
 use crate::data::{Decoder, Problem};
 use crate::{Reply, date, tls};
 
@@ -196,22 +196,38 @@ impl<H: Handler> Server<H> {
             };
             let server = self.clone();
             let shutdown = shutdown.clone();
-            let span = info_span!("session", %peer);
-            tokio::spawn(
-                async move {
-                    let _permit = permit;
-                    let _slot = slot;
-                    let session = Session::new(server, Conn::new(Box::new(stream)), peer, shutdown);
-                    match session.run().await {
-                        Ok(()) => debug!("closed"),
-                        Err(e) => info!(error = %e, "session ended"),
-                    }
-                }
-                .instrument(span),
-            );
+            tokio::spawn(async move {
+                let _permit = permit;
+                let _slot = slot;
+                server.session(Box::new(stream), peer, shutdown).await;
+            });
         }
         drop(listener);
         let _ = tokio::time::timeout(grace, sessions.acquire_many(max as u32)).await;
+    }
+}
+
+impl<H: Handler> Server<H> {
+    /// Runs one SMTP session over any byte stream (TCP, or a test's or fuzzer's pipe), in its
+    /// own tracing span. Session limits are the caller's business.
+    pub async fn session(
+        self: Arc<Self>,
+        stream: Box<dyn Stream>,
+        peer: SocketAddr,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        let span = info_span!("session", %peer);
+        async move {
+            match Session::new(self, Conn::new(stream), peer, shutdown)
+                .run()
+                .await
+            {
+                Ok(()) => debug!("closed"),
+                Err(e) => info!(error = %e, "session ended"),
+            }
+        }
+        .instrument(span)
+        .await
     }
 }
 
@@ -600,6 +616,7 @@ impl<H: Handler> Session<H> {
                 return self.send(reply);
             }
         };
+        let end_of_data = std::time::Instant::now();
         let id = new_queue_id();
         let client = ClientInfo {
             peer: self.peer,
@@ -629,7 +646,9 @@ impl<H: Handler> Session<H> {
         };
         match self.server.handler.accept(accepted).await {
             Ok(()) => {
-                info!(queue_id = %id, from = %from, rcpts, size, "queued");
+                // From the end of the content to the durable commit; the 250 follows.
+                let commit_us = end_of_data.elapsed().as_micros() as u64;
+                info!(queue_id = %id, from = %from, rcpts, size, commit_us, "queued");
                 self.reply(250, format!("2.0.0 Ok: queued as {id}"));
             }
             Err(reply) => {
