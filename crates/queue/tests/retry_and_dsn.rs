@@ -53,7 +53,8 @@ async fn world(extra: &str) -> World {
         .unwrap();
     let text = format!(
         "[smtp]\nhostname = \"mx.test\"\nlisten = [\"127.0.0.1:1\"]\n[retry]\nmin_backoff = \"300s\"\nmax_backoff = \"4000s\"\nlifetime = \"5d\"\n{extra}\n\
-         [[domain]]\nname = \"down.test\"\ndestination = \"{dead}\"\n[[domain]]\nname = \"example.org\"\ndestination = \"{sink_addr}\"\n"
+         [[domain]]\nname = \"down.test\"\ndestination = \"{dead}\"\n[[domain]]\nname = \"example.org\"\ndestination = \"{sink_addr}\"\n\
+         [[domain]]\nname = \"tls.test\"\ndestination = \"{sink_addr}\"\nrequire_tls = true\n"
     );
     let config = Arc::new(Config::parse("test.toml", &text).unwrap());
     let (stop, stopped) = watch::channel(false);
@@ -78,6 +79,10 @@ async fn world(extra: &str) -> World {
 
 impl World {
     async fn send(&self, from: &str, to: &str) -> String {
+        self.send_to(from, &[to]).await
+    }
+
+    async fn send_to(&self, from: &str, to: &[&str]) -> String {
         let id = new_queue_id();
         let m = Accepted {
             id: id.clone(),
@@ -88,11 +93,14 @@ impl World {
             },
             envelope: Envelope {
                 sender: from.into(),
-                recipients: vec![Rcpt {
-                    address: to.into(),
-                    notify: 0,
-                    orcpt: Some(format!("rfc822;{to}")),
-                }],
+                recipients: to
+                    .iter()
+                    .map(|t| Rcpt {
+                        address: t.to_string(),
+                        notify: 0,
+                        orcpt: Some(format!("rfc822;{t}")),
+                    })
+                    .collect(),
                 envid: Some("ENV-1".into()),
                 ret_headers_only: false,
                 smtputf8: false,
@@ -284,5 +292,89 @@ async fn delay_warning_is_sent_once() {
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(w.received().len(), 1);
     assert!(w.store.get(&id).await.unwrap().unwrap().recipients[0].warned);
+    w.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_recipient_gets_its_own_outcome() {
+    let w = world("").await;
+    let id = w
+        .send_to(
+            "bob@example.org",
+            &["carol@example.org", "nobody@example.org", "alice@down.test"],
+        )
+        .await;
+    // carol is delivered, nobody bounces at once, alice (another route, down) waits.
+    w.until("carol's copy and the DSN", |w| w.received().len() == 2)
+        .await;
+    let got = w.received();
+    let carol = got
+        .iter()
+        .find(|(s, _, _)| s == "bob@example.org")
+        .expect("carol's copy");
+    assert_eq!(
+        carol.1,
+        vec!["carol@example.org"],
+        "only the accepted recipient"
+    );
+    let dsn = got.iter().find(|(s, _, _)| s.is_empty()).expect("a DSN");
+    assert!(
+        dsn.2
+            .contains("Final-Recipient: rfc822; nobody@example.org"),
+        "{}",
+        dsn.2
+    );
+    assert!(
+        !dsn.2.contains("Final-Recipient: rfc822; alice@down.test"),
+        "alice is only deferred"
+    );
+    for _ in 0..100 {
+        if w.attempts(&id).await != u32::MAX
+            && w.store.get(&id).await.unwrap().unwrap().recipients[2].attempts == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = w
+        .store
+        .get(&id)
+        .await
+        .unwrap()
+        .expect("still queued for alice");
+    let states: Vec<_> = m.recipients.iter().map(|r| r.status).collect();
+    assert_eq!(
+        states,
+        vec![
+            store::Status::Delivered,
+            store::Status::Failed,
+            store::Status::Pending
+        ]
+    );
+    w.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn require_tls_defers_rather_than_sending_in_plaintext() {
+    let w = world("").await;
+    let id = w.send("bob@example.org", "alice@tls.test").await;
+    for _ in 0..200 {
+        if w.attempts(&id).await >= 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let m = w.store.get(&id).await.unwrap().unwrap();
+    assert_eq!(m.recipients[0].attempts, 1);
+    assert!(
+        m.recipients[0]
+            .last_error
+            .as_deref()
+            .unwrap()
+            .contains("TLS is required"),
+        "{:?}",
+        m.recipients[0]
+    );
+    assert!(w.received().is_empty(), "nothing was sent in plaintext");
     w.stop.send(true).unwrap();
 }

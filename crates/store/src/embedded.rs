@@ -1,6 +1,8 @@
 //! The embedded store: SQLite in WAL mode, one writer thread, group commit.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::thread;
 
@@ -61,6 +63,7 @@ enum Op {
 /// the writer thread finish what is queued and close the database.
 pub struct Embedded {
     tx: mpsc::Sender<Op>,
+    commits: Arc<AtomicU64>,
 }
 
 impl Embedded {
@@ -76,10 +79,17 @@ impl Embedded {
         // The database and WAL files now exist; fsync the directory so their entries do too.
         std::fs::File::open(dir)?.sync_all()?;
         let (tx, rx) = mpsc::channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        let counter = commits.clone();
         thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(conn, rx))?;
-        Ok(Embedded { tx })
+            .spawn(move || writer(conn, rx, &counter))?;
+        Ok(Embedded { tx, commits })
+    }
+
+    /// Transactions committed so far (each batch of operations is one).
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
@@ -90,7 +100,7 @@ impl Embedded {
 }
 
 /// The writer loop: take what is waiting, run it in one transaction, commit, answer.
-fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>) {
+fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, commits: &AtomicU64) {
     let mut synchronous_full = true;
     while let Ok(first) = rx.recv() {
         let mut ops = vec![first];
@@ -132,6 +142,7 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>) {
         }
         // The commit is the durable point: with synchronous=FULL it fsyncs the WAL here.
         let commit = tx.commit().err().map(|e| e.to_string());
+        commits.fetch_add(1, Ordering::Relaxed);
         for answer in done {
             answer(commit.as_deref());
         }
@@ -514,6 +525,7 @@ mod tests {
     async fn concurrent_enqueues_share_commits() {
         let dir = tempfile::tempdir().unwrap();
         let s = std::sync::Arc::new(Embedded::open(dir.path()).unwrap());
+        let before = s.commits();
         let mut tasks = Vec::new();
         for i in 0..200 {
             let s = s.clone();
@@ -525,6 +537,11 @@ mod tests {
         for t in tasks {
             t.await.unwrap().unwrap();
         }
+        let commits = s.commits() - before;
+        assert!(
+            commits < 100,
+            "200 concurrent enqueues took {commits} commits: no group commit"
+        );
         assert_eq!(s.list().await.unwrap().len(), 200);
         // A duplicate id fails alone; the store keeps working.
         assert!(s.enqueue(msg("M1", &["a@example.com"], 1)).await.is_err());
