@@ -78,13 +78,13 @@ mod tests {
         #[test]
         fn accepted_addresses_carry_no_routing(raw in "[a-zA-Z0-9@%!:.,\"\\\\\\[\\] <>-]{0,40}") {
             let line = format!("RCPT TO:<{raw}>\r\n");
-            if let Ok(smtp_proto::Request::Rcpt { to }) = smtp_proto::Request::parse(&mut line.as_bytes().iter()) {
-                if let Ok(r) = recipient(&to.address, false) {
-                    proptest::prop_assert!(!r.local.is_empty());
-                    proptest::prop_assert!(!r.local.contains(['%', '!', '@', ':', '"', '\\']), "{:?}", r);
-                    proptest::prop_assert!(!r.domain.is_empty() && !r.domain.ends_with('.'));
-                    proptest::prop_assert!(r.domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'), "{:?}", r);
-                }
+            if let Ok(smtp_proto::Request::Rcpt { to }) = smtp_proto::Request::parse(&mut line.as_bytes().iter())
+                && let Ok(r) = recipient(&to.address, false)
+            {
+                proptest::prop_assert!(!r.local.is_empty());
+                proptest::prop_assert!(!r.local.contains(['%', '!', '@', ':', '"', '\\']), "{:?}", r);
+                proptest::prop_assert!(!r.domain.is_empty() && !r.domain.ends_with('.'));
+                proptest::prop_assert!(r.domain.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.'), "{:?}", r);
             }
         }
     }
