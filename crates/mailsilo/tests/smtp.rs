@@ -317,35 +317,28 @@ fn starttls_discards_injected_plaintext() {
     let script = r#"
 import socket, ssl, sys
 s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
-f = s.makefile("rb")
-def reply():
+def reply(f):
     lines = []
     while True:
         l = f.readline().decode()
         lines.append(l)
         if l[3] == " ":
             return lines
-assert reply()[0].startswith("220")
-s.sendall(b"EHLO x\r\n"); reply()
+f = s.makefile("rb")
+assert reply(f)[0].startswith("220")
+s.sendall(b"EHLO x\r\n"); reply(f)
 s.sendall(b"STARTTLS\r\nMAIL FROM:<injected@evil.net>\r\n")
-r = reply()
+r = reply(f)
 assert r[0].startswith("220 2.0.0"), r
 ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
 t = ctx.wrap_socket(s, server_hostname="mx.test")
 tf = t.makefile("rb")
-def treply():
-    lines = []
-    while True:
-        l = tf.readline().decode()
-        lines.append(l)
-        if l[3] == " ":
-            return lines
 t.sendall(b"MAIL FROM:<a@b.net>\r\n")
-r = treply(); assert r[0].startswith("503"), ("EHLO required after STARTTLS", r)
+r = reply(tf); assert r[0].startswith("503"), ("EHLO required after STARTTLS", r)
 t.sendall(b"EHLO x\r\n")
-r = treply(); assert not any("STARTTLS" in l for l in r), r
+r = reply(tf); assert not any("STARTTLS" in l for l in r), r
 t.sendall(b"MAIL FROM:<a@b.net>\r\n")
-r = treply(); assert r[0].startswith("250"), ("injected MAIL was not run, so no nested MAIL", r)
+r = reply(tf); assert r[0].startswith("250"), ("injected MAIL was not run, so no nested MAIL", r)
 print("ok", t.version())
 "#;
     let out = Command::new("python3")

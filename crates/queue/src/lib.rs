@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use config::Config;
 use hickory_resolver::TokioResolver;
 use smtp::client::{self, Client};
-use smtp::server::new_queue_id;
+use smtp::server::{new_queue_id, notify};
 use smtp::{Accepted, Envelope, Handler, Rcpt, Reply};
 use store::{Message, NewMessage, NewRecipient, Outcome, QueueStore, Status};
 use tokio::sync::{Semaphore, watch};
@@ -450,14 +450,14 @@ impl Queue {
         // DSNs are queued before the outcomes are recorded: a crash in between repeats a DSN
         // rather than losing it.
         let wants = |r: &store::Recipient, bit: u8| {
-            r.notify == 0 && bit == store::notify::FAILURE
-                || r.notify & bit != 0 && r.notify & store::notify::NEVER == 0
+            r.notify == 0 && bit == notify::FAILURE
+                || r.notify & bit != 0 && r.notify & notify::NEVER == 0
         };
         let failed: Vec<_> = failed
             .into_iter()
-            .filter(|(r, _)| wants(r, store::notify::FAILURE))
+            .filter(|(r, _)| wants(r, notify::FAILURE))
             .collect();
-        self.notify(
+        self.send_dsn(
             message,
             dsn::Action::Failed,
             failed.iter().map(|(r, why)| (*r, why.as_str())).collect(),
@@ -465,12 +465,12 @@ impl Queue {
         .await;
         let delayed: Vec<_> = delayed
             .into_iter()
-            .filter(|(r, _, _)| r.notify == 0 || wants(r, store::notify::DELAY))
+            .filter(|(r, _, _)| r.notify == 0 || wants(r, notify::DELAY))
             .collect();
         if let Some((_, _, until)) = delayed.first() {
             let until = *until;
             let sent = self
-                .notify(
+                .send_dsn(
                     message,
                     dsn::Action::Delayed { retry_until: until },
                     delayed
@@ -489,7 +489,7 @@ impl Queue {
     }
 
     /// Queues a DSN to the sender (never to the null sender); true if one was queued.
-    async fn notify(
+    async fn send_dsn(
         self: &Arc<Self>,
         message: &Message,
         action: dsn::Action,
@@ -521,7 +521,7 @@ impl Queue {
             sender: String::new(),
             recipients: vec![NewRecipient {
                 address: message.sender.clone(),
-                notify: store::notify::NEVER,
+                notify: notify::NEVER,
                 orcpt: None,
             }],
             envid: None,
@@ -541,19 +541,6 @@ impl Queue {
             }
         }
     }
-}
-
-fn store_notify(bits: u8) -> u8 {
-    use smtp::server::notify as n;
-    [
-        (n::SUCCESS, store::notify::SUCCESS),
-        (n::FAILURE, store::notify::FAILURE),
-        (n::DELAY, store::notify::DELAY),
-        (n::NEVER, store::notify::NEVER),
-    ]
-    .iter()
-    .filter(|(from, _)| bits & from != 0)
-    .fold(0, |acc, (_, to)| acc | to)
 }
 
 /// The handler the SMTP server holds: the queue behind an `Arc`, since delivery tasks
@@ -588,7 +575,7 @@ impl Handler for Intake {
                 .into_iter()
                 .map(|r| NewRecipient {
                     address: r.address,
-                    notify: store_notify(r.notify),
+                    notify: r.notify,
                     orcpt: r.orcpt,
                 })
                 .collect(),

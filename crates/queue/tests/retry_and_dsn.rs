@@ -144,12 +144,23 @@ impl World {
         panic!("timed out waiting for {what}");
     }
 
-    async fn attempts(&self, id: &str) -> u32 {
-        self.store
-            .get(id)
-            .await
-            .unwrap()
-            .map_or(u32::MAX, |m| m.recipients[0].attempts)
+    /// Waits (at most 4 s) until recipient `idx` of message `id` has had `n` attempts and
+    /// returns its count, or `u32::MAX` once the message has left the queue.
+    async fn attempts(&self, id: &str, idx: usize, n: u32) -> u32 {
+        let mut got = 0;
+        for _ in 0..200 {
+            got = self
+                .store
+                .get(id)
+                .await
+                .unwrap()
+                .map_or(u32::MAX, |m| m.recipients[idx].attempts);
+            if got >= n {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        got
     }
 }
 
@@ -157,14 +168,7 @@ impl World {
 async fn expiry_sends_one_dsn_to_the_sender() {
     let w = world("").await;
     let id = w.send("bob@example.org", "alice@down.test").await;
-    let mut attempts = 0;
-    for _ in 0..200 {
-        attempts = w.attempts(&id).await;
-        if attempts >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let attempts = w.attempts(&id, 0, 1).await;
     assert_eq!(attempts, 1, "first attempt deferred");
     let m = w.store.get(&id).await.unwrap().unwrap();
     let r = &m.recipients[0];
@@ -180,15 +184,7 @@ async fn expiry_sends_one_dsn_to_the_sender() {
 
     // Retries back off: 300 s, 600 s, ... capped at 4000 s.
     w.clock.advance(Duration::from_secs(301));
-    let mut n = 0;
-    for _ in 0..200 {
-        n = w.attempts(&id).await;
-        if n >= 2 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert_eq!(n, 2);
+    assert_eq!(w.attempts(&id, 0, 2).await, 2);
     assert_eq!(
         w.store.get(&id).await.unwrap().unwrap().recipients[0].next_attempt,
         w.clock.now() + 600
@@ -245,13 +241,11 @@ async fn permanent_refusal_bounces_at_once_but_never_to_the_null_sender() {
 
     // A bounce of a bounce is never sent.
     let id = w.send("", "nobody@example.org").await;
-    for _ in 0..100 {
-        if w.store.get(&id).await.unwrap().is_none() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(w.store.get(&id).await.unwrap().is_none());
+    assert_eq!(
+        w.attempts(&id, 0, u32::MAX).await,
+        u32::MAX,
+        "the bounce left the queue"
+    );
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(w.received().len(), 1);
     w.stop.send(true).unwrap();
@@ -261,12 +255,7 @@ async fn permanent_refusal_bounces_at_once_but_never_to_the_null_sender() {
 async fn delay_warning_is_sent_once() {
     let w = world("delay_warning = \"4h\"").await;
     let id = w.send("bob@example.org", "alice@down.test").await;
-    for _ in 0..200 {
-        if w.attempts(&id).await >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    w.attempts(&id, 0, 1).await;
     w.clock.advance(Duration::from_secs(5 * 3600));
     w.until("the delay warning", |w| !w.received().is_empty())
         .await;
@@ -281,14 +270,8 @@ async fn delay_warning_is_sent_once() {
     );
     // Later retries do not warn again.
     w.clock.advance(Duration::from_secs(4001));
-    let before = w.attempts(&id).await;
-    for _ in 0..200 {
-        if w.attempts(&id).await > before {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    assert!(w.attempts(&id).await > before);
+    let before = w.attempts(&id, 0, 0).await;
+    assert!(w.attempts(&id, 0, before + 1).await > before);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(w.received().len(), 1);
     assert!(w.store.get(&id).await.unwrap().unwrap().recipients[0].warned);
@@ -328,14 +311,7 @@ async fn each_recipient_gets_its_own_outcome() {
         !dsn.2.contains("Final-Recipient: rfc822; alice@down.test"),
         "alice is only deferred"
     );
-    for _ in 0..100 {
-        if w.attempts(&id).await != u32::MAX
-            && w.store.get(&id).await.unwrap().unwrap().recipients[2].attempts == 1
-        {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    w.attempts(&id, 2, 1).await;
     let m = w
         .store
         .get(&id)
@@ -358,12 +334,7 @@ async fn each_recipient_gets_its_own_outcome() {
 async fn require_tls_defers_rather_than_sending_in_plaintext() {
     let w = world("").await;
     let id = w.send("bob@example.org", "alice@tls.test").await;
-    for _ in 0..200 {
-        if w.attempts(&id).await >= 1 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    w.attempts(&id, 0, 1).await;
     let m = w.store.get(&id).await.unwrap().unwrap();
     assert_eq!(m.recipients[0].attempts, 1);
     assert!(

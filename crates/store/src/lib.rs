@@ -28,19 +28,11 @@ pub enum Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// DSN NOTIFY flags of one recipient (RFC 3461); zero means "not given" (failures notify).
-pub mod notify {
-    pub const SUCCESS: u8 = 1;
-    pub const FAILURE: u8 = 2;
-    pub const DELAY: u8 = 4;
-    pub const NEVER: u8 = 8;
-}
-
 /// A recipient as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecipient {
     pub address: String,
-    /// [`notify`] flags.
+    /// DSN NOTIFY flags, kept as the SMTP layer encodes them (`smtp::server::notify`).
     pub notify: u8,
     /// The ORCPT parameter, as given (`rfc822;addr`).
     pub orcpt: Option<String>,
