@@ -341,19 +341,7 @@ t.sendall(b"MAIL FROM:<a@b.net>\r\n")
 r = reply(tf); assert r[0].startswith("250"), ("injected MAIL was not run, so no nested MAIL", r)
 print("ok", t.version())
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(g.mx.port().to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok TLSv1.3"));
+    assert!(common::python(script, &[&g.mx.port().to_string()]).starts_with("ok TLSv1.3"));
 }
 
 #[test]
@@ -379,18 +367,7 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10) as s:
         assert e.recipients["victim@evil.net"][0] == 550
 print("ok")
 "#;
-    let out = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .arg(g.mx.port().to_string())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_eq!(common::python(script, &[&g.mx.port().to_string()]), "ok\n");
     assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len()
         == 1
         && g.mailbox("bob@example.org").len() == 1));
