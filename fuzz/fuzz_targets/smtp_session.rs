@@ -36,7 +36,8 @@ fuzz_target!(|data: &[u8]| {
         let (mut rd, mut wr) = tokio::io::split(client);
         let drain = tokio::spawn(async move { tokio::io::copy(&mut rd, &mut tokio::io::sink()).await });
         let _ = wr.write_all(data).await;
-        drop(wr);
+        // End of input: the session sees EOF (dropping one half of a split would not).
+        let _ = wr.shutdown().await;
         let _ = session.await;
         let _ = drain.await;
     });

@@ -7,7 +7,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -86,6 +86,8 @@ pub struct Domain {
     /// When set, only these local parts (lower-case) are valid recipients.
     pub recipients: Option<HashSet<String>>,
     pub retry: Retry,
+    /// The silo whose host name this domain's MX points at.
+    pub silo: Option<String>,
 }
 
 /// SMTP reception limits and policy.
@@ -120,6 +122,156 @@ pub struct Sink {
     pub listen: SocketAddr,
 }
 
+/// Active health checking: how often, and how many results in a row change the state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Health {
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive successes that bring a target back.
+    pub rise: u32,
+    /// Consecutive failures that take a target out.
+    pub fall: u32,
+}
+
+impl Default for Health {
+    fn default() -> Health {
+        Health {
+            interval: Duration::from_secs(2),
+            timeout: Duration::from_secs(2),
+            rise: 2,
+            fall: 3,
+        }
+    }
+}
+
+/// How the DNS orders a silo's cluster addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Rotation {
+    /// All healthy addresses, the list rotated by one per answer.
+    #[default]
+    Rotate,
+    /// One address per answer, in turn (weighted by the clusters' `weight`).
+    Cycle,
+}
+
+/// How a balancer picks a mail server for a new connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "kebab-case")]
+pub enum Scheduler {
+    /// Smooth weighted round-robin (nginx's), by loading.
+    #[default]
+    RoundRobin,
+    /// Fewest active sessions relative to loading.
+    LeastConnections,
+}
+
+/// One mail server behind a cluster's balancer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Server {
+    /// Its name in banners, Received: headers and the `lb` commands (e.g. `c1-s2`).
+    pub name: String,
+    /// Its internal address, where the balancer connects.
+    pub address: SocketAddr,
+    /// The operator's weight for it, from its capacity (changeable at run time).
+    pub loading: u32,
+    /// Concurrent sessions the balancer sends it at most.
+    pub maxconn: usize,
+}
+
+/// A cluster: a balancer on a public address in front of mail servers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub name: String,
+    /// The public address the balancer listens on (and the DNS hands out).
+    pub address: SocketAddr,
+    /// The address the balancer connects to its servers from; the servers accept PROXY
+    /// headers only from it.
+    pub source: IpAddr,
+    /// Send a PROXY v2 header to the servers (and have them require one).
+    pub proxy: bool,
+    pub scheduler: Scheduler,
+    /// The cluster's share of answers under `cycle` rotation.
+    pub weight: u32,
+    /// How long a connection waits for a server below its maxconn before the balancer
+    /// itself answers 421.
+    pub queue_timeout: Duration,
+    /// A returning server's loading ramps up over this long.
+    pub slowstart: Duration,
+    pub health: Health,
+    pub servers: Vec<Server>,
+}
+
+/// A silo: one host name in DNS answering with its clusters' addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Silo {
+    /// The host name client MX records point at (lower case, no trailing dot).
+    pub name: String,
+    pub rotation: Rotation,
+    pub ttl: u32,
+    /// How the DNS checks each cluster's balancer.
+    pub health: Health,
+    pub clusters: Vec<Cluster>,
+}
+
+/// A static record of a DNS zone.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RecordData {
+    A(std::net::Ipv4Addr),
+    Aaaa(std::net::Ipv6Addr),
+    Mx { preference: u16, exchange: String },
+    Txt(String),
+    Ns(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Record {
+    /// Fully qualified, lower case, no trailing dot.
+    pub name: String,
+    pub ttl: u32,
+    pub data: RecordData,
+}
+
+/// A zone the DNS is authoritative for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Zone {
+    /// Lower case, no trailing dot.
+    pub name: String,
+    pub ttl: u32,
+    pub serial: u32,
+    /// SOA MNAME and the NS records of the apex.
+    pub nameservers: Vec<String>,
+    /// SOA RNAME, as a domain name (`hostmaster.example.net`).
+    pub hostmaster: String,
+    /// The SOA MINIMUM: how long resolvers cache a negative answer.
+    pub negative_ttl: u32,
+    pub records: Vec<Record>,
+}
+
+/// Response rate limiting per client prefix.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimit {
+    /// Responses a second to one prefix; more are dropped.
+    pub responses_per_second: u32,
+    pub ipv4_prefix: u8,
+    pub ipv6_prefix: u8,
+}
+
+/// The authoritative DNS role.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Dns {
+    /// UDP and TCP on each.
+    pub listen: Vec<SocketAddr>,
+    pub zones: Vec<Zone>,
+    pub rate_limit: Option<RateLimit>,
+}
+
+/// The local control endpoint (HTTP): balancer statistics and run-time changes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Control {
+    pub listen: SocketAddr,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -129,6 +281,9 @@ pub struct Config {
     pub delivery: Delivery,
     pub domains: Vec<Domain>,
     pub sink: Option<Sink>,
+    pub dns: Option<Dns>,
+    pub silos: Vec<Silo>,
+    pub control: Option<Control>,
 }
 
 impl Config {
@@ -156,6 +311,13 @@ impl Config {
             invalid(file, text, span, &key, message)
         })?;
         raw.validate(file, text)
+    }
+
+    /// A cluster by name, with its silo.
+    pub fn cluster(&self, name: &str) -> Option<(&Silo, &Cluster)> {
+        self.silos
+            .iter()
+            .find_map(|s| s.clusters.iter().find(|c| c.name == name).map(|c| (s, c)))
     }
 
     /// The client domain `name` (lower-case, exact), if configured.
@@ -215,415 +377,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
         .ok_or_else(|| format!("size {s:?} is too large"))
 }
 
-mod raw {
-    //! The file as written; [`File::validate`] turns it into the model.
-    use super::*;
-
-    type S<T> = Spanned<T>;
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct File {
-        pub smtp: S<SmtpRaw>,
-        #[serde(default)]
-        pub delivery: Option<DeliveryRaw>,
-        #[serde(default)]
-        pub retry: Option<RetryRaw>,
-        #[serde(default, rename = "domain")]
-        pub domains: Vec<S<DomainRaw>>,
-        #[serde(default)]
-        pub sink: Option<SinkRaw>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct SmtpRaw {
-        pub hostname: S<String>,
-        pub listen: S<Vec<S<String>>>,
-        pub max_message_size: Option<S<String>>,
-        pub max_recipients: Option<S<usize>>,
-        pub max_errors: Option<S<usize>>,
-        pub max_sessions: Option<S<usize>>,
-        pub max_sessions_per_client: Option<S<usize>>,
-        pub command_timeout: Option<S<String>>,
-        pub data_timeout: Option<S<String>>,
-        pub bare_newlines: Option<BareNewlines>,
-        pub tls_cert: Option<S<String>>,
-        pub tls_key: Option<S<String>>,
-    }
-
-    #[derive(Deserialize, Default)]
-    #[serde(deny_unknown_fields)]
-    pub struct DeliveryRaw {
-        pub destination_concurrency: Option<S<usize>>,
-        pub connect_timeout: Option<S<String>>,
-        pub command_timeout: Option<S<String>>,
-        pub connection_cache_time: Option<S<String>>,
-    }
-
-    #[derive(Deserialize, Default, Clone)]
-    #[serde(deny_unknown_fields)]
-    pub struct RetryRaw {
-        pub min_backoff: Option<S<String>>,
-        pub max_backoff: Option<S<String>>,
-        pub lifetime: Option<S<String>>,
-        pub delay_warning: Option<S<String>>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct DomainRaw {
-        pub name: S<String>,
-        pub destination: S<String>,
-        #[serde(default)]
-        pub require_tls: bool,
-        pub recipients: Option<Vec<S<String>>>,
-        pub retry: Option<RetryRaw>,
-    }
-
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    pub struct SinkRaw {
-        pub listen: S<String>,
-    }
-
-    /// Validation context: the file and its text, for error positions.
-    struct Ctx<'a> {
-        file: &'a str,
-        text: &'a str,
-    }
-
-    impl Ctx<'_> {
-        fn err<T>(
-            &self,
-            span: Range<usize>,
-            key: &str,
-            message: impl Into<String>,
-        ) -> Result<T, Error> {
-            Err(invalid(self.file, self.text, span, key, message.into()))
-        }
-
-        fn duration(
-            &self,
-            v: &Option<S<String>>,
-            key: &str,
-            default: Duration,
-        ) -> Result<Duration, Error> {
-            match v {
-                None => Ok(default),
-                Some(s) => humantime::parse_duration(s.get_ref()).or_else(|e| {
-                    self.err(
-                        s.span(),
-                        key,
-                        format!(
-                            "invalid duration {:?}: {e} (e.g. \"300s\", \"5m\", \"5d\")",
-                            s.get_ref()
-                        ),
-                    )
-                }),
-            }
-        }
-
-        fn positive(
-            &self,
-            v: &Option<S<usize>>,
-            key: &str,
-            default: usize,
-        ) -> Result<usize, Error> {
-            match v {
-                None => Ok(default),
-                Some(s) if *s.get_ref() == 0 => self.err(s.span(), key, "must be at least 1"),
-                Some(s) => Ok(*s.get_ref()),
-            }
-        }
-
-        fn addr(&self, v: &S<String>, key: &str) -> Result<SocketAddr, Error> {
-            v.get_ref().parse().or_else(|_| {
-                self.err(
-                    v.span(),
-                    key,
-                    format!(
-                        "invalid address {:?}: expected IP:PORT, e.g. \"127.0.0.1:2525\"",
-                        v.get_ref()
-                    ),
-                )
-            })
-        }
-
-        fn retry(&self, raw: &RetryRaw, prefix: &str, base: Retry) -> Result<Retry, Error> {
-            let r = Retry {
-                min_backoff: self.duration(
-                    &raw.min_backoff,
-                    &format!("{prefix}min_backoff"),
-                    base.min_backoff,
-                )?,
-                max_backoff: self.duration(
-                    &raw.max_backoff,
-                    &format!("{prefix}max_backoff"),
-                    base.max_backoff,
-                )?,
-                lifetime: self.duration(
-                    &raw.lifetime,
-                    &format!("{prefix}lifetime"),
-                    base.lifetime,
-                )?,
-                delay_warning: match &raw.delay_warning {
-                    None => base.delay_warning,
-                    Some(_) => Some(self.duration(
-                        &raw.delay_warning,
-                        &format!("{prefix}delay_warning"),
-                        Duration::ZERO,
-                    )?)
-                    .filter(|d| !d.is_zero()),
-                },
-            };
-            if r.min_backoff.is_zero() {
-                let span = raw.min_backoff.as_ref().map_or(0..0, |s| s.span());
-                return self.err(
-                    span,
-                    &format!("{prefix}min_backoff"),
-                    "must be more than zero",
-                );
-            }
-            if r.max_backoff < r.min_backoff {
-                let span = raw
-                    .max_backoff
-                    .as_ref()
-                    .or(raw.min_backoff.as_ref())
-                    .map_or(0..0, |s| s.span());
-                return self.err(
-                    span,
-                    &format!("{prefix}max_backoff"),
-                    "must not be less than min_backoff",
-                );
-            }
-            Ok(r)
-        }
-    }
-
-    impl File {
-        pub fn validate(self, file: &str, text: &str) -> Result<Config, Error> {
-            let cx = Ctx { file, text };
-            let smtp_span = self.smtp.span();
-            let s = self.smtp.into_inner();
-
-            let hostname = s.hostname.get_ref().trim().to_string();
-            if hostname.is_empty() || hostname.contains(char::is_whitespace) {
-                return cx.err(
-                    s.hostname.span(),
-                    "smtp.hostname",
-                    "must be a host name without spaces",
-                );
-            }
-            if s.listen.get_ref().is_empty() {
-                return cx.err(s.listen.span(), "smtp.listen", "needs at least one address");
-            }
-            let mut listen = Vec::new();
-            for a in s.listen.get_ref() {
-                let addr = cx.addr(a, "smtp.listen")?;
-                if listen.contains(&addr) {
-                    return cx.err(a.span(), "smtp.listen", format!("duplicate address {addr}"));
-                }
-                listen.push(addr);
-            }
-            let max_message_size = match &s.max_message_size {
-                None => 25 << 20,
-                Some(v) => match parse_size(v.get_ref()) {
-                    Ok(0) => {
-                        return cx.err(v.span(), "smtp.max_message_size", "must be more than zero");
-                    }
-                    Ok(n) => n,
-                    Err(m) => return cx.err(v.span(), "smtp.max_message_size", m),
-                },
-            };
-            let max_recipients = cx.positive(&s.max_recipients, "smtp.max_recipients", 1000)?;
-            if max_recipients < 100 {
-                let span = s
-                    .max_recipients
-                    .as_ref()
-                    .map_or(smtp_span.clone(), |v| v.span());
-                return cx.err(
-                    span,
-                    "smtp.max_recipients",
-                    "RFC 5321 requires at least 100",
-                );
-            }
-            if s.tls_cert.is_some() != s.tls_key.is_some() {
-                let span = s
-                    .tls_cert
-                    .as_ref()
-                    .or(s.tls_key.as_ref())
-                    .map_or(smtp_span, |v| v.span());
-                return cx.err(span, "smtp.tls_cert", "tls_cert and tls_key go together");
-            }
-            let smtp = Smtp {
-                hostname,
-                listen,
-                max_message_size,
-                max_recipients,
-                max_errors: cx.positive(&s.max_errors, "smtp.max_errors", 20)?,
-                max_sessions: cx.positive(&s.max_sessions, "smtp.max_sessions", 1000)?,
-                max_sessions_per_client: cx.positive(
-                    &s.max_sessions_per_client,
-                    "smtp.max_sessions_per_client",
-                    50,
-                )?,
-                command_timeout: cx.duration(
-                    &s.command_timeout,
-                    "smtp.command_timeout",
-                    Duration::from_secs(300),
-                )?,
-                data_timeout: cx.duration(
-                    &s.data_timeout,
-                    "smtp.data_timeout",
-                    Duration::from_secs(180),
-                )?,
-                bare_newlines: s.bare_newlines.unwrap_or_default(),
-                tls_cert: s.tls_cert.map(|v| PathBuf::from(v.into_inner())),
-                tls_key: s.tls_key.map(|v| PathBuf::from(v.into_inner())),
-            };
-
-            let d = self.delivery.unwrap_or_default();
-            let delivery = Delivery {
-                destination_concurrency: cx.positive(
-                    &d.destination_concurrency,
-                    "delivery.destination_concurrency",
-                    20,
-                )?,
-                connect_timeout: cx.duration(
-                    &d.connect_timeout,
-                    "delivery.connect_timeout",
-                    Duration::from_secs(30),
-                )?,
-                command_timeout: cx.duration(
-                    &d.command_timeout,
-                    "delivery.command_timeout",
-                    Duration::from_secs(300),
-                )?,
-                connection_cache_time: cx.duration(
-                    &d.connection_cache_time,
-                    "delivery.connection_cache_time",
-                    Duration::from_secs(2),
-                )?,
-            };
-
-            let postfix = Retry {
-                min_backoff: Duration::from_secs(300),
-                max_backoff: Duration::from_secs(4000),
-                lifetime: Duration::from_secs(5 * 86400),
-                delay_warning: None,
-            };
-            let retry = cx.retry(&self.retry.unwrap_or_default(), "retry.", postfix)?;
-
-            let mut domains: Vec<Domain> = Vec::new();
-            for (i, spanned) in self.domains.iter().enumerate() {
-                let raw = spanned.get_ref();
-                let key = |k: &str| format!("domain[{i}].{k}");
-                let name = raw.name.get_ref().trim().to_ascii_lowercase();
-                let valid = !name.is_empty()
-                    && name.len() <= 253
-                    && name.split('.').all(|l| {
-                        !l.is_empty()
-                            && l.len() <= 63
-                            && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    });
-                if !valid {
-                    return cx.err(
-                        raw.name.span(),
-                        &key("name"),
-                        format!("invalid domain name {:?}", raw.name.get_ref()),
-                    );
-                }
-                if domains.iter().any(|d| d.name == name) {
-                    return cx.err(
-                        raw.name.span(),
-                        &key("name"),
-                        format!("domain {name} is configured twice"),
-                    );
-                }
-                let destination = parse_destination(raw.destination.get_ref())
-                    .or_else(|m| cx.err(raw.destination.span(), &key("destination"), m))?;
-                let recipients = match &raw.recipients {
-                    None => None,
-                    Some(list) => {
-                        let mut set = HashSet::new();
-                        for r in list {
-                            let local = r.get_ref().trim().to_ascii_lowercase();
-                            if local.is_empty() || local.contains(['@', ' ', '<', '>']) {
-                                return cx.err(r.span(), &key("recipients"), format!("{:?} is not a local part (write \"alice\", not \"alice@{name}\")", r.get_ref()));
-                            }
-                            set.insert(local);
-                        }
-                        Some(set)
-                    }
-                };
-                let retry = match &raw.retry {
-                    None => retry,
-                    Some(r) => cx.retry(r, &key("retry."), retry)?,
-                };
-                domains.push(Domain {
-                    name,
-                    destination,
-                    require_tls: raw.require_tls,
-                    recipients,
-                    retry,
-                });
-            }
-            if domains.is_empty() {
-                return cx.err(
-                    0..0,
-                    "domain",
-                    "no client domains: add at least one [[domain]] table",
-                );
-            }
-
-            let sink = match &self.sink {
-                None => None,
-                Some(s) => {
-                    let addr = cx.addr(&s.listen, "sink.listen")?;
-                    if smtp.listen.contains(&addr) {
-                        return cx.err(
-                            s.listen.span(),
-                            "sink.listen",
-                            format!("{addr} is also an smtp.listen address"),
-                        );
-                    }
-                    Some(Sink { listen: addr })
-                }
-            };
-
-            Ok(Config {
-                source: file.to_string(),
-                smtp,
-                delivery,
-                domains,
-                sink,
-            })
-        }
-    }
-
-    fn parse_destination(s: &str) -> Result<Destination, String> {
-        let s = s.trim();
-        if s.eq_ignore_ascii_case("mx") {
-            return Ok(Destination::Mx);
-        }
-        let bad = || {
-            format!(
-                "invalid destination {s:?}: expected \"mx\" or HOST:PORT, e.g. \"127.0.0.1:2526\" or \"[::1]:25\""
-            )
-        };
-        let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        let host = host.trim_start_matches('[').trim_end_matches(']');
-        if host.is_empty() || port == 0 {
-            return Err(bad());
-        }
-        Ok(Destination::Host {
-            host: host.to_string(),
-            port,
-        })
-    }
-}
+mod raw;
 
 #[cfg(test)]
 mod tests {
@@ -644,8 +398,89 @@ mod tests {
         );
         assert!(c.domain("example.com").is_some());
         assert!(c.domain("example.org").is_some());
-        assert_eq!(c.sink.unwrap().listen.port(), 2526);
+        assert_eq!(c.sink.as_ref().unwrap().listen.port(), 2526);
         assert_eq!(c.domains[0].retry.min_backoff, Duration::from_secs(300));
+        let silo = &c.silos[0];
+        assert_eq!(silo.name, "silo1.mailsilo.test");
+        assert_eq!(silo.rotation, Rotation::Rotate);
+        assert_eq!(silo.clusters.len(), 4);
+        for (i, cl) in silo.clusters.iter().enumerate() {
+            assert_eq!(
+                cl.address,
+                format!("127.0.1.{}:2525", i + 1).parse().unwrap()
+            );
+            assert_eq!(cl.source, cl.address.ip());
+            let loadings: Vec<u32> = cl.servers.iter().map(|s| s.loading).collect();
+            assert_eq!(loadings, vec![1, 2]);
+            assert_eq!(
+                cl.servers[1].address,
+                format!("127.0.2.{}:2525", 2 * i + 2).parse().unwrap()
+            );
+        }
+        assert_eq!(
+            c.dns.as_ref().unwrap().listen,
+            vec!["127.0.0.1:5353".parse::<SocketAddr>().unwrap()]
+        );
+        assert_eq!(c.domains[0].silo.as_deref(), Some("silo1.mailsilo.test"));
+        assert_eq!(c.cluster("c3").unwrap().1.servers[0].name, "c3-s1");
+    }
+
+    #[test]
+    fn topology_rules() {
+        let demo = DEMO.to_string();
+        let e = err(&demo.replace(
+            "address = \"127.0.2.8:2525\"",
+            "address = \"127.0.2.1:2525\"",
+        ));
+        assert!(e.contains("silo[0].cluster[3].server[1].address: address 127.0.2.1:2525 is already used by silo[0].cluster[0].server[0].address"), "{e}");
+        let e = err(&demo.replacen(
+            "silo = \"silo1.mailsilo.test\"",
+            "silo = \"silo9.mailsilo.test\"",
+            1,
+        ));
+        assert!(
+            e.contains("domain[0].silo: unknown silo \"silo9.mailsilo.test\""),
+            "{e}"
+        );
+        let e = err(&demo.replace("loading = 2\n", "loading = 0\n"));
+        assert!(e.contains(".loading: must be at least 1"), "{e}");
+        let e = err(&demo.replace("name = \"c4-s2\"", "name = \"c1-s1\""));
+        assert!(e.contains("server name \"c1-s1\" is used twice"), "{e}");
+        let e = err(&demo.replace(
+            "name = \"silo1.mailsilo.test\"",
+            "name = \"silo1.elsewhere.test\"",
+        ));
+        assert!(
+            e.contains("silo[0].name: silo silo1.elsewhere.test is not inside any [[dns.zone]]"),
+            "{e}"
+        );
+        let e = err(&demo.replace("type = \"A\"", "type = \"SRV\""));
+        assert!(
+            e.contains("dns.zone[0].record[0].type: unsupported record type \"SRV\""),
+            "{e}"
+        );
+        let e = err(&demo.replace("listen = \"127.0.0.1:8025\"", "listen = \"127.0.0.1:5353\""));
+        assert!(
+            e.contains("dns.listen: address 127.0.0.1:5353 is already used by control.listen"),
+            "{e}"
+        );
+        // A cluster without servers has zero total loading.
+        let start = demo
+            .find("[[silo.cluster.server]]\nname = \"c4-s1\"")
+            .unwrap();
+        let e = err(&demo[..start]);
+        assert!(
+            e.contains("silo[0].cluster[3].server: zero total loading"),
+            "{e}"
+        );
+        // Every error carries a line number that points at the key.
+        let bad = demo.replace("loading = 2\n", "loading = 0\n");
+        let line = bad.lines().position(|l| l == "loading = 0").unwrap() + 1;
+        assert!(
+            err(&bad).starts_with(&format!("t.toml:{line}:")),
+            "{}",
+            err(&bad)
+        );
     }
 
     #[test]

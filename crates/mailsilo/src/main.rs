@@ -2,24 +2,18 @@
 //! inspects and changes a running gateway's queue. It wires the role crates together and
 //! owns nothing of their logic.
 
+mod lb;
 mod sink;
+mod up;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand, ValueEnum};
 use config::Config;
-use queue::{Intake, Queue, SystemClock};
-use smtp::server::Server;
 use store::{Embedded, QueueStore};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
-
-/// How long open sessions may take to finish after a shutdown signal.
-const GRACE: Duration = Duration::from_secs(30);
 
 #[derive(Parser)]
 #[command(
@@ -54,7 +48,14 @@ struct Where {
 #[derive(Subcommand)]
 enum Command {
     /// Run every role the configuration gives this host, until SIGINT or SIGTERM.
-    Up(Where),
+    Up {
+        #[command(flatten)]
+        at: Where,
+        /// Run only these roles, comma-separated: mx, sink, dns, control, balancer,
+        /// balancer:CLUSTER, server, server:NAME (default: all).
+        #[arg(long, value_delimiter = ',')]
+        only: Vec<String>,
+    },
     /// Run only the demo mailbox server (a stand-in for a client's own mail server).
     Sink {
         #[arg(long, default_value = "127.0.0.1:2526")]
@@ -65,6 +66,17 @@ enum Command {
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Show or change the balancers of a running `up` (through its control endpoint).
+    Lb {
+        /// The control endpoint (default: control.listen of the configuration).
+        #[arg(long)]
+        control: Option<SocketAddr>,
+        /// Configuration file to read control.listen from.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[command(subcommand)]
+        command: lb::Command,
+    },
     /// Inspect or change the queue (works while `up` runs).
     Queue {
         #[command(flatten)]
@@ -110,7 +122,25 @@ fn main() -> Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Up(at) => up(at).await,
+            Command::Up { at, only } => {
+                let config = load_config(at.config.as_deref())?;
+                let roles = up::Roles::parse(&only, &config)?;
+                up::up(config, &at.data_dir, roles).await
+            }
+            Command::Lb {
+                control,
+                config,
+                command,
+            } => {
+                let addr = match control {
+                    Some(a) => a,
+                    None => load_config(config.as_deref())?
+                        .control
+                        .map(|c| c.listen)
+                        .context("no [control] listen in the configuration; give --control ADDR")?,
+                };
+                lb::run(addr, command)
+            }
             Command::Sink { listen, data_dir } => run_sink(listen, &data_dir).await,
             Command::Config(ConfigCommand::Example) => {
                 print!("{}", config::DEMO);
@@ -141,100 +171,11 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
     })
 }
 
-async fn shutdown_signal() -> Result<()> {
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    tokio::select! {
-        r = tokio::signal::ctrl_c() => r?,
-        _ = term.recv() => {}
-    }
-    Ok(())
-}
-
-async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("{what}: cannot listen on {addr}"))
-}
-
-async fn up(at: Where) -> Result<()> {
-    let config = Arc::new(load_config(at.config.as_deref())?);
-    std::fs::create_dir_all(&at.data_dir)
-        .with_context(|| format!("creating {}", at.data_dir.display()))?;
-    let tls = smtp::tls::server_config(
-        config.smtp.tls_cert.as_deref(),
-        config.smtp.tls_key.as_deref(),
-        &config.smtp.hostname,
-        &at.data_dir,
-    )?;
-    let store: Arc<dyn QueueStore> =
-        Arc::new(Embedded::open(&at.data_dir.join("queue")).context("opening the queue")?);
-    let queue = Queue::new(config.clone(), store, Arc::new(SystemClock))?;
-    let (stop, stopped) = watch::channel(false);
-    let mut tasks = Vec::new();
-
-    println!(
-        "mailsilo up: config {}, data dir {}",
-        config.source,
-        at.data_dir.display()
-    );
-    if let Some(s) = &config.sink {
-        let listener = bind(s.listen, "sink").await?;
-        let root = at.data_dir.join("mailbox");
-        println!(
-            "  sink (demo mailboxes)  smtp://{}  -> {}",
-            listener.local_addr()?,
-            root.display()
-        );
-        let server = sink_server(config.smtp.clone(), s.listen, tls.clone(), root);
-        tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
-    }
-    let intake = Arc::new(Intake(queue.clone()));
-    for addr in &config.smtp.listen {
-        let listener = bind(*addr, "smtp.listen").await?;
-        println!(
-            "  mx listener            smtp://{}  ({})",
-            listener.local_addr()?,
-            config.smtp.hostname
-        );
-        let server = Server::new(config.smtp.clone(), Some(tls.clone()), intake.clone());
-        tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
-    }
-    for d in &config.domains {
-        println!(
-            "  client domain          {:<24} -> {}",
-            d.name, d.destination
-        );
-    }
-    let poller = tokio::spawn(queue.run(stopped.clone()));
-    tracing::info!("ready");
-
-    shutdown_signal().await?;
-    tracing::info!("shutting down: no new sessions; open sessions get 421 at their next command");
-    stop.send(true).ok();
-    for t in tasks {
-        t.await.ok();
-    }
-    poller.await.ok();
-    tracing::info!("stopped");
-    Ok(())
-}
-
-fn sink_server(
-    mut settings: config::Smtp,
-    listen: SocketAddr,
-    tls: Arc<smtp::tls::ServerConfig>,
-    root: PathBuf,
-) -> Arc<Server<sink::Maildir>> {
-    settings.hostname = format!("sink.{}", settings.hostname);
-    settings.listen = vec![listen];
-    Server::new(settings, Some(tls), Arc::new(sink::Maildir { root }))
-}
-
 async fn run_sink(listen: SocketAddr, data_dir: &Path) -> Result<()> {
     let mut settings = Config::demo().smtp;
     settings.hostname = "mailsilo.test".into();
     let tls = smtp::tls::server_config(None, None, "sink.mailsilo.test", data_dir)?;
-    let listener = bind(listen, "sink").await?;
+    let listener = up::bind(listen, "sink").await?;
     let root = data_dir.join("mailbox");
     println!(
         "mailsilo sink: smtp://{} -> {}",
@@ -242,9 +183,9 @@ async fn run_sink(listen: SocketAddr, data_dir: &Path) -> Result<()> {
         root.display()
     );
     let (stop, stopped) = watch::channel(false);
-    let server = sink_server(settings, listen, tls, root);
-    let task = tokio::spawn(server.serve(listener, stopped, GRACE));
-    shutdown_signal().await?;
+    let server = up::sink_server(settings, listen, tls, root);
+    let task = tokio::spawn(server.serve(listener, stopped, up::GRACE));
+    up::shutdown_signal().await?;
     stop.send(true).ok();
     task.await.ok();
     Ok(())

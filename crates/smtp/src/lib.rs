@@ -1,5 +1,5 @@
 //! The SMTP wire protocol for mailsilo, both ways: the server that receives mail (sessions,
-//! limits, STARTTLS, the SMTP-smuggling defence) and the client that relays it to a client
+//! limits, STARTTLS, the SMTP-smuggling defence, PROXY v2 from a balancer) and the client that relays it to a client
 //! organisation's own server.
 //!
 //! This crate owns the protocol and nothing else. What a server accepts and where a message
@@ -11,6 +11,7 @@ pub mod client;
 pub mod conn;
 pub mod data;
 pub mod date;
+pub mod proxy;
 pub mod reply;
 pub mod server;
 pub mod tls;

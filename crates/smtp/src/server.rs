@@ -25,6 +25,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::address::{self, Recipient};
 use crate::conn::{Conn, Line, Stream};
 use crate::data::{Decoder, Problem};
+use crate::proxy::{self, Proxied};
 use crate::{Reply, date, tls};
 
 /// The longest command line, CRLF included.
@@ -108,6 +109,7 @@ pub struct Server<H> {
     pub settings: config::Smtp,
     pub tls: Option<TlsAcceptor>,
     pub handler: Arc<H>,
+    pub proxy: Option<ProxyPolicy>,
 }
 
 /// Releases a client's per-address session slot when its session ends.
@@ -128,6 +130,14 @@ impl Drop for PerClient {
     }
 }
 
+/// Who may put a PROXY header in front of a session, and how long it may take.
+#[derive(Debug, Clone)]
+pub struct ProxyPolicy {
+    /// The balancer addresses allowed to connect; anyone else is closed on at once.
+    pub from: Vec<IpAddr>,
+    pub timeout: Duration,
+}
+
 impl<H: Handler> Server<H> {
     pub fn new(
         settings: config::Smtp,
@@ -138,6 +148,22 @@ impl<H: Handler> Server<H> {
             settings,
             tls: tls.map(TlsAcceptor::from),
             handler,
+            proxy: None,
+        })
+    }
+
+    /// The same server requiring a PROXY v2 header from the given balancer addresses.
+    pub fn with_proxy(
+        settings: config::Smtp,
+        tls: Option<Arc<rustls::ServerConfig>>,
+        handler: Arc<H>,
+        proxy: ProxyPolicy,
+    ) -> Arc<Self> {
+        Arc::new(Server {
+            settings,
+            tls: tls.map(TlsAcceptor::from),
+            handler,
+            proxy: Some(proxy),
         })
     }
 
@@ -164,6 +190,12 @@ impl<H: Handler> Server<H> {
                 },
                 _ = stopped(&mut shutdown) => break,
             };
+            if let Some(p) = &self.proxy
+                && !p.from.contains(&peer.ip())
+            {
+                info!(%peer, "refused: not a balancer, on a PROXY listener");
+                continue;
+            }
             let _ = stream.set_nodelay(true);
             let Ok(permit) = sessions.clone().try_acquire_owned() else {
                 info!(%peer, "refused: too many sessions");
@@ -173,41 +205,52 @@ impl<H: Handler> Server<H> {
                 ));
                 continue;
             };
-            let slot = {
-                let mut map = per_client.lock().expect("per-client map");
-                let n = map.entry(peer.ip()).or_insert(0);
-                if *n >= self.settings.max_sessions_per_client {
-                    None
-                } else {
-                    *n += 1;
-                    Some(PerClient {
-                        map: per_client.clone(),
-                        ip: peer.ip(),
-                    })
-                }
-            };
-            let Some(slot) = slot else {
-                info!(%peer, "refused: too many sessions from this client");
-                tokio::spawn(refuse(
-                    stream,
-                    "421 4.7.0 Too many connections from your address\r\n",
-                ));
-                continue;
-            };
-            let server = self.clone();
-            let shutdown = shutdown.clone();
+            let (server, shutdown, per_client) =
+                (self.clone(), shutdown.clone(), per_client.clone());
             tokio::spawn(async move {
                 let _permit = permit;
-                let _slot = slot;
-                server.session(Box::new(stream), peer, shutdown).await;
+                let mut stream = stream;
+                // Behind a balancer the client is who the PROXY header says.
+                let client = match &server.proxy {
+                    None => peer,
+                    Some(p) => match proxy::read(&mut stream, p.timeout).await {
+                        Ok(Proxied::Client(c)) => c,
+                        Ok(Proxied::Local) => peer,
+                        Err(e) => {
+                            info!(%peer, error = %e, "closed: bad PROXY header");
+                            return;
+                        }
+                    },
+                };
+                let slot = {
+                    let mut map = per_client.lock().expect("per-client map");
+                    let n = map.entry(client.ip()).or_insert(0);
+                    if *n >= server.settings.max_sessions_per_client {
+                        None
+                    } else {
+                        *n += 1;
+                        Some(PerClient {
+                            map: per_client.clone(),
+                            ip: client.ip(),
+                        })
+                    }
+                };
+                let Some(_slot) = slot else {
+                    info!(%client, "refused: too many sessions from this client");
+                    refuse(
+                        stream,
+                        "421 4.7.0 Too many connections from your address\r\n",
+                    )
+                    .await;
+                    return;
+                };
+                server.session(Box::new(stream), client, shutdown).await;
             });
         }
         drop(listener);
         let _ = tokio::time::timeout(grace, sessions.acquire_many(max as u32)).await;
     }
-}
 
-impl<H: Handler> Server<H> {
     /// Runs one SMTP session over any byte stream (TCP, or a test's or fuzzer's pipe), in its
     /// own tracing span. Session limits are the caller's business.
     pub async fn session(

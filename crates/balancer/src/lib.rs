@@ -1,0 +1,468 @@
+//! A cluster's load balancer. It owns the cluster's public address: for each connection it
+//! picks one of the cluster's mail servers by their loading (smooth weighted round-robin, or
+//! weighted least-connections), connects to it from the balancer's own source address
+//! (address and port translation), optionally sends a PROXY v2 header carrying the client's
+//! address, and relays bytes both ways until each side has closed. It checks its servers'
+//! health (220, EHLO, 250, QUIT, 221), ramps returning servers up slowly, keeps per-server
+//! statistics, and takes run-time changes (loading, drain, maintenance, ready) without
+//! touching established sessions.
+
+pub mod sched;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use config::Scheduler;
+use ppp::v2::{Builder, Command, Protocol, Version};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpSocket, TcpStream};
+use tokio::sync::{Notify, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+/// How long connecting to a mail server may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The operator's say over a server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admin {
+    /// In rotation (when healthy).
+    Ready = 0,
+    /// No new sessions; open ones finish.
+    Drain = 1,
+    /// Out of service: no new sessions.
+    Maint = 2,
+}
+
+impl Admin {
+    fn from_u8(v: u8) -> Admin {
+        match v {
+            0 => Admin::Ready,
+            1 => Admin::Drain,
+            _ => Admin::Maint,
+        }
+    }
+}
+
+impl fmt::Display for Admin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Admin::Ready => "ready",
+            Admin::Drain => "drain",
+            Admin::Maint => "maint",
+        })
+    }
+}
+
+impl std::str::FromStr for Admin {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Admin, String> {
+        match s {
+            "ready" => Ok(Admin::Ready),
+            "drain" => Ok(Admin::Drain),
+            "maint" | "maintenance" => Ok(Admin::Maint),
+            _ => Err(format!("unknown state {s:?} (ready, drain, maint)")),
+        }
+    }
+}
+
+/// A snapshot of one server for operators.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServerStats {
+    pub cluster: String,
+    pub server: String,
+    pub address: SocketAddr,
+    /// The health checks' verdict.
+    pub up: bool,
+    pub admin: Admin,
+    pub loading: u32,
+    /// Sessions open now.
+    pub active: usize,
+    /// Sessions since start.
+    pub total: u64,
+    /// The last check's outcome and how long ago it ran.
+    pub last_check: Option<(String, Duration)>,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ControlError {
+    #[error("cluster {0:?} has no server {1:?}")]
+    UnknownServer(String, String),
+    #[error("loading must be at least 1 (use drain to take a server out)")]
+    ZeroLoading,
+}
+
+struct ServerState {
+    config: config::Server,
+    loading: AtomicU32,
+    admin: AtomicU8,
+    up: AtomicBool,
+    /// When it last came back up, for slow start; `None` means full weight.
+    back_since: Mutex<Option<Instant>>,
+    active: AtomicUsize,
+    total: AtomicU64,
+    last_check: Mutex<Option<(String, Instant)>>,
+}
+
+/// One cluster's balancer. Shared behind an `Arc` by its listener, its health checker and
+/// the control endpoint.
+pub struct Balancer {
+    cluster: config::Cluster,
+    servers: Vec<ServerState>,
+    swrr: Mutex<sched::Swrr>,
+    last: AtomicUsize,
+    /// Woken when a session ends or a server's state changes (for queued connections).
+    changed: Notify,
+}
+
+/// Counts a session against its server while it lives.
+struct Active<'a> {
+    balancer: &'a Balancer,
+    index: usize,
+}
+
+impl Drop for Active<'_> {
+    fn drop(&mut self) {
+        self.balancer.servers[self.index]
+            .active
+            .fetch_sub(1, Ordering::AcqRel);
+        self.balancer.changed.notify_waiters();
+    }
+}
+
+impl Balancer {
+    pub fn new(cluster: config::Cluster) -> Arc<Balancer> {
+        let servers = cluster
+            .servers
+            .iter()
+            .map(|s| ServerState {
+                config: s.clone(),
+                loading: AtomicU32::new(s.loading),
+                admin: AtomicU8::new(Admin::Ready as u8),
+                up: AtomicBool::new(true),
+                back_since: Mutex::new(None),
+                active: AtomicUsize::new(0),
+                total: AtomicU64::new(0),
+                last_check: Mutex::new(None),
+            })
+            .collect();
+        Arc::new(Balancer {
+            cluster,
+            servers,
+            swrr: Mutex::default(),
+            last: AtomicUsize::new(0),
+            changed: Notify::new(),
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cluster.name
+    }
+
+    pub fn stats(&self) -> Vec<ServerStats> {
+        self.servers
+            .iter()
+            .map(|s| ServerStats {
+                cluster: self.cluster.name.clone(),
+                server: s.config.name.clone(),
+                address: s.config.address,
+                up: s.up.load(Ordering::Relaxed),
+                admin: Admin::from_u8(s.admin.load(Ordering::Relaxed)),
+                loading: s.loading.load(Ordering::Relaxed),
+                active: s.active.load(Ordering::Relaxed),
+                total: s.total.load(Ordering::Relaxed),
+                last_check: s
+                    .last_check
+                    .lock()
+                    .expect("last check")
+                    .as_ref()
+                    .map(|(r, t)| (r.clone(), t.elapsed())),
+            })
+            .collect()
+    }
+
+    fn server(&self, name: &str) -> Result<&ServerState, ControlError> {
+        self.servers
+            .iter()
+            .find(|s| s.config.name == name)
+            .ok_or_else(|| ControlError::UnknownServer(self.cluster.name.clone(), name.to_string()))
+    }
+
+    /// Changes a server's loading; new sessions follow it at once, open ones are untouched.
+    pub fn set_loading(&self, server: &str, loading: u32) -> Result<(), ControlError> {
+        if loading == 0 {
+            return Err(ControlError::ZeroLoading);
+        }
+        self.server(server)?
+            .loading
+            .store(loading, Ordering::Relaxed);
+        info!(cluster = %self.cluster.name, %server, loading, "loading changed");
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    pub fn set_admin(&self, server: &str, admin: Admin) -> Result<(), ControlError> {
+        self.server(server)?
+            .admin
+            .store(admin as u8, Ordering::Relaxed);
+        info!(cluster = %self.cluster.name, %server, state = %admin, "state changed");
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// The weight each server has for the next pick (scaled by 1000 for slow start); 0 for
+    /// one that may not take a session now.
+    fn weights(&self, exclude: &[usize]) -> Vec<i64> {
+        let slowstart = self.cluster.slowstart;
+        self.servers
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let eligible = !exclude.contains(&i)
+                    && s.up.load(Ordering::Relaxed)
+                    && Admin::from_u8(s.admin.load(Ordering::Relaxed)) == Admin::Ready
+                    && s.active.load(Ordering::Relaxed) < s.config.maxconn;
+                if !eligible {
+                    return 0;
+                }
+                let full = i64::from(s.loading.load(Ordering::Relaxed)) * 1000;
+                match *s.back_since.lock().expect("slow start") {
+                    Some(t) if !slowstart.is_zero() && t.elapsed() < slowstart => {
+                        (full as f64 * t.elapsed().as_secs_f64() / slowstart.as_secs_f64()).max(1.0)
+                            as i64
+                    }
+                    _ => full,
+                }
+            })
+            .collect()
+    }
+
+    /// Picks a server and counts the session against it, in one step so maxconn holds.
+    fn pick(&self, exclude: &[usize]) -> Option<Active<'_>> {
+        let mut swrr = self.swrr.lock().expect("scheduler");
+        let weights = self.weights(exclude);
+        let index = match self.cluster.scheduler {
+            Scheduler::RoundRobin => swrr.pick(&weights)?,
+            Scheduler::LeastConnections => {
+                let active: Vec<usize> = self
+                    .servers
+                    .iter()
+                    .map(|s| s.active.load(Ordering::Relaxed))
+                    .collect();
+                let i =
+                    sched::least_connections(&weights, &active, self.last.load(Ordering::Relaxed))?;
+                self.last.store(i, Ordering::Relaxed);
+                i
+            }
+        };
+        self.servers[index].active.fetch_add(1, Ordering::AcqRel);
+        self.servers[index].total.fetch_add(1, Ordering::Relaxed);
+        Some(Active {
+            balancer: self,
+            index,
+        })
+    }
+
+    /// Connects to a server from the balancer's source address.
+    async fn connect(&self, to: SocketAddr) -> io::Result<TcpStream> {
+        let socket = if to.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.bind(SocketAddr::new(self.cluster.source, 0))?;
+        let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(to))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
+        stream.set_nodelay(true)?;
+        Ok(stream)
+    }
+
+    /// Accepts connections until `shutdown`; established relays run on until they close.
+    pub async fn serve(
+        self: Arc<Self>,
+        listener: TcpListener,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        loop {
+            let (client, peer) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        warn!(error = %e, "balancer accept");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = shutdown.changed() => break,
+            };
+            let _ = client.set_nodelay(true);
+            let this = self.clone();
+            let span = info_span!("relay", cluster = %self.cluster.name, %peer);
+            tokio::spawn(async move { this.relay(client, peer).await }.instrument(span));
+        }
+    }
+
+    async fn relay(&self, mut client: TcpStream, peer: SocketAddr) {
+        let deadline = tokio::time::Instant::now() + self.cluster.queue_timeout;
+        let mut failed: Vec<usize> = Vec::new();
+        loop {
+            // Wait in the queue for a server below its maxconn.
+            let active = loop {
+                let wake = self.changed.notified();
+                if let Some(a) = self.pick(&failed) {
+                    break a;
+                }
+                if failed.len() >= self.servers.len()
+                    || tokio::time::timeout_at(deadline, wake).await.is_err()
+                {
+                    info!("no server available: 421 from the balancer");
+                    let msg = format!(
+                        "421 4.3.2 {} has no mail server available, try again later\r\n",
+                        self.cluster.name
+                    );
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(5),
+                        client.write_all(msg.as_bytes()),
+                    )
+                    .await;
+                    return;
+                }
+            };
+            let server = &self.servers[active.index].config;
+            let mut upstream = match self.connect(server.address).await {
+                Ok(s) => s,
+                Err(e) => {
+                    warn!(server = %server.name, error = %e, "connect failed; trying another server");
+                    failed.push(active.index);
+                    continue;
+                }
+            };
+            if self.cluster.proxy {
+                let local = client.local_addr().unwrap_or(self.cluster.address);
+                let header = Builder::with_addresses(
+                    Version::Two | Command::Proxy,
+                    Protocol::Stream,
+                    (peer, local),
+                )
+                .build();
+                let sent = match header {
+                    Ok(h) => upstream.write_all(&h).await,
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = sent {
+                    warn!(server = %server.name, error = %e, "PROXY header not sent");
+                    failed.push(active.index);
+                    continue;
+                }
+            }
+            debug!(server = %server.name, "relaying");
+            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
+                Ok((up, down)) => debug!(server = %server.name, up, down, "closed"),
+                Err(e) => debug!(server = %server.name, error = %e, "relay ended"),
+            }
+            return;
+        }
+    }
+
+    /// Runs the health checks of every server until `shutdown`.
+    pub async fn check_health(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
+        let mut tasks = Vec::new();
+        for i in 0..self.servers.len() {
+            let (this, mut stop) = (self.clone(), shutdown.clone());
+            tasks.push(tokio::spawn(async move {
+                let health = this.cluster.health;
+                let (mut ups, mut downs) = (0u32, 0u32);
+                loop {
+                    let started = Instant::now();
+                    let result = tokio::time::timeout(health.timeout, this.check(i))
+                        .await
+                        .unwrap_or_else(|_| Err("timed out".into()));
+                    let s = &this.servers[i];
+                    let text = match &result {
+                        Ok(()) => format!("ok in {} ms", started.elapsed().as_millis()),
+                        Err(e) => format!("failed: {e}"),
+                    };
+                    *s.last_check.lock().expect("last check") = Some((text.clone(), Instant::now()));
+                    let up = s.up.load(Ordering::Relaxed);
+                    if result.is_ok() {
+                        (ups, downs) = (ups + 1, 0);
+                        if !up && ups >= health.rise {
+                            *s.back_since.lock().expect("slow start") = Some(Instant::now());
+                            s.up.store(true, Ordering::Relaxed);
+                            info!(cluster = %this.cluster.name, server = %s.config.name, "server up: back in rotation (slow start)");
+                            this.changed.notify_waiters();
+                        }
+                    } else {
+                        (ups, downs) = (0, downs + 1);
+                        if up && downs >= health.fall {
+                            s.up.store(false, Ordering::Relaxed);
+                            warn!(cluster = %this.cluster.name, server = %s.config.name, check = %text, "server down: out of rotation");
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(health.interval) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    }
+
+    /// One check: connect, (PROXY LOCAL), 220, EHLO, 250, QUIT, 221.
+    async fn check(&self, index: usize) -> Result<(), String> {
+        let server = &self.servers[index].config;
+        let mut stream = self
+            .connect(server.address)
+            .await
+            .map_err(|e| e.to_string())?;
+        if self.cluster.proxy {
+            let local = Builder::with_addresses(
+                Version::Two | Command::Local,
+                Protocol::Unspecified,
+                ppp::v2::Addresses::Unspecified,
+            )
+            .build()
+            .map_err(|e| e.to_string())?;
+            stream.write_all(&local).await.map_err(|e| e.to_string())?;
+        }
+        let (reader, mut writer) = stream.split();
+        let mut reader = BufReader::new(reader);
+        let mut expect = async |code: &str| -> Result<(), String> {
+            loop {
+                let mut line = String::new();
+                if reader
+                    .read_line(&mut line)
+                    .await
+                    .map_err(|e| e.to_string())?
+                    == 0
+                {
+                    return Err(format!("closed before {code}"));
+                }
+                if !line.starts_with(code) {
+                    return Err(format!("expected {code}, got {:?}", line.trim_end()));
+                }
+                if line.as_bytes().get(3) != Some(&b'-') {
+                    return Ok(());
+                }
+            }
+        };
+        expect("220").await?;
+        writer
+            .write_all(b"EHLO health.mailsilo\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        expect("250").await?;
+        writer
+            .write_all(b"QUIT\r\n")
+            .await
+            .map_err(|e| e.to_string())?;
+        expect("221").await
+    }
+}

@@ -1,0 +1,910 @@
+//! The file as written; [`File::validate`] turns it into the model, checking every rule
+//! and naming the key (and, through its span, the line) of the first thing wrong.
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use super::*;
+
+type S<T> = Spanned<T>;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct File {
+    pub smtp: S<SmtpRaw>,
+    #[serde(default)]
+    pub delivery: Option<DeliveryRaw>,
+    #[serde(default)]
+    pub retry: Option<RetryRaw>,
+    #[serde(default, rename = "domain")]
+    pub domains: Vec<S<DomainRaw>>,
+    #[serde(default)]
+    pub sink: Option<SinkRaw>,
+    #[serde(default)]
+    pub dns: Option<S<DnsRaw>>,
+    #[serde(default, rename = "silo")]
+    pub silos: Vec<S<SiloRaw>>,
+    #[serde(default)]
+    pub control: Option<ControlRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpRaw {
+    pub hostname: S<String>,
+    #[serde(default)]
+    pub listen: Option<S<Vec<S<String>>>>,
+    pub max_message_size: Option<S<String>>,
+    pub max_recipients: Option<S<usize>>,
+    pub max_errors: Option<S<usize>>,
+    pub max_sessions: Option<S<usize>>,
+    pub max_sessions_per_client: Option<S<usize>>,
+    pub command_timeout: Option<S<String>>,
+    pub data_timeout: Option<S<String>>,
+    pub bare_newlines: Option<BareNewlines>,
+    pub tls_cert: Option<S<String>>,
+    pub tls_key: Option<S<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DeliveryRaw {
+    pub destination_concurrency: Option<S<usize>>,
+    pub connect_timeout: Option<S<String>>,
+    pub command_timeout: Option<S<String>>,
+    pub connection_cache_time: Option<S<String>>,
+}
+
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct RetryRaw {
+    pub min_backoff: Option<S<String>>,
+    pub max_backoff: Option<S<String>>,
+    pub lifetime: Option<S<String>>,
+    pub delay_warning: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainRaw {
+    pub name: S<String>,
+    pub destination: S<String>,
+    #[serde(default)]
+    pub require_tls: bool,
+    pub recipients: Option<Vec<S<String>>>,
+    pub retry: Option<RetryRaw>,
+    pub silo: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkRaw {
+    pub listen: S<String>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct HealthRaw {
+    pub interval: Option<S<String>>,
+    pub timeout: Option<S<String>>,
+    pub rise: Option<S<usize>>,
+    pub fall: Option<S<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsRaw {
+    pub listen: S<Vec<S<String>>>,
+    #[serde(default, rename = "zone")]
+    pub zones: Vec<S<ZoneRaw>>,
+    pub rate_limit: Option<RateLimitRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ZoneRaw {
+    pub name: S<String>,
+    pub ttl: Option<u32>,
+    pub serial: Option<u32>,
+    pub nameservers: Option<Vec<S<String>>>,
+    pub hostmaster: Option<S<String>>,
+    pub negative_ttl: Option<u32>,
+    #[serde(default, rename = "record")]
+    pub records: Vec<RecordRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RecordRaw {
+    pub name: S<String>,
+    #[serde(rename = "type")]
+    pub rtype: S<String>,
+    pub value: S<String>,
+    pub ttl: Option<u32>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitRaw {
+    pub responses_per_second: S<usize>,
+    pub ipv4_prefix: Option<S<u8>>,
+    pub ipv6_prefix: Option<S<u8>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiloRaw {
+    pub name: S<String>,
+    pub rotation: Option<Rotation>,
+    pub ttl: Option<u32>,
+    pub health: Option<HealthRaw>,
+    #[serde(default, rename = "cluster")]
+    pub clusters: Vec<S<ClusterRaw>>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterRaw {
+    pub name: S<String>,
+    pub address: S<String>,
+    pub source: Option<S<String>>,
+    #[serde(default = "yes")]
+    pub proxy: bool,
+    pub scheduler: Option<Scheduler>,
+    pub weight: Option<S<usize>>,
+    pub queue_timeout: Option<S<String>>,
+    pub slowstart: Option<S<String>>,
+    pub health: Option<HealthRaw>,
+    #[serde(default, rename = "server")]
+    pub servers: Vec<S<ServerRaw>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerRaw {
+    pub name: S<String>,
+    pub address: S<String>,
+    pub loading: S<usize>,
+    pub maxconn: Option<S<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlRaw {
+    pub listen: S<String>,
+}
+
+/// Whether `name` is a plain host name: dot-separated labels of letters, digits and
+/// hyphens, none empty or over 63 octets.
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        })
+}
+
+/// Validation context: the file and its text, for error positions.
+struct Ctx<'a> {
+    file: &'a str,
+    text: &'a str,
+}
+
+impl Ctx<'_> {
+    fn err<T>(
+        &self,
+        span: Range<usize>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Result<T, Error> {
+        Err(invalid(self.file, self.text, span, key, message.into()))
+    }
+
+    fn duration(
+        &self,
+        v: &Option<S<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, Error> {
+        match v {
+            None => Ok(default),
+            Some(s) => humantime::parse_duration(s.get_ref()).or_else(|e| {
+                self.err(
+                    s.span(),
+                    key,
+                    format!(
+                        "invalid duration {:?}: {e} (e.g. \"300s\", \"5m\", \"5d\")",
+                        s.get_ref()
+                    ),
+                )
+            }),
+        }
+    }
+
+    fn positive(&self, v: &Option<S<usize>>, key: &str, default: usize) -> Result<usize, Error> {
+        match v {
+            None => Ok(default),
+            Some(s) => self.at_least_one(s, key),
+        }
+    }
+
+    fn at_least_one(&self, v: &S<usize>, key: &str) -> Result<usize, Error> {
+        if *v.get_ref() == 0 {
+            self.err(v.span(), key, "must be at least 1")
+        } else {
+            Ok(*v.get_ref())
+        }
+    }
+
+    fn addr(&self, v: &S<String>, key: &str) -> Result<SocketAddr, Error> {
+        v.get_ref().parse().or_else(|_| {
+            self.err(
+                v.span(),
+                key,
+                format!(
+                    "invalid address {:?}: expected IP:PORT, e.g. \"127.0.0.1:2525\"",
+                    v.get_ref()
+                ),
+            )
+        })
+    }
+
+    /// A host name: lower-cased, without a trailing dot, checked label by label.
+    fn host(&self, v: &S<String>, key: &str) -> Result<String, Error> {
+        let name = v
+            .get_ref()
+            .trim()
+            .trim_end_matches('.')
+            .to_ascii_lowercase();
+        if is_host_name(&name) {
+            Ok(name)
+        } else {
+            self.err(
+                v.span(),
+                key,
+                format!("invalid host name {:?}", v.get_ref()),
+            )
+        }
+    }
+
+    fn health(&self, raw: &Option<HealthRaw>, prefix: &str) -> Result<Health, Error> {
+        let d = Health::default();
+        let Some(raw) = raw else { return Ok(d) };
+        Ok(Health {
+            interval: self.duration(&raw.interval, &format!("{prefix}interval"), d.interval)?,
+            timeout: self.duration(&raw.timeout, &format!("{prefix}timeout"), d.timeout)?,
+            rise: self.positive(&raw.rise, &format!("{prefix}rise"), d.rise as usize)? as u32,
+            fall: self.positive(&raw.fall, &format!("{prefix}fall"), d.fall as usize)? as u32,
+        })
+    }
+
+    fn retry(&self, raw: &RetryRaw, prefix: &str, base: Retry) -> Result<Retry, Error> {
+        let r = Retry {
+            min_backoff: self.duration(
+                &raw.min_backoff,
+                &format!("{prefix}min_backoff"),
+                base.min_backoff,
+            )?,
+            max_backoff: self.duration(
+                &raw.max_backoff,
+                &format!("{prefix}max_backoff"),
+                base.max_backoff,
+            )?,
+            lifetime: self.duration(&raw.lifetime, &format!("{prefix}lifetime"), base.lifetime)?,
+            delay_warning: match &raw.delay_warning {
+                None => base.delay_warning,
+                Some(_) => Some(self.duration(
+                    &raw.delay_warning,
+                    &format!("{prefix}delay_warning"),
+                    Duration::ZERO,
+                )?)
+                .filter(|d| !d.is_zero()),
+            },
+        };
+        if r.min_backoff.is_zero() {
+            let span = raw.min_backoff.as_ref().map_or(0..0, |s| s.span());
+            return self.err(
+                span,
+                &format!("{prefix}min_backoff"),
+                "must be more than zero",
+            );
+        }
+        if r.max_backoff < r.min_backoff {
+            let span = raw
+                .max_backoff
+                .as_ref()
+                .or(raw.min_backoff.as_ref())
+                .map_or(0..0, |s| s.span());
+            return self.err(
+                span,
+                &format!("{prefix}max_backoff"),
+                "must not be less than min_backoff",
+            );
+        }
+        Ok(r)
+    }
+}
+
+/// Every address the configuration listens on or hands out, so that none is used twice.
+#[derive(Default)]
+struct Addresses(HashMap<SocketAddr, String>);
+
+impl Addresses {
+    fn claim(
+        &mut self,
+        cx: &Ctx<'_>,
+        addr: SocketAddr,
+        span: Range<usize>,
+        key: &str,
+    ) -> Result<(), Error> {
+        if let Some(other) = self.0.get(&addr) {
+            return cx.err(
+                span,
+                key,
+                format!("address {addr} is already used by {other}"),
+            );
+        }
+        self.0.insert(addr, key.to_string());
+        Ok(())
+    }
+}
+
+impl File {
+    pub fn validate(self, file: &str, text: &str) -> Result<Config, Error> {
+        let cx = Ctx { file, text };
+        let mut used = Addresses::default();
+        let smtp_span = self.smtp.span();
+        let s = self.smtp.into_inner();
+
+        let hostname = s.hostname.get_ref().trim().to_string();
+        if hostname.is_empty() || hostname.contains(char::is_whitespace) {
+            return cx.err(
+                s.hostname.span(),
+                "smtp.hostname",
+                "must be a host name without spaces",
+            );
+        }
+        let mut listen = Vec::new();
+        for a in s.listen.iter().flat_map(|l| l.get_ref()) {
+            let addr = cx.addr(a, "smtp.listen")?;
+            used.claim(&cx, addr, a.span(), "smtp.listen")?;
+            listen.push(addr);
+        }
+        let max_message_size = match &s.max_message_size {
+            None => 25 << 20,
+            Some(v) => match parse_size(v.get_ref()) {
+                Ok(0) => {
+                    return cx.err(v.span(), "smtp.max_message_size", "must be more than zero");
+                }
+                Ok(n) => n,
+                Err(m) => return cx.err(v.span(), "smtp.max_message_size", m),
+            },
+        };
+        let max_recipients = cx.positive(&s.max_recipients, "smtp.max_recipients", 1000)?;
+        if max_recipients < 100 {
+            let span = s
+                .max_recipients
+                .as_ref()
+                .map_or(smtp_span.clone(), |v| v.span());
+            return cx.err(
+                span,
+                "smtp.max_recipients",
+                "RFC 5321 requires at least 100",
+            );
+        }
+        if s.tls_cert.is_some() != s.tls_key.is_some() {
+            let span = s
+                .tls_cert
+                .as_ref()
+                .or(s.tls_key.as_ref())
+                .map_or(smtp_span.clone(), |v| v.span());
+            return cx.err(span, "smtp.tls_cert", "tls_cert and tls_key go together");
+        }
+        let smtp = Smtp {
+            hostname,
+            listen,
+            max_message_size,
+            max_recipients,
+            max_errors: cx.positive(&s.max_errors, "smtp.max_errors", 20)?,
+            max_sessions: cx.positive(&s.max_sessions, "smtp.max_sessions", 1000)?,
+            max_sessions_per_client: cx.positive(
+                &s.max_sessions_per_client,
+                "smtp.max_sessions_per_client",
+                50,
+            )?,
+            command_timeout: cx.duration(
+                &s.command_timeout,
+                "smtp.command_timeout",
+                Duration::from_secs(300),
+            )?,
+            data_timeout: cx.duration(
+                &s.data_timeout,
+                "smtp.data_timeout",
+                Duration::from_secs(180),
+            )?,
+            bare_newlines: s.bare_newlines.unwrap_or_default(),
+            tls_cert: s.tls_cert.map(|v| PathBuf::from(v.into_inner())),
+            tls_key: s.tls_key.map(|v| PathBuf::from(v.into_inner())),
+        };
+
+        let d = self.delivery.unwrap_or_default();
+        let delivery = Delivery {
+            destination_concurrency: cx.positive(
+                &d.destination_concurrency,
+                "delivery.destination_concurrency",
+                20,
+            )?,
+            connect_timeout: cx.duration(
+                &d.connect_timeout,
+                "delivery.connect_timeout",
+                Duration::from_secs(30),
+            )?,
+            command_timeout: cx.duration(
+                &d.command_timeout,
+                "delivery.command_timeout",
+                Duration::from_secs(300),
+            )?,
+            connection_cache_time: cx.duration(
+                &d.connection_cache_time,
+                "delivery.connection_cache_time",
+                Duration::from_secs(2),
+            )?,
+        };
+
+        let postfix = Retry {
+            min_backoff: Duration::from_secs(300),
+            max_backoff: Duration::from_secs(4000),
+            lifetime: Duration::from_secs(5 * 86400),
+            delay_warning: None,
+        };
+        let retry = cx.retry(&self.retry.unwrap_or_default(), "retry.", postfix)?;
+
+        let sink = match &self.sink {
+            None => None,
+            Some(s) => {
+                let addr = cx.addr(&s.listen, "sink.listen")?;
+                used.claim(&cx, addr, s.listen.span(), "sink.listen")?;
+                Some(Sink { listen: addr })
+            }
+        };
+        let control = match &self.control {
+            None => None,
+            Some(c) => {
+                let addr = cx.addr(&c.listen, "control.listen")?;
+                used.claim(&cx, addr, c.listen.span(), "control.listen")?;
+                Some(Control { listen: addr })
+            }
+        };
+        let dns = match &self.dns {
+            None => None,
+            Some(d) => Some(validate_dns(&cx, d, &mut used)?),
+        };
+        let silos = validate_silos(&cx, &self.silos, dns.as_ref(), &mut used)?;
+        if smtp.listen.is_empty() && silos.iter().all(|s| s.clusters.is_empty()) {
+            return cx.err(
+                smtp_span,
+                "smtp.listen",
+                "nothing receives mail: give smtp.listen or a [[silo]] with servers",
+            );
+        }
+
+        let mut domains: Vec<Domain> = Vec::new();
+        for (i, spanned) in self.domains.iter().enumerate() {
+            let raw = spanned.get_ref();
+            let key = |k: &str| format!("domain[{i}].{k}");
+            let name = raw.name.get_ref().trim().to_ascii_lowercase();
+            if !is_host_name(&name) {
+                return cx.err(
+                    raw.name.span(),
+                    &key("name"),
+                    format!("invalid domain name {:?}", raw.name.get_ref()),
+                );
+            }
+            if domains.iter().any(|d| d.name == name) {
+                return cx.err(
+                    raw.name.span(),
+                    &key("name"),
+                    format!("domain {name} is configured twice"),
+                );
+            }
+            let destination = parse_destination(raw.destination.get_ref())
+                .or_else(|m| cx.err(raw.destination.span(), &key("destination"), m))?;
+            let recipients = match &raw.recipients {
+                None => None,
+                Some(list) => {
+                    let mut set = HashSet::new();
+                    for r in list {
+                        let local = r.get_ref().trim().to_ascii_lowercase();
+                        if local.is_empty() || local.contains(['@', ' ', '<', '>']) {
+                            return cx.err(
+                                r.span(),
+                                &key("recipients"),
+                                format!("{:?} is not a local part (write \"alice\", not \"alice@{name}\")", r.get_ref()),
+                            );
+                        }
+                        set.insert(local);
+                    }
+                    Some(set)
+                }
+            };
+            let retry = match &raw.retry {
+                None => retry,
+                Some(r) => cx.retry(r, &key("retry."), retry)?,
+            };
+            let silo = match &raw.silo {
+                None => None,
+                Some(v) => {
+                    let want = v
+                        .get_ref()
+                        .trim()
+                        .trim_end_matches('.')
+                        .to_ascii_lowercase();
+                    if !silos.iter().any(|s| s.name == want) {
+                        return cx.err(
+                            v.span(),
+                            &key("silo"),
+                            format!("unknown silo {:?}: no [[silo]] has that name", v.get_ref()),
+                        );
+                    }
+                    Some(want)
+                }
+            };
+            domains.push(Domain {
+                name,
+                destination,
+                require_tls: raw.require_tls,
+                recipients,
+                retry,
+                silo,
+            });
+        }
+        if domains.is_empty() {
+            return cx.err(
+                0..0,
+                "domain",
+                "no client domains: add at least one [[domain]] table",
+            );
+        }
+
+        Ok(Config {
+            source: file.to_string(),
+            smtp,
+            delivery,
+            domains,
+            sink,
+            dns,
+            silos,
+            control,
+        })
+    }
+}
+
+fn validate_dns(cx: &Ctx<'_>, d: &S<DnsRaw>, used: &mut Addresses) -> Result<Dns, Error> {
+    let raw = d.get_ref();
+    if raw.listen.get_ref().is_empty() {
+        return cx.err(
+            raw.listen.span(),
+            "dns.listen",
+            "needs at least one address",
+        );
+    }
+    let mut listen = Vec::new();
+    for a in raw.listen.get_ref() {
+        let addr = cx.addr(a, "dns.listen")?;
+        used.claim(cx, addr, a.span(), "dns.listen")?;
+        listen.push(addr);
+    }
+    if raw.zones.is_empty() {
+        return cx.err(
+            d.span(),
+            "dns.zone",
+            "the DNS needs at least one [[dns.zone]]",
+        );
+    }
+    let mut zones: Vec<Zone> = Vec::new();
+    for (i, z) in raw.zones.iter().enumerate() {
+        let z = z.get_ref();
+        let key = |k: &str| format!("dns.zone[{i}].{k}");
+        let name = cx.host(&z.name, &key("name"))?;
+        if zones.iter().any(|o| o.name == name) {
+            return cx.err(
+                z.name.span(),
+                &key("name"),
+                format!("zone {name} is configured twice"),
+            );
+        }
+        let ttl = z.ttl.unwrap_or(900);
+        let mut nameservers = Vec::new();
+        for n in z.nameservers.iter().flatten() {
+            nameservers.push(cx.host(n, &key("nameservers"))?);
+        }
+        if nameservers.is_empty() {
+            nameservers.push(format!("ns1.{name}"));
+        }
+        let hostmaster = match &z.hostmaster {
+            Some(h) => cx.host(h, &key("hostmaster"))?,
+            None => format!("hostmaster.{name}"),
+        };
+        let mut records = Vec::new();
+        for (j, r) in z.records.iter().enumerate() {
+            let rkey = |k: &str| format!("dns.zone[{i}].record[{j}].{k}");
+            let written = r.name.get_ref().trim().to_ascii_lowercase();
+            let fqdn = if written == "@" {
+                name.clone()
+            } else if let Some(abs) = written.strip_suffix('.') {
+                abs.to_string()
+            } else {
+                format!("{written}.{name}")
+            };
+            if !is_host_name(&fqdn) || !(fqdn == name || fqdn.ends_with(&format!(".{name}"))) {
+                return cx.err(
+                    r.name.span(),
+                    &rkey("name"),
+                    format!("{:?} is not a name inside zone {name}", r.name.get_ref()),
+                );
+            }
+            let value = r.value.get_ref().trim();
+            let bad = |what: &str| {
+                cx.err(
+                    r.value.span(),
+                    &rkey("value"),
+                    format!("invalid {what} value {value:?}"),
+                )
+            };
+            let data = match r.rtype.get_ref().to_ascii_uppercase().as_str() {
+                "A" => RecordData::A(match value.parse() {
+                    Ok(v) => v,
+                    Err(_) => return bad("A"),
+                }),
+                "AAAA" => RecordData::Aaaa(match value.parse() {
+                    Ok(v) => v,
+                    Err(_) => return bad("AAAA"),
+                }),
+                "MX" => {
+                    let mut parts = value.split_whitespace();
+                    match (
+                        parts.next().and_then(|p| p.parse().ok()),
+                        parts.next(),
+                        parts.next(),
+                    ) {
+                        (Some(preference), Some(host), None)
+                            if is_host_name(host.trim_end_matches('.')) =>
+                        {
+                            RecordData::Mx {
+                                preference,
+                                exchange: host.trim_end_matches('.').to_ascii_lowercase(),
+                            }
+                        }
+                        _ => return bad("MX (\"10 mx.example.net\")"),
+                    }
+                }
+                "TXT" => {
+                    if value.len() > 255 {
+                        return bad("TXT (at most 255 characters)");
+                    }
+                    RecordData::Txt(value.to_string())
+                }
+                "NS" => {
+                    let host = value.trim_end_matches('.').to_ascii_lowercase();
+                    if !is_host_name(&host) {
+                        return bad("NS");
+                    }
+                    RecordData::Ns(host)
+                }
+                other => {
+                    return cx.err(
+                        r.rtype.span(),
+                        &rkey("type"),
+                        format!("unsupported record type {other:?} (A, AAAA, MX, TXT, NS)"),
+                    );
+                }
+            };
+            records.push(Record {
+                name: fqdn,
+                ttl: r.ttl.unwrap_or(ttl),
+                data,
+            });
+        }
+        zones.push(Zone {
+            name,
+            ttl,
+            serial: z.serial.unwrap_or(1),
+            nameservers,
+            hostmaster,
+            negative_ttl: z.negative_ttl.unwrap_or(300),
+            records,
+        });
+    }
+    let rate_limit = match &raw.rate_limit {
+        None => None,
+        Some(r) if *r.responses_per_second.get_ref() == 0 => None,
+        Some(r) => {
+            let prefix = |v: &Option<S<u8>>, key: &str, default: u8, max: u8| match v {
+                None => Ok(default),
+                Some(p) if *p.get_ref() == 0 || *p.get_ref() > max => {
+                    cx.err(p.span(), key, format!("must be from 1 to {max}"))
+                }
+                Some(p) => Ok(*p.get_ref()),
+            };
+            Some(RateLimit {
+                responses_per_second: *r.responses_per_second.get_ref() as u32,
+                ipv4_prefix: prefix(&r.ipv4_prefix, "dns.rate_limit.ipv4_prefix", 24, 32)?,
+                ipv6_prefix: prefix(&r.ipv6_prefix, "dns.rate_limit.ipv6_prefix", 56, 128)?,
+            })
+        }
+    };
+    Ok(Dns {
+        listen,
+        zones,
+        rate_limit,
+    })
+}
+
+fn validate_silos(
+    cx: &Ctx<'_>,
+    raw: &[S<SiloRaw>],
+    dns: Option<&Dns>,
+    used: &mut Addresses,
+) -> Result<Vec<Silo>, Error> {
+    let mut silos: Vec<Silo> = Vec::new();
+    let mut cluster_names: HashSet<String> = HashSet::new();
+    let mut server_names: HashSet<String> = HashSet::new();
+    for (i, s) in raw.iter().enumerate() {
+        let span = s.span();
+        let s = s.get_ref();
+        let key = |k: &str| format!("silo[{i}].{k}");
+        let name = cx.host(&s.name, &key("name"))?;
+        if silos.iter().any(|o| o.name == name) {
+            return cx.err(
+                s.name.span(),
+                &key("name"),
+                format!("silo {name} is configured twice"),
+            );
+        }
+        if let Some(dns) = dns
+            && !dns
+                .zones
+                .iter()
+                .any(|z| name == z.name || name.ends_with(&format!(".{}", z.name)))
+        {
+            return cx.err(
+                s.name.span(),
+                &key("name"),
+                format!(
+                    "silo {name} is not inside any [[dns.zone]], so the DNS cannot answer for it"
+                ),
+            );
+        }
+        if s.clusters.is_empty() {
+            return cx.err(
+                span,
+                &key("cluster"),
+                "a silo needs at least one [[silo.cluster]]",
+            );
+        }
+        let mut clusters = Vec::new();
+        for (j, c) in s.clusters.iter().enumerate() {
+            let cspan = c.span();
+            let c = c.get_ref();
+            let ckey = |k: &str| format!("silo[{i}].cluster[{j}].{k}");
+            let cname = c.name.get_ref().trim().to_string();
+            if cname.is_empty() || cname.contains(['/', ' ']) {
+                return cx.err(
+                    c.name.span(),
+                    &ckey("name"),
+                    "a cluster name is a word without '/' or spaces",
+                );
+            }
+            if !cluster_names.insert(cname.clone()) {
+                return cx.err(
+                    c.name.span(),
+                    &ckey("name"),
+                    format!("cluster name {cname:?} is used twice"),
+                );
+            }
+            let address = cx.addr(&c.address, &ckey("address"))?;
+            used.claim(cx, address, c.address.span(), &ckey("address"))?;
+            let source: IpAddr = match &c.source {
+                None => address.ip(),
+                Some(v) => v.get_ref().parse().or_else(|_| {
+                    cx.err(
+                        v.span(),
+                        &ckey("source"),
+                        format!("invalid IP address {:?}", v.get_ref()),
+                    )
+                })?,
+            };
+            if c.servers.is_empty() {
+                return cx.err(
+                    cspan,
+                    &ckey("server"),
+                    "zero total loading: a cluster needs at least one [[silo.cluster.server]]",
+                );
+            }
+            let mut servers = Vec::new();
+            for (k, v) in c.servers.iter().enumerate() {
+                let v = v.get_ref();
+                let skey = |x: &str| format!("silo[{i}].cluster[{j}].server[{k}].{x}");
+                let sname = v.name.get_ref().trim().to_string();
+                if sname.is_empty() || sname.contains(['/', ' ']) {
+                    return cx.err(
+                        v.name.span(),
+                        &skey("name"),
+                        "a server name is a word without '/' or spaces",
+                    );
+                }
+                if !server_names.insert(sname.clone()) {
+                    return cx.err(
+                        v.name.span(),
+                        &skey("name"),
+                        format!("server name {sname:?} is used twice"),
+                    );
+                }
+                let saddr = cx.addr(&v.address, &skey("address"))?;
+                used.claim(cx, saddr, v.address.span(), &skey("address"))?;
+                servers.push(Server {
+                    name: sname,
+                    address: saddr,
+                    loading: cx.at_least_one(&v.loading, &skey("loading"))? as u32,
+                    maxconn: cx.positive(&v.maxconn, &skey("maxconn"), 1000)?,
+                });
+            }
+            clusters.push(Cluster {
+                name: cname,
+                address,
+                source,
+                proxy: c.proxy,
+                scheduler: c.scheduler.unwrap_or_default(),
+                weight: cx.positive(&c.weight, &ckey("weight"), 1)? as u32,
+                queue_timeout: cx.duration(
+                    &c.queue_timeout,
+                    &ckey("queue_timeout"),
+                    Duration::from_secs(5),
+                )?,
+                slowstart: cx.duration(
+                    &c.slowstart,
+                    &ckey("slowstart"),
+                    Duration::from_secs(10),
+                )?,
+                health: cx.health(&c.health, &ckey("health."))?,
+                servers,
+            });
+        }
+        silos.push(Silo {
+            name,
+            rotation: s.rotation.unwrap_or_default(),
+            ttl: s.ttl.unwrap_or(900),
+            health: cx.health(&s.health, &key("health."))?,
+            clusters,
+        });
+    }
+    Ok(silos)
+}
+
+fn parse_destination(s: &str) -> Result<Destination, String> {
+    let s = s.trim();
+    if s.eq_ignore_ascii_case("mx") {
+        return Ok(Destination::Mx);
+    }
+    let bad = || {
+        format!(
+            "invalid destination {s:?}: expected \"mx\" or HOST:PORT, e.g. \"127.0.0.1:2526\" or \"[::1]:25\""
+        )
+    };
+    let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    let port: u16 = port.parse().map_err(|_| bad())?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() || port == 0 {
+        return Err(bad());
+    }
+    Ok(Destination::Host {
+        host: host.to_string(),
+        port,
+    })
+}

@@ -1,0 +1,229 @@
+//! The silo's authoritative DNS. This crate owns the answers a sender's resolver gets for a
+//! silo host name: the silo's cluster addresses in rotation (`rotate` or `cycle`), minus
+//! clusters whose balancer fails its health check, plus the static records of the
+//! configured zones; over UDP (answers within the client's size and 1232 bytes, truncated
+//! beyond) and TCP (length-framed), with response rate limiting per client prefix.
+//!
+//! [`catalog`] is the pure part (bytes in, bytes out); [`serve`] puts it on sockets and keeps
+//! the health state current.
+
+pub mod catalog;
+mod rate;
+
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use catalog::{Catalog, Transport};
+use socket2::{Domain, Protocol, Socket, Type};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, watch};
+use tracing::{debug, info, warn};
+
+/// Concurrent TCP connections; more wait for the OS backlog.
+const MAX_TCP: usize = 256;
+/// A TCP client idle this long is dropped.
+const TCP_IDLE: Duration = Duration::from_secs(10);
+
+/// Binds UDP (one socket per core, SO_REUSEPORT) and TCP on `addr`.
+pub fn bind(addr: SocketAddr) -> io::Result<(Vec<UdpSocket>, TcpListener)> {
+    let domain = if addr.is_ipv4() {
+        Domain::IPV4
+    } else {
+        Domain::IPV6
+    };
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut udp = Vec::new();
+    for _ in 0..cores {
+        let s = Socket::new(domain, Type::DGRAM, Some(Protocol::UDP))?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())?;
+        udp.push(UdpSocket::from_std(s.into())?);
+    }
+    let tcp = Socket::new(domain, Type::STREAM, Some(Protocol::TCP))?;
+    tcp.set_reuse_address(true)?;
+    tcp.set_nonblocking(true)?;
+    tcp.bind(&addr.into())?;
+    tcp.listen(1024)?;
+    Ok((udp, TcpListener::from_std(tcp.into())?))
+}
+
+/// Serves `catalog` on bound sockets until `shutdown` turns true.
+pub async fn serve(
+    catalog: Arc<Catalog>,
+    sockets: (Vec<UdpSocket>, TcpListener),
+    rate_limit: Option<config::RateLimit>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let limiter = Arc::new(rate_limit.map(rate::Limiter::new));
+    let (udp, tcp) = sockets;
+    let mut tasks = Vec::new();
+    for socket in udp {
+        let (catalog, limiter, mut stop) = (catalog.clone(), limiter.clone(), shutdown.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut buf = vec![0u8; 4096];
+            loop {
+                let (n, peer) = tokio::select! {
+                    r = socket.recv_from(&mut buf) => match r {
+                        Ok(x) => x,
+                        Err(e) => {
+                            debug!(error = %e, "udp receive");
+                            continue;
+                        }
+                    },
+                    _ = stop.changed() => break,
+                };
+                let Some(mut answer) = catalog.answer(&buf[..n], Transport::Udp) else {
+                    continue;
+                };
+                if let Some(l) = limiter.as_ref() {
+                    match l.check(peer.ip()) {
+                        rate::Verdict::Send => {}
+                        rate::Verdict::Drop => continue,
+                        rate::Verdict::Slip => rate::truncate(&mut answer),
+                    }
+                }
+                let _ = socket.send_to(&answer, peer).await;
+            }
+        }));
+    }
+    let mut stop = shutdown.clone();
+    let slots = Arc::new(Semaphore::new(MAX_TCP));
+    loop {
+        let (stream, _) = tokio::select! {
+            r = tcp.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    warn!(error = %e, "dns tcp accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
+        let catalog = catalog.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tcp_session(stream, &catalog).await;
+        });
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Answers length-framed queries on one TCP connection until it closes or idles.
+async fn tcp_session(mut stream: TcpStream, catalog: &Catalog) -> io::Result<()> {
+    let mut buf = vec![0u8; u16::MAX as usize];
+    loop {
+        let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
+            Ok(r) => r? as usize,
+            Err(_) => return Ok(()),
+        };
+        tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf[..len]))
+            .await
+            .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
+        match catalog.answer(&buf[..len], Transport::Tcp) {
+            Some(answer) => {
+                let mut out = Vec::with_capacity(answer.len() + 2);
+                out.extend_from_slice(&(answer.len() as u16).to_be_bytes());
+                out.extend_from_slice(&answer);
+                stream.write_all(&out).await?;
+            }
+            None => return Ok(()),
+        }
+    }
+}
+
+/// Checks every silo cluster's balancer (TCP connect, then a 220 banner) and keeps the
+/// catalog's health flags current, with rise/fall hysteresis.
+pub async fn check_health(
+    catalog: Arc<Catalog>,
+    silos: Vec<config::Silo>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let mut tasks = Vec::new();
+    for silo in silos {
+        for (i, cluster) in silo.clusters.iter().enumerate() {
+            let (catalog, cluster, health, mut stop) = (
+                catalog.clone(),
+                cluster.clone(),
+                silo.health,
+                shutdown.clone(),
+            );
+            let silo_name = silo.name.clone();
+            tasks.push(tokio::spawn(async move {
+                let (mut ups, mut downs) = (0u32, 0u32);
+                loop {
+                    let ok = banner_check(cluster.address, health.timeout).await;
+                    let entry = catalog.silos().find(|s| s.name == silo_name).map(|s| &s.clusters[i]);
+                    if let Some(entry) = entry {
+                        let healthy = entry.healthy.load(Ordering::Relaxed);
+                        if ok {
+                            (ups, downs) = (ups + 1, 0);
+                            if !healthy && ups >= health.rise {
+                                entry.healthy.store(true, Ordering::Relaxed);
+                                info!(silo = %silo_name, cluster = %cluster.name, "cluster up: back in DNS answers");
+                            }
+                        } else {
+                            (ups, downs) = (0, downs + 1);
+                            if healthy && downs >= health.fall {
+                                entry.healthy.store(false, Ordering::Relaxed);
+                                warn!(silo = %silo_name, cluster = %cluster.name, "cluster down: out of DNS answers");
+                            }
+                        }
+                    }
+                    tokio::select! {
+                        _ = tokio::time::sleep(health.interval) => {}
+                        _ = stop.changed() => break,
+                    }
+                }
+            }));
+        }
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
+/// Connects and expects an SMTP greeting starting with 220; says QUIT.
+async fn banner_check(addr: SocketAddr, limit: Duration) -> bool {
+    let attempt = async {
+        let mut s = TcpStream::connect(addr).await.ok()?;
+        let mut buf = [0u8; 512];
+        let mut got = 0;
+        while got < 4 || !buf[..got].contains(&b'\n') {
+            let n = s.read(&mut buf[got..]).await.ok()?;
+            if n == 0 || got + n >= buf.len() {
+                break;
+            }
+            got += n;
+        }
+        let _ = s.write_all(b"QUIT\r\n").await;
+        Some(buf[..got].starts_with(b"220"))
+    };
+    tokio::time::timeout(limit, attempt)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// The client prefix used for rate limiting.
+pub fn prefix(ip: IpAddr, v4: u8, v6: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(a) => IpAddr::V4(
+            (u32::from(a) & (u32::MAX.checked_shl(32 - u32::from(v4)).unwrap_or(0))).into(),
+        ),
+        IpAddr::V6(a) => IpAddr::V6(
+            (u128::from(a) & (u128::MAX.checked_shl(128 - u32::from(v6)).unwrap_or(0))).into(),
+        ),
+    }
+}

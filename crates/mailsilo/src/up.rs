@@ -1,0 +1,338 @@
+//! `mailsilo up`: starts the roles the configuration gives this host (all of them, or those
+//! named with `--only`), prints the map of what listens where, and stops them in order on
+//! SIGINT or SIGTERM.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use balancer::Balancer;
+use config::Config;
+use queue::{Intake, Queue, SystemClock};
+use smtp::server::{ProxyPolicy, Server};
+use store::{Embedded, QueueStore};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// How long open sessions may take to finish after a shutdown signal.
+pub const GRACE: Duration = Duration::from_secs(30);
+/// How long a balancer may take to send its PROXY header.
+const PROXY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Which roles run: every one, or those listed (`mx`, `sink`, `dns`, `control`, `balancer`,
+/// `balancer:CLUSTER`, `server`, `server:NAME`).
+pub struct Roles(Vec<String>);
+
+impl Roles {
+    pub fn parse(list: &[String], config: &Config) -> Result<Roles> {
+        for r in list {
+            let (kind, name) = r
+                .split_once(':')
+                .map_or((r.as_str(), None), |(k, n)| (k, Some(n)));
+            let known = match (kind, name) {
+                ("mx" | "sink" | "dns" | "control" | "balancer" | "server", None) => true,
+                ("balancer", Some(c)) => config.cluster(c).is_some(),
+                ("server", Some(s)) => config
+                    .silos
+                    .iter()
+                    .flat_map(|x| &x.clusters)
+                    .flat_map(|c| &c.servers)
+                    .any(|v| v.name == s),
+                _ => false,
+            };
+            if !known {
+                bail!(
+                    "--only {r}: unknown role (mx, sink, dns, control, balancer[:CLUSTER], server[:NAME])"
+                );
+            }
+        }
+        Ok(Roles(list.to_vec()))
+    }
+
+    fn has(&self, kind: &str, name: &str) -> bool {
+        self.0.is_empty()
+            || self
+                .0
+                .iter()
+                .any(|r| r == kind || *r == format!("{kind}:{name}"))
+    }
+}
+
+pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("{what}: cannot listen on {addr}"))
+}
+
+pub async fn shutdown_signal() -> Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        r = tokio::signal::ctrl_c() => r?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+/// The demo mailbox server.
+pub fn sink_server(
+    mut settings: config::Smtp,
+    listen: SocketAddr,
+    tls: Arc<smtp::tls::ServerConfig>,
+    root: PathBuf,
+) -> Arc<Server<crate::sink::Maildir>> {
+    settings.hostname = format!("sink.{}", settings.hostname);
+    settings.listen = vec![listen];
+    Server::new(settings, Some(tls), Arc::new(crate::sink::Maildir { root }))
+}
+
+/// The balancers, as the portal sees them.
+struct Lbs(Vec<Arc<Balancer>>);
+
+impl Lbs {
+    fn find(&self, cluster: &str) -> Result<&Arc<Balancer>, String> {
+        self.0
+            .iter()
+            .find(|b| b.name() == cluster)
+            .ok_or_else(|| format!("no balancer for cluster {cluster:?} runs here"))
+    }
+}
+
+impl portal::Balancers for Lbs {
+    fn servers(&self) -> Vec<portal::ServerStatus> {
+        self.0
+            .iter()
+            .flat_map(|b| b.stats())
+            .map(|s| portal::ServerStatus {
+                cluster: s.cluster,
+                server: s.server,
+                address: s.address.to_string(),
+                up: s.up,
+                state: s.admin.to_string(),
+                loading: s.loading,
+                active: s.active,
+                total: s.total,
+                last_check: s.last_check.as_ref().map(|(r, _)| r.clone()),
+                last_check_ago_ms: s.last_check.as_ref().map(|(_, t)| t.as_millis() as u64),
+            })
+            .collect()
+    }
+
+    fn set_loading(&self, cluster: &str, server: &str, loading: u32) -> Result<(), String> {
+        self.find(cluster)?
+            .set_loading(server, loading)
+            .map_err(|e| e.to_string())
+    }
+
+    fn set_state(&self, cluster: &str, server: &str, state: &str) -> Result<(), String> {
+        let admin = state.parse()?;
+        self.find(cluster)?
+            .set_admin(server, admin)
+            .map_err(|e| e.to_string())
+    }
+}
+
+pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
+    let config = Arc::new(config);
+    std::fs::create_dir_all(data_dir)
+        .with_context(|| format!("creating {}", data_dir.display()))?;
+    let tls = smtp::tls::server_config(
+        config.smtp.tls_cert.as_deref(),
+        config.smtp.tls_key.as_deref(),
+        &config.smtp.hostname,
+        data_dir,
+    )?;
+    let (stop, stopped) = watch::channel(false);
+    let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+    println!(
+        "mailsilo up: config {}, data dir {}",
+        config.source,
+        data_dir.display()
+    );
+
+    // Everything that receives mail shares one queue.
+    let receives = (roles.has("mx", "") && !config.smtp.listen.is_empty())
+        || config
+            .silos
+            .iter()
+            .flat_map(|s| &s.clusters)
+            .flat_map(|c| &c.servers)
+            .any(|s| roles.has("server", &s.name));
+    let queue = if receives {
+        let store: Arc<dyn QueueStore> =
+            Arc::new(Embedded::open(&data_dir.join("queue")).context("opening the queue")?);
+        Some(Queue::new(config.clone(), store, Arc::new(SystemClock))?)
+    } else {
+        None
+    };
+
+    if let Some(s) = config.sink.as_ref().filter(|_| roles.has("sink", "")) {
+        let listener = bind(s.listen, "sink.listen").await?;
+        let root = data_dir.join("mailbox");
+        println!(
+            "  sink (demo mailboxes)  smtp://{}  -> {}",
+            listener.local_addr()?,
+            root.display()
+        );
+        let server = sink_server(config.smtp.clone(), s.listen, tls.clone(), root);
+        tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
+    }
+    if let Some(queue) = &queue {
+        let intake = Arc::new(Intake(queue.clone()));
+        if roles.has("mx", "") {
+            for addr in &config.smtp.listen {
+                let listener = bind(*addr, "smtp.listen").await?;
+                println!(
+                    "  mx listener            smtp://{}  ({})",
+                    listener.local_addr()?,
+                    config.smtp.hostname
+                );
+                let server = Server::new(config.smtp.clone(), Some(tls.clone()), intake.clone());
+                tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
+            }
+        }
+        for cluster in config.silos.iter().flat_map(|s| &s.clusters) {
+            for s in cluster
+                .servers
+                .iter()
+                .filter(|s| roles.has("server", &s.name))
+            {
+                let listener = bind(s.address, &format!("server {}", s.name)).await?;
+                let mut settings = config.smtp.clone();
+                settings.hostname = s.name.clone();
+                settings.listen = vec![s.address];
+                let server = if cluster.proxy {
+                    let policy = ProxyPolicy {
+                        from: vec![cluster.source],
+                        timeout: PROXY_TIMEOUT,
+                    };
+                    Server::with_proxy(settings, Some(tls.clone()), intake.clone(), policy)
+                } else {
+                    Server::new(settings, Some(tls.clone()), intake.clone())
+                };
+                let proxy = if cluster.proxy {
+                    format!(", PROXY v2 from {}", cluster.source)
+                } else {
+                    String::new()
+                };
+                println!(
+                    "  mail server {:<10} smtp://{}  (cluster {}{proxy})",
+                    s.name,
+                    listener.local_addr()?,
+                    cluster.name
+                );
+                tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
+            }
+        }
+        for d in &config.domains {
+            let silo = d
+                .silo
+                .as_deref()
+                .map(|s| format!("  (MX: {s})"))
+                .unwrap_or_default();
+            println!(
+                "  client domain          {:<24} -> {}{silo}",
+                d.name, d.destination
+            );
+        }
+        tasks.push(tokio::spawn(queue.clone().run(stopped.clone())));
+    }
+
+    let mut balancers = Vec::new();
+    for cluster in config
+        .silos
+        .iter()
+        .flat_map(|s| &s.clusters)
+        .filter(|c| roles.has("balancer", &c.name))
+    {
+        let listener = bind(cluster.address, &format!("balancer {}", cluster.name)).await?;
+        let lb = Balancer::new(cluster.clone());
+        let servers: Vec<String> = cluster
+            .servers
+            .iter()
+            .map(|s| format!("{} {} (loading {})", s.name, s.address, s.loading))
+            .collect();
+        println!(
+            "  balancer {:<13} smtp://{}  -> {}  [{:?}{}]",
+            cluster.name,
+            listener.local_addr()?,
+            servers.join(", "),
+            cluster.scheduler,
+            if cluster.proxy { ", PROXY v2" } else { "" }
+        );
+        tasks.push(tokio::spawn(lb.clone().serve(listener, stopped.clone())));
+        tasks.push(tokio::spawn(lb.clone().check_health(stopped.clone())));
+        balancers.push(lb);
+    }
+
+    if let Some(dns_config) = config.dns.as_ref().filter(|_| roles.has("dns", "")) {
+        let catalog = Arc::new(dns::catalog::Catalog::new(dns_config, &config.silos));
+        for addr in &dns_config.listen {
+            let sockets =
+                dns::bind(*addr).with_context(|| format!("dns.listen: cannot listen on {addr}"))?;
+            println!(
+                "  dns                    udp+tcp://{addr}  zones {}",
+                dns_config
+                    .zones
+                    .iter()
+                    .map(|z| z.name.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            );
+            tasks.push(tokio::spawn(dns::serve(
+                catalog.clone(),
+                sockets,
+                dns_config.rate_limit,
+                stopped.clone(),
+            )));
+        }
+        for silo in &config.silos {
+            let addrs: Vec<String> = silo
+                .clusters
+                .iter()
+                .map(|c| c.address.ip().to_string())
+                .collect();
+            println!(
+                "  silo {:<17}  -> {} ({:?}, ttl {})",
+                silo.name,
+                addrs.join(", "),
+                silo.rotation,
+                silo.ttl
+            );
+        }
+        tasks.push(tokio::spawn(dns::check_health(
+            catalog,
+            config.silos.clone(),
+            stopped.clone(),
+        )));
+    }
+
+    if let Some(c) = config
+        .control
+        .as_ref()
+        .filter(|_| roles.has("control", "") && !balancers.is_empty())
+    {
+        let listener = bind(c.listen, "control.listen").await?;
+        println!(
+            "  control                http://{}/api/lb",
+            listener.local_addr()?
+        );
+        tasks.push(tokio::spawn(portal::serve(
+            listener,
+            Arc::new(Lbs(balancers)),
+            stopped.clone(),
+        )));
+    }
+    tracing::info!("ready");
+
+    shutdown_signal().await?;
+    tracing::info!("shutting down: no new sessions; open sessions get 421 at their next command");
+    stop.send(true).ok();
+    for t in tasks {
+        t.await.ok();
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
