@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 missing=()
 command -v swaks >/dev/null || missing+=(swaks)
 command -v python3 >/dev/null || missing+=(python3)
+command -v dig >/dev/null || missing+=(dnsutils)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq

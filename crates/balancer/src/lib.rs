@@ -3,7 +3,8 @@
 //! weighted least-connections), connects to it from the balancer's own source address
 //! (address and port translation), optionally sends a PROXY v2 header carrying the client's
 //! address, and relays bytes both ways until each side has closed. It checks its servers'
-//! health (220, EHLO, 250, QUIT, 221), ramps returning servers up slowly, keeps per-server
+//! health (220, EHLO, 250, QUIT, 221; a failed connect also takes a server out at once, as
+//! HAProxy's `observe layer4` does), ramps returning servers up slowly, keeps per-server
 //! statistics, and takes run-time changes (loading, drain, maintenance, ready) without
 //! touching established sessions.
 
@@ -336,7 +337,11 @@ impl Balancer {
             let mut upstream = match self.connect(server.address).await {
                 Ok(s) => s,
                 Err(e) => {
-                    warn!(server = %server.name, error = %e, "connect failed; trying another server");
+                    // Observed failure: out of rotation now, not after `fall` checks; the
+                    // active checks bring it back after `rise` successes.
+                    if self.servers[active.index].up.swap(false, Ordering::Relaxed) {
+                        warn!(server = %server.name, error = %e, "server down (connect failed): out of rotation");
+                    }
                     failed.push(active.index);
                     continue;
                 }

@@ -80,7 +80,11 @@ pub fn run(control: SocketAddr, command: Command) -> Result<()> {
         .with_context(|| format!("control endpoint {control}"))?;
     if !resp.status().is_success() {
         let text = resp.body_mut().read_to_string().unwrap_or_default();
-        bail!("{cluster}/{server}: {text}");
+        let message = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["error"].as_str().map(str::to_string))
+            .unwrap_or(text);
+        bail!("{message}");
     }
     println!("{cluster}/{server}: {body}");
     Ok(())

@@ -299,3 +299,197 @@ impl Smtp {
         self.reply()
     }
 }
+
+/// A port free on `ip` right now.
+pub fn free_port_on(ip: &str) -> u16 {
+    TcpListener::bind((ip, 0))
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A silo on loopback: DNS, control and sink on 127.0.0.1, cluster `i` on `127.1.NET.i`,
+/// its servers on `127.2.NET.x`, all clusters on one port and all servers on another (as
+/// port 25 would be). Roles run in separate `mailsilo up --only` processes, so a test can
+/// kill any of them.
+pub struct Silo {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+    pub dns: SocketAddr,
+    pub control: SocketAddr,
+    pub sink: SocketAddr,
+    /// (cluster name, public address, [(server name, address)])
+    pub clusters: Vec<(String, SocketAddr, Vec<(String, SocketAddr)>)>,
+    pub procs: std::collections::HashMap<String, Proc>,
+}
+
+impl Silo {
+    /// `loadings[i]` lists cluster i's servers' loadings; `extra` goes into the `[[silo]]`
+    /// table (e.g. `rotation = "cycle"`); `cluster_extra` into every `[[silo.cluster]]`.
+    pub fn new(net: u8, loadings: &[&[u32]], extra: &str, cluster_extra: &str) -> Silo {
+        let dir = tempfile::tempdir().unwrap();
+        let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let sink: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let lb_port = free_port_on(&format!("127.1.{net}.1"));
+        let srv_port = free_port_on(&format!("127.2.{net}.1"));
+        let mut text = format!(
+            r#"[smtp]
+hostname = "mx.test"
+max_sessions_per_client = 1000
+[delivery]
+connection_cache_time = "1s"
+[retry]
+min_backoff = "1s"
+max_backoff = "2s"
+[[domain]]
+name = "example.com"
+destination = "{sink}"
+silo = "silo1.mailsilo.test"
+[sink]
+listen = "{sink}"
+[dns]
+listen = ["{dns}"]
+[[dns.zone]]
+name = "mailsilo.test"
+[[dns.zone.record]]
+name = "ns1"
+type = "A"
+value = "127.0.0.1"
+[control]
+listen = "{control}"
+[[silo]]
+name = "silo1.mailsilo.test"
+{extra}
+[silo.health]
+interval = "500ms"
+rise = 1
+fall = 2
+"#
+        );
+        let mut clusters = Vec::new();
+        let mut n = 0;
+        for (i, ls) in loadings.iter().enumerate() {
+            let name = format!("c{}", i + 1);
+            let addr: SocketAddr = format!("127.1.{net}.{}:{lb_port}", i + 1).parse().unwrap();
+            text.push_str(&format!(
+                "[[silo.cluster]]\nname = \"{name}\"\naddress = \"{addr}\"\nslowstart = \"0s\"\n{cluster_extra}\n[silo.cluster.health]\ninterval = \"1s\"\nrise = 1\n"
+            ));
+            let mut servers = Vec::new();
+            for (j, l) in ls.iter().enumerate() {
+                n += 1;
+                let sname = format!("{name}-s{}", j + 1);
+                let saddr: SocketAddr = format!("127.2.{net}.{n}:{srv_port}").parse().unwrap();
+                text.push_str(&format!("[[silo.cluster.server]]\nname = \"{sname}\"\naddress = \"{saddr}\"\nloading = {l}\n"));
+                servers.push((sname, saddr));
+            }
+            clusters.push((name, addr, servers));
+        }
+        let config = dir.path().join("silo.toml");
+        std::fs::write(&config, text).unwrap();
+        Silo {
+            dir,
+            config,
+            dns,
+            control,
+            sink,
+            clusters,
+            procs: Default::default(),
+        }
+    }
+
+    /// Starts `mailsilo up --only ROLES` as process `name` with its own data directory, and
+    /// waits until `ready` accepts connections.
+    pub fn start(&mut self, name: &str, roles: &str, ready: &[SocketAddr]) {
+        let data = self.dir.path().join(format!("data-{name}"));
+        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
+        let child = Command::new(BIN)
+            .args(["up", "--only", roles, "--config"])
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        self.procs.insert(name.to_string(), Proc(child));
+        for a in ready {
+            wait_listening(*a);
+        }
+    }
+
+    pub fn kill(&mut self, name: &str) {
+        if let Some(mut p) = self.procs.remove(name) {
+            p.kill9();
+        }
+    }
+
+    /// Starts everything in one process.
+    pub fn start_all(&mut self) {
+        let mut ready = vec![self.sink, self.control];
+        ready.extend(self.clusters.iter().map(|c| c.1));
+        self.start("all", "mx,sink,dns,control,balancer,server", &ready);
+    }
+
+    pub fn mailbox(&self, rcpt: &str) -> Vec<String> {
+        let data = self
+            .procs
+            .keys()
+            .map(|n| self.dir.path().join(format!("data-{n}")));
+        let mut all: Vec<String> = data
+            .flat_map(|d| read_mailbox(&d.join("mailbox").join(rcpt)))
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// Runs `mailsilo lb ...` against this silo's control endpoint.
+    pub fn lb(&self, args: &[&str]) -> String {
+        let out = Command::new(BIN)
+            .arg("lb")
+            .arg("--control")
+            .arg(self.control.to_string())
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "lb {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// `dig` against the silo's DNS; returns its whole output.
+    pub fn dig(&self, args: &[&str]) -> String {
+        let out = Command::new("dig")
+            .arg(format!("@{}", self.dns.ip()))
+            .args([
+                "-p",
+                &self.dns.port().to_string(),
+                "+norecurse",
+                "+nocookie",
+                "+time=2",
+                "+tries=1",
+            ])
+            .args(args)
+            .output()
+            .expect("dig is installed (Debian package dnsutils)");
+        String::from_utf8(out.stdout).unwrap()
+    }
+}
+
+/// Opens an SMTP session through `addr` and returns the server's name from its banner
+/// ("220 NAME ESMTP ..."), leaving the session open.
+pub fn banner_of(addr: SocketAddr) -> (String, Smtp) {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut c = Smtp {
+        reader: BufReader::new(s.try_clone().unwrap()),
+        writer: s,
+    };
+    let (code, text) = c.reply();
+    assert_eq!(code, 220, "{text}");
+    (text.split(' ').next().unwrap().to_string(), c)
+}

@@ -1,0 +1,519 @@
+//! The silo end to end on loopback: DNS answers checked with dig, balancer distribution by
+//! loading with run-time changes, failures of balancers and mail servers, PROXY v2, and mail
+//! delivered through every cluster. Each test has its own 127.1.N.x / 127.2.N.x addresses.
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{Silo, banner_of, python, wait_until};
+
+/// The A records of a `dig +short` answer.
+fn short(out: &str) -> Vec<String> {
+    out.lines()
+        .map(str::to_string)
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+#[test]
+fn dns_answers_as_an_authoritative_server() {
+    let mut silo = Silo::new(
+        11,
+        &[&[1], &[1], &[1], &[1]],
+        "rotation = \"rotate\"\nttl = 900",
+        "",
+    );
+    // A large RRset to see truncation.
+    let mut text = std::fs::read_to_string(&silo.config).unwrap();
+    let big: String = (0..30)
+        .map(|i| {
+            format!(
+                "[[dns.zone.record]]\nname = \"big\"\ntype = \"TXT\"\nvalue = \"{}{i}\"\n",
+                "t".repeat(60)
+            )
+        })
+        .collect();
+    text = text.replace("[control]", &format!("{big}[control]"));
+    std::fs::write(&silo.config, text).unwrap();
+    silo.start_all();
+    let ips: Vec<String> = (1..=4).map(|i| format!("127.1.11.{i}")).collect();
+
+    let full = silo.dig(&["silo1.mailsilo.test", "A"]);
+    assert!(full.contains("status: NOERROR"), "{full}");
+    assert!(full.contains("flags: qr aa;"), "AA set, RA clear: {full}");
+    assert!(
+        full.contains("silo1.mailsilo.test.\t900\tIN\tA\t"),
+        "TTL 900: {full}"
+    );
+    assert!(
+        full.contains("EDNS: version: 0, flags:; udp: 1232"),
+        "{full}"
+    );
+    // rotate: all four, rotated by one per answer; the fifth answer is the first again.
+    let answers: Vec<Vec<String>> = (0..5)
+        .map(|_| short(&silo.dig(&["+short", "silo1.mailsilo.test"])))
+        .collect();
+    let first = answers[0].clone();
+    assert_eq!(first.len(), 4);
+    assert_eq!(
+        first.iter().cloned().collect::<BTreeSet<_>>(),
+        ips.iter().cloned().collect::<BTreeSet<_>>()
+    );
+    for k in 1..4 {
+        let mut expected = first.clone();
+        expected.rotate_left(k);
+        assert_eq!(answers[k], expected, "answer {k}");
+    }
+    assert_eq!(answers[4], first);
+
+    let refused = silo.dig(&["example.com", "A"]);
+    assert!(
+        refused.contains("status: REFUSED") && !refused.contains(" aa"),
+        "{refused}"
+    );
+    let nx = silo.dig(&["nope.mailsilo.test", "A"]);
+    assert!(
+        nx.contains("status: NXDOMAIN") && nx.contains("flags: qr aa;"),
+        "{nx}"
+    );
+    assert!(
+        nx.contains(";; AUTHORITY SECTION:\nmailsilo.test.")
+            && nx.contains("\tSOA\tns1.mailsilo.test. hostmaster.mailsilo.test. 1 "),
+        "{nx}"
+    );
+    let nodata = silo.dig(&["silo1.mailsilo.test", "MX"]);
+    assert!(
+        nodata.contains("status: NOERROR") && nodata.contains("ANSWER: 0, AUTHORITY: 1"),
+        "{nodata}"
+    );
+    let unknown = silo.dig(&["silo1.mailsilo.test", "TYPE65000"]);
+    assert!(
+        unknown.contains("status: NOERROR") && unknown.contains("ANSWER: 0, AUTHORITY: 1"),
+        "{unknown}"
+    );
+    let tcp = silo.dig(&["+tcp", "silo1.mailsilo.test", "A"]);
+    assert!(tcp.contains("ANSWER: 4") && tcp.contains("(TCP)"), "{tcp}");
+    let badvers = silo.dig(&["+edns=1", "+noednsnegotiation", "silo1.mailsilo.test", "A"]);
+    assert!(badvers.contains("status: BADVERS"), "{badvers}");
+    // 30 TXT records of 60+ octets do not fit 512 (no EDNS) nor 1232 (EDNS) octets over UDP.
+    let tc = silo.dig(&["+noedns", "+ignore", "big.mailsilo.test", "TXT"]);
+    assert!(tc.contains("flags: qr aa tc;"), "{tc}");
+    let tc = silo.dig(&["+bufsize=4096", "+ignore", "big.mailsilo.test", "TXT"]);
+    assert!(
+        tc.contains(" tc;"),
+        "capped at 1232 even when the client offers more: {tc}"
+    );
+    let over_tcp = silo.dig(&["+tcp", "big.mailsilo.test", "TXT"]);
+    assert!(
+        over_tcp.contains("ANSWER: 30") && !over_tcp.contains(" tc;"),
+        "{over_tcp}"
+    );
+    // Malformed packets get FORMERR or nothing, and the server keeps answering.
+    let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    sock.send_to(
+        &[0x12, 0x34, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 9, b'x'],
+        silo.dns,
+    )
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let (n, _) = sock.recv_from(&mut buf).unwrap();
+    assert_eq!(
+        (&buf[..2], buf[3] & 0xf, n),
+        (&[0x12u8, 0x34][..], 1, 12),
+        "FORMERR"
+    );
+    sock.send_to(b"xx", silo.dns).unwrap();
+    assert_eq!(
+        short(&silo.dig(&["+short", "silo1.mailsilo.test"])).len(),
+        4
+    );
+}
+
+#[test]
+fn cycle_gives_one_address_in_turn() {
+    let mut silo = Silo::new(12, &[&[1], &[1], &[1], &[1]], "rotation = \"cycle\"", "");
+    silo.start_all();
+    let seq: Vec<String> = (0..5)
+        .map(|_| short(&silo.dig(&["+short", "silo1.mailsilo.test"])).join(","))
+        .collect();
+    assert_eq!(
+        seq,
+        [
+            "127.1.12.1",
+            "127.1.12.2",
+            "127.1.12.3",
+            "127.1.12.4",
+            "127.1.12.1"
+        ]
+    );
+}
+
+#[test]
+fn a_stopped_balancer_leaves_the_answers_and_comes_back() {
+    let mut silo = Silo::new(13, &[&[1], &[1]], "", "");
+    let (c1, c2) = (silo.clusters[0].1, silo.clusters[1].1);
+    silo.start("servers", "server,sink", &[silo.sink]);
+    silo.start("lb1", "balancer:c1", &[c1]);
+    silo.start("lb2", "balancer:c2", &[c2]);
+    silo.start("dns", "dns", &[]);
+    let answer = |s: &Silo| {
+        short(&s.dig(&["+short", "silo1.mailsilo.test"]))
+            .into_iter()
+            .collect::<BTreeSet<_>>()
+    };
+    let both: BTreeSet<String> = ["127.1.13.1".to_string(), "127.1.13.2".to_string()].into();
+    assert!(wait_until(Duration::from_secs(10), || answer(&silo) == both));
+    silo.kill("lb2");
+    let t = Instant::now();
+    assert!(
+        wait_until(Duration::from_secs(10), || answer(&silo)
+            == ["127.1.13.1".to_string()].into()),
+        "c2 left the answers"
+    );
+    eprintln!(
+        "c2 left DNS answers {:.1} s after its balancer stopped",
+        t.elapsed().as_secs_f64()
+    );
+    silo.start("lb2", "balancer:c2", &[c2]);
+    assert!(
+        wait_until(Duration::from_secs(10), || answer(&silo) == both),
+        "c2 is back"
+    );
+    // All down: all returned, never an empty answer.
+    silo.kill("lb1");
+    silo.kill("lb2");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(answer(&silo), both);
+}
+
+/// Opens `n` sessions through `addr` one after another; counts them by server.
+fn sessions(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let (server, mut c) = banner_of(addr);
+        *counts.entry(server).or_default() += 1;
+        c.send(b"QUIT\r\n");
+        assert_eq!(c.reply().0, 221);
+    }
+    counts
+}
+
+fn assert_shares(counts: &HashMap<String, usize>, loadings: &[(&str, u32)]) {
+    let total: usize = counts.values().sum();
+    let sum: u32 = loadings.iter().map(|(_, l)| l).sum();
+    for (name, l) in loadings {
+        let share = *counts.get(*name).unwrap_or(&0) as f64 / total as f64;
+        let want = f64::from(*l) / f64::from(sum);
+        assert!(
+            (share - want).abs() <= 0.03,
+            "{name}: {share:.3} of sessions, loading says {want:.3} ({counts:?})"
+        );
+    }
+}
+
+#[test]
+fn sessions_follow_loading_weight_changes_and_drain() {
+    let mut silo = Silo::new(14, &[&[1, 2, 3]], "", "");
+    silo.start_all();
+    let lb = silo.clusters[0].1;
+    let first = sessions(lb, 1500);
+    assert_shares(&first, &[("c1-s1", 1), ("c1-s2", 2), ("c1-s3", 3)]);
+
+    silo.lb(&["weight", "c1/c1-s1", "3"]);
+    let second = sessions(lb, 1500);
+    assert_shares(&second, &[("c1-s1", 3), ("c1-s2", 2), ("c1-s3", 3)]);
+
+    // Drain c1-s2 while a session on it is open: no new sessions, the open one finishes.
+    let mut held = loop {
+        let (server, c) = banner_of(lb);
+        if server == "c1-s2" {
+            break c;
+        }
+    };
+    silo.lb(&["drain", "c1/c1-s2"]);
+    let drained = sessions(lb, 200);
+    assert_eq!(drained.get("c1-s2"), None, "{drained:?}");
+    assert!(
+        silo.lb(&["show"]).lines().any(|l| l.contains("c1-s2")
+            && l.contains(" drain ")
+            && l.split_whitespace().nth(6) == Some("1")),
+        "{}",
+        silo.lb(&["show"])
+    );
+    assert_eq!(held.cmd("EHLO still.here").0, 250);
+    assert_eq!(
+        held.mail(
+            "a@outside.net",
+            &["alice@example.com"],
+            "Subject: held\r\n\r\nfinished on a drained server"
+        )
+        .0,
+        250
+    );
+    assert_eq!(held.cmd("QUIT").0, 221);
+    silo.lb(&["ready", "c1/c1-s2"]);
+    assert!(sessions(lb, 60).get("c1-s2").is_some());
+    let bad = std::process::Command::new(common::BIN)
+        .args([
+            "lb",
+            "--control",
+            &silo.control.to_string(),
+            "weight",
+            "c1/nope",
+            "2",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        !bad.status.success()
+            && String::from_utf8_lossy(&bad.stderr).contains("has no server \"nope\"")
+    );
+    assert!(wait_until(Duration::from_secs(20), || silo
+        .mailbox("alice@example.com")
+        .len()
+        == 1));
+    assert!(silo.mailbox("alice@example.com")[0].contains("by c1-s2 (mailsilo)"));
+}
+
+/// Sends one message with the token as subject through `addr`; true on 250.
+fn send_token(addr: SocketAddr, token: &str) -> bool {
+    let attempt = || -> Option<bool> {
+        let s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let mut c = common::Smtp {
+            reader: std::io::BufReader::new(s.try_clone().ok()?),
+            writer: s,
+        };
+        let mut step = |line: &str, code: u16| -> Option<()> {
+            use std::io::{BufRead, Write};
+            if !line.is_empty() {
+                c.writer.write_all(line.as_bytes()).ok()?;
+            }
+            let mut l = String::new();
+            loop {
+                l.clear();
+                if c.reader.read_line(&mut l).ok()? == 0 {
+                    return None;
+                }
+                if l.as_bytes().get(3) == Some(&b' ') {
+                    break;
+                }
+            }
+            (l.get(..3)? == code.to_string()).then_some(())
+        };
+        step("", 220)?;
+        step("EHLO load.test\r\n", 250)?;
+        step("MAIL FROM:<load@outside.net>\r\n", 250)?;
+        step("RCPT TO:<alice@example.com>\r\n", 250)?;
+        step("DATA\r\n", 354)?;
+        step(&format!("Subject: {token}\r\n\r\n{token}\r\n.\r\n"), 250)?;
+        let _ = step("QUIT\r\n", 221);
+        Some(true)
+    };
+    attempt().unwrap_or(false)
+}
+
+#[test]
+fn a_killed_mail_server_leaves_rotation_and_loses_nothing() {
+    let mut silo = Silo::new(15, &[&[1, 1, 1]], "", "");
+    let lb = silo.clusters[0].1;
+    let servers = silo.clusters[0].2.clone();
+    silo.start("sink", "sink", &[silo.sink]);
+    for (name, addr) in &servers {
+        silo.start(name, &format!("server:{name}"), &[*addr]);
+    }
+    silo.start("lb", "balancer,control", &[lb, silo.control]);
+
+    let acked = Arc::new(Mutex::new(BTreeSet::new()));
+    let retried = Arc::new(Mutex::new(0usize));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = Vec::new();
+    for t in 0..3 {
+        let (acked, retried, stop) = (acked.clone(), retried.clone(), stop.clone());
+        load.push(std::thread::spawn(move || {
+            let mut n = 0;
+            while !stop.load(Ordering::Relaxed) && n < 3000 {
+                let token = format!("t{t}-m{n}");
+                n += 1;
+                // A sender retries what was refused or cut, as an MTA does.
+                for attempt in 0..20 {
+                    if send_token(lb, &token) {
+                        acked.lock().unwrap().insert(token);
+                        break;
+                    }
+                    if attempt == 0 {
+                        *retried.lock().unwrap() += 1;
+                    }
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    silo.kill("c1-s2");
+    let killed = Instant::now();
+    let down = wait_until(Duration::from_secs(3), || {
+        silo.lb(&["show"])
+            .lines()
+            .any(|l| l.contains("c1-s2") && l.contains("DOWN"))
+    });
+    let took = killed.elapsed();
+    assert!(
+        down,
+        "c1-s2 still in rotation after 3 s:\n{}",
+        silo.lb(&["show"])
+    );
+    eprintln!(
+        "c1-s2 out of rotation {:.2} s after kill -9",
+        took.as_secs_f64()
+    );
+    std::thread::sleep(Duration::from_secs(1));
+    // Back: it delivers whatever it had acknowledged before it died.
+    silo.start("c1-s2", "server:c1-s2", &[servers[1].1]);
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    for l in load {
+        l.join().unwrap();
+    }
+    let acked = acked.lock().unwrap().clone();
+    eprintln!(
+        "{} messages acknowledged, {} sends retried",
+        acked.len(),
+        retried.lock().unwrap()
+    );
+    assert!(acked.len() > 30);
+    let delivered = || -> BTreeSet<String> {
+        silo.mailbox("alice@example.com")
+            .iter()
+            .filter_map(|m| {
+                m.lines()
+                    .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+            })
+            .collect()
+    };
+    let ok = wait_until(Duration::from_secs(60), || acked.is_subset(&delivered()));
+    let missing: Vec<_> = acked.difference(&delivered()).cloned().collect();
+    assert!(
+        ok,
+        "{} acknowledged messages lost: {:?}",
+        missing.len(),
+        &missing[..missing.len().min(5)]
+    );
+    assert!(wait_until(Duration::from_secs(10), || silo
+        .lb(&["show"])
+        .lines()
+        .any(|l| l.contains("c1-s2") && l.contains(" up "))));
+}
+
+#[test]
+fn proxy_carries_the_client_address_and_bad_headers_are_refused() {
+    let mut silo = Silo::new(16, &[&[1]], "", "");
+    silo.start_all();
+    let (lb, server) = (silo.clusters[0].1, silo.clusters[0].2[0].1);
+    let script = r#"
+import smtplib, socket, sys, time
+lb_port, server_port = int(sys.argv[1]), int(sys.argv[2])
+with smtplib.SMTP("127.1.16.1", lb_port, source_address=("127.0.0.55", 0), timeout=10) as s:
+    s.sendmail("x@outside.net", ["alice@example.com"], "Subject: proxied\r\n\r\nfrom 127.0.0.55\r\n")
+
+def closed_without_banner(src, payload, shut=False):
+    c = socket.socket(); c.settimeout(8)
+    c.bind((src, 0)); c.connect(("127.2.16.1", server_port))
+    if payload: c.sendall(payload)
+    if shut: c.shutdown(socket.SHUT_WR)
+    try:
+        data = c.recv(100)
+    except ConnectionResetError:
+        data = b""  # closed with our bytes unread: a reset, still no banner
+    c.close()
+    return data == b""
+
+sig = b"\r\n\r\n\x00\r\nQUIT\n"
+assert closed_without_banner("127.0.0.1", b"EHLO direct\r\n"), "direct client"
+assert closed_without_banner("127.1.16.1", b"GET / HTTP/1.0\r\n\r\n"), "not a PROXY header"
+assert closed_without_banner("127.1.16.1", sig + b"\x21\x11", shut=True), "partial header"
+assert closed_without_banner("127.1.16.1", sig + b"\x21\x11\x0f\xa0" + b"\x00" * 4000), "oversize header"
+assert closed_without_banner("127.1.16.1", b"PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n"), "v1 header"
+# A well-formed LOCAL header from the balancer's address gets the banner.
+c = socket.socket(); c.settimeout(8); c.bind(("127.1.16.1", 0)); c.connect(("127.2.16.1", server_port))
+c.sendall(sig + b"\x20\x00\x00\x00")
+assert c.recv(100).startswith(b"220 c1-s1 "), "LOCAL"
+print("ok")
+"#;
+    assert_eq!(
+        python(
+            script,
+            &[&lb.port().to_string(), &server.port().to_string()]
+        ),
+        "ok\n"
+    );
+    assert!(wait_until(Duration::from_secs(20), || silo
+        .mailbox("alice@example.com")
+        .len()
+        == 1));
+    let m = &silo.mailbox("alice@example.com")[0];
+    let hop = m
+        .split("Received: ")
+        .find(|h| h.contains("by c1-s1"))
+        .unwrap();
+    assert!(
+        hop.contains("([127.0.0.55])"),
+        "the original client, not the balancer: {hop}"
+    );
+    let log = std::fs::read_to_string(silo.dir.path().join("all.log")).unwrap();
+    assert!(log.contains("127.0.0.55"), "logs show the client");
+    assert!(log.contains("closed: bad PROXY header"));
+    assert!(log.contains("refused: not a balancer, on a PROXY listener"));
+}
+
+#[test]
+fn mail_goes_through_every_cluster_found_in_dns() {
+    let mut silo = Silo::new(17, &[&[1, 2], &[1, 2], &[1, 2], &[1, 2]], "", "");
+    silo.start_all();
+    let port = silo.clusters[0].1.port();
+    let ips = short(&silo.dig(&["+short", "silo1.mailsilo.test"]));
+    assert_eq!(ips.len(), 4);
+    for ip in &ips {
+        let addr: SocketAddr = format!("{ip}:{port}").parse().unwrap();
+        let (server, mut c) = banner_of(addr);
+        assert_eq!(c.cmd("EHLO sender.test").0, 250);
+        let r = c.mail(
+            "sender@outside.net",
+            &["alice@example.com"],
+            &format!("Subject: via {ip} {server}\r\n\r\nthrough the silo"),
+        );
+        assert_eq!(r.0, 250, "{r:?}");
+    }
+    assert!(wait_until(Duration::from_secs(20), || silo
+        .mailbox("alice@example.com")
+        .len()
+        == 4));
+    let mut clusters_seen = BTreeSet::new();
+    for m in silo.mailbox("alice@example.com") {
+        let subject = m
+            .lines()
+            .find_map(|l| l.strip_prefix("Subject: via "))
+            .unwrap();
+        let (ip, server) = subject.split_once(' ').unwrap();
+        let cluster = &silo
+            .clusters
+            .iter()
+            .find(|c| c.1.ip().to_string() == ip)
+            .unwrap()
+            .0;
+        assert!(
+            server.starts_with(&format!("{cluster}-")),
+            "{ip} is {cluster}, served by {server}"
+        );
+        assert!(m.contains(&format!("by {server} (mailsilo)")), "{m}");
+        clusters_seen.insert(cluster.clone());
+    }
+    assert_eq!(clusters_seen.len(), 4);
+}
