@@ -309,6 +309,15 @@ pub fn free_port_on(ip: &str) -> u16 {
         .port()
 }
 
+/// One cluster of a test silo.
+pub struct ClusterInfo {
+    pub name: String,
+    /// The balancer's public address.
+    pub address: SocketAddr,
+    /// (server name, address)
+    pub servers: Vec<(String, SocketAddr)>,
+}
+
 /// A silo on loopback: DNS, control and sink on 127.0.0.1, cluster `i` on `127.1.NET.i`,
 /// its servers on `127.2.NET.x`, all clusters on one port and all servers on another (as
 /// port 25 would be). Roles run in separate `mailsilo up --only` processes, so a test can
@@ -319,8 +328,7 @@ pub struct Silo {
     pub dns: SocketAddr,
     pub control: SocketAddr,
     pub sink: SocketAddr,
-    /// (cluster name, public address, [(server name, address)])
-    pub clusters: Vec<(String, SocketAddr, Vec<(String, SocketAddr)>)>,
+    pub clusters: Vec<ClusterInfo>,
     pub procs: std::collections::HashMap<String, Proc>,
 }
 
@@ -384,7 +392,11 @@ fall = 2
                 text.push_str(&format!("[[silo.cluster.server]]\nname = \"{sname}\"\naddress = \"{saddr}\"\nloading = {l}\n"));
                 servers.push((sname, saddr));
             }
-            clusters.push((name, addr, servers));
+            clusters.push(ClusterInfo {
+                name,
+                address: addr,
+                servers,
+            });
         }
         let config = dir.path().join("silo.toml");
         std::fs::write(&config, text).unwrap();
@@ -428,7 +440,7 @@ fall = 2
     /// Starts everything in one process.
     pub fn start_all(&mut self) {
         let mut ready = vec![self.sink, self.control];
-        ready.extend(self.clusters.iter().map(|c| c.1));
+        ready.extend(self.clusters.iter().map(|c| c.address));
         self.start("all", "mx,sink,dns,control,balancer,server", &ready);
     }
 
