@@ -114,6 +114,19 @@ struct ZoneData {
 pub struct Catalog {
     zones: Vec<ZoneData>,
     silos: HashMap<Name, SiloEntry>,
+    /// Silo names in lower-case wire format, for the fast path.
+    silo_wire: HashMap<Vec<u8>, Name>,
+}
+
+/// A name in wire format, lower case (`\x05silo1\x08mailsilo\x04test\x00`).
+fn wire(name: &Name) -> Vec<u8> {
+    let mut out = Vec::new();
+    for label in name.iter() {
+        out.push(label.len() as u8);
+        out.extend(label.iter().map(u8::to_ascii_lowercase));
+    }
+    out.push(0);
+    out
 }
 
 fn name(s: &str) -> Name {
@@ -170,11 +183,16 @@ impl Catalog {
                 ZoneData { apex, soa, records }
             })
             .collect();
-        let silos = silos
+        let silos: HashMap<Name, SiloEntry> = silos
             .iter()
             .map(|s| (name(&s.name), SiloEntry::new(s)))
             .collect();
-        Catalog { zones, silos }
+        let silo_wire = silos.keys().map(|n| (wire(n), n.clone())).collect();
+        Catalog {
+            zones,
+            silos,
+            silo_wire,
+        }
     }
 
     /// The silos, for the health checker.
@@ -182,9 +200,123 @@ impl Catalog {
         self.silos.values()
     }
 
+    /// The hot path, encoded by hand: a standard query for a silo name's A or AAAA records,
+    /// class IN, without EDNS or with a plain EDNS(0) OPT record, whose answer fits. Anything
+    /// else (including NODATA and truncation) returns `None` and takes [`Catalog::answer`]'s
+    /// full path, which gives the same answer for these queries (see the tests).
+    fn fast_answer(&self, q: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        let count = |i: usize| u16::from_be_bytes([q[i], q[i + 1]]);
+        // QR=0, OPCODE=0, AA=0, TC=0; one question; no answer or authority; at most an OPT.
+        if q.len() < 17
+            || q[2] & 0xfe != 0
+            || q[3] & 0x0f != 0
+            || count(4) != 1
+            || count(6) != 0
+            || count(8) != 0
+            || count(10) > 1
+        {
+            return None;
+        }
+        let mut lower = [0u8; 256];
+        let mut i = 12;
+        loop {
+            let len = usize::from(*q.get(i)?);
+            if len >= 0x40 || i - 12 + len + 1 >= lower.len() {
+                return None; // compression in a question, or too long
+            }
+            lower[i - 12] = len as u8;
+            for k in 1..=len {
+                lower[i - 12 + k] = q.get(i + k)?.to_ascii_lowercase();
+            }
+            i += len + 1;
+            if len == 0 {
+                break;
+            }
+        }
+        let qname_end = i;
+        let (qtype, qclass) = (
+            u16::from_be_bytes([*q.get(i)?, *q.get(i + 1)?]),
+            u16::from_be_bytes([*q.get(i + 2)?, *q.get(i + 3)?]),
+        );
+        let question_end = i + 4;
+        if qclass != 1 || !(qtype == 1 || qtype == 28) {
+            return None;
+        }
+        let edns_payload = if count(10) == 1 {
+            // root name, TYPE OPT, CLASS payload, TTL ext-rcode/version/flags, RDLEN 0
+            let opt = q.get(question_end..question_end + 11)?;
+            if opt[0] != 0
+                || opt[1..3] != [0, 41]
+                || opt[5] != 0
+                || opt[6] != 0
+                || opt[9..11] != [0, 0]
+                || q.len() != question_end + 11
+            {
+                return None;
+            }
+            Some(usize::from(u16::from_be_bytes([opt[3], opt[4]])))
+        } else if q.len() == question_end {
+            None
+        } else {
+            return None;
+        };
+        let name = self.silo_wire.get(&lower[..qname_end - 12])?;
+        let silo = self.silos.get(name)?;
+        let ips: Vec<IpAddr> = silo
+            .next_addresses()
+            .into_iter()
+            .filter(|ip| ip.is_ipv4() == (qtype == 1))
+            .collect();
+        if ips.is_empty() {
+            return None;
+        }
+        let max = match transport {
+            Transport::Tcp => usize::from(u16::MAX),
+            Transport::Udp => edns_payload.map_or(512, |p| p.clamp(512, MAX_UDP)),
+        };
+        let mut out = Vec::with_capacity(question_end + ips.len() * 28 + 11);
+        out.extend_from_slice(&q[..2]);
+        out.push(0x84 | (q[2] & 0x01)); // QR, AA, RD copied
+        out.push(0); // RA=0, Z=0, RCODE=NOERROR
+        out.extend_from_slice(&[0, 1]);
+        out.extend_from_slice(&(ips.len() as u16).to_be_bytes());
+        out.extend_from_slice(&[0, 0, 0, u8::from(edns_payload.is_some())]);
+        out.extend_from_slice(&q[12..question_end]);
+        for ip in &ips {
+            out.extend_from_slice(&[0xc0, 0x0c]);
+            out.extend_from_slice(&qtype.to_be_bytes());
+            out.extend_from_slice(&[0, 1]);
+            out.extend_from_slice(&silo.ttl.to_be_bytes());
+            match ip {
+                IpAddr::V4(a) => {
+                    out.extend_from_slice(&[0, 4]);
+                    out.extend_from_slice(&a.octets());
+                }
+                IpAddr::V6(a) => {
+                    out.extend_from_slice(&[0, 16]);
+                    out.extend_from_slice(&a.octets());
+                }
+            }
+        }
+        if edns_payload.is_some() {
+            out.extend_from_slice(&[0, 0, 41]);
+            out.extend_from_slice(&(MAX_UDP as u16).to_be_bytes());
+            out.extend_from_slice(&[0, 0, 0, 0, 0, 0]);
+        }
+        (out.len() <= max).then_some(out)
+    }
+
     /// Answers one query message. `None` means send nothing (not a query, or too broken to
     /// answer even with FORMERR).
     pub fn answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
+        if let Some(fast) = self.fast_answer(query, transport) {
+            return Some(fast);
+        }
+        self.full_answer(query, transport)
+    }
+
+    /// The general path: parse with hickory, apply every rule, encode with hickory.
+    fn full_answer(&self, query: &[u8], transport: Transport) -> Option<Vec<u8>> {
         // Too short for a header, or a response (QR set): never answered, so the server
         // cannot be made to answer another server's answers.
         if query.len() < Header::len() || query[2] & 0x80 != 0 {
@@ -651,6 +783,71 @@ mod tests {
         let r =
             Message::from_vec(&cat.answer(&q.to_vec().unwrap(), Transport::Udp).unwrap()).unwrap();
         assert_eq!(r.response_code(), ResponseCode::FormErr);
+    }
+
+    /// The fast path says exactly what the full path says, for the queries it takes.
+    #[test]
+    fn fast_path_matches_full_path() {
+        let text = format!("{}\n", config::DEMO).replace(
+            "address = \"127.0.1.4:2525\"",
+            "address = \"[fd00::4]:2525\"",
+        );
+        let c = config::Config::parse("t.toml", &text).unwrap();
+        let (fast_cat, full_cat) = (
+            Catalog::new(c.dns.as_ref().unwrap(), &c.silos),
+            Catalog::new(c.dns.as_ref().unwrap(), &c.silos),
+        );
+        let mut taken = 0;
+        for (qname, qtype) in [
+            ("silo1.mailsilo.test.", RecordType::A),
+            ("SiLo1.MailSilo.TEST.", RecordType::A),
+            ("silo1.mailsilo.test.", RecordType::AAAA),
+        ] {
+            for edns in [None, Some((4096u16, 0u8)), Some((100, 0))] {
+                for rd in [false, true] {
+                    let mut m = Message::new();
+                    m.set_id(777).set_recursion_desired(rd);
+                    m.add_query(Query::query(Name::from_str(qname).unwrap(), qtype));
+                    if let Some((size, version)) = edns {
+                        let mut e = Edns::new();
+                        e.set_max_payload(size).set_version(version);
+                        m.set_edns(e);
+                    }
+                    let bytes = m.to_vec().unwrap();
+                    let full =
+                        Message::from_vec(&full_cat.full_answer(&bytes, Transport::Udp).unwrap())
+                            .unwrap();
+                    let fast = fast_cat
+                        .fast_answer(&bytes, Transport::Udp)
+                        .map(|b| Message::from_vec(&b).unwrap());
+                    let Some(fast) = fast else { continue };
+                    taken += 1;
+                    assert_eq!(fast.header(), full.header(), "{qname} {qtype} {edns:?}");
+                    assert_eq!(fast.queries(), full.queries());
+                    assert_eq!(fast.answers(), full.answers());
+                    assert_eq!(
+                        fast.extensions()
+                            .as_ref()
+                            .map(|e| (e.max_payload(), e.version())),
+                        full.extensions()
+                            .as_ref()
+                            .map(|e| (e.max_payload(), e.version()))
+                    );
+                }
+            }
+        }
+        assert_eq!(taken, 18, "every one of these queries takes the fast path");
+        // Not taken: another name, another type, EDNS version 1, options present.
+        let mut m = Message::new();
+        m.add_query(Query::query(
+            Name::from_str("ns1.mailsilo.test.").unwrap(),
+            RecordType::A,
+        ));
+        assert!(
+            fast_cat
+                .fast_answer(&m.to_vec().unwrap(), Transport::Udp)
+                .is_none()
+        );
     }
 
     proptest! {

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# The balancer, side by side in one run with HAProxy (Debian package, TCP mode, the same
+# weights 1/2/3, an SMTP health check each):
+#  1. PROXY off, in front of three smtp-sink backends: sessions/s through each, and the
+#     latency each adds to a one-session-at-a-time run (against smtp-sink directly).
+#  2. PROXY v2 on (HAProxy send-proxy-v2), in front of three mailsilo mail servers (which
+#     queue durably and relay to an smtp-sink): messages/s through each.
+# smtp-source sends one message per connection, so messages/s is sessions/s.
+#
+#   bash bench/balancer.sh [MESSAGES] [SESSIONS] [SIZE]     (defaults: 20000 20 5120)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+MESSAGES=${1:-20000}
+SESSIONS=${2:-20}
+SIZE=${3:-5120}
+SINK_PORT=10040   # smtp-sinks on 127.0.2.21-23
+LB_PORT=10041     # HAProxy on 127.0.1.21, mailsilo on 127.0.1.22
+MS_SERVER_PORT=10042  # mailsilo mail servers on 127.0.2.31-33
+PROXY_PORT=10043  # with PROXY v2: HAProxy on 127.0.1.30, mailsilo on 127.0.1.31
+
+for tool in smtp-source haproxy; do
+  command -v $tool >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix haproxy >/dev/null; break; }
+done
+cargo build --release -q -p mailsilo
+BIN=${CARGO_TARGET_DIR:-target}/release/mailsilo
+
+WORK=$(mktemp -d /var/tmp/mailsilo-lbbench.XXXXXX)
+chmod 755 "$WORK"
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  wait 2>/dev/null || true
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/$1/$2) 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1:$2"; exit 1; }
+
+for i in 1 2 3; do
+  smtp-sink -u postfix 127.0.2.2$i:$SINK_PORT 1024 &
+  PIDS+=($!)
+done
+
+cat > "$WORK/haproxy.cfg" <<EOF
+global
+  maxconn 20000
+  nbthread $(nproc)
+defaults
+  mode tcp
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+frontend plain
+  bind 127.0.1.21:$LB_PORT
+  default_backend sinks
+backend sinks
+  balance roundrobin
+  option smtpchk EHLO bench.mailsilo.test
+  server s1 127.0.2.21:$SINK_PORT weight 1 check
+  server s2 127.0.2.22:$SINK_PORT weight 2 check
+  server s3 127.0.2.23:$SINK_PORT weight 3 check
+frontend proxied
+  bind 127.0.1.30:$PROXY_PORT
+  default_backend mailsilo
+backend mailsilo
+  balance roundrobin
+  source 127.0.1.32
+  option smtpchk EHLO bench.mailsilo.test
+  server p1 127.0.2.31:$MS_SERVER_PORT weight 1 check check-send-proxy send-proxy-v2
+  server p2 127.0.2.32:$MS_SERVER_PORT weight 2 check check-send-proxy send-proxy-v2
+  server p3 127.0.2.33:$MS_SERVER_PORT weight 3 check check-send-proxy send-proxy-v2
+EOF
+haproxy -db -f "$WORK/haproxy.cfg" >"$WORK/haproxy.log" 2>&1 &
+PIDS+=($!)
+
+cat > "$WORK/mailsilo.toml" <<EOF
+[smtp]
+hostname = "bench.mailsilo.test"
+max_sessions_per_client = 1000
+[[domain]]
+name = "example.com"
+destination = "127.0.2.21:$SINK_PORT"
+[[silo]]
+name = "silo1.mailsilo.test"
+[[silo.cluster]]
+name = "plain"
+address = "127.0.1.22:$LB_PORT"
+proxy = false
+[[silo.cluster]]
+name = "proxied"
+address = "127.0.1.31:$PROXY_PORT"
+source = "127.0.1.32"
+proxy = true
+EOF
+for i in 1 2 3; do
+  printf '[[silo.cluster.server]]\nname = "sink%s"\naddress = "127.0.2.2%s:%s"\nloading = %s\n' $i $i $SINK_PORT $i >> "$WORK/plain.part"
+  printf '[[silo.cluster.server]]\nname = "p%s"\naddress = "127.0.2.3%s:%s"\nloading = %s\nmaxconn = 10000\n' $i $i $MS_SERVER_PORT $i >> "$WORK/proxied.part"
+done
+python3 - "$WORK" <<'PY'
+import sys
+w = sys.argv[1]
+t = open(f"{w}/mailsilo.toml").read()
+t = t.replace('proxy = false\n', 'proxy = false\n' + open(f"{w}/plain.part").read())
+t = t.replace('proxy = true\n', 'proxy = true\n' + open(f"{w}/proxied.part").read())
+open(f"{w}/mailsilo.toml", "w").write(t)
+PY
+"$BIN" up --only balancer --config "$WORK/mailsilo.toml" --data-dir "$WORK/lb" >/dev/null 2>"$WORK/lb.log" &
+PIDS+=($!)
+"$BIN" up --only server:p1,server:p2,server:p3 --config "$WORK/mailsilo.toml" --data-dir "$WORK/servers" >/dev/null 2>"$WORK/servers.log" &
+PIDS+=($!)
+wait_port 127.0.1.21 $LB_PORT; wait_port 127.0.1.22 $LB_PORT; wait_port 127.0.1.30 $PROXY_PORT; wait_port 127.0.1.31 $PROXY_PORT
+wait_port 127.0.2.31 $MS_SERVER_PORT
+sleep 3   # first health checks
+
+now() { date +%s.%N; }
+rate() { # label host port sessions messages size -> prints and echoes the rate
+  local t0 t1
+  t0=$(now)
+  smtp-source -s "$4" -m "$5" -l "$6" -f bench@outside.net -t rcpt@example.com "$2:$3"
+  t1=$(now)
+  python3 -c "print(f'{$5 / ($t1 - $t0):.1f}')"
+}
+
+echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE; $(nproc) cores; $(haproxy -v | head -1 | cut -d' ' -f1-3)"
+echo "1. PROXY off, three smtp-sink backends (weights 1/2/3)"
+direct=$(rate direct 127.0.2.21 $SINK_PORT "$SESSIONS" "$MESSAGES" "$SIZE")
+hx=$(rate haproxy 127.0.1.21 $LB_PORT "$SESSIONS" "$MESSAGES" "$SIZE")
+ms=$(rate mailsilo 127.0.1.22 $LB_PORT "$SESSIONS" "$MESSAGES" "$SIZE")
+echo "   sessions/s: smtp-sink directly $direct | through haproxy $hx | through mailsilo $ms | ratio mailsilo/haproxy $(python3 -c "print(f'{$ms / $hx:.2f}')")x"
+N1=2000
+d1=$(rate direct 127.0.2.21 $SINK_PORT 1 $N1 100)
+h1=$(rate haproxy 127.0.1.21 $LB_PORT 1 $N1 100)
+m1=$(rate mailsilo 127.0.1.22 $LB_PORT 1 $N1 100)
+python3 - "$d1" "$h1" "$m1" <<'PY'
+import sys
+d, h, m = (1e6 / float(x) for x in sys.argv[1:4])
+print(f"   one session at a time: {d:.0f} us per session directly; added by haproxy {h - d:.0f} us, by mailsilo {m - d:.0f} us")
+PY
+
+echo "2. PROXY v2 on, three mailsilo mail servers (durable queue, relaying to smtp-sink)"
+hx2=$(rate haproxy 127.0.1.30 $PROXY_PORT "$SESSIONS" "$MESSAGES" "$SIZE")
+ms2=$(rate mailsilo 127.0.1.31 $PROXY_PORT "$SESSIONS" "$MESSAGES" "$SIZE")
+echo "   messages/s: through haproxy $hx2 | through mailsilo $ms2 | ratio mailsilo/haproxy $(python3 -c "print(f'{$ms2 / $hx2:.2f}')")x"
+grep -c '"queued"\|queued queue_id' "$WORK/servers.log" | sed 's/^/   messages queued by the mail servers: /'
