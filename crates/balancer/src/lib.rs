@@ -22,10 +22,28 @@ use ppp::v2::{Builder, Command, Protocol, Version};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, debug_span, info, warn};
 
 /// How long connecting to a mail server may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Asks the kernel to choose the source port at connect time rather than at bind time
+/// (IP_BIND_ADDRESS_NO_PORT, as HAProxy does for `source`): binding the source address then
+/// costs no port search. Best effort: without it the bind still works.
+fn no_port_at_bind(socket: &TcpSocket) {
+    use std::os::fd::AsRawFd;
+    let one: libc::c_int = 1;
+    // SAFETY: a valid socket descriptor, an option the kernel reads as a c_int, and its size.
+    unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_IP,
+            libc::IP_BIND_ADDRESS_NO_PORT,
+            (&one as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
 
 /// The operator's say over a server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -274,6 +292,7 @@ impl Balancer {
         } else {
             TcpSocket::new_v6()?
         };
+        no_port_at_bind(&socket);
         socket.bind(SocketAddr::new(self.cluster.source, 0))?;
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(to))
             .await
@@ -282,12 +301,62 @@ impl Balancer {
         Ok(stream)
     }
 
-    /// Accepts connections until `shutdown`; established relays run on until they close.
-    pub async fn serve(
+    /// Binds one SO_REUSEPORT listener per thread on the cluster's address and serves each
+    /// on its own single-threaded runtime, so a relayed byte never changes threads on its way
+    /// through (HAProxy's model, and what keeps the added latency low). After `shutdown`, each
+    /// thread stops accepting and waits up to `grace` for its relays to close.
+    pub fn spawn(
+        self: &Arc<Self>,
+        threads: usize,
+        shutdown: watch::Receiver<bool>,
+        grace: Duration,
+    ) -> io::Result<Vec<std::thread::JoinHandle<()>>> {
+        let mut handles = Vec::new();
+        for i in 0..threads.max(1) {
+            let domain = if self.cluster.address.is_ipv4() {
+                socket2::Domain::IPV4
+            } else {
+                socket2::Domain::IPV6
+            };
+            let socket =
+                socket2::Socket::new(domain, socket2::Type::STREAM, Some(socket2::Protocol::TCP))?;
+            socket.set_reuse_address(true)?;
+            socket.set_reuse_port(true)?;
+            socket.set_nonblocking(true)?;
+            socket.bind(&self.cluster.address.into())?;
+            socket.listen(1024)?;
+            let listener: std::net::TcpListener = socket.into();
+            let (this, stop) = (self.clone(), shutdown.clone());
+            let name = format!("lb-{}-{i}", self.cluster.name);
+            handles.push(std::thread::Builder::new().name(name).spawn(move || {
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .expect("a runtime for the balancer thread");
+                runtime.block_on(async move {
+                    let Ok(listener) = TcpListener::from_std(listener) else {
+                        return;
+                    };
+                    let relays = this.serve(listener, stop).await;
+                    let _ = tokio::time::timeout(grace, async {
+                        for r in relays {
+                            let _ = r.await;
+                        }
+                    })
+                    .await;
+                });
+            })?);
+        }
+        Ok(handles)
+    }
+
+    /// Accepts connections until `shutdown`; returns the relays still running.
+    async fn serve(
         self: Arc<Self>,
         listener: TcpListener,
         mut shutdown: watch::Receiver<bool>,
-    ) {
+    ) -> Vec<tokio::task::JoinHandle<()>> {
+        let mut relays: Vec<tokio::task::JoinHandle<()>> = Vec::new();
         loop {
             let (client, peer) = tokio::select! {
                 r = listener.accept() => match r {
@@ -302,9 +371,13 @@ impl Balancer {
             };
             let _ = client.set_nodelay(true);
             let this = self.clone();
-            let span = info_span!("relay", cluster = %self.cluster.name, %peer);
-            tokio::spawn(async move { this.relay(client, peer).await }.instrument(span));
+            let span = debug_span!("relay", cluster = %self.cluster.name, %peer);
+            relays.retain(|r| !r.is_finished());
+            relays.push(tokio::spawn(
+                async move { this.relay(client, peer).await }.instrument(span),
+            ));
         }
+        relays
     }
 
     async fn relay(&self, mut client: TcpStream, peer: SocketAddr) {

@@ -198,6 +198,8 @@ pub struct Cluster {
     pub queue_timeout: Duration,
     /// A returning server's loading ramps up over this long.
     pub slowstart: Duration,
+    /// Listener threads (one SO_REUSEPORT socket and single-threaded runtime each).
+    pub threads: usize,
     pub health: Health,
     pub servers: Vec<Server>,
 }

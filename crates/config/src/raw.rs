@@ -157,6 +157,7 @@ pub struct ClusterRaw {
     pub weight: Option<S<usize>>,
     pub queue_timeout: Option<S<String>>,
     pub slowstart: Option<S<String>>,
+    pub threads: Option<S<usize>>,
     pub health: Option<HealthRaw>,
     #[serde(default, rename = "server")]
     pub servers: Vec<S<ServerRaw>>,
@@ -872,6 +873,7 @@ fn validate_silos(
                     &ckey("slowstart"),
                     Duration::from_secs(10),
                 )?,
+                threads: cx.positive(&c.threads, &ckey("threads"), 1)?,
                 health: cx.health(&c.health, &ckey("health."))?,
                 servers,
             });

@@ -247,8 +247,15 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
         .flat_map(|s| &s.clusters)
         .filter(|c| roles.has("balancer", &c.name))
     {
-        let listener = bind(cluster.address, &format!("balancer {}", cluster.name)).await?;
         let lb = Balancer::new(cluster.clone());
+        let handles = lb
+            .spawn(cluster.threads, stopped.clone(), GRACE)
+            .with_context(|| {
+                format!(
+                    "balancer {}: cannot listen on {}",
+                    cluster.name, cluster.address
+                )
+            })?;
         let servers: Vec<String> = cluster
             .servers
             .iter()
@@ -257,12 +264,17 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
         println!(
             "  balancer {:<13} smtp://{}  -> {}  [{:?}{}]",
             cluster.name,
-            listener.local_addr()?,
+            cluster.address,
             servers.join(", "),
             cluster.scheduler,
             if cluster.proxy { ", PROXY v2" } else { "" }
         );
-        tasks.push(tokio::spawn(lb.clone().serve(listener, stopped.clone())));
+        tasks.push(tokio::spawn(async move {
+            let joined = tokio::task::spawn_blocking(move || {
+                handles.into_iter().for_each(|h| drop(h.join()))
+            });
+            let _ = joined.await;
+        }));
         tasks.push(tokio::spawn(lb.clone().check_health(stopped.clone())));
         balancers.push(lb);
     }

@@ -517,3 +517,37 @@ fn mail_goes_through_every_cluster_found_in_dns() {
     }
     assert_eq!(clusters_seen.len(), 4);
 }
+
+#[test]
+fn a_full_cluster_queues_then_answers_421_itself() {
+    let mut silo = Silo::new(18, &[&[1]], "", "queue_timeout = \"1s\"");
+    let text = std::fs::read_to_string(&silo.config)
+        .unwrap()
+        .replace("loading = 1\n", "loading = 1\nmaxconn = 1\n");
+    std::fs::write(&silo.config, text).unwrap();
+    silo.start_all();
+    let lb = silo.clusters[0].address;
+    let (first, mut held) = banner_of(lb);
+    assert_eq!(first, "c1-s1");
+    // The second waits in the queue; when the first leaves within the wait, it gets in.
+    let waiter = std::thread::spawn(move || banner_of(lb).0);
+    std::thread::sleep(Duration::from_millis(300));
+    held.send(b"QUIT\r\n");
+    assert_eq!(held.reply().0, 221);
+    // The session ends when both sides have closed (the relay honours half-close).
+    drop(held);
+    assert_eq!(waiter.join().unwrap(), "c1-s1");
+    // Held past the queue timeout: the balancer answers 421 itself.
+    let (_, mut held) = banner_of(lb);
+    let started = Instant::now();
+    let mut c = common::Smtp::connect_any(lb);
+    let (code, text) = c.reply();
+    assert_eq!(code, 421, "{text}");
+    assert!(text.contains("c1 has no mail server available"), "{text}");
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "it waited for the queue timeout"
+    );
+    held.send(b"QUIT\r\n");
+    assert_eq!(held.reply().0, 221);
+}

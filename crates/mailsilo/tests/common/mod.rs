@@ -252,6 +252,16 @@ impl Smtp {
         c
     }
 
+    /// Connects without reading the greeting (which may be a refusal).
+    pub fn connect_any(addr: SocketAddr) -> Smtp {
+        let s = TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        Smtp {
+            reader: BufReader::new(s.try_clone().unwrap()),
+            writer: s,
+        }
+    }
+
     /// Reads one reply: its code and its lines' text joined by newlines.
     pub fn reply(&mut self) -> (u16, String) {
         let mut text = Vec::new();
