@@ -21,19 +21,7 @@ PROXY_PORT=10043  # with PROXY v2: HAProxy on 127.0.1.30, mailsilo on 127.0.1.31
 for tool in smtp-source haproxy; do
   command -v $tool >/dev/null || { apt-get update -qq; DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix haproxy >/dev/null; break; }
 done
-cargo build --release -q -p mailsilo
-BIN=${CARGO_TARGET_DIR:-target}/release/mailsilo
-
-WORK=$(mktemp -d /var/tmp/mailsilo-lbbench.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
-wait_port() { for _ in $(seq 100); do (exec 3<>/dev/tcp/$1/$2) 2>/dev/null && return; sleep 0.1; done; echo "nothing on $1:$2"; exit 1; }
+. bench/common.sh balancer
 
 for i in 1 2 3; do
   smtp-sink -u postfix 127.0.2.2$i:$SINK_PORT 1024 &
@@ -111,7 +99,6 @@ wait_port 127.0.1.21 $LB_PORT; wait_port 127.0.1.22 $LB_PORT; wait_port 127.0.1.
 wait_port 127.0.2.31 $MS_SERVER_PORT
 sleep 3   # first health checks
 
-now() { date +%s.%N; }
 rate() { # label host port sessions messages size -> prints and echoes the rate
   local t0 t1
   t0=$(now)

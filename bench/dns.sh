@@ -18,18 +18,7 @@ if ! command -v dnsperf >/dev/null || ! command -v nsd >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dnsperf nsd >/dev/null
 fi
-cargo build --release -q -p mailsilo
-BIN=${CARGO_TARGET_DIR:-target}/release/mailsilo
-
-WORK=$(mktemp -d /var/tmp/mailsilo-dnsbench.XXXXXX)
-chmod 755 "$WORK"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. bench/common.sh dns
 
 cat > "$WORK/mailsilo.test.zone" <<EOF
 \$ORIGIN mailsilo.test.

@@ -21,19 +21,8 @@ if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
 fi
-cargo build --release -q -p mailsilo
-BIN=${CARGO_TARGET_DIR:-target}/release/mailsilo
-
-WORK=$(mktemp -d /var/tmp/mailsilo-bench.XXXXXX)
-chmod 755 "$WORK"   # Postfix daemons run as the postfix user
-PIDS=()
-cleanup() {
-  postfix -c "$WORK/pf/etc" stop >/dev/null 2>&1 || true
-  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  wait 2>/dev/null || true
-  rm -rf "$WORK"
-}
-trap cleanup EXIT
+. bench/common.sh relay
+STOP_HOOKS+=('postfix -c "$WORK/pf/etc" stop')
 
 smtp-sink -u postfix 127.0.0.1:$SINK_PORT 1024 &
 PIDS+=($!)
@@ -85,7 +74,7 @@ postlog   unix-dgram n - n - 1 postlogd
 EOF
 postfix -c "$WORK/pf/etc" set-permissions >/dev/null 2>&1 || true
 postfix -c "$WORK/pf/etc" start
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$PF_PORT) 2>/dev/null && break; sleep 0.1; done
+wait_port 127.0.0.1 $PF_PORT
 
 # --- mailsilo: the same relay, its queue in the same file system.
 cat > "$WORK/mailsilo.toml" <<EOF
@@ -99,9 +88,8 @@ destination = "127.0.0.1:$SINK_PORT"
 EOF
 "$BIN" --log-format json up --config "$WORK/mailsilo.toml" --data-dir "$WORK/ms" >/dev/null 2>"$WORK/ms.log" &
 PIDS+=($!)
-for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/$MS_PORT) 2>/dev/null && break; sleep 0.1; done
+wait_port 127.0.0.1 $MS_PORT
 
-now() { date +%s.%N; }
 busy() { # CPU seconds the whole machine has been busy (all processes, both cores)
   awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat
 }

@@ -490,6 +490,17 @@ mod tests {
         m.answers().iter().map(|r| r.data().to_string()).collect()
     }
 
+    /// The addresses of the next plain UDP answer for the demo silo.
+    fn silo_ips(cat: &Catalog) -> Vec<String> {
+        ips(&ask(
+            cat,
+            "silo1.mailsilo.test.",
+            RecordType::A,
+            None,
+            Transport::Udp,
+        ))
+    }
+
     #[test]
     fn rotate_gives_all_addresses_rotated_by_one() {
         let cat = catalog("");
@@ -533,17 +544,7 @@ mod tests {
         let text = config::DEMO.replace("rotation = \"rotate\"", "rotation = \"cycle\"");
         let c = config::Config::parse("t.toml", &text).unwrap();
         let cat = Catalog::new(c.dns.as_ref().unwrap(), &c.silos);
-        let seq: Vec<Vec<String>> = (0..5)
-            .map(|_| {
-                ips(&ask(
-                    &cat,
-                    "silo1.mailsilo.test.",
-                    RecordType::A,
-                    None,
-                    Transport::Udp,
-                ))
-            })
-            .collect();
+        let seq: Vec<Vec<String>> = (0..5).map(|_| silo_ips(&cat)).collect();
         let flat: Vec<&str> = seq.iter().map(|v| v[0].as_str()).collect();
         assert_eq!(
             flat,
@@ -557,34 +558,12 @@ mod tests {
         );
         let silo = cat.silos().next().unwrap();
         silo.clusters[1].healthy.store(false, Ordering::Relaxed);
-        let seq: Vec<String> = (0..6)
-            .map(|_| {
-                ips(&ask(
-                    &cat,
-                    "silo1.mailsilo.test.",
-                    RecordType::A,
-                    None,
-                    Transport::Udp,
-                ))[0]
-                    .clone()
-            })
-            .collect();
+        let seq: Vec<String> = (0..6).map(|_| silo_ips(&cat)[0].clone()).collect();
         assert!(!seq.contains(&"127.0.1.2".to_string()), "{seq:?}");
         for c in &silo.clusters {
             c.healthy.store(false, Ordering::Relaxed);
         }
-        assert_eq!(
-            ips(&ask(
-                &cat,
-                "silo1.mailsilo.test.",
-                RecordType::A,
-                None,
-                Transport::Udp
-            ))
-            .len(),
-            1,
-            "never empty"
-        );
+        assert_eq!(silo_ips(&cat).len(), 1, "never empty");
     }
 
     #[test]
@@ -594,18 +573,7 @@ mod tests {
             .replacen("proxy = true", "proxy = true\nweight = 5", 1);
         let c = config::Config::parse("t.toml", &text).unwrap();
         let cat = Catalog::new(c.dns.as_ref().unwrap(), &c.silos);
-        let seq: Vec<String> = (0..8)
-            .map(|_| {
-                ips(&ask(
-                    &cat,
-                    "silo1.mailsilo.test.",
-                    RecordType::A,
-                    None,
-                    Transport::Udp,
-                ))[0]
-                    .clone()
-            })
-            .collect();
+        let seq: Vec<String> = (0..8).map(|_| silo_ips(&cat)[0].clone()).collect();
         // {5,1,1,1}: the heavy one takes 5 of every 8 answers, spread out.
         assert_eq!(
             seq.iter().filter(|s| *s == "127.0.1.1").count(),
@@ -620,13 +588,7 @@ mod tests {
         let cat = catalog("");
         let silo = cat.silos().next().unwrap();
         silo.clusters[2].healthy.store(false, Ordering::Relaxed);
-        let a = ips(&ask(
-            &cat,
-            "silo1.mailsilo.test.",
-            RecordType::A,
-            None,
-            Transport::Udp,
-        ));
+        let a = silo_ips(&cat);
         assert_eq!(a.len(), 3);
         assert!(!a.contains(&"127.0.1.3".to_string()));
     }
