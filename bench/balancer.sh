@@ -8,6 +8,7 @@
 # smtp-source sends one message per connection, so messages/s is sessions/s.
 #
 #   bash bench/balancer.sh [MESSAGES] [SESSIONS] [SIZE]     (defaults: 20000 20 5120)
+#   ROUNDS=N (default 3): alternating rounds per figure; medians are reported
 set -euo pipefail
 cd "$(dirname "$0")/.."
 MESSAGES=${1:-20000}
