@@ -544,3 +544,60 @@ impl Balancer {
         expect("221").await
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cluster(slowstart: Duration) -> Arc<Balancer> {
+        let text = config::DEMO.replacen(
+            "proxy = true",
+            &format!("proxy = true\nslowstart = \"{}s\"", slowstart.as_secs()),
+            1,
+        );
+        let c = config::Config::parse("t.toml", &text).unwrap();
+        Balancer::new(c.silos[0].clusters[0].clone())
+    }
+
+    #[test]
+    fn weights_follow_state_loading_and_slow_start() {
+        let lb = cluster(Duration::from_secs(100));
+        assert_eq!(lb.weights(&[]), vec![1000, 2000]);
+        // A server back up for 25 s of a 100 s slow start has a quarter of its weight.
+        *lb.servers[1].back_since.lock().unwrap() = Some(Instant::now() - Duration::from_secs(25));
+        let w = lb.weights(&[]);
+        assert!((495..=510).contains(&w[1]), "{w:?}");
+        lb.set_loading("c1-s1", 3).unwrap();
+        lb.set_admin("c1-s2", Admin::Drain).unwrap();
+        assert_eq!(lb.weights(&[]), vec![3000, 0]);
+        lb.servers[0].up.store(false, Ordering::Relaxed);
+        assert_eq!(lb.weights(&[]), vec![0, 0]);
+        assert!(lb.pick(&[]).is_none());
+        assert_eq!(lb.set_loading("c1-s1", 0), Err(ControlError::ZeroLoading));
+        assert!(matches!(
+            lb.set_admin("nope", Admin::Ready),
+            Err(ControlError::UnknownServer(..))
+        ));
+    }
+
+    #[test]
+    fn maxconn_bounds_picks() {
+        let text = config::DEMO
+            .replacen("loading = 1\n", "loading = 1\nmaxconn = 2\n", 1)
+            .replacen("loading = 2\n", "loading = 2\nmaxconn = 1\n", 1);
+        let c = config::Config::parse("t.toml", &text).unwrap();
+        let lb = Balancer::new(c.silos[0].clusters[0].clone());
+        let held: Vec<_> = (0..3)
+            .map(|_| lb.pick(&[]).expect("room for three"))
+            .collect();
+        assert!(lb.pick(&[]).is_none(), "both servers at maxconn");
+        drop(held);
+        assert_eq!(
+            lb.stats()
+                .iter()
+                .map(|s| (s.active, s.total))
+                .collect::<Vec<_>>(),
+            vec![(0, 2), (0, 1)]
+        );
+    }
+}
