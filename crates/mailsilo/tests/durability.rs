@@ -4,14 +4,13 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BIN, Gateway, Options, wait_until};
+use common::{BIN, Gateway, Options, send_token, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -100,43 +99,6 @@ fn queue_survives_kill_and_restart() {
     assert!(g.mailbox("alice@example.com")[0].contains("still here"));
 }
 
-/// Sends one message on a fresh connection; `Ok(true)` only on a 250 after DATA.
-fn try_send(addr: SocketAddr, token: &str) -> std::io::Result<bool> {
-    let s = TcpStream::connect(addr)?;
-    s.set_read_timeout(Some(Duration::from_secs(10)))?;
-    let mut r = BufReader::new(s.try_clone()?);
-    let mut w = s;
-    let mut reply = || -> std::io::Result<u16> {
-        loop {
-            let mut line = String::new();
-            if r.read_line(&mut line)? == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            if line.len() < 4 {
-                return Err(std::io::ErrorKind::InvalidData.into());
-            }
-            if line.as_bytes()[3] == b' ' {
-                return line[..3]
-                    .parse()
-                    .map_err(|_| std::io::ErrorKind::InvalidData.into());
-            }
-        }
-    };
-    if reply()? != 220 {
-        return Ok(false);
-    }
-    w.write_all(b"EHLO load.test\r\nMAIL FROM:<load@outside.net>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n")?;
-    for expected in [250, 250, 250, 354] {
-        if reply()? != expected {
-            return Ok(false);
-        }
-    }
-    w.write_all(format!("Subject: {token}\r\n\r\ntoken {token}\r\n.\r\n").as_bytes())?;
-    let ok = reply()? == 250;
-    let _ = w.write_all(b"QUIT\r\n");
-    Ok(ok)
-}
-
 /// kill -9 the gateway several times under load: every message that got a 250 reaches
 /// the mailbox (duplicates allowed, loss not).
 #[test]
@@ -156,12 +118,10 @@ fn crash_under_load_loses_nothing_acknowledged() {
             while !stop.load(Ordering::Relaxed) && n < 5000 {
                 let token = format!("t{t}-m{n}");
                 n += 1;
-                match try_send(addr, &token) {
-                    Ok(true) => {
-                        acked.lock().unwrap().insert(token);
-                    }
-                    Ok(false) => {}
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                if send_token(addr, &token) {
+                    acked.lock().unwrap().insert(token);
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
                 }
             }
         }));

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Silo, banner_of, python, wait_until};
+use common::{Silo, banner_of, python, send_token, wait_until};
 
 /// The A records of a `dig +short` answer.
 fn short(out: &str) -> Vec<String> {
@@ -280,44 +280,6 @@ fn sessions_follow_loading_weight_changes_and_drain() {
         .len()
         == 1));
     assert!(silo.mailbox("alice@example.com")[0].contains("by c1-s2 (mailsilo)"));
-}
-
-/// Sends one message with the token as subject through `addr`; true on 250.
-fn send_token(addr: SocketAddr, token: &str) -> bool {
-    let attempt = || -> Option<bool> {
-        let s = std::net::TcpStream::connect(addr).ok()?;
-        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-        let mut c = common::Smtp {
-            reader: std::io::BufReader::new(s.try_clone().ok()?),
-            writer: s,
-        };
-        let mut step = |line: &str, code: u16| -> Option<()> {
-            use std::io::{BufRead, Write};
-            if !line.is_empty() {
-                c.writer.write_all(line.as_bytes()).ok()?;
-            }
-            let mut l = String::new();
-            loop {
-                l.clear();
-                if c.reader.read_line(&mut l).ok()? == 0 {
-                    return None;
-                }
-                if l.as_bytes().get(3) == Some(&b' ') {
-                    break;
-                }
-            }
-            (l.get(..3)? == code.to_string()).then_some(())
-        };
-        step("", 220)?;
-        step("EHLO load.test\r\n", 250)?;
-        step("MAIL FROM:<load@outside.net>\r\n", 250)?;
-        step("RCPT TO:<alice@example.com>\r\n", 250)?;
-        step("DATA\r\n", 354)?;
-        step(&format!("Subject: {token}\r\n\r\n{token}\r\n.\r\n"), 250)?;
-        let _ = step("QUIT\r\n", 221);
-        Some(true)
-    };
-    attempt().unwrap_or(false)
 }
 
 #[test]

@@ -515,3 +515,41 @@ pub fn banner_of(addr: SocketAddr) -> (String, Smtp) {
     assert_eq!(code, 220, "{text}");
     (text.split(' ').next().unwrap().to_string(), c)
 }
+
+/// Sends one message with the token as subject through `addr`; true on 250.
+pub fn send_token(addr: SocketAddr, token: &str) -> bool {
+    let attempt = || -> Option<bool> {
+        let s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        let mut c = Smtp {
+            reader: BufReader::new(s.try_clone().ok()?),
+            writer: s,
+        };
+        let mut step = |line: &str, code: u16| -> Option<()> {
+            use std::io::{BufRead, Write};
+            if !line.is_empty() {
+                c.writer.write_all(line.as_bytes()).ok()?;
+            }
+            let mut l = String::new();
+            loop {
+                l.clear();
+                if c.reader.read_line(&mut l).ok()? == 0 {
+                    return None;
+                }
+                if l.as_bytes().get(3) == Some(&b' ') {
+                    break;
+                }
+            }
+            (l.get(..3)? == code.to_string()).then_some(())
+        };
+        step("", 220)?;
+        step("EHLO load.test\r\n", 250)?;
+        step("MAIL FROM:<load@outside.net>\r\n", 250)?;
+        step("RCPT TO:<alice@example.com>\r\n", 250)?;
+        step("DATA\r\n", 354)?;
+        step(&format!("Subject: {token}\r\n\r\n{token}\r\n.\r\n"), 250)?;
+        let _ = step("QUIT\r\n", 221);
+        Some(true)
+    };
+    attempt().unwrap_or(false)
+}
