@@ -281,6 +281,9 @@ pub struct Config {
     pub source: String,
     pub smtp: Smtp,
     pub delivery: Delivery,
+    /// The retry policy for destinations that are not client domains (DSNs to senders);
+    /// client domains carry their own, which defaults to this.
+    pub retry: Retry,
     pub domains: Vec<Domain>,
     pub sink: Option<Sink>,
     pub dns: Option<Dns>,

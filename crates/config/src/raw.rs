@@ -577,6 +577,7 @@ impl File {
             source: file.to_string(),
             smtp,
             delivery,
+            retry,
             domains,
             sink,
             dns,

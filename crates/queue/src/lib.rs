@@ -314,6 +314,47 @@ impl Queue {
         Err((false, last))
     }
 
+    /// Sends on `client` and caches it for reuse when the transaction went through. An
+    /// error says whether it is permanent, why, and whether the connection was stale.
+    async fn send(
+        &self,
+        route: &Route,
+        mut client: Client,
+        envelope: &Envelope,
+        body: &[u8],
+    ) -> Result<Vec<Result<(), Reply>>, (bool, String, bool)> {
+        match client.send(envelope, body).await {
+            Ok(results) => {
+                self.idle
+                    .lock()
+                    .expect("idle")
+                    .entry(route.clone())
+                    .or_default()
+                    .push((client, Instant::now()));
+                Ok(results)
+            }
+            // An I/O error means the connection was dead: stale, if it came from the cache.
+            Err(e) => Err((
+                e.is_permanent(),
+                e.to_string(),
+                matches!(e, client::Error::Io(_)),
+            )),
+        }
+    }
+
+    /// Sends on a new connection.
+    async fn send_fresh(
+        &self,
+        route: &Route,
+        envelope: &Envelope,
+        body: &[u8],
+    ) -> Result<Vec<Result<(), Reply>>, (bool, String)> {
+        let client = self.connect(route).await?;
+        self.send(route, client, envelope, body)
+            .await
+            .map_err(|(permanent, reason, _)| (permanent, reason))
+    }
+
     /// One delivery attempt for the recipients of one route, and its bookkeeping.
     async fn deliver(
         self: &Arc<Self>,
@@ -340,41 +381,16 @@ impl Queue {
         };
         // A cached connection may have been closed by the server meanwhile: on an I/O error
         // with one, try once more on a fresh connection.
-        let mut outcome = None;
-        for fresh in [false, true] {
-            let mut client = match if fresh { None } else { self.cached(route) } {
-                Some(c) => c,
-                None if fresh || outcome.is_none() => match self.connect(route).await {
-                    Ok(c) => c,
-                    Err((permanent, reason)) => {
-                        outcome = Some(Err((permanent, reason)));
-                        break;
-                    }
-                },
-                None => break,
-            };
-            match client.send(&envelope, &message.body).await {
-                Ok(results) => {
-                    self.idle
-                        .lock()
-                        .expect("idle")
-                        .entry(route.clone())
-                        .or_default()
-                        .push((client, Instant::now()));
-                    outcome = Some(Ok(results));
-                    break;
-                }
-                Err(e) => {
-                    let retry = !fresh && matches!(e, client::Error::Io(_));
-                    outcome = Some(Err((e.is_permanent(), e.to_string())));
-                    if !retry {
-                        break;
-                    }
-                }
-            }
-        }
-        let results: Vec<Result<(), (bool, String)>> = match outcome.expect("at least one attempt")
-        {
+        let outcome = match self.cached(route) {
+            // A cached connection may have been closed by the server meanwhile: when it turns
+            // out stale, the attempt is made again on a fresh connection.
+            Some(client) => match self.send(route, client, &envelope, &message.body).await {
+                Err((_, _, true)) => self.send_fresh(route, &envelope, &message.body).await,
+                other => other.map_err(|(permanent, reason, _)| (permanent, reason)),
+            },
+            None => self.send_fresh(route, &envelope, &message.body).await,
+        };
+        let results: Vec<Result<(), (bool, String)>> = match outcome {
             Ok(r) => r
                 .into_iter()
                 .map(|r| r.map_err(|reply| (reply.is_permanent(), reply.to_string())))
@@ -402,7 +418,7 @@ impl Queue {
             let retry = self
                 .config
                 .domain(domain)
-                .map_or(self.config.domains[0].retry, |d| d.retry);
+                .map_or(self.config.retry, |d| d.retry);
             let outcome = match result {
                 Ok(()) => {
                     info!(to = %r.address, status = "sent", "delivered");

@@ -42,6 +42,11 @@ struct World {
 }
 
 async fn world(extra: &str) -> World {
+    world_with("", extra).await
+}
+
+/// `smtp` goes into the `[smtp]` table (which the sink server also uses).
+async fn world_with(smtp: &str, extra: &str) -> World {
     let sink = Arc::new(Collect::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sink_addr = listener.local_addr().unwrap();
@@ -52,7 +57,7 @@ async fn world(extra: &str) -> World {
         .local_addr()
         .unwrap();
     let text = format!(
-        "[smtp]\nhostname = \"mx.test\"\nlisten = [\"127.0.0.1:1\"]\n[retry]\nmin_backoff = \"300s\"\nmax_backoff = \"4000s\"\nlifetime = \"5d\"\n{extra}\n\
+        "[smtp]\nhostname = \"mx.test\"\nlisten = [\"127.0.0.1:1\"]\n{smtp}\n[retry]\nmin_backoff = \"300s\"\nmax_backoff = \"4000s\"\nlifetime = \"5d\"\n{extra}\n\
          [[domain]]\nname = \"down.test\"\ndestination = \"{dead}\"\n[[domain]]\nname = \"example.org\"\ndestination = \"{sink_addr}\"\n\
          [[domain]]\nname = \"tls.test\"\ndestination = \"{sink_addr}\"\nrequire_tls = true\n"
     );
@@ -347,5 +352,40 @@ async fn require_tls_defers_rather_than_sending_in_plaintext() {
         m.recipients[0]
     );
     assert!(w.received().is_empty(), "nothing was sent in plaintext");
+    w.stop.send(true).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn connections_are_reused_and_stale_ones_replaced() {
+    // The sink drops idle sessions after 1 s (with a 421); the queue keeps them for 10 s.
+    let smtp = "command_timeout = \"1s\"";
+    let w = world_with(smtp, "[delivery]\nconnection_cache_time = \"10s\"").await;
+    let peer = |w: &World, i: usize| w.sink.0.lock().unwrap()[i].client.peer;
+    w.send("bob@example.org", "carol@example.org").await;
+    w.until("the first message", |w| w.received().len() == 1)
+        .await;
+    w.send("bob@example.org", "dave@example.org").await;
+    w.until("the second message", |w| w.received().len() == 2)
+        .await;
+    assert_eq!(
+        peer(&w, 0),
+        peer(&w, 1),
+        "the second went over the same connection"
+    );
+    // Now the cached connection goes stale: the sink closes it (421, then EOF, which the
+    // pipelined MAIL/RCPT/DATA run into).
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let id = w.send("bob@example.org", "erin@example.org").await;
+    w.until(
+        "the third message, at once rather than after a retry",
+        |w| w.received().len() == 3,
+    )
+    .await;
+    assert_ne!(peer(&w, 2), peer(&w, 1), "a fresh connection");
+    assert_eq!(
+        w.attempts(&id, 0, u32::MAX).await,
+        u32::MAX,
+        "delivered at the first attempt"
+    );
     w.stop.send(true).unwrap();
 }
