@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use config::Scheduler;
 use ppp::v2::{Builder, Command, Protocol, Version};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
 use tracing::{Instrument, debug, debug_span, info, warn};
@@ -42,6 +43,24 @@ fn no_port_at_bind(socket: &TcpSocket) {
             (&one as *const libc::c_int).cast(),
             std::mem::size_of::<libc::c_int>() as libc::socklen_t,
         );
+    }
+}
+
+/// Relays both ways. When one side has closed, the other gets `fin_timeout` to finish (as
+/// HAProxy's `timeout client-fin`/`server-fin`), so a client that vanished without closing
+/// cannot hold a server's session slot forever once the server has hung up.
+async fn pump(client: TcpStream, upstream: TcpStream, fin_timeout: Duration) {
+    async fn half(mut from: OwnedReadHalf, mut to: OwnedWriteHalf) {
+        let _ = tokio::io::copy(&mut from, &mut to).await;
+        let _ = to.shutdown().await;
+    }
+    let (client_in, client_out) = client.into_split();
+    let (server_in, server_out) = upstream.into_split();
+    let mut up = Box::pin(half(client_in, server_out));
+    let mut down = Box::pin(half(server_in, client_out));
+    tokio::select! {
+        _ = &mut up => { let _ = tokio::time::timeout(fin_timeout, down).await; }
+        _ = &mut down => { let _ = tokio::time::timeout(fin_timeout, up).await; }
     }
 }
 
@@ -438,10 +457,8 @@ impl Balancer {
                 }
             }
             debug!(server = %server.name, "relaying");
-            match tokio::io::copy_bidirectional(&mut client, &mut upstream).await {
-                Ok((up, down)) => debug!(server = %server.name, up, down, "closed"),
-                Err(e) => debug!(server = %server.name, error = %e, "relay ended"),
-            }
+            pump(client, upstream, self.cluster.fin_timeout).await;
+            debug!(server = %server.name, "closed");
             return;
         }
     }

@@ -200,6 +200,8 @@ pub struct Cluster {
     pub slowstart: Duration,
     /// Listener threads (one SO_REUSEPORT socket and single-threaded runtime each).
     pub threads: usize,
+    /// Once one side of a relayed session has closed, how long the other has to follow.
+    pub fin_timeout: Duration,
     pub health: Health,
     pub servers: Vec<Server>,
 }

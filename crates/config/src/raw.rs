@@ -158,6 +158,7 @@ pub struct ClusterRaw {
     pub queue_timeout: Option<S<String>>,
     pub slowstart: Option<S<String>>,
     pub threads: Option<S<usize>>,
+    pub fin_timeout: Option<S<String>>,
     pub health: Option<HealthRaw>,
     #[serde(default, rename = "server")]
     pub servers: Vec<S<ServerRaw>>,
@@ -875,6 +876,11 @@ fn validate_silos(
                     Duration::from_secs(10),
                 )?,
                 threads: cx.positive(&c.threads, &ckey("threads"), 1)?,
+                fin_timeout: cx.duration(
+                    &c.fin_timeout,
+                    &ckey("fin_timeout"),
+                    Duration::from_secs(30),
+                )?,
                 health: cx.health(&c.health, &ckey("health."))?,
                 servers,
             });

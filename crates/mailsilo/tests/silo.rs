@@ -221,7 +221,7 @@ fn assert_shares(counts: &HashMap<String, usize>, loadings: &[(&str, u32)]) {
 #[test]
 fn sessions_follow_loading_weight_changes_and_drain() {
     let mut silo = Silo::new(14, &[&[1, 2, 3]], "", "");
-    silo.start_all();
+    silo.start_without_dns();
     let lb = silo.clusters[0].address;
     let first = sessions(lb, 1500);
     assert_shares(&first, &[("c1-s1", 1), ("c1-s2", 2), ("c1-s3", 3)]);
@@ -487,7 +487,7 @@ fn a_full_cluster_queues_then_answers_421_itself() {
         .unwrap()
         .replace("loading = 1\n", "loading = 1\nmaxconn = 1\n");
     std::fs::write(&silo.config, text).unwrap();
-    silo.start_all();
+    silo.start_without_dns();
     let lb = silo.clusters[0].address;
     let (first, mut held) = banner_of(lb);
     assert_eq!(first, "c1-s1");
@@ -512,4 +512,37 @@ fn a_full_cluster_queues_then_answers_421_itself() {
     );
     held.send(b"QUIT\r\n");
     assert_eq!(held.reply().0, 221);
+}
+
+/// A client that vanished without closing does not hold a server's slot once the server
+/// has hung up: the balancer gives it `fin_timeout`, then ends the relay.
+#[test]
+fn a_silent_client_does_not_hold_a_slot_after_the_server_hangs_up() {
+    let mut silo = Silo::new(19, &[&[1]], "", "fin_timeout = \"1s\"");
+    let text = std::fs::read_to_string(&silo.config).unwrap();
+    let text = text.replace(
+        "max_sessions_per_client = 1000",
+        "max_sessions_per_client = 1000\ncommand_timeout = \"1s\"",
+    );
+    std::fs::write(&silo.config, text).unwrap();
+    silo.start_without_dns();
+    let active = |s: &Silo| {
+        let show = s.lb(&["show"]);
+        let line = show
+            .lines()
+            .find(|l| l.contains("c1-s1"))
+            .unwrap()
+            .to_string();
+        line.split_whitespace().nth(6).unwrap().to_string()
+    };
+    let (_, mut silent) = banner_of(silo.clusters[0].address);
+    assert_eq!(active(&silo), "1");
+    // The server times the client out (421) and closes; the client never answers or closes.
+    assert_eq!(silent.reply().0, 421);
+    assert!(
+        wait_until(Duration::from_secs(5), || active(&silo) == "0"),
+        "{}",
+        silo.lb(&["show"])
+    );
+    drop(silent);
 }
