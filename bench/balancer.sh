@@ -2,7 +2,8 @@
 # The balancer, side by side in one run with HAProxy (Debian package, TCP mode, the same
 # weights 1/2/3, an SMTP health check each):
 #  1. PROXY off, in front of three smtp-sink backends: sessions/s through each, and the
-#     latency each adds to a one-session-at-a-time run (against smtp-sink directly).
+#     latency each adds to a single session (bench/session_latency.py: sessions to
+#     smtp-sink directly, through HAProxy and through mailsilo in turn; medians).
 #  2. PROXY v2 on (HAProxy send-proxy-v2), in front of three mailsilo mail servers (which
 #     queue durably and relay to an smtp-sink): messages/s through each.
 # smtp-source sends one message per connection, so messages/s is sessions/s.
@@ -113,22 +114,18 @@ median() { python3 -c "import statistics, sys; print(f'{statistics.median(map(fl
 echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE; $(nproc) cores; $(haproxy -v | head -1 | cut -d' ' -f1-3)"
 echo "medians of $ROUNDS rounds, HAProxy and mailsilo alternating (this VM's run-to-run noise is large)"
 echo "1. PROXY off, three smtp-sink backends (weights 1/2/3)"
-D=(); H=(); M=(); D1=(); H1=(); M1=()
+D=(); H=(); M=()
 for r in $(seq "$ROUNDS"); do
   D+=($(rate direct 127.0.2.21 $SINK_PORT "$SESSIONS" "$MESSAGES" "$SIZE"))
   H+=($(rate haproxy 127.0.1.21 $LB_PORT "$SESSIONS" "$MESSAGES" "$SIZE"))
   M+=($(rate mailsilo 127.0.1.22 $LB_PORT "$SESSIONS" "$MESSAGES" "$SIZE"))
-  D1+=($(rate direct 127.0.2.21 $SINK_PORT 1 2000 100))
-  H1+=($(rate haproxy 127.0.1.21 $LB_PORT 1 2000 100))
-  M1+=($(rate mailsilo 127.0.1.22 $LB_PORT 1 2000 100))
 done
 direct=$(median "${D[@]}"); hx=$(median "${H[@]}"); ms=$(median "${M[@]}")
 echo "   sessions/s: smtp-sink directly $direct | through haproxy $hx (${H[*]}) | through mailsilo $ms (${M[*]}) | ratio mailsilo/haproxy $(python3 -c "print(f'{$ms / $hx:.2f}')")x"
-python3 - "$(median "${D1[@]}")" "$(median "${H1[@]}")" "$(median "${M1[@]}")" <<'PY'
-import sys
-d, h, m = (1e6 / float(x) for x in sys.argv[1:4])
-print(f"   one session at a time: {d:.0f} us per session directly; added by haproxy {h - d:.0f} us, by mailsilo {m - d:.0f} us")
-PY
+# Added latency: single sessions to the three targets in turn (so noise hits all alike),
+# median session time of each.
+read -r d1 h1 m1 < <(python3 bench/session_latency.py "${LATENCY_SESSIONS:-3000}" 127.0.2.21:$SINK_PORT 127.0.1.21:$LB_PORT 127.0.1.22:$LB_PORT)
+echo "   one session at a time (median of ${LATENCY_SESSIONS:-3000}, interleaved): ${d1} us directly; added by haproxy $((h1 - d1)) us, by mailsilo $((m1 - d1)) us"
 
 echo "2. PROXY v2 on, three mailsilo mail servers (durable queue, relaying to smtp-sink)"
 H2=(); M2=()
