@@ -311,8 +311,12 @@ impl Balancer {
         } else {
             TcpSocket::new_v6()?
         };
-        no_port_at_bind(&socket);
-        socket.bind(SocketAddr::new(self.cluster.source, 0))?;
+        // The source address matters to servers that take PROXY headers only from it; without
+        // PROXY the kernel's choice will do, and saves two system calls a connection.
+        if self.cluster.proxy {
+            no_port_at_bind(&socket);
+            socket.bind(SocketAddr::new(self.cluster.source, 0))?;
+        }
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, socket.connect(to))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;

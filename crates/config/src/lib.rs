@@ -185,8 +185,8 @@ pub struct Cluster {
     pub name: String,
     /// The public address the balancer listens on (and the DNS hands out).
     pub address: SocketAddr,
-    /// The address the balancer connects to its servers from; the servers accept PROXY
-    /// headers only from it.
+    /// With PROXY on, the address the balancer connects to its servers from; the servers
+    /// accept PROXY headers only from it. Without PROXY the kernel picks the source.
     pub source: IpAddr,
     /// Send a PROXY v2 header to the servers (and have them require one).
     pub proxy: bool,
@@ -198,8 +198,9 @@ pub struct Cluster {
     pub queue_timeout: Duration,
     /// A returning server's loading ramps up over this long.
     pub slowstart: Duration,
-    /// Listener threads (one SO_REUSEPORT socket and single-threaded runtime each).
-    pub threads: usize,
+    /// Listener threads (one SO_REUSEPORT socket and single-threaded runtime each); `None`
+    /// means one per core.
+    pub threads: Option<usize>,
     /// Once one side of a relayed session has closed, how long the other has to follow.
     pub fin_timeout: Duration,
     pub health: Health,

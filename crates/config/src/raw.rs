@@ -875,7 +875,10 @@ fn validate_silos(
                     &ckey("slowstart"),
                     Duration::from_secs(10),
                 )?,
-                threads: cx.positive(&c.threads, &ckey("threads"), 1)?,
+                threads: match &c.threads {
+                    None => None,
+                    Some(t) => Some(cx.at_least_one(t, &ckey("threads"))?),
+                },
                 fin_timeout: cx.duration(
                     &c.fin_timeout,
                     &ckey("fin_timeout"),

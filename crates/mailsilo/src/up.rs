@@ -247,9 +247,10 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
         .flat_map(|s| &s.clusters)
         .filter(|c| roles.has("balancer", &c.name))
     {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let lb = Balancer::new(cluster.clone());
         let handles = lb
-            .spawn(cluster.threads, stopped.clone(), GRACE)
+            .spawn(cluster.threads.unwrap_or(cores), stopped.clone(), GRACE)
             .with_context(|| {
                 format!(
                     "balancer {}: cannot listen on {}",
