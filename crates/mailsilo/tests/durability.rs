@@ -147,15 +147,7 @@ fn crash_under_load_loses_nothing_acknowledged() {
         "the load ran ({} acknowledged)",
         acked.len()
     );
-    let delivered = || -> BTreeSet<String> {
-        g.mailbox("alice@example.com")
-            .iter()
-            .filter_map(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
-            })
-            .collect()
-    };
+    let delivered = || -> BTreeSet<String> { common::subjects(&g.mailbox("alice@example.com")) };
     let all_there = wait_until(Duration::from_secs(60), || acked.is_subset(&delivered()));
     let missing: Vec<_> = acked.difference(&delivered()).cloned().collect();
     assert!(

@@ -351,15 +351,7 @@ fn a_killed_mail_server_leaves_rotation_and_loses_nothing() {
         retried.lock().unwrap()
     );
     assert!(acked.len() > 30);
-    let delivered = || -> BTreeSet<String> {
-        silo.mailbox("alice@example.com")
-            .iter()
-            .filter_map(|m| {
-                m.lines()
-                    .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
-            })
-            .collect()
-    };
+    let delivered = || -> BTreeSet<String> { common::subjects(&silo.mailbox("alice@example.com")) };
     let ok = wait_until(Duration::from_secs(60), || acked.is_subset(&delivered()));
     let missing: Vec<_> = acked.difference(&delivered()).cloned().collect();
     assert!(

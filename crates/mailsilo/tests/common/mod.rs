@@ -563,3 +563,14 @@ pub fn send_token(addr: SocketAddr, token: &str) -> bool {
     };
     attempt().unwrap_or(false)
 }
+
+/// The Subject: of each message (the load tests put a unique token there).
+pub fn subjects(messages: &[String]) -> std::collections::BTreeSet<String> {
+    messages
+        .iter()
+        .filter_map(|m| {
+            m.lines()
+                .find_map(|l| l.strip_prefix("Subject: ").map(str::to_string))
+        })
+        .collect()
+}
