@@ -100,8 +100,22 @@ pub struct Smtp {
     pub max_errors: usize,
     pub max_sessions: usize,
     pub max_sessions_per_client: usize,
+    /// How long one command line may take to arrive, whole (not per read).
     pub command_timeout: Duration,
+    /// The first allowance for message content, and its cap (Postfix's `smtpd_timeout`
+    /// for DATA/BDAT under `smtpd_per_request_deadline`).
     pub data_timeout: Duration,
+    /// Octets a second message content must keep up (Postfix's `smtpd_min_data_rate`):
+    /// each read of N octets extends the content deadline by N / rate seconds.
+    pub min_data_rate: usize,
+    /// Both timeouts above shrink to this while more than 80 % of `max_sessions` are open
+    /// (Postfix's stress mode).
+    pub stress_timeout: Duration,
+    /// The octets of message content all sessions together may hold in memory; beyond it
+    /// new DATA/BDAT get 452 4.3.1.
+    pub max_message_memory: usize,
+    /// Where `RCPT TO:<postmaster>` (and postmaster at the server's own name) goes.
+    pub postmaster: Option<String>,
     pub bare_newlines: BareNewlines,
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,

@@ -40,6 +40,10 @@ pub struct SmtpRaw {
     pub max_sessions_per_client: Option<S<usize>>,
     pub command_timeout: Option<S<String>>,
     pub data_timeout: Option<S<String>>,
+    pub min_data_rate: Option<S<usize>>,
+    pub stress_timeout: Option<S<String>>,
+    pub max_message_memory: Option<S<String>>,
+    pub postmaster: Option<S<String>>,
     pub bare_newlines: Option<BareNewlines>,
     pub tls_cert: Option<S<String>>,
     pub tls_key: Option<S<String>>,
@@ -229,6 +233,18 @@ impl Ctx<'_> {
         }
     }
 
+    /// A size such as "25MiB", more than zero.
+    fn size(&self, v: &Option<S<String>>, key: &str, default: usize) -> Result<usize, Error> {
+        match v {
+            None => Ok(default),
+            Some(v) => match parse_size(v.get_ref()) {
+                Ok(0) => self.err(v.span(), key, "must be more than zero"),
+                Ok(n) => Ok(n),
+                Err(m) => self.err(v.span(), key, m),
+            },
+        }
+    }
+
     fn positive(&self, v: &Option<S<usize>>, key: &str, default: usize) -> Result<usize, Error> {
         match v {
             None => Ok(default),
@@ -378,15 +394,37 @@ impl File {
             used.claim(&cx, addr, a.span(), "smtp.listen")?;
             listen.push(addr);
         }
-        let max_message_size = match &s.max_message_size {
-            None => 25 << 20,
-            Some(v) => match parse_size(v.get_ref()) {
-                Ok(0) => {
-                    return cx.err(v.span(), "smtp.max_message_size", "must be more than zero");
+        let max_message_size = cx.size(&s.max_message_size, "smtp.max_message_size", 25 << 20)?;
+        let max_message_memory =
+            cx.size(&s.max_message_memory, "smtp.max_message_memory", 512 << 20)?;
+        if max_message_memory < max_message_size {
+            let span = s
+                .max_message_memory
+                .as_ref()
+                .or(s.max_message_size.as_ref())
+                .map_or(smtp_span.clone(), |v| v.span());
+            return cx.err(
+                span,
+                "smtp.max_message_memory",
+                "must be at least smtp.max_message_size (one message must fit)",
+            );
+        }
+        let postmaster = match &s.postmaster {
+            None => None,
+            Some(v) => {
+                let a = v.get_ref().trim();
+                let ok = a.rsplit_once('@').is_some_and(|(l, d)| {
+                    !l.is_empty() && !l.contains([' ', '<', '>']) && is_host_name(d)
+                });
+                if !ok {
+                    return cx.err(
+                        v.span(),
+                        "smtp.postmaster",
+                        format!("{a:?} is not an address (write \"postmaster@provider.example\")"),
+                    );
                 }
-                Ok(n) => n,
-                Err(m) => return cx.err(v.span(), "smtp.max_message_size", m),
-            },
+                Some(a.to_string())
+            }
         };
         let max_recipients = cx.positive(&s.max_recipients, "smtp.max_recipients", 1000)?;
         if max_recipients < 100 {
@@ -430,6 +468,14 @@ impl File {
                 "smtp.data_timeout",
                 Duration::from_secs(180),
             )?,
+            min_data_rate: cx.positive(&s.min_data_rate, "smtp.min_data_rate", 500)?,
+            stress_timeout: cx.duration(
+                &s.stress_timeout,
+                "smtp.stress_timeout",
+                Duration::from_secs(10),
+            )?,
+            max_message_memory,
+            postmaster,
             bare_newlines: s.bare_newlines.unwrap_or_default(),
             tls_cert: s.tls_cert.map(|v| PathBuf::from(v.into_inner())),
             tls_key: s.tls_key.map(|v| PathBuf::from(v.into_inner())),

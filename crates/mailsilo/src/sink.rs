@@ -75,6 +75,10 @@ impl Handler for Maildir {
             Reply::new(451, "4.3.0 Mailbox write failed")
         })
     }
+
+    fn accepted(&self) -> &'static str {
+        "stored in the demo mailbox"
+    }
 }
 
 #[cfg(test)]

@@ -85,7 +85,11 @@ pub fn sink_server(
 ) -> Arc<Server<crate::sink::Maildir>> {
     settings.hostname = format!("sink.{}", settings.hostname);
     settings.listen = vec![listen];
-    Server::new(settings, Some(tls), Arc::new(crate::sink::Maildir { root }))
+    Arc::new(Server::new(
+        settings,
+        Some(tls),
+        Arc::new(crate::sink::Maildir { root }),
+    ))
 }
 
 /// The balancers, as the portal sees them.
@@ -181,6 +185,8 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
     }
     if let Some(queue) = &queue {
         let intake = Arc::new(Intake(queue.clone()));
+        // Every server of this process shares one bound on message memory.
+        let memory = smtp::data::MemoryBudget::new(config.smtp.max_message_memory);
         if roles.has("mx", "") {
             for addr in &config.smtp.listen {
                 let listener = bind(*addr, "smtp.listen").await?;
@@ -189,7 +195,10 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
                     listener.local_addr()?,
                     config.smtp.hostname
                 );
-                let server = Server::new(config.smtp.clone(), Some(tls.clone()), intake.clone());
+                let server = Arc::new(
+                    Server::new(config.smtp.clone(), Some(tls.clone()), intake.clone())
+                        .with_memory(memory.clone()),
+                );
                 tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
             }
         }
@@ -203,15 +212,15 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
                 let mut settings = config.smtp.clone();
                 settings.hostname = s.name.clone();
                 settings.listen = vec![s.address];
-                let server = if cluster.proxy {
-                    let policy = ProxyPolicy {
+                let mut server = Server::new(settings, Some(tls.clone()), intake.clone())
+                    .with_memory(memory.clone());
+                if cluster.proxy {
+                    server = server.with_proxy(ProxyPolicy {
                         from: vec![cluster.source],
                         timeout: PROXY_TIMEOUT,
-                    };
-                    Server::with_proxy(settings, Some(tls.clone()), intake.clone(), policy)
-                } else {
-                    Server::new(settings, Some(tls.clone()), intake.clone())
-                };
+                    });
+                }
+                let server = Arc::new(server);
                 let proxy = if cluster.proxy {
                     format!(", PROXY v2 from {}", cluster.source)
                 } else {

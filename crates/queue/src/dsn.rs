@@ -1,11 +1,13 @@
 //! Delivery status notifications (RFC 3464 multipart/report) for failed and delayed mail.
 
+use smtp::command::decode_xtext;
 use smtp::date;
-use store::Message;
+use store::{Message, Ret};
 
 /// Why one recipient is being reported.
 pub struct Report<'a> {
     pub recipient: &'a str,
+    /// ORCPT as received (`addr-type;xtext`).
     pub orcpt: Option<&'a str>,
     pub reason: &'a str,
 }
@@ -74,7 +76,10 @@ pub fn build(
         original.id
     ));
     if let Some(envid) = &original.envid {
-        m.push_str(&format!("Original-Envelope-Id: {envid}\r\n"));
+        m.push_str(&format!(
+            "Original-Envelope-Id: {}\r\n",
+            header_safe(&decode_xtext(envid))
+        ));
     }
     m.push_str(&format!(
         "Arrival-Date: {}\r\n",
@@ -83,7 +88,10 @@ pub fn build(
     for r in reports {
         m.push_str(&format!("\r\nFinal-Recipient: rfc822; {}\r\n", r.recipient));
         if let Some(o) = r.orcpt {
-            m.push_str(&format!("Original-Recipient: {o}\r\n"));
+            m.push_str(&format!(
+                "Original-Recipient: {}\r\n",
+                original_recipient(o)
+            ));
         }
         m.push_str(&format!(
             "Action: {word}\r\nStatus: {}\r\n",
@@ -107,7 +115,9 @@ pub fn build(
         }
     }
     let mut out = m.into_bytes();
-    let headers_only = original.ret_headers_only || matches!(action, Action::Delayed { .. });
+    // Without RET the whole message goes back, as Postfix does.
+    let headers_only =
+        original.ret == Some(Ret::Headers) || matches!(action, Action::Delayed { .. });
     let (kind, content) = if headers_only {
         let end = find(&original.body, b"\r\n\r\n").map_or(original.body.len(), |i| i + 2);
         ("text/rfc822-headers", &original.body[..end])
@@ -121,6 +131,24 @@ pub fn build(
     }
     out.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
     out
+}
+
+/// The Original-Recipient field's value (RFC 3464 section 2.3.1): the ORCPT's address type
+/// and its address, decoded from xtext (the `utf-8` type of RFC 6533 is kept as it came).
+fn original_recipient(orcpt: &str) -> String {
+    match orcpt.split_once(';') {
+        Some((kind, addr)) if !kind.eq_ignore_ascii_case("utf-8") => {
+            format!("{kind};{}", header_safe(&decode_xtext(addr)))
+        }
+        _ => header_safe(orcpt),
+    }
+}
+
+/// A decoded value made safe for one header line.
+fn header_safe(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect()
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -144,15 +172,15 @@ mod tests {
         let original = Message {
             id: "Q1".into(),
             sender: "bob@example.org".into(),
-            envid: Some("E1".into()),
-            ret_headers_only: true,
+            envid: Some("E+2B1".into()),
+            ret: Some(Ret::Headers),
             received_at: 0,
-            body: b"Subject: hi\r\n\r\nsecret body\r\n".to_vec(),
+            body: b"Subject: hi\r\n\r\nsecret body\r\n".to_vec().into(),
             recipients: vec![],
         };
         let r = [Report {
             recipient: "a@example.com",
-            orcpt: Some("rfc822;a@example.com"),
+            orcpt: Some("rfc822;a+2Bx@example.com"),
             reason: "550 5.1.1 unknown",
         }];
         let text =
@@ -160,9 +188,9 @@ mod tests {
         for needle in [
             "To: <bob@example.org>",
             "Content-Type: multipart/report; report-type=delivery-status;",
-            "Original-Envelope-Id: E1",
+            "Original-Envelope-Id: E+1",
             "Final-Recipient: rfc822; a@example.com",
-            "Original-Recipient: rfc822;a@example.com",
+            "Original-Recipient: rfc822;a+x@example.com",
             "Action: failed",
             "Status: 5.1.1",
             "Diagnostic-Code: smtp; 550 5.1.1 unknown",

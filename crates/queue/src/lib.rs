@@ -21,9 +21,26 @@ use async_trait::async_trait;
 use config::Config;
 use hickory_resolver::TokioResolver;
 use smtp::client::{self, Client};
+use smtp::command::Ret;
 use smtp::server::{new_queue_id, notify};
 use smtp::{Accepted, Envelope, Handler, Rcpt, Reply};
 use store::{Message, NewMessage, NewRecipient, Outcome, QueueStore, Status};
+
+/// RET as the store keeps it.
+fn stored_ret(r: Option<Ret>) -> Option<store::Ret> {
+    r.map(|r| match r {
+        Ret::Full => store::Ret::Full,
+        Ret::Headers => store::Ret::Headers,
+    })
+}
+
+/// RET as the relay client sends it.
+fn wire_ret(r: Option<store::Ret>) -> Option<Ret> {
+    r.map(|r| match r {
+        store::Ret::Full => Ret::Full,
+        store::Ret::Headers => Ret::Headers,
+    })
+}
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -222,7 +239,7 @@ impl Queue {
             id: stored.id,
             sender: stored.sender,
             envid: stored.envid,
-            ret_headers_only: stored.ret_headers_only,
+            ret: stored.ret,
             received_at: stored.received_at,
             body: stored.body,
             recipients,
@@ -375,7 +392,7 @@ impl Queue {
                 })
                 .collect(),
             envid: message.envid.clone(),
-            ret_headers_only: message.ret_headers_only,
+            ret: wire_ret(message.ret),
             smtputf8: !message.sender.is_ascii() || rcpts.iter().any(|r| !r.address.is_ascii()),
             eight_bit: !message.body.is_ascii(),
         };
@@ -541,10 +558,10 @@ impl Queue {
                 orcpt: None,
             }],
             envid: None,
-            ret_headers_only: true,
+            ret: None,
             received_at: now,
             next_attempt: now + IN_FLIGHT_LEASE,
-            body,
+            body: body.into(),
         };
         match self.submit(dsn).await {
             Ok(()) => {
@@ -596,7 +613,7 @@ impl Handler for Intake {
                 })
                 .collect(),
             envid: m.envelope.envid,
-            ret_headers_only: m.envelope.ret_headers_only,
+            ret: stored_ret(m.envelope.ret),
             received_at: now,
             next_attempt: now + IN_FLIGHT_LEASE,
             body: m.body,

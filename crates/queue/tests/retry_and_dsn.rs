@@ -63,7 +63,7 @@ async fn world_with(smtp: &str, extra: &str) -> World {
     );
     let config = Arc::new(Config::parse("test.toml", &text).unwrap());
     let (stop, stopped) = watch::channel(false);
-    let server = Server::new(config.smtp.clone(), None, sink.clone());
+    let server = Arc::new(Server::new(config.smtp.clone(), None, sink.clone()));
     tokio::spawn(server.serve(listener, stopped.clone(), Duration::from_secs(1)));
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(Embedded::open(dir.path()).unwrap());
@@ -107,11 +107,13 @@ impl World {
                     })
                     .collect(),
                 envid: Some("ENV-1".into()),
-                ret_headers_only: false,
+                ret: None,
                 smtputf8: false,
                 eight_bit: false,
             },
-            body: b"Subject: original\r\n\r\noriginal body\r\n".to_vec(),
+            body: b"Subject: original\r\n\r\noriginal body\r\n"
+                .to_vec()
+                .into(),
         };
         Intake(self.queue.clone()).accept(m).await.unwrap();
         id

@@ -11,6 +11,7 @@ use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
+use crate::command::Ret;
 use crate::conn::{Conn, Line};
 use crate::reply::ReplyParser;
 use crate::server::{Envelope, notify};
@@ -100,19 +101,6 @@ pub struct Client {
     /// TLS version and cipher, when STARTTLS was used.
     pub tls: Option<String>,
     pub peer: SocketAddr,
-}
-
-/// RFC 3461 xtext: `+HH` for `+`, `=` and anything outside `!`..`~`.
-pub fn xtext(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for b in s.bytes() {
-        if (b'!'..=b'~').contains(&b) && b != b'+' && b != b'=' {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("+{b:02X}"));
-        }
-    }
-    out
 }
 
 impl Client {
@@ -272,14 +260,16 @@ impl Client {
         if envelope.smtputf8 {
             mail.push_str(" SMTPUTF8");
         }
+        // DSN parameters go on exactly as received (ENVID and ORCPT are xtext already),
+        // and only those the client gave: no RET is invented.
         if caps.dsn {
-            mail.push_str(if envelope.ret_headers_only {
-                " RET=HDRS"
-            } else {
-                " RET=FULL"
-            });
+            match envelope.ret {
+                Some(Ret::Full) => mail.push_str(" RET=FULL"),
+                Some(Ret::Headers) => mail.push_str(" RET=HDRS"),
+                None => {}
+            }
             if let Some(id) = &envelope.envid {
-                mail.push_str(&format!(" ENVID={}", xtext(id)));
+                mail.push_str(&format!(" ENVID={id}"));
             }
         }
         mail.push_str("\r\n");
@@ -302,7 +292,7 @@ impl Client {
             if caps.dsn
                 && let Some(o) = &r.orcpt
             {
-                line.push_str(&format!(" ORCPT={}", xtext(o)));
+                line.push_str(&format!(" ORCPT={o}"));
             }
             line.push_str("\r\n");
             rcpts.push(line);
@@ -383,7 +373,13 @@ impl Client {
                 reply: data_reply,
             });
         }
-        data::stuff(message, &mut self.conn.out);
+        // Stuffed and sent a piece at a time: no second copy of a large message in memory.
+        let mut stuffer = data::Stuffer::default();
+        for piece in message.chunks(64 * 1024) {
+            stuffer.feed(piece, &mut self.conn.out);
+            self.conn.flush(self.settings.command_timeout).await?;
+        }
+        stuffer.finish(&mut self.conn.out);
         self.conn.flush(self.settings.command_timeout).await?;
         let final_reply = self.read_reply().await?;
         if !final_reply.is_positive() {
@@ -430,12 +426,6 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn xtext_encoding() {
-        assert_eq!(xtext("rfc822;a+b=c@x.net"), "rfc822;a+2Bb+3Dc@x.net");
-        assert_eq!(xtext("a b"), "a+20b");
-    }
 
     #[test]
     fn capabilities() {

@@ -72,8 +72,9 @@ impl Conn {
         self.pending().contains(&b'\n')
     }
 
-    /// Reads more input; errors on end of stream.
-    pub async fn fill(&mut self, limit: Duration) -> io::Result<()> {
+    /// Reads more input within `limit`; returns how many octets came; errors on end of
+    /// stream and on timeout.
+    pub async fn fill(&mut self, limit: Duration) -> io::Result<usize> {
         if self.pos > 0 && self.pos > self.buf.len() / 2 {
             self.buf.drain(..self.pos);
             self.pos = 0;
@@ -84,11 +85,14 @@ impl Conn {
         let n = timeout(limit, self.stream.read_buf(&mut self.buf))
             .await
             .map_err(|_| timed_out())??;
-        if n == 0 { Err(eof()) } else { Ok(()) }
+        if n == 0 { Err(eof()) } else { Ok(n) }
     }
 
-    /// Reads one line of at most `max` octets including its line end.
+    /// Reads one line of at most `max` octets including its line end. `limit` bounds the
+    /// whole line, not each read (Postfix's `smtpd_per_record_deadline`), so a client
+    /// dripping one byte at a time cannot hold the session open.
     pub async fn read_line(&mut self, max: usize, limit: Duration) -> io::Result<Line> {
+        let deadline = tokio::time::Instant::now() + limit;
         let mut skipping = false;
         loop {
             if let Some(i) = self.pending().iter().position(|&b| b == b'\n') {
@@ -105,7 +109,11 @@ impl Conn {
                 let n = self.pending().len();
                 self.consume(n);
             }
-            self.fill(limit).await?;
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if left.is_zero() {
+                return Err(timed_out());
+            }
+            self.fill(left).await?;
         }
     }
 
@@ -161,5 +169,33 @@ mod tests {
             c.read_line(1000, t).await.unwrap_err().kind(),
             io::ErrorKind::UnexpectedEof
         );
+    }
+
+    /// A line dripped one byte at a time times out at the deadline of the whole line, not
+    /// at the silence between bytes.
+    #[tokio::test]
+    async fn the_deadline_covers_the_whole_line() {
+        let (a, mut b) = tokio::io::duplex(1 << 16);
+        let mut c = Conn::new(Box::new(a));
+        let drip = tokio::spawn(async move {
+            for _ in 0..40 {
+                if b.write_all(b"x").await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        });
+        let started = std::time::Instant::now();
+        let e = c
+            .read_line(1000, Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::TimedOut);
+        assert!(
+            started.elapsed() < Duration::from_millis(600),
+            "{:?}",
+            started.elapsed()
+        );
+        drip.abort();
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod address;
 pub mod client;
+pub mod command;
 pub mod conn;
 pub mod data;
 pub mod date;

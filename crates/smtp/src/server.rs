@@ -5,26 +5,30 @@
 //! A session owns no policy beyond the protocol: which recipients are acceptable and what
 //! happens to an accepted message is asked of its [`Handler`], which must answer only once
 //! the message is durable, since the 250 follows straight after.
+//!
+//! Every read has a deadline, as in Postfix: a command line must arrive whole within
+//! `command_timeout`, and message content must keep up `min_data_rate` after a first
+//! allowance of `data_timeout`, so a client dripping a byte at a time cannot hold a session
+//! slot. While more than 80 % of `max_sessions` are open both shrink to `stress_timeout`.
 
 use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use smtp_proto::{
-    RCPT_NOTIFY_DELAY, RCPT_NOTIFY_FAILURE, RCPT_NOTIFY_NEVER, RCPT_NOTIFY_SUCCESS, Request,
-};
+use bytes::Bytes;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, Level, debug, info, info_span, warn};
 
 use crate::address::{self, Recipient};
+use crate::command::{self, Command, ForwardPath, MailFrom, RcptTo, Ret};
 use crate::conn::{Conn, Line, Stream};
-use crate::data::{Decoder, Problem};
+use crate::data::{Decoder, MemoryBudget, Problem, Start};
 use crate::proxy::{self, Proxied};
 use crate::{Reply, date, tls};
 
@@ -42,20 +46,24 @@ pub mod notify {
 /// One accepted recipient with its DSN parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rcpt {
+    /// The address exactly as received (quoting included).
     pub address: String,
     /// [`notify`] flags; zero when NOTIFY was not given.
     pub notify: u8,
+    /// ORCPT exactly as received (`addr-type;xtext`), relayed byte for byte.
     pub orcpt: Option<String>,
 }
 
 /// The envelope of an accepted message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Envelope {
-    /// Empty for the null reverse-path.
+    /// Exactly as received; empty for the null reverse-path.
     pub sender: String,
     pub recipients: Vec<Rcpt>,
+    /// ENVID exactly as received (xtext).
     pub envid: Option<String>,
-    pub ret_headers_only: bool,
+    /// RET, when the client gave it (none is invented).
+    pub ret: Option<Ret>,
     pub smtputf8: bool,
     pub eight_bit: bool,
 }
@@ -75,8 +83,9 @@ pub struct Accepted {
     pub id: String,
     pub client: ClientInfo,
     pub envelope: Envelope,
-    /// The message with the server's Received: header first; CRLF line ends.
-    pub body: Vec<u8>,
+    /// The message with the server's Received: header first; CRLF line ends. The only copy
+    /// the server made: shared, never copied, on its way to the store and to delivery.
+    pub body: Bytes,
 }
 
 /// The policy and storage behind a server.
@@ -87,6 +96,10 @@ pub trait Handler: Send + Sync + 'static {
     /// Takes responsibility for a message. Returns only once the message is on stable
     /// storage: the server answers 250 straight after.
     async fn accept(&self, message: Accepted) -> Result<(), Reply>;
+    /// What the log line of an accepted message says it became.
+    fn accepted(&self) -> &'static str {
+        "queued"
+    }
 }
 
 /// Completes once `shutdown` turns true (or its sender is gone).
@@ -110,6 +123,10 @@ pub struct Server<H> {
     pub tls: Option<TlsAcceptor>,
     pub handler: Arc<H>,
     pub proxy: Option<ProxyPolicy>,
+    /// The memory all sessions' messages share (across servers, when they share one).
+    pub memory: Arc<MemoryBudget>,
+    /// Sessions running now, for stress mode.
+    active: AtomicUsize,
 }
 
 /// Releases a client's per-address session slot when its session ends.
@@ -130,6 +147,15 @@ impl Drop for PerClient {
     }
 }
 
+/// Counts a session as running while it lives.
+struct Running<'a>(&'a AtomicUsize);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
 /// Who may put a PROXY header in front of a session, and how long it may take.
 #[derive(Debug, Clone)]
 pub struct ProxyPolicy {
@@ -139,32 +165,32 @@ pub struct ProxyPolicy {
 }
 
 impl<H: Handler> Server<H> {
+    /// A server with its own memory budget (`max_message_memory`).
     pub fn new(
         settings: config::Smtp,
         tls: Option<Arc<rustls::ServerConfig>>,
         handler: Arc<H>,
-    ) -> Arc<Self> {
-        Arc::new(Server {
+    ) -> Server<H> {
+        Server {
+            memory: MemoryBudget::new(settings.max_message_memory),
             settings,
             tls: tls.map(TlsAcceptor::from),
             handler,
             proxy: None,
-        })
+            active: AtomicUsize::new(0),
+        }
     }
 
     /// The same server requiring a PROXY v2 header from the given balancer addresses.
-    pub fn with_proxy(
-        settings: config::Smtp,
-        tls: Option<Arc<rustls::ServerConfig>>,
-        handler: Arc<H>,
-        proxy: ProxyPolicy,
-    ) -> Arc<Self> {
-        Arc::new(Server {
-            settings,
-            tls: tls.map(TlsAcceptor::from),
-            handler,
-            proxy: Some(proxy),
-        })
+    pub fn with_proxy(mut self, proxy: ProxyPolicy) -> Server<H> {
+        self.proxy = Some(proxy);
+        self
+    }
+
+    /// The same server sharing `memory` with others of the process.
+    pub fn with_memory(mut self, memory: Arc<MemoryBudget>) -> Server<H> {
+        self.memory = memory;
+        self
     }
 
     /// Accepts sessions on `listener` until `shutdown` turns true, then waits (at most
@@ -193,12 +219,12 @@ impl<H: Handler> Server<H> {
             if let Some(p) = &self.proxy
                 && !p.from.contains(&peer.ip())
             {
-                info!(%peer, "refused: not a balancer, on a PROXY listener");
+                info!(server = %self.settings.hostname, %peer, "refused: not a balancer, on a PROXY listener");
                 continue;
             }
             let _ = stream.set_nodelay(true);
             let Ok(permit) = sessions.clone().try_acquire_owned() else {
-                info!(%peer, "refused: too many sessions");
+                info!(server = %self.settings.hostname, %peer, "refused: too many sessions");
                 tokio::spawn(refuse(
                     stream,
                     "421 4.7.0 Too many connections, try again later\r\n",
@@ -210,14 +236,15 @@ impl<H: Handler> Server<H> {
             tokio::spawn(async move {
                 let _permit = permit;
                 let mut stream = stream;
-                // Behind a balancer the client is who the PROXY header says.
-                let client = match &server.proxy {
-                    None => peer,
+                // Behind a balancer the client is who the PROXY header says; a LOCAL header
+                // is the balancer's own health check.
+                let (client, probe) = match &server.proxy {
+                    None => (peer, false),
                     Some(p) => match proxy::read(&mut stream, p.timeout).await {
-                        Ok(Proxied::Client(c)) => c,
-                        Ok(Proxied::Local) => peer,
+                        Ok(Proxied::Client(c)) => (c, false),
+                        Ok(Proxied::Local) => (peer, true),
                         Err(e) => {
-                            info!(%peer, error = %e, "closed: bad PROXY header");
+                            info!(server = %server.settings.hostname, %peer, error = %e, "closed: bad PROXY header");
                             return;
                         }
                     },
@@ -236,7 +263,7 @@ impl<H: Handler> Server<H> {
                     }
                 };
                 let Some(_slot) = slot else {
-                    info!(%client, "refused: too many sessions from this client");
+                    info!(server = %server.settings.hostname, %client, "refused: too many sessions from this client");
                     refuse(
                         stream,
                         "421 4.7.0 Too many connections from your address\r\n",
@@ -244,7 +271,9 @@ impl<H: Handler> Server<H> {
                     .await;
                     return;
                 };
-                server.session(Box::new(stream), client, shutdown).await;
+                server
+                    .run_session(Box::new(stream), client, probe, shutdown)
+                    .await;
             });
         }
         drop(listener);
@@ -259,18 +288,39 @@ impl<H: Handler> Server<H> {
         peer: SocketAddr,
         shutdown: watch::Receiver<bool>,
     ) {
-        let span = info_span!("session", %peer);
+        self.run_session(stream, peer, false, shutdown).await
+    }
+
+    async fn run_session(
+        self: Arc<Self>,
+        stream: Box<dyn Stream>,
+        peer: SocketAddr,
+        probe: bool,
+        shutdown: watch::Receiver<bool>,
+    ) {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        let span = info_span!("session", server = %self.settings.hostname, %peer);
         async move {
-            match Session::new(self, Conn::new(stream), peer, shutdown)
-                .run()
-                .await
-            {
-                Ok(()) => debug!("closed"),
-                Err(e) => info!(error = %e, "session ended"),
+            let _running = Running(&self.active);
+            let mut session = Session::new(self.clone(), Conn::new(stream), peer, shutdown);
+            let result = session.run().await;
+            // Sessions that never started a transaction (health checks, probes) are
+            // debug-level chatter; the others end with one line.
+            let quiet = probe || !session.transacted;
+            match result {
+                Ok(()) if quiet => debug!("closed"),
+                Ok(()) => info!(messages = session.messages, "closed"),
+                Err(e) if quiet => debug!(error = %e, "session ended"),
+                Err(e) => info!(messages = session.messages, error = %e, "session ended"),
             }
         }
         .instrument(span)
         .await
+    }
+
+    /// Whether the server is under pressure (more than 80 % of its session slots taken).
+    fn stressed(&self) -> bool {
+        self.active.load(Ordering::Relaxed) * 10 > self.settings.max_sessions * 8
     }
 }
 
@@ -282,18 +332,47 @@ async fn refuse(mut stream: TcpStream, reply: &'static str) {
 /// The transaction under way.
 struct Transaction {
     sender: String,
+    size: Option<u64>,
     recipients: Vec<Rcpt>,
     envid: Option<String>,
-    ret_headers_only: bool,
+    ret: Option<Ret>,
     smtputf8: bool,
     eight_bit: bool,
-    /// BDAT content received so far, if BDAT started.
-    chunks: Option<Decoder>,
+    /// BDAT content received so far, if BDAT started, with the queue id it was given.
+    chunks: Option<(String, Decoder)>,
 }
 
 enum Next {
     Continue,
     Close,
+}
+
+fn timed_out() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "timeout exceeded")
+}
+
+/// The deadline of message content: a first allowance, extended by each read at the
+/// minimum data rate but never beyond the allowance (Postfix's `smtpd_min_data_rate`).
+struct ContentDeadline {
+    left: Duration,
+    cap: Duration,
+    rate: f64,
+}
+
+impl ContentDeadline {
+    fn new(cap: Duration, rate: usize) -> ContentDeadline {
+        ContentDeadline {
+            left: cap,
+            cap,
+            rate: rate as f64,
+        }
+    }
+
+    /// Accounts one read of `n` octets that took `took`.
+    fn read(&mut self, took: Duration, n: usize) {
+        let earned = Duration::from_secs_f64(n as f64 / self.rate);
+        self.left = (self.left.saturating_sub(took) + earned).min(self.cap);
+    }
 }
 
 struct Session<H> {
@@ -306,6 +385,9 @@ struct Session<H> {
     tls: Option<String>,
     tx: Option<Transaction>,
     errors: usize,
+    /// MAIL was given at least once.
+    transacted: bool,
+    messages: usize,
 }
 
 impl<H: Handler> Session<H> {
@@ -325,6 +407,8 @@ impl<H: Handler> Session<H> {
             tls: None,
             tx: None,
             errors: 0,
+            transacted: false,
+            messages: 0,
         }
     }
 
@@ -332,10 +416,24 @@ impl<H: Handler> Session<H> {
         &self.server.settings
     }
 
+    /// The timeout for a command line and the content allowance, shrunk under stress.
+    fn timeouts(&self) -> (Duration, Duration) {
+        let s = self.settings();
+        if self.server.stressed() {
+            (
+                s.command_timeout.min(s.stress_timeout),
+                s.data_timeout.min(s.stress_timeout),
+            )
+        } else {
+            (s.command_timeout, s.data_timeout)
+        }
+    }
+
     fn reply(&mut self, code: u16, text: impl Into<String>) {
         self.send(Reply::new(code, text));
     }
 
+    /// Sends a reply; refusals count toward `max_errors`.
     fn send(&mut self, reply: Reply) {
         if reply.code >= 400 {
             self.errors += 1;
@@ -345,19 +443,19 @@ impl<H: Handler> Session<H> {
     }
 
     async fn flush(&mut self) -> io::Result<()> {
-        let t = self.settings().command_timeout;
+        let t = self.timeouts().0;
         self.conn.flush(t).await
     }
 
-    async fn run(mut self) -> io::Result<()> {
-        info!("connected");
+    async fn run(&mut self) -> io::Result<()> {
+        debug!("connected");
         let banner = format!("{} ESMTP mailsilo", self.settings().hostname);
         self.reply(220, banner);
         loop {
             if !self.conn.has_line() {
                 self.flush().await?;
             }
-            let limit = self.settings().command_timeout;
+            let limit = self.timeouts().0;
             let line = tokio::select! {
                 r = self.conn.read_line(MAX_COMMAND_LINE, limit) => Some(r),
                 _ = stopped(&mut self.shutdown) => None,
@@ -366,23 +464,24 @@ impl<H: Handler> Session<H> {
                 self.reply(421, "4.3.2 Service shutting down");
                 return self.flush().await;
             };
-            let line = match line {
-                Ok(Line::Full(l)) => l,
+            let step = match line {
+                Ok(Line::Full(l)) => self.command(&l).await,
                 Ok(Line::TooLong) => {
                     self.reply(500, "5.5.2 Line too long");
-                    Vec::new()
+                    Ok(Next::Continue)
                 }
+                Err(e) => Err(e),
+            };
+            match step {
+                Ok(Next::Continue) => {}
+                Ok(Next::Close) => return self.flush().await,
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    info!("closed: timeout exceeded");
                     self.reply(421, "4.4.2 Timeout exceeded, closing connection");
-                    self.flush().await?;
+                    let _ = self.flush().await;
                     return Err(e);
                 }
                 Err(e) => return Err(e),
-            };
-            if !line.is_empty()
-                && let Next::Close = self.command(&line).await?
-            {
-                return self.flush().await;
             }
             if self.errors >= self.settings().max_errors {
                 self.reply(421, "4.7.0 Too many errors, closing connection");
@@ -393,58 +492,43 @@ impl<H: Handler> Session<H> {
     }
 
     async fn command(&mut self, line: &[u8]) -> io::Result<Next> {
-        let req = match Request::parse(&mut line.iter()) {
-            Ok(r) => r.into_owned(),
-            Err(e) => {
-                use smtp_proto::Error as E;
-                let r = match e {
-                    E::UnknownCommand => Reply::new(500, "5.5.1 Unrecognized command"),
-                    E::InvalidSenderAddress => Reply::new(501, "5.1.7 Bad sender address syntax"),
-                    E::InvalidRecipientAddress => {
-                        Reply::new(501, "5.1.3 Bad recipient address syntax")
-                    }
-                    E::SyntaxError { syntax } => Reply::new(501, format!("5.5.4 Syntax: {syntax}")),
-                    E::InvalidParameter { param } => {
-                        Reply::new(501, format!("5.5.4 Invalid parameter {param}"))
-                    }
-                    E::UnsupportedParameter { param } => {
-                        Reply::new(555, format!("5.5.4 Unsupported parameter {param}"))
-                    }
-                    _ => Reply::new(500, "5.5.2 Syntax error"),
-                };
-                self.send(r);
+        let cmd = match command::parse(line) {
+            Ok(c) => c,
+            Err(r) => {
+                self.send(r.reply);
+                if r.close {
+                    info!("closed: unusable BDAT command");
+                    return Ok(Next::Close);
+                }
                 return Ok(Next::Continue);
             }
         };
-        match req {
-            Request::Ehlo { host } => self.hello(host, true),
-            Request::Helo { host } => self.hello(host, false),
-            Request::Mail { from } => self.mail(from),
-            Request::Rcpt { to } => self.rcpt(to),
-            Request::Data => return self.data().await,
-            Request::Bdat {
-                chunk_size,
-                is_last,
-            } => return self.bdat(chunk_size, is_last).await,
-            Request::Rset => {
+        match cmd {
+            Command::Ehlo(host) => self.hello(host, true),
+            Command::Helo(host) => self.hello(host, false),
+            Command::Mail(from) => self.mail(from),
+            Command::Rcpt(to) => self.rcpt(to),
+            Command::Data => self.data().await?,
+            Command::Bdat { size, last } => return self.bdat(size, last).await,
+            Command::Rset => {
                 self.tx = None;
                 self.reply(250, "2.0.0 Ok");
             }
-            Request::Noop { .. } => self.reply(250, "2.0.0 Ok"),
-            Request::Vrfy { .. } => self.reply(
+            Command::Noop => self.reply(250, "2.0.0 Ok"),
+            Command::Vrfy => self.reply(
                 252,
                 "2.5.2 Cannot VRFY user, but will accept message and attempt delivery",
             ),
-            Request::Help { .. } => self.reply(
+            Command::Help => self.reply(
                 214,
                 "2.0.0 See RFC 5321; mailsilo accepts mail for its client domains",
             ),
-            Request::Quit => {
+            Command::Quit => {
                 self.reply(221, "2.0.0 Bye");
                 return Ok(Next::Close);
             }
-            Request::StartTls => return self.starttls().await,
-            _ => self.reply(502, "5.5.1 Command not implemented"),
+            Command::StartTls => self.starttls().await?,
+            Command::NotImplemented => self.reply(502, "5.5.1 Command not implemented"),
         }
         Ok(Next::Continue)
     }
@@ -474,73 +558,95 @@ impl<H: Handler> Session<H> {
         self.send(Reply { code: 250, lines });
     }
 
-    fn mail(&mut self, from: smtp_proto::MailFrom<String>) {
+    fn mail(&mut self, from: MailFrom) {
         if self.helo.is_none() {
             return self.reply(503, "5.5.1 Send EHLO or HELO first");
         }
         if self.tx.is_some() {
             return self.reply(503, "5.5.1 Nested MAIL command");
         }
-        if from.size > self.settings().max_message_size {
+        self.transacted = true;
+        if from
+            .size
+            .is_some_and(|s| s > self.settings().max_message_size as u64)
+        {
             return self.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
         }
-        if from.flags & smtp_proto::MAIL_BODY_BINARYMIME != 0 {
-            return self.reply(555, "5.5.4 BODY=BINARYMIME is not supported");
-        }
-        let smtputf8 = from.flags & smtp_proto::MAIL_SMTPUTF8 != 0;
-        if !smtputf8 && !from.address.is_ascii() {
+        let sender = from.sender.map(|m| m.raw).unwrap_or_default();
+        if !from.smtputf8 && !sender.is_ascii() {
             return self.reply(553, "5.6.7 Non-ASCII address requires SMTPUTF8");
         }
         self.tx = Some(Transaction {
-            sender: from.address,
+            sender,
+            size: from.size,
             recipients: Vec::new(),
-            envid: from.env_id,
-            ret_headers_only: from.flags & smtp_proto::MAIL_RET_HDRS != 0,
-            smtputf8,
-            eight_bit: from.flags & smtp_proto::MAIL_BODY_8BITMIME != 0,
+            envid: from.envid,
+            ret: from.ret,
+            smtputf8: from.smtputf8,
+            eight_bit: from.body == command::Body::EightBitMime,
             chunks: None,
         });
         self.reply(250, "2.1.0 Ok");
     }
 
-    fn rcpt(&mut self, to: smtp_proto::RcptTo<String>) {
+    /// Where `<postmaster>` goes: the configured address, for the bare form and for
+    /// postmaster at the server's own name (RFC 5321 section 4.5.1).
+    fn postmaster(&self, to: &ForwardPath) -> Option<Result<String, Reply>> {
+        let own = match to {
+            ForwardPath::Postmaster => true,
+            ForwardPath::Mailbox(m) => {
+                m.local.eq_ignore_ascii_case("postmaster")
+                    && m.domain.eq_ignore_ascii_case(&self.settings().hostname)
+            }
+        };
+        own.then(|| {
+            self.settings().postmaster.clone().ok_or_else(|| {
+                Reply::new(
+                    550,
+                    "5.1.1 No postmaster address is configured (smtp.postmaster)",
+                )
+            })
+        })
+    }
+
+    fn rcpt(&mut self, to: RcptTo) {
         let max = self.settings().max_recipients;
         let Some(tx) = &self.tx else {
             return self.reply(503, "5.5.1 Need MAIL command");
         };
         if tx.recipients.len() >= max {
-            return self.reply(452, "4.5.3 Too many recipients");
+            // Flow control, not an error (RFC 5321 section 4.5.3.1.8): the client sends
+            // the rest in another transaction, so it does not count toward max_errors.
+            Reply::new(452, "4.5.3 Too many recipients").write_to(&mut self.conn.out);
+            return;
         }
-        let checked = address::recipient(&to.address, tx.smtputf8)
-            .and_then(|r| self.server.handler.check_recipient(&r).map(|()| r));
-        let r = match checked {
-            Ok(r) => r,
+        let smtputf8 = tx.smtputf8;
+        let checked = match (self.postmaster(&to.path), &to.path) {
+            (Some(p), _) => p,
+            (None, ForwardPath::Mailbox(m)) => address::recipient(m, smtputf8)
+                .and_then(|r| self.server.handler.check_recipient(&r).map(|()| r.raw)),
+            (None, ForwardPath::Postmaster) => unreachable!("postmaster() answers for it"),
+        };
+        let address = match checked {
+            Ok(a) => a,
             Err(reply) => {
-                info!(rcpt = %to.address, %reply, "recipient refused");
+                let written = match &to.path {
+                    ForwardPath::Mailbox(m) => m.raw.as_str(),
+                    ForwardPath::Postmaster => "postmaster",
+                };
+                info!(rcpt = %written, %reply, "recipient refused");
                 return self.send(reply);
             }
         };
-        let address = format!("{}@{}", r.local, r.domain);
         let tx = self.tx.as_mut().expect("checked above");
         if !tx
             .recipients
             .iter()
             .any(|x| x.address.eq_ignore_ascii_case(&address))
         {
-            let mut notify = 0;
-            for (flag, bit) in [
-                (RCPT_NOTIFY_SUCCESS, notify::SUCCESS),
-                (RCPT_NOTIFY_FAILURE, notify::FAILURE),
-                (RCPT_NOTIFY_DELAY, notify::DELAY),
-                (RCPT_NOTIFY_NEVER, notify::NEVER),
-            ] {
-                if to.flags & flag != 0 {
-                    notify |= bit;
-                }
-            }
             tx.recipients.push(Rcpt {
                 address,
-                notify,
+                notify: to.notify,
                 orcpt: to.orcpt,
             });
         }
@@ -554,26 +660,48 @@ impl<H: Handler> Session<H> {
             Some(tx) if tx.recipients.is_empty() => {
                 Err(Reply::new(554, "5.5.1 No valid recipients"))
             }
+            Some(_) if self.server.memory.exhausted() => Err(Reply::new(
+                452,
+                "4.3.1 Insufficient system resources, try again later",
+            )),
             Some(_) => Ok(()),
         }
     }
 
-    async fn data(&mut self) -> io::Result<Next> {
+    /// A decoder for the transaction's content, starting with the Received: header, and
+    /// the queue id it names.
+    fn start_content(&self, dots: bool) -> (String, Decoder) {
+        let tx = self.tx.as_ref().expect("ready_for_content checked");
+        let id = new_queue_id();
+        let received = self.received_header(&id, tx);
+        let start = Start {
+            mode: self.settings().bare_newlines,
+            max_size: self.settings().max_message_size,
+            prefix: received.into_bytes(),
+            expected: tx.size,
+            charge: self.server.memory.charge(),
+        };
+        let decoder = if dots {
+            Decoder::data(start)
+        } else {
+            Decoder::bdat(start)
+        };
+        (id, decoder)
+    }
+
+    async fn data(&mut self) -> io::Result<()> {
         if let Err(r) = self.ready_for_content() {
             self.send(r);
-            return Ok(Next::Continue);
+            return Ok(());
         }
         if self.tx.as_ref().is_some_and(|t| t.chunks.is_some()) {
             self.reply(503, "5.5.1 DATA after BDAT");
-            return Ok(Next::Continue);
+            return Ok(());
         }
         self.reply(354, "End data with <CR><LF>.<CR><LF>");
         self.flush().await?;
-        let mut decoder = Decoder::data(
-            self.settings().bare_newlines,
-            self.settings().max_message_size,
-        );
-        let limit = self.settings().data_timeout;
+        let (id, mut decoder) = self.start_content(true);
+        let mut deadline = ContentDeadline::new(self.timeouts().1, self.settings().min_data_rate);
         loop {
             let used = decoder.feed(self.conn.pending());
             match used {
@@ -584,53 +712,70 @@ impl<H: Handler> Session<H> {
                 None => {
                     let n = self.conn.pending().len();
                     self.conn.consume(n);
-                    self.conn.fill(limit).await?;
+                    self.read_content(&mut deadline).await?;
                 }
             }
         }
-        self.finish(decoder.into_message()).await;
-        Ok(Next::Continue)
+        self.finish(id, decoder.into_message()).await;
+        Ok(())
     }
 
-    async fn bdat(&mut self, size: usize, last: bool) -> io::Result<Next> {
+    /// One read of message content under its deadline.
+    async fn read_content(&mut self, deadline: &mut ContentDeadline) -> io::Result<usize> {
+        if deadline.left.is_zero() {
+            return Err(timed_out());
+        }
+        let started = Instant::now();
+        let n = self.conn.fill(deadline.left).await?;
+        deadline.read(started.elapsed(), n);
+        Ok(n)
+    }
+
+    async fn bdat(&mut self, size: u64, last: bool) -> io::Result<Next> {
+        if size > self.settings().max_message_size as u64 {
+            // The declared octets are beyond anything we would read: they can be neither
+            // trusted nor skipped safely, so the session ends here.
+            self.reply(552, "5.3.4 Message size exceeds fixed maximum message size");
+            info!(size, "closed: BDAT chunk over the size limit");
+            return Ok(Next::Close);
+        }
+        let size = size as usize;
         let ready = self.ready_for_content();
-        let (mode, max) = (
-            self.settings().bare_newlines,
-            self.settings().max_message_size,
-        );
-        let mut decoder = match (&ready, self.tx.as_mut()) {
-            (Ok(()), Some(tx)) => {
-                Some(tx.chunks.take().unwrap_or_else(|| Decoder::bdat(mode, max)))
-            }
+        let mut content = match (&ready, self.tx.as_mut()) {
+            (Ok(()), Some(tx)) => match tx.chunks.take() {
+                Some(c) => Some(c),
+                None => Some(self.start_content(false)),
+            },
             _ => None,
         };
         // The chunk's bytes are consumed whatever happens: they are never commands.
-        let limit = self.settings().data_timeout;
+        let mut deadline = ContentDeadline::new(self.timeouts().1, self.settings().min_data_rate);
         let mut left = size;
         while left > 0 {
             if self.conn.pending().is_empty() {
-                self.conn.fill(limit).await?;
+                self.read_content(&mut deadline).await?;
             }
             let n = left.min(self.conn.pending().len());
-            if let Some(d) = decoder.as_mut() {
+            if let Some((_, d)) = content.as_mut() {
                 d.feed(&self.conn.pending()[..n]);
             }
             self.conn.consume(n);
             left -= n;
         }
-        let Some(d) = decoder else {
+        let Some((id, d)) = content else {
             let reply = ready
                 .err()
                 .unwrap_or_else(|| Reply::new(503, "5.5.1 Need MAIL command"));
+            // RFC 3030: after a refused chunk the transaction is over.
             self.tx = None;
             self.send(reply);
             return Ok(Next::Continue);
         };
         if last {
-            self.finish(d.finish()).await;
+            self.finish(id, d.finish()).await;
         } else {
             if let Some(tx) = self.tx.as_mut() {
-                tx.chunks = Some(d);
+                tx.chunks = Some((id, d));
             }
             self.reply(250, format!("2.0.0 {size} octets received"));
         }
@@ -638,19 +783,27 @@ impl<H: Handler> Session<H> {
     }
 
     /// Ends a transaction: refuses bad content, or hands the message over and answers 250.
-    async fn finish(&mut self, content: Result<Vec<u8>, Problem>) {
+    async fn finish(
+        &mut self,
+        id: String,
+        content: Result<(Vec<u8>, crate::data::Charge), Problem>,
+    ) {
         let Some(tx) = self.tx.take() else { return };
-        let body = match content {
-            Ok(b) => b,
+        let (message, charge) = match content {
+            Ok(m) => m,
             Err(p) => {
                 let reply = match p {
                     Problem::TooBig => {
                         Reply::new(552, "5.3.4 Message size exceeds fixed maximum message size")
                     }
+                    Problem::NoMemory => {
+                        Reply::new(452, "4.3.1 Insufficient system resources, try again later")
+                    }
                     Problem::BareNewline => Reply::new(
                         554,
                         "5.6.0 Bare CR or LF in message content refused (RFC 5321 section 2.3.8)",
                     ),
+                    Problem::Nul => Reply::new(554, "5.6.0 NUL octet in message content refused"),
                     Problem::LineTooLong => {
                         Reply::new(554, "5.6.0 Message has a line longer than 998 characters")
                     }
@@ -659,8 +812,7 @@ impl<H: Handler> Session<H> {
                 return self.send(reply);
             }
         };
-        let end_of_data = std::time::Instant::now();
-        let id = new_queue_id();
+        let end_of_data = Instant::now();
         let client = ClientInfo {
             peer: self.peer,
             helo: self.helo.clone().unwrap_or_default(),
@@ -670,14 +822,10 @@ impl<H: Handler> Session<H> {
             sender: tx.sender,
             recipients: tx.recipients,
             envid: tx.envid,
-            ret_headers_only: tx.ret_headers_only,
+            ret: tx.ret,
             smtputf8: tx.smtputf8,
             eight_bit: tx.eight_bit,
         };
-        let received = self.received_header(&id, &client, &envelope);
-        let mut message = Vec::with_capacity(received.len() + body.len());
-        message.extend_from_slice(received.as_bytes());
-        message.extend_from_slice(&body);
         let size = message.len();
         let from = envelope.sender.clone();
         let rcpts = envelope.recipients.len();
@@ -685,13 +833,18 @@ impl<H: Handler> Session<H> {
             id: id.clone(),
             client,
             envelope,
-            body: message,
+            body: Bytes::from(message),
         };
-        match self.server.handler.accept(accepted).await {
+        let result = self.server.handler.accept(accepted).await;
+        // The message has left this session (stored, or refused): its memory is free.
+        drop(charge);
+        match result {
             Ok(()) => {
+                self.messages += 1;
                 // From the end of the content to the durable commit; the 250 follows.
                 let commit_us = end_of_data.elapsed().as_micros() as u64;
-                info!(queue_id = %id, from = %from, rcpts, size, commit_us, "queued");
+                let verb = self.server.handler.accepted();
+                tracing::event!(Level::INFO, queue_id = %id, from = %from, rcpts, size, commit_us, "{verb}");
                 self.reply(250, format!("2.0.0 Ok: queued as {id}"));
             }
             Err(reply) => {
@@ -701,54 +854,47 @@ impl<H: Handler> Session<H> {
         }
     }
 
-    fn received_header(&self, id: &str, client: &ClientInfo, env: &Envelope) -> String {
-        let ip = client.peer.ip();
-        let proto = match (self.esmtp, client.tls.is_some()) {
-            (false, _) => "SMTP",
-            (true, false) => {
-                if env.smtputf8 {
-                    "UTF8SMTP"
-                } else {
-                    "ESMTP"
-                }
-            }
-            (true, true) => {
-                if env.smtputf8 {
-                    "UTF8SMTPS"
-                } else {
-                    "ESMTPS"
-                }
-            }
+    fn received_header(&self, id: &str, tx: &Transaction) -> String {
+        let ip = self.peer.ip();
+        let proto = match (self.esmtp, self.tls.is_some(), tx.smtputf8) {
+            (false, _, _) => "SMTP",
+            (true, false, false) => "ESMTP",
+            (true, false, true) => "UTF8SMTP",
+            (true, true, false) => "ESMTPS",
+            (true, true, true) => "UTF8SMTPS",
         };
-        let helo: String = client
-            .helo
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(255)
-            .collect();
+        let helo = self.helo.as_deref().unwrap_or_default();
+        // The client's name only when it is one (a host name or an address literal);
+        // anything else goes into a comment, escaped, so the header stays well formed
+        // whatever the client sent.
+        let from = if is_helo_name(helo) {
+            format!("{helo} ([{ip}])")
+        } else {
+            format!("unknown ([{ip}] helo={})", comment_text(helo, tx.smtputf8))
+        };
         let mut h = format!(
-            "Received: from {helo} ([{ip}])\r\n\tby {} (mailsilo)",
+            "Received: from {from}\r\n\tby {} (mailsilo)",
             self.settings().hostname
         );
-        if let Some(t) = &client.tls {
+        if let Some(t) = &self.tls {
             h.push_str(&format!("\r\n\t(using {t})"));
         }
         h.push_str(&format!("\r\n\twith {proto} id {id}"));
-        if let [only] = env.recipients.as_slice() {
+        if let [only] = tx.recipients.as_slice() {
             h.push_str(&format!("\r\n\tfor <{}>", only.address));
         }
         h.push_str(&format!("; {}\r\n", date::rfc5322(date::now())));
         h
     }
 
-    async fn starttls(&mut self) -> io::Result<Next> {
+    async fn starttls(&mut self) -> io::Result<()> {
         let Some(acceptor) = self.server.tls.clone() else {
             self.reply(454, "4.7.0 TLS not available");
-            return Ok(Next::Continue);
+            return Ok(());
         };
         if self.tls.is_some() {
             self.reply(503, "5.5.1 Already in TLS");
-            return Ok(Next::Continue);
+            return Ok(());
         }
         // Anything the client pipelined after STARTTLS came in plaintext: it must not count
         // as sent inside TLS (CVE-2011-0411), so it is thrown away.
@@ -763,17 +909,330 @@ impl<H: Handler> Session<H> {
         self.flush().await?;
         let conn = std::mem::replace(&mut self.conn, Conn::new(Box::new(tokio::io::duplex(1).0)));
         let handshake = acceptor.accept(conn.into_stream());
-        let stream = tokio::time::timeout(self.settings().command_timeout, handshake)
+        let stream = tokio::time::timeout(self.timeouts().0, handshake)
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"))??;
         let described = tls::describe(stream.get_ref().1);
-        info!(tls = %described, "TLS established");
+        debug!(tls = %described, "TLS established");
         self.tls = Some(described);
         self.conn = Conn::new(Box::new(stream));
         // RFC 3207: the session starts over; the client must EHLO again.
         self.helo = None;
         self.esmtp = false;
         self.tx = None;
-        Ok(Next::Continue)
+        Ok(())
+    }
+}
+
+/// Whether an EHLO/HELO argument is a host name or an address literal.
+fn is_helo_name(h: &str) -> bool {
+    if let Some(lit) = h.strip_prefix('[') {
+        return lit.strip_suffix(']').is_some_and(|l| {
+            !l.is_empty()
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b".:-".contains(&b))
+        });
+    }
+    !h.is_empty()
+        && h.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+        })
+}
+
+/// Text for a header comment: parentheses and backslashes escaped, non-ASCII kept only in
+/// an SMTPUTF8 message.
+fn comment_text(s: &str, utf8: bool) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    for c in s.chars().take(255) {
+        match c {
+            '(' | ')' | '\\' => {
+                out.push('\\');
+                out.push(c);
+            }
+            c if c.is_control() => out.push('?'),
+            c if !c.is_ascii() && !utf8 => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Accepts recipients at example.com and keeps what it is handed.
+    #[derive(Default)]
+    struct Keep(Mutex<Vec<Accepted>>);
+
+    #[async_trait]
+    impl Handler for Keep {
+        fn check_recipient(&self, r: &Recipient) -> Result<(), Reply> {
+            if r.domain == "example.com" {
+                Ok(())
+            } else {
+                Err(Reply::new(550, "5.7.1 Relay access denied"))
+            }
+        }
+        async fn accept(&self, m: Accepted) -> Result<(), Reply> {
+            self.0.lock().unwrap().push(m);
+            Ok(())
+        }
+    }
+
+    fn settings(extra: &str) -> config::Smtp {
+        let text = config::DEMO.replacen("[smtp]\n", &format!("[smtp]\n{extra}\n"), 1);
+        let mut s = config::Config::parse("t.toml", &text).unwrap().smtp;
+        s.max_message_size = 4096;
+        s
+    }
+
+    /// Runs one session fed `input` (then EOF); returns the replies and what was accepted.
+    async fn session(settings: config::Smtp, input: Vec<u8>) -> (String, Vec<Accepted>) {
+        let keep = Arc::new(Keep::default());
+        let server = Arc::new(Server::new(settings, None, keep.clone()));
+        let (client, server_side) = tokio::io::duplex(1 << 16);
+        let (_stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(server.session(
+            Box::new(server_side),
+            "192.0.2.9:1234".parse().unwrap(),
+            stopped,
+        ));
+        let (mut rd, mut wr) = tokio::io::split(client);
+        let writer = tokio::spawn(async move {
+            let _ = wr.write_all(&input).await;
+            let _ = wr.shutdown().await;
+        });
+        let mut out = Vec::new();
+        let _ = rd.read_to_end(&mut out).await;
+        let _ = task.await;
+        let _ = writer.await;
+        let accepted = std::mem::take(&mut *keep.0.lock().unwrap());
+        (String::from_utf8_lossy(&out).into_owned(), accepted)
+    }
+
+    fn codes(replies: &str) -> Vec<u16> {
+        replies
+            .lines()
+            .filter(|l| l.as_bytes().get(3) == Some(&b' '))
+            .map(|l| l[..3].parse().unwrap())
+            .collect()
+    }
+
+    fn run(settings: config::Smtp, input: &[u8]) -> (String, Vec<Accepted>) {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(session(settings, input.to_vec()))
+    }
+
+    const START: &[u8] =
+        b"EHLO client.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.com>\r\n";
+
+    #[test]
+    fn bdat_oversize_or_garbled_closes_without_running_the_rest() {
+        for size in [
+            "1000000000000000000007",
+            "99999999999999999999",
+            "4097",
+            "7x",
+            "-1",
+        ] {
+            let mut input = START.to_vec();
+            input.extend_from_slice(format!("BDAT {size} LAST\r\n").as_bytes());
+            input.extend_from_slice(b"1234567MAIL FROM:<smuggled@evil.example>\r\nRCPT TO:<v@example.com>\r\nDATA\r\nx\r\n.\r\n");
+            let (out, accepted) = run(settings(""), &input);
+            let c = codes(&out);
+            assert!(c.last().is_some_and(|&c| c >= 500), "{size}: {out}");
+            assert_eq!(
+                c.len(),
+                5,
+                "{size}: nothing after the BDAT was answered: {out}"
+            );
+            assert!(accepted.is_empty(), "{size}: {out}");
+        }
+    }
+
+    proptest! {
+        /// Whatever the size argument, the session either takes exactly that many octets
+        /// as content (and reads the next command after them), or refuses and closes.
+        #[test]
+        fn bdat_takes_exactly_the_declared_octets_or_closes(size in prop_oneof!["[0-9]{1,4}", "[0-9 +x-]{0,24}", "[0-9]{19,22}"]) {
+            let digits = size.trim_start_matches(' ');
+            let valid = !digits.is_empty() && digits.len() <= 20 && digits.bytes().all(|b| b.is_ascii_digit())
+                && digits.parse::<u64>().is_ok_and(|n| n <= 4096);
+            let n = if valid { digits.parse::<usize>().unwrap() } else { 7 };
+            // n octets of short CRLF lines (a cut CR becomes a P, so no bare CR is left).
+            let mut payload: Vec<u8> = b"PPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPPP\r\n".iter().copied().cycle().take(n).collect();
+            if payload.last() == Some(&b'\r') {
+                *payload.last_mut().unwrap() = b'P';
+            }
+            let mut input = START.to_vec();
+            input.extend_from_slice(format!("BDAT {size} LAST\r\n").as_bytes());
+            input.extend_from_slice(&payload);
+            input.extend_from_slice(b"NOOP\r\n");
+            let (out, accepted) = run(settings(""), &input);
+            let c = codes(&out);
+            if valid {
+                // BDAT and then NOOP answered 250: the NOOP was read right after the chunk.
+                prop_assert_eq!(&c[4..], &[250, 250][..], "{}", out);
+                prop_assert_eq!(accepted.len(), 1);
+                let body = &accepted[0].body;
+                let content = &body[find_end_of_received(body)..];
+                let mut expect = payload.clone();
+                if n > 0 && !expect.ends_with(b"\r\n") {
+                    expect.extend_from_slice(b"\r\n");
+                }
+                prop_assert_eq!(content, &expect[..]);
+            } else {
+                prop_assert_eq!(c.len(), 5, "{}", out);
+                prop_assert!(c[4] >= 500);
+                prop_assert!(accepted.is_empty());
+            }
+        }
+    }
+
+    /// Where the Received: header (the first field, folded) ends.
+    fn find_end_of_received(body: &[u8]) -> usize {
+        let text = String::from_utf8_lossy(body);
+        let mut at = 0;
+        for line in text.split_inclusive("\r\n") {
+            if at > 0 && !line.starts_with('\t') {
+                break;
+            }
+            at += line.len();
+        }
+        at
+    }
+
+    #[test]
+    fn too_many_recipients_is_flow_control_not_an_error() {
+        let mut input = b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\n".to_vec();
+        for i in 0..130 {
+            input.extend_from_slice(format!("RCPT TO:<u{i}@example.com>\r\n").as_bytes());
+        }
+        input.extend_from_slice(b"DATA\r\nSubject: x\r\n\r\nbody\r\n.\r\nQUIT\r\n");
+        let mut s = settings("");
+        (s.max_recipients, s.max_errors) = (100, 5);
+        let (out, accepted) = run(s, &input);
+        let c = codes(&out);
+        assert_eq!(c.iter().filter(|&&c| c == 452).count(), 30, "{out}");
+        assert!(
+            !out.contains("421"),
+            "30 times 452 did not end the session: {out}"
+        );
+        assert_eq!(accepted.len(), 1);
+        assert_eq!(accepted[0].envelope.recipients.len(), 100);
+    }
+
+    #[test]
+    fn postmaster_goes_to_the_configured_address() {
+        let input = b"EHLO c.example\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<Postmaster>\r\nRCPT TO:<postmaster@mx.mailsilo.test>\r\nDATA\r\nhi\r\n.\r\n";
+        let (out, accepted) = run(settings(""), input);
+        assert_eq!(codes(&out), [220, 250, 250, 250, 250, 354, 250], "{out}");
+        let rcpts: Vec<&str> = accepted[0]
+            .envelope
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(
+            rcpts,
+            ["postmaster@example.com"],
+            "both name the demo's postmaster, once"
+        );
+        let mut s = settings("");
+        s.postmaster = None;
+        let (out, _) = run(s, b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\n");
+        assert!(out.contains("550 5.1.1 No postmaster address"), "{out}");
+    }
+
+    #[test]
+    fn received_stays_well_formed_whatever_the_helo() {
+        let input = b"EHLO evil (x); y\\\r\nMAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.com>\r\nDATA\r\nhi\r\n.\r\n";
+        let (out, accepted) = run(settings(""), input);
+        assert_eq!(codes(&out), [220, 250, 250, 250, 354, 250], "{out}");
+        let text = String::from_utf8_lossy(&accepted[0].body).into_owned();
+        assert!(
+            text.starts_with(
+                "Received: from unknown ([192.0.2.9] helo=evil \\(x\\); y\\\\)\r\n\tby "
+            ),
+            "{text}"
+        );
+        let (out, _) = run(settings(""), b"EHLO a\x00b\r\nEHLO a\x01b\r\nEHLO \xff\r\n");
+        assert_eq!(codes(&out), [220, 501, 501, 501], "{out}");
+    }
+
+    #[test]
+    fn addresses_and_dsn_parameters_are_kept_as_received() {
+        let input = b"EHLO c.example\r\nMAIL FROM:<\"s q\"@b.example> ENVID=E+2B1\r\nRCPT TO:<\"a b\"@Example.COM> NOTIFY=SUCCESS ORCPT=rfc822;a+20b@example.com\r\nRCPT TO:<\"a\\\"b\"@example.com>\r\nRCPT TO:<\"alice\"@example.com> ORCPT=utf-8;alice@example.com\r\nDATA\r\nhi\r\n.\r\n";
+        let (out, accepted) = run(settings(""), input);
+        assert_eq!(
+            codes(&out),
+            [220, 250, 250, 250, 250, 250, 354, 250],
+            "{out}"
+        );
+        let env = &accepted[0].envelope;
+        assert_eq!(env.sender, "\"s q\"@b.example");
+        assert_eq!((env.envid.as_deref(), env.ret), (Some("E+2B1"), None));
+        let r: Vec<(&str, Option<&str>)> = env
+            .recipients
+            .iter()
+            .map(|r| (r.address.as_str(), r.orcpt.as_deref()))
+            .collect();
+        assert_eq!(
+            r,
+            [
+                ("\"a b\"@Example.COM", Some("rfc822;a+20b@example.com")),
+                ("\"a\\\"b\"@example.com", None),
+                ("\"alice\"@example.com", Some("utf-8;alice@example.com")),
+            ]
+        );
+    }
+
+    #[test]
+    fn invalid_utf8_addresses_are_refused() {
+        let input = b"EHLO c\r\nMAIL FROM:<\xff\xfe@outside.net> SMTPUTF8\r\nMAIL FROM:<a@b.example> SMTPUTF8\r\nRCPT TO:<\xff@example.com>\r\n";
+        let (out, _) = run(settings(""), input);
+        assert_eq!(codes(&out), [220, 250, 553, 250, 553], "{out}");
+    }
+
+    #[test]
+    fn helo_names_and_comments() {
+        assert!(is_helo_name("mail.example.net"));
+        assert!(is_helo_name("[192.0.2.1]"));
+        assert!(is_helo_name("[IPv6:2001:db8::1]"));
+        assert!(!is_helo_name("hello world"));
+        assert!(!is_helo_name("evil;(x)"));
+        assert_eq!(comment_text("a (b) \\ c", false), "a \\(b\\) \\\\ c");
+        assert_eq!(comment_text("grüß", false), "gr??");
+        assert_eq!(comment_text("grüß", true), "grüß");
+    }
+
+    #[test]
+    fn content_deadline_follows_the_data_rate() {
+        let mut d = ContentDeadline::new(Duration::from_secs(10), 500);
+        // 1 s spent for 100 octets: 0.2 s earned.
+        d.read(Duration::from_secs(1), 100);
+        assert_eq!(d.left, Duration::from_millis(9200));
+        // Fast reads never push it past the allowance.
+        d.read(Duration::ZERO, 1 << 20);
+        assert_eq!(d.left, Duration::from_secs(10));
+        // A drip of one octet every 5 s: the third wait outlasts what is left, and the read
+        // times out.
+        let mut drip = ContentDeadline::new(Duration::from_secs(10), 500);
+        let mut reads = 0;
+        while drip.left >= Duration::from_secs(5) {
+            drip.read(Duration::from_secs(5), 1);
+            reads += 1;
+        }
+        assert_eq!(reads, 2);
+        assert!(drip.left < Duration::from_millis(10), "{:?}", drip.left);
     }
 }

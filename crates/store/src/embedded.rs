@@ -7,20 +7,26 @@ use std::sync::mpsc;
 use std::thread;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 use tokio::sync::oneshot;
 
-use crate::{Error, Message, NewMessage, Outcome, QueueStore, Recipient, Result, Status, Summary};
+use crate::{
+    Bytes, Error, Message, NewMessage, Outcome, QueueStore, Recipient, Result, Ret, Status, Summary,
+};
 
 /// The most operations run in one transaction.
 const BATCH: usize = 512;
 
+/// The schema version this code writes (`PRAGMA user_version`).
+const VERSION: i64 = 1;
+
+/// Version 1. `ret` is NULL when the sender gave no RET, 0 for FULL, 1 for HDRS.
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS message (
     id TEXT PRIMARY KEY,
     sender TEXT NOT NULL,
     envid TEXT,
-    ret_headers_only INTEGER NOT NULL,
+    ret INTEGER,
     received_at INTEGER NOT NULL,
     body BLOB NOT NULL
 );
@@ -39,6 +45,43 @@ CREATE TABLE IF NOT EXISTS recipient (
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS recipient_due ON recipient (next_attempt) WHERE status = 0;
 ";
+
+/// Brings a database to [`VERSION`]: creates it, or upgrades version 0 (which stored a
+/// RET=FULL it had invented as `ret_headers_only = 0`, so only HDRS is carried over).
+fn migrate(conn: &mut Connection) -> Result<()> {
+    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version >= VERSION {
+        return Ok(());
+    }
+    let tx = conn.transaction()?;
+    let old: bool = tx.query_row(
+        "SELECT COUNT(*) FROM pragma_table_info('message') WHERE name = 'ret_headers_only'",
+        [],
+        |r| r.get::<_, i64>(0).map(|n| n > 0),
+    )?;
+    if old {
+        tx.execute_batch(
+            "ALTER TABLE message ADD COLUMN ret INTEGER;
+             UPDATE message SET ret = CASE ret_headers_only WHEN 1 THEN 1 END;
+             ALTER TABLE message DROP COLUMN ret_headers_only;",
+        )?;
+    }
+    tx.execute_batch(SCHEMA)?;
+    tx.pragma_update(None, "user_version", VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+fn ret_to_sql(r: Option<Ret>) -> Option<i64> {
+    r.map(|r| match r {
+        Ret::Full => 0,
+        Ret::Headers => 1,
+    })
+}
+
+fn ret_from_sql(v: Option<i64>) -> Option<Ret> {
+    v.map(|v| if v == 1 { Ret::Headers } else { Ret::Full })
+}
 
 type Reply<T> = oneshot::Sender<Result<T>>;
 
@@ -70,12 +113,12 @@ impl Embedded {
     /// Opens (creating if needed) the queue database in `dir`.
     pub fn open(dir: &Path) -> Result<Embedded> {
         std::fs::create_dir_all(dir)?;
-        let conn = Connection::open(dir.join("queue.db"))?;
+        let mut conn = Connection::open(dir.join("queue.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // WAL with synchronous=FULL: every commit fsyncs the WAL before it returns.
         conn.pragma_update(None, "journal_mode", "WAL")?;
         conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.execute_batch(SCHEMA)?;
+        migrate(&mut conn)?;
         // The database and WAL files now exist; fsync the directory so their entries do too.
         std::fs::File::open(dir)?.sync_all()?;
         let (tx, rx) = mpsc::channel();
@@ -202,11 +245,22 @@ fn run(conn: &Connection, op: Op) -> Answer {
     }
 }
 
+/// Octets written into a message body per incremental blob write.
+const BLOB_PIECE: usize = 256 * 1024;
+
 fn enqueue(c: &Connection, m: &NewMessage) -> Result<()> {
+    // The body goes in as a zero blob written in place a piece at a time: binding it whole
+    // would have SQLite copy the entire message into a record first.
     c.prepare_cached(
-        "INSERT INTO message (id, sender, envid, ret_headers_only, received_at, body) VALUES (?, ?, ?, ?, ?, ?)",
+        "INSERT INTO message (id, sender, envid, ret, received_at, body) VALUES (?, ?, ?, ?, ?, zeroblob(?))",
     )?
-    .execute(params![m.id, m.sender, m.envid, m.ret_headers_only, m.received_at, m.body])?;
+    .execute(params![m.id, m.sender, m.envid, ret_to_sql(m.ret), m.received_at, m.body.len() as i64])?;
+    let row = c.last_insert_rowid();
+    let mut blob = c.blob_open(MAIN_DB, c"message", c"body", row, false)?;
+    for (i, piece) in m.body.chunks(BLOB_PIECE).enumerate() {
+        blob.write_at(piece, i * BLOB_PIECE)?;
+    }
+    drop(blob);
     let mut ins = c.prepare_cached(
         "INSERT INTO recipient (message_id, idx, address, notify, orcpt, status, attempts, next_attempt, last_error, warned)
          VALUES (?, ?, ?, ?, ?, 0, 0, ?, NULL, 0)",
@@ -251,17 +305,15 @@ fn status_of(n: i64) -> Status {
 
 fn get(c: &Connection, id: &str) -> Result<Option<Message>> {
     let m = c
-        .prepare_cached(
-            "SELECT sender, envid, ret_headers_only, received_at, body FROM message WHERE id = ?",
-        )?
+        .prepare_cached("SELECT sender, envid, ret, received_at, body FROM message WHERE id = ?")?
         .query_row([id], |r| {
             Ok(Message {
                 id: id.to_string(),
                 sender: r.get(0)?,
                 envid: r.get(1)?,
-                ret_headers_only: r.get(2)?,
+                ret: ret_from_sql(r.get(2)?),
                 received_at: r.get(3)?,
-                body: r.get(4)?,
+                body: Bytes::from(r.get::<_, Vec<u8>>(4)?),
                 recipients: Vec::new(),
             })
         })
@@ -422,10 +474,10 @@ mod tests {
                 })
                 .collect(),
             envid: Some("env".into()),
-            ret_headers_only: false,
+            ret: None,
             received_at: at,
             next_attempt: at,
-            body: b"Subject: t\r\n\r\nhi\r\n".to_vec(),
+            body: Bytes::from_static(b"Subject: t\r\n\r\nhi\r\n"),
         }
     }
 
@@ -461,6 +513,8 @@ mod tests {
         assert_eq!(a.recipients[1].next_attempt, 500);
         assert_eq!(a.recipients[1].attempts, 1);
         assert_eq!(a.envid.as_deref(), Some("env"));
+        assert_eq!(a.ret, None);
+        assert_eq!(&a.body[..], b"Subject: t\r\n\r\nhi\r\n");
         let l = s.list().await.unwrap();
         assert_eq!(l.len(), 2);
         assert_eq!(
@@ -489,6 +543,56 @@ mod tests {
         assert!(s.list().await.unwrap().is_empty());
         // Recording against a deleted message is harmless.
         s.record("B", vec![(0, Outcome::Delivered)]).await.unwrap();
+    }
+
+    /// A body larger than one blob piece is stored and read back byte for byte; RET
+    /// round-trips, absent included.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn large_bodies_and_ret() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Embedded::open(dir.path()).unwrap();
+        let body: Vec<u8> = (0..(3 * BLOB_PIECE + 77))
+            .map(|i| (i % 251) as u8)
+            .collect();
+        for (id, ret) in [
+            ("F", Some(Ret::Full)),
+            ("H", Some(Ret::Headers)),
+            ("N", None),
+        ] {
+            let mut m = msg(id, &["a@example.com"], 1);
+            m.ret = ret;
+            m.body = Bytes::from(body.clone());
+            s.enqueue(m).await.unwrap();
+            let got = s.get(id).await.unwrap().unwrap();
+            assert_eq!(got.ret, ret);
+            assert!(got.body == body, "body of {id} round-trips");
+        }
+    }
+
+    /// A version-0 database (RET kept as `ret_headers_only`) is upgraded in place.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn version_zero_is_migrated() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join("queue.db")).unwrap();
+            c.execute_batch(&SCHEMA.replace("ret INTEGER,", "ret_headers_only INTEGER NOT NULL,"))
+                .unwrap();
+            c.execute_batch(
+                "INSERT INTO message VALUES ('A', 's@x', NULL, 1, 1, x'00');
+                 INSERT INTO message VALUES ('B', 's@x', NULL, 0, 1, x'00');
+                 INSERT INTO recipient VALUES ('A', 0, 'a@example.com', 0, NULL, 0, 0, 1, NULL, 0);
+                 INSERT INTO recipient VALUES ('B', 0, 'a@example.com', 0, NULL, 0, 0, 1, NULL, 0);",
+            )
+            .unwrap();
+        }
+        let s = Embedded::open(dir.path()).unwrap();
+        assert_eq!(s.get("A").await.unwrap().unwrap().ret, Some(Ret::Headers));
+        assert_eq!(
+            s.get("B").await.unwrap().unwrap().ret,
+            None,
+            "an invented FULL is dropped"
+        );
+        s.enqueue(msg("C", &["c@example.com"], 1)).await.unwrap();
     }
 
     #[tokio::test(flavor = "multi_thread")]

@@ -12,6 +12,7 @@ mod embedded;
 pub use embedded::Embedded;
 
 use async_trait::async_trait;
+pub use bytes::Bytes;
 
 /// Errors from a store.
 #[derive(Debug, thiserror::Error)]
@@ -34,8 +35,17 @@ pub struct NewRecipient {
     pub address: String,
     /// DSN NOTIFY flags, kept as the SMTP layer encodes them (`smtp::server::notify`).
     pub notify: u8,
-    /// The ORCPT parameter, as given (`rfc822;addr`).
+    /// The ORCPT parameter exactly as given (`rfc822;xtext`).
     pub orcpt: Option<String>,
+}
+
+/// The DSN RET parameter the sender gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ret {
+    /// The whole message in a failure DSN.
+    Full,
+    /// Headers only.
+    Headers,
 }
 
 /// A message accepted by the SMTP server, ready to be made durable.
@@ -45,18 +55,19 @@ pub struct NewMessage {
     /// The reverse path; empty for the null sender.
     pub sender: String,
     pub recipients: Vec<NewRecipient>,
-    /// DSN ENVID.
+    /// DSN ENVID exactly as given (xtext).
     pub envid: Option<String>,
-    /// DSN RET=HDRS (headers only in a bounce) rather than the full message.
-    pub ret_headers_only: bool,
+    /// DSN RET, when the sender gave it.
+    pub ret: Option<Ret>,
     /// Unix seconds.
     pub received_at: i64,
     /// When the queue should pick it up from the store (unix seconds); a message handed
     /// straight to delivery is given a later time, and [`QueueStore::recover`] brings it
     /// forward if the process stopped before trying it.
     pub next_attempt: i64,
-    /// The whole message as it will be relayed, Received: header included, CRLF line ends.
-    pub body: Vec<u8>,
+    /// The whole message as it will be relayed, Received: header included, CRLF line ends
+    /// (shared, not copied, between the store and delivery).
+    pub body: Bytes,
 }
 
 /// Where one recipient stands.
@@ -89,9 +100,9 @@ pub struct Message {
     pub id: String,
     pub sender: String,
     pub envid: Option<String>,
-    pub ret_headers_only: bool,
+    pub ret: Option<Ret>,
     pub received_at: i64,
-    pub body: Vec<u8>,
+    pub body: Bytes,
     pub recipients: Vec<Recipient>,
 }
 

@@ -1,0 +1,36 @@
+//! The SMTP command parser on arbitrary lines: no panics; an accepted address is a substring
+//! of the line (kept as written, never rewritten); a BDAT is either a plain decimal size or
+//! a refusal that closes the session.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use mailsilo_smtp::command::{Command, ForwardPath, parse};
+
+fuzz_target!(|line: &[u8]| {
+    let text = String::from_utf8_lossy(line);
+    match parse(line) {
+        Ok(Command::Rcpt(r)) => {
+            if let ForwardPath::Mailbox(m) = r.path {
+                assert!(text.contains(&m.raw));
+            }
+            if let Some(o) = r.orcpt {
+                assert!(text.contains(&o));
+            }
+        }
+        Ok(Command::Mail(m)) => {
+            if let Some(s) = m.sender {
+                assert!(text.contains(&s.raw));
+            }
+        }
+        Ok(Command::Bdat { size, .. }) => {
+            let digits: String = text.chars().skip(4).filter(|c| c.is_ascii_digit()).collect();
+            assert_eq!(digits.parse::<u64>().unwrap_or(u64::MAX), size);
+        }
+        Ok(_) => {}
+        Err(r) => {
+            if text.get(..4).is_some_and(|v| v.eq_ignore_ascii_case("BDAT")) && (line.len() == 4 || line[4] == b' ' || line[4] == b'\r' || line[4] == b'\n') {
+                assert!(r.close, "a refused BDAT closes the session");
+            }
+        }
+    }
+});
