@@ -18,8 +18,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use config::Scheduler;
+use health::{Hysteresis, Swrr};
 use ppp::v2::{Builder, Command, Protocol, Version};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::sync::{Notify, watch};
@@ -129,14 +130,18 @@ pub struct ServerStats {
 pub enum ControlError {
     #[error("cluster {0:?} has no server {1:?}")]
     UnknownServer(String, String),
-    #[error("loading must be at least 1 (use drain to take a server out)")]
-    ZeroLoading,
+    #[error("loading must be from 1 to 1000 (use drain to take a server out)")]
+    LoadingRange,
 }
 
 struct ServerState {
     config: config::Server,
     loading: AtomicU32,
     admin: AtomicU8,
+    /// The checks' and observed failures' verdict, shared so a failure seen on the relay
+    /// path restarts the checks' count of successes.
+    health: Mutex<Hysteresis>,
+    /// `health`'s state, read on every pick without the lock.
     up: AtomicBool,
     /// When it last came back up, for slow start; `None` means full weight.
     back_since: Mutex<Option<Instant>>,
@@ -150,7 +155,7 @@ struct ServerState {
 pub struct Balancer {
     cluster: config::Cluster,
     servers: Vec<ServerState>,
-    swrr: Mutex<sched::Swrr>,
+    swrr: Mutex<Swrr>,
     last: AtomicUsize,
     /// Woken when a session ends or a server's state changes (for queued connections).
     changed: Notify,
@@ -180,6 +185,7 @@ impl Balancer {
                 config: s.clone(),
                 loading: AtomicU32::new(s.loading),
                 admin: AtomicU8::new(Admin::Ready as u8),
+                health: Mutex::new(Hysteresis::new(cluster.health.rise, cluster.health.fall)),
                 up: AtomicBool::new(true),
                 back_since: Mutex::new(None),
                 active: AtomicUsize::new(0),
@@ -231,8 +237,8 @@ impl Balancer {
 
     /// Changes a server's loading; new sessions follow it at once, open ones are untouched.
     pub fn set_loading(&self, server: &str, loading: u32) -> Result<(), ControlError> {
-        if loading == 0 {
-            return Err(ControlError::ZeroLoading);
+        if !config::LOADING.contains(&loading) {
+            return Err(ControlError::LoadingRange);
         }
         self.server(server)?
             .loading
@@ -435,7 +441,7 @@ impl Balancer {
                 Err(e) => {
                     // Observed failure: out of rotation now, not after `fall` checks; the
                     // active checks bring it back after `rise` successes.
-                    if self.servers[active.index].up.swap(false, Ordering::Relaxed) {
+                    if self.mark_down(active.index) {
                         warn!(server = %server.name, error = %e, "server down (connect failed): out of rotation");
                     }
                     failed.push(active.index);
@@ -467,6 +473,39 @@ impl Balancer {
         }
     }
 
+    /// Takes a server out on an observed failure; true if it was in.
+    fn mark_down(&self, index: usize) -> bool {
+        let s = &self.servers[index];
+        let mut h = s.health.lock().expect("health");
+        let was = h.mark_down();
+        s.up.store(false, Ordering::Relaxed);
+        was
+    }
+
+    /// Records one check's result, moving the server in or out of rotation.
+    fn record_check(&self, index: usize, result: &Result<(), String>, took: Duration) {
+        let s = &self.servers[index];
+        let text = match result {
+            Ok(()) => format!("ok in {} ms", took.as_millis()),
+            Err(e) => format!("failed: {e}"),
+        };
+        let change = s.health.lock().expect("health").check(result.is_ok());
+        match change {
+            Some(true) => {
+                *s.back_since.lock().expect("slow start") = Some(Instant::now());
+                s.up.store(true, Ordering::Relaxed);
+                info!(cluster = %self.cluster.name, server = %s.config.name, "server up: back in rotation (slow start)");
+                self.changed.notify_waiters();
+            }
+            Some(false) => {
+                s.up.store(false, Ordering::Relaxed);
+                warn!(cluster = %self.cluster.name, server = %s.config.name, check = %text, "server down: out of rotation");
+            }
+            None => {}
+        }
+        *s.last_check.lock().expect("last check") = Some((text, Instant::now()));
+    }
+
     /// Runs the health checks of every server until `shutdown`.
     pub async fn check_health(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
         let mut tasks = Vec::new();
@@ -474,34 +513,10 @@ impl Balancer {
             let (this, mut stop) = (self.clone(), shutdown.clone());
             tasks.push(tokio::spawn(async move {
                 let health = this.cluster.health;
-                let (mut ups, mut downs) = (0u32, 0u32);
                 loop {
                     let started = Instant::now();
-                    let result = tokio::time::timeout(health.timeout, this.check(i))
-                        .await
-                        .unwrap_or_else(|_| Err("timed out".into()));
-                    let s = &this.servers[i];
-                    let text = match &result {
-                        Ok(()) => format!("ok in {} ms", started.elapsed().as_millis()),
-                        Err(e) => format!("failed: {e}"),
-                    };
-                    *s.last_check.lock().expect("last check") = Some((text.clone(), Instant::now()));
-                    let up = s.up.load(Ordering::Relaxed);
-                    if result.is_ok() {
-                        (ups, downs) = (ups + 1, 0);
-                        if !up && ups >= health.rise {
-                            *s.back_since.lock().expect("slow start") = Some(Instant::now());
-                            s.up.store(true, Ordering::Relaxed);
-                            info!(cluster = %this.cluster.name, server = %s.config.name, "server up: back in rotation (slow start)");
-                            this.changed.notify_waiters();
-                        }
-                    } else {
-                        (ups, downs) = (0, downs + 1);
-                        if up && downs >= health.fall {
-                            s.up.store(false, Ordering::Relaxed);
-                            warn!(cluster = %this.cluster.name, server = %s.config.name, check = %text, "server down: out of rotation");
-                        }
-                    }
+                    let result = this.check(i, health.timeout).await;
+                    this.record_check(i, &result, started.elapsed());
                     tokio::select! {
                         _ = tokio::time::sleep(health.interval) => {}
                         _ = stop.changed() => break,
@@ -514,12 +529,13 @@ impl Balancer {
         }
     }
 
-    /// One check: connect, (PROXY LOCAL), 220, EHLO, 250, QUIT, 221.
-    async fn check(&self, index: usize) -> Result<(), String> {
+    /// One check: connect, (PROXY LOCAL), then the SMTP probe, all within `limit`.
+    async fn check(&self, index: usize, limit: Duration) -> Result<(), String> {
         let server = &self.servers[index].config;
-        let mut stream = self
-            .connect(server.address)
+        let started = Instant::now();
+        let mut stream = tokio::time::timeout(limit, self.connect(server.address))
             .await
+            .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| e.to_string())?;
         if self.cluster.proxy {
             let local = Builder::with_addresses(
@@ -531,38 +547,12 @@ impl Balancer {
             .map_err(|e| e.to_string())?;
             stream.write_all(&local).await.map_err(|e| e.to_string())?;
         }
-        let (reader, mut writer) = stream.split();
-        let mut reader = BufReader::new(reader);
-        let mut expect = async |code: &str| -> Result<(), String> {
-            loop {
-                let mut line = String::new();
-                if reader
-                    .read_line(&mut line)
-                    .await
-                    .map_err(|e| e.to_string())?
-                    == 0
-                {
-                    return Err(format!("closed before {code}"));
-                }
-                if !line.starts_with(code) {
-                    return Err(format!("expected {code}, got {:?}", line.trim_end()));
-                }
-                if line.as_bytes().get(3) != Some(&b'-') {
-                    return Ok(());
-                }
-            }
-        };
-        expect("220").await?;
-        writer
-            .write_all(b"EHLO health.mailsilo\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        expect("250").await?;
-        writer
-            .write_all(b"QUIT\r\n")
-            .await
-            .map_err(|e| e.to_string())?;
-        expect("221").await
+        health::probe(
+            stream,
+            "health.mailsilo",
+            limit.saturating_sub(started.elapsed()),
+        )
+        .await
     }
 }
 
@@ -594,11 +584,43 @@ mod tests {
         lb.servers[0].up.store(false, Ordering::Relaxed);
         assert_eq!(lb.weights(&[]), vec![0, 0]);
         assert!(lb.pick(&[]).is_none());
-        assert_eq!(lb.set_loading("c1-s1", 0), Err(ControlError::ZeroLoading));
+        assert_eq!(lb.set_loading("c1-s1", 0), Err(ControlError::LoadingRange));
+        assert_eq!(
+            lb.set_loading("c1-s1", u32::MAX),
+            Err(ControlError::LoadingRange)
+        );
+        assert_eq!(lb.set_loading("c1-s1", 1000), Ok(()));
         assert!(matches!(
             lb.set_admin("nope", Admin::Ready),
             Err(ControlError::UnknownServer(..))
         ));
+    }
+
+    /// After a failed connect took a server out, one good check is not enough to bring it
+    /// back when `rise` is 2 (the demo's): the successes before the failure do not count.
+    #[test]
+    fn a_passive_mark_down_needs_rise_checks_to_come_back() {
+        let lb = cluster(Duration::ZERO);
+        let ok = Ok(());
+        let bad = Err("refused".to_string());
+        lb.record_check(0, &ok, Duration::ZERO);
+        for _ in 0..3 {
+            lb.record_check(0, &bad, Duration::ZERO);
+        }
+        lb.record_check(0, &ok, Duration::ZERO);
+        assert!(
+            !lb.servers[0].up.load(Ordering::Relaxed),
+            "one success of two"
+        );
+        assert!(!lb.mark_down(0), "already down");
+        lb.record_check(0, &ok, Duration::ZERO);
+        assert!(
+            !lb.servers[0].up.load(Ordering::Relaxed),
+            "the success before the mark-down no longer counts"
+        );
+        lb.record_check(0, &ok, Duration::ZERO);
+        assert!(lb.servers[0].up.load(Ordering::Relaxed));
+        assert_eq!(lb.weights(&[])[0], 1000);
     }
 
     #[test]

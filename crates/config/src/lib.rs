@@ -15,16 +15,20 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+/// The loadings an operator may give a server, in the file and at run time.
+pub const LOADING: std::ops::RangeInclusive<u32> = 1..=1000;
+
 /// The annotated demo configuration, used when no file is given.
 pub const DEMO: &str = include_str!("demo.toml");
 
 /// A configuration error, with where it is.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{file}: cannot read: {source}")]
+    /// The file could not be read (its reason is part of the message, not a second error).
+    #[error("{file}: cannot read: {reason}")]
     Read {
         file: String,
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     #[error("{file}:{line}:{column}: {key}: {message}")]
     Invalid {
@@ -312,9 +316,9 @@ impl Config {
     /// Reads and validates a file.
     pub fn load(path: &Path) -> Result<Config, Error> {
         let file = path.display().to_string();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| Error::Read {
             file: file.clone(),
-            source,
+            reason,
         })?;
         Config::parse(&file, &text)
     }
@@ -328,7 +332,7 @@ impl Config {
     pub fn parse(file: &str, text: &str) -> Result<Config, Error> {
         let raw: raw::File = toml::from_str(text).map_err(|e| {
             let span = e.span().unwrap_or(0..0);
-            let message = e.message().trim().to_string();
+            let message = in_words(e.message().trim());
             let key = key_at(text, &span);
             invalid(file, text, span, &key, message)
         })?;
@@ -361,18 +365,96 @@ fn invalid(file: &str, text: &str, span: Range<usize>, key: &str, message: Strin
     }
 }
 
-/// The key written at the start of the line that holds `span`, for serde's own errors.
+/// The full path of the key at the start of the line that holds `span` (for the parser's
+/// own errors): the table headers before it give the path, with the index of each array of
+/// tables, as the validation's own messages write it (`silo[0].cluster[2].server[1].loading`).
 fn key_at(text: &str, span: &Range<usize>) -> String {
     let start = text[..span.start.min(text.len())]
         .rfind('\n')
         .map_or(0, |i| i + 1);
-    let line = text[start..].lines().next().unwrap_or("");
-    let key = line.split('=').next().unwrap_or("").trim();
-    if key.is_empty() {
-        "(document)".into()
-    } else {
-        key.trim_matches(['[', ']']).to_string()
+    // How many times each array of tables has been opened under its current parent.
+    let mut counts: std::collections::HashMap<String, usize> = Default::default();
+    let mut table = String::new();
+    let mut header_line = false;
+    for (i, line) in text[..start]
+        .lines()
+        .chain(text[start..].lines().take(1))
+        .enumerate()
+    {
+        let trimmed = line.trim();
+        let is_current = text[..start].lines().count() == i;
+        let (array, path) = if let Some(p) = trimmed
+            .strip_prefix("[[")
+            .and_then(|r| r.split("]]").next())
+        {
+            (true, p.trim())
+        } else if let Some(p) = trimmed.strip_prefix('[').and_then(|r| r.split(']').next()) {
+            (false, p.trim())
+        } else {
+            continue;
+        };
+        header_line = is_current;
+        if array {
+            *counts.entry(path.to_string()).or_insert(0) += 1;
+            // Arrays below this one start counting afresh.
+            let deeper = format!("{path}.");
+            counts.retain(|k, _| !k.starts_with(&deeper));
+        }
+        let mut rendered = Vec::new();
+        let mut prefix = String::new();
+        for part in path.split('.') {
+            if !prefix.is_empty() {
+                prefix.push('.');
+            }
+            prefix.push_str(part.trim());
+            match counts.get(&prefix) {
+                Some(n) => rendered.push(format!("{}[{}]", part.trim(), n - 1)),
+                None => rendered.push(part.trim().to_string()),
+            }
+        }
+        table = rendered.join(".");
     }
+    let line = text[start..].lines().next().unwrap_or("");
+    let key = if header_line {
+        ""
+    } else {
+        line.split('=').next().unwrap_or("").trim()
+    };
+    match (table.is_empty(), key.is_empty()) {
+        (true, true) => "(document)".into(),
+        (true, false) => key.to_string(),
+        (false, true) => table,
+        (false, false) => format!("{table}.{key}"),
+    }
+}
+
+/// The parser's messages with Rust type names put in words.
+fn in_words(message: &str) -> String {
+    let mut m = message.to_string();
+    for (rust, words) in [
+        ("expected usize", "expected a whole number"),
+        ("expected u64", "expected a whole number"),
+        ("expected u32", "expected a whole number"),
+        ("expected u16", "expected a whole number"),
+        ("expected u8", "expected a whole number"),
+        ("expected a boolean", "expected true or false"),
+        (
+            "expected a sequence",
+            "expected a list, e.g. [\"a\", \"b\"]",
+        ),
+        ("expected a string", "expected a string in quotes"),
+        ("missing field", "missing key"),
+        ("unknown field", "unknown key"),
+        ("invalid type: integer", "a number"),
+        ("invalid type: string", "a string"),
+        ("invalid type: sequence", "a list"),
+        ("invalid type: boolean", "true/false"),
+        ("invalid type: map", "a table"),
+        ("invalid value: integer", "the number"),
+    ] {
+        m = m.replace(rust, words);
+    }
+    m
 }
 
 /// Parses a size such as `25MiB`, `10MB`, `512k` or `1048576`.
@@ -465,7 +547,7 @@ mod tests {
             "{e}"
         );
         let e = err(&demo.replace("loading = 2\n", "loading = 0\n"));
-        assert!(e.contains(".loading: must be at least 1"), "{e}");
+        assert!(e.contains(".loading: must be from 1 to 1000"), "{e}");
         let e = err(&demo.replace("name = \"c4-s2\"", "name = \"c1-s1\""));
         assert!(e.contains("server name \"c1-s1\" is used twice"), "{e}");
         let e = err(&demo.replace(
@@ -534,7 +616,7 @@ mod tests {
         );
         let e = err(&MIN.replace("hostname", "hostnme"));
         assert!(
-            e.starts_with("t.toml:2:1: hostnme: unknown field `hostnme`"),
+            e.starts_with("t.toml:2:1: smtp.hostnme: unknown key `hostnme`"),
             "{e}"
         );
         let e = err(&format!(
@@ -552,7 +634,40 @@ mod tests {
         let e = err("[smtp]\nhostname = \"mx\"\nlisten = [\"127.0.0.1:25\"]\n");
         assert!(e.contains("domain: no client domains"), "{e}");
         let e = err(&format!("{MIN}[smtp2]\n"));
-        assert!(e.contains("unknown field `smtp2`"), "{e}");
+        assert!(e.contains("smtp2: unknown key `smtp2`"), "{e}");
+        // The parser's own errors name the full key and say what was expected in words.
+        let e = err(&MIN.replace("listen = [", "max_recipients = \"many\"\nlisten = ["));
+        assert!(
+            e.starts_with(
+                "t.toml:3:18: smtp.max_recipients: a string \"many\", expected a whole number"
+            ),
+            "{e}"
+        );
+        let e = err(&DEMO.replace("loading = 2\n", "loading = -2\n"));
+        assert!(
+            e.contains(
+                "silo[0].cluster[0].server[1].loading: the number `-2`, expected a whole number"
+            ),
+            "{e}"
+        );
+        let demo_last = DEMO.rfind("loading = 2\n").unwrap();
+        let mut text = DEMO.to_string();
+        text.replace_range(demo_last..demo_last + 11, "loading = \"2\"");
+        let e = err(&text);
+        assert!(
+            e.contains("silo[0].cluster[3].server[1].loading: a string"),
+            "{e}"
+        );
+        let e = err(&format!("{MIN}[domain.retry]\nlifetime = 5\n"));
+        assert!(
+            e.contains("domain[0].retry.lifetime: a number `5`, expected a string in quotes"),
+            "{e}"
+        );
+        let e = err(&MIN.replace("[\"127.0.0.1:25\"]", "\"127.0.0.1:25\""));
+        assert!(
+            e.contains("smtp.listen: a string \"127.0.0.1:25\", expected a list"),
+            "{e}"
+        );
         let e = err(&MIN.replace("listen = [", "max_recipients = 10\nlisten = ["));
         assert!(
             e.starts_with("t.toml:3:18: smtp.max_recipients: RFC 5321 requires at least 100"),

@@ -900,7 +900,16 @@ fn validate_silos(
                 servers.push(Server {
                     name: sname,
                     address: saddr,
-                    loading: cx.at_least_one(&v.loading, &skey("loading"))? as u32,
+                    loading: match *v.loading.get_ref() {
+                        l if LOADING.contains(&(l as u32)) && l <= u32::MAX as usize => l as u32,
+                        _ => {
+                            return cx.err(
+                                v.loading.span(),
+                                &skey("loading"),
+                                format!("must be from {} to {}", LOADING.start(), LOADING.end()),
+                            );
+                        }
+                    },
                     maxconn: cx.positive(&v.maxconn, &skey("maxconn"), 1000)?,
                 });
             }

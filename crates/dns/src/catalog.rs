@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use config::{Dns, RecordData, Rotation, Silo};
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, MX, NS, SOA, TXT};
-use hickory_proto::rr::{Name, RData, Record, RecordType};
+use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
 
 /// The largest UDP answer we send (the DNS flag day 2020 value).
 pub const MAX_UDP: usize = 1232;
@@ -41,7 +41,7 @@ pub struct SiloEntry {
     pub clusters: Vec<ClusterEntry>,
     turn: AtomicUsize,
     /// Smooth weighted round-robin state for `cycle`.
-    current: Mutex<Vec<i64>>,
+    swrr: Mutex<health::Swrr>,
 }
 
 impl SiloEntry {
@@ -61,7 +61,7 @@ impl SiloEntry {
                 })
                 .collect(),
             turn: AtomicUsize::new(0),
-            current: Mutex::new(vec![0; s.clusters.len()]),
+            swrr: Mutex::default(),
         }
     }
 
@@ -86,17 +86,22 @@ impl SiloEntry {
                     .collect()
             }
             Rotation::Cycle => {
-                // nginx's smooth weighted round-robin over the pool.
-                let mut current = self.current.lock().expect("rotation state");
-                let total: i64 = pool.iter().map(|&i| self.clusters[i].weight).sum();
-                let mut best = pool[0];
-                for &i in &pool {
-                    current[i] += self.clusters[i].weight;
-                    if current[i] > current[best] {
-                        best = i;
-                    }
-                }
-                current[best] -= total;
+                // Smooth weighted round-robin over the pool; the others weigh nothing.
+                let weights: Vec<i64> = (0..self.clusters.len())
+                    .map(|i| {
+                        if pool.contains(&i) {
+                            self.clusters[i].weight
+                        } else {
+                            0
+                        }
+                    })
+                    .collect();
+                let best = self
+                    .swrr
+                    .lock()
+                    .expect("rotation state")
+                    .pick(&weights)
+                    .unwrap_or(pool[0]);
                 vec![self.clusters[best].ip]
             }
         }
@@ -363,6 +368,14 @@ impl Catalog {
         response.add_query(question.clone());
         let qname = question.name().to_lowercase();
         let qtype = question.query_type();
+        // No zone transfer is configured, and only class IN is served (NSD and Knot answer
+        // both with REFUSED rather than with IN data).
+        if matches!(qtype, RecordType::AXFR | RecordType::IXFR)
+            || question.query_class() != DNSClass::IN
+        {
+            response.set_response_code(ResponseCode::Refused);
+            return encode(&response, max_size);
+        }
         let Some(zone) = self
             .zones
             .iter()
@@ -638,6 +651,30 @@ mod tests {
         let ns = ask(&cat, "mailsilo.test.", RecordType::NS, None, Transport::Udp);
         assert_eq!(ns.answers()[0].data().to_string(), "ns1.mailsilo.test.");
         assert_eq!(ns.additionals()[0].data().to_string(), "127.0.0.1", "glue");
+    }
+
+    /// No zone transfers, and only class IN: REFUSED, with no data.
+    #[test]
+    fn transfers_and_other_classes_are_refused() {
+        let cat = catalog("");
+        for t in [RecordType::AXFR, RecordType::IXFR] {
+            let r = ask(&cat, "mailsilo.test.", t, None, Transport::Tcp);
+            assert_eq!(r.response_code(), ResponseCode::Refused, "{t}");
+            assert!(r.answers().is_empty());
+        }
+        for class in [DNSClass::CH, DNSClass::HS, DNSClass::ANY] {
+            let mut m = Message::new();
+            let mut q = Query::query(
+                Name::from_str("silo1.mailsilo.test.").unwrap(),
+                RecordType::A,
+            );
+            q.set_query_class(class);
+            m.set_id(7).add_query(q);
+            let r = Message::from_vec(&cat.answer(&m.to_vec().unwrap(), Transport::Udp).unwrap())
+                .unwrap();
+            assert_eq!(r.response_code(), ResponseCode::Refused, "{class}");
+            assert!(r.answers().is_empty(), "{class}");
+        }
     }
 
     #[test]

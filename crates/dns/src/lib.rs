@@ -173,8 +173,8 @@ async fn tcp_session(mut stream: TcpStream, catalog: &Catalog) -> io::Result<()>
     }
 }
 
-/// Checks every silo cluster's balancer (TCP connect, then a 220 banner) and keeps the
-/// catalog's health flags current, with rise/fall hysteresis.
+/// Checks every silo cluster's balancer with the SMTP probe and keeps the catalog's health
+/// flags current, with rise/fall hysteresis.
 pub async fn check_health(
     catalog: Arc<Catalog>,
     silos: Vec<config::Silo>,
@@ -191,24 +191,16 @@ pub async fn check_health(
             );
             let silo_name = silo.name.clone();
             tasks.push(tokio::spawn(async move {
-                let (mut ups, mut downs) = (0u32, 0u32);
+                let mut state = health::Hysteresis::new(health.rise, health.fall);
                 loop {
-                    let ok = banner_check(cluster.address, health.timeout).await;
+                    let ok = check(cluster.address, health.timeout).await;
                     let entry = catalog.silos().find(|s| s.name == silo_name).map(|s| &s.clusters[i]);
-                    if let Some(entry) = entry {
-                        let healthy = entry.healthy.load(Ordering::Relaxed);
-                        if ok {
-                            (ups, downs) = (ups + 1, 0);
-                            if !healthy && ups >= health.rise {
-                                entry.healthy.store(true, Ordering::Relaxed);
-                                info!(silo = %silo_name, cluster = %cluster.name, "cluster up: back in DNS answers");
-                            }
+                    if let (Some(entry), Some(up)) = (entry, state.check(ok)) {
+                        entry.healthy.store(up, Ordering::Relaxed);
+                        if up {
+                            info!(silo = %silo_name, cluster = %cluster.name, "cluster up: back in DNS answers");
                         } else {
-                            (ups, downs) = (0, downs + 1);
-                            if healthy && downs >= health.fall {
-                                entry.healthy.store(false, Ordering::Relaxed);
-                                warn!(silo = %silo_name, cluster = %cluster.name, "cluster down: out of DNS answers");
-                            }
+                            warn!(silo = %silo_name, cluster = %cluster.name, "cluster down: out of DNS answers");
                         }
                     }
                     tokio::select! {
@@ -224,27 +216,19 @@ pub async fn check_health(
     }
 }
 
-/// Connects and expects an SMTP greeting starting with 220; says QUIT.
-async fn banner_check(addr: SocketAddr, limit: Duration) -> bool {
-    let attempt = async {
-        let mut s = TcpStream::connect(addr).await.ok()?;
-        let mut buf = [0u8; 512];
-        let mut got = 0;
-        while got < 4 || !buf[..got].contains(&b'\n') {
-            let n = s.read(&mut buf[got..]).await.ok()?;
-            if n == 0 || got + n >= buf.len() {
-                break;
-            }
-            got += n;
-        }
-        let _ = s.write_all(b"QUIT\r\n").await;
-        Some(buf[..got].starts_with(b"220"))
-    };
-    tokio::time::timeout(limit, attempt)
+/// Connects to a cluster's balancer and runs the SMTP probe through it, within `limit`.
+async fn check(addr: SocketAddr, limit: Duration) -> bool {
+    let started = std::time::Instant::now();
+    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(stream)) => health::probe(
+            stream,
+            "dns-check.mailsilo",
+            limit.saturating_sub(started.elapsed()),
+        )
         .await
-        .ok()
-        .flatten()
-        .unwrap_or(false)
+        .is_ok(),
+        _ => false,
+    }
 }
 
 /// The client prefix used for rate limiting.

@@ -2,10 +2,12 @@
 //! inspects and changes a running gateway's queue. It wires the role crates together and
 //! owns nothing of their logic.
 
+mod datadir;
 mod lb;
 mod sink;
 mod up;
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -71,6 +73,12 @@ enum Command {
         /// The control endpoint (default: control.listen of the configuration).
         #[arg(long)]
         control: Option<SocketAddr>,
+        /// The data directory of that `up`, where its control token is.
+        #[arg(long, default_value = "mailsilo-data")]
+        data_dir: PathBuf,
+        /// The control token file (default: DATA_DIR/control.token).
+        #[arg(long)]
+        token_file: Option<PathBuf>,
         /// Configuration file to read control.listen from.
         #[arg(long)]
         config: Option<PathBuf>,
@@ -79,8 +87,9 @@ enum Command {
     },
     /// Inspect or change the queue (works while `up` runs).
     Queue {
-        #[command(flatten)]
-        at: Where,
+        /// The data directory of the `up` whose queue to use.
+        #[arg(long, default_value = "mailsilo-data")]
+        data_dir: PathBuf,
         #[command(subcommand)]
         command: QueueCommand,
     },
@@ -107,11 +116,15 @@ enum QueueCommand {
 }
 
 fn main() -> Result<()> {
+    datadir::private_umask();
     let cli = Cli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    // Colour only for a person at a terminal who has not asked for none.
+    let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
     let logs = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(colour)
         .with_writer(std::io::stderr);
     match cli.log_format {
         LogFormat::Text => logs.init(),
@@ -129,6 +142,8 @@ fn main() -> Result<()> {
             }
             Command::Lb {
                 control,
+                data_dir,
+                token_file,
                 config,
                 command,
             } => {
@@ -139,7 +154,13 @@ fn main() -> Result<()> {
                         .map(|c| c.listen)
                         .context("no [control] listen in the configuration; give --control ADDR")?,
                 };
-                lb::run(addr, command)
+                let token = match std::env::var("MAILSILO_CONTROL_TOKEN") {
+                    Ok(t) if token_file.is_none() && !t.is_empty() => t,
+                    _ => datadir::read_token(
+                        &token_file.unwrap_or_else(|| datadir::token_path(&data_dir)),
+                    )?,
+                };
+                lb::run(addr, &token, command)
             }
             Command::Sink { listen, data_dir } => run_sink(listen, &data_dir).await,
             Command::Config(ConfigCommand::Example) => {
@@ -157,7 +178,7 @@ fn main() -> Result<()> {
                 );
                 Ok(())
             }
-            Command::Queue { at, command } => queue_command(at, command).await,
+            Command::Queue { data_dir, command } => queue_command(&data_dir, command).await,
         }
     })
 }
@@ -172,10 +193,11 @@ fn load_config(path: Option<&Path>) -> Result<Config> {
 }
 
 async fn run_sink(listen: SocketAddr, data_dir: &Path) -> Result<()> {
+    datadir::prepare(data_dir)?;
     let mut settings = Config::demo().smtp;
     settings.hostname = "mailsilo.test".into();
     let tls = smtp::tls::server_config(None, None, "sink.mailsilo.test", data_dir)?;
-    let listener = up::bind(listen, "sink").await?;
+    let listener = up::bind(listen, "the sink").await?;
     let root = data_dir.join("mailbox");
     println!(
         "mailsilo sink: smtp://{} -> {}",
@@ -191,12 +213,12 @@ async fn run_sink(listen: SocketAddr, data_dir: &Path) -> Result<()> {
     Ok(())
 }
 
-async fn queue_command(at: Where, command: QueueCommand) -> Result<()> {
-    let dir = at.data_dir.join("queue");
+async fn queue_command(data_dir: &Path, command: QueueCommand) -> Result<()> {
+    let dir = data_dir.join("queue");
     if !dir.join("queue.db").exists() {
         bail!(
-            "no queue in {} (is --data-dir right?)",
-            at.data_dir.display()
+            "no queue in {}: run the command from the directory where `mailsilo up` runs, or give --data-dir",
+            data_dir.display()
         );
     }
     let store = Embedded::open(&dir)?;

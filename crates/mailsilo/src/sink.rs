@@ -45,6 +45,31 @@ fn deliver_file(mailbox: &Path, name: &str, bytes: &[u8]) -> std::io::Result<()>
     std::fs::File::open(mailbox.join("new"))?.sync_all()
 }
 
+/// The DSN parameters the sink was given, exactly as they came, so a test (or an operator
+/// trying the demo) can see what the relay passed on.
+fn dsn_header(env: &smtp::Envelope, r: &smtp::Rcpt) -> String {
+    let mut parts = Vec::new();
+    if let Some(e) = &env.envid {
+        parts.push(format!("ENVID={e}"));
+    }
+    match env.ret {
+        Some(smtp::command::Ret::Full) => parts.push("RET=FULL".into()),
+        Some(smtp::command::Ret::Headers) => parts.push("RET=HDRS".into()),
+        None => {}
+    }
+    if r.notify != 0 {
+        parts.push(format!("NOTIFY-FLAGS={}", r.notify));
+    }
+    if let Some(o) = &r.orcpt {
+        parts.push(format!("ORCPT={o}"));
+    }
+    if parts.is_empty() {
+        String::new()
+    } else {
+        format!("X-Mailsilo-Sink-DSN: {}\r\n", parts.join(" "))
+    }
+}
+
 #[async_trait]
 impl Handler for Maildir {
     fn check_recipient(&self, _: &smtp::address::Recipient) -> Result<(), Reply> {
@@ -58,8 +83,10 @@ impl Handler for Maildir {
             for (i, r) in m.envelope.recipients.iter().enumerate() {
                 let name = format!("{}.{}_{i}.{host}", smtp::date::now(), m.id);
                 let mut bytes = format!(
-                    "Return-Path: <{}>\r\nDelivered-To: {}\r\n",
-                    m.envelope.sender, r.address
+                    "Return-Path: <{}>\r\nDelivered-To: {}\r\n{}",
+                    m.envelope.sender,
+                    r.address,
+                    dsn_header(&m.envelope, r)
                 )
                 .into_bytes();
                 bytes.extend_from_slice(&m.body);

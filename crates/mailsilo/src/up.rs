@@ -2,6 +2,7 @@
 //! named with `--only`), prints the map of what listens where, and stops them in order on
 //! SIGINT or SIGTERM.
 
+use std::fmt::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -61,10 +62,28 @@ impl Roles {
     }
 }
 
+/// Why a listener could not be had, in words: which role, which address, and the likely
+/// cause.
+pub fn cannot_listen(what: &str, addr: SocketAddr, e: &std::io::Error) -> anyhow::Error {
+    let cause = match e.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            " (something else listens there already: another `mailsilo up` running?)".to_string()
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            format!(" ({} is not an address of this host)", addr.ip())
+        }
+        std::io::ErrorKind::PermissionDenied if addr.port() < 1024 => {
+            " (ports below 1024 need root or CAP_NET_BIND_SERVICE)".to_string()
+        }
+        _ => String::new(),
+    };
+    anyhow::anyhow!("{what} cannot listen on {addr}: {e}{cause}")
+}
+
 pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     TcpListener::bind(addr)
         .await
-        .with_context(|| format!("{what}: cannot listen on {addr}"))
+        .map_err(|e| cannot_listen(what, addr, &e))
 }
 
 pub async fn shutdown_signal() -> Result<()> {
@@ -140,8 +159,7 @@ impl portal::Balancers for Lbs {
 
 pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
     let config = Arc::new(config);
-    std::fs::create_dir_all(data_dir)
-        .with_context(|| format!("creating {}", data_dir.display()))?;
+    crate::datadir::prepare(data_dir)?;
     let tls = smtp::tls::server_config(
         config.smtp.tls_cert.as_deref(),
         config.smtp.tls_key.as_deref(),
@@ -150,8 +168,9 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
     )?;
     let (stop, stopped) = watch::channel(false);
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
-    println!(
-        "mailsilo up: config {}, data dir {}",
+    // The map of what listens where, printed in one piece once everything is bound.
+    let mut map = format!(
+        "mailsilo up: config {}, data dir {}\n",
         config.source,
         data_dir.display()
     );
@@ -173,13 +192,14 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
     };
 
     if let Some(s) = config.sink.as_ref().filter(|_| roles.has("sink", "")) {
-        let listener = bind(s.listen, "sink.listen").await?;
+        let listener = bind(s.listen, "the demo sink (sink.listen)").await?;
         let root = data_dir.join("mailbox");
-        println!(
+        writeln!(
+            map,
             "  sink (demo mailboxes)  smtp://{}  -> {}",
             listener.local_addr()?,
             root.display()
-        );
+        )?;
         let server = sink_server(config.smtp.clone(), s.listen, tls.clone(), root);
         tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
     }
@@ -189,12 +209,13 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
         let memory = smtp::data::MemoryBudget::new(config.smtp.max_message_memory);
         if roles.has("mx", "") {
             for addr in &config.smtp.listen {
-                let listener = bind(*addr, "smtp.listen").await?;
-                println!(
+                let listener = bind(*addr, "the mx listener (smtp.listen)").await?;
+                writeln!(
+                    map,
                     "  mx listener            smtp://{}  ({})",
                     listener.local_addr()?,
                     config.smtp.hostname
-                );
+                )?;
                 let server = Arc::new(
                     Server::new(config.smtp.clone(), Some(tls.clone()), intake.clone())
                         .with_memory(memory.clone()),
@@ -208,7 +229,7 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
                 .iter()
                 .filter(|s| roles.has("server", &s.name))
             {
-                let listener = bind(s.address, &format!("server {}", s.name)).await?;
+                let listener = bind(s.address, &format!("mail server {}", s.name)).await?;
                 let mut settings = config.smtp.clone();
                 settings.hostname = s.name.clone();
                 settings.listen = vec![s.address];
@@ -226,12 +247,13 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
                 } else {
                     String::new()
                 };
-                println!(
+                writeln!(
+                    map,
                     "  mail server {:<10} smtp://{}  (cluster {}{proxy})",
                     s.name,
                     listener.local_addr()?,
                     cluster.name
-                );
+                )?;
                 tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
             }
         }
@@ -241,10 +263,11 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
                 .as_deref()
                 .map(|s| format!("  (MX: {s})"))
                 .unwrap_or_default();
-            println!(
+            writeln!(
+                map,
                 "  client domain          {:<24} -> {}{silo}",
                 d.name, d.destination
-            );
+            )?;
         }
         tasks.push(tokio::spawn(queue.clone().run(stopped.clone())));
     }
@@ -260,10 +283,11 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
         let lb = Balancer::new(cluster.clone());
         let handles = lb
             .spawn(cluster.threads.unwrap_or(cores), stopped.clone(), GRACE)
-            .with_context(|| {
-                format!(
-                    "balancer {}: cannot listen on {}",
-                    cluster.name, cluster.address
+            .map_err(|e| {
+                cannot_listen(
+                    &format!("the balancer of cluster {}", cluster.name),
+                    cluster.address,
+                    &e,
                 )
             })?;
         let servers: Vec<String> = cluster
@@ -271,14 +295,15 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
             .iter()
             .map(|s| format!("{} {} (loading {})", s.name, s.address, s.loading))
             .collect();
-        println!(
+        writeln!(
+            map,
             "  balancer {:<13} smtp://{}  -> {}  [{:?}{}]",
             cluster.name,
             cluster.address,
             servers.join(", "),
             cluster.scheduler,
             if cluster.proxy { ", PROXY v2" } else { "" }
-        );
+        )?;
         tasks.push(tokio::spawn(async move {
             let joined = tokio::task::spawn_blocking(move || {
                 handles.into_iter().for_each(|h| drop(h.join()))
@@ -293,8 +318,9 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
         let catalog = Arc::new(dns::catalog::Catalog::new(dns_config, &config.silos));
         for addr in &dns_config.listen {
             let sockets =
-                dns::bind(*addr).with_context(|| format!("dns.listen: cannot listen on {addr}"))?;
-            println!(
+                dns::bind(*addr).map_err(|e| cannot_listen("the DNS (dns.listen)", *addr, &e))?;
+            writeln!(
+                map,
                 "  dns                    udp+tcp://{addr}  zones {}",
                 dns_config
                     .zones
@@ -302,7 +328,7 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
                     .map(|z| z.name.as_str())
                     .collect::<Vec<_>>()
                     .join(", ")
-            );
+            )?;
             tasks.push(tokio::spawn(dns::serve(
                 catalog.clone(),
                 sockets,
@@ -316,13 +342,14 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
                 .iter()
                 .map(|c| c.address.ip().to_string())
                 .collect();
-            println!(
+            writeln!(
+                map,
                 "  silo {:<17}  -> {} ({:?}, ttl {})",
                 silo.name,
                 addrs.join(", "),
                 silo.rotation,
                 silo.ttl
-            );
+            )?;
         }
         tasks.push(tokio::spawn(dns::check_health(
             catalog,
@@ -336,16 +363,23 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
         .as_ref()
         .filter(|_| roles.has("control", "") && !balancers.is_empty())
     {
-        let listener = bind(c.listen, "control.listen").await?;
-        println!(
-            "  control                http://{}/api/lb",
-            listener.local_addr()?
+        let listener = bind(c.listen, "the control endpoint (control.listen)").await?;
+        let token = crate::datadir::control_token(data_dir)?;
+        writeln!(
+            map,
+            "  control                http://{}/api/lb  (bearer token in {})",
+            listener.local_addr()?,
+            crate::datadir::token_path(data_dir).display()
+        )?;
+        tasks.push(tokio::spawn(async move {
+            portal::serve(listener, Arc::new(Lbs(balancers)), &token, stopped).await
+        }));
+    }
+    print!("{map}");
+    if config.smtp.postmaster.is_none() {
+        tracing::warn!(
+            "smtp.postmaster is not set: RCPT TO:<postmaster> is refused, which RFC 5321 section 4.5.1 forbids"
         );
-        tasks.push(tokio::spawn(portal::serve(
-            listener,
-            Arc::new(Lbs(balancers)),
-            stopped.clone(),
-        )));
     }
     tracing::info!("ready");
 

@@ -52,7 +52,7 @@ fn outage_defers_then_delivers_and_queue_commands_work() {
     );
     assert!(show.contains("Subject: for alice@example.com"), "{show}");
     assert!(g.queue(&["delete", &ids[2]]).contains("deleted"));
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["queue", "--data-dir"])
         .arg(g.data())
         .args(["delete", &ids[2]])
@@ -179,14 +179,14 @@ fn sigterm_says_421_to_open_sessions_and_exits_cleanly() {
 #[test]
 fn config_check_and_example() {
     let dir = tempfile::tempdir().unwrap();
-    let example = Command::new(BIN)
+    let example = Command::new(&*BIN)
         .args(["config", "example"])
         .output()
         .unwrap();
     assert!(example.status.success());
     let good = dir.path().join("good.toml");
     std::fs::write(&good, &example.stdout).unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["config", "check"])
         .arg(&good)
         .output()
@@ -203,7 +203,7 @@ fn config_check_and_example() {
         .unwrap()
         .replace("listen = [\"127.0.0.1:2525\"]", "listen = [\"127.0.0.1\"]");
     std::fs::write(&bad, text).unwrap();
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["config", "check"])
         .arg(&bad)
         .output()
@@ -222,11 +222,99 @@ fn config_check_and_example() {
     );
     assert!(err.contains(&expected), "{err}");
 
-    let out = Command::new(BIN)
+    let out = Command::new(&*BIN)
         .args(["config", "check"])
         .arg(dir.path().join("missing.toml"))
         .output()
         .unwrap();
     assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("missing.toml: cannot read"));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing.toml: cannot read"), "{err}");
+    assert_eq!(
+        err.matches("No such file").count(),
+        1,
+        "a missing file is reported once: {err}"
+    );
+
+    // The parser's own errors: the full key path, and what was expected in words.
+    std::fs::write(&bad, "[smtp]\nhostname = \"mx\"\nlisten = [\"127.0.0.1:25\"]\nmax_recipients = \"lots\"\n[[domain]]\nname = \"a.example\"\ndestination = \"mx\"\n").unwrap();
+    let out = Command::new(&*BIN)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(":4:18: smtp.max_recipients: a string \"lots\", expected a whole number"),
+        "{err}"
+    );
+}
+
+/// A listener whose address is taken: the error names the role, the address and the
+/// likely cause.
+#[test]
+fn a_port_in_use_is_explained() {
+    let g = Gateway::start(Options {
+        external_sink: true,
+        ..Options::default()
+    });
+    let other = tempfile::tempdir().unwrap();
+    let out = Command::new(&*BIN)
+        .args(["up", "--config"])
+        .arg(&g.config)
+        .arg("--data-dir")
+        .arg(other.path())
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!(
+            "the mx listener (smtp.listen) cannot listen on {}",
+            g.mx
+        )) && err.contains("another `mailsilo up` running?"),
+        "{err}"
+    );
+}
+
+/// Started under umask 022, the gateway still keeps everything it writes private: the
+/// queue, the TLS key, the demo mailboxes.
+#[test]
+fn everything_written_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let g = Gateway::start(Options::default());
+    let mut c = g.smtp();
+    assert_eq!(c.cmd("EHLO private.test").0, 250);
+    assert_eq!(
+        c.mail(
+            "a@outside.net",
+            &["alice@example.com"],
+            "Subject: private\r\n\r\nsecret"
+        )
+        .0,
+        250
+    );
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+    let mut seen = 0;
+    let mut stack = vec![g.data()];
+    while let Some(p) = stack.pop() {
+        let meta = std::fs::symlink_metadata(&p).unwrap();
+        let mode = meta.permissions().mode() & 0o777;
+        if meta.is_dir() {
+            assert_eq!(mode, 0o700, "{}", p.display());
+            stack.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else {
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+        seen += 1;
+    }
+    for f in [
+        "queue/queue.db",
+        "queue/queue.db-wal",
+        "tls-key.pem",
+        "tls-cert.pem",
+    ] {
+        assert!(g.data().join(f).exists(), "{f}");
+    }
+    assert!(seen > 10, "checked {seen} paths");
 }

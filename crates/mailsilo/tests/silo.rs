@@ -45,6 +45,15 @@ fn dns_answers_as_an_authoritative_server() {
 
     let full = silo.dig(&["silo1.mailsilo.test", "A"]);
     assert!(full.contains("status: NOERROR"), "{full}");
+    // No transfers are configured, and only class IN is served.
+    let axfr = silo.dig(&["mailsilo.test", "AXFR"]);
+    assert!(axfr.contains("Transfer failed"), "{axfr}");
+    assert!(!axfr.contains("\tSOA\t"), "{axfr}");
+    for class in ["CH", "HS"] {
+        let other = silo.dig(&["-c", class, "silo1.mailsilo.test", "A"]);
+        assert!(other.contains("status: REFUSED"), "{class}: {other}");
+        assert!(other.contains("ANSWER: 0"), "{class}: {other}");
+    }
     assert!(full.contains("flags: qr aa;"), "AA set, RA clear: {full}");
     assert!(
         full.contains("silo1.mailsilo.test.\t900\tIN\tA\t"),
@@ -186,10 +195,28 @@ fn a_stopped_balancer_leaves_the_answers_and_comes_back() {
         wait_until(Duration::from_secs(10), || answer(&silo) == both),
         "c2 is back"
     );
-    // All down: all returned, never an empty answer.
+    // All down: all returned, never an empty answer. The DNS's log shows its checks took
+    // each cluster out, so this is the all-down rule at work, not checks that never ran.
+    let log = silo.dir.path().join("dns.log");
+    let downs = |c: &str| {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .filter(|l| {
+                l.contains("cluster down: out of DNS answers")
+                    && l.contains(&format!("cluster={c}"))
+            })
+            .count()
+    };
+    let (c1_before, c2_before) = (downs("c1"), downs("c2"));
+    assert_eq!((c1_before, c2_before), (0, 1), "c2 went down once so far");
     silo.kill("lb1");
     silo.kill("lb2");
-    std::thread::sleep(Duration::from_secs(3));
+    assert!(
+        wait_until(Duration::from_secs(10), || downs("c1") == 1
+            && downs("c2") == 2),
+        "the checks saw both clusters go down"
+    );
     assert_eq!(answer(&silo), both);
 }
 
@@ -260,15 +287,10 @@ fn sessions_follow_loading_weight_changes_and_drain() {
     assert_eq!(held.cmd("QUIT").0, 221);
     silo.lb(&["ready", "c1/c1-s2"]);
     assert!(sessions(lb, 60).contains_key("c1-s2"));
-    let bad = std::process::Command::new(common::BIN)
-        .args([
-            "lb",
-            "--control",
-            &silo.control.to_string(),
-            "weight",
-            "c1/nope",
-            "2",
-        ])
+    let bad = std::process::Command::new(&*common::BIN)
+        .args(["lb", "--control", &silo.control.to_string(), "--token-file"])
+        .arg(silo.token_file())
+        .args(["weight", "c1/nope", "2"])
         .output()
         .unwrap();
     assert!(
@@ -537,4 +559,179 @@ fn a_silent_client_does_not_hold_a_slot_after_the_server_hangs_up() {
         silo.lb(&["show"])
     );
     drop(silent);
+}
+
+/// Sends raw bytes to the control endpoint and returns what it answers (until it closes or
+/// `limit` passes).
+fn http(addr: SocketAddr, request: &[u8], limit: Duration) -> String {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(limit)).unwrap();
+    std::io::Write::write_all(&mut s, request).unwrap();
+    let mut out = Vec::new();
+    let _ = std::io::Read::read_to_end(&mut s, &mut out);
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[test]
+fn the_control_endpoint_needs_the_token_and_bounds_every_request() {
+    let mut silo = Silo::new(24, &[&[1, 1]], "", "");
+    silo.start_without_dns();
+    let token = std::fs::read_to_string(silo.token_file()).unwrap();
+    let token = token.trim();
+    let mode = std::os::unix::fs::PermissionsExt::mode(
+        &std::fs::metadata(silo.token_file()).unwrap().permissions(),
+    );
+    assert_eq!(mode & 0o777, 0o600);
+    let put = |path: &str, auth: &str, body: &str| {
+        http(
+            silo.control,
+            format!("PUT {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes(),
+            Duration::from_secs(5),
+        )
+    };
+    // Without the token, or with a wrong one: 401, and nothing changes.
+    for auth in [
+        "",
+        "Authorization: Bearer wrong\r\n",
+        "Authorization: Basic eDp5\r\n",
+    ] {
+        let r = put("/api/lb/c1/c1-s1/state", auth, r#"{"state":"drain"}"#);
+        assert!(r.starts_with("HTTP/1.1 401"), "{r}");
+    }
+    let r = http(
+        silo.control,
+        b"GET /api/lb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(r.starts_with("HTTP/1.1 401"), "reading needs it too: {r}");
+    assert!(
+        silo.lb(&["show"])
+            .lines()
+            .filter(|l| l.contains(" ready "))
+            .count()
+            == 2
+    );
+    // Metrics stay open to scrapers.
+    let r = http(
+        silo.control,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 200") && r.contains("mailsilo_lb_server_up"),
+        "{r}"
+    );
+    // With the token; loading is bounded.
+    let auth = format!("Authorization: Bearer {token}\r\n");
+    let r = put(
+        "/api/lb/c1/c1-s1/loading",
+        &auth,
+        r#"{"loading":4294967295}"#,
+    );
+    assert!(
+        r.starts_with("HTTP/1.1 400") && r.contains("from 1 to 1000"),
+        "{r}"
+    );
+    let r = put("/api/lb/c1/c1-s1/loading", &auth, r#"{"loading":1000}"#);
+    assert!(r.starts_with("HTTP/1.1 204"), "{r}");
+    // An announced body over the limit is refused at once, not waited for.
+    let started = std::time::Instant::now();
+    let r = http(
+        silo.control,
+        format!("PUT /api/lb/c1/c1-s1/loading HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 99999999999\r\n\r\n{{}}").as_bytes(),
+        Duration::from_secs(20),
+    );
+    assert!(r.starts_with("HTTP/1.1 413"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    // A body that never comes: the request times out (10 s), it does not hang.
+    let started = std::time::Instant::now();
+    let r = http(
+        silo.control,
+        format!("PUT /api/lb/c1/c1-s1/loading HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{").as_bytes(),
+        Duration::from_secs(30),
+    );
+    assert!(r.starts_with("HTTP/1.1 408"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "{:?}",
+        started.elapsed()
+    );
+    // Headers that never end: the connection is closed after the header timeout (5 s).
+    let started = std::time::Instant::now();
+    let r = http(
+        silo.control,
+        b"GET /api/lb HTTP/1.1\r\nHost: x\r\n",
+        Duration::from_secs(30),
+    );
+    assert!(!r.contains("200 OK"), "{r}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// What a newcomer sees: `up` prints the map and nothing else on standard output; health
+/// checks stay out of the log; log lines name the mail server, and the sink's say they are
+/// the sink's; no colour codes when the log is not a terminal; `lb` explains itself.
+#[test]
+fn up_is_quiet_and_says_who_did_what() {
+    let mut silo = Silo::new(25, &[&[1, 2], &[1]], "", "");
+    silo.start_all();
+    // Several rounds of health checks (DNS every 0.5 s, balancers every 1 s).
+    std::thread::sleep(Duration::from_secs(4));
+    let out = std::fs::read_to_string(silo.dir.path().join("all.out")).unwrap();
+    assert!(out.starts_with("mailsilo up: config "), "{out}");
+    assert!(
+        out.lines().skip(1).all(|l| l.starts_with("  ")),
+        "only the map: {out}"
+    );
+    assert!(
+        out.contains("  balancer c1 ") && out.contains("  dns "),
+        "{out}"
+    );
+    let log = std::fs::read_to_string(silo.dir.path().join("all.log")).unwrap();
+    assert!(!log.contains('\x1b'), "colour codes in a log file: {log}");
+    let chatter: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("session") || l.contains("connected"))
+        .collect();
+    assert!(chatter.is_empty(), "health checks in the log: {chatter:#?}");
+    assert!(common::send_token(silo.clusters[0].address, "newcomer"));
+    assert!(wait_until(Duration::from_secs(20), || silo
+        .mailbox("alice@example.com")
+        .len()
+        == 1));
+    let log = std::fs::read_to_string(silo.dir.path().join("all.log")).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("server=c1-s") && l.contains("queued")),
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("server=sink.") && l.contains("stored in the demo mailbox")),
+        "{log}"
+    );
+    // lb: answers in words; and with nothing running, says so.
+    assert_eq!(
+        silo.lb(&["weight", "c1/c1-s1", "5"]).trim(),
+        "c1/c1-s1: loading set to 5; new sessions follow it, open ones are untouched"
+    );
+    let nothing = std::process::Command::new(&*common::BIN)
+        .args(["lb", "--control", "127.3.25.9:8025", "--token-file"])
+        .arg(silo.token_file())
+        .arg("show")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&nothing.stderr);
+    assert!(
+        !nothing.status.success()
+            && err.contains("no gateway answers at 127.3.25.9:8025: start one with `mailsilo up`"),
+        "{err}"
+    );
 }

@@ -316,7 +316,7 @@ fn starttls_discards_injected_plaintext() {
     // Python's ssl does the handshake; the plaintext sent after STARTTLS must vanish.
     let script = r#"
 import socket, ssl, sys
-s = socket.create_connection(("127.0.0.1", int(sys.argv[1])), timeout=10)
+s = socket.create_connection((sys.argv[2], int(sys.argv[1])), timeout=10)
 def reply(f):
     lines = []
     while True:
@@ -341,7 +341,10 @@ t.sendall(b"MAIL FROM:<a@b.net>\r\n")
 r = reply(tf); assert r[0].startswith("250"), ("injected MAIL was not run, so no nested MAIL", r)
 print("ok", t.version())
 "#;
-    assert!(common::python(script, &[&g.mx.port().to_string()]).starts_with("ok TLSv1.3"));
+    assert!(
+        common::python(script, &[&g.mx.port().to_string(), &g.mx.ip().to_string()])
+            .starts_with("ok TLSv1.3")
+    );
 }
 
 #[test]
@@ -353,7 +356,7 @@ from email.message import EmailMessage
 m = EmailMessage()
 m["From"] = "sender@outside.net"; m["To"] = "alice@example.com, bob@example.org"; m["Subject"] = "smtplib"
 m.set_content("Sent by smtplib over STARTTLS.\n")
-with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10) as s:
+with smtplib.SMTP(sys.argv[2], int(sys.argv[1]), timeout=10) as s:
     s.ehlo()
     ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
     s.starttls(context=ctx)
@@ -367,7 +370,10 @@ with smtplib.SMTP("127.0.0.1", int(sys.argv[1]), timeout=10) as s:
         assert e.recipients["victim@evil.net"][0] == 550
 print("ok")
 "#;
-    assert_eq!(common::python(script, &[&g.mx.port().to_string()]), "ok\n");
+    assert_eq!(
+        common::python(script, &[&g.mx.port().to_string(), &g.mx.ip().to_string()]),
+        "ok\n"
+    );
     assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len()
         == 1
         && g.mailbox("bob@example.org").len() == 1));

@@ -5,19 +5,36 @@
 //!
 //! The portal knows the balancers only through the [`Balancers`] trait, which the binary
 //! implements; it does not depend on the balancer role.
+//!
+//! Every call but `/metrics` needs the control token as a bearer credential (compared in
+//! constant time). Each connection is bounded like any other listener here: headers within
+//! [`HEADER_TIMEOUT`], a whole request within [`REQUEST_TIMEOUT`], bodies of at most
+//! [`MAX_BODY`] octets, [`MAX_CONNECTIONS`] at a time.
 
 use std::fmt::Write;
 use std::sync::Arc;
+use std::time::Duration;
 
-use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
+/// How long a client has to send a request's headers.
+pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a whole request may take, body included.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest request body (the control calls send a few dozen octets).
+pub const MAX_BODY: usize = 4096;
+/// Connections served at once; more wait in the listen backlog.
+pub const MAX_CONNECTIONS: usize = 64;
+/// The longest a connection lives, however busy.
+const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 /// One balanced mail server as operators see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerStatus {
@@ -54,6 +71,46 @@ pub struct ServerState {
 
 type Shared = Arc<dyn Balancers>;
 
+/// Equal in constant time (for equal lengths): no timing tells how much of a guess was right.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn refusal(status: StatusCode, message: &str) -> Response {
+    (status, Json(serde_json::json!({ "error": message }))).into_response()
+}
+
+/// Refuses, before anything else runs: a call without the control token (but `/metrics`),
+/// an announced body over the limit, and a request that takes too long.
+async fn guard(token: Arc<str>, request: Request, next: Next) -> Response {
+    if request.uri().path() != "/metrics" {
+        let given = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .unwrap_or("");
+        if !same(given.as_bytes(), token.as_bytes()) {
+            let mut r = refusal(StatusCode::UNAUTHORIZED, "the control token is required");
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+            return r;
+        }
+    }
+    let announced = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
+    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+        return refusal(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+    }
+    match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
+        Ok(r) => r,
+        Err(_) => refusal(StatusCode::REQUEST_TIMEOUT, "request took too long"),
+    }
+}
+
 fn outcome(r: Result<(), String>) -> Response {
     match r {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),
@@ -65,9 +122,11 @@ fn outcome(r: Result<(), String>) -> Response {
     }
 }
 
-/// The routes: `GET /api/lb`, `PUT /api/lb/{cluster}/{server}/loading` (`{"loading": N}`),
-/// `PUT /api/lb/{cluster}/{server}/state` (`{"state": "drain"}`), `GET /metrics`.
-pub fn router(balancers: Shared) -> Router {
+/// The routes: `GET /api/lb`, `PUT /api/lb/{cluster}/{server}/loading` (`{"loading": N}`,
+/// N in `config::LOADING`), `PUT /api/lb/{cluster}/{server}/state` (`{"state": "drain"}`),
+/// `GET /metrics`; all but the last need `Authorization: Bearer <token>`.
+pub fn router(balancers: Shared, token: &str) -> Router {
+    let token: Arc<str> = token.into();
     Router::new()
         .route(
             "/api/lb",
@@ -98,6 +157,10 @@ pub fn router(balancers: Shared) -> Router {
             get(|State(b): State<Shared>| async move { metrics(&b.servers()) }),
         )
         .with_state(balancers)
+        .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(middleware::from_fn(move |req, next| {
+            guard(token.clone(), req, next)
+        }))
 }
 
 /// One metric: name, type, help, and how to read it off a server.
@@ -152,23 +215,59 @@ pub fn metrics(servers: &[ServerStatus]) -> String {
     out
 }
 
-/// Serves the router on `listener` until `shutdown` turns true.
-pub async fn serve(listener: TcpListener, balancers: Shared, mut shutdown: watch::Receiver<bool>) {
-    let app = router(balancers);
-    let stop = async move {
-        let _ = shutdown.wait_for(|s| *s).await;
-    };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(stop)
-        .await
-    {
-        tracing::warn!(error = %e, "control endpoint stopped");
+async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|s| *s).await;
+}
+
+/// Serves the router on `listener` until `shutdown` turns true, each connection with a
+/// header deadline and a lifetime, at most [`MAX_CONNECTIONS`] at once.
+pub async fn serve(
+    listener: TcpListener,
+    balancers: Shared,
+    token: &str,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let app = router(balancers, token);
+    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    tracing::warn!(error = %e, "control accept");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut shutdown) => break,
+        };
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("never closed"),
+            _ = stopped(&mut shutdown) => break,
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let connection = hyper::server::conn::http1::Builder::new()
+            .timer(hyper_util::rt::TokioTimer::new())
+            .header_read_timeout(HEADER_TIMEOUT)
+            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        tokio::spawn(async move {
+            let _permit = permit;
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+        });
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn constant_time_comparison() {
+        assert!(same(b"secret", b"secret"));
+        assert!(!same(b"secret", b"secreT"));
+        assert!(!same(b"secret", b"secret2"));
+        assert!(!same(b"", b"x"));
+    }
 
     #[test]
     fn prometheus_text() {

@@ -39,6 +39,8 @@ struct World {
     sink: Arc<Collect>,
     stop: watch::Sender<bool>,
     _dir: tempfile::TempDir,
+    /// Holds the refusing port of `down.test`.
+    _dead: tokio::net::TcpSocket,
 }
 
 async fn world(extra: &str) -> World {
@@ -50,12 +52,10 @@ async fn world_with(smtp: &str, extra: &str) -> World {
     let sink = Arc::new(Collect::default());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let sink_addr = listener.local_addr().unwrap();
-    // A port with nothing behind it: connections are refused.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .await
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port bound but not listening: connections are refused, and it stays ours.
+    let dead_socket = tokio::net::TcpSocket::new_v4().unwrap();
+    dead_socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let dead = dead_socket.local_addr().unwrap();
     let text = format!(
         "[smtp]\nhostname = \"mx.test\"\nlisten = [\"127.0.0.1:1\"]\n{smtp}\n[retry]\nmin_backoff = \"300s\"\nmax_backoff = \"4000s\"\nlifetime = \"5d\"\n{extra}\n\
          [[domain]]\nname = \"down.test\"\ndestination = \"{dead}\"\n[[domain]]\nname = \"example.org\"\ndestination = \"{sink_addr}\"\n\
@@ -79,6 +79,7 @@ async fn world_with(smtp: &str, extra: &str) -> World {
         sink,
         stop,
         _dir: dir,
+        _dead: dead_socket,
     }
 }
 

@@ -1,6 +1,8 @@
 //! TLS for both sides: the server's certificate (configured, or self-signed and kept in the
 //! data directory) and the relay client's opportunistic policy.
 
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -47,7 +49,16 @@ pub fn server_config(
                 };
                 std::fs::create_dir_all(data_dir).map_err(io)?;
                 std::fs::write(&c, generated.cert.pem()).map_err(io)?;
-                std::fs::write(&k, generated.key_pair.serialize_pem()).map_err(io)?;
+                // The key is readable by its owner only, whatever the umask.
+                let mut key = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&k)
+                    .map_err(io)?;
+                key.write_all(generated.key_pair.serialize_pem().as_bytes())
+                    .map_err(io)?;
             }
             (c, k)
         }

@@ -3,20 +3,28 @@
 #![allow(dead_code)] // each test binary uses part of the harness
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_mailsilo");
+/// The binary under test: this build's, or the one `MAILSILO_TEST_BIN` names (to check that
+/// a regression test fails on an older build).
+pub static BIN: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+    std::env::var("MAILSILO_TEST_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_mailsilo").into())
+});
 
-/// A port nobody listens on right now.
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+/// A loopback address no other test uses: `127.N.M.1`, N from the process id and M counted
+/// up within the process. Listeners on it use fixed ports: client sockets take their
+/// ephemeral ports on 127.0.0.1, so nothing can grab a port between choosing and binding it
+/// (as it could with "bind port 0, note it, close, start the server on it").
+pub fn unique_ip() -> std::net::IpAddr {
+    static NEXT: AtomicU32 = AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, Ordering::SeqCst);
+    assert!(n < 250, "more test addresses than one process may take");
+    let pid = std::process::id();
+    std::net::IpAddr::from([127, 100 + (pid % 150) as u8, n as u8, 1])
 }
 
 /// Polls `f` every 50 ms until it is true or `limit` passes.
@@ -103,18 +111,25 @@ pub struct Gateway {
 impl Gateway {
     pub fn start(opts: Options) -> Gateway {
         let dir = tempfile::tempdir().unwrap();
-        let mx: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let sink: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let ip = unique_ip();
+        let mx = SocketAddr::new(ip, 2525);
+        let sink = SocketAddr::new(ip, 2526);
         let sink_table = if opts.external_sink {
             String::new()
         } else {
             format!("[sink]\nlisten = \"{sink}\"\n")
         };
+        // A small size limit unless the test sets its own.
+        let size = if opts.smtp.contains("max_message_size") {
+            ""
+        } else {
+            "max_message_size = \"200KiB\""
+        };
         let text = format!(
             r#"[smtp]
 hostname = "mx.test"
 listen = ["{mx}"]
-max_message_size = "200KiB"
+{size}
 {smtp}
 
 [delivery]
@@ -169,8 +184,16 @@ recipients = ["alice"]
                 .join(format!("up-{}.log", Instant::now().elapsed().as_nanos())),
         )
         .unwrap();
-        let child = Command::new(BIN)
-            .args(["up", "--config"])
+        // Under a permissive umask, as a careless operator's shell would have it: what
+        // mailsilo writes must be private all the same.
+        let child = Command::new("sh")
+            .args([
+                "-c",
+                "umask 022 && exec \"$0\" \"$@\"",
+                &BIN,
+                "up",
+                "--config",
+            ])
             .arg(&self.config)
             .arg("--data-dir")
             .arg(self.data())
@@ -184,7 +207,7 @@ recipients = ["alice"]
 
     /// Starts a separate `mailsilo sink` on the sink address.
     pub fn start_sink(&mut self) {
-        let child = Command::new(BIN)
+        let child = Command::new(&*BIN)
             .args(["sink", "--listen", &self.sink.to_string(), "--data-dir"])
             .arg(self.data())
             .stdout(Stdio::null())
@@ -202,7 +225,7 @@ recipients = ["alice"]
 
     /// Runs `mailsilo queue ...` against this gateway's data.
     pub fn queue(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
+        let out = Command::new(&*BIN)
             .arg("queue")
             .arg("--data-dir")
             .arg(self.data())
@@ -310,15 +333,6 @@ impl Smtp {
     }
 }
 
-/// A port free on `ip` right now.
-pub fn free_port_on(ip: &str) -> u16 {
-    TcpListener::bind((ip, 0))
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// One cluster of a test silo.
 pub struct ClusterInfo {
     pub name: String,
@@ -328,10 +342,10 @@ pub struct ClusterInfo {
     pub servers: Vec<(String, SocketAddr)>,
 }
 
-/// A silo on loopback: DNS, control and sink on 127.0.0.1, cluster `i` on `127.1.NET.i`,
-/// its servers on `127.2.NET.x`, all clusters on one port and all servers on another (as
-/// port 25 would be). Roles run in separate `mailsilo up --only` processes, so a test can
-/// kill any of them.
+/// A silo on loopback: DNS, control and sink on `127.3.NET.1`, cluster `i` on `127.1.NET.i`,
+/// its servers on `127.2.NET.x`, every one on a fixed port (as port 25 would be): NET is the
+/// test's own, so nothing else binds these addresses. Roles run in separate
+/// `mailsilo up --only` processes, so a test can kill any of them.
 pub struct Silo {
     pub dir: tempfile::TempDir,
     pub config: PathBuf,
@@ -347,11 +361,10 @@ impl Silo {
     /// table (e.g. `rotation = "cycle"`); `cluster_extra` into every `[[silo.cluster]]`.
     pub fn new(net: u8, loadings: &[&[u32]], extra: &str, cluster_extra: &str) -> Silo {
         let dir = tempfile::tempdir().unwrap();
-        let dns: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let control: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let sink: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-        let lb_port = free_port_on(&format!("127.1.{net}.1"));
-        let srv_port = free_port_on(&format!("127.2.{net}.1"));
+        let dns: SocketAddr = format!("127.3.{net}.1:5353").parse().unwrap();
+        let control: SocketAddr = format!("127.3.{net}.1:8025").parse().unwrap();
+        let sink: SocketAddr = format!("127.3.{net}.1:2526").parse().unwrap();
+        let (lb_port, srv_port) = (2525, 2525);
         let mut text = format!(
             r#"[smtp]
 hostname = "mx.test"
@@ -426,12 +439,13 @@ fall = 2
     pub fn start(&mut self, name: &str, roles: &str, ready: &[SocketAddr]) {
         let data = self.dir.path().join(format!("data-{name}"));
         let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
-        let child = Command::new(BIN)
+        let out = std::fs::File::create(self.dir.path().join(format!("{name}.out"))).unwrap();
+        let child = Command::new(&*BIN)
             .args(["up", "--only", roles, "--config"])
             .arg(&self.config)
             .arg("--data-dir")
             .arg(&data)
-            .stdout(Stdio::null())
+            .stdout(out)
             .stderr(log)
             .spawn()
             .unwrap();
@@ -476,12 +490,23 @@ fall = 2
         all
     }
 
+    /// The control token file of the process running the control endpoint.
+    pub fn token_file(&self) -> PathBuf {
+        self.procs
+            .keys()
+            .map(|n| self.dir.path().join(format!("data-{n}/control.token")))
+            .find(|p| p.exists())
+            .expect("a process of this silo runs the control endpoint")
+    }
+
     /// Runs `mailsilo lb ...` against this silo's control endpoint.
     pub fn lb(&self, args: &[&str]) -> String {
-        let out = Command::new(BIN)
+        let out = Command::new(&*BIN)
             .arg("lb")
             .arg("--control")
             .arg(self.control.to_string())
+            .arg("--token-file")
+            .arg(self.token_file())
             .args(args)
             .output()
             .unwrap();

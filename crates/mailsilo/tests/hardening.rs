@@ -1,0 +1,426 @@
+//! The gateway against a hostile client and a careless local user: each test reproduces one
+//! defect found that way (issue 6) through the real binary, so it can be run against an
+//! older build (`MAILSILO_TEST_BIN=...`) to see it fail there.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use common::{Gateway, Options, Smtp, wait_until};
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn ehlo(c: &mut Smtp) {
+    let r = c.cmd("EHLO client.test");
+    assert_eq!(r.0, 250, "{r:?}");
+}
+
+/// Reads everything until the server closes (or 20 s pass).
+fn rest(c: &mut Smtp) -> String {
+    let mut out = String::new();
+    let _ = c.reader.read_to_string(&mut out);
+    out
+}
+
+#[test]
+fn dsn_parameters_are_relayed_exactly_as_received() {
+    let g = Gateway::start(Options::default());
+    let mut c = g.smtp();
+    ehlo(&mut c);
+    assert_eq!(c.cmd("MAIL FROM:<bob@sender.net> ENVID=QQ+2B314").0, 250);
+    let r = c.cmd(
+        "RCPT TO:<alice@example.com> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;alice+2Bx@example.com",
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    let r = c.cmd("RCPT TO:<bob@example.com> ORCPT=utf-8;bob@example.com");
+    assert_eq!(
+        r.0, 250,
+        "the utf-8 address type (RFC 6533) is accepted: {r:?}"
+    );
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(b"Subject: dsn\r\n\r\nwith DSN parameters\r\n.\r\n");
+    assert_eq!(c.reply().0, 250);
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len()
+        == 1
+        && g.mailbox("bob@example.com").len() == 1));
+    let alice = &g.mailbox("alice@example.com")[0];
+    assert!(
+        alice.contains("X-Mailsilo-Sink-DSN: ENVID=QQ+2B314 NOTIFY-FLAGS=3 ORCPT=rfc822;alice+2Bx@example.com\r\n"),
+        "ENVID, NOTIFY and ORCPT arrive byte for byte, and no RET was invented: {alice}"
+    );
+    let bob = &g.mailbox("bob@example.com")[0];
+    assert!(bob.contains("ORCPT=utf-8;bob@example.com"), "{bob}");
+    assert!(g.mailbox("bob@sender.net").is_empty(), "nothing bounced");
+}
+
+#[test]
+fn bdat_sizes_are_parsed_strictly_and_nothing_is_smuggled() {
+    let g = Gateway::start(Options::default());
+    for size in [
+        "1000000000000000000007",
+        "99999999999999999999",
+        "300000",
+        "7x",
+    ] {
+        let mut c = g.smtp();
+        ehlo(&mut c);
+        assert_eq!(c.cmd("MAIL FROM:<bob@sender.net>").0, 250);
+        assert_eq!(c.cmd("RCPT TO:<alice@example.com>").0, 250);
+        c.send(format!("BDAT {size} LAST\r\n1234567").as_bytes());
+        c.send(b"MAIL FROM:<smuggled@evil.net>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\nQUIT\r\n");
+        let r = c.reply();
+        assert!(r.0 == 552 || r.0 == 501, "{size}: {r:?}");
+        assert_eq!(
+            rest(&mut c),
+            "",
+            "{size}: the session was closed, nothing more ran"
+        );
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    assert!(g.mailbox("victim@example.com").is_empty());
+}
+
+#[test]
+fn quoted_local_parts_keep_their_quotes() {
+    let g = Gateway::start(Options::default());
+    let mut c = g.smtp();
+    ehlo(&mut c);
+    assert_eq!(c.cmd("MAIL FROM:<\"sender x\"@sender.net>").0, 250);
+    for rcpt in [
+        "\"a b\"@example.com",
+        "\"a\\\"b\"@example.com",
+        "\"alice\"@example.com",
+    ] {
+        let r = c.cmd(&format!("RCPT TO:<{rcpt}>"));
+        assert_eq!(r.0, 250, "{rcpt}: {r:?}");
+    }
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(b"Subject: quoted\r\n\r\nquoted\r\n.\r\n");
+    assert_eq!(c.reply().0, 250);
+    // The sink keeps each under its quoted form (a backslash becomes '_' in a folder name).
+    for mailbox in [
+        "\"a b\"@example.com",
+        "\"a_\"b\"@example.com",
+        "\"alice\"@example.com",
+    ] {
+        assert!(
+            wait_until(WAIT, || g.mailbox(mailbox).len() == 1),
+            "{mailbox}"
+        );
+    }
+    let m = &g.mailbox("\"a b\"@example.com")[0];
+    assert!(m.contains("Delivered-To: \"a b\"@example.com\r\n"), "{m}");
+    assert!(
+        m.contains("Return-Path: <\"sender x\"@sender.net>\r\n"),
+        "{m}"
+    );
+    assert!(g.mailbox("a b@example.com").is_empty());
+}
+
+/// Sends `bytes` one at a time, `gap` apart, until the server closes; returns what it said
+/// and how long it took.
+fn drip(addr: SocketAddr, before: &[u8], bytes: &[u8], gap: Duration) -> (String, Duration) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(10))).unwrap();
+    s.write_all(before).unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    for &b in bytes.iter().cycle() {
+        if started.elapsed() > Duration::from_secs(30) || s.write_all(&[b]).is_err() {
+            break;
+        }
+        let until = Instant::now() + gap;
+        let mut closed = false;
+        while Instant::now() < until {
+            match s.read(&mut buf) {
+                Ok(0) => {
+                    closed = true;
+                    break;
+                }
+                Ok(n) => out.extend_from_slice(&buf[..n]),
+                Err(_) => {}
+            }
+        }
+        if closed {
+            break;
+        }
+    }
+    (
+        String::from_utf8_lossy(&out).into_owned(),
+        started.elapsed(),
+    )
+}
+
+#[test]
+fn slow_drip_sessions_are_timed_out() {
+    let g = Gateway::start(Options {
+        smtp: "command_timeout = \"2s\"\ndata_timeout = \"2s\"\nmin_data_rate = 500".into(),
+        ..Options::default()
+    });
+    let gap = Duration::from_millis(250);
+    // A command line dripped without its CRLF: the deadline covers the whole line.
+    let (said, took) = drip(g.mx, b"EHLO drip.test\r\n", b"NOOP NOOP NOOP ", gap);
+    assert!(said.contains("421 4.4.2"), "{said}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // Message content dripped in: it must keep up 500 octets/s after the allowance.
+    let tx =
+        b"EHLO drip.test\r\nMAIL FROM:<a@sender.net>\r\nRCPT TO:<alice@example.com>\r\nDATA\r\n";
+    let (said, took) = drip(g.mx, tx, b"Subject: drip\r\n", gap);
+    assert!(
+        said.contains("354 ") && said.contains("421 4.4.2"),
+        "{said}"
+    );
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    let tx = b"EHLO drip.test\r\nMAIL FROM:<a@sender.net>\r\nRCPT TO:<alice@example.com>\r\nBDAT 100000 LAST\r\n";
+    let (said, took) = drip(g.mx, tx, b"chunk", gap);
+    assert!(said.contains("421 4.4.2"), "{said}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    // A sender at a normal pace is not affected.
+    let mut c = g.smtp();
+    ehlo(&mut c);
+    let body = "Subject: fine\r\n\r\n".to_string() + &"a normal line of text\r\n".repeat(5000);
+    assert_eq!(c.mail("a@sender.net", &["alice@example.com"], &body).0, 250);
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+}
+
+#[test]
+fn timeouts_shrink_when_sessions_run_short() {
+    let g = Gateway::start(Options {
+        smtp: "max_sessions = 10\nmax_sessions_per_client = 10\ncommand_timeout = \"60s\"\nstress_timeout = \"1s\"".into(),
+        ..Options::default()
+    });
+    // Five idle sessions of ten: no stress, they stay.
+    let mut calm: Vec<Smtp> = (0..5).map(|_| g.smtp()).collect();
+    std::thread::sleep(Duration::from_secs(2));
+    for c in &mut calm {
+        assert_eq!(
+            c.cmd("NOOP").0,
+            250,
+            "not under stress: the 60 s timeout holds"
+        );
+    }
+    // Nine of ten (over 80 %): idle sessions are cut after the stress timeout.
+    // (A session's deadline is set when it starts to read: the ninth, opened under stress,
+    // reads with the short one.)
+    let mut more: Vec<Smtp> = (0..4).map(|_| g.smtp()).collect();
+    let started = Instant::now();
+    let r = more[3].reply();
+    assert_eq!(r.0, 421, "{r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    drop(calm);
+}
+
+#[test]
+fn invalid_utf8_and_control_bytes_are_refused_not_rewritten() {
+    let g = Gateway::start(Options::default());
+    let mut c = g.smtp();
+    ehlo(&mut c);
+    c.send(b"MAIL FROM:<\xff\xfe@outside.net> SMTPUTF8\r\n");
+    assert_eq!(c.reply().0, 553);
+    assert_eq!(c.cmd("MAIL FROM:<a@outside.net> SMTPUTF8").0, 250);
+    c.send(b"RCPT TO:<\xff@example.com>\r\n");
+    assert_eq!(c.reply().0, 553);
+    for bad in [
+        &b"EHLO a\x00b\r\n"[..],
+        b"EHLO a\x01b\r\n",
+        b"EHLO \xc3\r\n",
+    ] {
+        c.send(bad);
+        assert_eq!(c.reply().0, 501, "{:?}", String::from_utf8_lossy(bad));
+    }
+    // A HELO that is not a host name ends up in a comment; the header stays well formed.
+    ehlo(&mut c);
+    c.cmd("HELO evil (x); y");
+    let r = c.mail(
+        "a@outside.net",
+        &["alice@example.com"],
+        "Subject: helo\r\n\r\nx",
+    );
+    assert_eq!(r.0, 250);
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+    let m = &g.mailbox("alice@example.com")[0];
+    assert!(m.contains("Received: from unknown ("), "{m}");
+    assert!(m.contains("helo=evil \\(x\\); y)"), "{m}");
+    assert!(
+        !g.data()
+            .join("mailbox")
+            .join("\u{fffd}@example.com")
+            .exists()
+    );
+}
+
+#[test]
+fn recipients_over_the_limit_are_flow_control_not_errors() {
+    let g = Gateway::start(Options::default());
+    let mut c = g.smtp();
+    ehlo(&mut c);
+    let mut batch = b"MAIL FROM:<bulk@sender.net>\r\n".to_vec();
+    for i in 0..1030 {
+        batch.extend_from_slice(format!("RCPT TO:<u{i}@example.org>\r\n").as_bytes());
+    }
+    batch.extend_from_slice(b"DATA\r\n");
+    c.send(&batch);
+    let mut codes = Vec::new();
+    for _ in 0..1032 {
+        codes.push(c.reply().0);
+    }
+    assert_eq!(codes.iter().filter(|&&x| x == 452).count(), 30);
+    assert_eq!(codes.last(), Some(&354), "the session went on to DATA");
+    c.send(b"Subject: bulk\r\n\r\nto 1000 of 1030\r\n.\r\n");
+    assert_eq!(c.reply().0, 250);
+}
+
+#[test]
+fn postmaster_is_accepted_and_nul_is_refused() {
+    let g = Gateway::start(Options {
+        smtp: "postmaster = \"hostmaster@example.org\"".into(),
+        ..Options::default()
+    });
+    let mut c = g.smtp();
+    ehlo(&mut c);
+    let r = c.mail(
+        "a@outside.net",
+        &["postmaster"],
+        "Subject: to the postmaster\r\n\r\nhello",
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    assert!(wait_until(WAIT, || g
+        .mailbox("hostmaster@example.org")
+        .len()
+        == 1));
+    assert_eq!(c.cmd("MAIL FROM:<a@outside.net>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@example.com>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(b"Subject: nul\r\n\r\na\x00b\r\n.\r\n");
+    let r = c.reply();
+    assert_eq!(r.0, 554, "{r:?}");
+    assert!(r.1.contains("NUL"), "{r:?}");
+}
+
+/// Peak and current resident memory of a process, in KiB.
+fn memory(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap()
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
+/// One message of `size` octets (CRLF lines of 78) with Python's smtplib; the reply code.
+const SEND: &str = r#"
+import smtplib, sys, threading
+host, port, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+line = b"x" * 76 + b"\r\n"
+body = b"Subject: big\r\n\r\n" + line * (size // len(line))
+codes = []
+def one():
+    try:
+        with smtplib.SMTP(host, port, timeout=120) as s:
+            s.sendmail("a@outside.net", ["alice@example.com"], body)
+            codes.append(250)
+    except smtplib.SMTPDataError as e:
+        codes.append(e.smtp_code)
+ts = [threading.Thread(target=one) for _ in range(n)]
+for t in ts: t.start()
+for t in ts: t.join()
+print(" ".join(map(str, sorted(codes))))
+"#;
+
+#[test]
+fn message_memory_is_about_one_copy_and_given_back() {
+    let mut g = Gateway::start(Options {
+        smtp: "max_message_size = \"10MiB\"".into(),
+        external_sink: true,
+        ..Options::default()
+    });
+    g.start_sink();
+    let pid = g.up.as_ref().unwrap().0.id();
+    let (_, before) = memory(pid);
+    let (n, size) = (10, 6_000_000u64);
+    let out = common::python(
+        SEND,
+        &[
+            &g.mx.ip().to_string(),
+            &g.mx.port().to_string(),
+            &n.to_string(),
+            &size.to_string(),
+        ],
+    );
+    assert_eq!(out.trim(), vec!["250"; n].join(" "));
+    let (peak, _) = memory(pid);
+    let total_kib = n as u64 * size / 1024;
+    let grew = peak.saturating_sub(before);
+    eprintln!(
+        "{n} x {size} octets in parallel: peak RSS grew by {grew} KiB (messages: {total_kib} KiB)"
+    );
+    assert!(
+        grew < total_kib * 3 / 2,
+        "peak RSS grew by {grew} KiB for {total_kib} KiB of messages"
+    );
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == n));
+    // Once delivered, the memory is given back (at most the store's cache stays).
+    assert!(
+        wait_until(WAIT, || memory(pid).1 < before + 40 * 1024),
+        "RSS {} KiB, {before} KiB before the load",
+        memory(pid).1
+    );
+}
+
+#[test]
+fn messages_beyond_the_memory_budget_get_452_and_are_not_lost() {
+    let g = Gateway::start(Options {
+        smtp: "max_message_size = \"4MiB\"\nmax_message_memory = \"6MiB\"".into(),
+        ..Options::default()
+    });
+    let line = format!("{}\r\n", "y".repeat(76));
+    let content = |c: &mut Smtp| {
+        for _ in 0..42_000 {
+            c.send(line.as_bytes());
+        }
+    };
+    // The first message holds its 3.3 MB while the second arrives: 6.6 MB > 6 MiB.
+    let mut first = g.smtp();
+    ehlo(&mut first);
+    assert_eq!(first.cmd("MAIL FROM:<a@outside.net>").0, 250);
+    assert_eq!(first.cmd("RCPT TO:<alice@example.com>").0, 250);
+    assert_eq!(first.cmd("DATA").0, 354);
+    first.send(b"Subject: first\r\n\r\n");
+    content(&mut first);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut second = g.smtp();
+    ehlo(&mut second);
+    assert_eq!(second.cmd("MAIL FROM:<a@outside.net>").0, 250);
+    assert_eq!(second.cmd("RCPT TO:<bob@example.com>").0, 250);
+    assert_eq!(second.cmd("DATA").0, 354);
+    second.send(b"Subject: second\r\n\r\n");
+    content(&mut second);
+    second.send(b".\r\n");
+    let r = second.reply();
+    assert_eq!(r.0, 452, "{r:?}");
+    assert!(r.1.starts_with("4.3.1"), "{r:?}");
+    first.send(b".\r\n");
+    assert_eq!(first.reply().0, 250);
+    // The sender tries again once there is room: nothing was lost.
+    assert_eq!(second.cmd("MAIL FROM:<a@outside.net>").0, 250);
+    assert_eq!(second.cmd("RCPT TO:<bob@example.com>").0, 250);
+    assert_eq!(second.cmd("DATA").0, 354);
+    second.send(b"Subject: second\r\n\r\n");
+    content(&mut second);
+    second.send(b".\r\n");
+    assert_eq!(second.reply().0, 250);
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len()
+        == 1
+        && g.mailbox("bob@example.com").len() == 1));
+}
