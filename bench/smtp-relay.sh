@@ -113,6 +113,8 @@ PY
 }
 
 echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE; $(nproc) cores; $(postconf -h mail_version | sed 's/^/Postfix /')"
+# The load tools' own ceiling: smtp-source straight into smtp-sink, nothing in between.
+run ceiling $SINK_PORT true
 run postfix $PF_PORT "postqueue -c $WORK/pf/etc -p 2>/dev/null | grep -q 'Mail queue is empty'"
 run mailsilo $MS_PORT "\"$BIN\" queue --data-dir \"$WORK/ms\" list 2>/dev/null | grep -q -- '-- 0 messages'"
 
@@ -124,7 +126,8 @@ for line in open(sys.argv[1]):
     rates[name] = int(n) / (float(t2) - float(t0))
 lat = sorted(json.loads(l)["fields"]["commit_us"] for l in open(sys.argv[2])
              if '"queued"' in l and "commit_us" in l)
-print(f"ratio mailsilo/postfix (end to end): {rates['mailsilo'] / rates['postfix']:.2f}x")
+print(f"ratio mailsilo/postfix (end to end): {rates['mailsilo'] / rates['postfix']:.2f}x; "
+      f"of the ceiling: mailsilo {rates['mailsilo'] / rates['ceiling']:.0%}, postfix {rates['postfix'] / rates['ceiling']:.0%}")
 if lat:
     p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000
     print(f"mailsilo end of DATA -> 250 (durable commit): p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms over {len(lat)} messages")

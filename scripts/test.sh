@@ -3,6 +3,8 @@
 # every unit, property and integration test of the workspace.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Debian puts postfix and its tools in /usr/sbin, which a non-login shell may lack.
+export PATH="$PATH:/usr/sbin:/sbin"
 
 missing=()
 command -v swaks >/dev/null || missing+=(swaks)

@@ -306,7 +306,8 @@ print("ok")
     // The client's server's own bounce: RET=FULL arrived (the body comes back), and the
     // sender's ORCPT with it.
     assert!(
-        wait_until(WAIT, || find(&sender, "Original-Envelope-Id: ENV-full").is_some()),
+        wait_until(WAIT, || find(&sender, "Original-Envelope-Id: ENV-full")
+            .is_some()),
         "{}",
         logs()
     );
@@ -322,7 +323,8 @@ print("ok")
     // mailsilo's DSN for the refused recipient: the original recipient, the envelope id,
     // headers only (RET=HDRS).
     assert!(
-        wait_until(WAIT, || find(&sender, "Original-Envelope-Id: ENV-refused").is_some()),
+        wait_until(WAIT, || find(&sender, "Original-Envelope-Id: ENV-refused")
+            .is_some()),
         "{}",
         logs()
     );

@@ -735,3 +735,52 @@ fn up_is_quiet_and_says_who_did_what() {
         "{err}"
     );
 }
+
+/// A client dripping one byte at a time through a balancer: the mail server behind it cuts
+/// the session at its deadline, and the balancer lets go of the slot.
+#[test]
+fn a_slow_drip_through_a_balancer_is_cut() {
+    let mut silo = Silo::new(26, &[&[1]], "", "");
+    let text = std::fs::read_to_string(&silo.config).unwrap().replace(
+        "max_sessions_per_client = 1000",
+        "max_sessions_per_client = 1000\ncommand_timeout = \"2s\"",
+    );
+    std::fs::write(&silo.config, text).unwrap();
+    silo.start_without_dns();
+    let mut s = std::net::TcpStream::connect(silo.clusters[0].address).unwrap();
+    s.set_read_timeout(Some(Duration::from_millis(250)))
+        .unwrap();
+    let started = Instant::now();
+    let mut said = Vec::new();
+    let mut buf = [0u8; 512];
+    loop {
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "still open: {said:?}"
+        );
+        if std::io::Write::write_all(&mut s, b"N").is_err() {
+            break;
+        }
+        match std::io::Read::read(&mut s, &mut buf) {
+            Ok(0) => break,
+            Ok(n) => said.extend_from_slice(&buf[..n]),
+            Err(_) => {}
+        }
+    }
+    let said = String::from_utf8_lossy(&said);
+    assert!(said.contains("421 4.4.2"), "{said}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    // (A client that keeps its end open after that is held for fin_timeout, 30 s, at most.)
+    drop(s);
+    assert!(
+        wait_until(Duration::from_secs(5), || silo.lb(&["show"]).lines().any(
+            |l| l.starts_with("c1 ") && l.split_whitespace().nth(6) == Some("0")
+        )),
+        "the balancer's session slot is free: {}",
+        silo.lb(&["show"])
+    );
+}

@@ -25,6 +25,10 @@ use smtp::command::Ret;
 use smtp::server::{new_queue_id, notify};
 use smtp::{Accepted, Envelope, Handler, Rcpt, Reply};
 use store::{Message, NewMessage, NewRecipient, Outcome, QueueStore, Status};
+use tokio::sync::{Semaphore, watch};
+use tracing::{Instrument, info, info_span, warn};
+
+pub use route::Route;
 
 /// RET as the store keeps it.
 fn stored_ret(r: Option<Ret>) -> Option<store::Ret> {
@@ -41,10 +45,6 @@ fn wire_ret(r: Option<store::Ret>) -> Option<Ret> {
         store::Ret::Headers => Ret::Headers,
     })
 }
-use tokio::sync::{Semaphore, watch};
-use tracing::{Instrument, info, info_span, warn};
-
-pub use route::Route;
 
 /// Where the queue reads the time, so tests can move it.
 pub trait Clock: Send + Sync + 'static {

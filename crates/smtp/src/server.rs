@@ -589,23 +589,20 @@ impl<H: Handler> Session<H> {
         self.reply(250, "2.1.0 Ok");
     }
 
-    /// Where `<postmaster>` goes: the configured address, for the bare form and for
-    /// postmaster at the server's own name (RFC 5321 section 4.5.1).
-    fn postmaster(&self, to: &ForwardPath) -> Option<Result<String, Reply>> {
-        let own = match to {
-            ForwardPath::Postmaster => true,
-            ForwardPath::Mailbox(m) => {
-                m.local.eq_ignore_ascii_case("postmaster")
-                    && m.domain.eq_ignore_ascii_case(&self.settings().hostname)
-            }
-        };
-        own.then(|| {
-            self.settings().postmaster.clone().ok_or_else(|| {
-                Reply::new(
-                    550,
-                    "5.1.1 No postmaster address is configured (smtp.postmaster)",
-                )
-            })
+    /// Whether a mailbox is postmaster at the server's own name, which RFC 5321 section
+    /// 4.5.1 requires to be accepted like the bare `<postmaster>`.
+    fn own_postmaster(&self, m: &command::Mailbox) -> bool {
+        m.local.eq_ignore_ascii_case("postmaster")
+            && m.domain.eq_ignore_ascii_case(&self.settings().hostname)
+    }
+
+    /// Where postmaster mail goes: the configured address (the operator's).
+    fn postmaster(&self) -> Result<String, Reply> {
+        self.settings().postmaster.clone().ok_or_else(|| {
+            Reply::new(
+                550,
+                "5.1.1 No postmaster address is configured (smtp.postmaster)",
+            )
         })
     }
 
@@ -621,11 +618,11 @@ impl<H: Handler> Session<H> {
             return;
         }
         let smtputf8 = tx.smtputf8;
-        let checked = match (self.postmaster(&to.path), &to.path) {
-            (Some(p), _) => p,
-            (None, ForwardPath::Mailbox(m)) => address::recipient(m, smtputf8)
+        let checked = match &to.path {
+            ForwardPath::Postmaster => self.postmaster(),
+            ForwardPath::Mailbox(m) if self.own_postmaster(m) => self.postmaster(),
+            ForwardPath::Mailbox(m) => address::recipient(m, smtputf8)
                 .and_then(|r| self.server.handler.check_recipient(&r).map(|()| r.raw)),
-            (None, ForwardPath::Postmaster) => unreachable!("postmaster() answers for it"),
         };
         let address = match checked {
             Ok(a) => a,
