@@ -50,28 +50,7 @@ smtp_tls_security_level = none
 smtpd_tls_security_level = none
 maillog_file = $WORK/pf/maillog
 EOF
-cat > "$WORK/pf/etc/master.cf" <<EOF
-127.0.0.1:$PF_PORT inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-smtp      unix  - - n - - smtp
-relay     unix  - - n - - smtp
-showq     unix  n - n - - showq
-error     unix  - - n - - error
-retry     unix  - - n - - error
-discard   unix  - - n - - discard
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-EOF
+sed "s/^LISTEN /127.0.0.1:$PF_PORT /" scripts/postfix-master.cf > "$WORK/pf/etc/master.cf"
 postfix -c "$WORK/pf/etc" set-permissions >/dev/null 2>&1 || true
 postfix -c "$WORK/pf/etc" start
 wait_port 127.0.0.1 $PF_PORT

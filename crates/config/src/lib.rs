@@ -457,6 +457,20 @@ fn in_words(message: &str) -> String {
     m
 }
 
+/// Whether `name` is a plain host name: dot-separated labels of letters, digits (any script,
+/// as SMTPUTF8 addresses may have them) and hyphens, none empty, over 63 octets or starting
+/// with a hyphen.
+pub fn is_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
+        })
+}
+
 /// Parses a size such as `25MiB`, `10MB`, `512k` or `1048576`.
 fn parse_size(s: &str) -> Result<usize, String> {
     let s = s.trim();

@@ -183,17 +183,9 @@ pub struct ControlRaw {
     pub listen: S<String>,
 }
 
-/// Whether `name` is a plain host name: dot-separated labels of letters, digits and
-/// hyphens, none empty or over 63 octets.
-pub fn is_host_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|l| {
-            !l.is_empty()
-                && l.len() <= 63
-                && !l.starts_with('-')
-                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-        })
+/// Whether `name` is a plain ASCII host name (configured names go into DNS as they are).
+fn is_host_name(name: &str) -> bool {
+    name.is_ascii() && super::is_host_name(name)
 }
 
 /// Validation context: the file and its text, for error positions.

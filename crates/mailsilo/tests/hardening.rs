@@ -384,8 +384,13 @@ fn messages_beyond_the_memory_budget_get_452_and_are_not_lost() {
         smtp: "max_message_size = \"4MiB\"\nmax_message_memory = \"6MiB\"".into(),
         ..Options::default()
     });
+    // A session that has sent 3.3 MB of content and not yet its end.
     let line = format!("{}\r\n", "y".repeat(76));
-    let content = |c: &mut Smtp| {
+    let pending = |c: &mut Smtp, rcpt: &str| {
+        assert_eq!(c.cmd("MAIL FROM:<a@outside.net>").0, 250);
+        assert_eq!(c.cmd(&format!("RCPT TO:<{rcpt}>")).0, 250);
+        assert_eq!(c.cmd("DATA").0, 354);
+        c.send(b"Subject: big\r\n\r\n");
         for _ in 0..42_000 {
             c.send(line.as_bytes());
         }
@@ -393,19 +398,11 @@ fn messages_beyond_the_memory_budget_get_452_and_are_not_lost() {
     // The first message holds its 3.3 MB while the second arrives: 6.6 MB > 6 MiB.
     let mut first = g.smtp();
     ehlo(&mut first);
-    assert_eq!(first.cmd("MAIL FROM:<a@outside.net>").0, 250);
-    assert_eq!(first.cmd("RCPT TO:<alice@example.com>").0, 250);
-    assert_eq!(first.cmd("DATA").0, 354);
-    first.send(b"Subject: first\r\n\r\n");
-    content(&mut first);
+    pending(&mut first, "alice@example.com");
     std::thread::sleep(Duration::from_millis(500));
     let mut second = g.smtp();
     ehlo(&mut second);
-    assert_eq!(second.cmd("MAIL FROM:<a@outside.net>").0, 250);
-    assert_eq!(second.cmd("RCPT TO:<bob@example.com>").0, 250);
-    assert_eq!(second.cmd("DATA").0, 354);
-    second.send(b"Subject: second\r\n\r\n");
-    content(&mut second);
+    pending(&mut second, "bob@example.com");
     second.send(b".\r\n");
     let r = second.reply();
     assert_eq!(r.0, 452, "{r:?}");
@@ -413,11 +410,7 @@ fn messages_beyond_the_memory_budget_get_452_and_are_not_lost() {
     first.send(b".\r\n");
     assert_eq!(first.reply().0, 250);
     // The sender tries again once there is room: nothing was lost.
-    assert_eq!(second.cmd("MAIL FROM:<a@outside.net>").0, 250);
-    assert_eq!(second.cmd("RCPT TO:<bob@example.com>").0, 250);
-    assert_eq!(second.cmd("DATA").0, 354);
-    second.send(b"Subject: second\r\n\r\n");
-    content(&mut second);
+    pending(&mut second, "bob@example.com");
     second.send(b".\r\n");
     assert_eq!(second.reply().0, 250);
     assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len()

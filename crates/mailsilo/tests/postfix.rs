@@ -16,6 +16,9 @@ use common::{BIN, Proc, python, read_mailbox, unique_ip, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
+/// The services of a throw-away instance (shared with bench/smtp-relay.sh).
+const MASTER_CF: &str = include_str!("../../../scripts/postfix-master.cf");
+
 /// The same /24 as `ip`, host `n` (every address of it is the test's own).
 fn sibling(ip: IpAddr, n: u8) -> IpAddr {
     match ip {
@@ -77,31 +80,7 @@ maillog_file = {root}/maillog
         .unwrap();
         std::fs::write(
             conf.join("master.cf"),
-            format!(
-                "{addr} inet n - n - - smtpd
-pickup    unix  n - n 60 1 pickup
-cleanup   unix  n - n - 0 cleanup
-qmgr      unix  n - n 300 1 qmgr
-tlsmgr    unix  - - n 1000? 1 tlsmgr
-rewrite   unix  - - n - - trivial-rewrite
-bounce    unix  - - n - 0 bounce
-defer     unix  - - n - 0 bounce
-trace     unix  - - n - 0 bounce
-verify    unix  - - n - 1 verify
-flush     unix  n - n 1000? 0 flush
-proxymap  unix  - - n - - proxymap
-smtp      unix  - - n - - smtp
-relay     unix  - - n - - smtp
-showq     unix  n - n - - showq
-error     unix  - - n - - error
-retry     unix  - - n - - error
-discard   unix  - - n - - discard
-anvil     unix  - - n - 1 anvil
-scache    unix  - - n - 1 scache
-postlog   unix-dgram n - n - 1 postlogd
-virtual   unix  - n n - - virtual
-"
-            ),
+            MASTER_CF.replace("\nLISTEN ", &format!("\n{addr} ")),
         )
         .unwrap();
         let _ = Command::new("postfix")
@@ -144,6 +123,21 @@ impl Drop for Postfix {
 /// The one message in `dir` whose text contains `needle`.
 fn find(dir: &Path, needle: &str) -> Option<String> {
     read_mailbox(dir).into_iter().find(|m| m.contains(needle))
+}
+
+/// Waits for the message in `dir` that contains `marker`, checks it holds every one of
+/// `needles`, and returns it; `logs` explains a failure.
+fn expect(dir: &Path, marker: &str, needles: &[&str], logs: impl Fn() -> String) -> String {
+    assert!(
+        wait_until(WAIT, || find(dir, marker).is_some()),
+        "no message with {marker:?}\n{}",
+        logs()
+    );
+    let m = find(dir, marker).unwrap();
+    for needle in needles {
+        assert!(m.contains(needle), "{needle} in {m}");
+    }
+    m
 }
 
 #[test]
@@ -273,73 +267,55 @@ print("ok")
             })
             .collect::<String>()
     };
-    assert!(
-        wait_until(WAIT, || find(&alice, "Subject: delivered").is_some()),
-        "delivered to alice through mailsilo\n{}",
-        logs()
+    expect(
+        &alice,
+        "Subject: delivered",
+        &[
+            "by mx.mailsilo.test (mailsilo)",
+            // Postfix used STARTTLS to mailsilo.
+            "with ESMTPS id",
+        ],
+        logs,
     );
-    let delivered = find(&alice, "Subject: delivered").unwrap();
-    assert!(
-        delivered.contains("by mx.mailsilo.test (mailsilo)"),
-        "{delivered}"
-    );
-    assert!(
-        delivered.contains("with ESMTPS id"),
-        "Postfix used STARTTLS: {delivered}"
-    );
-
     // The success DSN of the client's server: NOTIFY, ORCPT and ENVID arrived intact.
-    assert!(
-        wait_until(WAIT, || find(&sender, "Action: delivered").is_some()),
-        "{}",
-        logs()
+    expect(
+        &sender,
+        "Action: delivered",
+        &[
+            "Original-Envelope-Id: ENV+delivered",
+            "Final-Recipient: rfc822; alice@example.com",
+            "Original-Recipient: rfc822;alice@example.com",
+        ],
+        logs,
     );
-    let success = find(&sender, "Action: delivered").unwrap();
-    for needle in [
-        "Original-Envelope-Id: ENV+delivered",
-        "Final-Recipient: rfc822; alice@example.com",
-        "Original-Recipient: rfc822;alice@example.com",
-    ] {
-        assert!(success.contains(needle), "{needle} in {success}");
-    }
-
     // The client's server's own bounce: RET=FULL arrived (the body comes back), and the
     // sender's ORCPT with it.
-    assert!(
-        wait_until(WAIT, || find(&sender, "Original-Envelope-Id: ENV-full")
-            .is_some()),
-        "{}",
-        logs()
+    expect(
+        &sender,
+        "Original-Envelope-Id: ENV-full",
+        &[
+            "Action: failed",
+            "Original-Recipient: rfc822;Full+orig@example.com",
+            "The body of bounced-later: BODYMARK",
+        ],
+        logs,
     );
-    let bounce = find(&sender, "Original-Envelope-Id: ENV-full").unwrap();
-    for needle in [
-        "Action: failed",
-        "Original-Recipient: rfc822;Full+orig@example.com",
-        "The body of bounced-later: BODYMARK",
-    ] {
-        assert!(bounce.contains(needle), "{needle} in {bounce}");
-    }
-
     // mailsilo's DSN for the refused recipient: the original recipient, the envelope id,
     // headers only (RET=HDRS).
-    assert!(
-        wait_until(WAIT, || find(&sender, "Original-Envelope-Id: ENV-refused")
-            .is_some()),
-        "{}",
-        logs()
+    let dsn = expect(
+        &sender,
+        "Original-Envelope-Id: ENV-refused",
+        &[
+            "Reporting-MTA: dns; mx.mailsilo.test",
+            "Final-Recipient: rfc822; nobody@example.com",
+            "Original-Recipient: rfc822;Nobody+orig@example.com",
+            "Action: failed",
+            "Status: 5.1.1",
+            "Content-Type: text/rfc822-headers",
+            "Subject: refused",
+        ],
+        logs,
     );
-    let dsn = find(&sender, "Original-Envelope-Id: ENV-refused").unwrap();
-    for needle in [
-        "Reporting-MTA: dns; mx.mailsilo.test",
-        "Final-Recipient: rfc822; nobody@example.com",
-        "Original-Recipient: rfc822;Nobody+orig@example.com",
-        "Action: failed",
-        "Status: 5.1.1",
-        "Content-Type: text/rfc822-headers",
-        "Subject: refused",
-    ] {
-        assert!(dsn.contains(needle), "{needle} in {dsn}");
-    }
     assert!(!dsn.contains("BODYMARK"), "RET=HDRS: headers only: {dsn}");
     // Nothing else bounced: the delivered message did not come back.
     assert_eq!(

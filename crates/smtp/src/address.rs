@@ -37,7 +37,7 @@ pub fn recipient(mailbox: &Mailbox, smtputf8: bool) -> Result<Recipient, Reply> 
         return Err(relay());
     }
     let domain = mailbox.domain.to_lowercase();
-    if !is_host_name(&domain) {
+    if !config::is_host_name(&domain) {
         // Address literals, trailing dots, empty labels: never one of ours.
         return Err(relay());
     }
@@ -46,19 +46,6 @@ pub fn recipient(mailbox: &Mailbox, smtputf8: bool) -> Result<Recipient, Reply> 
         local: local.clone(),
         domain,
     })
-}
-
-/// Whether `name` is a plain host name: dot-separated labels of letters, digits (any script,
-/// for SMTPUTF8) and hyphens, none empty, over 63 octets or starting with a hyphen.
-pub fn is_host_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 253
-        && name.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && !label.starts_with('-')
-                && label.chars().all(|c| c.is_alphanumeric() || c == '-')
-        })
 }
 
 #[cfg(test)]
