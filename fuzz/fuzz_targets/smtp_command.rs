@@ -6,7 +6,12 @@
 use libfuzzer_sys::fuzz_target;
 use mailsilo_smtp::command::{Command, ForwardPath, parse};
 
-fuzz_target!(|line: &[u8]| {
+fuzz_target!(|data: &[u8]| {
+    // The session hands the parser one line: up to and including the first LF.
+    let line = match data.iter().position(|&b| b == b'\n') {
+        Some(i) => &data[..=i],
+        None => data,
+    };
     let text = String::from_utf8_lossy(line);
     match parse(line) {
         Ok(Command::Rcpt(r)) => {
@@ -28,7 +33,11 @@ fuzz_target!(|line: &[u8]| {
         }
         Ok(_) => {}
         Err(r) => {
-            if text.get(..4).is_some_and(|v| v.eq_ignore_ascii_case("BDAT")) && (line.len() == 4 || line[4] == b' ' || line[4] == b'\r' || line[4] == b'\n') {
+            // The verb: up to the first space or the line end.
+            let body = line.strip_suffix(b"\n").unwrap_or(line);
+            let body = body.strip_suffix(b"\r").unwrap_or(body);
+            let verb = body.split(|&b| b == b' ').next().unwrap_or_default();
+            if verb.eq_ignore_ascii_case(b"BDAT") {
                 assert!(r.close, "a refused BDAT closes the session");
             }
         }

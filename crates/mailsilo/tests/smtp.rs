@@ -132,6 +132,19 @@ fn smuggling_is_refused() {
         // The next reply answers the next command: nothing smuggled was executed.
         assert_eq!(c.cmd("NOOP").1, "2.0.0 Ok");
     }
+    // A NUL next to the dot does not make a lone dot either.
+    for v in [&b"\r\n.\0\r\n"[..], b"\r\n\0.\r\n"] {
+        assert_eq!(c.cmd("MAIL FROM:<bob@sender.net>").0, 250);
+        assert_eq!(c.cmd("RCPT TO:<alice@example.com>").0, 250);
+        assert_eq!(c.cmd("DATA").0, 354);
+        c.send(b"Subject: innocent\r\n\r\nhello");
+        c.send(v);
+        c.send(b"MAIL FROM:<admin@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n");
+        let r = c.reply();
+        assert_eq!(r.0, 554, "{:?}: {r:?}", String::from_utf8_lossy(v));
+        assert!(r.1.contains("NUL"), "{r:?}");
+        assert_eq!(c.cmd("NOOP").1, "2.0.0 Ok");
+    }
     std::thread::sleep(Duration::from_millis(500));
     assert!(g.mailbox("victim@example.com").is_empty());
     assert!(g.mailbox("alice@example.com").is_empty());

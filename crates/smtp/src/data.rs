@@ -207,8 +207,11 @@ impl Decoder {
 
     fn byte(&mut self, b: u8) {
         if b == 0 {
-            // Handled like a bare CR or LF: refused, or dropped when normalising.
+            // Handled like a bare CR or LF: refused, or dropped when normalising. It still
+            // counts as a character of its line, so `.NUL` is never a lone dot: the message
+            // ends only at a real CRLF.CRLF (SMTP smuggling).
             self.nul = true;
+            self.line_len += 1;
             return;
         }
         if self.line_len == 0 && b == b'.' && self.dots {
@@ -409,7 +412,9 @@ mod tests {
 
     #[test]
     fn smuggling_variants_never_end_the_message() {
-        let variants: [&[u8]; 6] = [
+        let variants: [&[u8]; 8] = [
+            b"a\r\n.\0\r\nMAIL FROM:<x@evil>\r\n",
+            b"a\r\n\0.\r\nMAIL FROM:<x@evil>\r\n",
             b"a\n.\nMAIL FROM:<x@evil>\r\n",
             b"a\r.\rMAIL FROM:<x@evil>\r\n",
             b"a\n.\r\nMAIL FROM:<x@evil>\r\n",
@@ -429,7 +434,10 @@ mod tests {
                 // Only a real CRLF.CRLF ends it, and everything before stays in the message.
                 assert_eq!(d.feed(b".\r\n"), Some(3));
                 match (mode, message(d.into_message())) {
-                    (BareNewlines::Reject, r) => assert_eq!(r, Err(Problem::BareNewline)),
+                    (BareNewlines::Reject, r) => assert!(
+                        matches!(r, Err(Problem::BareNewline | Problem::Nul)),
+                        "{r:?}"
+                    ),
                     (BareNewlines::Normalize, Ok(m)) => {
                         let text = String::from_utf8(m).unwrap();
                         assert!(text.contains("MAIL FROM:<x@evil>\r\n"), "{text:?}");
