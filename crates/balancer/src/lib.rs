@@ -284,6 +284,16 @@ impl Balancer {
             .collect()
     }
 
+    /// Whether a server not in `exclude` is up and ready, if perhaps at its maxconn (then a
+    /// new connection may wait for a slot).
+    fn in_service(&self, exclude: &[usize]) -> bool {
+        self.servers.iter().enumerate().any(|(i, s)| {
+            !exclude.contains(&i)
+                && s.up.load(Ordering::Relaxed)
+                && Admin::from_u8(s.admin.load(Ordering::Relaxed)) == Admin::Ready
+        })
+    }
+
     /// Picks a server and counts the session against it, in one step so maxconn holds.
     fn pick(&self, exclude: &[usize]) -> Option<Active<'_>> {
         let mut swrr = self.swrr.lock().expect("scheduler");
@@ -413,16 +423,17 @@ impl Balancer {
         let deadline = tokio::time::Instant::now() + self.cluster.queue_timeout;
         let mut failed: Vec<usize> = Vec::new();
         loop {
-            // Wait in the queue for a server below its maxconn.
+            // Wait in the queue for a server below its maxconn; with none in service at all
+            // (down, drained, in maintenance) there is nothing to wait for.
             let active = loop {
                 let wake = self.changed.notified();
                 if let Some(a) = self.pick(&failed) {
                     break a;
                 }
-                if failed.len() >= self.servers.len()
+                if !self.in_service(&failed)
                     || tokio::time::timeout_at(deadline, wake).await.is_err()
                 {
-                    info!("no server available: 421 from the balancer");
+                    info!(cluster = %self.cluster.name, %peer, "no server available: 421 from the balancer");
                     let msg = format!(
                         "421 4.3.2 {} has no mail server available, try again later\r\n",
                         self.cluster.name
@@ -442,7 +453,7 @@ impl Balancer {
                     // Observed failure: out of rotation now, not after `fall` checks; the
                     // active checks bring it back after `rise` successes.
                     if self.mark_down(active.index) {
-                        warn!(server = %server.name, error = %e, "server down (connect failed): out of rotation");
+                        warn!(cluster = %self.cluster.name, server = %server.name, error = %e, "server down (connect failed): out of rotation");
                     }
                     failed.push(active.index);
                     continue;
@@ -584,6 +595,7 @@ mod tests {
         lb.servers[0].up.store(false, Ordering::Relaxed);
         assert_eq!(lb.weights(&[]), vec![0, 0]);
         assert!(lb.pick(&[]).is_none());
+        assert!(!lb.in_service(&[]), "down and drained: nothing to wait for");
         assert_eq!(lb.set_loading("c1-s1", 0), Err(ControlError::LoadingRange));
         assert_eq!(
             lb.set_loading("c1-s1", u32::MAX),
@@ -634,6 +646,10 @@ mod tests {
             .map(|_| lb.pick(&[]).expect("room for three"))
             .collect();
         assert!(lb.pick(&[]).is_none(), "both servers at maxconn");
+        assert!(
+            lb.in_service(&[]),
+            "at maxconn, still in service: worth waiting for"
+        );
         drop(held);
         assert_eq!(
             lb.stats()

@@ -173,6 +173,15 @@ pub enum Rotation {
     Cycle,
 }
 
+impl fmt::Display for Rotation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Rotation::Rotate => "rotate",
+            Rotation::Cycle => "cycle",
+        })
+    }
+}
+
 /// How a balancer picks a mail server for a new connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "kebab-case")]
@@ -182,6 +191,15 @@ pub enum Scheduler {
     RoundRobin,
     /// Fewest active sessions relative to loading.
     LeastConnections,
+}
+
+impl fmt::Display for Scheduler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Scheduler::RoundRobin => "round-robin",
+            Scheduler::LeastConnections => "least-connections",
+        })
+    }
 }
 
 /// One mail server behind a cluster's balancer.
@@ -310,6 +328,8 @@ pub struct Config {
     pub dns: Option<Dns>,
     pub silos: Vec<Silo>,
     pub control: Option<Control>,
+    /// Things allowed but probably not meant (`config check` prints them, `up` logs them).
+    pub warnings: Vec<String>,
 }
 
 impl Config {
@@ -421,7 +441,7 @@ fn key_at(text: &str, span: &Range<usize>) -> String {
         line.split('=').next().unwrap_or("").trim()
     };
     match (table.is_empty(), key.is_empty()) {
-        (true, true) => "(document)".into(),
+        (true, true) => "(top level)".into(),
         (true, false) => key.to_string(),
         (false, true) => table,
         (false, false) => format!("{table}.{key}"),
@@ -432,11 +452,12 @@ fn key_at(text: &str, span: &Range<usize>) -> String {
 fn in_words(message: &str) -> String {
     let mut m = message.to_string();
     for (rust, words) in [
-        ("expected usize", "expected a whole number"),
-        ("expected u64", "expected a whole number"),
-        ("expected u32", "expected a whole number"),
-        ("expected u16", "expected a whole number"),
-        ("expected u8", "expected a whole number"),
+        ("expected usize", "expected a whole number, 0 or more"),
+        ("expected u64", "expected a whole number, 0 or more"),
+        ("expected u32", "expected a whole number, 0 or more"),
+        ("expected u16", "expected a whole number, 0 or more"),
+        ("expected u8", "expected a whole number, 0 or more"),
+        ("unknown variant", "unknown value"),
         ("expected a boolean", "expected true or false"),
         (
             "expected a sequence",
@@ -687,6 +708,25 @@ mod tests {
             e.starts_with("t.toml:3:18: smtp.max_recipients: RFC 5321 requires at least 100"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn timeouts_names_files_and_warnings() {
+        let e = err(&MIN.replace("listen = [", "command_timeout = \"0s\"\nlisten = ["));
+        assert!(e.contains("smtp.command_timeout: must be more than zero"), "{e}");
+        let ok = Config::parse("t.toml", &format!("{MIN}[delivery]\nconnection_cache_time = \"0s\"\n"));
+        assert!(ok.is_ok(), "zero turns connection caching off");
+        let e = err(&MIN.replace("hostname = \"mx\"", "hostname = \"mx_mail!silo\""));
+        assert!(e.contains("smtp.hostname: \"mx_mail!silo\" is not a host name"), "{e}");
+        let e = err(&MIN.replace("listen = [", "tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\nlisten = ["));
+        assert!(e.contains("smtp.tls_cert: cannot read \"/nonexistent/cert.pem\""), "{e}");
+        let c = Config::parse("t.toml", MIN).unwrap();
+        assert!(c.warnings[0].starts_with("smtp.postmaster is not set"), "{:?}", c.warnings);
+        let c = Config::parse("t.toml", &format!("{MIN}[control]\nlisten = \"0.0.0.0:8025\"\n")).unwrap();
+        assert!(c.warnings.iter().any(|w| w.contains("is not a loopback address")), "{:?}", c.warnings);
+        assert!(Config::demo().warnings.is_empty());
+        let e = err("");
+        assert!(e.contains("(top level): missing key `smtp`"), "{e}");
     }
 
     #[test]

@@ -204,7 +204,8 @@ impl Ctx<'_> {
         Err(invalid(self.file, self.text, span, key, message.into()))
     }
 
-    fn duration(
+    /// A duration that may be zero (zero turns the thing off).
+    fn duration_or_zero(
         &self,
         v: &Option<S<String>>,
         key: &str,
@@ -222,6 +223,20 @@ impl Ctx<'_> {
                     ),
                 )
             }),
+        }
+    }
+
+    /// A timeout or interval: zero would time everything out at once, so it is refused.
+    fn duration(
+        &self,
+        v: &Option<S<String>>,
+        key: &str,
+        default: Duration,
+    ) -> Result<Duration, Error> {
+        let d = self.duration_or_zero(v, key, default)?;
+        match v {
+            Some(s) if d.is_zero() => self.err(s.span(), key, "must be more than zero"),
+            _ => Ok(d),
         }
     }
 
@@ -309,7 +324,7 @@ impl Ctx<'_> {
             lifetime: self.duration(&raw.lifetime, &format!("{prefix}lifetime"), base.lifetime)?,
             delay_warning: match &raw.delay_warning {
                 None => base.delay_warning,
-                Some(_) => Some(self.duration(
+                Some(_) => Some(self.duration_or_zero(
                     &raw.delay_warning,
                     &format!("{prefix}delay_warning"),
                     Duration::ZERO,
@@ -373,11 +388,11 @@ impl File {
         let s = self.smtp.into_inner();
 
         let hostname = s.hostname.get_ref().trim().to_string();
-        if hostname.is_empty() || hostname.contains(char::is_whitespace) {
+        if !is_host_name(&hostname) {
             return cx.err(
                 s.hostname.span(),
                 "smtp.hostname",
-                "must be a host name without spaces",
+                format!("{hostname:?} is not a host name (letters, digits, hyphens and dots, e.g. \"mx1.silo.example.net\")"),
             );
         }
         let mut listen = Vec::new();
@@ -429,6 +444,13 @@ impl File {
                 "smtp.max_recipients",
                 "RFC 5321 requires at least 100",
             );
+        }
+        for (v, key) in [(&s.tls_cert, "smtp.tls_cert"), (&s.tls_key, "smtp.tls_key")] {
+            if let Some(v) = v
+                && let Err(e) = std::fs::File::open(v.get_ref())
+            {
+                return cx.err(v.span(), key, format!("cannot read {:?}: {e}", v.get_ref()));
+            }
         }
         if s.tls_cert.is_some() != s.tls_key.is_some() {
             let span = s
@@ -490,7 +512,7 @@ impl File {
                 "delivery.command_timeout",
                 Duration::from_secs(300),
             )?,
-            connection_cache_time: cx.duration(
+            connection_cache_time: cx.duration_or_zero(
                 &d.connection_cache_time,
                 "delivery.connection_cache_time",
                 Duration::from_secs(2),
@@ -612,6 +634,19 @@ impl File {
             );
         }
 
+        let mut warnings = Vec::new();
+        if smtp.postmaster.is_none() {
+            warnings.push(
+                "smtp.postmaster is not set: RCPT TO:<postmaster> will be refused, which RFC 5321 section 4.5.1 forbids"
+                    .to_string(),
+            );
+        }
+        if let Some(c) = control.as_ref().filter(|c| !c.listen.ip().is_loopback()) {
+            warnings.push(format!(
+                "control.listen {} is not a loopback address: the control endpoint answers the network (every call but /metrics needs the token)",
+                c.listen
+            ));
+        }
         Ok(Config {
             source: file.to_string(),
             smtp,
@@ -622,6 +657,7 @@ impl File {
             dns,
             silos,
             control,
+            warnings,
         })
     }
 }
@@ -917,7 +953,7 @@ fn validate_silos(
                     &ckey("queue_timeout"),
                     Duration::from_secs(5),
                 )?,
-                slowstart: cx.duration(
+                slowstart: cx.duration_or_zero(
                     &c.slowstart,
                     &ckey("slowstart"),
                     Duration::from_secs(10),

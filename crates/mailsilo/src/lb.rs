@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use portal::ServerStatus;
 
 #[derive(clap::Subcommand)]
@@ -21,9 +21,17 @@ pub enum Command {
 }
 
 fn split(target: &str) -> Result<(&str, &str)> {
-    target
-        .split_once('/')
-        .with_context(|| format!("{target:?}: write CLUSTER/SERVER, e.g. c1/c1-s2"))
+    let name = |n: &str| {
+        !n.is_empty()
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+    };
+    match target.split_once('/') {
+        Some((c, s)) if name(c) && name(s) => Ok((c, s)),
+        _ => {
+            bail!("{target:?}: write CLUSTER/SERVER with the names `lb show` lists, e.g. c1/c1-s2")
+        }
+    }
 }
 
 /// Says plainly that nothing answers, rather than a transport error.
@@ -46,12 +54,10 @@ fn refused(resp: &mut ureq::http::Response<ureq::Body>) -> String {
         .ok()
         .and_then(|v| v["error"].as_str().map(str::to_string))
         .unwrap_or(text);
-    if status == 401 {
-        format!(
-            "{message}: the token does not match this gateway's (is --data-dir the one `up` uses?)"
-        )
-    } else {
-        message
+    match (status.as_u16(), message.trim().is_empty()) {
+        (401, _) => "the gateway refused the control token: use the one of the `up` you mean (DATA_DIR/control.token with --data-dir, --token-file, or MAILSILO_CONTROL_TOKEN)".to_string(),
+        (_, true) => format!("the control endpoint answered {status}"),
+        _ => message,
     }
 }
 

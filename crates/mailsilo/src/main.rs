@@ -71,16 +71,16 @@ enum Command {
     /// Show or change the balancers of a running `up` (through its control endpoint).
     Lb {
         /// The control endpoint (default: control.listen of the configuration).
-        #[arg(long)]
+        #[arg(long, global = true)]
         control: Option<SocketAddr>,
         /// The data directory of that `up`, where its control token is.
-        #[arg(long, default_value = "mailsilo-data")]
+        #[arg(long, global = true, default_value = "mailsilo-data")]
         data_dir: PathBuf,
         /// The control token file (default: DATA_DIR/control.token).
-        #[arg(long)]
+        #[arg(long, global = true)]
         token_file: Option<PathBuf>,
         /// Configuration file to read control.listen from.
-        #[arg(long)]
+        #[arg(long, global = true)]
         config: Option<PathBuf>,
         #[command(subcommand)]
         command: lb::Command,
@@ -88,7 +88,7 @@ enum Command {
     /// Inspect or change the queue (works while `up` runs).
     Queue {
         /// The data directory of the `up` whose queue to use.
-        #[arg(long, default_value = "mailsilo-data")]
+        #[arg(long, global = true, default_value = "mailsilo-data")]
         data_dir: PathBuf,
         #[command(subcommand)]
         command: QueueCommand,
@@ -117,6 +117,12 @@ enum QueueCommand {
 
 fn main() -> Result<()> {
     datadir::private_umask();
+    // A user's error (a bad argument, a taken port) is one line: no stack trace, even where
+    // RUST_BACKTRACE is set for other programs (panics keep theirs).
+    if std::env::var_os("RUST_LIB_BACKTRACE").is_none() {
+        // SAFETY: nothing else runs yet; no other thread can read the environment.
+        unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
+    }
     let cli = Cli::parse();
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
@@ -170,17 +176,51 @@ fn main() -> Result<()> {
             Command::Config(ConfigCommand::Check { file }) => {
                 let file = file.unwrap_or_else(|| PathBuf::from("mailsilo.toml"));
                 let c = Config::load(&file)?;
-                println!(
-                    "{}: ok ({} client domains, {} listeners)",
-                    file.display(),
-                    c.domains.len(),
-                    c.smtp.listen.len()
-                );
+                println!("{}: ok: {}", file.display(), summary(&c));
+                for w in &c.warnings {
+                    println!("warning: {w}");
+                }
                 Ok(())
             }
             Command::Queue { data_dir, command } => queue_command(&data_dir, command).await,
         }
     })
+}
+
+/// "1 thing" or "2 things".
+fn count(n: usize, what: &str) -> String {
+    if n == 1 {
+        format!("1 {what}")
+    } else {
+        format!("{n} {what}s")
+    }
+}
+
+/// What a configuration runs, in one line.
+fn summary(c: &Config) -> String {
+    let mut parts = vec![count(c.domains.len(), "client domain")];
+    if !c.smtp.listen.is_empty() {
+        parts.push(count(c.smtp.listen.len(), "mx listener"));
+    }
+    for s in &c.silos {
+        let servers: usize = s.clusters.iter().map(|c| c.servers.len()).sum();
+        parts.push(format!(
+            "silo {} with {} and {}",
+            s.name,
+            count(s.clusters.len(), "cluster"),
+            count(servers, "mail server")
+        ));
+    }
+    if let Some(d) = &c.dns {
+        parts.push(format!("DNS for {}", count(d.zones.len(), "zone")));
+    }
+    if c.control.is_some() {
+        parts.push("control endpoint".into());
+    }
+    if c.sink.is_some() {
+        parts.push("demo sink".into());
+    }
+    parts.join(", ")
 }
 
 fn load_config(path: Option<&Path>) -> Result<Config> {
@@ -252,7 +292,11 @@ async fn queue_command(data_dir: &Path, command: QueueCommand) -> Result<()> {
                 );
             }
             let n = list.iter().map(|m| m.pending.len()).sum::<usize>();
-            println!("-- {} messages, {n} recipients pending", list.len());
+            println!(
+                "-- {}, {} pending",
+                count(list.len(), "message"),
+                count(n, "recipient")
+            );
         }
         QueueCommand::Show { id } => {
             let Some(m) = store.get(&id).await? else {
@@ -270,9 +314,9 @@ async fn queue_command(data_dir: &Path, command: QueueCommand) -> Result<()> {
             }
             for r in &m.recipients {
                 println!(
-                    "recipient: <{}> {:?} attempts={} next={} {}",
+                    "recipient: <{}> {} attempts={} next={} {}",
                     r.address,
-                    r.status,
+                    format!("{:?}", r.status).to_lowercase(),
                     r.attempts,
                     smtp::date::rfc5322(r.next_attempt),
                     r.last_error.as_deref().unwrap_or("")
@@ -285,7 +329,10 @@ async fn queue_command(data_dir: &Path, command: QueueCommand) -> Result<()> {
                 .unwrap_or(m.body.len());
             println!("\n{}", String::from_utf8_lossy(&m.body[..end]));
         }
-        QueueCommand::Flush => println!("{} recipients made due now", store.flush(now).await?),
+        QueueCommand::Flush => println!(
+            "{} made due now",
+            count(store.flush(now).await?, "recipient")
+        ),
         QueueCommand::Delete { id } => {
             if !store.delete(&id).await? {
                 bail!("no message {id} in the queue");

@@ -45,9 +45,32 @@ impl Roles {
                 _ => false,
             };
             if !known {
-                bail!(
-                    "--only {r}: unknown role (mx, sink, dns, control, balancer[:CLUSTER], server[:NAME])"
-                );
+                let clusters: Vec<&str> = config
+                    .silos
+                    .iter()
+                    .flat_map(|s| &s.clusters)
+                    .map(|c| c.name.as_str())
+                    .collect();
+                let servers: Vec<&str> = config
+                    .silos
+                    .iter()
+                    .flat_map(|s| &s.clusters)
+                    .flat_map(|c| &c.servers)
+                    .map(|s| s.name.as_str())
+                    .collect();
+                match (kind, name) {
+                    ("balancer", Some(c)) => bail!(
+                        "--only {r}: no cluster {c:?} in the configuration (clusters: {})",
+                        clusters.join(", ")
+                    ),
+                    ("server", Some(n)) => bail!(
+                        "--only {r}: no mail server {n:?} in the configuration (servers: {})",
+                        servers.join(", ")
+                    ),
+                    _ => bail!(
+                        "--only {r}: unknown role (mx, sink, dns, control, balancer[:CLUSTER], server[:NAME])"
+                    ),
+                }
             }
         }
         Ok(Roles(list.to_vec()))
@@ -297,7 +320,7 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
             .collect();
         writeln!(
             map,
-            "  balancer {:<13} smtp://{}  -> {}  [{:?}{}]",
+            "  balancer {:<13} smtp://{}  -> {}  [{}{}]",
             cluster.name,
             cluster.address,
             servers.join(", "),
@@ -344,7 +367,7 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
                 .collect();
             writeln!(
                 map,
-                "  silo {:<17}  -> {} ({:?}, ttl {})",
+                "  silo {:<17}  -> {} ({}, ttl {})",
                 silo.name,
                 addrs.join(", "),
                 silo.rotation,
@@ -376,10 +399,8 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
         }));
     }
     print!("{map}");
-    if config.smtp.postmaster.is_none() {
-        tracing::warn!(
-            "smtp.postmaster is not set: RCPT TO:<postmaster> is refused, which RFC 5321 section 4.5.1 forbids"
-        );
+    for w in &config.warnings {
+        tracing::warn!("{w}");
     }
     tracing::info!("ready");
 

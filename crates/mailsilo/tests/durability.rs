@@ -47,7 +47,7 @@ fn outage_defers_then_delivers_and_queue_commands_work() {
     );
     let show = g.queue(&["show", &ids[0]]);
     assert!(
-        show.contains("recipient: <alice@example.com> Pending attempts="),
+        show.contains("recipient: <alice@example.com> pending attempts="),
         "{show}"
     );
     assert!(show.contains("Subject: for alice@example.com"), "{show}");
@@ -196,7 +196,15 @@ fn config_check_and_example() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(String::from_utf8_lossy(&out.stdout).contains("ok (2 client domains, 1 listeners)"));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        said.contains("ok: 2 client domains, 1 mx listener, silo silo1.mailsilo.test with 4 clusters and 8 mail servers, DNS for 1 zone, control endpoint, demo sink"),
+        "{said}"
+    );
+    assert!(
+        !said.contains("warning"),
+        "the demo warns of nothing: {said}"
+    );
 
     let bad = dir.path().join("bad.toml");
     let text = String::from_utf8(example.stdout)

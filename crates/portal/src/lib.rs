@@ -15,6 +15,7 @@ use std::fmt::Write;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{DefaultBodyLimit, Path, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
@@ -60,11 +61,13 @@ pub trait Balancers: Send + Sync + 'static {
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Loading {
     pub loading: u32,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServerState {
     pub state: String,
 }
@@ -91,7 +94,10 @@ async fn guard(token: Arc<str>, request: Request, next: Next) -> Response {
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
         if !same(given.as_bytes(), token.as_bytes()) {
-            let mut r = refusal(StatusCode::UNAUTHORIZED, "the control token is required");
+            let mut r = refusal(
+                StatusCode::UNAUTHORIZED,
+                "a valid control token is required (Authorization: Bearer ...)",
+            );
             r.headers_mut()
                 .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
             return r;
@@ -137,8 +143,11 @@ pub fn router(balancers: Shared, token: &str) -> Router {
             put(
                 |State(b): State<Shared>,
                  Path((c, s)): Path<(String, String)>,
-                 Json(l): Json<Loading>| async move {
-                    outcome(b.set_loading(&c, &s, l.loading))
+                 body: Result<Json<Loading>, JsonRejection>| async move {
+                    match body {
+                        Ok(Json(l)) => outcome(b.set_loading(&c, &s, l.loading)),
+                        Err(e) => refusal(e.status(), &e.body_text()),
+                    }
                 },
             ),
         )
@@ -147,8 +156,11 @@ pub fn router(balancers: Shared, token: &str) -> Router {
             put(
                 |State(b): State<Shared>,
                  Path((c, s)): Path<(String, String)>,
-                 Json(st): Json<ServerState>| async move {
-                    outcome(b.set_state(&c, &s, &st.state))
+                 body: Result<Json<ServerState>, JsonRejection>| async move {
+                    match body {
+                        Ok(Json(st)) => outcome(b.set_state(&c, &s, &st.state)),
+                        Err(e) => refusal(e.status(), &e.body_text()),
+                    }
                 },
             ),
         )
@@ -156,6 +168,7 @@ pub fn router(balancers: Shared, token: &str) -> Router {
             "/metrics",
             get(|State(b): State<Shared>| async move { metrics(&b.servers()) }),
         )
+        .fallback(|| async { refusal(StatusCode::NOT_FOUND, "no such API call") })
         .with_state(balancers)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(move |req, next| {
@@ -174,7 +187,7 @@ type Series = (
 /// The balancers' statistics in Prometheus text format.
 pub fn metrics(servers: &[ServerStatus]) -> String {
     let mut out = String::new();
-    let series: [Series; 4] = [
+    let series: [Series; 5] = [
         (
             "mailsilo_lb_server_active_sessions",
             "gauge",
@@ -198,6 +211,12 @@ pub fn metrics(servers: &[ServerStatus]) -> String {
             "gauge",
             "The server's loading (weight)",
             |s| s.loading.to_string(),
+        ),
+        (
+            "mailsilo_lb_server_ready",
+            "gauge",
+            "1 if the operator's state is ready (0: drain or maint)",
+            |s| u8::from(s.state == "ready").to_string(),
         ),
     ];
     for (name, kind, help, value) in series {

@@ -599,10 +599,9 @@ impl<H: Handler> Session<H> {
     /// Where postmaster mail goes: the configured address (the operator's).
     fn postmaster(&self) -> Result<String, Reply> {
         self.settings().postmaster.clone().ok_or_else(|| {
-            Reply::new(
-                550,
-                "5.1.1 No postmaster address is configured (smtp.postmaster)",
-            )
+            // The configuration key is for the operator's log, not for the remote sender.
+            warn!("RCPT TO:<postmaster> refused: smtp.postmaster is not set");
+            Reply::new(550, "5.1.1 <postmaster>: no postmaster mailbox here")
         })
     }
 
@@ -1147,7 +1146,10 @@ mod tests {
         let mut s = settings("");
         s.postmaster = None;
         let (out, _) = run(s, b"EHLO c\r\nMAIL FROM:<>\r\nRCPT TO:<postmaster>\r\n");
-        assert!(out.contains("550 5.1.1 No postmaster address"), "{out}");
+        assert!(
+            out.contains("550 5.1.1 <postmaster>: no postmaster mailbox here"),
+            "{out}"
+        );
     }
 
     #[test]

@@ -144,15 +144,18 @@ impl ServerCertVerifier for AcceptAny {
     }
 }
 
-/// A short description of a TLS session for logs and Received: headers.
+/// A short description of a TLS session for logs and Received: headers, in the names other
+/// MTAs print (`TLSv1.3 with cipher TLS_AES_256_GCM_SHA384`), not rustls's own.
 pub fn describe(conn: &rustls::CommonState) -> String {
-    let version = conn
-        .protocol_version()
-        .and_then(|v| v.as_str())
-        .unwrap_or("TLS");
+    let version = match conn.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3".to_string(),
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2".to_string(),
+        Some(v) => v.as_str().unwrap_or("TLS").replace('_', "."),
+        None => "TLS".to_string(),
+    };
     let cipher = conn
         .negotiated_cipher_suite()
         .and_then(|c| c.suite().as_str())
-        .unwrap_or("unknown");
+        .map_or("unknown".to_string(), |c| c.replacen("TLS13_", "TLS_", 1));
     format!("{version} with cipher {cipher}")
 }
