@@ -307,6 +307,29 @@ pub struct Dns {
     pub rate_limit: Option<RateLimit>,
 }
 
+/// Where the durable state lives and how nodes share it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// `postgres://...` for a fleet sharing PostgreSQL; `None` for the embedded store in the
+    /// data directory.
+    pub url: Option<String>,
+    /// How long a node's claim on a message lasts unless renewed (it renews every third of
+    /// this while delivering); a dead node's mail is taken over after it.
+    pub lease: Duration,
+    /// How long message traces are kept.
+    pub trace_retention: Duration,
+}
+
+impl Default for StoreSettings {
+    fn default() -> StoreSettings {
+        StoreSettings {
+            url: None,
+            lease: Duration::from_secs(60),
+            trace_retention: Duration::from_secs(30 * 86400),
+        }
+    }
+}
+
 /// The local control endpoint (HTTP): balancer statistics and run-time changes.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Control {
@@ -328,6 +351,7 @@ pub struct Config {
     pub dns: Option<Dns>,
     pub silos: Vec<Silo>,
     pub control: Option<Control>,
+    pub store: StoreSettings,
     /// Things allowed but probably not meant (`config check` prints them, `up` logs them).
     pub warnings: Vec<String>,
 }
@@ -713,17 +737,46 @@ mod tests {
     #[test]
     fn timeouts_names_files_and_warnings() {
         let e = err(&MIN.replace("listen = [", "command_timeout = \"0s\"\nlisten = ["));
-        assert!(e.contains("smtp.command_timeout: must be more than zero"), "{e}");
-        let ok = Config::parse("t.toml", &format!("{MIN}[delivery]\nconnection_cache_time = \"0s\"\n"));
+        assert!(
+            e.contains("smtp.command_timeout: must be more than zero"),
+            "{e}"
+        );
+        let ok = Config::parse(
+            "t.toml",
+            &format!("{MIN}[delivery]\nconnection_cache_time = \"0s\"\n"),
+        );
         assert!(ok.is_ok(), "zero turns connection caching off");
         let e = err(&MIN.replace("hostname = \"mx\"", "hostname = \"mx_mail!silo\""));
-        assert!(e.contains("smtp.hostname: \"mx_mail!silo\" is not a host name"), "{e}");
-        let e = err(&MIN.replace("listen = [", "tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\nlisten = ["));
-        assert!(e.contains("smtp.tls_cert: cannot read \"/nonexistent/cert.pem\""), "{e}");
+        assert!(
+            e.contains("smtp.hostname: \"mx_mail!silo\" is not a host name"),
+            "{e}"
+        );
+        let e = err(&MIN.replace(
+            "listen = [",
+            "tls_cert = \"/nonexistent/cert.pem\"\ntls_key = \"/nonexistent/key.pem\"\nlisten = [",
+        ));
+        assert!(
+            e.contains("smtp.tls_cert: cannot read \"/nonexistent/cert.pem\""),
+            "{e}"
+        );
         let c = Config::parse("t.toml", MIN).unwrap();
-        assert!(c.warnings[0].starts_with("smtp.postmaster is not set"), "{:?}", c.warnings);
-        let c = Config::parse("t.toml", &format!("{MIN}[control]\nlisten = \"0.0.0.0:8025\"\n")).unwrap();
-        assert!(c.warnings.iter().any(|w| w.contains("is not a loopback address")), "{:?}", c.warnings);
+        assert!(
+            c.warnings[0].starts_with("smtp.postmaster is not set"),
+            "{:?}",
+            c.warnings
+        );
+        let c = Config::parse(
+            "t.toml",
+            &format!("{MIN}[control]\nlisten = \"0.0.0.0:8025\"\n"),
+        )
+        .unwrap();
+        assert!(
+            c.warnings
+                .iter()
+                .any(|w| w.contains("is not a loopback address")),
+            "{:?}",
+            c.warnings
+        );
         assert!(Config::demo().warnings.is_empty());
         let e = err("");
         assert!(e.contains("(top level): missing key `smtp`"), "{e}");

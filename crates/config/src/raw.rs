@@ -25,6 +25,16 @@ pub struct File {
     pub silos: Vec<S<SiloRaw>>,
     #[serde(default)]
     pub control: Option<ControlRaw>,
+    #[serde(default)]
+    pub store: Option<StoreRaw>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct StoreRaw {
+    pub url: Option<S<String>>,
+    pub lease: Option<S<String>>,
+    pub trace_retention: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -634,6 +644,32 @@ impl File {
             );
         }
 
+        let st = self.store.unwrap_or_default();
+        let defaults = StoreSettings::default();
+        let store = StoreSettings {
+            url: match &st.url {
+                None => None,
+                Some(u)
+                    if u.get_ref().starts_with("postgres://")
+                        || u.get_ref().starts_with("postgresql://") =>
+                {
+                    Some(u.get_ref().clone())
+                }
+                Some(u) => {
+                    return cx.err(
+                        u.span(),
+                        "store.url",
+                        "expected a PostgreSQL URL, e.g. \"postgres://mailsilo@db.example.net/mailsilo\" (leave it out for the embedded store)",
+                    );
+                }
+            },
+            lease: cx.duration(&st.lease, "store.lease", defaults.lease)?,
+            trace_retention: cx.duration(
+                &st.trace_retention,
+                "store.trace_retention",
+                defaults.trace_retention,
+            )?,
+        };
         let mut warnings = Vec::new();
         if smtp.postmaster.is_none() {
             warnings.push(
@@ -657,6 +693,7 @@ impl File {
             dns,
             silos,
             control,
+            store,
             warnings,
         })
     }

@@ -57,6 +57,40 @@ pub fn control_token(dir: &Path) -> Result<String> {
     Ok(token)
 }
 
+/// This node's id: `given`, else the one kept in `dir/node.id`, made on first start from the
+/// host name and a random suffix (so nodes of one host, with their own data dirs, differ).
+pub fn node_id(dir: &Path, given: Option<String>) -> Result<String> {
+    if let Some(id) = given {
+        let ok = !id.is_empty()
+            && id.len() <= 64
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+        if !ok {
+            bail!("--node-id {id:?}: use letters, digits, '-', '_' and '.' (at most 64)");
+        }
+        return Ok(id);
+    }
+    let path = dir.join("node.id");
+    if let Ok(text) = std::fs::read_to_string(&path) {
+        let id = text.trim().to_string();
+        if !id.is_empty() {
+            return Ok(id);
+        }
+    }
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().split('.').next().unwrap_or("node").to_string())
+        .unwrap_or_else(|_| "node".into());
+    let mut raw = [0u8; 3];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut raw))
+        .context("reading /dev/urandom for the node id")?;
+    let id = format!("{host}-{:02x}{:02x}{:02x}", raw[0], raw[1], raw[2]);
+    std::fs::write(&path, format!("{id}\n"))
+        .with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
+}
+
 /// Reads a token file.
 pub fn read_token(path: &Path) -> Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| {

@@ -1,10 +1,9 @@
-//! `mailsilo lb`: the balancers of a running `up`, through its control endpoint, with the
-//! control token that `up` keeps in its data directory.
-
-use std::net::SocketAddr;
+//! `mailsilo lb`: the balancers of a running `up`, through its control API.
 
 use anyhow::{Result, bail};
 use portal::ServerStatus;
+
+use crate::remote::Client;
 
 #[derive(clap::Subcommand)]
 pub enum Command {
@@ -34,52 +33,10 @@ fn split(target: &str) -> Result<(&str, &str)> {
     }
 }
 
-/// Says plainly that nothing answers, rather than a transport error.
-fn unreachable(control: SocketAddr, e: ureq::Error) -> anyhow::Error {
-    match e {
-        ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
-            anyhow::anyhow!(
-                "no gateway answers at {control}: start one with `mailsilo up` (or give --control ADDR for another)"
-            )
-        }
-        other => anyhow::anyhow!("control endpoint {control}: {other}"),
-    }
-}
-
-/// The error text of a refused call.
-fn refused(resp: &mut ureq::http::Response<ureq::Body>) -> String {
-    let status = resp.status();
-    let text = resp.body_mut().read_to_string().unwrap_or_default();
-    let message = serde_json::from_str::<serde_json::Value>(&text)
-        .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
-        .unwrap_or(text);
-    match (status.as_u16(), message.trim().is_empty()) {
-        (401, _) => "the gateway refused the control token: use the one of the `up` you mean (DATA_DIR/control.token with --data-dir, --token-file, or MAILSILO_CONTROL_TOKEN)".to_string(),
-        (_, true) => format!("the control endpoint answered {status}"),
-        _ => message,
-    }
-}
-
-pub fn run(control: SocketAddr, token: &str, command: Command) -> Result<()> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(std::time::Duration::from_secs(15)))
-        .build()
-        .into();
-    let base = format!("http://{control}/api/lb");
-    let bearer = format!("Bearer {token}");
+pub fn run(api: &Client, command: Command) -> Result<()> {
     let (target, what, body, done) = match &command {
         Command::Show => {
-            let mut resp = agent
-                .get(&base)
-                .header("Authorization", &bearer)
-                .call()
-                .map_err(|e| unreachable(control, e))?;
-            if !resp.status().is_success() {
-                bail!("{}", refused(&mut resp));
-            }
-            let servers: Vec<ServerStatus> = resp.body_mut().read_json()?;
+            let servers: Vec<ServerStatus> = api.get("/api/lb")?;
             println!(
                 "{:<8} {:<10} {:<18} {:<6} {:<6} {:>7} {:>6} {:>9}  LAST CHECK",
                 "CLUSTER", "SERVER", "ADDRESS", "HEALTH", "STATE", "LOADING", "ACTIVE", "SESSIONS"
@@ -126,14 +83,7 @@ pub fn run(control: SocketAddr, token: &str, command: Command) -> Result<()> {
         ),
     };
     let (cluster, server) = split(target)?;
-    let mut resp = agent
-        .put(&format!("{base}/{cluster}/{server}/{what}"))
-        .header("Authorization", &bearer)
-        .send_json(&body)
-        .map_err(|e| unreachable(control, e))?;
-    if !resp.status().is_success() {
-        bail!("{}", refused(&mut resp));
-    }
+    api.put(&format!("/api/lb/{cluster}/{server}/{what}"), &body)?;
     println!("{cluster}/{server}: {done}");
     Ok(())
 }

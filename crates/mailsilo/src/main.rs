@@ -4,6 +4,8 @@
 
 mod datadir;
 mod lb;
+mod queue_cli;
+mod remote;
 mod sink;
 mod up;
 
@@ -11,10 +13,9 @@ use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result, bail};
+use anyhow::Result;
 use clap::{Parser, Subcommand, ValueEnum};
 use config::Config;
-use store::{Embedded, QueueStore};
 use tokio::sync::watch;
 
 #[derive(Parser)]
@@ -57,6 +58,9 @@ enum Command {
         /// balancer:CLUSTER, server, server:NAME (default: all).
         #[arg(long, value_delimiter = ',')]
         only: Vec<String>,
+        /// This node's id in a fleet (default: made once and kept in DATA_DIR/node.id).
+        #[arg(long)]
+        node_id: Option<String>,
     },
     /// Run only the demo mailbox server (a stand-in for a client's own mail server).
     Sink {
@@ -68,30 +72,27 @@ enum Command {
     /// Check or print configuration.
     #[command(subcommand)]
     Config(ConfigCommand),
-    /// Show or change the balancers of a running `up` (through its control endpoint).
+    /// Show or change the balancers of a running `up` (through its control API).
     Lb {
-        /// The control endpoint (default: control.listen of the configuration).
-        #[arg(long, global = true)]
-        control: Option<SocketAddr>,
-        /// The data directory of that `up`, where its control token is.
-        #[arg(long, global = true, default_value = "mailsilo-data")]
-        data_dir: PathBuf,
-        /// The control token file (default: DATA_DIR/control.token).
-        #[arg(long, global = true)]
-        token_file: Option<PathBuf>,
-        /// Configuration file to read control.listen from.
-        #[arg(long, global = true)]
-        config: Option<PathBuf>,
+        #[command(flatten)]
+        remote: remote::Remote,
         #[command(subcommand)]
         command: lb::Command,
     },
-    /// Inspect or change the queue (works while `up` runs).
+    /// Inspect or change the queue of a running `up` (a whole fleet on PostgreSQL).
     Queue {
-        /// The data directory of the `up` whose queue to use.
-        #[arg(long, global = true, default_value = "mailsilo-data")]
-        data_dir: PathBuf,
+        #[command(flatten)]
+        remote: remote::Remote,
         #[command(subcommand)]
-        command: QueueCommand,
+        command: queue_cli::QueueCommand,
+    },
+    /// A message's trace (received, each delivery attempt, the outcome), or the messages
+    /// matching --from, --to and --since.
+    Trace {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[command(flatten)]
+        args: queue_cli::TraceArgs,
     },
 }
 
@@ -103,19 +104,20 @@ enum ConfigCommand {
     Example,
 }
 
-#[derive(Subcommand)]
-enum QueueCommand {
-    /// One line per queued message with its pending recipients.
-    List,
-    /// Envelope, recipient states and headers of one message.
-    Show { id: String },
-    /// Make every deferred recipient due now.
-    Flush,
-    /// Remove a message from the queue.
-    Delete { id: String },
+/// Large buffers (message bodies, database and socket buffers of large messages) are given
+/// back to the system when freed. glibc's malloc otherwise raises its mmap threshold to the
+/// largest block freed so far (up to 32 MiB), after which message-sized blocks come from the
+/// heap and stay resident after a burst of large mail (measured: tens of MB held a minute
+/// later). A fixed threshold turns that adaptation off.
+fn return_large_blocks() {
+    // SAFETY: mallopt only sets a malloc tuning parameter; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 256 * 1024);
+    }
 }
 
 fn main() -> Result<()> {
+    return_large_blocks();
     datadir::private_umask();
     // A user's error (a bad argument, a taken port) is one line: no stack trace, even where
     // RUST_BACKTRACE is set for other programs (panics keep theirs).
@@ -141,33 +143,14 @@ fn main() -> Result<()> {
         .build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Up { at, only } => {
+            Command::Up { at, only, node_id } => {
                 let config = load_config(at.config.as_deref())?;
                 let roles = up::Roles::parse(&only, &config)?;
-                up::up(config, &at.data_dir, roles).await
+                up::up(config, &at.data_dir, roles, node_id).await
             }
-            Command::Lb {
-                control,
-                data_dir,
-                token_file,
-                config,
-                command,
-            } => {
-                let addr = match control {
-                    Some(a) => a,
-                    None => load_config(config.as_deref())?
-                        .control
-                        .map(|c| c.listen)
-                        .context("no [control] listen in the configuration; give --control ADDR")?,
-                };
-                let token = match std::env::var("MAILSILO_CONTROL_TOKEN") {
-                    Ok(t) if token_file.is_none() && !t.is_empty() => t,
-                    _ => datadir::read_token(
-                        &token_file.unwrap_or_else(|| datadir::token_path(&data_dir)),
-                    )?,
-                };
-                lb::run(addr, &token, command)
-            }
+            Command::Lb { remote, command } => lb::run(&remote.connect()?, command),
+            Command::Queue { remote, command } => queue_cli::queue(&remote.connect()?, command),
+            Command::Trace { remote, args } => queue_cli::trace(&remote.connect()?, args),
             Command::Sink { listen, data_dir } => run_sink(listen, &data_dir).await,
             Command::Config(ConfigCommand::Example) => {
                 print!("{}", config::DEMO);
@@ -182,13 +165,12 @@ fn main() -> Result<()> {
                 }
                 Ok(())
             }
-            Command::Queue { data_dir, command } => queue_command(&data_dir, command).await,
         }
     })
 }
 
 /// "1 thing" or "2 things".
-fn count(n: usize, what: &str) -> String {
+pub(crate) fn count(n: usize, what: &str) -> String {
     if n == 1 {
         format!("1 {what}")
     } else {
@@ -223,7 +205,7 @@ fn summary(c: &Config) -> String {
     parts.join(", ")
 }
 
-fn load_config(path: Option<&Path>) -> Result<Config> {
+pub(crate) fn load_config(path: Option<&Path>) -> Result<Config> {
     let local = Path::new("mailsilo.toml");
     Ok(match path {
         Some(p) => Config::load(p)?,
@@ -250,95 +232,5 @@ async fn run_sink(listen: SocketAddr, data_dir: &Path) -> Result<()> {
     up::shutdown_signal().await?;
     stop.send(true).ok();
     task.await.ok();
-    Ok(())
-}
-
-async fn queue_command(data_dir: &Path, command: QueueCommand) -> Result<()> {
-    let dir = data_dir.join("queue");
-    if !dir.join("queue.db").exists() {
-        bail!(
-            "no queue in {}: run the command from the directory where `mailsilo up` runs, or give --data-dir",
-            data_dir.display()
-        );
-    }
-    let store = Embedded::open(&dir)?;
-    let now = smtp::date::now();
-    match command {
-        QueueCommand::List => {
-            let list = store.list().await?;
-            for m in &list {
-                let sender = if m.sender.is_empty() {
-                    "MAILER-DAEMON"
-                } else {
-                    &m.sender
-                };
-                println!(
-                    "{:<18} {:>9} {}  {}",
-                    m.id,
-                    m.size,
-                    smtp::date::rfc5322(m.received_at),
-                    sender
-                );
-                for (rcpt, err) in &m.pending {
-                    if let Some(e) = err {
-                        println!("{:<18} ({e})", "");
-                    }
-                    println!("{:<40} {rcpt}", "");
-                }
-                println!(
-                    "{:<18} next attempt in {}s",
-                    "",
-                    (m.next_attempt - now).max(0)
-                );
-            }
-            let n = list.iter().map(|m| m.pending.len()).sum::<usize>();
-            println!(
-                "-- {}, {} pending",
-                count(list.len(), "message"),
-                count(n, "recipient")
-            );
-        }
-        QueueCommand::Show { id } => {
-            let Some(m) = store.get(&id).await? else {
-                bail!("no message {id} in the queue")
-            };
-            println!(
-                "id: {}\nsender: <{}>\nreceived: {}\nsize: {}",
-                m.id,
-                m.sender,
-                smtp::date::rfc5322(m.received_at),
-                m.body.len()
-            );
-            if let Some(e) = &m.envid {
-                println!("envid: {e}");
-            }
-            for r in &m.recipients {
-                println!(
-                    "recipient: <{}> {} attempts={} next={} {}",
-                    r.address,
-                    format!("{:?}", r.status).to_lowercase(),
-                    r.attempts,
-                    smtp::date::rfc5322(r.next_attempt),
-                    r.last_error.as_deref().unwrap_or("")
-                );
-            }
-            let end = m
-                .body
-                .windows(4)
-                .position(|w| w == b"\r\n\r\n")
-                .unwrap_or(m.body.len());
-            println!("\n{}", String::from_utf8_lossy(&m.body[..end]));
-        }
-        QueueCommand::Flush => println!(
-            "{} made due now",
-            count(store.flush(now).await?, "recipient")
-        ),
-        QueueCommand::Delete { id } => {
-            if !store.delete(&id).await? {
-                bail!("no message {id} in the queue");
-            }
-            println!("deleted {id}");
-        }
-    }
     Ok(())
 }

@@ -13,7 +13,7 @@ use balancer::Balancer;
 use config::Config;
 use queue::{Intake, Queue, SystemClock};
 use smtp::server::{ProxyPolicy, Server};
-use store::{Embedded, QueueStore};
+use store::{Embedded, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -180,9 +180,30 @@ impl portal::Balancers for Lbs {
     }
 }
 
-pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
+/// Opens the store the configuration names: PostgreSQL for a fleet, else the embedded one in
+/// the data directory.
+pub async fn open_store(config: &Config, data_dir: &Path) -> Result<Arc<dyn Store>> {
+    match &config.store.url {
+        Some(url) => Ok(Arc::new(
+            store::Postgres::connect(url)
+                .await
+                .context("opening the store (store.url)")?,
+        )),
+        None => Ok(Arc::new(
+            Embedded::open(&data_dir.join("queue")).context("opening the embedded store")?,
+        )),
+    }
+}
+
+pub async fn up(
+    config: Config,
+    data_dir: &Path,
+    roles: Roles,
+    node_id: Option<String>,
+) -> Result<()> {
     let config = Arc::new(config);
     crate::datadir::prepare(data_dir)?;
+    let node = crate::datadir::node_id(data_dir, node_id)?;
     let tls = smtp::tls::server_config(
         config.smtp.tls_cert.as_deref(),
         config.smtp.tls_key.as_deref(),
@@ -193,9 +214,14 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     // The map of what listens where, printed in one piece once everything is bound.
     let mut map = format!(
-        "mailsilo up: config {}, data dir {}\n",
+        "mailsilo up: config {}, data dir {}, node {node}, store {}\n",
         config.source,
-        data_dir.display()
+        data_dir.display(),
+        if config.store.url.is_some() {
+            "PostgreSQL (store.url)"
+        } else {
+            "embedded"
+        }
     );
 
     // Everything that receives mail shares one queue.
@@ -206,12 +232,17 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
             .flat_map(|s| &s.clusters)
             .flat_map(|c| &c.servers)
             .any(|s| roles.has("server", &s.name));
-    let queue = if receives {
-        let store: Arc<dyn QueueStore> =
-            Arc::new(Embedded::open(&data_dir.join("queue")).context("opening the queue")?);
-        Some(Queue::new(config.clone(), store, Arc::new(SystemClock))?)
+    let control = config.control.as_ref().filter(|_| roles.has("control", ""));
+    let store = if receives || control.is_some() {
+        Some(open_store(&config, data_dir).await?)
     } else {
         None
+    };
+    let queue = match (&store, receives) {
+        (Some(store), true) => {
+            Some(Queue::new(config.clone(), store.clone(), Arc::new(SystemClock), &node).await?)
+        }
+        _ => None,
     };
 
     if let Some(s) = config.sink.as_ref().filter(|_| roles.has("sink", "")) {
@@ -381,21 +412,22 @@ pub async fn up(config: Config, data_dir: &Path, roles: Roles) -> Result<()> {
         )));
     }
 
-    if let Some(c) = config
-        .control
-        .as_ref()
-        .filter(|_| roles.has("control", "") && !balancers.is_empty())
-    {
+    if let (Some(c), Some(store)) = (control, store) {
         let listener = bind(c.listen, "the control endpoint (control.listen)").await?;
         let token = crate::datadir::control_token(data_dir)?;
         writeln!(
             map,
-            "  control                http://{}/api/lb  (bearer token in {})",
+            "  control                http://{}/api/  (bearer token in {})",
             listener.local_addr()?,
             crate::datadir::token_path(data_dir).display()
         )?;
+        let ctx = portal::Ctx {
+            balancers: Arc::new(Lbs(balancers)),
+            store,
+            node: node.clone(),
+        };
         tasks.push(tokio::spawn(async move {
-            portal::serve(listener, Arc::new(Lbs(balancers)), &token, stopped).await
+            portal::serve(listener, ctx, &token, stopped).await
         }));
     }
     print!("{map}");

@@ -637,11 +637,18 @@ fn the_control_endpoint_needs_the_token_and_bounds_every_request() {
     // Every refusal is JSON with an error text, the extractors' and unknown paths' too.
     for (path, body, status) in [
         ("/api/lb/c1/c1-s1/loading", r#"{"loading":"x"}"#, "422"),
-        ("/api/lb/c1/c1-s1/loading", r#"{"loading":2,"extra":1}"#, "422"),
+        (
+            "/api/lb/c1/c1-s1/loading",
+            r#"{"loading":2,"extra":1}"#,
+            "422",
+        ),
         ("/api/nothing/here", "{}", "404"),
     ] {
         let r = put(path, &auth, body);
-        assert!(r.starts_with(&format!("HTTP/1.1 {status}")), "{path} {body}: {r}");
+        assert!(
+            r.starts_with(&format!("HTTP/1.1 {status}")),
+            "{path} {body}: {r}"
+        );
         assert!(r.contains("{\"error\":\""), "{path} {body}: {r}");
     }
     // An announced body over the limit is refused at once, not waited for.
@@ -738,8 +745,15 @@ fn up_is_quiet_and_says_who_did_what() {
     let mut c = std::net::TcpStream::connect(silo.clusters[1].address).unwrap();
     let mut said = String::new();
     std::io::Read::read_to_string(&mut c, &mut said).unwrap();
-    assert!(said.starts_with("421 4.3.2 c2 has no mail server available"), "{said}");
-    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+    assert!(
+        said.starts_with("421 4.3.2 c2 has no mail server available"),
+        "{said}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
     let nothing = std::process::Command::new(&*common::BIN)
         .args(["lb", "--control", "127.3.25.9:8025", "--token-file"])
         .arg(silo.token_file())

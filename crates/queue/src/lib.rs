@@ -3,16 +3,19 @@
 //! destinations, retrying temporary failures with exponential backoff until the message's
 //! lifetime ends, then returning a DSN to the sender.
 //!
-//! A freshly accepted message goes straight to delivery from memory (the store keeps it, with
-//! a later due time, in case the process stops). Everything else, deferred mail and mail
-//! left over from before a restart, is picked up by polling the store for what is due.
-//! Recipients that share a route (same next hop, same TLS policy) go in one transaction;
-//! each route has a concurrency limit and a cache of idle connections.
+//! Many nodes may share one store. A node delivers only what it holds a lease on: a freshly
+//! accepted message is stored already claimed by the node that took it, which delivers it
+//! from memory at once; everything else (deferred mail, DSNs, mail a dead node held) is
+//! claimed by polling the store. Leases are renewed while deliveries run, and outcomes are
+//! recorded under the lease token, so a node that lost its lease cannot overwrite the work
+//! of the node that took over. Recipients that share a route (same next hop, same TLS
+//! policy) go in one transaction; each route has a concurrency limit and a cache of idle
+//! connections.
 
 mod dsn;
 mod route;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -24,7 +27,9 @@ use smtp::client::{self, Client};
 use smtp::command::Ret;
 use smtp::server::{new_queue_id, notify};
 use smtp::{Accepted, Envelope, Handler, Rcpt, Reply};
-use store::{Message, NewMessage, NewRecipient, Outcome, QueueStore, Status};
+use store::{
+    Arrival, Attempt, Claimed, Lease, Message, NewMessage, NewRecipient, Outcome, Status, Store,
+};
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, info, info_span, warn};
 
@@ -44,6 +49,14 @@ fn wire_ret(r: Option<store::Ret>) -> Option<Ret> {
         store::Ret::Full => Ret::Full,
         store::Ret::Headers => Ret::Headers,
     })
+}
+
+/// The domain of an address as the relay policy saw it (lower case, Unicode-aware), so that
+/// routing and policy never disagree on which client domain an address belongs to.
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or(String::new(), |(_, d)| d.to_lowercase())
 }
 
 /// Where the queue reads the time, so tests can move it.
@@ -79,18 +92,23 @@ impl Clock for ManualClock {
     }
 }
 
-/// How long a message handed straight to delivery stays out of the store's due list.
-const IN_FLIGHT_LEASE: i64 = 3600;
+/// The most messages claimed in one poll (their bodies are loaded with the claim).
+const CLAIM_BATCH: usize = 64;
+
+/// How often the trace retention is applied.
+const TRACE_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
 
 /// The queue manager. Share it behind an `Arc`; it is also the SMTP server's [`Handler`].
 pub struct Queue {
     config: Arc<Config>,
-    store: Arc<dyn QueueStore>,
+    store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     client: Arc<client::Settings>,
     resolver: TokioResolver,
-    /// Messages being delivered now; the poller leaves them alone.
-    active: Mutex<HashSet<String>>,
+    /// This node's lease: its id and how long a claim lasts unless renewed.
+    lease: Lease,
+    /// Messages this node holds a lease on and is delivering, with their tokens.
+    held: Mutex<HashMap<String, i64>>,
     limits: Mutex<HashMap<Route, Arc<Semaphore>>>,
     idle: Mutex<HashMap<Route, Vec<(Client, Instant)>>>,
     poll_interval: Duration,
@@ -106,11 +124,22 @@ pub enum Error {
 }
 
 impl Queue {
-    pub fn new(
+    /// A queue for node `node` over `store`. It first takes back the leases this node held
+    /// when it last stopped (before it takes any new mail, whose fresh leases this must not
+    /// release), so that mail is delivered at once rather than when the leases expire.
+    pub async fn new(
         config: Arc<Config>,
-        store: Arc<dyn QueueStore>,
+        store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
+        node: &str,
     ) -> Result<Arc<Queue>, Error> {
+        match store.release_all(node).await? {
+            0 => {}
+            n => info!(
+                messages = n,
+                "took back the mail this node held when it last stopped"
+            ),
+        }
         let resolver = TokioResolver::builder_tokio()
             .or_else(|_| {
                 Ok::<_, hickory_resolver::ResolveError>(TokioResolver::builder_with_config(
@@ -126,17 +155,32 @@ impl Queue {
             d.connect_timeout,
             d.command_timeout,
         ));
+        let lease = Lease {
+            owner: node.to_string(),
+            ttl: config.store.lease,
+        };
         Ok(Arc::new(Queue {
             config,
             store,
             clock,
             client,
             resolver,
-            active: Mutex::default(),
+            lease,
+            held: Mutex::default(),
             limits: Mutex::default(),
             idle: Mutex::default(),
             poll_interval: Duration::from_secs(1),
         }))
+    }
+
+    /// This node's id.
+    pub fn node(&self) -> &str {
+        &self.lease.owner
+    }
+
+    /// The store the queue works on.
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
     }
 
     /// The same queue polling the store every `interval` (tests use short ones).
@@ -147,24 +191,31 @@ impl Queue {
         Arc::new(q)
     }
 
-    /// Runs the poller until `shutdown`: recovers mail that was in flight at the last stop,
-    /// then picks up whatever falls due, and closes idle cached connections.
+    /// Runs the poller until `shutdown`: claims whatever falls due, renews the leases of
+    /// running deliveries, closes idle cached connections and applies the trace retention.
     pub async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
-        match self.store.recover(self.clock.now()).await {
-            Ok(0) => {}
-            Ok(n) => info!(
-                recipients = n,
-                "recovered mail that was in flight at the last stop"
-            ),
-            Err(e) => warn!(error = %e, "recovery failed"),
-        }
+        let renew_every = (self.lease.ttl / 3).max(Duration::from_millis(100));
+        let mut last_renewal = Instant::now();
+        let mut last_expiry: Option<Instant> = None;
         loop {
-            if let Err(e) = self.poll().await {
-                warn!(error = %e, "queue poll failed");
+            match self.poll().await {
+                // A full batch: there may be more due at once.
+                Ok(n) if n == CLAIM_BATCH => continue,
+                Ok(_) => {}
+                Err(e) => warn!(error = %e, "queue poll failed"),
+            }
+            if last_renewal.elapsed() >= renew_every {
+                self.renew().await;
+                last_renewal = Instant::now();
+            }
+            if last_expiry.is_none_or(|t| t.elapsed() >= TRACE_EXPIRY_INTERVAL) {
+                self.expire_traces().await;
+                last_expiry = Some(Instant::now());
             }
             self.expire_idle();
+            let pause = self.poll_interval.min(renew_every);
             tokio::select! {
-                _ = tokio::time::sleep(self.poll_interval) => {}
+                _ = tokio::time::sleep(pause) => {}
                 _ = smtp::server::stopped(&mut shutdown) => break,
             }
         }
@@ -180,20 +231,45 @@ impl Queue {
         }
     }
 
-    async fn poll(self: &Arc<Self>) -> Result<(), store::Error> {
-        let due = self.store.due(self.clock.now(), 1000).await?;
-        for id in due {
-            if !self.active.lock().expect("active").insert(id.clone()) {
-                continue;
-            }
-            match self.store.get(&id).await? {
-                Some(m) => self.dispatch(m),
-                None => {
-                    self.active.lock().expect("active").remove(&id);
-                }
+    /// Claims what is due and starts delivering it; returns how many were claimed.
+    async fn poll(self: &Arc<Self>) -> Result<usize, store::Error> {
+        let claimed = self
+            .store
+            .claim(&self.lease, self.clock.now(), CLAIM_BATCH)
+            .await?;
+        let n = claimed.len();
+        for c in claimed {
+            // Claims come without their bodies: each delivery fetches it once it has a slot.
+            self.dispatch(c, None);
+        }
+        Ok(n)
+    }
+
+    /// Extends the leases of every message being delivered here.
+    async fn renew(&self) {
+        let held: Vec<(String, i64)> = self
+            .held
+            .lock()
+            .expect("held")
+            .iter()
+            .map(|(id, t)| (id.clone(), *t))
+            .collect();
+        for (id, token) in held {
+            if let Err(e) = self.store.renew(&id, token, &self.lease).await {
+                // Taken over (this node was too slow, or paused): its outcomes will be
+                // refused; the node that has it now delivers it.
+                warn!(queue_id = %id, error = %e, "lease not renewed");
             }
         }
-        Ok(())
+    }
+
+    async fn expire_traces(&self) {
+        let before = self.clock.now() - self.config.store.trace_retention.as_secs() as i64;
+        match self.store.expire_traces(before).await {
+            Ok(0) => {}
+            Ok(n) => info!(traces = n, "expired message traces past their retention"),
+            Err(e) => warn!(error = %e, "trace expiry failed"),
+        }
     }
 
     fn expire_idle(&self) {
@@ -210,16 +286,14 @@ impl Queue {
         }
     }
 
-    /// Stores a message durably and starts delivering it.
+    /// Stores a message durably, claimed by this node, and starts delivering it.
     pub async fn submit(self: &Arc<Self>, message: NewMessage) -> Result<(), store::Error> {
-        let id = message.id.clone();
-        self.active.lock().expect("active").insert(id.clone());
-        let stored = message.clone();
-        if let Err(e) = self.store.enqueue(message).await {
-            self.active.lock().expect("active").remove(&id);
-            return Err(e);
-        }
-        let recipients = stored
+        let token = self
+            .store
+            .enqueue(message.clone(), Some(&self.lease))
+            .await?
+            .unwrap_or_default();
+        let recipients = message
             .recipients
             .iter()
             .enumerate()
@@ -230,61 +304,79 @@ impl Queue {
                 orcpt: r.orcpt.clone(),
                 status: Status::Pending,
                 attempts: 0,
-                next_attempt: stored.next_attempt,
+                next_attempt: message.next_attempt,
                 last_error: None,
                 warned: false,
             })
             .collect();
-        self.dispatch(Message {
-            id: stored.id,
-            sender: stored.sender,
-            envid: stored.envid,
-            ret: stored.ret,
-            received_at: stored.received_at,
-            body: stored.body,
-            recipients,
-        });
+        self.dispatch(
+            Claimed {
+                message: Message {
+                    id: message.id,
+                    sender: message.sender,
+                    envid: message.envid,
+                    ret: message.ret,
+                    received_at: message.received_at,
+                    body: store::Bytes::new(),
+                    recipients,
+                },
+                token,
+            },
+            Some(message.body),
+        );
         Ok(())
     }
 
-    /// Starts one delivery task per route for a message's pending recipients (the caller has
-    /// marked it active).
-    fn dispatch(self: &Arc<Self>, message: Message) {
+    /// Starts one delivery task per route for a claimed message's pending recipients, with
+    /// its body when it is in memory already (fresh mail). The routes record their outcomes
+    /// one after the other; the last gives the lease back.
+    fn dispatch(self: &Arc<Self>, claimed: Claimed, body: Option<store::Bytes>) {
+        let Claimed { message, token } = claimed;
         let mut groups: HashMap<Route, Vec<store::Recipient>> = HashMap::new();
         for r in message
             .recipients
             .iter()
             .filter(|r| r.status == Status::Pending)
         {
-            let domain = r
-                .address
-                .rsplit_once('@')
-                .map_or("", |(_, d)| d)
-                .to_ascii_lowercase();
             groups
-                .entry(Route::for_domain(&self.config, &domain))
+                .entry(Route::for_domain(&self.config, &domain_of(&r.address)))
                 .or_default()
                 .push(r.clone());
         }
+        self.held
+            .lock()
+            .expect("held")
+            .insert(message.id.clone(), token);
         let message = Arc::new(message);
-        let remaining = Arc::new(std::sync::atomic::AtomicUsize::new(groups.len()));
-        if groups.is_empty() {
-            self.active.lock().expect("active").remove(&message.id);
-        }
+        // Routes still to record; the last one releases the lease.
+        let remaining = Arc::new(tokio::sync::Mutex::new(groups.len()));
         for (route, rcpts) in groups {
             let queue = self.clone();
             let message = message.clone();
+            let body = body.clone();
             let remaining = remaining.clone();
             let span = info_span!(parent: None, "delivery", queue_id = %message.id, relay = %route);
             tokio::spawn(
                 async move {
-                    queue.deliver(&message, &route, rcpts).await;
-                    if remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-                        queue.active.lock().expect("active").remove(&message.id);
+                    let attempt = queue.deliver(&message, body, &route, rcpts).await;
+                    let mut left = remaining.lock().await;
+                    *left -= 1;
+                    let last = *left == 0;
+                    queue.record(&message.id, token, attempt, last).await;
+                    if last {
+                        queue.held.lock().expect("held").remove(&message.id);
                     }
                 }
                 .instrument(span),
             );
+        }
+    }
+
+    /// Records an attempt under the lease.
+    async fn record(&self, id: &str, token: i64, mut attempt: Attempt, release: bool) {
+        attempt.release = release;
+        if let Err(e) = self.store.record(id, token, attempt).await {
+            warn!(queue_id = %id, error = %e, "could not record the delivery outcome; the attempt will be repeated");
         }
     }
 
@@ -339,7 +431,7 @@ impl Queue {
         mut client: Client,
         envelope: &Envelope,
         body: &[u8],
-    ) -> Result<Vec<Result<(), Reply>>, (bool, String, bool)> {
+    ) -> Result<Vec<Result<Reply, Reply>>, (bool, String, bool)> {
         match client.send(envelope, body).await {
             Ok(results) => {
                 self.idle
@@ -365,22 +457,52 @@ impl Queue {
         route: &Route,
         envelope: &Envelope,
         body: &[u8],
-    ) -> Result<Vec<Result<(), Reply>>, (bool, String)> {
+    ) -> Result<Vec<Result<Reply, Reply>>, (bool, String)> {
         let client = self.connect(route).await?;
         self.send(route, client, envelope, body)
             .await
             .map_err(|(permanent, reason, _)| (permanent, reason))
     }
 
-    /// One delivery attempt for the recipients of one route, and its bookkeeping.
+    /// One delivery attempt for the recipients of one route; returns its outcomes and the
+    /// DSNs they call for, to be recorded under the lease. `body` is the message's when it
+    /// is in memory already; a delivery that must wait for a connection slot lets go of it
+    /// and reads it back from the store when its turn comes, so mail queued for a slow
+    /// destination holds no memory.
     async fn deliver(
         self: &Arc<Self>,
-        message: &Message,
+        meta: &Message,
+        body: Option<store::Bytes>,
         route: &Route,
         rcpts: Vec<store::Recipient>,
-    ) {
+    ) -> Attempt {
         let limit = self.limit(route);
-        let _permit = limit.acquire().await.expect("semaphore never closed");
+        let (_permit, body) = match limit.clone().try_acquire_owned() {
+            Ok(p) => (p, body),
+            Err(_) => {
+                drop(body);
+                let p = limit.acquire_owned().await.expect("semaphore never closed");
+                (p, None)
+            }
+        };
+        let body = match body {
+            Some(b) => b,
+            None => match self.store.body(&meta.id).await {
+                Ok(Some(b)) => b,
+                // Deleted meanwhile: nothing to deliver, nothing to record.
+                Ok(None) => return Attempt::default(),
+                Err(e) => {
+                    let results =
+                        vec![Err((false, format!("reading the message: {e}"))); rcpts.len()];
+                    return self.settle(meta, route, &rcpts, results);
+                }
+            },
+        };
+        let message = Message {
+            body,
+            ..meta.clone()
+        };
+        let message = &message;
         let envelope = Envelope {
             sender: message.sender.clone(),
             recipients: rcpts
@@ -396,8 +518,6 @@ impl Queue {
             smtputf8: !message.sender.is_ascii() || rcpts.iter().any(|r| !r.address.is_ascii()),
             eight_bit: !message.body.is_ascii(),
         };
-        // A cached connection may have been closed by the server meanwhile: on an I/O error
-        // with one, try once more on a fresh connection.
         let outcome = match self.cached(route) {
             // A cached connection may have been closed by the server meanwhile: when it turns
             // out stale, the attempt is made again on a fresh connection.
@@ -407,39 +527,42 @@ impl Queue {
             },
             None => self.send_fresh(route, &envelope, &message.body).await,
         };
-        let results: Vec<Result<(), (bool, String)>> = match outcome {
+        let results: Vec<Result<String, (bool, String)>> = match outcome {
             Ok(r) => r
                 .into_iter()
-                .map(|r| r.map_err(|reply| (reply.is_permanent(), reply.to_string())))
+                .map(|r| {
+                    r.map(|ok| ok.to_string())
+                        .map_err(|reply| (reply.is_permanent(), reply.to_string()))
+                })
                 .collect(),
             Err(e) => vec![Err(e); rcpts.len()],
         };
-        self.settle(message, route, &rcpts, results).await;
+        self.settle(message, route, &rcpts, results)
     }
 
     /// Turns attempt results into outcomes: delivered, deferred with backoff, or failed
-    /// (permanently, or because the message outlived its lifetime), with DSNs as due.
-    async fn settle(
-        self: &Arc<Self>,
+    /// (permanently, or because the message outlived its lifetime), with the DSNs they call
+    /// for.
+    fn settle(
+        &self,
         message: &Message,
         route: &Route,
         rcpts: &[store::Recipient],
-        results: Vec<Result<(), (bool, String)>>,
-    ) {
+        results: Vec<Result<String, (bool, String)>>,
+    ) -> Attempt {
         let now = self.clock.now();
         let mut outcomes = Vec::new();
         let mut failed = Vec::new();
         let mut delayed = Vec::new();
         for (r, result) in rcpts.iter().zip(results) {
-            let domain = r.address.rsplit_once('@').map_or("", |(_, d)| d);
             let retry = self
                 .config
-                .domain(domain)
+                .domain(&domain_of(&r.address))
                 .map_or(self.config.retry, |d| d.retry);
             let outcome = match result {
-                Ok(()) => {
-                    info!(to = %r.address, status = "sent", "delivered");
-                    Outcome::Delivered
+                Ok(reply) => {
+                    info!(to = %r.address, status = "sent", %reply, "delivered");
+                    Outcome::Delivered { reply }
                 }
                 Err((true, reason)) => {
                     info!(to = %r.address, status = "bounced", %reason, "delivery failed");
@@ -480,56 +603,57 @@ impl Queue {
             };
             outcomes.push((r.index, outcome));
         }
-        // DSNs are queued before the outcomes are recorded: a crash in between repeats a DSN
-        // rather than losing it.
+        // DSNs go with the outcomes that call for them, in the same transaction.
         let wants = |r: &store::Recipient, bit: u8| {
             r.notify == 0 && bit == notify::FAILURE
                 || r.notify & bit != 0 && r.notify & notify::NEVER == 0
         };
+        let mut dsns = Vec::new();
         let failed: Vec<_> = failed
             .into_iter()
             .filter(|(r, _)| wants(r, notify::FAILURE))
             .collect();
-        self.send_dsn(
+        dsns.extend(self.dsn(
             message,
             dsn::Action::Failed,
             failed.iter().map(|(r, why)| (*r, why.as_str())).collect(),
-        )
-        .await;
+        ));
         let delayed: Vec<_> = delayed
             .into_iter()
             .filter(|(r, _, _)| r.notify == 0 || wants(r, notify::DELAY))
             .collect();
-        if let Some((_, _, until)) = delayed.first() {
-            let until = *until;
-            let sent = self
-                .send_dsn(
-                    message,
-                    dsn::Action::Delayed { retry_until: until },
-                    delayed
-                        .iter()
-                        .map(|(r, why, _)| (*r, why.as_str()))
-                        .collect(),
-                )
-                .await;
-            if sent {
-                outcomes.extend(delayed.iter().map(|(r, _, _)| (r.index, Outcome::Warned)));
-            }
+        if let Some((_, _, until)) = delayed.first()
+            && let Some(d) = self.dsn(
+                message,
+                dsn::Action::Delayed {
+                    retry_until: *until,
+                },
+                delayed
+                    .iter()
+                    .map(|(r, why, _)| (*r, why.as_str()))
+                    .collect(),
+            )
+        {
+            dsns.push(d);
+            outcomes.extend(delayed.iter().map(|(r, _, _)| (r.index, Outcome::Warned)));
         }
-        if let Err(e) = self.store.record(&message.id, outcomes).await {
-            warn!(error = %e, %route, "could not record delivery outcome; the attempt will be repeated");
+        Attempt {
+            relay: route.to_string(),
+            outcomes,
+            dsns,
+            release: false,
         }
     }
 
-    /// Queues a DSN to the sender (never to the null sender); true if one was queued.
-    async fn send_dsn(
-        self: &Arc<Self>,
+    /// A DSN to the sender about `rcpts` (never to the null sender), ready to be queued.
+    fn dsn(
+        &self,
         message: &Message,
         action: dsn::Action,
         rcpts: Vec<(&store::Recipient, &str)>,
-    ) -> bool {
+    ) -> Option<NewMessage> {
         if rcpts.is_empty() || message.sender.is_empty() {
-            return false;
+            return None;
         }
         let id = new_queue_id();
         let now = self.clock.now();
@@ -549,8 +673,9 @@ impl Queue {
             action,
             &reports,
         );
-        let dsn = NewMessage {
-            id: id.clone(),
+        info!(dsn_id = %id, to = %message.sender, ?action, "DSN queued");
+        Some(NewMessage {
+            id,
             sender: String::new(),
             recipients: vec![NewRecipient {
                 address: message.sender.clone(),
@@ -560,19 +685,16 @@ impl Queue {
             envid: None,
             ret: None,
             received_at: now,
-            next_attempt: now + IN_FLIGHT_LEASE,
+            next_attempt: now,
             body: body.into(),
-        };
-        match self.submit(dsn).await {
-            Ok(()) => {
-                info!(dsn_id = %id, to = %message.sender, ?action, "DSN queued");
-                true
-            }
-            Err(e) => {
-                warn!(error = %e, "could not queue DSN");
-                false
-            }
-        }
+            arrival: Arrival {
+                client: "-".into(),
+                helo: "-".into(),
+                tls: None,
+                server: self.config.smtp.hostname.clone(),
+                node: self.node().to_string(),
+            },
+        })
     }
 }
 
@@ -615,8 +737,15 @@ impl Handler for Intake {
             envid: m.envelope.envid,
             ret: stored_ret(m.envelope.ret),
             received_at: now,
-            next_attempt: now + IN_FLIGHT_LEASE,
+            next_attempt: now,
             body: m.body,
+            arrival: Arrival {
+                client: m.client.peer.ip().to_string(),
+                helo: m.client.helo,
+                tls: m.client.tls,
+                server: m.server,
+                node: self.0.node().to_string(),
+            },
         };
         self.0.submit(message).await.map_err(|e| {
             warn!(error = %e, "enqueue failed");

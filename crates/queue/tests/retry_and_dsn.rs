@@ -9,7 +9,7 @@ use config::Config;
 use mailsilo_queue::{Clock, Intake, ManualClock, Queue};
 use smtp::server::{ClientInfo, Server, new_queue_id};
 use smtp::{Accepted, Envelope, Handler, Rcpt, Reply};
-use store::{Embedded, QueueStore};
+use store::{Embedded, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -34,13 +34,46 @@ impl Handler for Collect {
 
 struct World {
     queue: Arc<Queue>,
-    store: Arc<Embedded>,
+    store: Arc<dyn Store>,
     clock: Arc<ManualClock>,
     sink: Arc<Collect>,
     stop: watch::Sender<bool>,
     _dir: tempfile::TempDir,
     /// Holds the refusing port of `down.test`.
     _dead: tokio::net::TcpSocket,
+}
+
+/// The embedded store in `dir`, or a fresh PostgreSQL database when
+/// `MAILSILO_TEST_STORE=postgres` (scripts/test.sh runs these tests on both).
+async fn test_store(dir: &std::path::Path) -> Arc<dyn Store> {
+    if std::env::var("MAILSILO_TEST_STORE").as_deref() != Ok("postgres") {
+        return Arc::new(Embedded::open(dir).unwrap());
+    }
+    let admin = std::env::var("MAILSILO_TEST_POSTGRES").expect("MAILSILO_TEST_POSTGRES");
+    let name = format!(
+        "q_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let out = std::process::Command::new("psql")
+        .arg(&admin)
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (base, _) = admin.rsplit_once('/').unwrap();
+    Arc::new(
+        store::Postgres::connect(&format!("{base}/{name}"))
+            .await
+            .unwrap(),
+    )
 }
 
 async fn world(extra: &str) -> World {
@@ -66,9 +99,10 @@ async fn world_with(smtp: &str, extra: &str) -> World {
     let server = Arc::new(Server::new(config.smtp.clone(), None, sink.clone()));
     tokio::spawn(server.serve(listener, stopped.clone(), Duration::from_secs(1)));
     let dir = tempfile::tempdir().unwrap();
-    let store = Arc::new(Embedded::open(dir.path()).unwrap());
+    let store = test_store(dir.path()).await;
     let clock = Arc::new(ManualClock::new(1_800_000_000));
-    let queue = Queue::new(config, store.clone(), clock.clone())
+    let queue = Queue::new(config, store.clone(), clock.clone(), "test-node")
+        .await
         .unwrap()
         .with_poll_interval(Duration::from_millis(50));
     tokio::spawn(queue.clone().run(stopped));
@@ -92,6 +126,7 @@ impl World {
         let id = new_queue_id();
         let m = Accepted {
             id: id.clone(),
+            server: "mx.test".into(),
             client: ClientInfo {
                 peer: "127.0.0.1:9".parse().unwrap(),
                 helo: "x".into(),
@@ -227,7 +262,7 @@ async fn expiry_sends_one_dsn_to_the_sender() {
     }
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(w.received().len(), 1, "exactly one DSN");
-    assert!(w.store.list().await.unwrap().is_empty());
+    assert!(w.store.list(None, 100).await.unwrap().is_empty());
     w.stop.send(true).unwrap();
 }
 

@@ -220,13 +220,14 @@ impl Client {
     }
 
     /// Sends one message. `Ok` holds the outcome for each recipient of `envelope`, in order
-    /// (`Ok(())` accepted by the final reply, `Err(reply)` refused); `Err` means the whole
-    /// transaction failed and the connection should be dropped.
+    /// (`Ok(final reply)` accepted, the reply to the end of data naming the next hop's own
+    /// queue id; `Err(reply)` refused at RCPT); `Err` means the whole transaction failed and
+    /// the connection should be dropped.
     pub async fn send(
         &mut self,
         envelope: &Envelope,
         message: &[u8],
-    ) -> Result<Vec<Result<(), Reply>>, Error> {
+    ) -> Result<Vec<Result<Reply, Reply>>, Error> {
         let caps = self.capabilities.clone();
         if let Some(max) = caps.size
             && message.len() > max
@@ -321,25 +322,30 @@ impl Client {
             self.conn.flush(self.settings.command_timeout).await?;
             mail_reply = Some(self.read_reply().await?);
             for _ in &rcpts {
-                let reply = self.read_reply().await?;
-                results.push(if reply.is_positive() {
-                    Ok(())
-                } else {
-                    Err(reply)
-                });
+                results.push(self.read_reply().await?);
             }
         } else {
             for r in &rcpts {
                 self.command(r.clone()).await?;
-                let reply = self.read_reply().await?;
-                results.push(if reply.is_positive() {
-                    Ok(())
-                } else {
-                    Err(reply)
-                });
+                results.push(self.read_reply().await?);
             }
         }
-        let accepted = results.iter().filter(|r| r.is_ok()).count();
+        // Refused recipients keep their reply; accepted ones get the final reply below.
+        let refusal = |reply: Reply| {
+            if reply.is_positive() {
+                None
+            } else {
+                Some(reply)
+            }
+        };
+        let results: Vec<Option<Reply>> = results.into_iter().map(refusal).collect();
+        let accepted = results.iter().filter(|r| r.is_none()).count();
+        let finish = |results: Vec<Option<Reply>>, ok: &Reply| -> Vec<Result<Reply, Reply>> {
+            results
+                .into_iter()
+                .map(|r| r.map_or_else(|| Ok(ok.clone()), Err))
+                .collect()
+        };
         let data_reply = if pipelined {
             self.read_reply().await?
         } else if accepted > 0 {
@@ -347,7 +353,7 @@ impl Client {
             self.read_reply().await?
         } else {
             self.reset().await?;
-            return Ok(results);
+            return Ok(finish(results, &Reply::new(250, "")));
         };
         if let Some(reply) = mail_reply.filter(|r| !r.is_positive()) {
             if data_reply.code == 354 {
@@ -365,7 +371,7 @@ impl Client {
             // The server may still hold the transaction open: clear it before the
             // connection carries another message.
             self.reset().await?;
-            return Ok(results);
+            return Ok(finish(results, &Reply::new(250, "")));
         }
         if data_reply.code != 354 {
             return Err(Error::Reply {
@@ -388,7 +394,7 @@ impl Client {
                 reply: final_reply,
             });
         }
-        Ok(results)
+        Ok(finish(results, &final_reply))
     }
 
     /// Ends a DATA phase that should not have started, with an empty message.

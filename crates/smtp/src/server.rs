@@ -81,6 +81,8 @@ pub struct ClientInfo {
 #[derive(Debug, Clone)]
 pub struct Accepted {
     pub id: String,
+    /// The name of the server that took it (its banner name: `c1-s2`, or `smtp.hostname`).
+    pub server: String,
     pub client: ClientInfo,
     pub envelope: Envelope,
     /// The message with the server's Received: header first; CRLF line ends. The only copy
@@ -827,6 +829,7 @@ impl<H: Handler> Session<H> {
         let rcpts = envelope.recipients.len();
         let accepted = Accepted {
             id: id.clone(),
+            server: self.settings().hostname.clone(),
             client,
             envelope,
             body: Bytes::from(message),

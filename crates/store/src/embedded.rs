@@ -1,4 +1,5 @@
-//! The embedded store: SQLite in WAL mode, one writer thread, group commit.
+//! The embedded store: SQLite in WAL mode, one writer thread, group commit. For one machine:
+//! its "database time" is this host's clock.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -11,22 +12,74 @@ use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::{
-    Bytes, Error, Message, NewMessage, Outcome, QueueStore, Recipient, Result, Ret, Status, Summary,
+    Attempt, Bytes, Claimed, Error, Event, Lease, Message, NewMessage, Outcome, Recipient, Result,
+    Ret, Status, Store, Summary, Trace, TraceQuery, deleted_event, dsn_event, now_ms,
+    outcome_event, received_event,
 };
 
 /// The most operations run in one transaction.
 const BATCH: usize = 512;
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const VERSION: i64 = 1;
+const VERSION: i64 = 2;
 
-/// Version 1. `ret` is NULL when the sender gave no RET, 0 for FULL, 1 for HDRS.
-const SCHEMA: &str = "
+/// The schema, version by version: `MIGRATIONS[n]` takes a database from version n to n+1.
+/// Version 0 is the first release's (RET kept as `ret_headers_only`, which held an invented
+/// RET=FULL as 0, so only HDRS is carried over).
+const MIGRATIONS: [&str; 2] = [
+    // 0 -> 1: RET as given.
+    "ALTER TABLE message ADD COLUMN ret INTEGER;
+     UPDATE message SET ret = CASE ret_headers_only WHEN 1 THEN 1 END;
+     ALTER TABLE message DROP COLUMN ret_headers_only;",
+    // 1 -> 2: leases and the message's due time; the trace.
+    "ALTER TABLE message ADD COLUMN next_attempt INTEGER;
+     ALTER TABLE message ADD COLUMN lease_owner TEXT;
+     ALTER TABLE message ADD COLUMN lease_until INTEGER NOT NULL DEFAULT 0;
+     ALTER TABLE message ADD COLUMN lease_token INTEGER NOT NULL DEFAULT 0;
+     UPDATE message SET next_attempt =
+         (SELECT MIN(next_attempt) FROM recipient r WHERE r.message_id = message.id AND r.status = 0);
+     DROP INDEX IF EXISTS recipient_due;
+     CREATE INDEX message_due ON message (next_attempt);
+     CREATE TABLE trace_message (
+         id TEXT PRIMARY KEY,
+         received_at INTEGER NOT NULL,
+         sender TEXT NOT NULL,
+         sender_lc TEXT NOT NULL,
+         size INTEGER NOT NULL,
+         client TEXT NOT NULL,
+         helo TEXT NOT NULL,
+         tls TEXT,
+         server TEXT NOT NULL,
+         node TEXT NOT NULL
+     );
+     CREATE INDEX trace_message_received ON trace_message (received_at);
+     CREATE INDEX trace_message_sender ON trace_message (sender_lc);
+     CREATE TABLE trace_recipient (
+         id TEXT NOT NULL,
+         address TEXT NOT NULL,
+         address_lc TEXT NOT NULL,
+         PRIMARY KEY (id, address)
+     ) WITHOUT ROWID;
+     CREATE INDEX trace_recipient_address ON trace_recipient (address_lc);
+     CREATE TABLE trace_event (
+         seq INTEGER PRIMARY KEY,
+         id TEXT NOT NULL,
+         at INTEGER NOT NULL,
+         node TEXT NOT NULL,
+         kind TEXT NOT NULL,
+         recipient TEXT,
+         detail TEXT NOT NULL
+     );
+     CREATE INDEX trace_event_id ON trace_event (id);",
+];
+
+/// Version 0, as the first release created it (migrations start from here).
+const BASE: &str = "
 CREATE TABLE IF NOT EXISTS message (
     id TEXT PRIMARY KEY,
     sender TEXT NOT NULL,
     envid TEXT,
-    ret INTEGER,
+    ret_headers_only INTEGER NOT NULL,
     received_at INTEGER NOT NULL,
     body BLOB NOT NULL
 );
@@ -46,30 +99,36 @@ CREATE TABLE IF NOT EXISTS recipient (
 CREATE INDEX IF NOT EXISTS recipient_due ON recipient (next_attempt) WHERE status = 0;
 ";
 
-/// Brings a database to [`VERSION`]: creates it, or upgrades version 0 (which stored a
-/// RET=FULL it had invented as `ret_headers_only = 0`, so only HDRS is carried over).
-fn migrate(conn: &mut Connection) -> Result<()> {
-    let version: i64 = conn.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version >= VERSION {
-        return Ok(());
-    }
+/// Brings a database to [`VERSION`], one migration at a time, in one transaction.
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     let tx = conn.transaction()?;
-    let old: bool = tx.query_row(
-        "SELECT COUNT(*) FROM pragma_table_info('message') WHERE name = 'ret_headers_only'",
-        [],
-        |r| r.get::<_, i64>(0).map(|n| n > 0),
-    )?;
-    if old {
-        tx.execute_batch(
-            "ALTER TABLE message ADD COLUMN ret INTEGER;
-             UPDATE message SET ret = CASE ret_headers_only WHEN 1 THEN 1 END;
-             ALTER TABLE message DROP COLUMN ret_headers_only;",
-        )?;
+    let mut version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version == 0 {
+        tx.execute_batch(BASE)?;
     }
-    tx.execute_batch(SCHEMA)?;
+    while version < VERSION {
+        tx.execute_batch(MIGRATIONS[version as usize])?;
+        version += 1;
+    }
     tx.pragma_update(None, "user_version", VERSION)?;
-    tx.commit()?;
-    Ok(())
+    tx.commit()
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+impl From<rusqlite::Error> for Error {
+    fn from(e: rusqlite::Error) -> Error {
+        match e {
+            rusqlite::Error::SqliteFailure(f, m)
+                if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+            {
+                Error::Conflict(m.unwrap_or_else(|| f.to_string()))
+            }
+            other => unavailable(other),
+        }
+    }
 }
 
 fn ret_to_sql(r: Option<Ret>) -> Option<i64> {
@@ -83,36 +142,33 @@ fn ret_from_sql(v: Option<i64>) -> Option<Ret> {
     v.map(|v| if v == 1 { Ret::Headers } else { Ret::Full })
 }
 
-type Reply<T> = oneshot::Sender<Result<T>>;
-
 /// Answers an operation once its transaction's commit outcome (an error message, if it
 /// failed) is known.
-type Answer = Box<dyn FnOnce(Option<&str>)>;
+type Answer = Box<dyn FnOnce(Option<&str>) + Send>;
+
+/// Runs an operation against the connection (or, when the transaction could not even start,
+/// `None`), returning what answers the caller after the commit.
+type Run = Box<dyn FnOnce(Option<&Connection>) -> Answer + Send>;
 
 /// One request to the writer thread.
-enum Op {
-    Enqueue(Box<NewMessage>, Reply<()>),
-    Due(i64, usize, Reply<Vec<String>>),
-    NextDue(Reply<Option<i64>>),
-    Get(String, Reply<Option<Message>>),
-    Record(String, Vec<(u32, Outcome)>, Reply<()>),
-    List(Reply<Vec<Summary>>),
-    Delete(String, Reply<bool>),
-    Flush(i64, Reply<usize>),
-    Recover(i64, Reply<usize>),
+struct Op {
+    /// Its caller was told (or will be) that the change is durable: the batch commits with
+    /// `synchronous=FULL`.
+    durable: bool,
+    run: Run,
 }
 
-/// The embedded queue store. Cheap to share behind an `Arc`; dropping the last handle lets
-/// the writer thread finish what is queued and close the database.
+/// The embedded store. Cheap to share behind an `Arc`; dropping the last handle lets the
+/// writer thread finish what is queued and close the database.
 pub struct Embedded {
     tx: mpsc::Sender<Op>,
     commits: Arc<AtomicU64>,
 }
 
 impl Embedded {
-    /// Opens (creating if needed) the queue database in `dir`.
+    /// Opens (creating or upgrading if needed) the database in `dir`.
     pub fn open(dir: &Path) -> Result<Embedded> {
-        std::fs::create_dir_all(dir)?;
+        std::fs::create_dir_all(dir).map_err(unavailable)?;
         let mut conn = Connection::open(dir.join("queue.db"))?;
         conn.busy_timeout(std::time::Duration::from_secs(10))?;
         // WAL with synchronous=FULL: every commit fsyncs the WAL before it returns.
@@ -120,13 +176,16 @@ impl Embedded {
         conn.pragma_update(None, "synchronous", "FULL")?;
         migrate(&mut conn)?;
         // The database and WAL files now exist; fsync the directory so their entries do too.
-        std::fs::File::open(dir)?.sync_all()?;
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(unavailable)?;
         let (tx, rx) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
         let counter = commits.clone();
         thread::Builder::new()
             .name("store-writer".into())
-            .spawn(move || writer(conn, rx, &counter))?;
+            .spawn(move || writer(conn, rx, &counter))
+            .map_err(unavailable)?;
         Ok(Embedded { tx, commits })
     }
 
@@ -135,10 +194,47 @@ impl Embedded {
         self.commits.load(Ordering::Relaxed)
     }
 
-    async fn call<T>(&self, make: impl FnOnce(Reply<T>) -> Op) -> Result<T> {
-        let (reply, rx) = oneshot::channel();
-        self.tx.send(make(reply)).map_err(|_| Error::Closed)?;
+    /// Runs `f` in the writer thread's next transaction (inside a savepoint of its own, so a
+    /// failing operation leaves the others of the batch intact) and answers after the commit.
+    async fn call<T: Send + 'static>(
+        &self,
+        durable: bool,
+        f: impl FnOnce(&Connection) -> Result<T> + Send + 'static,
+    ) -> Result<T> {
+        let (reply, rx) = oneshot::channel::<Result<T>>();
+        let run = move |conn: Option<&Connection>| -> Answer {
+            let result = match conn {
+                Some(c) => guarded(c, f),
+                None => Err(Error::Unavailable("no transaction".into())),
+            };
+            Box::new(move |commit_error: Option<&str>| {
+                let _ = reply.send(match commit_error {
+                    Some(m) => Err(Error::Unavailable(m.to_string())),
+                    None => result,
+                });
+            })
+        };
+        self.tx
+            .send(Op {
+                durable,
+                run: Box::new(run),
+            })
+            .map_err(|_| Error::Closed)?;
         rx.await.map_err(|_| Error::Closed)?
+    }
+}
+
+fn guarded<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+    conn.execute_batch("SAVEPOINT op")?;
+    match f(conn) {
+        Ok(v) => {
+            conn.execute_batch("RELEASE op")?;
+            Ok(v)
+        }
+        Err(e) => {
+            conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
+            Err(e)
+        }
     }
 }
 
@@ -153,16 +249,11 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, commits: &AtomicU64) {
                 Err(_) => break,
             }
         }
-        // A batch that only records delivery outcomes need not wait for its own fsync: the
-        // next durable commit (the WAL is sequential) or a checkpoint makes it durable, and
-        // losing it to a power cut means a repeated delivery attempt, which at-least-once
-        // allows. Anything an SMTP client or an operator was told is done commits durably.
-        let durable = ops.iter().any(|op| {
-            !matches!(
-                op,
-                Op::Record(..) | Op::Due(..) | Op::NextDue(..) | Op::Get(..) | Op::List(..)
-            )
-        });
+        // A batch with nothing anyone was promised durable (claims, outcome records, reads)
+        // need not wait for its own fsync: the next durable commit (the WAL is sequential)
+        // or a checkpoint makes it durable, and losing it to a power cut means a repeated
+        // delivery attempt, which at-least-once allows.
+        let durable = ops.iter().any(|op| op.durable);
         if durable != synchronous_full {
             let mode = if durable { "FULL" } else { "NORMAL" };
             if conn.pragma_update(None, "synchronous", mode).is_ok() {
@@ -174,15 +265,12 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, commits: &AtomicU64) {
             Err(e) => {
                 let msg = e.to_string();
                 for op in ops {
-                    fail(op, &msg);
+                    (op.run)(None)(Some(&msg));
                 }
                 continue;
             }
         };
-        let mut done: Vec<Answer> = Vec::with_capacity(ops.len());
-        for op in ops {
-            done.push(run(&tx, op));
-        }
+        let done: Vec<Answer> = ops.into_iter().map(|op| (op.run)(Some(&tx))).collect();
         // The commit is the durable point: with synchronous=FULL it fsyncs the WAL here.
         let commit = tx.commit().err().map(|e| e.to_string());
         commits.fetch_add(1, Ordering::Relaxed);
@@ -192,69 +280,28 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, commits: &AtomicU64) {
     }
 }
 
-fn fail(op: Op, msg: &str) {
-    let e = || Error::Transaction(msg.to_string());
-    match op {
-        Op::Enqueue(_, r) => drop(r.send(Err(e()))),
-        Op::Due(_, _, r) => drop(r.send(Err(e()))),
-        Op::NextDue(r) => drop(r.send(Err(e()))),
-        Op::Get(_, r) => drop(r.send(Err(e()))),
-        Op::Record(_, _, r) => drop(r.send(Err(e()))),
-        Op::List(r) => drop(r.send(Err(e()))),
-        Op::Delete(_, r) => drop(r.send(Err(e()))),
-        Op::Flush(_, r) => drop(r.send(Err(e()))),
-        Op::Recover(_, r) => drop(r.send(Err(e()))),
-    }
-}
-
-/// Runs one operation inside a savepoint (so a failing one leaves the others intact) and
-/// returns what answers it once the commit's outcome is known.
-fn run(conn: &Connection, op: Op) -> Answer {
-    fn answer<T: Send + 'static>(reply: Reply<T>, result: Result<T>) -> Answer {
-        Box::new(move |commit_error: Option<&str>| {
-            let result = match commit_error {
-                Some(msg) => Err(Error::Transaction(msg.to_string())),
-                None => result,
-            };
-            let _ = reply.send(result);
-        })
-    }
-    fn guarded<T>(conn: &Connection, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
-        conn.execute_batch("SAVEPOINT op")?;
-        match f(conn) {
-            Ok(v) => {
-                conn.execute_batch("RELEASE op")?;
-                Ok(v)
-            }
-            Err(e) => {
-                conn.execute_batch("ROLLBACK TO op; RELEASE op")?;
-                Err(e)
-            }
-        }
-    }
-    match op {
-        Op::Enqueue(m, r) => answer(r, guarded(conn, |c| enqueue(c, &m))),
-        Op::Due(now, limit, r) => answer(r, due(conn, now, limit)),
-        Op::NextDue(r) => answer(r, next_due(conn)),
-        Op::Get(id, r) => answer(r, get(conn, &id)),
-        Op::Record(id, o, r) => answer(r, guarded(conn, |c| record(c, &id, &o))),
-        Op::List(r) => answer(r, list(conn)),
-        Op::Delete(id, r) => answer(r, guarded(conn, |c| delete(c, &id))),
-        Op::Flush(now, r) => answer(r, guarded(conn, |c| flush(c, now, false))),
-        Op::Recover(now, r) => answer(r, guarded(conn, |c| flush(c, now, true))),
-    }
-}
-
 /// Octets written into a message body per incremental blob write.
 const BLOB_PIECE: usize = 256 * 1024;
 
-fn enqueue(c: &Connection, m: &NewMessage) -> Result<()> {
+fn enqueue(c: &Connection, m: &NewMessage, lease: Option<(&str, i64)>) -> Result<Option<i64>> {
+    let (owner, until) = lease.map_or((None, 0), |(o, u)| (Some(o), u));
     // The body goes in as a zero blob written in place a piece at a time: binding it whole
     // would have SQLite copy the entire message into a record first.
     c.prepare_cached(
-        "INSERT INTO message (id, sender, envid, ret, received_at, body) VALUES (?, ?, ?, ?, ?, zeroblob(?))",
+        "INSERT INTO message (id, sender, envid, ret, received_at, body, next_attempt, lease_owner, lease_until, lease_token)
+         VALUES (?, ?, ?, ?, ?, zeroblob(?), ?, ?, ?, 1)",
     )?
-    .execute(params![m.id, m.sender, m.envid, ret_to_sql(m.ret), m.received_at, m.body.len() as i64])?;
+    .execute(params![
+        m.id,
+        m.sender,
+        m.envid,
+        ret_to_sql(m.ret),
+        m.received_at,
+        m.body.len() as i64,
+        m.next_attempt,
+        owner,
+        until
+    ])?;
     let row = c.last_insert_rowid();
     let mut blob = c.blob_open(MAIN_DB, c"message", c"body", row, false)?;
     for (i, piece) in m.body.chunks(BLOB_PIECE).enumerate() {
@@ -265,6 +312,9 @@ fn enqueue(c: &Connection, m: &NewMessage) -> Result<()> {
         "INSERT INTO recipient (message_id, idx, address, notify, orcpt, status, attempts, next_attempt, last_error, warned)
          VALUES (?, ?, ?, ?, ?, 0, 0, ?, NULL, 0)",
     )?;
+    let mut trace_rcpt = c.prepare_cached(
+        "INSERT OR IGNORE INTO trace_recipient (id, address, address_lc) VALUES (?, ?, ?)",
+    )?;
     for (i, r) in m.recipients.iter().enumerate() {
         ins.execute(params![
             m.id,
@@ -274,25 +324,35 @@ fn enqueue(c: &Connection, m: &NewMessage) -> Result<()> {
             r.orcpt,
             m.next_attempt
         ])?;
+        trace_rcpt.execute(params![m.id, r.address, r.address.to_lowercase()])?;
     }
+    let a = &m.arrival;
+    c.prepare_cached(
+        "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![
+        m.id,
+        m.received_at,
+        m.sender,
+        m.sender.to_lowercase(),
+        m.body.len() as i64,
+        a.client,
+        a.helo,
+        a.tls,
+        a.server,
+        a.node
+    ])?;
+    add_event(c, &m.id, &received_event(m))?;
+    Ok(lease.map(|_| 1))
+}
+
+fn add_event(c: &Connection, id: &str, e: &Event) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO trace_event (id, at, node, kind, recipient, detail) VALUES (?, ?, ?, ?, ?, ?)",
+    )?
+    .execute(params![id, e.at, e.node, e.kind, e.recipient, e.detail])?;
     Ok(())
-}
-
-fn due(c: &Connection, now: i64, limit: usize) -> Result<Vec<String>> {
-    let mut st = c.prepare_cached(
-        "SELECT message_id, MIN(next_attempt) AS t FROM recipient WHERE status = 0 AND next_attempt <= ?
-         GROUP BY message_id ORDER BY t LIMIT ?",
-    )?;
-    let rows = st.query_map(params![now, limit as i64], |r| r.get(0))?;
-    Ok(rows.collect::<rusqlite::Result<_>>()?)
-}
-
-fn next_due(c: &Connection) -> Result<Option<i64>> {
-    Ok(c.query_row(
-        "SELECT MIN(next_attempt) FROM recipient WHERE status = 0",
-        [],
-        |r| r.get(0),
-    )?)
 }
 
 fn status_of(n: i64) -> Status {
@@ -303,9 +363,15 @@ fn status_of(n: i64) -> Status {
     }
 }
 
-fn get(c: &Connection, id: &str) -> Result<Option<Message>> {
+/// A queued message, with its body or (for claims) without.
+fn get(c: &Connection, id: &str, with_body: bool) -> Result<Option<Message>> {
+    let sql = if with_body {
+        "SELECT sender, envid, ret, received_at, body FROM message WHERE id = ?"
+    } else {
+        "SELECT sender, envid, ret, received_at, x'' FROM message WHERE id = ?"
+    };
     let m = c
-        .prepare_cached("SELECT sender, envid, ret, received_at, body FROM message WHERE id = ?")?
+        .prepare_cached(sql)?
         .query_row([id], |r| {
             Ok(Message {
                 id: id.to_string(),
@@ -341,74 +407,141 @@ fn get(c: &Connection, id: &str) -> Result<Option<Message>> {
     Ok(Some(m))
 }
 
-fn record(c: &Connection, id: &str, outcomes: &[(u32, Outcome)]) -> Result<()> {
-    let mut done = c.prepare_cached(
-        "UPDATE recipient SET status = ?, attempts = attempts + 1, last_error = ? WHERE message_id = ? AND idx = ? AND status = 0",
+fn claim(c: &Connection, owner: &str, ttl_ms: i64, now: i64, limit: usize) -> Result<Vec<Claimed>> {
+    let db_now = now_ms();
+    let ids: Vec<String> = c
+        .prepare_cached(
+            "SELECT id FROM message WHERE next_attempt <= ? AND lease_until < ?
+             ORDER BY next_attempt, id LIMIT ?",
+        )?
+        .query_map(params![now, db_now, limit as i64], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut take = c.prepare_cached(
+        "UPDATE message SET lease_owner = ?, lease_until = ?, lease_token = lease_token + 1
+         WHERE id = ? RETURNING lease_token",
     )?;
-    let mut defer = c.prepare_cached(
-        "UPDATE recipient SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE message_id = ? AND idx = ? AND status = 0",
-    )?;
-    let mut warn =
-        c.prepare_cached("UPDATE recipient SET warned = 1 WHERE message_id = ? AND idx = ?")?;
-    for (idx, o) in outcomes {
-        match o {
-            Outcome::Delivered => done.execute(params![1, None::<String>, id, idx])?,
-            Outcome::Failed { reason } => done.execute(params![2, reason, id, idx])?,
-            Outcome::Deferred {
-                next_attempt,
-                reason,
-            } => defer.execute(params![next_attempt, reason, id, idx])?,
-            Outcome::Warned => warn.execute(params![id, idx])?,
-        };
-    }
-    let pending: i64 = c
-        .prepare_cached("SELECT COUNT(*) FROM recipient WHERE message_id = ? AND status = 0")?
-        .query_row([id], |r| r.get(0))?;
-    if pending == 0 {
-        delete(c, id)?;
-    }
-    Ok(())
-}
-
-fn list(c: &Connection) -> Result<Vec<Summary>> {
-    let mut st = c.prepare_cached(
-        "SELECT m.id, m.sender, length(m.body), m.received_at, r.next_attempt, r.address, r.last_error
-         FROM message m JOIN recipient r ON r.message_id = m.id
-         WHERE r.status = 0 ORDER BY m.received_at, m.id, r.idx",
-    )?;
-    let mut out: Vec<Summary> = Vec::new();
-    let rows = st.query_map([], |r| {
-        Ok((
-            r.get::<_, String>(0)?,
-            r.get::<_, String>(1)?,
-            r.get::<_, i64>(2)?,
-            r.get::<_, i64>(3)?,
-            r.get::<_, i64>(4)?,
-            r.get::<_, String>(5)?,
-            r.get::<_, Option<String>>(6)?,
-        ))
-    })?;
-    for row in rows {
-        let (id, sender, size, received_at, next, rcpt, err) = row?;
-        match out.last_mut() {
-            Some(s) if s.id == id => {
-                s.next_attempt = s.next_attempt.min(next);
-                s.pending.push((rcpt, err));
-            }
-            _ => out.push(Summary {
-                id,
-                sender,
-                size: size as u64,
-                received_at,
-                next_attempt: next,
-                pending: vec![(rcpt, err)],
-            }),
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        let token: i64 = take.query_row(params![owner, db_now + ttl_ms, id], |r| r.get(0))?;
+        if let Some(message) = get(c, &id, false)? {
+            out.push(Claimed { message, token });
         }
     }
     Ok(out)
 }
 
-fn delete(c: &Connection, id: &str) -> Result<bool> {
+/// The message's lease token, if it is still queued.
+fn token_of(c: &Connection, id: &str) -> Result<Option<i64>> {
+    Ok(
+        c.prepare_cached("SELECT lease_token FROM message WHERE id = ?")?
+            .query_row([id], |r| r.get(0))
+            .optional()?,
+    )
+}
+
+fn renew(c: &Connection, id: &str, token: i64, ttl_ms: i64) -> Result<()> {
+    let n = c
+        .prepare_cached("UPDATE message SET lease_until = ? WHERE id = ? AND lease_token = ?")?
+        .execute(params![now_ms() + ttl_ms, id, token])?;
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(Error::LeaseLost(id.to_string()))
+    }
+}
+
+fn record(c: &Connection, id: &str, token: i64, node: &str, a: &Attempt) -> Result<()> {
+    if token_of(c, id)? != Some(token) {
+        return Err(Error::LeaseLost(id.to_string()));
+    }
+    let mut done = c.prepare_cached(
+        "UPDATE recipient SET status = ?, attempts = attempts + 1, last_error = ? WHERE message_id = ? AND idx = ? AND status = 0 RETURNING address",
+    )?;
+    let mut defer = c.prepare_cached(
+        "UPDATE recipient SET attempts = attempts + 1, next_attempt = ?, last_error = ? WHERE message_id = ? AND idx = ? AND status = 0 RETURNING address",
+    )?;
+    let mut warn = c.prepare_cached(
+        "UPDATE recipient SET warned = 1 WHERE message_id = ? AND idx = ? RETURNING address",
+    )?;
+    for (idx, o) in &a.outcomes {
+        let address: Option<String> = match o {
+            Outcome::Delivered { .. } => done
+                .query_row(params![1, None::<String>, id, idx], |r| r.get(0))
+                .optional()?,
+            Outcome::Failed { reason } => done
+                .query_row(params![2, reason, id, idx], |r| r.get(0))
+                .optional()?,
+            Outcome::Deferred {
+                next_attempt,
+                reason,
+            } => defer
+                .query_row(params![next_attempt, reason, id, idx], |r| r.get(0))
+                .optional()?,
+            Outcome::Warned => warn.query_row(params![id, idx], |r| r.get(0)).optional()?,
+        };
+        if let Some(address) = address {
+            add_event(c, id, &outcome_event(node, &a.relay, &address, o))?;
+        }
+    }
+    for dsn in &a.dsns {
+        enqueue(c, dsn, None)?;
+        add_event(c, id, &dsn_event(node, dsn))?;
+    }
+    let next: Option<i64> = c
+        .prepare_cached(
+            "SELECT MIN(next_attempt) FROM recipient WHERE message_id = ? AND status = 0",
+        )?
+        .query_row([id], |r| r.get(0))?;
+    match next {
+        None => {
+            remove(c, id)?;
+        }
+        Some(next) if a.release => {
+            c.prepare_cached(
+                "UPDATE message SET next_attempt = ?, lease_owner = NULL, lease_until = 0 WHERE id = ?",
+            )?
+            .execute(params![next, id])?;
+        }
+        Some(next) => {
+            c.prepare_cached("UPDATE message SET next_attempt = ? WHERE id = ?")?
+                .execute(params![next, id])?;
+        }
+    }
+    Ok(())
+}
+
+fn list(c: &Connection, after: Option<&str>, limit: usize) -> Result<Vec<Summary>> {
+    let db_now = now_ms();
+    let mut st = c.prepare_cached(
+        "SELECT id, sender, length(body), received_at, next_attempt, CASE WHEN lease_until > ? THEN lease_owner END
+         FROM message WHERE id > ? ORDER BY id LIMIT ?",
+    )?;
+    let mut out: Vec<Summary> = st
+        .query_map(params![db_now, after.unwrap_or(""), limit as i64], |r| {
+            Ok(Summary {
+                id: r.get(0)?,
+                sender: r.get(1)?,
+                size: r.get::<_, i64>(2)? as u64,
+                received_at: r.get(3)?,
+                next_attempt: r.get::<_, Option<i64>>(4)?.unwrap_or(0),
+                owner: r.get(5)?,
+                pending: Vec::new(),
+            })
+        })?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut pending = c.prepare_cached(
+        "SELECT address, last_error FROM recipient WHERE message_id = ? AND status = 0 ORDER BY idx",
+    )?;
+    for s in &mut out {
+        s.pending = pending
+            .query_map([&s.id], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(out)
+}
+
+/// Removes a message from the queue (its trace stays).
+fn remove(c: &Connection, id: &str) -> Result<bool> {
     c.prepare_cached("DELETE FROM recipient WHERE message_id = ?")?
         .execute([id])?;
     Ok(c.prepare_cached("DELETE FROM message WHERE id = ?")?
@@ -416,172 +549,220 @@ fn delete(c: &Connection, id: &str) -> Result<bool> {
         > 0)
 }
 
-fn flush(c: &Connection, now: i64, unattempted_only: bool) -> Result<usize> {
-    let sql = if unattempted_only {
-        "UPDATE recipient SET next_attempt = ? WHERE status = 0 AND attempts = 0 AND next_attempt > ?"
-    } else {
-        "UPDATE recipient SET next_attempt = ? WHERE status = 0 AND next_attempt > ?"
-    };
-    Ok(c.execute(sql, params![now, now])?)
+fn flush(c: &Connection, now: i64) -> Result<usize> {
+    let n = c
+        .prepare_cached(
+            "UPDATE recipient SET next_attempt = ? WHERE status = 0 AND next_attempt > ?",
+        )?
+        .execute(params![now, now])?;
+    c.prepare_cached("UPDATE message SET next_attempt = ? WHERE next_attempt > ?")?
+        .execute(params![now, now])?;
+    Ok(n)
+}
+
+fn trace_of(c: &Connection, id: &str, events: bool) -> Result<Option<Trace>> {
+    let t = c
+        .prepare_cached(
+            "SELECT sender, size, received_at, client, helo, tls, server, node FROM trace_message WHERE id = ?",
+        )?
+        .query_row([id], |r| {
+            Ok(Trace {
+                id: id.to_string(),
+                sender: r.get(0)?,
+                recipients: Vec::new(),
+                size: r.get::<_, i64>(1)? as u64,
+                received_at: r.get(2)?,
+                arrival: crate::Arrival {
+                    client: r.get(3)?,
+                    helo: r.get(4)?,
+                    tls: r.get(5)?,
+                    server: r.get(6)?,
+                    node: r.get(7)?,
+                },
+                events: Vec::new(),
+            })
+        })
+        .optional()?;
+    let Some(mut t) = t else { return Ok(None) };
+    t.recipients = c
+        .prepare_cached("SELECT address FROM trace_recipient WHERE id = ? ORDER BY address")?
+        .query_map([id], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if events {
+        t.events = c
+            .prepare_cached(
+                "SELECT at, node, kind, recipient, detail FROM trace_event WHERE id = ? ORDER BY seq",
+            )?
+            .query_map([id], |r| {
+                Ok(Event {
+                    at: r.get(0)?,
+                    node: r.get(1)?,
+                    kind: r.get(2)?,
+                    recipient: r.get(3)?,
+                    detail: r.get(4)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?;
+    }
+    Ok(Some(t))
+}
+
+fn find_traces(c: &Connection, q: &TraceQuery) -> Result<Vec<Trace>> {
+    let ids: Vec<String> = c
+        .prepare_cached(
+            "SELECT id FROM trace_message t
+             WHERE (?1 IS NULL OR t.sender_lc = ?1)
+               AND (?2 IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id AND r.address_lc = ?2))
+               AND received_at >= ?3
+             ORDER BY received_at DESC, id DESC LIMIT ?4",
+        )?
+        .query_map(
+            params![
+                q.from.as_deref().map(str::to_lowercase),
+                q.to.as_deref().map(str::to_lowercase),
+                q.since.unwrap_or(i64::MIN),
+                q.limit as i64
+            ],
+            |r| r.get(0),
+        )?
+        .collect::<rusqlite::Result<_>>()?;
+    let mut out = Vec::with_capacity(ids.len());
+    for id in ids {
+        out.extend(trace_of(c, &id, false)?);
+    }
+    Ok(out)
+}
+
+fn expire_traces(c: &Connection, before: i64) -> Result<usize> {
+    let old = "SELECT id FROM trace_message WHERE received_at < ?1 AND id NOT IN (SELECT id FROM message)";
+    c.execute(
+        &format!("DELETE FROM trace_event WHERE id IN ({old})"),
+        [before],
+    )?;
+    c.execute(
+        &format!("DELETE FROM trace_recipient WHERE id IN ({old})"),
+        [before],
+    )?;
+    Ok(c.execute(
+        "DELETE FROM trace_message WHERE received_at < ?1 AND id NOT IN (SELECT id FROM message)",
+        [before],
+    )?)
+}
+
+fn ttl_ms(lease: &Lease) -> i64 {
+    lease.ttl.as_millis() as i64
 }
 
 #[async_trait]
-impl QueueStore for Embedded {
-    async fn enqueue(&self, message: NewMessage) -> Result<()> {
-        self.call(|r| Op::Enqueue(Box::new(message), r)).await
+impl Store for Embedded {
+    async fn enqueue(&self, message: NewMessage, lease: Option<&Lease>) -> Result<Option<i64>> {
+        let lease = lease.map(|l| (l.owner.clone(), ttl_ms(l)));
+        self.call(true, move |c| {
+            let lease = lease.as_ref().map(|(o, t)| (o.as_str(), now_ms() + t));
+            enqueue(c, &message, lease)
+        })
+        .await
     }
-    async fn due(&self, now: i64, limit: usize) -> Result<Vec<String>> {
-        self.call(|r| Op::Due(now, limit, r)).await
+    async fn claim(&self, lease: &Lease, now: i64, limit: usize) -> Result<Vec<Claimed>> {
+        let (owner, ttl) = (lease.owner.clone(), ttl_ms(lease));
+        self.call(false, move |c| claim(c, &owner, ttl, now, limit))
+            .await
     }
-    async fn next_due(&self) -> Result<Option<i64>> {
-        self.call(Op::NextDue).await
+    async fn renew(&self, id: &str, token: i64, lease: &Lease) -> Result<()> {
+        let (id, ttl) = (id.to_string(), ttl_ms(lease));
+        self.call(false, move |c| renew(c, &id, token, ttl)).await
+    }
+    async fn record(&self, id: &str, token: i64, attempt: Attempt) -> Result<()> {
+        let id = id.to_string();
+        // The node recording is the lease holder; its id is in the lease, read back here.
+        let durable = !attempt.dsns.is_empty();
+        self.call(durable, move |c| {
+            let node: String = c
+                .prepare_cached("SELECT COALESCE(lease_owner, '') FROM message WHERE id = ?")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?
+                .unwrap_or_default();
+            record(c, &id, token, &node, &attempt)
+        })
+        .await
+    }
+    async fn release_all(&self, owner: &str) -> Result<usize> {
+        let owner = owner.to_string();
+        self.call(true, move |c| {
+            Ok(c.execute(
+                "UPDATE message SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = ?",
+                [owner],
+            )?)
+        })
+        .await
     }
     async fn get(&self, id: &str) -> Result<Option<Message>> {
-        self.call(|r| Op::Get(id.to_string(), r)).await
+        let id = id.to_string();
+        self.call(false, move |c| get(c, &id, true)).await
     }
-    async fn record(&self, id: &str, outcomes: Vec<(u32, Outcome)>) -> Result<()> {
-        self.call(|r| Op::Record(id.to_string(), outcomes, r)).await
+    async fn body(&self, id: &str) -> Result<Option<Bytes>> {
+        let id = id.to_string();
+        self.call(false, move |c| {
+            Ok(c.prepare_cached("SELECT body FROM message WHERE id = ?")?
+                .query_row([id], |r| r.get::<_, Vec<u8>>(0))
+                .optional()?
+                .map(Bytes::from))
+        })
+        .await
     }
-    async fn list(&self) -> Result<Vec<Summary>> {
-        self.call(Op::List).await
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Summary>> {
+        let after = after.map(str::to_string);
+        self.call(false, move |c| list(c, after.as_deref(), limit))
+            .await
     }
-    async fn delete(&self, id: &str) -> Result<bool> {
-        self.call(|r| Op::Delete(id.to_string(), r)).await
+    async fn delete(&self, id: &str, node: &str) -> Result<bool> {
+        let (id, node) = (id.to_string(), node.to_string());
+        self.call(true, move |c| {
+            let removed = remove(c, &id)?;
+            if removed {
+                add_event(c, &id, &deleted_event(&node))?;
+            }
+            Ok(removed)
+        })
+        .await
     }
     async fn flush(&self, now: i64) -> Result<usize> {
-        self.call(|r| Op::Flush(now, r)).await
+        self.call(true, move |c| flush(c, now)).await
     }
-    async fn recover(&self, now: i64) -> Result<usize> {
-        self.call(|r| Op::Recover(now, r)).await
+    async fn trace(&self, id: &str) -> Result<Option<Trace>> {
+        let id = id.to_string();
+        self.call(false, move |c| trace_of(c, &id, true)).await
+    }
+    async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<Trace>> {
+        let q = query.clone();
+        self.call(false, move |c| find_traces(c, &q)).await
+    }
+    async fn add_event(&self, id: &str, event: Event) -> Result<()> {
+        let id = id.to_string();
+        self.call(true, move |c| add_event(c, &id, &event)).await
+    }
+    async fn expire_traces(&self, before: i64) -> Result<usize> {
+        self.call(true, move |c| expire_traces(c, before)).await
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::NewRecipient;
 
-    fn msg(id: &str, rcpts: &[&str], at: i64) -> NewMessage {
-        NewMessage {
-            id: id.into(),
-            sender: "s@x.net".into(),
-            recipients: rcpts
-                .iter()
-                .map(|a| NewRecipient {
-                    address: a.to_string(),
-                    notify: 0,
-                    orcpt: None,
-                })
-                .collect(),
-            envid: Some("env".into()),
-            ret: None,
-            received_at: at,
-            next_attempt: at,
-            body: Bytes::from_static(b"Subject: t\r\n\r\nhi\r\n"),
-        }
-    }
-
-    #[tokio::test(flavor = "multi_thread")]
-    async fn lifecycle() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Embedded::open(dir.path()).unwrap();
-        s.enqueue(msg("A", &["a@example.com", "b@example.com"], 100))
-            .await
-            .unwrap();
-        s.enqueue(msg("B", &["c@example.com"], 200)).await.unwrap();
-        assert_eq!(s.due(150, 10).await.unwrap(), vec!["A"]);
-        assert_eq!(s.due(250, 10).await.unwrap(), vec!["A", "B"]);
-        assert_eq!(s.next_due().await.unwrap(), Some(100));
-        s.record(
-            "A",
-            vec![
-                (0, Outcome::Delivered),
-                (
-                    1,
-                    Outcome::Deferred {
-                        next_attempt: 500,
-                        reason: "451 busy".into(),
-                    },
-                ),
-            ],
-        )
-        .await
-        .unwrap();
-        let a = s.get("A").await.unwrap().unwrap();
-        assert_eq!(a.recipients[0].status, Status::Delivered);
-        assert_eq!(a.recipients[1].status, Status::Pending);
-        assert_eq!(a.recipients[1].next_attempt, 500);
-        assert_eq!(a.recipients[1].attempts, 1);
-        assert_eq!(a.envid.as_deref(), Some("env"));
-        assert_eq!(a.ret, None);
-        assert_eq!(&a.body[..], b"Subject: t\r\n\r\nhi\r\n");
-        let l = s.list().await.unwrap();
-        assert_eq!(l.len(), 2);
-        assert_eq!(
-            l[0].pending,
-            vec![("b@example.com".to_string(), Some("451 busy".to_string()))]
-        );
-        assert_eq!(s.flush(300).await.unwrap(), 1);
-        assert_eq!(s.due(300, 10).await.unwrap(), vec!["B", "A"]);
-        s.record(
-            "A",
-            vec![(
-                1,
-                Outcome::Failed {
-                    reason: "550 no".into(),
-                },
-            )],
-        )
-        .await
-        .unwrap();
-        assert!(
-            s.get("A").await.unwrap().is_none(),
-            "finished message is removed"
-        );
-        assert!(s.delete("B").await.unwrap());
-        assert!(!s.delete("B").await.unwrap());
-        assert!(s.list().await.unwrap().is_empty());
-        // Recording against a deleted message is harmless.
-        s.record("B", vec![(0, Outcome::Delivered)]).await.unwrap();
-    }
-
-    /// A body larger than one blob piece is stored and read back byte for byte; RET
-    /// round-trips, absent included.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn large_bodies_and_ret() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Embedded::open(dir.path()).unwrap();
-        let body: Vec<u8> = (0..(3 * BLOB_PIECE + 77))
-            .map(|i| (i % 251) as u8)
-            .collect();
-        for (id, ret) in [
-            ("F", Some(Ret::Full)),
-            ("H", Some(Ret::Headers)),
-            ("N", None),
-        ] {
-            let mut m = msg(id, &["a@example.com"], 1);
-            m.ret = ret;
-            m.body = Bytes::from(body.clone());
-            s.enqueue(m).await.unwrap();
-            let got = s.get(id).await.unwrap().unwrap();
-            assert_eq!(got.ret, ret);
-            assert!(got.body == body, "body of {id} round-trips");
-        }
-    }
-
-    /// A version-0 database (RET kept as `ret_headers_only`) is upgraded in place.
+    /// A version-0 database (RET kept as `ret_headers_only`, no leases, no trace) is
+    /// upgraded in place, its queued mail kept and claimable.
     #[tokio::test(flavor = "multi_thread")]
     async fn version_zero_is_migrated() {
         let dir = tempfile::tempdir().unwrap();
         {
             let c = Connection::open(dir.path().join("queue.db")).unwrap();
-            c.execute_batch(&SCHEMA.replace("ret INTEGER,", "ret_headers_only INTEGER NOT NULL,"))
-                .unwrap();
+            c.execute_batch(BASE).unwrap();
             c.execute_batch(
                 "INSERT INTO message VALUES ('A', 's@x', NULL, 1, 1, x'00');
                  INSERT INTO message VALUES ('B', 's@x', NULL, 0, 1, x'00');
-                 INSERT INTO recipient VALUES ('A', 0, 'a@example.com', 0, NULL, 0, 0, 1, NULL, 0);
-                 INSERT INTO recipient VALUES ('B', 0, 'a@example.com', 0, NULL, 0, 0, 1, NULL, 0);",
+                 INSERT INTO recipient VALUES ('A', 0, 'a@example.com', 0, NULL, 0, 0, 5, NULL, 0);
+                 INSERT INTO recipient VALUES ('B', 0, 'a@example.com', 0, NULL, 0, 0, 7, NULL, 0);",
             )
             .unwrap();
         }
@@ -592,37 +773,35 @@ mod tests {
             None,
             "an invented FULL is dropped"
         );
-        s.enqueue(msg("C", &["c@example.com"], 1)).await.unwrap();
+        let lease = Lease {
+            owner: "n1".into(),
+            ttl: std::time::Duration::from_secs(60),
+        };
+        let claimed = s.claim(&lease, 6, 10).await.unwrap();
+        assert_eq!(
+            claimed.len(),
+            1,
+            "due times carried over: only A is due at 6"
+        );
+        assert_eq!(claimed[0].message.id, "A");
     }
 
-    #[tokio::test(flavor = "multi_thread")]
-    async fn survives_reopen_and_recovers_unattempted() {
-        let dir = tempfile::tempdir().unwrap();
-        {
-            let s = Embedded::open(dir.path()).unwrap();
-            let mut m = msg("A", &["a@example.com"], 100);
-            m.next_attempt = 10_000;
-            s.enqueue(m).await.unwrap();
-            let mut m = msg("B", &["b@example.com"], 100);
-            m.next_attempt = 10_000;
-            s.enqueue(m).await.unwrap();
-            s.record(
-                "B",
-                vec![(
-                    0,
-                    Outcome::Deferred {
-                        next_attempt: 9_000,
-                        reason: "x".into(),
-                    },
-                )],
-            )
-            .await
-            .unwrap();
+    fn message(id: &str) -> NewMessage {
+        NewMessage {
+            id: id.into(),
+            sender: "s@x.net".into(),
+            recipients: vec![crate::NewRecipient {
+                address: "a@example.com".into(),
+                notify: 0,
+                orcpt: None,
+            }],
+            envid: None,
+            ret: None,
+            received_at: 1,
+            next_attempt: 1,
+            body: Bytes::from_static(b"Subject: t\r\n\r\nhi\r\n"),
+            arrival: crate::Arrival::default(),
         }
-        let s = Embedded::open(dir.path()).unwrap();
-        assert!(s.due(200, 10).await.unwrap().is_empty());
-        assert_eq!(s.recover(200).await.unwrap(), 1, "only the never-tried one");
-        assert_eq!(s.due(200, 10).await.unwrap(), vec!["A"]);
     }
 
     #[tokio::test(flavor = "multi_thread")]
@@ -634,8 +813,7 @@ mod tests {
         for i in 0..200 {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                s.enqueue(msg(&format!("M{i}"), &["a@example.com"], 1))
-                    .await
+                s.enqueue(message(&format!("M{i}")), None).await
             }));
         }
         for t in tasks {
@@ -646,9 +824,5 @@ mod tests {
             commits < 100,
             "200 concurrent enqueues took {commits} commits: no group commit"
         );
-        assert_eq!(s.list().await.unwrap().len(), 200);
-        // A duplicate id fails alone; the store keeps working.
-        assert!(s.enqueue(msg("M1", &["a@example.com"], 1)).await.is_err());
-        assert_eq!(s.list().await.unwrap().len(), 200);
     }
 }

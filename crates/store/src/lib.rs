@@ -1,37 +1,67 @@
-//! Durable storage for mailsilo. This crate owns the queue's storage interface ([`QueueStore`])
-//! and its implementations, so that no spool path, table or file format leaks into the roles
-//! that receive or deliver mail.
+//! Durable storage for mailsilo. This crate owns the storage interface ([`Store`]) and its
+//! implementations, so that no spool path, table or SQL dialect leaks into the roles that
+//! receive or deliver mail.
 //!
-//! The embedded implementation ([`Embedded`]) keeps the queue in one SQLite database in WAL
-//! mode with `synchronous=FULL`: a write is on stable storage when its transaction commits.
-//! A single writer thread takes every waiting operation, runs them in one transaction and
-//! commits once, so concurrent SMTP sessions share each fsync (group commit).
+//! The interface is built for many mail servers sharing one database with no master: queued
+//! work is **claimed** with a lease (the claiming node's id, an expiry in database time and a
+//! token), **renewed** while it is delivered, and its outcomes **recorded** under that token,
+//! so that a node whose lease ran out cannot overwrite what the node that took the message
+//! over did. A node that dies leaves leases that expire, and any node takes the mail over.
+//! Every message keeps a **trace** (received, each delivery attempt with the remote reply,
+//! the final outcome) after it has left the queue, for a retention period.
+//!
+//! Two implementations: [`Embedded`] (SQLite in WAL mode with `synchronous=FULL`, one writer
+//! thread, group commit; the default for one machine) and [`Postgres`] (a fleet). Both pass
+//! the same conformance suite (`tests/conformance.rs`). Each method states what makes it
+//! durable when it returns.
 
 mod embedded;
+mod postgres;
 
+pub use bytes::Bytes;
 pub use embedded::Embedded;
+pub use postgres::Postgres;
 
 use async_trait::async_trait;
-pub use bytes::Bytes;
+use serde::{Deserialize, Serialize};
 
-/// Errors from a store.
+/// Errors from a store, the same whatever the back end.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("database: {0}")]
-    Db(#[from] rusqlite::Error),
-    #[error("io: {0}")]
-    Io(#[from] std::io::Error),
+    /// The back end failed or could not be reached (I/O, a lost connection, the database
+    /// refusing work): worth retrying later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
+    /// The caller's lease on this message has expired or been taken over: it must stop
+    /// working on the message, and what it meant to record was not written.
+    #[error("the lease on message {0} was lost")]
+    LeaseLost(String),
+    /// A write the store refused as it stands (a queue id that exists already).
+    #[error("refused: {0}")]
+    Conflict(String),
+    /// The store has shut down.
     #[error("the store has shut down")]
     Closed,
-    #[error("transaction failed: {0}")]
-    Transaction(String),
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
 
+/// Opens the store a URL names: `postgres://...` (or `postgresql://`) for PostgreSQL,
+/// anything else is taken as the embedded store's directory.
+pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        Ok(std::sync::Arc::new(Postgres::connect(url).await?))
+    } else {
+        Ok(std::sync::Arc::new(Embedded::open(std::path::Path::new(
+            url,
+        ))?))
+    }
+}
+
 /// A recipient as received.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewRecipient {
+    /// Exactly as received.
     pub address: String,
     /// DSN NOTIFY flags, kept as the SMTP layer encodes them (`smtp::server::notify`).
     pub notify: u8,
@@ -48,6 +78,20 @@ pub enum Ret {
     Headers,
 }
 
+/// Where and how a message came in, for its trace.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct Arrival {
+    /// The client's address (behind a balancer, the one its PROXY header gave).
+    pub client: String,
+    pub helo: String,
+    /// TLS version and cipher, when the client used STARTTLS.
+    pub tls: Option<String>,
+    /// The mail server that took it (its name in the silo, e.g. `c1-s2`).
+    pub server: String,
+    /// The node (process) that took it.
+    pub node: String,
+}
+
 /// A message accepted by the SMTP server, ready to be made durable.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NewMessage {
@@ -61,17 +105,18 @@ pub struct NewMessage {
     pub ret: Option<Ret>,
     /// Unix seconds.
     pub received_at: i64,
-    /// When the queue should pick it up from the store (unix seconds); a message handed
-    /// straight to delivery is given a later time, and [`QueueStore::recover`] brings it
-    /// forward if the process stopped before trying it.
+    /// When its recipients fall due (unix seconds).
     pub next_attempt: i64,
     /// The whole message as it will be relayed, Received: header included, CRLF line ends
     /// (shared, not copied, between the store and delivery).
     pub body: Bytes,
+    /// For the trace.
+    pub arrival: Arrival,
 }
 
 /// Where one recipient stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,
     Delivered,
@@ -79,7 +124,7 @@ pub enum Status {
 }
 
 /// A recipient of a queued message.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recipient {
     pub index: u32,
     pub address: String,
@@ -106,14 +151,35 @@ pub struct Message {
     pub recipients: Vec<Recipient>,
 }
 
-/// One line of a queue listing.
+/// A message claimed for delivery, with the token its outcomes must be recorded under. Its
+/// body is not loaded ([`Message::body`] is empty): the claimer fetches it with
+/// [`Store::body`] when it has a connection to send it on, so that mail waiting for a busy
+/// destination holds no memory.
 #[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Claimed {
+    pub message: Message,
+    pub token: i64,
+}
+
+/// Who claims, and for how long.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Lease {
+    /// The claiming node's id.
+    pub owner: String,
+    /// How long the lease lasts from now (database time) unless renewed.
+    pub ttl: std::time::Duration,
+}
+
+/// One line of a queue listing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Summary {
     pub id: String,
     pub sender: String,
     pub size: u64,
     pub received_at: i64,
     pub next_attempt: i64,
+    /// The node delivering it now, if one holds a live lease.
+    pub owner: Option<String>,
     /// Pending recipients with their last error.
     pub pending: Vec<(String, Option<String>)>,
 }
@@ -121,7 +187,10 @@ pub struct Summary {
 /// What became of one recipient in a delivery attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
-    Delivered,
+    /// Accepted by the next hop, with its final reply (which names its own queue id).
+    Delivered {
+        reply: String,
+    },
     /// Try again at `next_attempt` (unix seconds).
     Deferred {
         next_attempt: i64,
@@ -134,27 +203,194 @@ pub enum Outcome {
     Warned,
 }
 
-/// The queue's durable state.
+/// The outcomes of one delivery attempt for some recipients of a claimed message.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Attempt {
+    /// The next hop tried (for the trace).
+    pub relay: String,
+    /// By recipient index.
+    pub outcomes: Vec<(u32, Outcome)>,
+    /// DSNs this attempt calls for: queued in the same transaction as the outcomes, so a
+    /// bounce is never lost nor sent for an outcome that was not recorded.
+    pub dsns: Vec<NewMessage>,
+    /// Give the lease back (the node has finished with the message for now).
+    pub release: bool,
+}
+
+/// One event in a message's life.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Unix milliseconds.
+    pub at: i64,
+    /// The node that recorded it.
+    pub node: String,
+    /// `received`, `delivered`, `deferred`, `failed`, `dsn`, `deleted`...
+    pub kind: String,
+    /// The recipient it concerns, if one.
+    pub recipient: Option<String>,
+    /// The remote reply, the reason, or what else explains it.
+    pub detail: String,
+}
+
+/// A message's trace: how it arrived and what happened to it since.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Trace {
+    pub id: String,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub size: u64,
+    pub received_at: i64,
+    pub arrival: Arrival,
+    pub events: Vec<Event>,
+}
+
+/// Which traces to find.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceQuery {
+    /// The sender, exactly (case-insensitive).
+    pub from: Option<String>,
+    /// One recipient, exactly (case-insensitive).
+    pub to: Option<String>,
+    /// Received at or after (unix seconds).
+    pub since: Option<i64>,
+    pub limit: usize,
+}
+
+/// Durable state: the queue and the trace.
 ///
-/// Every method that changes state returns once the change is on stable storage.
+/// Durability is promised per method. "Durable" means on stable storage when the method
+/// returns: the embedded store's commit has fsynced its WAL; PostgreSQL's commit has
+/// returned (with its default `synchronous_commit = on`, after its WAL flush).
 #[async_trait]
-pub trait QueueStore: Send + Sync + 'static {
-    /// Stores a new message; `Ok` means it survives a crash.
-    async fn enqueue(&self, message: NewMessage) -> Result<()>;
-    /// Ids of messages with a pending recipient due at or before `now`, oldest first.
-    async fn due(&self, now: i64, limit: usize) -> Result<Vec<String>>;
-    /// The earliest `next_attempt` of any pending recipient.
-    async fn next_due(&self) -> Result<Option<i64>>;
+pub trait Store: Send + Sync + 'static {
+    /// Stores a new message and its trace's first event. Durable when it returns: the SMTP
+    /// server answers 250 straight after. With `lease`, the message is claimed by that
+    /// node at once (it delivers it from memory) and the token is returned; without, it is
+    /// claimable by any node once due.
+    async fn enqueue(&self, message: NewMessage, lease: Option<&Lease>) -> Result<Option<i64>>;
+
+    /// Claims up to `limit` messages that have a recipient due at or before `now` (unix
+    /// seconds) and no live lease (none, or one expired in database time), oldest due
+    /// first. Each claim is exclusive: no two callers get the same message until its lease
+    /// expires. Durable: a claim survives a crash of the store (and expires if the claimer
+    /// dies).
+    async fn claim(&self, lease: &Lease, now: i64, limit: usize) -> Result<Vec<Claimed>>;
+
+    /// Extends a lease by `lease.ttl` from now. `LeaseLost` if it was taken over.
+    async fn renew(&self, id: &str, token: i64, lease: &Lease) -> Result<()>;
+
+    /// Records an attempt's outcomes under the lease, with their trace events and the DSNs
+    /// they call for, in one transaction; a message with no pending recipient left leaves
+    /// the queue (its trace stays). `LeaseLost` (and nothing written) when the token is no
+    /// longer the message's. Durable when it queues DSNs; outcomes alone may be written
+    /// without waiting for their own flush (embedded store: the next durable commit or a
+    /// checkpoint makes them durable): losing one to a power cut repeats a delivery, which
+    /// at-least-once allows, and never loses mail.
+    async fn record(&self, id: &str, token: i64, attempt: Attempt) -> Result<()>;
+
+    /// Gives back every lease `owner` holds (a node starting again after a crash takes its
+    /// mail up at once rather than waiting for the leases to expire). Durable.
+    async fn release_all(&self, owner: &str) -> Result<usize>;
+
+    /// A queued message, if it is still in the queue.
     async fn get(&self, id: &str) -> Result<Option<Message>>;
-    /// Records attempt outcomes by recipient index; a message with no pending recipient
-    /// left is removed. Unknown ids (deleted meanwhile) are ignored.
-    async fn record(&self, id: &str, outcomes: Vec<(u32, Outcome)>) -> Result<()>;
-    async fn list(&self) -> Result<Vec<Summary>>;
-    /// Removes a message; false if there was none.
-    async fn delete(&self, id: &str) -> Result<bool>;
-    /// Makes every pending recipient due at `now`; returns how many.
+
+    /// A queued message's body, if it is still in the queue.
+    async fn body(&self, id: &str) -> Result<Option<Bytes>>;
+
+    /// At most `limit` queued messages with ids after `after`, in id order (ids begin with
+    /// their time, so this is arrival order); page through with the last id seen.
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Summary>>;
+
+    /// Removes a message from the queue, leaving a `deleted` event in its trace; false if
+    /// there was none. Durable.
+    async fn delete(&self, id: &str, node: &str) -> Result<bool>;
+
+    /// Makes every pending recipient due at `now`; returns how many. Durable.
     async fn flush(&self, now: i64) -> Result<usize>;
-    /// Makes recipients that were never attempted due at `now` (after a restart, messages
-    /// that were in flight when the process stopped).
-    async fn recover(&self, now: i64) -> Result<usize>;
+
+    /// A message's trace, if it is still kept.
+    async fn trace(&self, id: &str) -> Result<Option<Trace>>;
+
+    /// The traces matching `query`, newest first, without their events.
+    async fn find_traces(&self, query: &TraceQuery) -> Result<Vec<Trace>>;
+
+    /// Adds an event to a message's trace (other stages than the queue: the filter's
+    /// verdict, an operator's action). Durable.
+    async fn add_event(&self, id: &str, event: Event) -> Result<()>;
+
+    /// Drops the traces of messages received before `before` (unix seconds) that have left
+    /// the queue; returns how many. Durable.
+    async fn expire_traces(&self, before: i64) -> Result<usize>;
+}
+
+/// The host's clock in milliseconds (trace event times; the embedded store's database time).
+pub(crate) fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// The first event of a message's trace.
+pub(crate) fn received_event(m: &NewMessage) -> Event {
+    let a = &m.arrival;
+    let tls = a
+        .tls
+        .as_deref()
+        .map(|t| format!(" ({t})"))
+        .unwrap_or_default();
+    Event {
+        at: now_ms(),
+        node: a.node.clone(),
+        kind: "received".into(),
+        recipient: None,
+        detail: format!(
+            "from {} helo {}{tls} by {}, {} recipient(s), {} octets",
+            a.client,
+            a.helo,
+            a.server,
+            m.recipients.len(),
+            m.body.len()
+        ),
+    }
+}
+
+/// The event a delivery outcome leaves.
+pub(crate) fn outcome_event(node: &str, relay: &str, address: &str, o: &Outcome) -> Event {
+    let (kind, detail) = match o {
+        Outcome::Delivered { reply } => ("delivered", format!("{relay}: {reply}")),
+        Outcome::Deferred { reason, .. } => ("deferred", format!("{relay}: {reason}")),
+        Outcome::Failed { reason } => ("failed", format!("{relay}: {reason}")),
+        Outcome::Warned => ("delay-notice", "a delay DSN went to the sender".to_string()),
+    };
+    Event {
+        at: now_ms(),
+        node: node.to_string(),
+        kind: kind.into(),
+        recipient: Some(address.to_string()),
+        detail,
+    }
+}
+
+/// The event of a DSN queued for a message.
+pub(crate) fn dsn_event(node: &str, dsn: &NewMessage) -> Event {
+    let to = dsn.recipients.first().map_or("", |r| r.address.as_str());
+    Event {
+        at: now_ms(),
+        node: node.to_string(),
+        kind: "dsn".into(),
+        recipient: None,
+        detail: format!("DSN {} queued to <{to}>", dsn.id),
+    }
+}
+
+/// The event of an operator's removal.
+pub(crate) fn deleted_event(node: &str) -> Event {
+    Event {
+        at: now_ms(),
+        node: node.to_string(),
+        kind: "deleted".into(),
+        recipient: None,
+        detail: "removed from the queue by an operator".into(),
+    }
 }

@@ -103,9 +103,54 @@ pub struct Gateway {
     pub dir: tempfile::TempDir,
     pub mx: SocketAddr,
     pub sink: SocketAddr,
+    /// The control API (queue and trace commands go through it).
+    pub control: SocketAddr,
     pub config: PathBuf,
     pub up: Option<Proc>,
     pub sink_proc: Option<Proc>,
+}
+
+/// Whether the tests run with PostgreSQL as the store.
+pub fn on_postgres() -> bool {
+    std::env::var("MAILSILO_TEST_STORE").as_deref() == Ok("postgres")
+}
+
+/// The `[store]` table for a test's gateway: empty for the embedded store, or a fresh
+/// PostgreSQL database when `MAILSILO_TEST_STORE=postgres` (on the server
+/// `MAILSILO_TEST_POSTGRES` names, which scripts/test.sh starts), so the same tests run on
+/// both back ends.
+pub fn store_table() -> String {
+    if !on_postgres() {
+        return String::new();
+    }
+    let admin = std::env::var("MAILSILO_TEST_POSTGRES").expect(
+        "MAILSILO_TEST_STORE=postgres needs MAILSILO_TEST_POSTGRES (scripts/test.sh sets both)",
+    );
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let name = format!(
+        "t_{}_{}_{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::SeqCst),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_micros()
+    );
+    let out = Command::new("psql")
+        .arg(&admin)
+        .args(["-q", "-c", &format!("CREATE DATABASE {name}")])
+        .output()
+        .expect("psql is installed (Debian package postgresql-client)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (base, _) = admin
+        .rsplit_once('/')
+        .expect("a database in MAILSILO_TEST_POSTGRES");
+    // A short lease, so a dead node's mail is taken over within the tests' waits.
+    format!("[store]\nurl = \"{base}/{name}\"\nlease = \"5s\"\n")
 }
 
 impl Gateway {
@@ -114,6 +159,7 @@ impl Gateway {
         let ip = unique_ip();
         let mx = SocketAddr::new(ip, 2525);
         let sink = SocketAddr::new(ip, 2526);
+        let control = SocketAddr::new(ip, 8025);
         let sink_table = if opts.external_sink {
             String::new()
         } else {
@@ -152,11 +198,16 @@ name = "strict.test"
 destination = "{sink}"
 recipients = ["alice"]
 
+[control]
+listen = "{control}"
+
 {sink_table}
+{store}
 {tail}
 "#,
             smtp = opts.smtp,
             tail = opts.tail,
+            store = store_table(),
         );
         let config = dir.path().join("mailsilo.toml");
         std::fs::write(&config, text).unwrap();
@@ -164,6 +215,7 @@ recipients = ["alice"]
             dir,
             mx,
             sink,
+            control,
             config,
             up: None,
             sink_proc: None,
@@ -203,6 +255,7 @@ recipients = ["alice"]
             .unwrap();
         self.up = Some(Proc(child));
         wait_listening(self.mx);
+        wait_listening(self.control);
     }
 
     /// Starts a separate `mailsilo sink` on the sink address.
@@ -223,21 +276,32 @@ recipients = ["alice"]
         read_mailbox(&self.data().join("mailbox").join(rcpt))
     }
 
-    /// Runs `mailsilo queue ...` against this gateway's data.
+    /// Runs `mailsilo queue ...` (or `trace`, with `what`) against this gateway.
     pub fn queue(&self, args: &[&str]) -> String {
-        let out = Command::new(&*BIN)
-            .arg("queue")
-            .arg("--data-dir")
-            .arg(self.data())
-            .args(args)
-            .output()
-            .unwrap();
+        self.admin("queue", args)
+    }
+
+    /// Runs `mailsilo WHAT ARGS...` against this gateway's control API.
+    pub fn admin(&self, what: &str, args: &[&str]) -> String {
+        let out = self.admin_command(what, args).output().unwrap();
         assert!(
             out.status.success(),
-            "queue {args:?}: {}",
+            "{what} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The command line of `mailsilo WHAT ARGS...` against this gateway's control API.
+    pub fn admin_command(&self, what: &str, args: &[&str]) -> Command {
+        let mut c = Command::new(&*BIN);
+        c.arg(what)
+            .arg("--config")
+            .arg(&self.config)
+            .arg("--data-dir")
+            .arg(self.data())
+            .args(args);
+        c
     }
 
     pub fn smtp(&self) -> Smtp {
@@ -365,6 +429,7 @@ impl Silo {
         let control: SocketAddr = format!("127.3.{net}.1:8025").parse().unwrap();
         let sink: SocketAddr = format!("127.3.{net}.1:2526").parse().unwrap();
         let (lb_port, srv_port) = (2525, 2525);
+        let store = store_table();
         let mut text = format!(
             r#"[smtp]
 hostname = "mx.test"
@@ -390,6 +455,7 @@ type = "A"
 value = "127.0.0.1"
 [control]
 listen = "{control}"
+{store}
 [[silo]]
 name = "silo1.mailsilo.test"
 {extra}

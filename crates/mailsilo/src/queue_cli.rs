@@ -1,0 +1,197 @@
+//! `mailsilo queue` and `mailsilo trace`: the queue and the message trace of a running
+//! gateway (a whole fleet, when it shares PostgreSQL), through its control API.
+
+use anyhow::{Result, bail};
+use portal::queue::{Flushed, MAX_PAGE, QueuedMessage};
+use store::{Summary, Trace};
+
+use crate::count;
+use crate::remote::Client;
+
+#[derive(clap::Subcommand)]
+pub enum QueueCommand {
+    /// One line per queued message with its pending recipients.
+    List,
+    /// Envelope, recipient states and headers of one message.
+    Show { id: String },
+    /// Make every deferred recipient due now.
+    Flush,
+    /// Remove a message from the queue (its trace keeps the removal).
+    Delete { id: String },
+}
+
+/// Which traces `mailsilo trace` shows.
+#[derive(clap::Args)]
+pub struct TraceArgs {
+    /// One message's whole trace.
+    id: Option<String>,
+    /// Messages from this sender.
+    #[arg(long)]
+    from: Option<String>,
+    /// Messages to this recipient.
+    #[arg(long)]
+    to: Option<String>,
+    /// Messages received within this long ("2h", "3d").
+    #[arg(long)]
+    since: Option<humantime::Duration>,
+    /// At most this many messages.
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+}
+
+fn date(t: i64) -> String {
+    smtp::date::rfc5322(t)
+}
+
+fn sender(s: &str) -> &str {
+    if s.is_empty() { "MAILER-DAEMON" } else { s }
+}
+
+pub fn queue(api: &Client, command: QueueCommand) -> Result<()> {
+    let now = smtp::date::now();
+    match command {
+        QueueCommand::List => {
+            let (mut messages, mut recipients) = (0, 0);
+            let mut after = String::new();
+            loop {
+                let page: Vec<Summary> = api.get(&format!(
+                    "/api/queue?limit={MAX_PAGE}&after={}",
+                    urlencode(&after)
+                ))?;
+                for m in &page {
+                    println!(
+                        "{:<28} {:>9} {}  {}",
+                        m.id,
+                        m.size,
+                        date(m.received_at),
+                        sender(&m.sender)
+                    );
+                    for (rcpt, err) in &m.pending {
+                        if let Some(e) = err {
+                            println!("{:<28} ({e})", "");
+                        }
+                        println!("{:<40} {rcpt}", "");
+                    }
+                    match &m.owner {
+                        Some(node) => println!("{:<28} being delivered by {node}", ""),
+                        None => println!(
+                            "{:<28} next attempt in {}s",
+                            "",
+                            (m.next_attempt - now).max(0)
+                        ),
+                    }
+                    recipients += m.pending.len();
+                }
+                messages += page.len();
+                match page.last() {
+                    Some(last) if page.len() == MAX_PAGE => after = last.id.clone(),
+                    _ => break,
+                }
+            }
+            println!(
+                "-- {}, {} pending",
+                count(messages, "message"),
+                count(recipients, "recipient")
+            );
+        }
+        QueueCommand::Show { id } => {
+            let m: QueuedMessage = api.get(&format!("/api/queue/{}", urlencode(&id)))?;
+            println!(
+                "id: {}\nsender: <{}>\nreceived: {}\nsize: {}",
+                m.id,
+                m.sender,
+                date(m.received_at),
+                m.size
+            );
+            if let Some(e) = &m.envid {
+                println!("envid: {e}");
+            }
+            for r in &m.recipients {
+                println!(
+                    "recipient: <{}> {} attempts={} next={} {}",
+                    r.address,
+                    format!("{:?}", r.status).to_lowercase(),
+                    r.attempts,
+                    date(r.next_attempt),
+                    r.last_error.as_deref().unwrap_or("")
+                );
+            }
+            println!("\n{}", m.headers.trim_end());
+        }
+        QueueCommand::Flush => {
+            let f: Flushed = api.post("/api/queue/flush")?;
+            println!("{} made due now", count(f.recipients, "recipient"));
+        }
+        QueueCommand::Delete { id } => {
+            api.delete(&format!("/api/queue/{}", urlencode(&id)))?;
+            println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+pub fn trace(api: &Client, args: TraceArgs) -> Result<()> {
+    if let Some(id) = &args.id {
+        if args.from.is_some() || args.to.is_some() || args.since.is_some() {
+            bail!("give either a queue id or --from/--to/--since, not both");
+        }
+        let t: Trace = api.get(&format!("/api/trace/{}", urlencode(id)))?;
+        println!(
+            "{} from <{}> to {} ({} octets)",
+            t.id,
+            t.sender,
+            t.recipients
+                .iter()
+                .map(|r| format!("<{r}>"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            t.size
+        );
+        for e in &t.events {
+            let when = date(e.at / 1000);
+            let to = e
+                .recipient
+                .as_deref()
+                .map(|r| format!(" <{r}>"))
+                .unwrap_or_default();
+            println!("  {when}  {:<12} {}{to}: {}", e.kind, e.node, e.detail);
+        }
+        return Ok(());
+    }
+    let mut query = format!("/api/trace?limit={}", args.limit);
+    if let Some(f) = &args.from {
+        query.push_str(&format!("&from={}", urlencode(f)));
+    }
+    if let Some(t) = &args.to {
+        query.push_str(&format!("&to={}", urlencode(t)));
+    }
+    if let Some(s) = args.since {
+        let since = smtp::date::now() - std::time::Duration::from(s).as_secs() as i64;
+        query.push_str(&format!("&since={since}"));
+    }
+    let found: Vec<Trace> = api.get(&query)?;
+    for t in &found {
+        println!(
+            "{:<28} {}  {} -> {}",
+            t.id,
+            date(t.received_at),
+            sender(&t.sender),
+            t.recipients.join(", ")
+        );
+    }
+    println!("-- {}", count(found.len(), "message"));
+    Ok(())
+}
+
+/// Percent-encodes a query or path value (addresses may hold `+`, `%`, quotes...).
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~@".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}

@@ -1,0 +1,150 @@
+//! The client side of the control API, which every administrative command (`lb`, `queue`,
+//! `trace`) goes through: where the running gateway's endpoint is, the token it wants, and
+//! its answers turned into plain errors.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result, bail};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// Where the gateway to talk to is, and how to prove the right to.
+#[derive(clap::Args, Clone)]
+pub struct Remote {
+    /// The control endpoint (default: control.listen of the configuration).
+    #[arg(long, global = true)]
+    control: Option<SocketAddr>,
+    /// The data directory of the `up` that runs it, where its control token is.
+    #[arg(long, global = true, default_value = "mailsilo-data")]
+    data_dir: PathBuf,
+    /// The control token file (default: DATA_DIR/control.token).
+    #[arg(long, global = true)]
+    token_file: Option<PathBuf>,
+    /// Configuration file to read control.listen from (default: ./mailsilo.toml, else
+    /// the demo's).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+}
+
+/// A connection to one gateway's control API.
+pub struct Client {
+    agent: ureq::Agent,
+    control: SocketAddr,
+    bearer: String,
+}
+
+impl Remote {
+    pub fn connect(&self) -> Result<Client> {
+        let control = match self.control {
+            Some(a) => a,
+            None => crate::load_config(self.config.as_deref())?
+                .control
+                .map(|c| c.listen)
+                .context("no [control] listen in the configuration; give --control ADDR")?,
+        };
+        let token = match std::env::var("MAILSILO_CONTROL_TOKEN") {
+            Ok(t) if self.token_file.is_none() && !t.is_empty() => t,
+            _ => crate::datadir::read_token(
+                &self
+                    .token_file
+                    .clone()
+                    .unwrap_or_else(|| crate::datadir::token_path(&self.data_dir)),
+            )?,
+        };
+        let agent = ureq::Agent::config_builder()
+            .http_status_as_error(false)
+            .timeout_global(Some(std::time::Duration::from_secs(30)))
+            .build()
+            .into();
+        Ok(Client {
+            agent,
+            control,
+            bearer: format!("Bearer {token}"),
+        })
+    }
+}
+
+/// Says plainly that nothing answers, rather than a transport error.
+fn unreachable(control: SocketAddr, e: ureq::Error) -> anyhow::Error {
+    match e {
+        ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
+            anyhow::anyhow!(
+                "no gateway answers at {control}: start one with `mailsilo up` (or give --control ADDR for another)"
+            )
+        }
+        other => anyhow::anyhow!("control endpoint {control}: {other}"),
+    }
+}
+
+/// The error text of a refused call.
+fn refused(resp: &mut ureq::http::Response<ureq::Body>) -> String {
+    let status = resp.status();
+    let text = resp.body_mut().read_to_string().unwrap_or_default();
+    let message = serde_json::from_str::<serde_json::Value>(&text)
+        .ok()
+        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .unwrap_or(text);
+    match (status.as_u16(), message.trim().is_empty()) {
+        (401, _) => "the gateway refused the control token: use the one of the `up` you mean (DATA_DIR/control.token with --data-dir, --token-file, or MAILSILO_CONTROL_TOKEN)".to_string(),
+        (_, true) => format!("the control endpoint answered {status}"),
+        _ => message,
+    }
+}
+
+impl Client {
+    fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.control)
+    }
+
+    fn check(
+        &self,
+        r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
+    ) -> Result<ureq::http::Response<ureq::Body>> {
+        let mut resp = r.map_err(|e| unreachable(self.control, e))?;
+        if !resp.status().is_success() {
+            bail!("{}", refused(&mut resp));
+        }
+        Ok(resp)
+    }
+
+    /// GET, with the answer read as JSON.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let r = self
+            .agent
+            .get(&self.url(path))
+            .header("Authorization", &self.bearer)
+            .call();
+        Ok(self.check(r)?.body_mut().read_json()?)
+    }
+
+    /// PUT a JSON body.
+    pub fn put(&self, path: &str, body: &impl Serialize) -> Result<()> {
+        let r = self
+            .agent
+            .put(&self.url(path))
+            .header("Authorization", &self.bearer)
+            .send_json(body);
+        self.check(r).map(drop)
+    }
+
+    /// POST without a body, with the answer read as JSON.
+    pub fn post<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let r = self
+            .agent
+            .post(&self.url(path))
+            .header("Authorization", &self.bearer)
+            .send_empty();
+        Ok(self.check(r)?.body_mut().read_json()?)
+    }
+
+    /// DELETE.
+    pub fn delete(&self, path: &str) -> Result<()> {
+        let r = self
+            .agent
+            .delete(&self.url(path))
+            .header("Authorization", &self.bearer)
+            .call();
+        self.check(r).map(drop)
+    }
+}

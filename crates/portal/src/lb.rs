@@ -1,0 +1,171 @@
+//! The balancers' part of the API: every balanced server's state, changing a server's
+//! loading or state, and their statistics for Prometheus.
+
+use std::fmt::Write;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+use crate::{Ctx, done, refusal};
+
+/// One balanced mail server as operators see it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub cluster: String,
+    pub server: String,
+    pub address: String,
+    /// What the health checks say.
+    pub up: bool,
+    /// ready, drain or maint.
+    pub state: String,
+    pub loading: u32,
+    pub active: usize,
+    pub total: u64,
+    pub last_check: Option<String>,
+    pub last_check_ago_ms: Option<u64>,
+}
+
+/// What the portal needs from the balancers.
+pub trait Balancers: Send + Sync + 'static {
+    fn servers(&self) -> Vec<ServerStatus>;
+    fn set_loading(&self, cluster: &str, server: &str, loading: u32) -> Result<(), String>;
+    fn set_state(&self, cluster: &str, server: &str, state: &str) -> Result<(), String>;
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Loading {
+    pub loading: u32,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerState {
+    pub state: String,
+}
+
+/// `GET /api/lb`, `PUT /api/lb/{cluster}/{server}/loading` (`{"loading": N}`, N in
+/// `config::LOADING`), `PUT /api/lb/{cluster}/{server}/state` (`{"state": "drain"}`),
+/// `GET /metrics`.
+pub fn routes() -> Router<Ctx> {
+    Router::new()
+        .route(
+            "/api/lb",
+            get(|State(c): State<Ctx>| async move { Json(c.balancers.servers()) }),
+        )
+        .route(
+            "/api/lb/{cluster}/{server}/loading",
+            put(
+                |State(c): State<Ctx>,
+                 Path((cluster, server)): Path<(String, String)>,
+                 body: Result<Json<Loading>, JsonRejection>| async move {
+                    match body {
+                        Ok(Json(l)) => done(c.balancers.set_loading(&cluster, &server, l.loading)),
+                        Err(e) => refusal(e.status(), &e.body_text()),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/api/lb/{cluster}/{server}/state",
+            put(
+                |State(c): State<Ctx>,
+                 Path((cluster, server)): Path<(String, String)>,
+                 body: Result<Json<ServerState>, JsonRejection>| async move {
+                    match body {
+                        Ok(Json(st)) => done(c.balancers.set_state(&cluster, &server, &st.state)),
+                        Err(e) => refusal(e.status(), &e.body_text()),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/metrics",
+            get(|State(c): State<Ctx>| async move { metrics(&c.balancers.servers()) }),
+        )
+}
+
+/// One metric: name, type, help, and how to read it off a server.
+type Series = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&ServerStatus) -> String,
+);
+
+/// The balancers' statistics in Prometheus text format.
+pub fn metrics(servers: &[ServerStatus]) -> String {
+    let mut out = String::new();
+    let series: [Series; 5] = [
+        (
+            "mailsilo_lb_server_active_sessions",
+            "gauge",
+            "Sessions open now",
+            |s| s.active.to_string(),
+        ),
+        (
+            "mailsilo_lb_server_sessions_total",
+            "counter",
+            "Sessions since start",
+            |s| s.total.to_string(),
+        ),
+        (
+            "mailsilo_lb_server_up",
+            "gauge",
+            "1 if the health checks pass",
+            |s| u8::from(s.up).to_string(),
+        ),
+        (
+            "mailsilo_lb_server_loading",
+            "gauge",
+            "The server's loading (weight)",
+            |s| s.loading.to_string(),
+        ),
+        (
+            "mailsilo_lb_server_ready",
+            "gauge",
+            "1 if the operator's state is ready (0: drain or maint)",
+            |s| u8::from(s.state == "ready").to_string(),
+        ),
+    ];
+    for (name, kind, help, value) in series {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        for s in servers {
+            let _ = writeln!(
+                out,
+                "{name}{{cluster=\"{}\",server=\"{}\"}} {}",
+                s.cluster,
+                s.server,
+                value(s)
+            );
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prometheus_text() {
+        let s = ServerStatus {
+            cluster: "c1".into(),
+            server: "c1-s1".into(),
+            address: "127.0.2.1:2525".into(),
+            up: true,
+            state: "ready".into(),
+            loading: 2,
+            active: 3,
+            total: 40,
+            last_check: None,
+            last_check_ago_ms: None,
+        };
+        let text = metrics(&[s]);
+        assert!(text.contains("# TYPE mailsilo_lb_server_sessions_total counter\nmailsilo_lb_server_sessions_total{cluster=\"c1\",server=\"c1-s1\"} 40\n"), "{text}");
+        assert!(text.contains("mailsilo_lb_server_up{cluster=\"c1\",server=\"c1-s1\"} 1\n"));
+    }
+}

@@ -1,0 +1,151 @@
+//! The queue's and the trace's part of the API, over the store every node shares: listing
+//! (paged), one message, flushing, deleting; a message's trace, and finding traces by
+//! sender, recipient and time.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+use store::{Recipient, Summary, TraceQuery};
+
+use crate::{Ctx, refusal};
+
+/// The most entries one page or one search returns.
+pub const MAX_PAGE: usize = 1000;
+
+/// A page of the queue: `GET /api/queue?after=ID&limit=N`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Page {
+    pub after: Option<String>,
+    pub limit: Option<usize>,
+}
+
+/// One queued message as `GET /api/queue/{id}` shows it (its headers, not its body).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueuedMessage {
+    pub id: String,
+    pub sender: String,
+    pub envid: Option<String>,
+    pub received_at: i64,
+    pub size: u64,
+    pub recipients: Vec<Recipient>,
+    pub headers: String,
+}
+
+/// What a flush did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Flushed {
+    pub recipients: usize,
+}
+
+fn unavailable(e: store::Error) -> Response {
+    refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// `GET /api/queue`, `GET|DELETE /api/queue/{id}`, `POST /api/queue/flush`,
+/// `GET /api/trace/{id}`, `GET /api/trace?from=&to=&since=&limit=`.
+pub fn routes() -> Router<Ctx> {
+    Router::new()
+        .route(
+            "/api/queue",
+            get(|State(c): State<Ctx>, Query(p): Query<Page>| async move {
+                let limit = p.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+                match c.store.list(p.after.as_deref(), limit).await {
+                    Ok(list) => Json::<Vec<Summary>>(list).into_response(),
+                    Err(e) => unavailable(e),
+                }
+            }),
+        )
+        .route(
+            "/api/queue/flush",
+            post(|State(c): State<Ctx>| async move {
+                match c.store.flush(now()).await {
+                    Ok(n) => {
+                        tracing::info!(recipients = n, "queue flushed by an operator");
+                        Json(Flushed { recipients: n }).into_response()
+                    }
+                    Err(e) => unavailable(e),
+                }
+            }),
+        )
+        .route(
+            "/api/queue/{id}",
+            get(|State(c): State<Ctx>, Path(id): Path<String>| async move {
+                match c.store.get(&id).await {
+                    Ok(Some(m)) => {
+                        let end = m
+                            .body
+                            .windows(4)
+                            .position(|w| w == b"\r\n\r\n")
+                            .map_or(m.body.len(), |i| i + 2);
+                        Json(QueuedMessage {
+                            size: m.body.len() as u64,
+                            headers: String::from_utf8_lossy(&m.body[..end]).into_owned(),
+                            id: m.id,
+                            sender: m.sender,
+                            envid: m.envid,
+                            received_at: m.received_at,
+                            recipients: m.recipients,
+                        })
+                        .into_response()
+                    }
+                    Ok(None) => refusal(
+                        StatusCode::NOT_FOUND,
+                        &format!("no message {id} in the queue"),
+                    ),
+                    Err(e) => unavailable(e),
+                }
+            })
+            .delete(|State(c): State<Ctx>, Path(id): Path<String>| async move {
+                match c.store.delete(&id, &c.node).await {
+                    Ok(true) => {
+                        tracing::info!(queue_id = %id, "deleted from the queue by an operator");
+                        StatusCode::NO_CONTENT.into_response()
+                    }
+                    Ok(false) => refusal(
+                        StatusCode::NOT_FOUND,
+                        &format!("no message {id} in the queue"),
+                    ),
+                    Err(e) => unavailable(e),
+                }
+            }),
+        )
+        .route(
+            "/api/trace",
+            get(
+                |State(c): State<Ctx>, Query(mut q): Query<TraceQuery>| async move {
+                    q.limit = if q.limit == 0 {
+                        100
+                    } else {
+                        q.limit.min(MAX_PAGE)
+                    };
+                    match c.store.find_traces(&q).await {
+                        Ok(t) => Json(t).into_response(),
+                        Err(e) => unavailable(e),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/api/trace/{id}",
+            get(|State(c): State<Ctx>, Path(id): Path<String>| async move {
+                match c.store.trace(&id).await {
+                    Ok(Some(t)) => Json(t).into_response(),
+                    Ok(None) => refusal(
+                        StatusCode::NOT_FOUND,
+                        &format!("no trace of {id} (unknown, or past its retention)"),
+                    ),
+                    Err(e) => unavailable(e),
+                }
+            }),
+        )
+}

@@ -1,0 +1,706 @@
+//! The PostgreSQL store, for a fleet of mail servers sharing one database: a pool of
+//! connections (deadpool), TLS to the database with rustls when the URL asks for it, claims
+//! with `FOR UPDATE SKIP LOCKED` so nodes never wait on each other's rows, and database time
+//! (`clock_timestamp()`) for leases, so a node with a wrong clock cannot steal mail.
+//!
+//! The SQL is plain PostgreSQL without extensions, meant to run on PostgreSQL-compatible
+//! distributed engines too; `FOR UPDATE SKIP LOCKED` is the one construct some of them lack
+//! (they would need the claim done as a conditional UPDATE instead).
+//!
+//! Durability: every write is a transaction, committed before the method returns, with the
+//! server's default `synchronous_commit = on`. Concurrent commits share PostgreSQL's WAL
+//! flushes (its own group commit), so sessions need not be batched here.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
+use tokio_postgres::Row;
+use tokio_postgres::types::ToSql;
+
+use crate::{
+    Arrival, Attempt, Bytes, Claimed, Error, Event, Lease, Message, NewMessage, Outcome, Recipient,
+    Result, Ret, Status, Store, Summary, Trace, TraceQuery,
+};
+
+/// The schema version this code writes.
+const VERSION: i32 = 1;
+
+/// `MIGRATIONS[n]` takes the database from version n to n+1.
+const MIGRATIONS: [&str; 1] = ["
+CREATE TABLE message (
+    id TEXT PRIMARY KEY,
+    sender TEXT NOT NULL,
+    envid TEXT,
+    ret SMALLINT,
+    received_at BIGINT NOT NULL,
+    body BYTEA NOT NULL,
+    next_attempt BIGINT,
+    lease_owner TEXT,
+    lease_until BIGINT NOT NULL DEFAULT 0,
+    lease_token BIGINT NOT NULL DEFAULT 0
+);
+CREATE INDEX message_due ON message (next_attempt);
+CREATE TABLE recipient (
+    message_id TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    address TEXT NOT NULL,
+    notify SMALLINT NOT NULL,
+    orcpt TEXT,
+    status SMALLINT NOT NULL,
+    attempts INTEGER NOT NULL,
+    next_attempt BIGINT NOT NULL,
+    last_error TEXT,
+    warned BOOLEAN NOT NULL,
+    PRIMARY KEY (message_id, idx)
+);
+CREATE TABLE trace_message (
+    id TEXT PRIMARY KEY,
+    received_at BIGINT NOT NULL,
+    sender TEXT NOT NULL,
+    sender_lc TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    client TEXT NOT NULL,
+    helo TEXT NOT NULL,
+    tls TEXT,
+    server TEXT NOT NULL,
+    node TEXT NOT NULL
+);
+CREATE INDEX trace_message_received ON trace_message (received_at);
+CREATE INDEX trace_message_sender ON trace_message (sender_lc);
+CREATE TABLE trace_recipient (
+    id TEXT NOT NULL,
+    address TEXT NOT NULL,
+    address_lc TEXT NOT NULL,
+    PRIMARY KEY (id, address)
+);
+CREATE INDEX trace_recipient_address ON trace_recipient (address_lc);
+CREATE TABLE trace_event (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    id TEXT NOT NULL,
+    at BIGINT NOT NULL,
+    node TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    recipient TEXT,
+    detail TEXT NOT NULL
+);
+CREATE INDEX trace_event_id ON trace_event (id);
+"];
+
+/// Database time in milliseconds.
+const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+
+/// Connections in the pool of one process.
+const POOL_SIZE: usize = 24;
+
+/// A body larger than this leaves its connection's buffers that large: the connection is
+/// closed after it rather than kept in the pool holding the memory.
+const LARGE: usize = 1 << 20;
+
+/// Closes a pooled connection instead of returning it to the pool.
+fn retire(client: deadpool_postgres::Object) {
+    drop(deadpool_postgres::Object::take(client));
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::Unavailable(e.to_string())
+}
+
+impl From<tokio_postgres::Error> for Error {
+    fn from(e: tokio_postgres::Error) -> Error {
+        if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) {
+            Error::Conflict(e.to_string())
+        } else {
+            unavailable(e)
+        }
+    }
+}
+
+impl From<deadpool_postgres::PoolError> for Error {
+    fn from(e: deadpool_postgres::PoolError) -> Error {
+        unavailable(e)
+    }
+}
+
+/// The PostgreSQL store. Cheap to share behind an `Arc`.
+pub struct Postgres {
+    pool: Pool,
+}
+
+/// TLS to the database: the system's trust anchors, used when the URL's `sslmode` asks.
+fn tls() -> tokio_postgres_rustls::MakeRustlsConnect {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .expect("ring supports the default protocol versions")
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_postgres_rustls::MakeRustlsConnect::new(config)
+}
+
+impl Postgres {
+    /// Connects to `url` (`postgres://user:password@host:port/database?sslmode=...`), and
+    /// brings the schema to this version (under an advisory lock, so that nodes starting
+    /// together migrate once).
+    pub async fn connect(url: &str) -> Result<Postgres> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| Error::Unavailable(format!("store.url: {e}")))?;
+        let manager = Manager::from_config(
+            config,
+            tls(),
+            ManagerConfig {
+                recycling_method: RecyclingMethod::Fast,
+            },
+        );
+        let pool = Pool::builder(manager)
+            .max_size(POOL_SIZE)
+            .wait_timeout(Some(Duration::from_secs(10)))
+            .create_timeout(Some(Duration::from_secs(10)))
+            .runtime(deadpool_postgres::Runtime::Tokio1)
+            .build()
+            .map_err(unavailable)?;
+        let store = Postgres { pool };
+        store.migrate().await?;
+        Ok(store)
+    }
+
+    async fn migrate(&self) -> Result<()> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // One node migrates; the others wait here, then find nothing left to do.
+        tx.execute("SELECT pg_advisory_xact_lock(7734001)", &[])
+            .await?;
+        tx.batch_execute("CREATE TABLE IF NOT EXISTS mailsilo_schema (version INTEGER NOT NULL)")
+            .await?;
+        let version: i32 = match tx
+            .query_opt("SELECT version FROM mailsilo_schema", &[])
+            .await?
+        {
+            Some(r) => r.get(0),
+            None => {
+                tx.execute("INSERT INTO mailsilo_schema VALUES (0)", &[])
+                    .await?;
+                0
+            }
+        };
+        for m in MIGRATIONS.iter().skip(version as usize) {
+            tx.batch_execute(m).await?;
+        }
+        tx.execute("UPDATE mailsilo_schema SET version = $1", &[&VERSION])
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}
+
+fn ret_to_sql(r: Option<Ret>) -> Option<i16> {
+    r.map(|r| match r {
+        Ret::Full => 0,
+        Ret::Headers => 1,
+    })
+}
+
+fn ret_from_sql(v: Option<i16>) -> Option<Ret> {
+    v.map(|v| if v == 1 { Ret::Headers } else { Ret::Full })
+}
+
+fn status_of(n: i16) -> Status {
+    match n {
+        0 => Status::Pending,
+        1 => Status::Delivered,
+        _ => Status::Failed,
+    }
+}
+
+fn ms(d: Duration) -> i64 {
+    d.as_millis() as i64
+}
+
+async fn add_event(c: &impl GenericClient, id: &str, e: &Event) -> Result<()> {
+    c.execute(
+        "INSERT INTO trace_event (id, at, node, kind, recipient, detail) VALUES ($1, $2, $3, $4, $5, $6)",
+        &[&id, &e.at, &e.node, &e.kind, &e.recipient, &e.detail],
+    )
+    .await?;
+    Ok(())
+}
+
+async fn enqueue(c: &impl GenericClient, m: &NewMessage, lease: Option<&Lease>) -> Result<()> {
+    let owner = lease.map(|l| l.owner.as_str());
+    let ttl = lease.map_or(-1, |l| ms(l.ttl));
+    c.execute(
+        &format!(
+            "INSERT INTO message (id, sender, envid, ret, received_at, body, next_attempt, lease_owner, lease_until, lease_token)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9::bigint < 0 THEN 0 ELSE {NOW_MS} + $9::bigint END, 1)"
+        ),
+        &[
+            &m.id,
+            &m.sender,
+            &m.envid,
+            &ret_to_sql(m.ret),
+            &m.received_at,
+            &&m.body[..],
+            &m.next_attempt,
+            &owner,
+            &ttl,
+        ],
+    )
+    .await?;
+    // All recipients in one statement each for the queue and the trace.
+    let n = m.recipients.len();
+    let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
+    let lower: Vec<String> = addresses.iter().map(|a| a.to_lowercase()).collect();
+    let notify: Vec<i16> = m.recipients.iter().map(|r| i16::from(r.notify)).collect();
+    let orcpt: Vec<Option<&str>> = m.recipients.iter().map(|r| r.orcpt.as_deref()).collect();
+    let idx: Vec<i32> = (0..n as i32).collect();
+    c.execute(
+        "INSERT INTO recipient (message_id, idx, address, notify, orcpt, status, attempts, next_attempt, last_error, warned)
+         SELECT $1, i, a, n, o, 0, 0, $6, NULL, false FROM unnest($2::int[], $3::text[], $4::smallint[], $5::text[]) AS u(i, a, n, o)",
+        &[&m.id, &idx, &addresses, &notify, &orcpt, &m.next_attempt],
+    )
+    .await?;
+    c.execute(
+        "INSERT INTO trace_recipient (id, address, address_lc)
+         SELECT DISTINCT $1, a, l FROM unnest($2::text[], $3::text[]) AS u(a, l) ON CONFLICT DO NOTHING",
+        &[&m.id, &addresses, &lower],
+    )
+    .await?;
+    let a = &m.arrival;
+    c.execute(
+        "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+        &[
+            &m.id,
+            &m.received_at,
+            &m.sender,
+            &m.sender.to_lowercase(),
+            &(m.body.len() as i64),
+            &a.client,
+            &a.helo,
+            &a.tls,
+            &a.server,
+            &a.node,
+        ],
+    )
+    .await?;
+    let event = crate::received_event(m);
+    add_event(c, &m.id, &event).await
+}
+
+fn message_from(r: &Row) -> Message {
+    Message {
+        id: r.get("id"),
+        sender: r.get("sender"),
+        envid: r.get("envid"),
+        ret: ret_from_sql(r.get("ret")),
+        received_at: r.get("received_at"),
+        body: Bytes::from(r.get::<_, Vec<u8>>("body")),
+        recipients: Vec::new(),
+    }
+}
+
+fn recipient_from(r: &Row) -> Recipient {
+    Recipient {
+        index: r.get::<_, i32>("idx") as u32,
+        address: r.get("address"),
+        notify: r.get::<_, i16>("notify") as u8,
+        orcpt: r.get("orcpt"),
+        status: status_of(r.get("status")),
+        attempts: r.get::<_, i32>("attempts") as u32,
+        next_attempt: r.get("next_attempt"),
+        last_error: r.get("last_error"),
+        warned: r.get("warned"),
+    }
+}
+
+/// The messages `ids` with their recipients, in the order of `ids`; their bodies only with
+/// `with_body`.
+async fn load(c: &impl GenericClient, ids: &[String], with_body: bool) -> Result<Vec<Message>> {
+    let sql = if with_body {
+        "SELECT id, sender, envid, ret, received_at, body FROM message WHERE id = ANY($1)"
+    } else {
+        "SELECT id, sender, envid, ret, received_at, ''::bytea AS body FROM message WHERE id = ANY($1)"
+    };
+    let rows = c.query(sql, &[&ids]).await?;
+    let mut messages: Vec<Message> = rows.iter().map(message_from).collect();
+    let rcpts = c
+        .query(
+            "SELECT message_id, idx, address, notify, orcpt, status, attempts, next_attempt, last_error, warned
+             FROM recipient WHERE message_id = ANY($1) ORDER BY message_id, idx",
+            &[&ids],
+        )
+        .await?;
+    for r in &rcpts {
+        let id: &str = r.get("message_id");
+        if let Some(m) = messages.iter_mut().find(|m| m.id == id) {
+            m.recipients.push(recipient_from(r));
+        }
+    }
+    messages.sort_by_key(|m| ids.iter().position(|i| *i == m.id));
+    Ok(messages)
+}
+
+#[async_trait]
+impl Store for Postgres {
+    async fn enqueue(&self, message: NewMessage, lease: Option<&Lease>) -> Result<Option<i64>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        enqueue(&tx, &message, lease).await?;
+        // The durable point: the commit returns after PostgreSQL's WAL flush.
+        tx.commit().await?;
+        if message.body.len() > LARGE {
+            retire(client);
+        }
+        Ok(lease.map(|_| 1))
+    }
+
+    async fn claim(&self, lease: &Lease, now: i64, limit: usize) -> Result<Vec<Claimed>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // SKIP LOCKED: nodes claiming at once take different rows instead of waiting.
+        let rows = tx
+            .query(
+                &format!(
+                    "WITH picked AS (
+                         SELECT id FROM message
+                         WHERE next_attempt <= $1 AND lease_until < {NOW_MS}
+                         ORDER BY next_attempt, id LIMIT $2
+                         FOR UPDATE SKIP LOCKED)
+                     UPDATE message m SET lease_owner = $3, lease_until = {NOW_MS} + $4,
+                         lease_token = m.lease_token + 1
+                     FROM picked WHERE m.id = picked.id
+                     RETURNING m.id, m.lease_token"
+                ),
+                &[&now, &(limit as i64), &lease.owner, &ms(lease.ttl)],
+            )
+            .await?;
+        let ids: Vec<String> = rows.iter().map(|r| r.get(0)).collect();
+        let messages = load(&tx, &ids, false).await?;
+        tx.commit().await?;
+        Ok(messages
+            .into_iter()
+            .filter_map(|message| {
+                let token = rows
+                    .iter()
+                    .find(|r| r.get::<_, &str>(0) == message.id)?
+                    .get(1);
+                Some(Claimed { message, token })
+            })
+            .collect())
+    }
+
+    async fn renew(&self, id: &str, token: i64, lease: &Lease) -> Result<()> {
+        let client = self.pool.get().await?;
+        let n = client
+            .execute(
+                &format!(
+                    "UPDATE message SET lease_until = {NOW_MS} + $3 WHERE id = $1 AND lease_token = $2"
+                ),
+                &[&id, &token, &ms(lease.ttl)],
+            )
+            .await?;
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(Error::LeaseLost(id.to_string()))
+        }
+    }
+
+    async fn record(&self, id: &str, token: i64, a: Attempt) -> Result<()> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let held = tx
+            .query_opt(
+                "SELECT lease_token, COALESCE(lease_owner, '') FROM message WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await?;
+        let node: String = match held {
+            Some(r) if r.get::<_, i64>(0) == token => r.get(1),
+            _ => return Err(Error::LeaseLost(id.to_string())),
+        };
+        for (idx, o) in &a.outcomes {
+            let idx = *idx as i32;
+            let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) = match o {
+                Outcome::Delivered { .. } => (
+                    "UPDATE recipient SET status = 1, attempts = attempts + 1, last_error = NULL
+                     WHERE message_id = $1 AND idx = $2 AND status = 0 RETURNING address",
+                    vec![&id, &idx],
+                ),
+                Outcome::Failed { reason } => (
+                    "UPDATE recipient SET status = 2, attempts = attempts + 1, last_error = $3
+                     WHERE message_id = $1 AND idx = $2 AND status = 0 RETURNING address",
+                    vec![&id, &idx, reason],
+                ),
+                Outcome::Deferred {
+                    next_attempt,
+                    reason,
+                } => (
+                    "UPDATE recipient SET attempts = attempts + 1, next_attempt = $3, last_error = $4
+                     WHERE message_id = $1 AND idx = $2 AND status = 0 RETURNING address",
+                    vec![&id, &idx, next_attempt, reason],
+                ),
+                Outcome::Warned => (
+                    "UPDATE recipient SET warned = true WHERE message_id = $1 AND idx = $2 RETURNING address",
+                    vec![&id, &idx],
+                ),
+            };
+            let row = tx.query_opt(sql, &params).await?;
+            if let Some(row) = row {
+                let address: String = row.get(0);
+                add_event(&tx, id, &crate::outcome_event(&node, &a.relay, &address, o)).await?;
+            }
+        }
+        for dsn in &a.dsns {
+            enqueue(&tx, dsn, None).await?;
+            add_event(&tx, id, &crate::dsn_event(&node, dsn)).await?;
+        }
+        let next: Option<i64> = tx
+            .query_one(
+                "SELECT MIN(next_attempt) FROM recipient WHERE message_id = $1 AND status = 0",
+                &[&id],
+            )
+            .await?
+            .get(0);
+        match next {
+            None => {
+                remove(&tx, id).await?;
+            }
+            Some(next) => {
+                let sql = if a.release {
+                    "UPDATE message SET next_attempt = $2, lease_owner = NULL, lease_until = 0 WHERE id = $1"
+                } else {
+                    "UPDATE message SET next_attempt = $2 WHERE id = $1"
+                };
+                tx.execute(sql, &[&id, &next]).await?;
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn release_all(&self, owner: &str) -> Result<usize> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute(
+                "UPDATE message SET lease_owner = NULL, lease_until = 0 WHERE lease_owner = $1",
+                &[&owner],
+            )
+            .await? as usize)
+    }
+
+    async fn get(&self, id: &str) -> Result<Option<Message>> {
+        let client = self.pool.get().await?;
+        let m = load(&client, &[id.to_string()], true).await?.pop();
+        if m.as_ref().is_some_and(|m| m.body.len() > LARGE) {
+            retire(client);
+        }
+        Ok(m)
+    }
+
+    async fn body(&self, id: &str) -> Result<Option<Bytes>> {
+        let client = self.pool.get().await?;
+        let body = client
+            .query_opt("SELECT body FROM message WHERE id = $1", &[&id])
+            .await?
+            .map(|r| Bytes::from(r.get::<_, Vec<u8>>(0)));
+        if body.as_ref().is_some_and(|b| b.len() > LARGE) {
+            retire(client);
+        }
+        Ok(body)
+    }
+
+    async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Summary>> {
+        let client = self.pool.get().await?;
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT id, sender, octet_length(body)::bigint, received_at, next_attempt,
+                         CASE WHEN lease_until > {NOW_MS} THEN lease_owner END
+                     FROM message WHERE id > $1 ORDER BY id LIMIT $2"
+                ),
+                &[&after.unwrap_or(""), &(limit as i64)],
+            )
+            .await?;
+        let mut out: Vec<Summary> = rows
+            .iter()
+            .map(|r| Summary {
+                id: r.get(0),
+                sender: r.get(1),
+                size: r.get::<_, i64>(2) as u64,
+                received_at: r.get(3),
+                next_attempt: r.get::<_, Option<i64>>(4).unwrap_or(0),
+                owner: r.get(5),
+                pending: Vec::new(),
+            })
+            .collect();
+        let ids: Vec<&str> = out.iter().map(|s| s.id.as_str()).collect();
+        let pending = client
+            .query(
+                "SELECT message_id, address, last_error FROM recipient
+                 WHERE message_id = ANY($1) AND status = 0 ORDER BY message_id, idx",
+                &[&ids],
+            )
+            .await?;
+        for r in &pending {
+            let id: &str = r.get(0);
+            if let Some(s) = out.iter_mut().find(|s| s.id == id) {
+                s.pending.push((r.get(1), r.get(2)));
+            }
+        }
+        Ok(out)
+    }
+
+    async fn delete(&self, id: &str, node: &str) -> Result<bool> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let removed = remove(&tx, id).await?;
+        if removed {
+            add_event(&tx, id, &crate::deleted_event(node)).await?;
+        }
+        tx.commit().await?;
+        Ok(removed)
+    }
+
+    async fn flush(&self, now: i64) -> Result<usize> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let n = tx
+            .execute(
+                "UPDATE recipient SET next_attempt = $1 WHERE status = 0 AND next_attempt > $1",
+                &[&now],
+            )
+            .await?;
+        tx.execute(
+            "UPDATE message SET next_attempt = $1 WHERE next_attempt > $1",
+            &[&now],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(n as usize)
+    }
+
+    async fn trace(&self, id: &str) -> Result<Option<Trace>> {
+        let client = self.pool.get().await?;
+        let Some(mut t) = trace_of(&client, id).await? else {
+            return Ok(None);
+        };
+        t.events = client
+            .query(
+                "SELECT at, node, kind, recipient, detail FROM trace_event WHERE id = $1 ORDER BY seq",
+                &[&id],
+            )
+            .await?
+            .iter()
+            .map(|r| Event {
+                at: r.get(0),
+                node: r.get(1),
+                kind: r.get(2),
+                recipient: r.get(3),
+                detail: r.get(4),
+            })
+            .collect();
+        Ok(Some(t))
+    }
+
+    async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Trace>> {
+        let client = self.pool.get().await?;
+        let from = q.from.as_deref().map(str::to_lowercase);
+        let to = q.to.as_deref().map(str::to_lowercase);
+        let rows = client
+            .query(
+                "SELECT id FROM trace_message t
+                 WHERE ($1::text IS NULL OR t.sender_lc = $1)
+                   AND ($2::text IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id AND r.address_lc = $2))
+                   AND received_at >= $3
+                 ORDER BY received_at DESC, id DESC LIMIT $4",
+                &[&from, &to, &q.since.unwrap_or(i64::MIN), &(q.limit as i64)],
+            )
+            .await?;
+        let mut out = Vec::with_capacity(rows.len());
+        for r in &rows {
+            out.extend(trace_of(&client, r.get(0)).await?);
+        }
+        Ok(out)
+    }
+
+    async fn add_event(&self, id: &str, event: Event) -> Result<()> {
+        let client = self.pool.get().await?;
+        add_event(&client, id, &event).await
+    }
+
+    async fn expire_traces(&self, before: i64) -> Result<usize> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let old = "SELECT id FROM trace_message WHERE received_at < $1 AND id NOT IN (SELECT id FROM message)";
+        let params: [&(dyn ToSql + Sync); 1] = [&before];
+        tx.execute(
+            &format!("DELETE FROM trace_event WHERE id IN ({old})"),
+            &params,
+        )
+        .await?;
+        tx.execute(
+            &format!("DELETE FROM trace_recipient WHERE id IN ({old})"),
+            &params,
+        )
+        .await?;
+        let n = tx
+            .execute(
+                "DELETE FROM trace_message WHERE received_at < $1 AND id NOT IN (SELECT id FROM message)",
+                &params,
+            )
+            .await?;
+        tx.commit().await?;
+        Ok(n as usize)
+    }
+}
+
+async fn remove(c: &impl GenericClient, id: &str) -> Result<bool> {
+    c.execute("DELETE FROM recipient WHERE message_id = $1", &[&id])
+        .await?;
+    Ok(c.execute("DELETE FROM message WHERE id = $1", &[&id])
+        .await?
+        > 0)
+}
+
+async fn trace_of(c: &impl GenericClient, id: &str) -> Result<Option<Trace>> {
+    let Some(r) = c
+        .query_opt(
+            "SELECT sender, size, received_at, client, helo, tls, server, node FROM trace_message WHERE id = $1",
+            &[&id],
+        )
+        .await?
+    else {
+        return Ok(None);
+    };
+    let recipients = c
+        .query(
+            "SELECT address FROM trace_recipient WHERE id = $1 ORDER BY address",
+            &[&id],
+        )
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(Some(Trace {
+        id: id.to_string(),
+        sender: r.get(0),
+        recipients,
+        size: r.get::<_, i64>(1) as u64,
+        received_at: r.get(2),
+        arrival: Arrival {
+            client: r.get(3),
+            helo: r.get(4),
+            tls: r.get(5),
+            server: r.get(6),
+            node: r.get(7),
+        },
+        events: Vec::new(),
+    }))
+}

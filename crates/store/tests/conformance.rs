@@ -1,0 +1,564 @@
+//! The store's conformance suite: every test runs against the embedded store and against
+//! PostgreSQL (a fresh database each, on the server `MAILSILO_TEST_POSTGRES` names, which
+//! `scripts/test.sh` starts), so both back ends keep the same promises.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mailsilo_store::{
+    Arrival, Attempt, Bytes, Embedded, Error, Lease, NewMessage, NewRecipient, Outcome, Postgres,
+    Status, Store, TraceQuery,
+};
+
+/// A throw-away PostgreSQL database, dropped (best effort) with the handle.
+struct Database {
+    admin: String,
+    name: String,
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                if let Ok((c, conn)) = tokio_postgres::connect(&admin, tokio_postgres::NoTls).await
+                {
+                    tokio::spawn(conn);
+                    let _ = c
+                        .execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"), &[])
+                        .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The PostgreSQL server's URL; the suite refuses to pass without one.
+fn postgres_url() -> String {
+    std::env::var("MAILSILO_TEST_POSTGRES").expect(
+        "MAILSILO_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which starts a throw-away PostgreSQL",
+    )
+}
+
+async fn fresh_database() -> (String, Database) {
+    let admin = postgres_url();
+    let (c, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+        .await
+        .expect("the test PostgreSQL answers");
+    tokio::spawn(conn);
+    let name = format!(
+        "conformance_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    c.execute(&format!("CREATE DATABASE {name}"), &[])
+        .await
+        .unwrap();
+    let url = match admin.rsplit_once('/') {
+        Some((base, _)) => format!("{base}/{name}"),
+        None => panic!("MAILSILO_TEST_POSTGRES has no database part: {admin}"),
+    };
+    (url, Database { admin, name })
+}
+
+/// Runs `test` against both back ends (for PostgreSQL, with `pools` separate connection
+/// pools on the same database, as separate nodes would have).
+async fn both<F, Fut>(pools: usize, test: F)
+where
+    F: Fn(Vec<Arc<dyn Store>>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().unwrap();
+    let embedded: Arc<dyn Store> = Arc::new(Embedded::open(dir.path()).unwrap());
+    test(vec![embedded; pools]).await;
+    let (url, _db) = fresh_database().await;
+    let mut stores: Vec<Arc<dyn Store>> = Vec::new();
+    for _ in 0..pools {
+        stores.push(Arc::new(Postgres::connect(&url).await.unwrap()));
+    }
+    test(stores).await;
+}
+
+fn message(id: &str, rcpts: &[&str], due: i64) -> NewMessage {
+    NewMessage {
+        id: id.into(),
+        sender: "Sender@Outside.NET".into(),
+        recipients: rcpts
+            .iter()
+            .map(|a| NewRecipient {
+                address: a.to_string(),
+                notify: 0,
+                orcpt: Some(format!("rfc822;{a}")),
+            })
+            .collect(),
+        envid: Some("E+2B1".into()),
+        ret: None,
+        received_at: due,
+        next_attempt: due,
+        body: Bytes::from_static(b"Subject: t\r\n\r\nhi\r\n"),
+        arrival: Arrival {
+            client: "192.0.2.7".into(),
+            helo: "client.example".into(),
+            tls: Some("TLSv1_3".into()),
+            server: "c1-s1".into(),
+            node: "n1".into(),
+        },
+    }
+}
+
+fn lease(owner: &str, ms: u64) -> Lease {
+    Lease {
+        owner: owner.into(),
+        ttl: Duration::from_millis(ms),
+    }
+}
+
+fn attempt(outcomes: Vec<(u32, Outcome)>, release: bool) -> Attempt {
+    Attempt {
+        relay: "mx.client.example:25".into(),
+        outcomes,
+        dsns: Vec::new(),
+        release,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_message_lives_through_claims_outcomes_and_its_trace() {
+    both(1, |s| async move {
+        let s = &s[0];
+        s.enqueue(message("A", &["a@example.com", "b@example.com"], 100), None)
+            .await
+            .unwrap();
+        let n1 = lease("n1", 60_000);
+        assert!(
+            s.claim(&n1, 99, 10).await.unwrap().is_empty(),
+            "not due yet"
+        );
+        let claimed = s.claim(&n1, 100, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let (m, token) = (&claimed[0].message, claimed[0].token);
+        assert_eq!(m.id, "A");
+        assert_eq!(m.envid.as_deref(), Some("E+2B1"));
+        assert!(m.body.is_empty(), "a claim leaves the body in the store");
+        assert_eq!(
+            &s.body("A").await.unwrap().unwrap()[..],
+            b"Subject: t\r\n\r\nhi\r\n"
+        );
+        assert_eq!(
+            &s.get("A").await.unwrap().unwrap().body[..],
+            b"Subject: t\r\n\r\nhi\r\n"
+        );
+        assert_eq!(
+            m.recipients[1].orcpt.as_deref(),
+            Some("rfc822;b@example.com")
+        );
+        assert!(s.claim(&n1, 1000, 10).await.unwrap().is_empty(), "leased");
+        let listed = s.list(None, 10).await.unwrap();
+        assert_eq!(listed[0].owner.as_deref(), Some("n1"));
+        s.record(
+            "A",
+            token,
+            attempt(
+                vec![
+                    (
+                        0,
+                        Outcome::Delivered {
+                            reply: "250 2.0.0 queued as X1".into(),
+                        },
+                    ),
+                    (
+                        1,
+                        Outcome::Deferred {
+                            next_attempt: 500,
+                            reason: "451 4.3.0 busy".into(),
+                        },
+                    ),
+                ],
+                true,
+            ),
+        )
+        .await
+        .unwrap();
+        let a = s.get("A").await.unwrap().unwrap();
+        assert_eq!(a.recipients[0].status, Status::Delivered);
+        assert_eq!(
+            (a.recipients[1].status, a.recipients[1].next_attempt),
+            (Status::Pending, 500)
+        );
+        assert!(
+            s.claim(&n1, 499, 10).await.unwrap().is_empty(),
+            "released, but not due"
+        );
+        let again = s.claim(&n1, 500, 10).await.unwrap();
+        assert_eq!(again.len(), 1);
+        assert!(again[0].token > token, "every claim a new token");
+        s.record(
+            "A",
+            again[0].token,
+            attempt(
+                vec![(
+                    1,
+                    Outcome::Failed {
+                        reason: "550 5.1.1 no such user".into(),
+                    },
+                )],
+                true,
+            ),
+        )
+        .await
+        .unwrap();
+        assert!(
+            s.get("A").await.unwrap().is_none(),
+            "finished: out of the queue"
+        );
+        // The trace stays, with every step.
+        let t = s.trace("A").await.unwrap().expect("the trace is kept");
+        assert_eq!(t.sender, "Sender@Outside.NET");
+        assert_eq!(t.recipients, vec!["a@example.com", "b@example.com"]);
+        assert_eq!(t.arrival.server, "c1-s1");
+        let kinds: Vec<&str> = t.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, vec!["received", "delivered", "deferred", "failed"]);
+        assert!(
+            t.events[1]
+                .detail
+                .contains("mx.client.example:25: 250 2.0.0 queued as X1")
+        );
+        assert_eq!(t.events[3].recipient.as_deref(), Some("b@example.com"));
+        assert_eq!(t.events[3].node, "n1");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn claims_are_exclusive_under_concurrency() {
+    both(2, |stores| async move {
+        for i in 0..300 {
+            stores[0]
+                .enqueue(message(&format!("M{i:04}"), &["a@example.com"], 1), None)
+                .await
+                .unwrap();
+        }
+        let mut tasks = Vec::new();
+        for t in 0..8 {
+            // Tasks of both pools (nodes) claim at once.
+            let s = stores[t % stores.len()].clone();
+            tasks.push(tokio::spawn(async move {
+                let me = lease(&format!("node{t}"), 60_000);
+                let mut got = Vec::new();
+                loop {
+                    let batch = s.claim(&me, 10, 7).await.unwrap();
+                    if batch.is_empty() {
+                        break got;
+                    }
+                    got.extend(batch.into_iter().map(|c| c.message.id));
+                }
+            }));
+        }
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        let n = all.len();
+        all.sort();
+        all.dedup();
+        assert_eq!(all.len(), n, "a message was claimed twice");
+        assert_eq!(n, 300, "every message was claimed");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn expired_leases_are_taken_over_and_stale_records_refused() {
+    both(2, |s| async move {
+        s[0].enqueue(message("L", &["a@example.com"], 1), None)
+            .await
+            .unwrap();
+        let (n1, n2) = (lease("n1", 800), lease("n2", 60_000));
+        let first = s[0].claim(&n1, 10, 10).await.unwrap();
+        assert_eq!(first.len(), 1);
+        // Renewed while n1 works: n2 gets nothing.
+        for _ in 0..3 {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            s[0].renew("L", first[0].token, &n1).await.unwrap();
+            assert!(
+                s[1].claim(&n2, 10, 10).await.unwrap().is_empty(),
+                "renewed lease held"
+            );
+        }
+        // n1 stops renewing (it died, or hangs): the lease expires and n2 takes over.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        let taken = s[1].claim(&n2, 10, 10).await.unwrap();
+        assert_eq!(taken.len(), 1, "the expired lease was taken over");
+        let delivered = || {
+            attempt(
+                vec![(
+                    0,
+                    Outcome::Delivered {
+                        reply: "250 ok".into(),
+                    },
+                )],
+                true,
+            )
+        };
+        assert!(matches!(
+            s[0].record("L", first[0].token, delivered()).await,
+            Err(Error::LeaseLost(_))
+        ));
+        assert!(matches!(
+            s[0].renew("L", first[0].token, &n1).await,
+            Err(Error::LeaseLost(_))
+        ));
+        assert!(
+            s[1].get("L").await.unwrap().is_some(),
+            "the stale record wrote nothing"
+        );
+        s[1].record("L", taken[0].token, delivered()).await.unwrap();
+        assert!(s[1].get("L").await.unwrap().is_none());
+        let t = s[1].trace("L").await.unwrap().unwrap();
+        assert_eq!(
+            t.events.last().unwrap().node,
+            "n2",
+            "the trace names the node that delivered"
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fresh_mail_is_held_by_its_receiver_until_released() {
+    both(2, |s| async move {
+        let n1 = lease("n1", 60_000);
+        let token = s[0]
+            .enqueue(message("F", &["a@example.com"], 1), Some(&n1))
+            .await
+            .unwrap()
+            .expect("a token for the receiving node");
+        assert!(
+            s[1].claim(&lease("n2", 60_000), 10, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        // The receiver records under the token it was given.
+        s[0].record(
+            "F",
+            token,
+            attempt(
+                vec![(
+                    0,
+                    Outcome::Deferred {
+                        next_attempt: 5,
+                        reason: "421 later".into(),
+                    },
+                )],
+                false,
+            ),
+        )
+        .await
+        .unwrap();
+        // It crashed before releasing; starting again it gives its leases back at once.
+        assert_eq!(s[0].release_all("n1").await.unwrap(), 1);
+        assert_eq!(
+            s[1].claim(&lease("n2", 60_000), 10, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        // Duplicate ids are refused, whatever the back end.
+        assert!(matches!(
+            s[0].enqueue(message("F", &["a@example.com"], 1), None)
+                .await,
+            Err(Error::Conflict(_))
+        ));
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dsn_is_queued_with_the_outcome_that_caused_it_or_not_at_all() {
+    both(1, |s| async move {
+        let s = &s[0];
+        s.enqueue(message("D", &["a@example.com"], 1), None)
+            .await
+            .unwrap();
+        let c = s.claim(&lease("n1", 60_000), 10, 10).await.unwrap();
+        let mut bounce = message("DSN1", &["Sender@Outside.NET"], 1);
+        bounce.sender = String::new();
+        let failed = Attempt {
+            relay: "mx:25".into(),
+            outcomes: vec![(
+                0,
+                Outcome::Failed {
+                    reason: "550 5.1.1 unknown".into(),
+                },
+            )],
+            dsns: vec![bounce.clone()],
+            release: true,
+        };
+        // Under a stale token: neither the outcome nor the DSN.
+        assert!(matches!(
+            s.record("D", c[0].token + 1, failed.clone()).await,
+            Err(Error::LeaseLost(_))
+        ));
+        assert!(s.get("DSN1").await.unwrap().is_none());
+        s.record("D", c[0].token, failed).await.unwrap();
+        let dsn = s.get("DSN1").await.unwrap().expect("the DSN is queued");
+        assert_eq!(dsn.sender, "");
+        assert!(s.get("D").await.unwrap().is_none());
+        let t = s.trace("D").await.unwrap().unwrap();
+        assert!(
+            t.events
+                .iter()
+                .any(|e| e.kind == "dsn" && e.detail.contains("DSN1")),
+            "{:?}",
+            t.events
+        );
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn listing_pages_and_operator_commands() {
+    both(1, |s| async move {
+        let s = &s[0];
+        for i in 0..25 {
+            s.enqueue(message(&format!("P{i:02}"), &["a@example.com"], 1000), None)
+                .await
+                .unwrap();
+        }
+        let first = s.list(None, 10).await.unwrap();
+        let second = s.list(Some(&first[9].id), 10).await.unwrap();
+        let third = s.list(Some(&second[9].id), 10).await.unwrap();
+        assert_eq!((first.len(), second.len(), third.len()), (10, 10, 5));
+        assert_eq!(first[0].id, "P00");
+        assert_eq!(third[4].id, "P24");
+        assert_eq!(first[0].pending, vec![("a@example.com".to_string(), None)]);
+        assert_eq!(s.flush(10).await.unwrap(), 25);
+        assert_eq!(
+            s.claim(&lease("n1", 60_000), 10, 100).await.unwrap().len(),
+            25,
+            "flushed: due now"
+        );
+        assert!(s.delete("P03", "operator-node").await.unwrap());
+        assert!(!s.delete("P03", "operator-node").await.unwrap());
+        let t = s.trace("P03").await.unwrap().unwrap();
+        assert_eq!(t.events.last().unwrap().kind, "deleted");
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn traces_are_found_and_expire() {
+    both(1, |s| async move {
+        let s = &s[0];
+        let mut old = message("T1", &["Alice@Example.com"], 100);
+        old.sender = "bob@sender.net".into();
+        s.enqueue(old, None).await.unwrap();
+        s.enqueue(message("T2", &["carol@example.com"], 200), None)
+            .await
+            .unwrap();
+        s.enqueue(message("T3", &["alice@example.com"], 300), None)
+            .await
+            .unwrap();
+        let ids = |ts: Vec<mailsilo_store::Trace>| ts.into_iter().map(|t| t.id).collect::<Vec<_>>();
+        let q = |from: Option<&str>, to: Option<&str>, since: Option<i64>| TraceQuery {
+            from: from.map(str::to_string),
+            to: to.map(str::to_string),
+            since,
+            limit: 10,
+        };
+        assert_eq!(
+            ids(s
+                .find_traces(&q(None, Some("ALICE@example.com"), None))
+                .await
+                .unwrap()),
+            vec!["T3", "T1"]
+        );
+        assert_eq!(
+            ids(s
+                .find_traces(&q(Some("Bob@Sender.net"), None, None))
+                .await
+                .unwrap()),
+            vec!["T1"]
+        );
+        assert_eq!(
+            ids(s.find_traces(&q(None, None, Some(200))).await.unwrap()),
+            vec!["T3", "T2"]
+        );
+        // T1 finishes; traces older than 250 go, but T2 is still queued and keeps its own.
+        let c = s.claim(&lease("n1", 60_000), 100, 1).await.unwrap();
+        assert_eq!(c[0].message.id, "T1");
+        s.record(
+            "T1",
+            c[0].token,
+            attempt(
+                vec![(
+                    0,
+                    Outcome::Delivered {
+                        reply: "250 ok".into(),
+                    },
+                )],
+                true,
+            ),
+        )
+        .await
+        .unwrap();
+        assert_eq!(s.expire_traces(250).await.unwrap(), 1);
+        assert!(s.trace("T1").await.unwrap().is_none());
+        assert!(s.trace("T2").await.unwrap().is_some());
+        s.add_event(
+            "T2",
+            mailsilo_store::Event {
+                at: 1,
+                node: "n9".into(),
+                kind: "scanned".into(),
+                recipient: None,
+                detail: "clean".into(),
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            s.trace("T2")
+                .await
+                .unwrap()
+                .unwrap()
+                .events
+                .last()
+                .unwrap()
+                .kind,
+            "scanned"
+        );
+    })
+    .await;
+}
+
+/// Nodes starting together against a new database migrate it once; starting again finds
+/// nothing to do.
+#[tokio::test(flavor = "multi_thread")]
+async fn postgres_migrates_once_under_concurrent_starts() {
+    let (url, _db) = fresh_database().await;
+    let mut starts = Vec::new();
+    for _ in 0..4 {
+        let url = url.clone();
+        starts.push(tokio::spawn(async move {
+            Postgres::connect(&url).await.map(|_| ())
+        }));
+    }
+    for s in starts {
+        s.await.unwrap().unwrap();
+    }
+    let s = Postgres::connect(&url).await.unwrap();
+    s.enqueue(message("X", &["a@example.com"], 1), None)
+        .await
+        .unwrap();
+}
