@@ -25,6 +25,9 @@ use tracing::{debug, info, warn};
 
 /// Concurrent TCP connections; more wait for the OS backlog.
 const MAX_TCP: usize = 256;
+/// Concurrent TCP connections from one address (NSD's tcp-count is per server; a per-address
+/// bound keeps one client from holding them all).
+const MAX_TCP_PER_ADDRESS: usize = 16;
 /// A TCP client idle this long is dropped.
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// How often a UDP worker looks up from its socket to see whether to stop.
@@ -120,8 +123,9 @@ pub async fn serve(
     }
     let mut stop = shutdown.clone();
     let slots = Arc::new(Semaphore::new(MAX_TCP));
+    let per_address = listen::PerAddress::new(MAX_TCP_PER_ADDRESS);
     loop {
-        let (stream, _) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = tcp.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
@@ -132,12 +136,17 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
+        // Over its share, a client is closed on at once (it may retry, or use UDP).
+        let Some(slot) = per_address.take(peer.ip()) else {
+            debug!(%peer, "dns tcp: too many connections from this address");
+            continue;
+        };
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
         let catalog = catalog.clone();
         tokio::spawn(async move {
-            let _permit = permit;
+            let (_permit, _slot) = (permit, slot);
             let _ = tcp_session(stream, &catalog).await;
         });
     }

@@ -420,3 +420,146 @@ fn messages_beyond_the_memory_budget_get_452_and_are_not_lost() {
         == 1
         && g.mailbox("bob@example.com").len() == 1));
 }
+
+#[test]
+fn held_bdat_content_cannot_pin_the_memory_budget() {
+    let g = Gateway::start(Options {
+        smtp: "max_message_size = \"1MiB\"\nmax_message_memory = \"1MiB\"\ndata_timeout = \"2s\"\ncommand_timeout = \"30s\"".into(),
+        ..Options::default()
+    });
+    // A chunk of 1 MB (the whole budget), then only NOOPs: the content's deadline runs on
+    // between chunks.
+    let mut holder = g.smtp();
+    ehlo(&mut holder);
+    assert_eq!(holder.cmd("MAIL FROM:<a@outside.net>").0, 250);
+    assert_eq!(holder.cmd("RCPT TO:<alice@example.com>").0, 250);
+    let chunk = format!("{}\r\n", "h".repeat(998)).repeat(1020);
+    holder.send(format!("BDAT {}\r\n", chunk.len()).as_bytes());
+    holder.send(chunk.as_bytes());
+    assert_eq!(holder.reply().0, 250);
+    // Meanwhile the budget is used up: others are told to come back.
+    let mut other = g.smtp();
+    ehlo(&mut other);
+    assert_eq!(other.cmd("MAIL FROM:<b@outside.net>").0, 250);
+    assert_eq!(other.cmd("RCPT TO:<bob@example.com>").0, 250);
+    assert_eq!(other.cmd("DATA").0, 452);
+    let started = Instant::now();
+    let mut cut = false;
+    while started.elapsed() < Duration::from_secs(10) {
+        holder.send(b"NOOP\r\n");
+        let r = holder.reply();
+        if r.0 == 421 {
+            assert!(r.1.starts_with("4.4.2"), "{r:?}");
+            cut = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    assert!(cut, "NOOPs kept a half-sent BDAT message in memory");
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        started.elapsed()
+    );
+    // Its memory is free again.
+    assert_eq!(other.cmd("RSET").0, 250);
+    let r = other.mail(
+        "b@outside.net",
+        &["bob@example.com"],
+        "Subject: now\r\n\r\nroom again",
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+}
+
+#[test]
+fn mail_for_a_slow_destination_waits_without_its_body_in_memory() {
+    // A client server that accepts connections and never says a word.
+    let ip = common::unique_ip();
+    let silent = std::net::TcpListener::bind((ip, 2527)).unwrap();
+    let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    std::thread::spawn(move || {
+        for s in silent.incoming().flatten().take(50) {
+            keep.lock().unwrap().push(s);
+        }
+    });
+    let g = Gateway::start(Options {
+        smtp: "max_message_size = \"2MiB\"".into(),
+        tail: format!("[[domain]]\nname = \"slow.test\"\ndestination = \"{ip}:2527\"\n"),
+        ..Options::default()
+    });
+    let pid = g.up.as_ref().unwrap().0.id();
+    let (_, before) = memory(pid);
+    let body = format!(
+        "Subject: big\r\n\r\n{}",
+        format!("{}\r\n", "s".repeat(998)).repeat(1000)
+    );
+    let mut c = g.smtp();
+    ehlo(&mut c);
+    for _ in 0..40 {
+        assert_eq!(c.mail("a@outside.net", &["victim@slow.test"], &body).0, 250);
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, after) = memory(pid);
+    // 40 MB accepted for a destination that takes 20 connections and answers none: the
+    // waiting deliveries hold no bodies.
+    let grew = after.saturating_sub(before);
+    assert!(
+        grew < 30 * 1024,
+        "RSS grew by {grew} KiB with 40 MB queued for a stuck destination"
+    );
+    let listed = g.queue(&["list"]);
+    assert!(listed.contains("-- 40 messages"), "{listed}");
+    drop(held);
+}
+
+#[test]
+fn confusable_addresses_utf8_orcpt_and_mail_loops_are_refused() {
+    let g = Gateway::start(Options::default());
+    let mut c = g.smtp();
+    ehlo(&mut c);
+    assert_eq!(c.cmd("MAIL FROM:<a@outside.net> SMTPUTF8").0, 250);
+    // The Kelvin sign lowercases to 'k': example.com to the policy, another domain to DNS.
+    let r = c.cmd("RCPT TO:<kelvin@exampl\u{212a}.com>");
+    assert_eq!(r.0, 553, "{r:?}");
+    assert_eq!(c.cmd("RSET").0, 250);
+    assert_eq!(c.cmd("MAIL FROM:<a@outside.net>").0, 250);
+    let r = c.cmd("RCPT TO:<alice@example.com> ORCPT=utf-8;j\u{f6}rg@example.com");
+    assert_eq!(r.0, 553, "a UTF-8 ORCPT needs SMTPUTF8: {r:?}");
+    assert_eq!(c.cmd("RCPT TO:<alice@example.com>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    let hops: String = (0..60)
+        .map(|i| format!("Received: from hop{i}.example by hop{}.example; Mon, 1 Jan 2024 00:00:00 +0000\r\n", i + 1))
+        .collect();
+    c.send(format!("{hops}Subject: loop\r\n\r\nround and round\r\n.\r\n").as_bytes());
+    let r = c.reply();
+    assert_eq!(r.0, 554, "{r:?}");
+    assert!(r.1.starts_with("5.4.6"), "{r:?}");
+}
+
+#[test]
+fn any_broken_bdat_line_closes_the_session() {
+    let g = Gateway::start(Options::default());
+    let smuggled = b"MAIL FROM:<smug@evil.net>\r\nRCPT TO:<smuggled@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nx\r\n.\r\n";
+    for line in [
+        format!("BDAT\t{} LAST\r\n", smuggled.len()).into_bytes(),
+        format!("BDAT\0{} LAST\r\n", smuggled.len()).into_bytes(),
+        format!("BDAT {}{} LAST\r\n", " ".repeat(1100), smuggled.len()).into_bytes(),
+    ] {
+        let mut c = g.smtp();
+        ehlo(&mut c);
+        assert_eq!(c.cmd("MAIL FROM:<a@outside.net>").0, 250);
+        assert_eq!(c.cmd("RCPT TO:<alice@example.com>").0, 250);
+        c.send(&line);
+        c.send(smuggled);
+        let r = c.reply();
+        assert!(r.0 >= 500, "{r:?}");
+        assert_eq!(
+            rest(&mut c),
+            "",
+            "closed: the chunk was not read as commands"
+        );
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(g.mailbox("smuggled@example.com").is_empty());
+}

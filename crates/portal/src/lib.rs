@@ -31,6 +31,8 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 pub const MAX_BODY: usize = 4096;
 /// Connections served at once; more wait in the listen backlog.
 pub const MAX_CONNECTIONS: usize = 64;
+/// Connections one address may hold (an unauthenticated client can open them: `/metrics`).
+pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 /// The longest a connection lives, however busy.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 pub mod lb;
@@ -127,10 +129,11 @@ pub async fn serve(
 ) {
     let app = router(ctx, token);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let per_address = listen::PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
-                Ok((s, _)) => s,
+                Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "control accept");
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -138,6 +141,10 @@ pub async fn serve(
                 }
             },
             _ = stopped(&mut shutdown) => break,
+        };
+        let Some(slot) = per_address.take(peer.ip()) else {
+            tracing::debug!(%peer, "control: too many connections from this address");
+            continue;
         };
         let permit = tokio::select! {
             p = slots.clone().acquire_owned() => p.expect("never closed"),
@@ -149,7 +156,7 @@ pub async fn serve(
             .header_read_timeout(HEADER_TIMEOUT)
             .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
         tokio::spawn(async move {
-            let _permit = permit;
+            let (_permit, _slot) = (permit, slot);
             let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
         });
     }

@@ -28,6 +28,18 @@ pub fn recipient(mailbox: &Mailbox, smtputf8: bool) -> Result<Recipient, Reply> 
     if !smtputf8 && !mailbox.raw.is_ascii() {
         return Err(Reply::new(553, "5.6.7 Non-ASCII address requires SMTPUTF8"));
     }
+    // A non-ASCII character standing in for an ASCII one (the Kelvin sign for 'k') would be
+    // one address to this policy and another to the next hop: refused.
+    if mailbox
+        .raw
+        .chars()
+        .any(|c| !c.is_ascii() && c.to_lowercase().all(|l| l.is_ascii()))
+    {
+        return Err(Reply::new(
+            553,
+            "5.1.3 Address with a character that stands in for an ASCII one",
+        ));
+    }
     let local = &mailbox.local;
     if local.is_empty() || local.len() > 64 {
         return Err(Reply::new(501, "5.1.3 Bad recipient address syntax"));

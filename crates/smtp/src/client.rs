@@ -205,7 +205,7 @@ impl Client {
                 .await?
             {
                 Line::Full(l) => l,
-                Line::TooLong => {
+                Line::TooLong(_) => {
                     return Err(
                         io::Error::new(io::ErrorKind::InvalidData, "reply line too long").into(),
                     );

@@ -119,13 +119,22 @@ fn refuse<T>(code: u16, text: impl Into<String>) -> Result<T, Refusal> {
     })
 }
 
+/// Whether a line is meant as BDAT: "BDAT" and then anything but a letter (a space, but
+/// also a tab, a NUL, a digit), so a malformed BDAT is never taken for another command and
+/// its chunk never read as commands.
+pub fn is_bdat(line: &[u8]) -> bool {
+    line.len() >= 4
+        && line[..4].eq_ignore_ascii_case(b"BDAT")
+        && line.get(4).is_none_or(|b| !b.is_ascii_alphabetic())
+}
+
 /// Parses one command line (its line end included, CRLF or LF).
 pub fn parse(line: &[u8]) -> Result<Command, Refusal> {
     let body = line.strip_suffix(b"\n").unwrap_or(line);
     let body = body.strip_suffix(b"\r").unwrap_or(body);
     let verb_end = body.iter().position(|&b| b == b' ').unwrap_or(body.len());
     let verb = body[..verb_end].to_ascii_uppercase();
-    let is_bdat = verb == b"BDAT";
+    let is_bdat = is_bdat(body);
     let address_command = verb == b"MAIL" || verb == b"RCPT";
     let result = parse_checked(&verb, body, verb_end);
     match result {
@@ -773,6 +782,24 @@ mod tests {
             );
         }
         assert!(!p("NOOP \x01").unwrap_err().close);
+        for bad in [
+            &b"BDAT\t7 LAST\r\n"[..],
+            b"BDAT\x007\r\n",
+            b"bdat7\r\n",
+            b"BDAT\r\n",
+        ] {
+            let r = parse(bad).unwrap_err();
+            assert!(
+                r.close,
+                "{:?} is a broken BDAT: close",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(
+            parse(b"BDATX\r\n").unwrap_err().reply.code,
+            500,
+            "another word"
+        );
     }
 
     proptest! {

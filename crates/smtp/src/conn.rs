@@ -16,8 +16,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
 pub enum Line {
     /// The line including its LF.
     Full(Vec<u8>),
-    /// The line was longer than allowed; it has been skipped up to and including its LF.
-    TooLong,
+    /// The line was longer than allowed; it has been skipped up to and including its LF. Its
+    /// first octets are kept (to tell what it was).
+    TooLong(Vec<u8>),
 }
 
 pub struct Conn {
@@ -93,19 +94,21 @@ impl Conn {
     /// dripping one byte at a time cannot hold the session open.
     pub async fn read_line(&mut self, max: usize, limit: Duration) -> io::Result<Line> {
         let deadline = tokio::time::Instant::now() + limit;
-        let mut skipping = false;
+        let mut skipped: Option<Vec<u8>> = None;
         loop {
             if let Some(i) = self.pending().iter().position(|&b| b == b'\n') {
                 let line = self.pending()[..=i].to_vec();
                 self.consume(i + 1);
-                return Ok(if skipping || line.len() > max {
-                    Line::TooLong
-                } else {
-                    Line::Full(line)
+                return Ok(match skipped {
+                    Some(start) => Line::TooLong(start),
+                    None if line.len() > max => Line::TooLong(line[..line.len().min(16)].to_vec()),
+                    None => Line::Full(line),
                 });
             }
             if self.pending().len() > max {
-                skipping = true;
+                if skipped.is_none() {
+                    skipped = Some(self.pending()[..self.pending().len().min(16)].to_vec());
+                }
                 let n = self.pending().len();
                 self.consume(n);
             }
@@ -154,7 +157,10 @@ mod tests {
             c.read_line(1000, t).await.unwrap(),
             Line::Full(b"EHLO x\r\n".to_vec())
         );
-        assert_eq!(c.read_line(1000, t).await.unwrap(), Line::TooLong);
+        assert_eq!(
+            c.read_line(1000, t).await.unwrap(),
+            Line::TooLong(vec![b'A'; 16])
+        );
         assert_eq!(
             c.read_line(1000, t).await.unwrap(),
             Line::Full(b"NOOP\r\n".to_vec())

@@ -11,11 +11,10 @@
 //! allowance of `data_timeout`, so a client dripping a byte at a time cannot hold a session
 //! slot. While more than 80 % of `max_sessions` are open both shrink to `stress_timeout`.
 
-use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -34,6 +33,22 @@ use crate::{Reply, date, tls};
 
 /// The longest command line, CRLF included.
 pub const MAX_COMMAND_LINE: usize = 1000;
+
+/// Received: headers beyond which a message is taken for a mail loop (Postfix's
+/// `hopcount_limit`).
+pub const MAX_HOPS: usize = 50;
+
+/// How many Received: header fields the header section of `message` holds.
+fn received_headers(message: &[u8]) -> usize {
+    let end = message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message.len(), |i| i + 2);
+    message[..end]
+        .split(|&b| b == b'\n')
+        .filter(|line| line.len() >= 9 && line[..9].eq_ignore_ascii_case(b"received:"))
+        .count()
+}
 
 /// DSN NOTIFY flags as the envelope carries them (RFC 3461).
 pub mod notify {
@@ -131,24 +146,6 @@ pub struct Server<H> {
     active: AtomicUsize,
 }
 
-/// Releases a client's per-address session slot when its session ends.
-struct PerClient {
-    map: Arc<Mutex<HashMap<IpAddr, usize>>>,
-    ip: IpAddr,
-}
-
-impl Drop for PerClient {
-    fn drop(&mut self) {
-        let mut map = self.map.lock().expect("per-client map");
-        if let Some(n) = map.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
-                map.remove(&self.ip);
-            }
-        }
-    }
-}
-
 /// Counts a session as running while it lives.
 struct Running<'a>(&'a AtomicUsize);
 
@@ -205,7 +202,7 @@ impl<H: Handler> Server<H> {
     ) {
         let max = self.settings.max_sessions;
         let sessions = Arc::new(Semaphore::new(max));
-        let per_client: Arc<Mutex<HashMap<IpAddr, usize>>> = Arc::default();
+        let per_client = listen::PerAddress::new(self.settings.max_sessions_per_client);
         loop {
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
@@ -251,19 +248,7 @@ impl<H: Handler> Server<H> {
                         }
                     },
                 };
-                let slot = {
-                    let mut map = per_client.lock().expect("per-client map");
-                    let n = map.entry(client.ip()).or_insert(0);
-                    if *n >= server.settings.max_sessions_per_client {
-                        None
-                    } else {
-                        *n += 1;
-                        Some(PerClient {
-                            map: per_client.clone(),
-                            ip: client.ip(),
-                        })
-                    }
-                };
+                let slot = per_client.take(client.ip());
                 let Some(_slot) = slot else {
                     info!(server = %server.settings.hostname, %client, "refused: too many sessions from this client");
                     refuse(
@@ -340,8 +325,17 @@ struct Transaction {
     ret: Option<Ret>,
     smtputf8: bool,
     eight_bit: bool,
-    /// BDAT content received so far, if BDAT started, with the queue id it was given.
-    chunks: Option<(String, Decoder)>,
+    /// BDAT content received so far, if BDAT started.
+    chunks: Option<Chunks>,
+}
+
+/// A BDAT transaction between its chunks: the content so far (held in memory), the queue id
+/// it was given, and its deadline, which keeps running between chunks, so a client cannot
+/// hold the content (and the memory it is charged) by idling or sending NOOPs.
+struct Chunks {
+    id: String,
+    decoder: Decoder,
+    deadline: ContentDeadline,
 }
 
 enum Next {
@@ -359,6 +353,8 @@ struct ContentDeadline {
     left: Duration,
     cap: Duration,
     rate: f64,
+    /// When `left` was last brought up to date.
+    since: Instant,
 }
 
 impl ContentDeadline {
@@ -367,13 +363,26 @@ impl ContentDeadline {
             left: cap,
             cap,
             rate: rate as f64,
+            since: Instant::now(),
         }
+    }
+
+    /// What is left now.
+    fn remaining(&self) -> Duration {
+        self.left.saturating_sub(self.since.elapsed())
     }
 
     /// Accounts one read of `n` octets that took `took`.
     fn read(&mut self, took: Duration, n: usize) {
         let earned = Duration::from_secs_f64(n as f64 / self.rate);
         self.left = (self.left.saturating_sub(took) + earned).min(self.cap);
+        self.since = Instant::now();
+    }
+
+    /// Brings `left` up to date with the time passed since (between BDAT chunks).
+    fn catch_up(&mut self) {
+        self.left = self.remaining();
+        self.since = Instant::now();
     }
 }
 
@@ -457,7 +466,12 @@ impl<H: Handler> Session<H> {
             if !self.conn.has_line() {
                 self.flush().await?;
             }
-            let limit = self.timeouts().0;
+            // Between BDAT chunks the content's deadline runs on: the next command must come
+            // before it ends.
+            let limit = match self.tx.as_ref().and_then(|t| t.chunks.as_ref()) {
+                Some(c) => self.timeouts().0.min(c.deadline.remaining()),
+                None => self.timeouts().0,
+            };
             let line = tokio::select! {
                 r = self.conn.read_line(MAX_COMMAND_LINE, limit) => Some(r),
                 _ = stopped(&mut self.shutdown) => None,
@@ -468,7 +482,14 @@ impl<H: Handler> Session<H> {
             };
             let step = match line {
                 Ok(Line::Full(l)) => self.command(&l).await,
-                Ok(Line::TooLong) => {
+                Ok(Line::TooLong(start)) if command::is_bdat(&start) => {
+                    // A BDAT line too long to read: its chunk size is unknown, so the octets
+                    // after it cannot be told from commands. Close, as for any bad BDAT.
+                    self.reply(500, "5.5.2 Line too long");
+                    info!("closed: unusable BDAT command");
+                    Ok(Next::Close)
+                }
+                Ok(Line::TooLong(_)) => {
                     self.reply(500, "5.5.2 Line too long");
                     Ok(Next::Continue)
                 }
@@ -619,6 +640,10 @@ impl<H: Handler> Session<H> {
             return;
         }
         let smtputf8 = tx.smtputf8;
+        if !smtputf8 && to.orcpt.as_deref().is_some_and(|o| !o.is_ascii()) {
+            // RFC 6533's unitext form goes only where SMTPUTF8 is in effect.
+            return self.reply(553, "5.6.7 A UTF-8 ORCPT requires SMTPUTF8");
+        }
         let checked = match &to.path {
             ForwardPath::Postmaster => self.postmaster(),
             ForwardPath::Mailbox(m) if self.own_postmaster(m) => self.postmaster(),
@@ -741,26 +766,39 @@ impl<H: Handler> Session<H> {
         let ready = self.ready_for_content();
         let mut content = match (&ready, self.tx.as_mut()) {
             (Ok(()), Some(tx)) => match tx.chunks.take() {
-                Some(c) => Some(c),
-                None => Some(self.start_content(false)),
+                Some(mut c) => {
+                    c.deadline.catch_up();
+                    Some(c)
+                }
+                None => {
+                    let (id, decoder) = self.start_content(false);
+                    let deadline =
+                        ContentDeadline::new(self.timeouts().1, self.settings().min_data_rate);
+                    Some(Chunks {
+                        id,
+                        decoder,
+                        deadline,
+                    })
+                }
             },
             _ => None,
         };
         // The chunk's bytes are consumed whatever happens: they are never commands.
-        let mut deadline = ContentDeadline::new(self.timeouts().1, self.settings().min_data_rate);
+        let mut discard = ContentDeadline::new(self.timeouts().1, self.settings().min_data_rate);
         let mut left = size;
         while left > 0 {
             if self.conn.pending().is_empty() {
-                self.read_content(&mut deadline).await?;
+                let deadline = content.as_mut().map_or(&mut discard, |c| &mut c.deadline);
+                self.read_content(deadline).await?;
             }
             let n = left.min(self.conn.pending().len());
-            if let Some((_, d)) = content.as_mut() {
-                d.feed(&self.conn.pending()[..n]);
+            if let Some(c) = content.as_mut() {
+                c.decoder.feed(&self.conn.pending()[..n]);
             }
             self.conn.consume(n);
             left -= n;
         }
-        let Some((id, d)) = content else {
+        let Some(chunks) = content else {
             let reply = ready
                 .err()
                 .unwrap_or_else(|| Reply::new(503, "5.5.1 Need MAIL command"));
@@ -770,10 +808,10 @@ impl<H: Handler> Session<H> {
             return Ok(Next::Continue);
         };
         if last {
-            self.finish(id, d.finish()).await;
+            self.finish(chunks.id, chunks.decoder.finish()).await;
         } else {
             if let Some(tx) = self.tx.as_mut() {
-                tx.chunks = Some((id, d));
+                tx.chunks = Some(chunks);
             }
             self.reply(250, format!("2.0.0 {size} octets received"));
         }
@@ -810,6 +848,15 @@ impl<H: Handler> Session<H> {
                 return self.send(reply);
             }
         };
+        let hops = received_headers(&message);
+        if hops > MAX_HOPS {
+            let reply = Reply::new(
+                554,
+                format!("5.4.6 Too many hops ({hops} Received: headers): a mail loop?"),
+            );
+            info!(%reply, "message refused");
+            return self.send(reply);
+        }
         let end_of_data = Instant::now();
         let client = ClientInfo {
             peer: self.peer,
@@ -963,6 +1010,7 @@ fn comment_text(s: &str, utf8: bool) -> String {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+    use std::sync::Mutex;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Accepts recipients at example.com and keeps what it is handed.
