@@ -541,6 +541,9 @@ fn parse_size(s: &str) -> Result<usize, String> {
 }
 
 mod raw;
+mod runtime;
+
+pub use runtime::{DomainSettings, DomainTable, RetrySettings};
 
 #[cfg(test)]
 mod tests {

@@ -320,49 +320,33 @@ impl Ctx<'_> {
     }
 
     fn retry(&self, raw: &RetryRaw, prefix: &str, base: Retry) -> Result<Retry, Error> {
-        let r = Retry {
-            min_backoff: self.duration(
-                &raw.min_backoff,
-                &format!("{prefix}min_backoff"),
-                base.min_backoff,
-            )?,
-            max_backoff: self.duration(
-                &raw.max_backoff,
-                &format!("{prefix}max_backoff"),
-                base.max_backoff,
-            )?,
-            lifetime: self.duration(&raw.lifetime, &format!("{prefix}lifetime"), base.lifetime)?,
-            delay_warning: match &raw.delay_warning {
-                None => base.delay_warning,
-                Some(_) => Some(self.duration_or_zero(
-                    &raw.delay_warning,
-                    &format!("{prefix}delay_warning"),
-                    Duration::ZERO,
-                )?)
-                .filter(|d| !d.is_zero()),
-            },
-        };
-        if r.min_backoff.is_zero() {
-            let span = raw.min_backoff.as_ref().map_or(0..0, |s| s.span());
-            return self.err(
-                span,
-                &format!("{prefix}min_backoff"),
-                "must be more than zero",
-            );
+        runtime::retry_from(&raw.written(), base).or_else(|(field, message)| {
+            let span = match field {
+                "min_backoff" => &raw.min_backoff,
+                "max_backoff" => raw
+                    .max_backoff
+                    .as_ref()
+                    .map_or(&raw.min_backoff, |_| &raw.max_backoff),
+                "lifetime" => &raw.lifetime,
+                _ => &raw.delay_warning,
+            }
+            .as_ref()
+            .map_or(0..0, |s| s.span());
+            self.err(span, &format!("{prefix}{field}"), message)
+        })
+    }
+}
+
+impl RetryRaw {
+    /// The written values without their places in the file.
+    fn written(&self) -> RetrySettings {
+        let v = |f: &Option<S<String>>| f.as_ref().map(|s| s.get_ref().clone());
+        RetrySettings {
+            min_backoff: v(&self.min_backoff),
+            max_backoff: v(&self.max_backoff),
+            lifetime: v(&self.lifetime),
+            delay_warning: v(&self.delay_warning),
         }
-        if r.max_backoff < r.min_backoff {
-            let span = raw
-                .max_backoff
-                .as_ref()
-                .or(raw.min_backoff.as_ref())
-                .map_or(0..0, |s| s.span());
-            return self.err(
-                span,
-                &format!("{prefix}max_backoff"),
-                "must not be less than min_backoff",
-            );
-        }
-        Ok(r)
     }
 }
 
@@ -569,72 +553,58 @@ impl File {
         let mut domains: Vec<Domain> = Vec::new();
         for (i, spanned) in self.domains.iter().enumerate() {
             let raw = spanned.get_ref();
-            let key = |k: &str| format!("domain[{i}].{k}");
-            let name = raw.name.get_ref().trim().to_ascii_lowercase();
-            if !is_host_name(&name) {
-                return cx.err(
-                    raw.name.span(),
-                    &key("name"),
-                    format!("invalid domain name {:?}", raw.name.get_ref()),
-                );
-            }
-            if domains.iter().any(|d| d.name == name) {
-                return cx.err(
-                    raw.name.span(),
-                    &key("name"),
-                    format!("domain {name} is configured twice"),
-                );
-            }
-            let destination = parse_destination(raw.destination.get_ref())
-                .or_else(|m| cx.err(raw.destination.span(), &key("destination"), m))?;
-            let recipients = match &raw.recipients {
-                None => None,
-                Some(list) => {
-                    let mut set = HashSet::new();
-                    for r in list {
-                        let local = r.get_ref().trim().to_ascii_lowercase();
-                        if local.is_empty() || local.contains(['@', ' ', '<', '>']) {
-                            return cx.err(
-                                r.span(),
-                                &key("recipients"),
-                                format!("{:?} is not a local part (write \"alice\", not \"alice@{name}\")", r.get_ref()),
-                            );
-                        }
-                        set.insert(local);
-                    }
-                    Some(set)
-                }
-            };
-            let retry = match &raw.retry {
-                None => retry,
-                Some(r) => cx.retry(r, &key("retry."), retry)?,
-            };
-            let silo = match &raw.silo {
-                None => None,
-                Some(v) => {
-                    let want = v
-                        .get_ref()
-                        .trim()
-                        .trim_end_matches('.')
-                        .to_ascii_lowercase();
-                    if !silos.iter().any(|s| s.name == want) {
-                        return cx.err(
-                            v.span(),
-                            &key("silo"),
-                            format!("unknown silo {:?}: no [[silo]] has that name", v.get_ref()),
-                        );
-                    }
-                    Some(want)
-                }
-            };
-            domains.push(Domain {
-                name,
-                destination,
+            let settings = DomainSettings {
+                destination: raw.destination.get_ref().clone(),
                 require_tls: raw.require_tls,
-                recipients,
-                retry,
-                silo,
-            });
+                recipients: raw
+                    .recipients
+                    .as_ref()
+                    .map(|l| l.iter().map(|r| r.get_ref().clone()).collect()),
+                retry: raw
+                    .retry
+                    .as_ref()
+                    .map(RetryRaw::written)
+                    .unwrap_or_default(),
+                silo: raw.silo.as_ref().map(|s| s.get_ref().clone()),
+            };
+            let domain = Domain::from_settings(raw.name.get_ref(), &settings, retry, &silos)
+                .or_else(|(field, message)| {
+                    // The place in the file of the field the rules refused.
+                    let span = match field {
+                        "name" => raw.name.span(),
+                        "destination" => raw.destination.span(),
+                        "recipients" => raw
+                            .recipients
+                            .as_ref()
+                            .and_then(|l| {
+                                l.iter()
+                                    .find(|r| message.contains(&format!("{:?}", r.get_ref())))
+                            })
+                            .map_or(spanned.span(), |r| r.span()),
+                        "silo" => raw.silo.as_ref().map_or(spanned.span(), |s| s.span()),
+                        retry_field => {
+                            let r = raw.retry.as_ref();
+                            let f = match retry_field {
+                                "retry.min_backoff" => r.and_then(|r| r.min_backoff.as_ref()),
+                                "retry.max_backoff" => r.and_then(|r| {
+                                    r.max_backoff.as_ref().or(r.min_backoff.as_ref())
+                                }),
+                                "retry.lifetime" => r.and_then(|r| r.lifetime.as_ref()),
+                                _ => r.and_then(|r| r.delay_warning.as_ref()),
+                            };
+                            f.map_or(spanned.span(), |s| s.span())
+                        }
+                    };
+                    cx.err(span, &format!("domain[{i}].{field}"), message)
+                })?;
+            if domains.iter().any(|d| d.name == domain.name) {
+                return cx.err(
+                    raw.name.span(),
+                    &format!("domain[{i}].name"),
+                    format!("domain {} is configured twice", domain.name),
+                );
+            }
+            domains.push(domain);
         }
         if domains.is_empty() {
             return cx.err(
@@ -1019,7 +989,7 @@ fn validate_silos(
     Ok(silos)
 }
 
-fn parse_destination(s: &str) -> Result<Destination, String> {
+pub(crate) fn parse_destination(s: &str) -> Result<Destination, String> {
     let s = s.trim();
     if s.eq_ignore_ascii_case("mx") {
         return Ok(Destination::Mx);

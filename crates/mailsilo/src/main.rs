@@ -4,6 +4,7 @@
 
 mod datadir;
 mod lb;
+mod live;
 mod queue_cli;
 mod remote;
 mod sink;

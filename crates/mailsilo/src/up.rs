@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use balancer::Balancer;
+use balancer::{Admin, Balancer};
 use config::Config;
 use queue::{Intake, Queue, SystemClock};
 use smtp::server::{ProxyPolicy, Server};
@@ -134,26 +134,53 @@ pub fn sink_server(
     ))
 }
 
-/// The balancers, as the portal sees them.
-struct Lbs(Vec<Arc<Balancer>>);
+/// The balancers as the portal sees them: this node's own, and the store, through which a
+/// change reaches every node (and outlives a restart).
+struct Lbs {
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    local: Vec<Arc<Balancer>>,
+    node: String,
+}
 
 impl Lbs {
-    fn find(&self, cluster: &str) -> Result<&Arc<Balancer>, String> {
-        self.0
-            .iter()
-            .find(|b| b.name() == cluster)
-            .ok_or_else(|| format!("no balancer for cluster {cluster:?} runs here"))
+    /// The store's entry for a configured server, to change.
+    async fn entry(&self, cluster: &str, server: &str) -> Result<store::ServerEntry, String> {
+        let configured = self
+            .config
+            .cluster(cluster)
+            .is_some_and(|(_, c)| c.servers.iter().any(|s| s.name == server));
+        if !configured {
+            return Err(format!("cluster {cluster:?} has no server {server:?}"));
+        }
+        let entries = self.store.servers().await.map_err(|e| e.to_string())?;
+        entries
+            .into_iter()
+            .find(|e| e.cluster == cluster && e.server == server)
+            .ok_or_else(|| format!("the store has no entry for {cluster}/{server}"))
+    }
+
+    async fn save(&self, entry: store::ServerEntry) -> Result<(), String> {
+        self.store
+            .set_server(entry.clone())
+            .await
+            .map_err(|e| e.to_string())?;
+        // Here at once; the other nodes within their watch interval.
+        crate::live::apply_servers(&self.local, &[entry]);
+        Ok(())
     }
 }
 
+#[async_trait::async_trait]
 impl portal::Balancers for Lbs {
     fn servers(&self) -> Vec<portal::ServerStatus> {
-        self.0
+        self.local
             .iter()
             .flat_map(|b| b.stats())
             .map(|s| portal::ServerStatus {
                 cluster: s.cluster,
                 server: s.server,
+                node: self.node.clone(),
                 address: s.address.to_string(),
                 up: s.up,
                 state: s.admin.to_string(),
@@ -166,17 +193,20 @@ impl portal::Balancers for Lbs {
             .collect()
     }
 
-    fn set_loading(&self, cluster: &str, server: &str, loading: u32) -> Result<(), String> {
-        self.find(cluster)?
-            .set_loading(server, loading)
-            .map_err(|e| e.to_string())
+    async fn set_loading(&self, cluster: &str, server: &str, loading: u32) -> Result<(), String> {
+        if !config::LOADING.contains(&loading) {
+            return Err(balancer::ControlError::LoadingRange.to_string());
+        }
+        let mut entry = self.entry(cluster, server).await?;
+        entry.loading = loading;
+        self.save(entry).await
     }
 
-    fn set_state(&self, cluster: &str, server: &str, state: &str) -> Result<(), String> {
-        let admin = state.parse()?;
-        self.find(cluster)?
-            .set_admin(server, admin)
-            .map_err(|e| e.to_string())
+    async fn set_state(&self, cluster: &str, server: &str, state: &str) -> Result<(), String> {
+        let admin: Admin = state.parse()?;
+        let mut entry = self.entry(cluster, server).await?;
+        entry.state = admin.to_string();
+        self.save(entry).await
     }
 }
 
@@ -233,15 +263,33 @@ pub async fn up(
             .flat_map(|c| &c.servers)
             .any(|s| roles.has("server", &s.name));
     let control = config.control.as_ref().filter(|_| roles.has("control", ""));
-    let store = if receives || control.is_some() {
+    let clusters: Vec<&config::Cluster> = config
+        .silos
+        .iter()
+        .flat_map(|s| &s.clusters)
+        .filter(|c| roles.has("balancer", &c.name))
+        .collect();
+    // The store holds the run-time configuration too: balancers need it for the loadings.
+    let store = if receives || control.is_some() || !clusters.is_empty() {
         Some(open_store(&config, data_dir).await?)
     } else {
         None
     };
+    let domains = match &store {
+        Some(store) => crate::live::start(&config, store).await?,
+        None => Arc::new(config::DomainTable::new(config.domains.clone())),
+    };
     let queue = match (&store, receives) {
-        (Some(store), true) => {
-            Some(Queue::new(config.clone(), store.clone(), Arc::new(SystemClock), &node).await?)
-        }
+        (Some(store), true) => Some(
+            Queue::new(
+                config.clone(),
+                domains.clone(),
+                store.clone(),
+                Arc::new(SystemClock),
+                &node,
+            )
+            .await?,
+        ),
         _ => None,
     };
 
@@ -311,7 +359,7 @@ pub async fn up(
                 tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
             }
         }
-        for d in &config.domains {
+        for d in domains.all() {
             let silo = d
                 .silo
                 .as_deref()
@@ -327,14 +375,15 @@ pub async fn up(
     }
 
     let mut balancers = Vec::new();
-    for cluster in config
-        .silos
-        .iter()
-        .flat_map(|s| &s.clusters)
-        .filter(|c| roles.has("balancer", &c.name))
-    {
+    let stored_servers = match &store {
+        Some(store) if !clusters.is_empty() => store.servers().await?,
+        _ => Vec::new(),
+    };
+    for cluster in clusters {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let lb = Balancer::new(cluster.clone());
+        // The loadings and states operators set at run time, before the first connection.
+        crate::live::apply_servers(std::slice::from_ref(&lb), &stored_servers);
         let handles = lb
             .spawn(cluster.threads.unwrap_or(cores), stopped.clone(), GRACE)
             .map_err(|e| {
@@ -344,10 +393,16 @@ pub async fn up(
                     &e,
                 )
             })?;
-        let servers: Vec<String> = cluster
-            .servers
+        let servers: Vec<String> = lb
+            .stats()
             .iter()
-            .map(|s| format!("{} {} (loading {})", s.name, s.address, s.loading))
+            .map(|s| {
+                let state = match s.admin {
+                    Admin::Ready => String::new(),
+                    other => format!(", {other}"),
+                };
+                format!("{} {} (loading {}{state})", s.server, s.address, s.loading)
+            })
             .collect();
         writeln!(
             map,
@@ -412,6 +467,15 @@ pub async fn up(
         )));
     }
 
+    if let Some(store) = &store {
+        tasks.push(tokio::spawn(crate::live::watch(
+            config.clone(),
+            store.clone(),
+            domains.clone(),
+            balancers.clone(),
+            stopped.clone(),
+        )));
+    }
     if let (Some(c), Some(store)) = (control, store) {
         let listener = bind(c.listen, "the control endpoint (control.listen)").await?;
         let token = crate::datadir::control_token(data_dir)?;
@@ -422,7 +486,13 @@ pub async fn up(
             crate::datadir::token_path(data_dir).display()
         )?;
         let ctx = portal::Ctx {
-            balancers: Arc::new(Lbs(balancers)),
+            config: config.clone(),
+            balancers: Arc::new(Lbs {
+                config: config.clone(),
+                store: store.clone(),
+                local: balancers,
+                node: node.clone(),
+            }),
             store,
             node: node.clone(),
         };

@@ -16,6 +16,8 @@ use crate::{Ctx, done, refusal};
 pub struct ServerStatus {
     pub cluster: String,
     pub server: String,
+    /// The node whose balancer this is.
+    pub node: String,
     pub address: String,
     /// What the health checks say.
     pub up: bool,
@@ -28,11 +30,14 @@ pub struct ServerStatus {
     pub last_check_ago_ms: Option<u64>,
 }
 
-/// What the portal needs from the balancers.
+/// What the portal needs from the balancers: their servers as this node sees them, and
+/// changing a server's loading or state, which the implementation records in the store (so
+/// every node applies it, and it survives a restart) and applies here at once.
+#[async_trait::async_trait]
 pub trait Balancers: Send + Sync + 'static {
     fn servers(&self) -> Vec<ServerStatus>;
-    fn set_loading(&self, cluster: &str, server: &str, loading: u32) -> Result<(), String>;
-    fn set_state(&self, cluster: &str, server: &str, state: &str) -> Result<(), String>;
+    async fn set_loading(&self, cluster: &str, server: &str, loading: u32) -> Result<(), String>;
+    async fn set_state(&self, cluster: &str, server: &str, state: &str) -> Result<(), String>;
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -63,7 +68,9 @@ pub fn routes() -> Router<Ctx> {
                  Path((cluster, server)): Path<(String, String)>,
                  body: Result<Json<Loading>, JsonRejection>| async move {
                     match body {
-                        Ok(Json(l)) => done(c.balancers.set_loading(&cluster, &server, l.loading)),
+                        Ok(Json(l)) => {
+                            done(c.balancers.set_loading(&cluster, &server, l.loading).await)
+                        }
                         Err(e) => refusal(e.status(), &e.body_text()),
                     }
                 },
@@ -76,7 +83,9 @@ pub fn routes() -> Router<Ctx> {
                  Path((cluster, server)): Path<(String, String)>,
                  body: Result<Json<ServerState>, JsonRejection>| async move {
                     match body {
-                        Ok(Json(st)) => done(c.balancers.set_state(&cluster, &server, &st.state)),
+                        Ok(Json(st)) => {
+                            done(c.balancers.set_state(&cluster, &server, &st.state).await)
+                        }
                         Err(e) => refusal(e.status(), &e.body_text()),
                     }
                 },
@@ -155,6 +164,7 @@ mod tests {
         let s = ServerStatus {
             cluster: "c1".into(),
             server: "c1-s1".into(),
+            node: "n1".into(),
             address: "127.0.2.1:2525".into(),
             up: true,
             state: "ready".into(),

@@ -37,12 +37,14 @@ pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 pub mod lb;
 pub mod queue;
+pub mod settings;
 
 pub use lb::{Balancers, Loading, ServerState, ServerStatus};
 
 /// What the API works on, shared by every request.
 #[derive(Clone)]
 pub struct Ctx {
+    pub config: Arc<config::Config>,
     pub balancers: Arc<dyn Balancers>,
     pub store: Arc<dyn store::Store>,
     /// The node serving the API (it names itself in the trace of what it changes).
@@ -107,6 +109,7 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
     Router::new()
         .merge(lb::routes())
         .merge(queue::routes())
+        .merge(settings::routes())
         .fallback(|| async { refusal(StatusCode::NOT_FOUND, "no such API call") })
         .with_state(ctx)
         .layer(DefaultBodyLimit::max(MAX_BODY))

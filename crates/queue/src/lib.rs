@@ -21,7 +21,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use config::Config;
+use config::{Config, DomainTable};
 use hickory_resolver::TokioResolver;
 use smtp::client::{self, Client};
 use smtp::command::Ret;
@@ -101,6 +101,8 @@ const TRACE_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
 /// The queue manager. Share it behind an `Arc`; it is also the SMTP server's [`Handler`].
 pub struct Queue {
     config: Arc<Config>,
+    /// The client domains in force (the store's, kept current by the binary's watcher).
+    domains: Arc<DomainTable>,
     store: Arc<dyn Store>,
     clock: Arc<dyn Clock>,
     client: Arc<client::Settings>,
@@ -129,6 +131,7 @@ impl Queue {
     /// release), so that mail is delivered at once rather than when the leases expire.
     pub async fn new(
         config: Arc<Config>,
+        domains: Arc<DomainTable>,
         store: Arc<dyn Store>,
         clock: Arc<dyn Clock>,
         node: &str,
@@ -161,6 +164,7 @@ impl Queue {
         };
         Ok(Arc::new(Queue {
             config,
+            domains,
             store,
             clock,
             client,
@@ -339,7 +343,7 @@ impl Queue {
             .filter(|r| r.status == Status::Pending)
         {
             groups
-                .entry(Route::for_domain(&self.config, &domain_of(&r.address)))
+                .entry(Route::for_domain(&self.domains, &domain_of(&r.address)))
                 .or_default()
                 .push(r.clone());
         }
@@ -556,8 +560,8 @@ impl Queue {
         let mut delayed = Vec::new();
         for (r, result) in rcpts.iter().zip(results) {
             let retry = self
-                .config
-                .domain(&domain_of(&r.address))
+                .domains
+                .get(&domain_of(&r.address))
                 .map_or(self.config.retry, |d| d.retry);
             let outcome = match result {
                 Ok(reply) => {
@@ -705,7 +709,7 @@ pub struct Intake(pub Arc<Queue>);
 #[async_trait]
 impl Handler for Intake {
     fn check_recipient(&self, r: &smtp::address::Recipient) -> Result<(), Reply> {
-        let Some(domain) = self.0.config.domain(&r.domain) else {
+        let Some(domain) = self.0.domains.get(&r.domain) else {
             return Err(Reply::new(550, "5.7.1 Relay access denied"));
         };
         if let Some(valid) = &domain.recipients

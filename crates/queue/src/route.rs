@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use config::{Config, Destination};
+use config::{Destination, DomainTable};
 use hickory_resolver::TokioResolver;
 use hickory_resolver::proto::rr::RData;
 
@@ -17,9 +17,9 @@ pub struct Route {
 }
 
 impl Route {
-    /// The route for a recipient domain.
-    pub fn for_domain(config: &Config, domain: &str) -> Route {
-        match config.domain(domain) {
+    /// The route for a recipient domain, as the client domains in force say.
+    pub fn for_domain(domains: &DomainTable, domain: &str) -> Route {
+        match domains.get(domain) {
             Some(d) => Route {
                 mx_domain: (d.destination == Destination::Mx).then(|| d.name.clone()),
                 destination: d.destination.clone(),

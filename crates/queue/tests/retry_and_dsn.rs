@@ -101,7 +101,8 @@ async fn world_with(smtp: &str, extra: &str) -> World {
     let dir = tempfile::tempdir().unwrap();
     let store = test_store(dir.path()).await;
     let clock = Arc::new(ManualClock::new(1_800_000_000));
-    let queue = Queue::new(config, store.clone(), clock.clone(), "test-node")
+    let domains = Arc::new(config::DomainTable::new(config.domains.clone()));
+    let queue = Queue::new(config, domains, store.clone(), clock.clone(), "test-node")
         .await
         .unwrap()
         .with_poll_interval(Duration::from_millis(50));

@@ -12,21 +12,21 @@ use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::{
-    Attempt, Bytes, Claimed, Error, Event, Lease, Message, NewMessage, Outcome, Recipient, Result,
-    Ret, Status, Store, Summary, Trace, TraceQuery, deleted_event, dsn_event, now_ms,
-    outcome_event, received_event,
+    Attempt, Bytes, Claimed, DomainEntry, Error, Event, Lease, Message, NewMessage, Outcome,
+    Recipient, Result, Ret, ServerEntry, Status, Store, Summary, Trace, TraceQuery, deleted_event,
+    dsn_event, now_ms, outcome_event, received_event,
 };
 
 /// The most operations run in one transaction.
 const BATCH: usize = 512;
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const VERSION: i64 = 2;
+const VERSION: i64 = 3;
 
 /// The schema, version by version: `MIGRATIONS[n]` takes a database from version n to n+1.
 /// Version 0 is the first release's (RET kept as `ret_headers_only`, which held an invented
 /// RET=FULL as 0, so only HDRS is carried over).
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     // 0 -> 1: RET as given.
     "ALTER TABLE message ADD COLUMN ret INTEGER;
      UPDATE message SET ret = CASE ret_headers_only WHEN 1 THEN 1 END;
@@ -71,6 +71,20 @@ const MIGRATIONS: [&str; 2] = [
          detail TEXT NOT NULL
      );
      CREATE INDEX trace_event_id ON trace_event (id);",
+    // 2 -> 3: the run-time configuration.
+    "CREATE TABLE runtime_domain (
+         name TEXT PRIMARY KEY,
+         settings TEXT
+     ) WITHOUT ROWID;
+     CREATE TABLE runtime_server (
+         cluster TEXT NOT NULL,
+         server TEXT NOT NULL,
+         loading INTEGER NOT NULL,
+         state TEXT NOT NULL,
+         PRIMARY KEY (cluster, server)
+     ) WITHOUT ROWID;
+     CREATE TABLE runtime_version (version INTEGER NOT NULL);
+     INSERT INTO runtime_version VALUES (0);",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -163,6 +177,7 @@ struct Op {
 pub struct Embedded {
     tx: mpsc::Sender<Op>,
     commits: Arc<AtomicU64>,
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Embedded {
@@ -186,7 +201,16 @@ impl Embedded {
             .name("store-writer".into())
             .spawn(move || writer(conn, rx, &counter))
             .map_err(unavailable)?;
-        Ok(Embedded { tx, commits })
+        Ok(Embedded {
+            tx,
+            commits,
+            changes: tokio::sync::watch::Sender::new(0),
+        })
+    }
+
+    /// Announces a committed change of the run-time configuration.
+    fn changed(&self) {
+        self.changes.send_modify(|n| *n += 1);
     }
 
     /// Transactions committed so far (each batch of operations is one).
@@ -649,6 +673,30 @@ fn expire_traces(c: &Connection, before: i64) -> Result<usize> {
     )?)
 }
 
+fn bump(c: &Connection) -> Result<()> {
+    c.prepare_cached("UPDATE runtime_version SET version = version + 1")?
+        .execute([])?;
+    Ok(())
+}
+
+fn set_domain(c: &Connection, e: &DomainEntry) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO runtime_domain (name, settings) VALUES (?, ?)
+         ON CONFLICT (name) DO UPDATE SET settings = excluded.settings",
+    )?
+    .execute(params![e.name, e.settings])?;
+    Ok(())
+}
+
+fn set_server(c: &Connection, e: &ServerEntry) -> Result<()> {
+    c.prepare_cached(
+        "INSERT INTO runtime_server (cluster, server, loading, state) VALUES (?, ?, ?, ?)
+         ON CONFLICT (cluster, server) DO UPDATE SET loading = excluded.loading, state = excluded.state",
+    )?
+    .execute(params![e.cluster, e.server, e.loading, e.state])?;
+    Ok(())
+}
+
 fn ttl_ms(lease: &Lease) -> i64 {
     lease.ttl.as_millis() as i64
 }
@@ -743,6 +791,93 @@ impl Store for Embedded {
     }
     async fn expire_traces(&self, before: i64) -> Result<usize> {
         self.call(true, move |c| expire_traces(c, before)).await
+    }
+    async fn runtime_version(&self) -> Result<i64> {
+        self.call(false, |c| {
+            Ok(c.prepare_cached("SELECT version FROM runtime_version")?
+                .query_row([], |r| r.get(0))?)
+        })
+        .await
+    }
+    async fn domains(&self) -> Result<Vec<DomainEntry>> {
+        self.call(false, |c| {
+            Ok(
+                c.prepare_cached("SELECT name, settings FROM runtime_domain ORDER BY name")?
+                    .query_map([], |r| {
+                        Ok(DomainEntry {
+                            name: r.get(0)?,
+                            settings: r.get(1)?,
+                        })
+                    })?
+                    .collect::<rusqlite::Result<_>>()?,
+            )
+        })
+        .await
+    }
+    async fn set_domain(&self, entry: DomainEntry) -> Result<()> {
+        self.call(true, move |c| {
+            set_domain(c, &entry)?;
+            bump(c)
+        })
+        .await?;
+        self.changed();
+        Ok(())
+    }
+    async fn servers(&self) -> Result<Vec<ServerEntry>> {
+        self.call(false, |c| {
+            Ok(c.prepare_cached(
+                "SELECT cluster, server, loading, state FROM runtime_server ORDER BY cluster, server",
+            )?
+            .query_map([], |r| {
+                Ok(ServerEntry {
+                    cluster: r.get(0)?,
+                    server: r.get(1)?,
+                    loading: r.get(2)?,
+                    state: r.get(3)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+    async fn set_server(&self, entry: ServerEntry) -> Result<()> {
+        self.call(true, move |c| {
+            set_server(c, &entry)?;
+            bump(c)
+        })
+        .await?;
+        self.changed();
+        Ok(())
+    }
+    async fn seed(&self, domains: Vec<DomainEntry>, servers: Vec<ServerEntry>) -> Result<usize> {
+        self.call(true, move |c| {
+            let mut added = 0;
+            let mut d = c.prepare_cached(
+                "INSERT INTO runtime_domain (name, settings) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            )?;
+            for e in &domains {
+                added += d.execute(params![e.name, e.settings])?;
+            }
+            let mut s = c.prepare_cached(
+                "INSERT INTO runtime_server (cluster, server, loading, state) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )?;
+            for e in &servers {
+                added += s.execute(params![e.cluster, e.server, e.loading, e.state])?;
+            }
+            if added > 0 {
+                bump(c)?;
+            }
+            Ok(added)
+        })
+        .await
+        .inspect(|&added| {
+            if added > 0 {
+                self.changed();
+            }
+        })
+    }
+    fn runtime_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 }
 

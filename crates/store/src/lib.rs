@@ -256,7 +256,25 @@ pub struct TraceQuery {
     pub limit: usize,
 }
 
-/// Durable state: the queue and the trace.
+/// A client domain in the store: its settings (the JSON of `config::DomainSettings`), or
+/// `None` once removed at run time (the entry stays, so the TOML cannot bring it back).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainEntry {
+    pub name: String,
+    pub settings: Option<String>,
+}
+
+/// A mail server's run-time settings: its loading and the operator's state for it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerEntry {
+    pub cluster: String,
+    pub server: String,
+    pub loading: u32,
+    /// ready, drain or maint.
+    pub state: String,
+}
+
+/// Durable state: the queue, the trace, and the run-time configuration.
 ///
 /// Durability is promised per method. "Durable" means on stable storage when the method
 /// returns: the embedded store's commit has fsynced its WAL; PostgreSQL's commit has
@@ -322,6 +340,33 @@ pub trait Store: Send + Sync + 'static {
     /// Drops the traces of messages received before `before` (unix seconds) that have left
     /// the queue; returns how many. Durable.
     async fn expire_traces(&self, before: i64) -> Result<usize>;
+
+    /// A counter that every change of the run-time configuration raises: nodes compare it
+    /// to the one they last applied.
+    async fn runtime_version(&self) -> Result<i64>;
+
+    /// Ticks when the run-time configuration may have changed: on PostgreSQL when any node
+    /// commits a change (LISTEN/NOTIFY) and when the listening connection is re-established
+    /// (changes made meanwhile were not announced); on the embedded store when this process
+    /// commits one (the only process that opens it).
+    fn runtime_changes(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// Every client domain entry, removed ones included, by name.
+    async fn domains(&self) -> Result<Vec<DomainEntry>>;
+
+    /// Adds or replaces a domain entry (`settings: None` removes it). Durable.
+    async fn set_domain(&self, entry: DomainEntry) -> Result<()>;
+
+    /// Every server entry.
+    async fn servers(&self) -> Result<Vec<ServerEntry>>;
+
+    /// Adds or replaces a server entry. Durable.
+    async fn set_server(&self, entry: ServerEntry) -> Result<()>;
+
+    /// Adds the entries the store has never had (at the first start, and entries new in
+    /// the TOML later); those it has, removed domains included, stay as they are: the
+    /// store's copy wins. Returns how many were added. Durable.
+    async fn seed(&self, domains: Vec<DomainEntry>, servers: Vec<ServerEntry>) -> Result<usize>;
 }
 
 /// The host's clock in milliseconds (trace event times; the embedded store's database time).

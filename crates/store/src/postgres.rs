@@ -15,19 +15,21 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{GenericClient, Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::Row;
+use tokio::sync::watch;
 use tokio_postgres::types::ToSql;
+use tokio_postgres::{AsyncMessage, Row};
 
 use crate::{
-    Arrival, Attempt, Bytes, Claimed, Error, Event, Lease, Message, NewMessage, Outcome, Recipient,
-    Result, Ret, Status, Store, Summary, Trace, TraceQuery,
+    Arrival, Attempt, Bytes, Claimed, DomainEntry, Error, Event, Lease, Message, NewMessage,
+    Outcome, Recipient, Result, Ret, ServerEntry, Status, Store, Summary, Trace, TraceQuery,
 };
 
 /// The schema version this code writes.
-const VERSION: i32 = 1;
+const VERSION: i32 = 2;
 
 /// `MIGRATIONS[n]` takes the database from version n to n+1.
-const MIGRATIONS: [&str; 1] = ["
+const MIGRATIONS: [&str; 2] = [
+    "
 CREATE TABLE message (
     id TEXT PRIMARY KEY,
     sender TEXT NOT NULL,
@@ -85,7 +87,23 @@ CREATE TABLE trace_event (
     detail TEXT NOT NULL
 );
 CREATE INDEX trace_event_id ON trace_event (id);
-"];
+",
+    "
+CREATE TABLE runtime_domain (
+    name TEXT PRIMARY KEY,
+    settings TEXT
+);
+CREATE TABLE runtime_server (
+    cluster TEXT NOT NULL,
+    server TEXT NOT NULL,
+    loading INTEGER NOT NULL,
+    state TEXT NOT NULL,
+    PRIMARY KEY (cluster, server)
+);
+CREATE TABLE runtime_version (version BIGINT NOT NULL);
+INSERT INTO runtime_version VALUES (0);
+",
+];
 
 /// Database time in milliseconds.
 const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
@@ -125,6 +143,7 @@ impl From<deadpool_postgres::PoolError> for Error {
 /// The PostgreSQL store. Cheap to share behind an `Arc`.
 pub struct Postgres {
     pool: Pool,
+    changes: watch::Receiver<u64>,
 }
 
 /// TLS to the database: the system's trust anchors, used when the URL's `sslmode` asks.
@@ -151,6 +170,8 @@ impl Postgres {
         let config: tokio_postgres::Config = url
             .parse()
             .map_err(|e| Error::Unavailable(format!("store.url: {e}")))?;
+        let (announce, changes) = watch::channel(0);
+        tokio::spawn(listen(config.clone(), announce));
         let manager = Manager::from_config(
             config,
             tls(),
@@ -165,7 +186,7 @@ impl Postgres {
             .runtime(deadpool_postgres::Runtime::Tokio1)
             .build()
             .map_err(unavailable)?;
-        let store = Postgres { pool };
+        let store = Postgres { pool, changes };
         store.migrate().await?;
         Ok(store)
     }
@@ -659,7 +680,180 @@ impl Store for Postgres {
         tx.commit().await?;
         Ok(n as usize)
     }
+
+    async fn runtime_version(&self) -> Result<i64> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_one("SELECT version FROM runtime_version", &[])
+            .await?
+            .get(0))
+    }
+
+    async fn domains(&self) -> Result<Vec<DomainEntry>> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query(
+                "SELECT name, settings FROM runtime_domain ORDER BY name",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| DomainEntry {
+                name: r.get(0),
+                settings: r.get(1),
+            })
+            .collect())
+    }
+
+    async fn set_domain(&self, e: DomainEntry) -> Result<()> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(SET_DOMAIN, &[&e.name, &e.settings]).await?;
+        bump(&tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn servers(&self) -> Result<Vec<ServerEntry>> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query(
+                "SELECT cluster, server, loading, state FROM runtime_server ORDER BY cluster, server",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| ServerEntry {
+                cluster: r.get(0),
+                server: r.get(1),
+                loading: r.get::<_, i32>(2) as u32,
+                state: r.get(3),
+            })
+            .collect())
+    }
+
+    async fn set_server(&self, e: ServerEntry) -> Result<()> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        tx.execute(
+            SET_SERVER,
+            &[&e.cluster, &e.server, &(e.loading as i32), &e.state],
+        )
+        .await?;
+        bump(&tx).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    fn runtime_changes(&self) -> watch::Receiver<u64> {
+        self.changes.clone()
+    }
+
+    async fn seed(&self, domains: Vec<DomainEntry>, servers: Vec<ServerEntry>) -> Result<usize> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let mut added = 0;
+        for e in &domains {
+            added += tx
+                .execute(
+                    "INSERT INTO runtime_domain (name, settings) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    &[&e.name, &e.settings],
+                )
+                .await? as usize;
+        }
+        for e in &servers {
+            added += tx
+                .execute(
+                    "INSERT INTO runtime_server (cluster, server, loading, state) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
+                    &[&e.cluster, &e.server, &(e.loading as i32), &e.state],
+                )
+                .await? as usize;
+        }
+        if added > 0 {
+            bump(&tx).await?;
+        }
+        tx.commit().await?;
+        Ok(added)
+    }
 }
+
+/// The channel on which a change of the run-time configuration is announced.
+const CHANNEL: &str = "mailsilo_runtime";
+
+/// Raises the run-time configuration's version and announces the change to every node; the
+/// notification leaves when the transaction commits. (LISTEN/NOTIFY is the one feature here
+/// that PostgreSQL-compatible engines often lack: there the nodes' periodic re-read, see
+/// `runtime_changes`'s callers, is what carries a change.)
+async fn bump(c: &impl GenericClient) -> Result<()> {
+    c.execute("UPDATE runtime_version SET version = version + 1", &[])
+        .await?;
+    c.batch_execute(&format!("NOTIFY {CHANNEL}")).await?;
+    Ok(())
+}
+
+/// Keeps one connection listening for announced changes and ticks `changes` for each, and
+/// once each time listening starts (what changed while no connection listened was not
+/// announced); reconnects every second while the database is away. Ends when no one
+/// follows `changes` any more.
+async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
+    let tick = || changes.send_modify(|n| *n += 1);
+    let mut lost = false;
+    loop {
+        let connected = tokio::select! {
+            c = config.connect(tls()) => c,
+            _ = changes.closed() => return,
+        };
+        match connected {
+            Ok((client, mut connection)) => {
+                let sql = format!("LISTEN {CHANNEL}");
+                let mut listening = std::pin::pin!(client.batch_execute(&sql));
+                let mut started = false;
+                let error = loop {
+                    tokio::select! {
+                        r = &mut listening, if !started => match r {
+                            Ok(()) => {
+                                started = true;
+                                if lost {
+                                    tracing::info!("listening for run-time configuration changes again");
+                                    lost = false;
+                                }
+                                tick();
+                            }
+                            Err(e) => break e.to_string(),
+                        },
+                        m = std::future::poll_fn(|cx| connection.poll_message(cx)) => match m {
+                            Some(Ok(AsyncMessage::Notification(_))) => tick(),
+                            Some(Ok(_)) => {}
+                            Some(Err(e)) => break e.to_string(),
+                            None => break "connection closed".into(),
+                        },
+                        _ = changes.closed() => return,
+                    }
+                };
+                if !lost {
+                    tracing::warn!(%error, "lost the connection that listens for run-time configuration changes; reconnecting");
+                    lost = true;
+                }
+            }
+            Err(error) => {
+                if !lost {
+                    tracing::warn!(%error, "cannot listen for run-time configuration changes; retrying");
+                    lost = true;
+                }
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+            _ = changes.closed() => return,
+        }
+    }
+}
+
+const SET_DOMAIN: &str = "INSERT INTO runtime_domain (name, settings) VALUES ($1, $2)
+    ON CONFLICT (name) DO UPDATE SET settings = excluded.settings";
+const SET_SERVER: &str =
+    "INSERT INTO runtime_server (cluster, server, loading, state) VALUES ($1, $2, $3, $4)
+    ON CONFLICT (cluster, server) DO UPDATE SET loading = excluded.loading, state = excluded.state";
 
 async fn remove(c: &impl GenericClient, id: &str) -> Result<bool> {
     c.execute("DELETE FROM recipient WHERE message_id = $1", &[&id])

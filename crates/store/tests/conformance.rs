@@ -542,6 +542,90 @@ async fn traces_are_found_and_expire() {
     .await;
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn runtime_configuration_is_seeded_once_and_the_store_wins() {
+    use mailsilo_store::{DomainEntry, ServerEntry};
+    both(2, |s| async move {
+        let d = |name: &str, settings: Option<&str>| DomainEntry {
+            name: name.into(),
+            settings: settings.map(str::to_string),
+        };
+        let srv = |server: &str, loading: u32, state: &str| ServerEntry {
+            cluster: "c1".into(),
+            server: server.into(),
+            loading,
+            state: state.into(),
+        };
+        let v0 = s[0].runtime_version().await.unwrap();
+        let added = s[0]
+            .seed(
+                vec![d("a.example", Some("{\"destination\":\"mx\"}"))],
+                vec![srv("c1-s1", 1, "ready")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(added, 2);
+        let v1 = s[1].runtime_version().await.unwrap();
+        assert!(v1 > v0, "seeding is a change every node sees");
+        // Changed at run time, by another node.
+        s[1].set_server(srv("c1-s1", 7, "drain")).await.unwrap();
+        s[1].set_domain(d("a.example", None)).await.unwrap();
+        s[1].set_domain(d("b.example", Some("{\"destination\":\"mx\"}")))
+            .await
+            .unwrap();
+        assert!(s[0].runtime_version().await.unwrap() > v1);
+        // Seeding again (a restart with the same TOML) changes nothing: the store wins, and
+        // a removed domain stays removed; a server new in the TOML is added.
+        let added = s[0]
+            .seed(
+                vec![d("a.example", Some("{\"destination\":\"mx\"}"))],
+                vec![srv("c1-s1", 1, "ready"), srv("c1-s2", 2, "ready")],
+            )
+            .await
+            .unwrap();
+        assert_eq!(added, 1);
+        assert_eq!(
+            s[0].domains().await.unwrap(),
+            vec![
+                d("a.example", None),
+                d("b.example", Some("{\"destination\":\"mx\"}"))
+            ]
+        );
+        assert_eq!(
+            s[0].servers().await.unwrap(),
+            vec![srv("c1-s1", 7, "drain"), srv("c1-s2", 2, "ready")]
+        );
+    })
+    .await;
+}
+
+/// A change of the run-time configuration committed by one node is announced to every
+/// node (on the embedded store, the one process that opens it), and only a change is.
+#[tokio::test(flavor = "multi_thread")]
+async fn runtime_changes_are_announced_to_every_node() {
+    use mailsilo_store::ServerEntry;
+    both(2, |s| async move {
+        let mut watcher = s[0].runtime_changes();
+        // PostgreSQL's listener ticks once when it starts listening; wait for that first.
+        let _ = tokio::time::timeout(Duration::from_secs(5), watcher.changed()).await;
+        watcher.mark_unchanged();
+        let quiet = tokio::time::timeout(Duration::from_millis(300), watcher.changed()).await;
+        assert!(quiet.is_err(), "a tick with no change");
+        let entry = ServerEntry {
+            cluster: "c1".into(),
+            server: "c1-s1".into(),
+            loading: 3,
+            state: "ready".into(),
+        };
+        s[1].set_server(entry).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(2), watcher.changed())
+            .await
+            .expect("the change was announced within 2 s")
+            .unwrap();
+    })
+    .await;
+}
+
 /// Nodes starting together against a new database migrate it once; starting again finds
 /// nothing to do.
 #[tokio::test(flavor = "multi_thread")]

@@ -1,0 +1,270 @@
+//! The part of the configuration that can change while mailsilo runs: the client domains
+//! and their settings. In the TOML they are only the seed; once a gateway has started, the
+//! store holds them, the control API changes them, and every node reloads them. This module
+//! owns their portable form ([`DomainSettings`], what the store and the API carry) and its
+//! validation, the same rules as the TOML's, and the live table the roles read
+//! ([`DomainTable`]).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Domain, Retry, Silo, is_host_name};
+
+/// A client domain's settings as the store keeps them and the API takes them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DomainSettings {
+    /// `HOST:PORT` or `mx`.
+    pub destination: String,
+    #[serde(default)]
+    pub require_tls: bool,
+    /// Valid local parts; `None`: any.
+    #[serde(default)]
+    pub recipients: Option<Vec<String>>,
+    /// Overrides of the global retry policy.
+    #[serde(default)]
+    pub retry: RetrySettings,
+    /// The silo whose host name the domain's MX points at.
+    #[serde(default)]
+    pub silo: Option<String>,
+}
+
+/// Durations written as in the TOML ("300s", "5d"); absent ones take the global policy's.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct RetrySettings {
+    #[serde(default)]
+    pub min_backoff: Option<String>,
+    #[serde(default)]
+    pub max_backoff: Option<String>,
+    #[serde(default)]
+    pub lifetime: Option<String>,
+    #[serde(default)]
+    pub delay_warning: Option<String>,
+}
+
+fn duration(v: &str) -> Result<Duration, String> {
+    humantime::parse_duration(v.trim())
+        .map_err(|e| format!("invalid duration {v:?}: {e} (e.g. \"300s\", \"5m\", \"5d\")"))
+}
+
+/// A retry policy from its written fields over `base`; the error names the field.
+pub(crate) fn retry_from(r: &RetrySettings, base: Retry) -> Result<Retry, (&'static str, String)> {
+    let field = |v: &Option<String>, name: &'static str, default: Duration, zero_ok: bool| match v {
+        None => Ok(default),
+        Some(v) => match duration(v) {
+            Ok(d) if d.is_zero() && !zero_ok => Err((name, "must be more than zero".into())),
+            Ok(d) => Ok(d),
+            Err(e) => Err((name, e)),
+        },
+    };
+    let retry = Retry {
+        min_backoff: field(&r.min_backoff, "min_backoff", base.min_backoff, false)?,
+        max_backoff: field(&r.max_backoff, "max_backoff", base.max_backoff, false)?,
+        lifetime: field(&r.lifetime, "lifetime", base.lifetime, false)?,
+        delay_warning: match &r.delay_warning {
+            None => base.delay_warning,
+            Some(_) => Some(field(
+                &r.delay_warning,
+                "delay_warning",
+                Duration::ZERO,
+                true,
+            )?)
+            .filter(|d| !d.is_zero()),
+        },
+    };
+    if retry.max_backoff < retry.min_backoff {
+        return Err(("max_backoff", "must not be less than min_backoff".into()));
+    }
+    Ok(retry)
+}
+
+fn written(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
+impl Domain {
+    /// The portable form of this domain's settings (what the TOML seeds the store with).
+    pub fn settings(&self) -> DomainSettings {
+        DomainSettings {
+            destination: self.destination.to_string(),
+            require_tls: self.require_tls,
+            recipients: self.recipients.as_ref().map(|r| {
+                let mut v: Vec<String> = r.iter().cloned().collect();
+                v.sort();
+                v
+            }),
+            retry: RetrySettings {
+                min_backoff: Some(written(self.retry.min_backoff)),
+                max_backoff: Some(written(self.retry.max_backoff)),
+                lifetime: Some(written(self.retry.lifetime)),
+                delay_warning: Some(written(self.retry.delay_warning.unwrap_or_default())),
+            },
+            silo: self.silo.clone(),
+        }
+    }
+
+    /// A domain from its settings, checked by the TOML's rules; `base` is the global retry
+    /// policy, `silos` the configured silos. The error names the field and says what is
+    /// wrong.
+    pub fn from_settings(
+        name: &str,
+        s: &DomainSettings,
+        base: Retry,
+        silos: &[Silo],
+    ) -> Result<Domain, (&'static str, String)> {
+        let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
+        if !is_host_name(&name) || !name.is_ascii() {
+            return Err(("name", format!("invalid domain name {name:?}")));
+        }
+        let destination =
+            crate::raw::parse_destination(&s.destination).map_err(|m| ("destination", m))?;
+        let recipients = match &s.recipients {
+            None => None,
+            Some(list) => {
+                let mut set = HashSet::new();
+                for r in list {
+                    let local = r.trim().to_ascii_lowercase();
+                    if local.is_empty() || local.contains(['@', ' ', '<', '>']) {
+                        return Err((
+                            "recipients",
+                            format!(
+                                "{r:?} is not a local part (write \"alice\", not \"alice@{name}\")"
+                            ),
+                        ));
+                    }
+                    set.insert(local);
+                }
+                Some(set)
+            }
+        };
+        let retry = retry_from(&s.retry, base).map_err(|(field, m)| {
+            let field = match field {
+                "min_backoff" => "retry.min_backoff",
+                "max_backoff" => "retry.max_backoff",
+                "lifetime" => "retry.lifetime",
+                _ => "retry.delay_warning",
+            };
+            (field, m)
+        })?;
+        let silo = match &s.silo {
+            None => None,
+            Some(v) => {
+                let want = v.trim().trim_end_matches('.').to_ascii_lowercase();
+                if !silos.iter().any(|s| s.name == want) {
+                    return Err((
+                        "silo",
+                        format!("unknown silo {v:?}: no [[silo]] has that name"),
+                    ));
+                }
+                Some(want)
+            }
+        };
+        Ok(Domain {
+            name,
+            destination,
+            require_tls: s.require_tls,
+            recipients,
+            retry,
+            silo,
+        })
+    }
+}
+
+impl std::fmt::Display for DomainSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "destination {}", self.destination)?;
+        if self.require_tls {
+            f.write_str(", require_tls")?;
+        }
+        if let Some(r) = &self.recipients {
+            write!(f, ", recipients {}", r.join(" "))?;
+        }
+        if let Some(s) = &self.silo {
+            write!(f, ", silo {s}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The client domains in force, shared by every role of a process and replaced whole when
+/// the store's copy changes.
+#[derive(Debug, Default)]
+pub struct DomainTable {
+    domains: RwLock<Arc<HashMap<String, Domain>>>,
+}
+
+impl DomainTable {
+    pub fn new(domains: Vec<Domain>) -> DomainTable {
+        let t = DomainTable::default();
+        t.replace(domains);
+        t
+    }
+
+    /// The client domain `name` (lower-case, exact), if one.
+    pub fn get(&self, name: &str) -> Option<Domain> {
+        self.domains.read().expect("domains").get(name).cloned()
+    }
+
+    /// Every client domain, by name.
+    pub fn all(&self) -> Vec<Domain> {
+        let mut v: Vec<Domain> = self
+            .domains
+            .read()
+            .expect("domains")
+            .values()
+            .cloned()
+            .collect();
+        v.sort_by(|a, b| a.name.cmp(&b.name));
+        v
+    }
+
+    pub fn replace(&self, domains: Vec<Domain>) {
+        let map = domains.into_iter().map(|d| (d.name.clone(), d)).collect();
+        *self.domains.write().expect("domains") = Arc::new(map);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Config;
+
+    #[test]
+    fn settings_round_trip_and_are_checked() {
+        let c = Config::demo();
+        let d = c.domain("example.com").unwrap();
+        let s = d.settings();
+        let back = Domain::from_settings(&d.name, &s, c.retry, &c.silos).unwrap();
+        assert_eq!(back.settings(), s);
+        assert_eq!(back.destination, d.destination);
+        let bad = |f: &dyn Fn(&mut DomainSettings)| {
+            let mut s = s.clone();
+            f(&mut s);
+            Domain::from_settings("example.net", &s, c.retry, &c.silos).unwrap_err()
+        };
+        assert_eq!(bad(&|s| s.destination = "nowhere".into()).0, "destination");
+        assert_eq!(
+            bad(&|s| s.recipients = Some(vec!["a@b.c".into()])).0,
+            "recipients"
+        );
+        assert_eq!(
+            bad(&|s| s.retry.min_backoff = Some("0s".into())).0,
+            "retry.min_backoff"
+        );
+        assert_eq!(
+            bad(&|s| s.retry.max_backoff = Some("1s".into())).0,
+            "retry.max_backoff"
+        );
+        assert_eq!(bad(&|s| s.silo = Some("nope.example".into())).0, "silo");
+        assert!(Domain::from_settings("not a name", &s, c.retry, &c.silos).is_err());
+        let table = DomainTable::new(c.domains.clone());
+        assert!(table.get("example.org").is_some());
+        table.replace(vec![back]);
+        assert!(table.get("example.org").is_none());
+        assert_eq!(table.all().len(), 1);
+    }
+}

@@ -1,0 +1,165 @@
+//! Keeps a node's run-time configuration in step with the store. At start the TOML seeds the
+//! store with the client domains and servers it has never had, and every place where the
+//! TOML and the store disagree is logged: the store wins, since it holds what operators
+//! changed through the control API. Then each change the store announces (LISTEN/NOTIFY on
+//! PostgreSQL) is applied here, client domains and servers' loading and state, within
+//! milliseconds on every node of a fleet; the store's version counter is also re-read every
+//! 30 s, in case an announcement was lost.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use balancer::{Admin, Balancer};
+use config::{Config, Domain, DomainSettings, DomainTable};
+use store::{DomainEntry, ServerEntry, Store};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// How often the store's version counter is re-read without an announcement.
+const REREAD: Duration = Duration::from_secs(30);
+
+/// The client domains of the store's entries, by the configuration's rules (an entry that no
+/// longer passes them, after a change of the TOML's silos, is logged and left out).
+fn domains_of(config: &Config, entries: &[DomainEntry]) -> Vec<Domain> {
+    entries
+        .iter()
+        .filter_map(|e| {
+            let settings: DomainSettings = serde_json::from_str(e.settings.as_deref()?)
+                .inspect_err(|err| warn!(domain = %e.name, error = %err, "unreadable domain settings in the store"))
+                .ok()?;
+            Domain::from_settings(&e.name, &settings, config.retry, &config.silos)
+                .inspect_err(|(field, m)| warn!(domain = %e.name, "the store's settings are refused ({field}: {m}); domain left out"))
+                .ok()
+        })
+        .collect()
+}
+
+/// The servers of the TOML, at the loading it gives them, ready.
+fn configured_servers(config: &Config) -> Vec<ServerEntry> {
+    config
+        .silos
+        .iter()
+        .flat_map(|s| &s.clusters)
+        .flat_map(|c| {
+            c.servers.iter().map(|s| ServerEntry {
+                cluster: c.name.clone(),
+                server: s.name.clone(),
+                loading: s.loading,
+                state: Admin::Ready.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// Seeds the store from the TOML, reports the disagreements, and returns the client domains
+/// in force.
+pub async fn start(config: &Config, store: &Arc<dyn Store>) -> Result<Arc<DomainTable>> {
+    let seed_domains: Vec<DomainEntry> = config
+        .domains
+        .iter()
+        .map(|d| {
+            Ok(DomainEntry {
+                name: d.name.clone(),
+                settings: Some(serde_json::to_string(&d.settings())?),
+            })
+        })
+        .collect::<Result<_, serde_json::Error>>()?;
+    let added = store.seed(seed_domains, configured_servers(config)).await?;
+    if added > 0 {
+        info!(
+            entries = added,
+            "run-time configuration seeded from the configuration file"
+        );
+    }
+    let entries = store.domains().await?;
+    for d in &config.domains {
+        let stored = entries.iter().find(|e| e.name == d.name);
+        match stored.map(|e| e.settings.as_deref()) {
+            Some(None) => {
+                warn!(domain = %d.name, "the configuration file lists this domain, but it was removed at run time: the store wins (add it again with `mailsilo domain add`)")
+            }
+            Some(Some(json)) => {
+                let theirs: Option<DomainSettings> = serde_json::from_str(json).ok();
+                if theirs.as_ref() != Some(&d.settings()) {
+                    let theirs = theirs.map_or("unreadable settings".into(), |s| s.to_string());
+                    warn!(domain = %d.name, store = %theirs, file = %d.settings(), "the store's settings differ from the configuration file's: the store wins");
+                }
+            }
+            None => {}
+        }
+    }
+    for e in store.servers().await? {
+        let file = config
+            .cluster(&e.cluster)
+            .and_then(|(_, c)| c.servers.iter().find(|s| s.name == e.server));
+        if let Some(s) = file
+            && (s.loading != e.loading || e.state != Admin::Ready.to_string())
+        {
+            warn!(cluster = %e.cluster, server = %e.server, loading = e.loading, state = %e.state, file_loading = s.loading, "the store's loading or state differ from the configuration file's: the store wins");
+        }
+    }
+    Ok(Arc::new(DomainTable::new(domains_of(config, &entries))))
+}
+
+/// Applies the store's server entries to this node's balancers.
+pub fn apply_servers(balancers: &[Arc<Balancer>], entries: &[ServerEntry]) {
+    for e in entries {
+        let Some(lb) = balancers.iter().find(|b| b.name() == e.cluster) else {
+            continue;
+        };
+        let Some(now) = lb.stats().into_iter().find(|s| s.server == e.server) else {
+            continue;
+        };
+        if now.loading != e.loading
+            && let Err(err) = lb.set_loading(&e.server, e.loading)
+        {
+            warn!(cluster = %e.cluster, server = %e.server, error = %err, "the store's loading is refused");
+        }
+        match e.state.parse::<Admin>() {
+            Ok(state) if state != now.admin => {
+                let _ = lb.set_admin(&e.server, state);
+            }
+            Ok(_) => {}
+            Err(err) => {
+                warn!(cluster = %e.cluster, server = %e.server, error = %err, "the store's state is refused")
+            }
+        }
+    }
+}
+
+/// Follows the store's run-time configuration until `shutdown`.
+pub async fn watch(
+    config: Arc<Config>,
+    store: Arc<dyn Store>,
+    domains: Arc<DomainTable>,
+    balancers: Vec<Arc<Balancer>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut applied: Option<i64> = None;
+    let mut changes = store.runtime_changes();
+    loop {
+        match store.runtime_version().await {
+            Ok(v) if applied != Some(v) => match (store.domains().await, store.servers().await) {
+                (Ok(d), Ok(s)) => {
+                    domains.replace(domains_of(&config, &d));
+                    apply_servers(&balancers, &s);
+                    if applied.is_some() {
+                        info!(version = v, "run-time configuration changed: applied");
+                    }
+                    applied = Some(v);
+                }
+                (Err(e), _) | (_, Err(e)) => {
+                    warn!(error = %e, "reading the run-time configuration failed")
+                }
+            },
+            Ok(_) => {}
+            Err(e) => warn!(error = %e, "reading the run-time configuration failed"),
+        }
+        tokio::select! {
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(REREAD) => {}
+            _ = smtp::server::stopped(&mut shutdown) => break,
+        }
+    }
+}

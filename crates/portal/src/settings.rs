@@ -1,0 +1,157 @@
+//! The run-time configuration's part of the API: the client domains (listed, added,
+//! changed, removed) and the effective configuration. Changes go to the store, from which
+//! every node applies them within its watch interval.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use config::{Config, Domain, DomainSettings};
+use serde::{Deserialize, Serialize};
+use store::{DomainEntry, ServerEntry, Store};
+
+use crate::{Ctx, refusal};
+
+/// A client domain in force.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainView {
+    pub name: String,
+    pub settings: DomainSettings,
+}
+
+/// The configuration in force: what the store holds over the TOML's seed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Effective {
+    /// The node answering.
+    pub node: String,
+    /// `embedded` or `postgresql`.
+    pub store: String,
+    pub domains: Vec<DomainView>,
+    pub servers: Vec<ServerEntry>,
+}
+
+fn unavailable(e: store::Error) -> Response {
+    refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+}
+
+/// The domains in force, from the store's entries (removed ones left out, unreadable ones
+/// reported by name).
+pub async fn domains(store: &Arc<dyn Store>) -> store::Result<Vec<DomainView>> {
+    Ok(store
+        .domains()
+        .await?
+        .into_iter()
+        .filter_map(|e| {
+            let settings = serde_json::from_str(e.settings.as_deref()?)
+                .inspect_err(|err| tracing::warn!(domain = %e.name, error = %err, "unreadable domain settings in the store"))
+                .ok()?;
+            Some(DomainView {
+                name: e.name,
+                settings,
+            })
+        })
+        .collect())
+}
+
+/// Checks settings by the configuration's rules; the error says which field is wrong.
+fn check(config: &Config, name: &str, s: &DomainSettings) -> Result<Domain, String> {
+    Domain::from_settings(name, s, config.retry, &config.silos)
+        .map_err(|(field, message)| format!("{field}: {message}"))
+}
+
+/// A domain name as the store keys it.
+fn key(name: &str) -> String {
+    name.trim().trim_end_matches('.').to_ascii_lowercase()
+}
+
+/// `GET /api/domains`, `GET|PUT|DELETE /api/domains/{name}`, `GET /api/config`.
+pub fn routes() -> Router<Ctx> {
+    Router::new()
+        .route(
+            "/api/domains",
+            get(|State(c): State<Ctx>| async move {
+                match domains(&c.store).await {
+                    Ok(d) => Json(d).into_response(),
+                    Err(e) => unavailable(e),
+                }
+            }),
+        )
+        .route(
+            "/api/domains/{name}",
+            get(|State(c): State<Ctx>, Path(name): Path<String>| async move {
+                let name = key(&name);
+                match domains(&c.store).await {
+                    Ok(d) => match d.into_iter().find(|d| d.name == name) {
+                        Some(d) => Json(d).into_response(),
+                        None => refusal(StatusCode::NOT_FOUND, &format!("no client domain {name}")),
+                    },
+                    Err(e) => unavailable(e),
+                }
+            })
+            .put(
+                |State(c): State<Ctx>,
+                 Path(name): Path<String>,
+                 body: Result<Json<DomainSettings>, JsonRejection>| async move {
+                    let settings = match body {
+                        Ok(Json(s)) => s,
+                        Err(e) => return refusal(e.status(), &e.body_text()),
+                    };
+                    let domain = match check(&c.config, &name, &settings) {
+                        Ok(d) => d,
+                        Err(m) => return refusal(StatusCode::BAD_REQUEST, &m),
+                    };
+                    let entry = DomainEntry {
+                        name: domain.name.clone(),
+                        settings: Some(serde_json::to_string(&settings).expect("settings serialize")),
+                    };
+                    match c.store.set_domain(entry).await {
+                        Ok(()) => {
+                            tracing::info!(domain = %domain.name, %settings, "client domain set by an operator");
+                            StatusCode::NO_CONTENT.into_response()
+                        }
+                        Err(e) => unavailable(e),
+                    }
+                },
+            )
+            .delete(|State(c): State<Ctx>, Path(name): Path<String>| async move {
+                let name = key(&name);
+                match domains(&c.store).await {
+                    Ok(d) if d.iter().any(|d| d.name == name) => {}
+                    Ok(_) => return refusal(StatusCode::NOT_FOUND, &format!("no client domain {name}")),
+                    Err(e) => return unavailable(e),
+                }
+                let entry = DomainEntry {
+                    name: name.clone(),
+                    settings: None,
+                };
+                match c.store.set_domain(entry).await {
+                    Ok(()) => {
+                        tracing::info!(domain = %name, "client domain removed by an operator");
+                        StatusCode::NO_CONTENT.into_response()
+                    }
+                    Err(e) => unavailable(e),
+                }
+            }),
+        )
+        .route(
+            "/api/config",
+            get(|State(c): State<Ctx>| async move {
+                let (domains, servers) = match (domains(&c.store).await, c.store.servers().await) {
+                    (Ok(d), Ok(s)) => (d, s),
+                    (Err(e), _) | (_, Err(e)) => return unavailable(e),
+                };
+                let store = if c.config.store.url.is_some() { "postgresql" } else { "embedded" };
+                Json(Effective {
+                    node: c.node.clone(),
+                    store: store.into(),
+                    domains,
+                    servers,
+                })
+                .into_response()
+            }),
+        )
+}
