@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The test command: installs what the tests drive mailsilo with (Debian packages), starts a
 # throw-away PostgreSQL of its own, then runs every unit, property and integration test of the
-# workspace, and the tests that keep mail (outage, crash, expiry, the silo) once more with
-# PostgreSQL as the store.
+# workspace, the fleet tests (separate processes on one PostgreSQL), and the tests that keep
+# mail (outage, crash, expiry, the silo) once more with PostgreSQL as the store.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Debian puts postfix and its tools in /usr/sbin, which a non-login shell may lack.
@@ -49,6 +49,8 @@ done
 [ -n "$port" ] || { echo "PostgreSQL did not start:"; cat "$pg/log"; exit 1; }
 export MAILSILO_TEST_POSTGRES="postgres://postgres@127.0.0.1:$port/postgres"
 
-cargo test --workspace --all-targets "$@"
+cargo test --workspace --all-targets "$@" -- --skip fleet_
+# The fleet on PostgreSQL, its figures (takeover, duplicates, refusals) printed in the log.
+cargo test -p mailsilo --test fleet "$@" -- --nocapture
 MAILSILO_TEST_STORE=postgres cargo test -p mailsilo --test durability --test silo --test hardening "$@"
 MAILSILO_TEST_STORE=postgres cargo test -p mailsilo-queue --test retry_and_dsn "$@"

@@ -92,6 +92,8 @@ pub struct Domain {
     pub retry: Retry,
     /// The silo whose host name this domain's MX points at.
     pub silo: Option<String>,
+    /// The settings it was made from, as written.
+    written: DomainSettings,
 }
 
 /// SMTP reception limits and policy.
@@ -129,6 +131,10 @@ pub struct Smtp {
 #[derive(Debug, Clone)]
 pub struct Delivery {
     pub destination_concurrency: usize,
+    /// The most messages a node holds leases on (claimed from the queue, or received and
+    /// not yet delivered): past it, the node claims nothing more and leaves the rest of
+    /// the queue to others (Postfix's qmgr_message_active_limit).
+    pub active_limit: usize,
     pub connect_timeout: Duration,
     pub command_timeout: Duration,
     pub connection_cache_time: Duration,

@@ -63,6 +63,7 @@ pub struct SmtpRaw {
 #[serde(deny_unknown_fields)]
 pub struct DeliveryRaw {
     pub destination_concurrency: Option<S<usize>>,
+    pub active_limit: Option<S<usize>>,
     pub connect_timeout: Option<S<String>>,
     pub command_timeout: Option<S<String>>,
     pub connection_cache_time: Option<S<String>>,
@@ -496,6 +497,7 @@ impl File {
                 "delivery.destination_concurrency",
                 20,
             )?,
+            active_limit: cx.positive(&d.active_limit, "delivery.active_limit", 2000)?,
             connect_timeout: cx.duration(
                 &d.connect_timeout,
                 "delivery.connect_timeout",

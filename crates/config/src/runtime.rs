@@ -82,29 +82,12 @@ pub(crate) fn retry_from(r: &RetrySettings, base: Retry) -> Result<Retry, (&'sta
     Ok(retry)
 }
 
-fn written(d: Duration) -> String {
-    humantime::format_duration(d).to_string()
-}
-
 impl Domain {
-    /// The portable form of this domain's settings (what the TOML seeds the store with).
+    /// The portable form of this domain's settings, as written (what the TOML seeds the
+    /// store with): retry fields it did not write stay absent, so they follow the global
+    /// policy.
     pub fn settings(&self) -> DomainSettings {
-        DomainSettings {
-            destination: self.destination.to_string(),
-            require_tls: self.require_tls,
-            recipients: self.recipients.as_ref().map(|r| {
-                let mut v: Vec<String> = r.iter().cloned().collect();
-                v.sort();
-                v
-            }),
-            retry: RetrySettings {
-                min_backoff: Some(written(self.retry.min_backoff)),
-                max_backoff: Some(written(self.retry.max_backoff)),
-                lifetime: Some(written(self.retry.lifetime)),
-                delay_warning: Some(written(self.retry.delay_warning.unwrap_or_default())),
-            },
-            silo: self.silo.clone(),
-        }
+        self.written.clone()
     }
 
     /// A domain from its settings, checked by the TOML's rules; `base` is the global retry
@@ -163,6 +146,16 @@ impl Domain {
                 Some(want)
             }
         };
+        let written = DomainSettings {
+            destination: s.destination.trim().to_string(),
+            recipients: recipients.as_ref().map(|r| {
+                let mut v: Vec<String> = r.iter().cloned().collect();
+                v.sort();
+                v
+            }),
+            silo: silo.clone(),
+            ..s.clone()
+        };
         Ok(Domain {
             name,
             destination,
@@ -170,6 +163,7 @@ impl Domain {
             recipients,
             retry,
             silo,
+            written,
         })
     }
 }
@@ -194,7 +188,7 @@ impl std::fmt::Display for DomainSettings {
 /// the store's copy changes.
 #[derive(Debug, Default)]
 pub struct DomainTable {
-    domains: RwLock<Arc<HashMap<String, Domain>>>,
+    domains: RwLock<Arc<HashMap<String, Arc<Domain>>>>,
 }
 
 impl DomainTable {
@@ -205,13 +199,13 @@ impl DomainTable {
     }
 
     /// The client domain `name` (lower-case, exact), if one.
-    pub fn get(&self, name: &str) -> Option<Domain> {
+    pub fn get(&self, name: &str) -> Option<Arc<Domain>> {
         self.domains.read().expect("domains").get(name).cloned()
     }
 
     /// Every client domain, by name.
-    pub fn all(&self) -> Vec<Domain> {
-        let mut v: Vec<Domain> = self
+    pub fn all(&self) -> Vec<Arc<Domain>> {
+        let mut v: Vec<Arc<Domain>> = self
             .domains
             .read()
             .expect("domains")
@@ -223,7 +217,10 @@ impl DomainTable {
     }
 
     pub fn replace(&self, domains: Vec<Domain>) {
-        let map = domains.into_iter().map(|d| (d.name.clone(), d)).collect();
+        let map = domains
+            .into_iter()
+            .map(|d| (d.name.clone(), Arc::new(d)))
+            .collect();
         *self.domains.write().expect("domains") = Arc::new(map);
     }
 }

@@ -7,6 +7,7 @@ mod lb;
 mod live;
 mod queue_cli;
 mod remote;
+mod settings_cli;
 mod sink;
 mod up;
 
@@ -87,6 +88,14 @@ enum Command {
         #[command(subcommand)]
         command: queue_cli::QueueCommand,
     },
+    /// List, add, change or remove the client domains of a running `up` (a whole fleet on
+    /// PostgreSQL).
+    Domain {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[command(subcommand)]
+        command: settings_cli::DomainCommand,
+    },
     /// A message's trace (received, each delivery attempt, the outcome), or the messages
     /// matching --from, --to and --since.
     Trace {
@@ -103,6 +112,12 @@ enum ConfigCommand {
     Check { file: Option<PathBuf> },
     /// Print the annotated demo configuration.
     Example,
+    /// Print the run-time configuration a running `up` applies (client domains, servers'
+    /// loadings), which the store holds over the file's seed.
+    Show {
+        #[command(flatten)]
+        remote: remote::Remote,
+    },
 }
 
 /// Large buffers (message bodies, database and socket buffers of large messages) are given
@@ -152,6 +167,12 @@ fn main() -> Result<()> {
             Command::Lb { remote, command } => lb::run(&remote.connect()?, command),
             Command::Queue { remote, command } => queue_cli::queue(&remote.connect()?, command),
             Command::Trace { remote, args } => queue_cli::trace(&remote.connect()?, args),
+            Command::Domain { remote, command } => {
+                settings_cli::domain(&remote.connect()?, command)
+            }
+            Command::Config(ConfigCommand::Show { remote }) => {
+                settings_cli::show(&remote.connect()?)
+            }
             Command::Sink { listen, data_dir } => run_sink(listen, &data_dir).await,
             Command::Config(ConfigCommand::Example) => {
                 print!("{}", config::DEMO);

@@ -28,6 +28,8 @@ pub struct DomainView {
 pub struct Effective {
     /// The node answering.
     pub node: String,
+    /// The configuration file it started with (or "built-in demo").
+    pub file: String,
     /// `embedded` or `postgresql`.
     pub store: String,
     pub domains: Vec<DomainView>,
@@ -147,6 +149,7 @@ pub fn routes() -> Router<Ctx> {
                 let store = if c.config.store.url.is_some() { "postgresql" } else { "embedded" };
                 Json(Effective {
                     node: c.node.clone(),
+                    file: c.config.source.clone(),
                     store: store.into(),
                     domains,
                     servers,

@@ -235,11 +235,17 @@ impl Queue {
         }
     }
 
-    /// Claims what is due and starts delivering it; returns how many were claimed.
+    /// Claims what is due, within the active limit, and starts delivering it; returns how
+    /// many were claimed.
     async fn poll(self: &Arc<Self>) -> Result<usize, store::Error> {
+        let held = self.held.lock().expect("held").len();
+        let room = self.config.delivery.active_limit.saturating_sub(held);
+        if room == 0 {
+            return Ok(0);
+        }
         let claimed = self
             .store
-            .claim(&self.lease, self.clock.now(), CLAIM_BATCH)
+            .claim(&self.lease, self.clock.now(), room.min(CLAIM_BATCH))
             .await?;
         let n = claimed.len();
         for c in claimed {
@@ -258,12 +264,17 @@ impl Queue {
             .iter()
             .map(|(id, t)| (id.clone(), *t))
             .collect();
-        for (id, token) in held {
-            if let Err(e) = self.store.renew(&id, token, &self.lease).await {
-                // Taken over (this node was too slow, or paused): its outcomes will be
-                // refused; the node that has it now delivers it.
-                warn!(queue_id = %id, error = %e, "lease not renewed");
+        match self.store.renew(&held, &self.lease).await {
+            // Taken over (this node was too slow, or paused): its outcomes will be refused;
+            // the node that has it now delivers it.
+            Ok(lost) => {
+                // Those finished meanwhile are gone from the store, not lost.
+                let still = self.held.lock().expect("held");
+                lost.iter()
+                    .filter(|id| still.contains_key(*id))
+                    .for_each(|id| warn!(queue_id = %id, "lease lost to another node"));
             }
+            Err(e) => warn!(error = %e, held = held.len(), "leases not renewed"),
         }
     }
 

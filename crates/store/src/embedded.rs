@@ -463,15 +463,18 @@ fn token_of(c: &Connection, id: &str) -> Result<Option<i64>> {
     )
 }
 
-fn renew(c: &Connection, id: &str, token: i64, ttl_ms: i64) -> Result<()> {
-    let n = c
-        .prepare_cached("UPDATE message SET lease_until = ? WHERE id = ? AND lease_token = ?")?
-        .execute(params![now_ms() + ttl_ms, id, token])?;
-    if n == 1 {
-        Ok(())
-    } else {
-        Err(Error::LeaseLost(id.to_string()))
+/// Renews the leases `held`; returns the ids whose lease was lost.
+fn renew(c: &Connection, held: &[(String, i64)], ttl_ms: i64) -> Result<Vec<String>> {
+    let mut update =
+        c.prepare_cached("UPDATE message SET lease_until = ? WHERE id = ? AND lease_token = ?")?;
+    let until = now_ms() + ttl_ms;
+    let mut lost = Vec::new();
+    for (id, token) in held {
+        if update.execute(params![until, id, token])? == 0 {
+            lost.push(id.clone());
+        }
     }
+    Ok(lost)
 }
 
 fn record(c: &Connection, id: &str, token: i64, node: &str, a: &Attempt) -> Result<()> {
@@ -716,9 +719,9 @@ impl Store for Embedded {
         self.call(false, move |c| claim(c, &owner, ttl, now, limit))
             .await
     }
-    async fn renew(&self, id: &str, token: i64, lease: &Lease) -> Result<()> {
-        let (id, ttl) = (id.to_string(), ttl_ms(lease));
-        self.call(false, move |c| renew(c, &id, token, ttl)).await
+    async fn renew(&self, held: &[(String, i64)], lease: &Lease) -> Result<Vec<String>> {
+        let (held, ttl) = (held.to_vec(), ttl_ms(lease));
+        self.call(false, move |c| renew(c, &held, ttl)).await
     }
     async fn record(&self, id: &str, token: i64, attempt: Attempt) -> Result<()> {
         let id = id.to_string();

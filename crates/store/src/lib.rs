@@ -294,8 +294,11 @@ pub trait Store: Send + Sync + 'static {
     /// dies).
     async fn claim(&self, lease: &Lease, now: i64, limit: usize) -> Result<Vec<Claimed>>;
 
-    /// Extends a lease by `lease.ttl` from now. `LeaseLost` if it was taken over.
-    async fn renew(&self, id: &str, token: i64, lease: &Lease) -> Result<()>;
+    /// Extends the leases `held` (message id and lease token) by `lease.ttl` from now, in
+    /// one statement however many they are; returns the ids whose lease was lost (taken
+    /// over, or the message gone). Not durable: a renewal lost in a crash of the store only
+    /// shortens a lease.
+    async fn renew(&self, held: &[(String, i64)], lease: &Lease) -> Result<Vec<String>>;
 
     /// Records an attempt's outcomes under the lease, with their trace events and the DSNs
     /// they call for, in one transaction; a message with no pending recipient left leaves

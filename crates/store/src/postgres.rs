@@ -416,21 +416,32 @@ impl Store for Postgres {
             .collect())
     }
 
-    async fn renew(&self, id: &str, token: i64, lease: &Lease) -> Result<()> {
-        let client = self.pool.get().await?;
-        let n = client
-            .execute(
-                &format!(
-                    "UPDATE message SET lease_until = {NOW_MS} + $3 WHERE id = $1 AND lease_token = $2"
-                ),
-                &[&id, &token, &ms(lease.ttl)],
-            )
-            .await?;
-        if n == 1 {
-            Ok(())
-        } else {
-            Err(Error::LeaseLost(id.to_string()))
+    async fn renew(&self, held: &[(String, i64)], lease: &Lease) -> Result<Vec<String>> {
+        if held.is_empty() {
+            return Ok(Vec::new());
         }
+        let (ids, tokens): (Vec<&str>, Vec<i64>) =
+            held.iter().map(|(id, t)| (id.as_str(), *t)).unzip();
+        let client = self.pool.get().await?;
+        let renewed: std::collections::HashSet<String> = client
+            .query(
+                &format!(
+                    "UPDATE message m SET lease_until = {NOW_MS} + $3
+                     FROM unnest($1::text[], $2::bigint[]) AS h(id, token)
+                     WHERE m.id = h.id AND m.lease_token = h.token
+                     RETURNING m.id"
+                ),
+                &[&ids, &tokens, &ms(lease.ttl)],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        Ok(ids
+            .into_iter()
+            .filter(|id| !renewed.contains(*id))
+            .map(str::to_string)
+            .collect())
     }
 
     async fn record(&self, id: &str, token: i64, a: Attempt) -> Result<()> {

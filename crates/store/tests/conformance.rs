@@ -287,7 +287,8 @@ async fn expired_leases_are_taken_over_and_stale_records_refused() {
         // Renewed while n1 works: n2 gets nothing.
         for _ in 0..3 {
             tokio::time::sleep(Duration::from_millis(400)).await;
-            s[0].renew("L", first[0].token, &n1).await.unwrap();
+            let held = [("L".to_string(), first[0].token)];
+            assert!(s[0].renew(&held, &n1).await.unwrap().is_empty());
             assert!(
                 s[1].claim(&n2, 10, 10).await.unwrap().is_empty(),
                 "renewed lease held"
@@ -312,10 +313,12 @@ async fn expired_leases_are_taken_over_and_stale_records_refused() {
             s[0].record("L", first[0].token, delivered()).await,
             Err(Error::LeaseLost(_))
         ));
-        assert!(matches!(
-            s[0].renew("L", first[0].token, &n1).await,
-            Err(Error::LeaseLost(_))
-        ));
+        let held = [("L".to_string(), first[0].token), ("gone".to_string(), 1)];
+        assert_eq!(
+            s[0].renew(&held, &n1).await.unwrap(),
+            vec!["L".to_string(), "gone".to_string()],
+            "a lost lease and a message that is no more are reported, not renewed"
+        );
         assert!(
             s[1].get("L").await.unwrap().is_some(),
             "the stale record wrote nothing"

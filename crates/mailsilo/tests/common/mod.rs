@@ -2,6 +2,8 @@
 //! over TCP. Every process started here is killed when its handle drops.
 #![allow(dead_code)] // each test binary uses part of the harness
 
+pub mod pg;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -120,11 +122,18 @@ pub fn on_postgres() -> bool {
 /// `MAILSILO_TEST_POSTGRES` names, which scripts/test.sh starts), so the same tests run on
 /// both back ends.
 pub fn store_table() -> String {
-    if !on_postgres() {
-        return String::new();
+    if on_postgres() {
+        postgres_table()
+    } else {
+        String::new()
     }
+}
+
+/// The `[store]` table of a fresh PostgreSQL database on the server `MAILSILO_TEST_POSTGRES`
+/// names (scripts/test.sh starts one).
+pub fn postgres_table() -> String {
     let admin = std::env::var("MAILSILO_TEST_POSTGRES").expect(
-        "MAILSILO_TEST_STORE=postgres needs MAILSILO_TEST_POSTGRES (scripts/test.sh sets both)",
+        "MAILSILO_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which starts a throw-away PostgreSQL",
     );
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let name = format!(
@@ -149,8 +158,13 @@ pub fn store_table() -> String {
     let (base, _) = admin
         .rsplit_once('/')
         .expect("a database in MAILSILO_TEST_POSTGRES");
-    // A short lease, so a dead node's mail is taken over within the tests' waits.
-    format!("[store]\nurl = \"{base}/{name}\"\nlease = \"5s\"\n")
+    store_at(&format!("{base}/{name}"))
+}
+
+/// The `[store]` table for the PostgreSQL database at `url`, with a short lease, so a dead
+/// node's mail is taken over within the tests' waits.
+pub fn store_at(url: &str) -> String {
+    format!("[store]\nurl = \"{url}\"\nlease = \"5s\"\n")
 }
 
 impl Gateway {
@@ -424,18 +438,31 @@ impl Silo {
     /// `loadings[i]` lists cluster i's servers' loadings; `extra` goes into the `[[silo]]`
     /// table (e.g. `rotation = "cycle"`); `cluster_extra` into every `[[silo.cluster]]`.
     pub fn new(net: u8, loadings: &[&[u32]], extra: &str, cluster_extra: &str) -> Silo {
+        Silo::build(net, loadings, extra, cluster_extra, "", &store_table())
+    }
+
+    /// As [`Silo::new`], with `delivery` added to the `[delivery]` table and `store` as the
+    /// `[store]` table.
+    pub fn build(
+        net: u8,
+        loadings: &[&[u32]],
+        extra: &str,
+        cluster_extra: &str,
+        delivery: &str,
+        store: &str,
+    ) -> Silo {
         let dir = tempfile::tempdir().unwrap();
         let dns: SocketAddr = format!("127.3.{net}.1:5353").parse().unwrap();
         let control: SocketAddr = format!("127.3.{net}.1:8025").parse().unwrap();
         let sink: SocketAddr = format!("127.3.{net}.1:2526").parse().unwrap();
         let (lb_port, srv_port) = (2525, 2525);
-        let store = store_table();
         let mut text = format!(
             r#"[smtp]
 hostname = "mx.test"
 max_sessions_per_client = 1000
 [delivery]
 connection_cache_time = "1s"
+{delivery}
 [retry]
 min_backoff = "1s"
 max_backoff = "2s"
@@ -503,12 +530,28 @@ fall = 2
     /// Starts `mailsilo up --only ROLES` as process `name` with its own data directory, and
     /// waits until `ready` accepts connections.
     pub fn start(&mut self, name: &str, roles: &str, ready: &[SocketAddr]) {
+        let config = self.config.clone();
+        self.start_with(&config, name, roles, ready);
+    }
+
+    /// As [`Silo::start`], with another configuration file (another host's view of the
+    /// same fleet). A restarted process appends to its log.
+    pub fn start_with(&mut self, config: &Path, name: &str, roles: &str, ready: &[SocketAddr]) {
         let data = self.dir.path().join(format!("data-{name}"));
-        let log = std::fs::File::create(self.dir.path().join(format!("{name}.log"))).unwrap();
-        let out = std::fs::File::create(self.dir.path().join(format!("{name}.out"))).unwrap();
+        let append = |f: &str| {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(self.dir.path().join(f))
+                .unwrap()
+        };
+        let (log, out) = (
+            append(&format!("{name}.log")),
+            append(&format!("{name}.out")),
+        );
         let child = Command::new(&*BIN)
             .args(["up", "--only", roles, "--config"])
-            .arg(&self.config)
+            .arg(config)
             .arg("--data-dir")
             .arg(&data)
             .stdout(out)
@@ -518,6 +561,18 @@ fall = 2
         self.procs.insert(name.to_string(), Proc(child));
         for a in ready {
             wait_listening(*a);
+        }
+    }
+
+    /// What process `name` logged so far.
+    pub fn log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
+    }
+
+    /// SIGTERM to process `name`, and waits for it to stop.
+    pub fn terminate(&mut self, name: &str) {
+        if let Some(mut p) = self.procs.remove(name) {
+            p.terminate();
         }
     }
 
