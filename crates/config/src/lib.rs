@@ -561,6 +561,35 @@ mod tests {
 
     const MIN: &str = "[smtp]\nhostname = \"mx\"\nlisten = [\"127.0.0.1:25\"]\n[[domain]]\nname = \"example.com\"\ndestination = \"127.0.0.1:26\"\n";
 
+    /// The fleet example that scripts/fleet.sh runs: four mail servers in two clusters, on
+    /// PostgreSQL, the demo's addresses.
+    #[test]
+    fn fleet_example_is_valid() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fleet.toml");
+        let c = Config::load(&path).unwrap();
+        assert!(c.store.url.as_deref().unwrap().starts_with("postgres://"));
+        assert!(c.smtp.listen.is_empty());
+        let servers: Vec<(&str, String)> = c.silos[0]
+            .clusters
+            .iter()
+            .flat_map(|cl| {
+                cl.servers
+                    .iter()
+                    .map(|s| (s.name.as_str(), s.address.to_string()))
+            })
+            .collect();
+        assert_eq!(
+            servers,
+            [
+                ("c1-s1", "127.0.2.1:2525".to_string()),
+                ("c1-s2", "127.0.2.2:2525".into()),
+                ("c2-s1", "127.0.2.3:2525".into()),
+                ("c2-s2", "127.0.2.4:2525".into())
+            ]
+        );
+        assert_eq!(c.control.unwrap().listen.to_string(), "127.0.0.1:8025");
+    }
+
     #[test]
     fn demo_is_valid() {
         let c = Config::demo();

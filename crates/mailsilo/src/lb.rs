@@ -37,6 +37,13 @@ pub fn run(api: &Client, command: Command) -> Result<()> {
     let (target, what, body, done) = match &command {
         Command::Show => {
             let servers: Vec<ServerStatus> = api.get("/api/lb")?;
+            let mut nodes: Vec<&str> = servers.iter().map(|s| s.node.as_str()).collect();
+            nodes.dedup();
+            match nodes.as_slice() {
+                [] => println!("no balancer runs in the process of this control endpoint"),
+                [node] => println!("balancers of node {node}"),
+                many => println!("balancers of nodes {}", many.join(", ")),
+            }
             println!(
                 "{:<8} {:<10} {:<18} {:<6} {:<6} {:>7} {:>6} {:>9}  LAST CHECK",
                 "CLUSTER", "SERVER", "ADDRESS", "HEALTH", "STATE", "LOADING", "ACTIVE", "SESSIONS"

@@ -70,6 +70,9 @@ enum Command {
         listen: SocketAddr,
         #[arg(long, default_value = "mailsilo-data")]
         data_dir: PathBuf,
+        /// Where the mailboxes go (default: DATA_DIR/mailbox).
+        #[arg(long)]
+        mailbox: Option<PathBuf>,
     },
     /// Check or print configuration.
     #[command(subcommand)]
@@ -173,7 +176,14 @@ fn main() -> Result<()> {
             Command::Config(ConfigCommand::Show { remote }) => {
                 settings_cli::show(&remote.connect()?)
             }
-            Command::Sink { listen, data_dir } => run_sink(listen, &data_dir).await,
+            Command::Sink {
+                listen,
+                data_dir,
+                mailbox,
+            } => {
+                let mailbox = mailbox.unwrap_or_else(|| data_dir.join("mailbox"));
+                run_sink(listen, &data_dir, mailbox).await
+            }
             Command::Config(ConfigCommand::Example) => {
                 print!("{}", config::DEMO);
                 Ok(())
@@ -236,13 +246,12 @@ pub(crate) fn load_config(path: Option<&Path>) -> Result<Config> {
     })
 }
 
-async fn run_sink(listen: SocketAddr, data_dir: &Path) -> Result<()> {
+async fn run_sink(listen: SocketAddr, data_dir: &Path, root: PathBuf) -> Result<()> {
     datadir::prepare(data_dir)?;
     let mut settings = Config::demo().smtp;
     settings.hostname = "mailsilo.test".into();
     let tls = smtp::tls::server_config(None, None, "sink.mailsilo.test", data_dir)?;
     let listener = up::bind(listen, "the sink").await?;
-    let root = data_dir.join("mailbox");
     println!(
         "mailsilo sink: smtp://{} -> {}",
         listener.local_addr()?,

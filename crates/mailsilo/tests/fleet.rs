@@ -405,6 +405,17 @@ fn fleet_runtime_changes_reach_every_node_and_survive_restart() {
         Some(1)
     );
 
+    // Each host names its node: made once, kept in its data dir.
+    for (host, control, token) in [("a", control_a, &token_a), ("b", control_b, &token_b)] {
+        let node =
+            std::fs::read_to_string(silo.dir.path().join(format!("data-{host}/node.id"))).unwrap();
+        let show = admin(control, token, &["lb", "show"]);
+        assert!(
+            show.starts_with(&format!("balancers of node {}\n", node.trim())),
+            "{show}"
+        );
+    }
+
     // A loading change through host A reaches host B's balancer within 2 s.
     let changed = Instant::now();
     admin(control_a, &token_a, &["lb", "weight", "c1/c1-s2", "9"]);
@@ -665,4 +676,150 @@ fn fleet_database_restart_loses_nothing() {
             .any(|(name, _)| silo.log(name).contains("enqueue failed")),
         "no mail server logged a failed enqueue"
     );
+}
+
+/// A running scripts/fleet.sh in a process group of its own, interrupted when dropped.
+struct Script(std::process::Child);
+
+impl Script {
+    /// SIGINT to the script's whole process group, as Ctrl-C at a terminal sends it.
+    fn interrupt(&mut self) -> Option<std::process::ExitStatus> {
+        let _ = std::process::Command::new("kill")
+            .args(["-INT", "--", &format!("-{}", self.0.id())])
+            .status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if let Ok(Some(status)) = self.0.try_wait() {
+                return Some(status);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.0.kill();
+        None
+    }
+}
+
+impl Drop for Script {
+    fn drop(&mut self) {
+        if matches!(self.0.try_wait(), Ok(None)) {
+            self.interrupt();
+        }
+    }
+}
+
+/// scripts/fleet.sh as the README runs it: PostgreSQL and every part of the fleet as its own
+/// process on the demo's addresses; mail goes through a balancer to the sink's mailbox, the
+/// admin commands work against it, and Ctrl-C stops every process it started.
+#[test]
+fn fleet_script_starts_the_fleet_and_stops_all_of_it() {
+    let _one = HEAVY.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = tempfile::tempdir().unwrap();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../../scripts/fleet.sh");
+    use std::os::unix::process::CommandExt;
+    let mut child = std::process::Command::new("bash")
+        .process_group(0)
+        .arg(script)
+        .arg(dir.path())
+        .env("MAILSILO", &*BIN)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(dir.path().join("script.err")).unwrap())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut script = Script(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
+    let mut printed = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while !printed
+        .iter()
+        .any(|l: &String| l.contains("Ctrl-C stops the fleet"))
+    {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) => printed.push(l),
+            Err(_) => panic!(
+                "the fleet did not start: {printed:#?}\n{}",
+                std::fs::read_to_string(dir.path().join("script.err")).unwrap_or_default()
+            ),
+        }
+    }
+    // Each process's role and PID.
+    let pids: HashMap<String, u32> = printed
+        .iter()
+        .filter_map(|l| {
+            let mut w = l.split_whitespace();
+            let (name, pid) = (w.next()?, w.next()?.parse().ok()?);
+            Some((name.to_string(), pid))
+        })
+        .collect();
+    for role in [
+        "postgresql",
+        "sink",
+        "front",
+        "c1-s1",
+        "c1-s2",
+        "c2-s1",
+        "c2-s2",
+    ] {
+        assert!(
+            pids.contains_key(role),
+            "no PID printed for {role}: {printed:#?}"
+        );
+    }
+    let front = dir.path().join("front");
+    let admin = |args: &[&str]| {
+        let out = std::process::Command::new(&*BIN)
+            .args(args)
+            .arg("--data-dir")
+            .arg(&front)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    };
+    assert!(wait_until(Duration::from_secs(15), || {
+        admin(&["lb", "show"]).matches(" up ").count() == 4
+    }));
+    for (i, lb) in ["127.0.1.1:2525", "127.0.1.2:2525"].iter().enumerate() {
+        assert!(send_to(
+            lb.parse().unwrap(),
+            "alice@example.com",
+            &format!("via c{}", i + 1)
+        ));
+    }
+    let mailbox = dir.path().join("mailbox/alice@example.com");
+    assert!(
+        wait_until(Duration::from_secs(20), || {
+            subjects(&read_mailbox(&mailbox)) == ["via c1", "via c2"].map(String::from).into()
+        }),
+        "{:?}",
+        subjects(&read_mailbox(&mailbox))
+    );
+    assert!(admin(&["queue", "list"]).contains("0 messages"));
+    assert!(admin(&["trace", "--to", "alice@example.com"]).contains("2 messages"));
+
+    // Ctrl-C: everything stops.
+    let status = script
+        .interrupt()
+        .expect("the script stopped within a minute");
+    assert!(status.success() || status.code() == Some(130), "{status:?}");
+    for (role, pid) in &pids {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists()
+                || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                    .is_ok_and(|s| s.contains(") Z ")),
+            "{role} (PID {pid}) still runs"
+        );
+    }
 }
