@@ -1,5 +1,6 @@
 # Shared by the benchmark scripts (source it from the project root: `. bench/common.sh NAME`):
-# a work directory, the processes started stopped on exit, and small helpers.
+# a work directory (removed on exit unless BENCH_KEEP is set), the processes started stopped
+# on exit, and small helpers.
 WORK=$(mktemp -d "/var/tmp/mailsilo-$1.XXXXXX")
 chmod 755 "$WORK"   # the peers' daemons run as their own users
 PIDS=()
@@ -8,7 +9,7 @@ cleanup() {
   for h in "${STOP_HOOKS[@]}"; do eval "$h" >/dev/null 2>&1 || true; done
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
   wait 2>/dev/null || true
-  rm -rf "$WORK"
+  if [ -n "${BENCH_KEEP:-}" ]; then echo "kept: $WORK"; else rm -rf "$WORK"; fi
 }
 trap cleanup EXIT
 now() { date +%s.%N; }

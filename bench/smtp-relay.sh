@@ -3,13 +3,25 @@
 # and mailsilo, each accepting mail on loopback with a durable (fsync'd) queue and relaying it
 # to the same smtp-sink, both driven by the same smtp-source command.
 #
-#   bash bench/smtp-relay.sh [MESSAGES] [SESSIONS] [SIZE]     (defaults: 20000 20 5120)
+#   bash bench/smtp-relay.sh [--store postgres] [MESSAGES] [SESSIONS] [SIZE]
+#                                                        (defaults: 20000 20 5120)
 #
 # Prints, for each: the rate at which smtp-source got its 250s, the end-to-end rate (until
 # the queue is empty, i.e. everything reached the sink), CPU seconds used; the ratio; and
 # mailsilo's p50/p99 time from end of DATA to the durable commit that precedes the 250.
+#
+# With --store postgres, in the same run: one mailsilo on PostgreSQL (a cluster of the
+# script's own, Debian's postgresql with its default settings: fsync and synchronous_commit
+# on) beside the embedded store, and a fleet of four mail servers (separate processes, two
+# balancers) on PostgreSQL, loaded through both balancers with half the messages each.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+STORE=embedded
+if [ "${1:-}" = --store ]; then
+  STORE=${2:-}
+  shift 2
+  [ "$STORE" = postgres ] || { echo "--store postgres is the only other store" >&2; exit 2; }
+fi
 MESSAGES=${1:-20000}
 SESSIONS=${2:-20}
 SIZE=${3:-5120}
@@ -56,28 +68,80 @@ postfix -c "$WORK/pf/etc" start
 wait_port 127.0.0.1 $PF_PORT
 
 # --- mailsilo: the same relay, its queue in the same file system.
-cat > "$WORK/mailsilo.toml" <<EOF
+mailsilo_config() { # smtp-port control-port [store-url]
+  cat <<EOF
 [smtp]
 hostname = "bench.mailsilo.test"
-listen = ["127.0.0.1:$MS_PORT"]
+listen = ["127.0.0.1:$1"]
 max_sessions_per_client = 1000
+[control]
+listen = "127.0.0.1:$2"
 [[domain]]
 name = "example.com"
 destination = "127.0.0.1:$SINK_PORT"
 EOF
+  [ -z "${3:-}" ] || printf '[store]\nurl = "%s"\n' "$3"
+}
+mailsilo_config $MS_PORT 10028 > "$WORK/mailsilo.toml"
 "$BIN" --log-format json up --config "$WORK/mailsilo.toml" --data-dir "$WORK/ms" >/dev/null 2>"$WORK/ms.log" &
 PIDS+=($!)
 wait_port 127.0.0.1 $MS_PORT
+# Empty when the gateway's control API lists no message.
+queue_empty() { # config data-dir
+  "$BIN" queue --config "$1" --data-dir "$2" list 2>/dev/null | grep -q -- '-- 0 messages'
+}
+
+if [ "$STORE" = postgres ]; then
+  . scripts/pg.sh
+  pg_install
+  STOP_HOOKS+=('pg_stop "$WORK/pg" immediate')
+  pg_start "$WORK/pg" 10040
+  # One mail server on PostgreSQL, as the embedded one above.
+  mailsilo_config 10029 10030 "$(pg_database single)" > "$WORK/mailsilo-pg.toml"
+  "$BIN" --log-format json up --config "$WORK/mailsilo-pg.toml" --data-dir "$WORK/ms-pg" >/dev/null 2>"$WORK/ms-pg.log" &
+  PIDS+=($!)
+  wait_port 127.0.0.1 10029
+  # The fleet: balancers c1 127.0.3.1 and c2 127.0.3.2 (PROXY v2), mail servers on
+  # 127.0.4.1-4, each server its own process with its own data dir.
+  {
+    mailsilo_config 10031 10032 "$(pg_database fleet)" | sed 's/^listen = \["127.0.0.1:10031"\]/listen = []/'
+    printf '[[silo]]\nname = "silo.bench.test"\n'
+    n=0
+    for c in 1 2; do
+      printf '[[silo.cluster]]\nname = "c%s"\naddress = "127.0.3.%s:10031"\nproxy = true\n' $c $c
+      for s in 1 2; do
+        n=$((n + 1))
+        printf '[[silo.cluster.server]]\nname = "c%s-s%s"\naddress = "127.0.4.%s:10031"\nloading = 1\n' $c $s $n
+      done
+    done
+  } > "$WORK/fleet.toml"
+  for s in c1-s1 c1-s2 c2-s1 c2-s2; do
+    "$BIN" --log-format json up --config "$WORK/fleet.toml" --data-dir "$WORK/fleet-$s" --only "server:$s" >/dev/null 2>"$WORK/fleet-$s.log" &
+    PIDS+=($!)
+  done
+  "$BIN" up --config "$WORK/fleet.toml" --data-dir "$WORK/fleet-front" --only balancer,control >/dev/null 2>"$WORK/fleet-front.log" &
+  PIDS+=($!)
+  for i in 1 2 3 4; do wait_port 127.0.4.$i 10031; done
+  wait_port 127.0.3.1 10031
+  wait_port 127.0.3.2 10031
+  wait_port 127.0.0.1 10032
+fi
 
 busy() { # CPU seconds the whole machine has been busy (all processes, both cores)
   awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat
 }
 
-run() { # name port queue-empty-command
-  local name=$1 port=$2 empty=$3 t0 t1 t2
+run() { # name "host:port ..." queue-empty-command: the messages split over the addresses
+  local name=$1 empty=$3 t0 t1 t2 t
+  local targets=($2) pids=()
   c0=$(busy)
   t0=$(now)
-  smtp-source -s "$SESSIONS" -m "$MESSAGES" -l "$SIZE" -f bench@outside.net -t rcpt@example.com 127.0.0.1:"$port"
+  for t in "${targets[@]}"; do
+    smtp-source -s $((SESSIONS / ${#targets[@]})) -m $((MESSAGES / ${#targets[@]})) -l "$SIZE" \
+      -f bench@outside.net -t rcpt@example.com "$t" &
+    pids+=($!)
+  done
+  for t in "${pids[@]}"; do wait "$t"; done
   t1=$(now)
   for _ in $(seq 6000); do eval "$empty" && break; sleep 0.05; done
   t2=$(now)
@@ -85,7 +149,7 @@ run() { # name port queue-empty-command
   python3 - "$name" "$t0" "$t1" "$t2" "$MESSAGES" "$c0" "$c2" <<'PY'
 import sys
 name, t0, t1, t2, n, c0, c2 = sys.argv[1], *map(float, sys.argv[2:5]), int(sys.argv[5]), *map(float, sys.argv[6:8])
-print(f"{name:9} accepted {n / (t1 - t0):7.0f} msg/s | relayed end to end {n / (t2 - t0):7.0f} msg/s ({t2 - t0:.1f} s) | "
+print(f"{name:12} accepted {n / (t1 - t0):7.0f} msg/s | relayed end to end {n / (t2 - t0):7.0f} msg/s ({t2 - t0:.1f} s) | "
       f"machine CPU {(c2 - c0) / n * 1000:.2f} ms/msg (incl. smtp-source and smtp-sink)")
 PY
   echo "$name $MESSAGES $t0 $t2" >> "$WORK/rates"
@@ -93,21 +157,32 @@ PY
 
 echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE; $(nproc) cores; $(postconf -h mail_version | sed 's/^/Postfix /')"
 # The load tools' own ceiling: smtp-source straight into smtp-sink, nothing in between.
-run ceiling $SINK_PORT true
-run postfix $PF_PORT "postqueue -c $WORK/pf/etc -p 2>/dev/null | grep -q 'Mail queue is empty'"
-run mailsilo $MS_PORT "\"$BIN\" queue --data-dir \"$WORK/ms\" list 2>/dev/null | grep -q -- '-- 0 messages'"
+run ceiling 127.0.0.1:$SINK_PORT true
+run postfix 127.0.0.1:$PF_PORT "postqueue -c $WORK/pf/etc -p 2>/dev/null | grep -q 'Mail queue is empty'"
+run mailsilo 127.0.0.1:$MS_PORT "queue_empty '$WORK/mailsilo.toml' '$WORK/ms'"
+if [ "$STORE" = postgres ]; then
+  run mailsilo-pg 127.0.0.1:10029 "queue_empty '$WORK/mailsilo-pg.toml' '$WORK/ms-pg'"
+  run fleet-pg "127.0.3.1:10031 127.0.3.2:10031" "queue_empty '$WORK/fleet.toml' '$WORK/fleet-front'"
+fi
 
-python3 - "$WORK/rates" "$WORK/ms.log" <<'PY'
-import json, sys
+python3 - "$WORK/rates" "$WORK/ms.log" "$WORK/ms-pg.log" <<'PY'
+import json, os, sys
 rates = {}
 for line in open(sys.argv[1]):
     name, n, t0, t2 = line.split()
     rates[name] = int(n) / (float(t2) - float(t0))
-lat = sorted(json.loads(l)["fields"]["commit_us"] for l in open(sys.argv[2])
-             if '"queued"' in l and "commit_us" in l)
 print(f"ratio mailsilo/postfix (end to end): {rates['mailsilo'] / rates['postfix']:.2f}x; "
       f"of the ceiling: mailsilo {rates['mailsilo'] / rates['ceiling']:.0%}, postfix {rates['postfix'] / rates['ceiling']:.0%}")
-if lat:
-    p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000
-    print(f"mailsilo end of DATA -> 250 (durable commit): p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms over {len(lat)} messages")
+for name in ("mailsilo-pg", "fleet-pg"):
+    if name in rates:
+        print(f"{name}: {rates[name] / rates['postfix']:.2f}x postfix, {rates[name] / rates['mailsilo']:.2f}x mailsilo embedded, "
+              f"{rates[name] / rates['ceiling']:.0%} of the ceiling")
+for log, name in zip(sys.argv[2:], ("mailsilo", "mailsilo-pg")):
+    if not os.path.exists(log):
+        continue
+    lat = sorted(json.loads(l)["fields"]["commit_us"] for l in open(log)
+                 if '"queued"' in l and "commit_us" in l)
+    if lat:
+        p = lambda q: lat[min(len(lat) - 1, int(q * len(lat)))] / 1000
+        print(f"{name} end of DATA -> 250 (durable commit): p50 {p(0.50):.2f} ms, p99 {p(0.99):.2f} ms over {len(lat)} messages")
 PY

@@ -19,40 +19,15 @@ mkdir -p "$1"
 dir=$(cd "$1" && pwd)
 chmod 755 "$dir"   # PostgreSQL runs as its own user when this runs as root
 
-if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || ! command -v psql >/dev/null; then
-  echo "installing postgresql"
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-  for c in $(ls /etc/postgresql 2>/dev/null); do pg_ctlcluster "$c" main stop >/dev/null 2>&1 || true; done
-fi
+. "$root/scripts/pg.sh"
+pg_install
 if [ -z "${MAILSILO:-}" ]; then
   (cd "$root" && cargo build --release -q -p mailsilo)
   MAILSILO=${CARGO_TARGET_DIR:-$root/target}/release/mailsilo
 fi
 
-# PostgreSQL, as the postgres user when run as root (it refuses to run as root).
-bin=$(ls -d /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
-as=()
-if [ "$(id -u)" = 0 ]; then
-  as=(runuser -u postgres --)
-  mkdir -p "$dir/pg" && chown postgres: "$dir/pg"
-fi
-if [ ! -d "$dir/pg/data" ]; then
-  "${as[@]}" "$bin/initdb" -D "$dir/pg/data" -A trust -U postgres >"$dir/pg/initdb.log" 2>&1 \
-    || { cat "$dir/pg/initdb.log"; exit 1; }
-fi
-port=
-for p in $(seq 55440 55540); do
-  if "${as[@]}" "$bin/pg_ctl" -D "$dir/pg/data" -l "$dir/pg/log" -w -t 30 start \
-      -o "-c listen_addresses=127.0.0.1 -p $p -c unix_socket_directories=$dir/pg -c max_connections=300" >/dev/null 2>&1; then
-    port=$p
-    break
-  fi
-done
-[ -n "$port" ] || { echo "PostgreSQL did not start:"; tail -n 20 "$dir/pg/log"; exit 1; }
-url="postgres://postgres@127.0.0.1:$port/mailsilo"
-psql "postgres://postgres@127.0.0.1:$port/postgres" -tAc "SELECT 1 FROM pg_database WHERE datname = 'mailsilo'" | grep -q 1 \
-  || psql "postgres://postgres@127.0.0.1:$port/postgres" -qc "CREATE DATABASE mailsilo"
+pg_start "$dir/pg" 55440
+url=$(pg_database mailsilo)
 sed "s|^url = .*|url = \"$url\"|" "$root/examples/fleet.toml" >"$dir/fleet.toml"
 
 names=()
@@ -65,7 +40,7 @@ stop() {
   echo "stopping the fleet"
   for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done
   for p in "${pids[@]}"; do wait "$p" 2>/dev/null || true; done
-  "${as[@]}" "$bin/pg_ctl" -D "$dir/pg/data" -m fast stop >/dev/null 2>&1 || true
+  pg_stop "$dir/pg"
   echo "stopped; state kept in $dir"
 }
 trap 'stop; exit 130' INT TERM

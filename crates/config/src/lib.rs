@@ -564,7 +564,7 @@ mod tests {
     /// The fleet example that scripts/fleet.sh runs: four mail servers in two clusters, on
     /// PostgreSQL, the demo's addresses.
     #[test]
-    fn fleet_example_is_valid() {
+    fn the_fleet_example_is_valid() {
         let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/fleet.toml");
         let c = Config::load(&path).unwrap();
         assert!(c.store.url.as_deref().unwrap().starts_with("postgres://"));

@@ -25,7 +25,7 @@ use config::{Config, DomainTable};
 use hickory_resolver::TokioResolver;
 use smtp::client::{self, Client};
 use smtp::command::Ret;
-use smtp::server::{new_queue_id, notify};
+use smtp::server::{QueueIds, notify};
 use smtp::{Accepted, Envelope, Handler, Rcpt, Reply};
 use store::{
     Arrival, Attempt, Claimed, Lease, Message, NewMessage, NewRecipient, Outcome, Status, Store,
@@ -109,6 +109,8 @@ pub struct Queue {
     resolver: TokioResolver,
     /// This node's lease: its id and how long a claim lasts unless renewed.
     lease: Lease,
+    /// This node's queue ids (for received mail and for DSNs).
+    ids: QueueIds,
     /// Messages this node holds a lease on and is delivering, with their tokens.
     held: Mutex<HashMap<String, i64>>,
     limits: Mutex<HashMap<Route, Arc<Semaphore>>>,
@@ -162,6 +164,7 @@ impl Queue {
             owner: node.to_string(),
             ttl: config.store.lease,
         };
+        let ids = QueueIds::new(store.node_number(node).await?);
         Ok(Arc::new(Queue {
             config,
             domains,
@@ -170,6 +173,7 @@ impl Queue {
             client,
             resolver,
             lease,
+            ids,
             held: Mutex::default(),
             limits: Mutex::default(),
             idle: Mutex::default(),
@@ -670,7 +674,7 @@ impl Queue {
         if rcpts.is_empty() || message.sender.is_empty() {
             return None;
         }
-        let id = new_queue_id();
+        let id = self.ids.next();
         let now = self.clock.now();
         let reports: Vec<dsn::Report<'_>> = rcpts
             .iter()
@@ -719,6 +723,10 @@ pub struct Intake(pub Arc<Queue>);
 
 #[async_trait]
 impl Handler for Intake {
+    fn queue_id(&self) -> String {
+        self.0.ids.next()
+    }
+
     fn check_recipient(&self, r: &smtp::address::Recipient) -> Result<(), Reply> {
         let Some(domain) = self.0.domains.get(&r.domain) else {
             return Err(Reply::new(550, "5.7.1 Relay access denied"));

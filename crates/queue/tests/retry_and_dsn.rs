@@ -7,7 +7,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use config::Config;
 use mailsilo_queue::{Clock, Intake, ManualClock, Queue};
-use smtp::server::{ClientInfo, Server, new_queue_id};
+use smtp::server::{ClientInfo, LOCAL_IDS, Server};
 use smtp::{Accepted, Envelope, Handler, Rcpt, Reply};
 use store::{Embedded, Store};
 use tokio::net::TcpListener;
@@ -124,7 +124,7 @@ impl World {
     }
 
     async fn send_to(&self, from: &str, to: &[&str]) -> String {
-        let id = new_queue_id();
+        let id = LOCAL_IDS.next();
         let m = Accepted {
             id: id.clone(),
             server: "mx.test".into(),

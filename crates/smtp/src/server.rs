@@ -117,6 +117,10 @@ pub trait Handler: Send + Sync + 'static {
     fn accepted(&self) -> &'static str {
         "queued"
     }
+    /// A new queue id for a message being received.
+    fn queue_id(&self) -> String {
+        LOCAL_IDS.next()
+    }
 }
 
 /// Completes once `shutdown` turns true (or its sender is gone).
@@ -124,15 +128,35 @@ pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-/// A new queue id: microseconds since the epoch and a per-process counter, in hex.
-pub fn new_queue_id() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let micros = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed) & 0xffff;
-    format!("{micros:013X}{n:04X}")
+/// Makes queue ids: microseconds since the epoch, the node's number in the fleet (which the
+/// store gives out, so no two nodes share one) and a counter, in hex: 21 characters that
+/// sort by time and never repeat across the nodes of a fleet (within a node, the counter
+/// tells apart up to 65,536 ids of the same microsecond).
+#[derive(Debug)]
+pub struct QueueIds {
+    node: u16,
+    counter: AtomicU64,
 }
+
+impl QueueIds {
+    pub const fn new(node: u16) -> QueueIds {
+        QueueIds {
+            node,
+            counter: AtomicU64::new(0),
+        }
+    }
+
+    pub fn next(&self) -> String {
+        let micros = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        let n = self.counter.fetch_add(1, Ordering::Relaxed) & 0xffff;
+        format!("{micros:013X}{:04X}{n:04X}", self.node)
+    }
+}
+
+/// The ids of a process that is not part of a fleet's store (node number 0).
+pub static LOCAL_IDS: QueueIds = QueueIds::new(0);
 
 /// A running server's fixed settings.
 pub struct Server<H> {
@@ -695,7 +719,7 @@ impl<H: Handler> Session<H> {
     /// the queue id it names.
     fn start_content(&self, dots: bool) -> (String, Decoder) {
         let tx = self.tx.as_ref().expect("ready_for_content checked");
-        let id = new_queue_id();
+        let id = self.server.handler.queue_id();
         let received = self.received_header(&id, tx);
         let start = Start {
             mode: self.settings().bare_newlines,
@@ -1014,6 +1038,22 @@ mod tests {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     /// Accepts recipients at example.com and keeps what it is handed.
+    /// Two nodes making ids in the same microsecond still differ (by their node number);
+    /// one node's ids never repeat and sort by time.
+    #[test]
+    fn queue_ids_differ_across_nodes_and_sort() {
+        let (a, b) = (QueueIds::new(1), QueueIds::new(2));
+        let ids: Vec<String> = (0..1000).flat_map(|_| [a.next(), b.next()]).collect();
+        let distinct: std::collections::HashSet<&String> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        assert!(ids.iter().all(|id| id.len() == 21));
+        let of_a: Vec<&String> = ids.iter().step_by(2).collect();
+        assert!(
+            of_a.windows(2).all(|w| w[0] < w[1]),
+            "ids of one node sort by time"
+        );
+    }
+
     #[derive(Default)]
     struct Keep(Mutex<Vec<Accepted>>);
 

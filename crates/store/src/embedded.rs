@@ -84,7 +84,8 @@ const MIGRATIONS: [&str; 3] = [
          PRIMARY KEY (cluster, server)
      ) WITHOUT ROWID;
      CREATE TABLE runtime_version (version INTEGER NOT NULL);
-     INSERT INTO runtime_version VALUES (0);",
+     INSERT INTO runtime_version VALUES (0);
+     CREATE TABLE node (id TEXT PRIMARY KEY, number INTEGER NOT NULL UNIQUE);",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -878,6 +879,21 @@ impl Store for Embedded {
                 self.changed();
             }
         })
+    }
+    async fn node_number(&self, node: &str) -> Result<u16> {
+        let node = node.to_string();
+        self.call(true, move |c| {
+            c.execute(
+                "INSERT INTO node (id, number) SELECT ?, (SELECT COALESCE(MAX(number), 0) + 1 FROM node)
+                 WHERE NOT EXISTS (SELECT 1 FROM node WHERE id = ?)",
+                params![node, node],
+            )?;
+            let n: i64 = c.query_row("SELECT number FROM node WHERE id = ?", [&node], |r| {
+                r.get(0)
+            })?;
+            u16::try_from(n).map_err(|_| Error::Unavailable(format!("node number {n} past 65535")))
+        })
+        .await
     }
     fn runtime_changes(&self) -> tokio::sync::watch::Receiver<u64> {
         self.changes.subscribe()

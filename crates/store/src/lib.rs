@@ -344,6 +344,10 @@ pub trait Store: Send + Sync + 'static {
     /// the queue; returns how many. Durable.
     async fn expire_traces(&self, before: i64) -> Result<usize>;
 
+    /// Node `node`'s number, unique in the fleet: given at its first call, the same ever
+    /// after (queue ids carry it, so that nodes never make the same id). Durable.
+    async fn node_number(&self, node: &str) -> Result<u16>;
+
     /// A counter that every change of the run-time configuration raises: nodes compare it
     /// to the one they last applied.
     async fn runtime_version(&self) -> Result<i64>;

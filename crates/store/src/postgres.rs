@@ -101,12 +101,19 @@ CREATE TABLE runtime_server (
     PRIMARY KEY (cluster, server)
 );
 CREATE TABLE runtime_version (version BIGINT NOT NULL);
+CREATE TABLE node (id TEXT PRIMARY KEY, number INTEGER GENERATED ALWAYS AS IDENTITY UNIQUE);
 INSERT INTO runtime_version VALUES (0);
 ",
 ];
 
-/// Database time in milliseconds.
-const NOW_MS: &str = "(extract(epoch from clock_timestamp()) * 1000)::bigint";
+/// Database time in milliseconds, as SQL (a macro, so that statements using it stay
+/// constants).
+macro_rules! now_ms {
+    () => {
+        "(extract(epoch from clock_timestamp()) * 1000)::bigint"
+    };
+}
+const NOW_MS: &str = now_ms!();
 
 /// Connections in the pool of one process.
 const POOL_SIZE: usize = 24;
@@ -243,75 +250,119 @@ fn ms(d: Duration) -> i64 {
     d.as_millis() as i64
 }
 
-async fn add_event(c: &impl GenericClient, id: &str, e: &Event) -> Result<()> {
-    c.execute(
-        "INSERT INTO trace_event (id, at, node, kind, recipient, detail) VALUES ($1, $2, $3, $4, $5, $6)",
-        &[&id, &e.at, &e.node, &e.kind, &e.recipient, &e.detail],
+const INSERT_MESSAGE: &str = concat!(
+    "INSERT INTO message (id, sender, envid, ret, received_at, body, next_attempt, lease_owner, lease_until, lease_token)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9::bigint < 0 THEN 0 ELSE ",
+    now_ms!(),
+    " + $9::bigint END, 1)"
+);
+const INSERT_RECIPIENTS: &str = "INSERT INTO recipient (message_id, idx, address, notify, orcpt, status, attempts, next_attempt, last_error, warned)
+     SELECT $1, i, a, n, o, 0, 0, $6, NULL, false FROM unnest($2::int[], $3::text[], $4::smallint[], $5::text[]) AS u(i, a, n, o)";
+const INSERT_TRACE_RECIPIENTS: &str = "INSERT INTO trace_recipient (id, address, address_lc)
+     SELECT DISTINCT $1, a, l FROM unnest($2::text[], $3::text[]) AS u(a, l) ON CONFLICT DO NOTHING";
+const INSERT_TRACE_MESSAGE: &str = "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const INSERT_EVENTS: &str = "INSERT INTO trace_event (id, at, node, kind, recipient, detail)
+     SELECT $1, at, node, kind, recipient, detail
+     FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(at, node, kind, recipient, detail)";
+
+/// Inserts a message's trace events in one statement.
+async fn add_events(c: &impl GenericClient, id: &str, events: &[Event]) -> Result<u64> {
+    let at: Vec<i64> = events.iter().map(|e| e.at).collect();
+    let node: Vec<&str> = events.iter().map(|e| e.node.as_str()).collect();
+    let kind: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    let recipient: Vec<Option<&str>> = events.iter().map(|e| e.recipient.as_deref()).collect();
+    let detail: Vec<&str> = events.iter().map(|e| e.detail.as_str()).collect();
+    let statement = c.prepare_cached(INSERT_EVENTS).await?;
+    Ok(
+        c.execute(&statement, &[&id, &at, &node, &kind, &recipient, &detail])
+            .await?,
     )
-    .await?;
-    Ok(())
 }
 
+/// Queues a message: its row, its recipients, its trace. The five statements are prepared
+/// once per connection and sent together (tokio-postgres pipelines concurrent requests on a
+/// connection), so a message costs one round trip here, not ten.
 async fn enqueue(c: &impl GenericClient, m: &NewMessage, lease: Option<&Lease>) -> Result<()> {
     let owner = lease.map(|l| l.owner.as_str());
     let ttl = lease.map_or(-1, |l| ms(l.ttl));
-    c.execute(
-        &format!(
-            "INSERT INTO message (id, sender, envid, ret, received_at, body, next_attempt, lease_owner, lease_until, lease_token)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, CASE WHEN $9::bigint < 0 THEN 0 ELSE {NOW_MS} + $9::bigint END, 1)"
-        ),
-        &[
-            &m.id,
-            &m.sender,
-            &m.envid,
-            &ret_to_sql(m.ret),
-            &m.received_at,
-            &&m.body[..],
-            &m.next_attempt,
-            &owner,
-            &ttl,
-        ],
-    )
-    .await?;
-    // All recipients in one statement each for the queue and the trace.
     let n = m.recipients.len();
     let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
     let lower: Vec<String> = addresses.iter().map(|a| a.to_lowercase()).collect();
     let notify: Vec<i16> = m.recipients.iter().map(|r| i16::from(r.notify)).collect();
     let orcpt: Vec<Option<&str>> = m.recipients.iter().map(|r| r.orcpt.as_deref()).collect();
     let idx: Vec<i32> = (0..n as i32).collect();
-    c.execute(
-        "INSERT INTO recipient (message_id, idx, address, notify, orcpt, status, attempts, next_attempt, last_error, warned)
-         SELECT $1, i, a, n, o, 0, 0, $6, NULL, false FROM unnest($2::int[], $3::text[], $4::smallint[], $5::text[]) AS u(i, a, n, o)",
-        &[&m.id, &idx, &addresses, &notify, &orcpt, &m.next_attempt],
-    )
-    .await?;
-    c.execute(
-        "INSERT INTO trace_recipient (id, address, address_lc)
-         SELECT DISTINCT $1, a, l FROM unnest($2::text[], $3::text[]) AS u(a, l) ON CONFLICT DO NOTHING",
-        &[&m.id, &addresses, &lower],
-    )
-    .await?;
+    let (message, recipients, trace_recipients, trace_message) = tokio::try_join!(
+        c.prepare_cached(INSERT_MESSAGE),
+        c.prepare_cached(INSERT_RECIPIENTS),
+        c.prepare_cached(INSERT_TRACE_RECIPIENTS),
+        c.prepare_cached(INSERT_TRACE_MESSAGE),
+    )?;
     let a = &m.arrival;
-    c.execute(
-        "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
-        &[
-            &m.id,
-            &m.received_at,
-            &m.sender,
-            &m.sender.to_lowercase(),
-            &(m.body.len() as i64),
-            &a.client,
-            &a.helo,
-            &a.tls,
-            &a.server,
-            &a.node,
-        ],
-    )
-    .await?;
-    let event = crate::received_event(m);
-    add_event(c, &m.id, &event).await
+    let received = [crate::received_event(m)];
+    let sender_lc = m.sender.to_lowercase();
+    let size = m.body.len() as i64;
+    // Results taken in statement order: after a failure PostgreSQL aborts the later ones,
+    // and their errors must not hide the first (a duplicate id is a conflict).
+    let (r1, r2, r3, r4, r5) = tokio::join!(
+        async {
+            c.execute(
+                &message,
+                &[
+                    &m.id,
+                    &m.sender,
+                    &m.envid,
+                    &ret_to_sql(m.ret),
+                    &m.received_at,
+                    &&m.body[..],
+                    &m.next_attempt,
+                    &owner,
+                    &ttl,
+                ],
+            )
+            .await
+            .map_err(Error::from)
+        },
+        async {
+            c.execute(
+                &recipients,
+                &[&m.id, &idx, &addresses, &notify, &orcpt, &m.next_attempt],
+            )
+            .await
+            .map_err(Error::from)
+        },
+        async {
+            c.execute(&trace_recipients, &[&m.id, &addresses, &lower])
+                .await
+                .map_err(Error::from)
+        },
+        async {
+            c.execute(
+                &trace_message,
+                &[
+                    &m.id,
+                    &m.received_at,
+                    &m.sender,
+                    &sender_lc,
+                    &size,
+                    &a.client,
+                    &a.helo,
+                    &a.tls,
+                    &a.server,
+                    &a.node,
+                ],
+            )
+            .await
+            .map_err(Error::from)
+        },
+        add_events(c, &m.id, &received),
+    );
+    r1?;
+    r2?;
+    r3?;
+    r4?;
+    r5?;
+    Ok(())
 }
 
 fn message_from(r: &Row) -> Message {
@@ -385,19 +436,25 @@ impl Store for Postgres {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
         // SKIP LOCKED: nodes claiming at once take different rows instead of waiting.
+        let claim = tx
+            .prepare_cached(concat!(
+                "WITH picked AS (
+                     SELECT id FROM message
+                     WHERE next_attempt <= $1 AND lease_until < ",
+                now_ms!(),
+                "
+                     ORDER BY next_attempt, id LIMIT $2
+                     FOR UPDATE SKIP LOCKED)
+                 UPDATE message m SET lease_owner = $3, lease_until = ",
+                now_ms!(),
+                " + $4, lease_token = m.lease_token + 1
+                 FROM picked WHERE m.id = picked.id
+                 RETURNING m.id, m.lease_token"
+            ))
+            .await?;
         let rows = tx
             .query(
-                &format!(
-                    "WITH picked AS (
-                         SELECT id FROM message
-                         WHERE next_attempt <= $1 AND lease_until < {NOW_MS}
-                         ORDER BY next_attempt, id LIMIT $2
-                         FOR UPDATE SKIP LOCKED)
-                     UPDATE message m SET lease_owner = $3, lease_until = {NOW_MS} + $4,
-                         lease_token = m.lease_token + 1
-                     FROM picked WHERE m.id = picked.id
-                     RETURNING m.id, m.lease_token"
-                ),
+                &claim,
                 &[&now, &(limit as i64), &lease.owner, &ms(lease.ttl)],
             )
             .await?;
@@ -447,71 +504,130 @@ impl Store for Postgres {
     async fn record(&self, id: &str, token: i64, a: Attempt) -> Result<()> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let held = tx
-            .query_opt(
-                "SELECT lease_token, COALESCE(lease_owner, '') FROM message WHERE id = $1 FOR UPDATE",
-                &[&id],
-            )
-            .await?;
+        let (durability, lock, recipients) = tokio::try_join!(
+            tx.prepare_cached("SELECT set_config('synchronous_commit', $1, true)"),
+            tx.prepare_cached(
+                "SELECT lease_token, COALESCE(lease_owner, '') FROM message WHERE id = $1 FOR UPDATE"
+            ),
+            tx.prepare_cached("SELECT idx, address, status FROM recipient WHERE message_id = $1"),
+        )?;
+        // Outcomes alone need not wait for their own WAL flush (the trait's contract: a lost
+        // one repeats a delivery); DSNs do.
+        let sync = if a.dsns.is_empty() { "off" } else { "on" };
+        let (sync_params, id_params): ([&(dyn ToSql + Sync); 1], [&(dyn ToSql + Sync); 1]) =
+            ([&sync], [&id]);
+        let (set, held, rows) = tokio::join!(
+            tx.query_one(&durability, &sync_params),
+            tx.query_opt(&lock, &id_params),
+            tx.query(&recipients, &id_params),
+        );
+        set?;
+        let (held, rows) = (held?, rows?);
         let node: String = match held {
             Some(r) if r.get::<_, i64>(0) == token => r.get(1),
             _ => return Err(Error::LeaseLost(id.to_string())),
         };
-        for (idx, o) in &a.outcomes {
-            let idx = *idx as i32;
-            let (sql, params): (&str, Vec<&(dyn ToSql + Sync)>) = match o {
-                Outcome::Delivered { .. } => (
-                    "UPDATE recipient SET status = 1, attempts = attempts + 1, last_error = NULL
-                     WHERE message_id = $1 AND idx = $2 AND status = 0 RETURNING address",
-                    vec![&id, &idx],
-                ),
-                Outcome::Failed { reason } => (
-                    "UPDATE recipient SET status = 2, attempts = attempts + 1, last_error = $3
-                     WHERE message_id = $1 AND idx = $2 AND status = 0 RETURNING address",
-                    vec![&id, &idx, reason],
-                ),
+        // What changes, decided on the rows just read (the message row is locked: no other
+        // node records for it meanwhile); written below in a few statements sent together.
+        let (mut idx, mut status, mut next, mut error) = (vec![], vec![], vec![], vec![]);
+        let mut warned: Vec<i32> = Vec::new();
+        let mut events = Vec::new();
+        for (i, o) in &a.outcomes {
+            let Some(row) = rows.iter().find(|r| r.get::<_, i32>(0) == *i as i32) else {
+                continue;
+            };
+            let pending = row.get::<_, i16>(2) == 0;
+            match o {
+                Outcome::Warned => warned.push(*i as i32),
+                _ if !pending => continue,
+                Outcome::Delivered { .. } => {
+                    idx.push(*i as i32);
+                    status.push(1i16);
+                    next.push(None::<i64>);
+                    error.push(None::<&str>);
+                }
+                Outcome::Failed { reason } => {
+                    idx.push(*i as i32);
+                    status.push(2);
+                    next.push(None);
+                    error.push(Some(reason.as_str()));
+                }
                 Outcome::Deferred {
                     next_attempt,
                     reason,
-                } => (
-                    "UPDATE recipient SET attempts = attempts + 1, next_attempt = $3, last_error = $4
-                     WHERE message_id = $1 AND idx = $2 AND status = 0 RETURNING address",
-                    vec![&id, &idx, next_attempt, reason],
-                ),
-                Outcome::Warned => (
-                    "UPDATE recipient SET warned = true WHERE message_id = $1 AND idx = $2 RETURNING address",
-                    vec![&id, &idx],
-                ),
-            };
-            let row = tx.query_opt(sql, &params).await?;
-            if let Some(row) = row {
-                let address: String = row.get(0);
-                add_event(&tx, id, &crate::outcome_event(&node, &a.relay, &address, o)).await?;
+                } => {
+                    idx.push(*i as i32);
+                    status.push(0);
+                    next.push(Some(*next_attempt));
+                    error.push(Some(reason.as_str()));
+                }
             }
+            events.push(crate::outcome_event(&node, &a.relay, row.get(1), o));
         }
         for dsn in &a.dsns {
             enqueue(&tx, dsn, None).await?;
-            add_event(&tx, id, &crate::dsn_event(&node, dsn)).await?;
+            events.push(crate::dsn_event(&node, dsn));
         }
-        let next: Option<i64> = tx
-            .query_one(
-                "SELECT MIN(next_attempt) FROM recipient WHERE message_id = $1 AND status = 0",
-                &[&id],
-            )
-            .await?
-            .get(0);
-        match next {
-            None => {
-                remove(&tx, id).await?;
-            }
-            Some(next) => {
-                let sql = if a.release {
-                    "UPDATE message SET next_attempt = $2, lease_owner = NULL, lease_until = 0 WHERE id = $1"
-                } else {
-                    "UPDATE message SET next_attempt = $2 WHERE id = $1"
-                };
-                tx.execute(sql, &[&id, &next]).await?;
-            }
+        let (outcomes, warn, finished_rcpts, finished, reschedule) = tokio::try_join!(
+            tx.prepare_cached(
+                "UPDATE recipient r SET status = u.status, attempts = r.attempts + 1,
+                     next_attempt = COALESCE(u.next, r.next_attempt), last_error = u.error
+                 FROM unnest($2::int[], $3::smallint[], $4::bigint[], $5::text[]) AS u(idx, status, next, error)
+                 WHERE r.message_id = $1 AND r.idx = u.idx AND r.status = 0"
+            ),
+            tx.prepare_cached(
+                "UPDATE recipient SET warned = true WHERE message_id = $1 AND idx = ANY($2)"
+            ),
+            tx.prepare_cached(
+                "DELETE FROM recipient WHERE message_id = $1
+                 AND NOT EXISTS (SELECT 1 FROM recipient WHERE message_id = $1 AND status = 0)"
+            ),
+            tx.prepare_cached(
+                "DELETE FROM message WHERE id = $1
+                 AND NOT EXISTS (SELECT 1 FROM recipient WHERE message_id = $1)"
+            ),
+            tx.prepare_cached(
+                "UPDATE message SET
+                     next_attempt = (SELECT MIN(next_attempt) FROM recipient WHERE message_id = $1 AND status = 0),
+                     lease_owner = CASE WHEN $2 THEN NULL ELSE lease_owner END,
+                     lease_until = CASE WHEN $2 THEN 0 ELSE lease_until END
+                 WHERE id = $1"
+            ),
+        )?;
+        // Sent together and run in order: the outcomes, then the message leaves the queue
+        // when no recipient is pending, or is rescheduled (and released) when some are.
+        let (r1, r2, r3, r4, r5, r6) = tokio::join!(
+            async {
+                if idx.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(&outcomes, &[&id, &idx, &status, &next, &error])
+                    .await
+                    .map_err(Error::from)
+            },
+            async {
+                if warned.is_empty() {
+                    return Ok(0);
+                }
+                tx.execute(&warn, &[&id, &warned])
+                    .await
+                    .map_err(Error::from)
+            },
+            add_events(&tx, id, &events),
+            async {
+                tx.execute(&finished_rcpts, &[&id])
+                    .await
+                    .map_err(Error::from)
+            },
+            async { tx.execute(&finished, &[&id]).await.map_err(Error::from) },
+            async {
+                tx.execute(&reschedule, &[&id, &a.release])
+                    .await
+                    .map_err(Error::from)
+            },
+        );
+        for r in [r1, r2, r3, r4, r5, r6] {
+            r?;
         }
         tx.commit().await?;
         Ok(())
@@ -528,8 +644,10 @@ impl Store for Postgres {
     }
 
     async fn get(&self, id: &str) -> Result<Option<Message>> {
-        let client = self.pool.get().await?;
-        let m = load(&client, &[id.to_string()], true).await?.pop();
+        let mut client = self.pool.get().await?;
+        let tx = snapshot(&mut client).await?;
+        let m = load(&tx, &[id.to_string()], true).await?.pop();
+        tx.commit().await?;
         if m.as_ref().is_some_and(|m| m.body.len() > LARGE) {
             retire(client);
         }
@@ -549,7 +667,8 @@ impl Store for Postgres {
     }
 
     async fn list(&self, after: Option<&str>, limit: usize) -> Result<Vec<Summary>> {
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
+        let client = snapshot(&mut client).await?;
         let rows = client
             .query(
                 &format!(
@@ -594,7 +713,7 @@ impl Store for Postgres {
         let tx = client.transaction().await?;
         let removed = remove(&tx, id).await?;
         if removed {
-            add_event(&tx, id, &crate::deleted_event(node)).await?;
+            add_events(&tx, id, &[crate::deleted_event(node)]).await?;
         }
         tx.commit().await?;
         Ok(removed)
@@ -619,7 +738,8 @@ impl Store for Postgres {
     }
 
     async fn trace(&self, id: &str) -> Result<Option<Trace>> {
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
+        let client = snapshot(&mut client).await?;
         let Some(mut t) = trace_of(&client, id).await? else {
             return Ok(None);
         };
@@ -642,7 +762,8 @@ impl Store for Postgres {
     }
 
     async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Trace>> {
-        let client = self.pool.get().await?;
+        let mut client = self.pool.get().await?;
+        let client = snapshot(&mut client).await?;
         let from = q.from.as_deref().map(str::to_lowercase);
         let to = q.to.as_deref().map(str::to_lowercase);
         let rows = client
@@ -664,7 +785,7 @@ impl Store for Postgres {
 
     async fn add_event(&self, id: &str, event: Event) -> Result<()> {
         let client = self.pool.get().await?;
-        add_event(&client, id, &event).await
+        add_events(&client, id, &[event]).await.map(drop)
     }
 
     async fn expire_traces(&self, before: i64) -> Result<usize> {
@@ -756,6 +877,21 @@ impl Store for Postgres {
         Ok(())
     }
 
+    async fn node_number(&self, node: &str) -> Result<u16> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO node (id) VALUES ($1) ON CONFLICT (id) DO NOTHING",
+                &[&node],
+            )
+            .await?;
+        let n: i32 = client
+            .query_one("SELECT number FROM node WHERE id = $1", &[&node])
+            .await?
+            .get(0);
+        u16::try_from(n).map_err(|_| Error::Unavailable(format!("node number {n} past 65535")))
+    }
+
     fn runtime_changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
     }
@@ -786,6 +922,20 @@ impl Store for Postgres {
         tx.commit().await?;
         Ok(added)
     }
+}
+
+/// A read-only transaction on one snapshot, for reads of several statements (a message and
+/// its recipients): under the default READ COMMITTED each statement would see its own
+/// moment, and a message could show without the recipients a commit removed in between.
+async fn snapshot(
+    client: &mut deadpool_postgres::Object,
+) -> Result<deadpool_postgres::Transaction<'_>> {
+    Ok(client
+        .build_transaction()
+        .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?)
 }
 
 /// The channel on which a change of the run-time configuration is announced.

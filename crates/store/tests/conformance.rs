@@ -377,11 +377,10 @@ async fn fresh_mail_is_held_by_its_receiver_until_released() {
             1
         );
         // Duplicate ids are refused, whatever the back end.
-        assert!(matches!(
-            s[0].enqueue(message("F", &["a@example.com"], 1), None)
-                .await,
-            Err(Error::Conflict(_))
-        ));
+        let again = s[0]
+            .enqueue(message("F", &["a@example.com"], 1), None)
+            .await;
+        assert!(matches!(again, Err(Error::Conflict(_))), "{again:?}");
     })
     .await;
 }
@@ -598,6 +597,35 @@ async fn runtime_configuration_is_seeded_once_and_the_store_wins() {
             s[0].servers().await.unwrap(),
             vec![srv("c1-s1", 7, "drain"), srv("c1-s2", 2, "ready")]
         );
+    })
+    .await;
+}
+
+/// Node numbers (which queue ids carry) are unique across the nodes of a store, however
+/// many start at once, and stable for each node.
+#[tokio::test(flavor = "multi_thread")]
+async fn node_numbers_are_unique_and_stable() {
+    both(2, |s| async move {
+        let mut tasks = Vec::new();
+        for i in 0..12 {
+            let store = s[i % 2].clone();
+            tasks.push(tokio::spawn(async move {
+                store.node_number(&format!("node-{}", i % 6)).await.unwrap()
+            }));
+        }
+        let mut by_node: std::collections::HashMap<usize, u16> = Default::default();
+        for (i, t) in tasks.into_iter().enumerate() {
+            let n = t.await.unwrap();
+            assert_eq!(
+                *by_node.entry(i % 6).or_insert(n),
+                n,
+                "node-{} got two numbers",
+                i % 6
+            );
+        }
+        let distinct: std::collections::HashSet<u16> = by_node.values().copied().collect();
+        assert_eq!(distinct.len(), 6, "two nodes share a number: {by_node:?}");
+        assert_eq!(s[1].node_number("node-3").await.unwrap(), by_node[&3]);
     })
     .await;
 }
