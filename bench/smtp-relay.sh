@@ -84,6 +84,7 @@ EOF
 }
 mailsilo_config $MS_PORT 10028 > "$WORK/mailsilo.toml"
 "$BIN" --log-format json up --config "$WORK/mailsilo.toml" --data-dir "$WORK/ms" >/dev/null 2>"$WORK/ms.log" &
+MS_PID=$!
 PIDS+=($!)
 wait_port 127.0.0.1 $MS_PORT
 # Empty when the gateway's control API lists no message.
@@ -91,6 +92,7 @@ queue_empty() { # config data-dir
   "$BIN" queue --config "$1" --data-dir "$2" list 2>/dev/null | grep -q -- '-- 0 messages'
 }
 
+FLEET_PIDS=()
 if [ "$STORE" = postgres ]; then
   . scripts/pg.sh
   pg_install
@@ -99,6 +101,7 @@ if [ "$STORE" = postgres ]; then
   # One mail server on PostgreSQL, as the embedded one above.
   mailsilo_config 10029 10030 "$(pg_database single)" > "$WORK/mailsilo-pg.toml"
   "$BIN" --log-format json up --config "$WORK/mailsilo-pg.toml" --data-dir "$WORK/ms-pg" >/dev/null 2>"$WORK/ms-pg.log" &
+  MSPG_PID=$!
   PIDS+=($!)
   wait_port 127.0.0.1 10029
   # The fleet: balancers c1 127.0.3.1 and c2 127.0.3.2 (PROXY v2), mail servers on
@@ -117,9 +120,11 @@ if [ "$STORE" = postgres ]; then
   } > "$WORK/fleet.toml"
   for s in c1-s1 c1-s2 c2-s1 c2-s2; do
     "$BIN" --log-format json up --config "$WORK/fleet.toml" --data-dir "$WORK/fleet-$s" --only "server:$s" >/dev/null 2>"$WORK/fleet-$s.log" &
+    FLEET_PIDS+=($!)
     PIDS+=($!)
   done
   "$BIN" up --config "$WORK/fleet.toml" --data-dir "$WORK/fleet-front" --only balancer,control >/dev/null 2>"$WORK/fleet-front.log" &
+  FLEET_PIDS+=($!)
   PIDS+=($!)
   for i in 1 2 3 4; do wait_port 127.0.4.$i 10031; done
   wait_port 127.0.3.1 10031
@@ -130,10 +135,36 @@ fi
 busy() { # CPU seconds the whole machine has been busy (all processes, both cores)
   awk '/^cpu / {print ($2 + $3 + $4 + $7 + $8) / 100}' /proc/stat
 }
+# The processes whose CPU is counted apart: mailsilo's own, and PostgreSQL's (the postmaster
+# and its backends).
+own_mailsilo() { echo "$MS_PID"; }
+own_mailsilo_pg() { echo "$MSPG_PID"; }
+own_fleet() { echo "${FLEET_PIDS[@]}"; }
+own_postgres() {
+  local pm
+  pm=$(head -n 1 "$WORK/pg/data/postmaster.pid" 2>/dev/null) || return 0
+  echo "$pm" $(ps -o pid= --ppid "$pm")
+}
+ticks() { # PIDS...: "pid:ticks" of user and system CPU each has used
+  local p
+  for p in "$@"; do
+    [ -r "/proc/$p/stat" ] && awk -v p="$p" '{sub(/^.*\) /, ""); print p ":" $12 + $13}' "/proc/$p/stat"
+  done
+  return 0
+}
+spent() { # "before" "after": CPU seconds used in between, processes new since counting from 0
+  python3 -c '
+import sys
+b = dict(x.split(":") for x in sys.argv[1].split())
+a = dict(x.split(":") for x in sys.argv[2].split())
+print(sum(int(v) - int(b.get(k, 0)) for k, v in a.items()) / 100)' "$1" "$2"
+}
 
-run() { # name "host:port ..." queue-empty-command: the messages split over the addresses
-  local name=$1 empty=$3 t0 t1 t2 t
+run() { # name "host:port ..." queue-empty-command [own-pids-function [postgres-pids-function]]
+  local name=$1 empty=$3 own=${4:-} db=${5:-} t0 t1 t2 t own0= db0= split=
   local targets=($2) pids=()
+  [ -z "$own" ] || own0=$(ticks $($own))
+  [ -z "$db" ] || db0=$(ticks $($db))
   c0=$(busy)
   t0=$(now)
   for t in "${targets[@]}"; do
@@ -146,11 +177,17 @@ run() { # name "host:port ..." queue-empty-command: the messages split over the 
   for _ in $(seq 6000); do eval "$empty" && break; sleep 0.05; done
   t2=$(now)
   c2=$(busy)
-  python3 - "$name" "$t0" "$t1" "$t2" "$MESSAGES" "$c0" "$c2" <<'PY'
+  if [ -n "$own" ]; then
+    split="mailsilo $(spent "$own0" "$(ticks $($own))")"
+    [ -z "$db" ] || split="$split postgres $(spent "$db0" "$(ticks $($db))")"
+  fi
+  python3 - "$name" "$t0" "$t1" "$t2" "$MESSAGES" "$c0" "$c2" $split <<'PY'
 import sys
 name, t0, t1, t2, n, c0, c2 = sys.argv[1], *map(float, sys.argv[2:5]), int(sys.argv[5]), *map(float, sys.argv[6:8])
+split = sys.argv[8:]
+parts = ", ".join(f"{split[i]} {float(split[i + 1]) / n * 1000:.2f}" for i in range(0, len(split), 2))
 print(f"{name:12} accepted {n / (t1 - t0):7.0f} msg/s | relayed end to end {n / (t2 - t0):7.0f} msg/s ({t2 - t0:.1f} s) | "
-      f"machine CPU {(c2 - c0) / n * 1000:.2f} ms/msg (incl. smtp-source and smtp-sink)")
+      f"machine CPU {(c2 - c0) / n * 1000:.2f} ms/msg (incl. smtp-source and smtp-sink)" + (f"; of it {parts} ms/msg" if parts else ""))
 PY
   echo "$name $MESSAGES $t0 $t2" >> "$WORK/rates"
 }
@@ -159,10 +196,22 @@ echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE; $(nproc) cores; $(postconf
 # The load tools' own ceiling: smtp-source straight into smtp-sink, nothing in between.
 run ceiling 127.0.0.1:$SINK_PORT true
 run postfix 127.0.0.1:$PF_PORT "postqueue -c $WORK/pf/etc -p 2>/dev/null | grep -q 'Mail queue is empty'"
-run mailsilo 127.0.0.1:$MS_PORT "queue_empty '$WORK/mailsilo.toml' '$WORK/ms'"
+run mailsilo 127.0.0.1:$MS_PORT "queue_empty '$WORK/mailsilo.toml' '$WORK/ms'" own_mailsilo
 if [ "$STORE" = postgres ]; then
-  run mailsilo-pg 127.0.0.1:10029 "queue_empty '$WORK/mailsilo-pg.toml' '$WORK/ms-pg'"
-  run fleet-pg "127.0.3.1:10031 127.0.3.2:10031" "queue_empty '$WORK/fleet.toml' '$WORK/fleet-front'"
+  lsn0=$(psql "$PG_ADMIN" -tAc "SELECT pg_current_wal_lsn()")
+  run mailsilo-pg 127.0.0.1:10029 "queue_empty '$WORK/mailsilo-pg.toml' '$WORK/ms-pg'" own_mailsilo_pg own_postgres
+  # What a message costs PostgreSQL in WAL, and what its trace keeps on disk (table and
+  # indexes, after a VACUUM, for as long as trace_retention says).
+  psql "${PG_ADMIN%/postgres}/single" -qc "VACUUM ANALYZE" >/dev/null
+  psql "${PG_ADMIN%/postgres}/single" -tAc "
+    SELECT format('mailsilo-pg: WAL %s bytes/msg; trace kept %s bytes/msg (%s messages traced); queue tables now %s',
+      round(pg_wal_lsn_diff(pg_current_wal_lsn(), '$lsn0') / $MESSAGES),
+      round((pg_total_relation_size('trace_message') + pg_total_relation_size('trace_recipient')
+             + pg_total_relation_size('trace_event'))::numeric / greatest(count(*), 1)),
+      count(*),
+      pg_size_pretty(pg_total_relation_size('message') + pg_total_relation_size('recipient')))
+    FROM trace_message"
+  run fleet-pg "127.0.3.1:10031 127.0.3.2:10031" "queue_empty '$WORK/fleet.toml' '$WORK/fleet-front'" own_fleet own_postgres
 fi
 
 python3 - "$WORK/rates" "$WORK/ms.log" "$WORK/ms-pg.log" <<'PY'
