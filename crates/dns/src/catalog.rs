@@ -724,10 +724,8 @@ mod tests {
                 "x".repeat(60)
             ));
         }
-        let text = config::DEMO.replace(
-            "# Run-time control",
-            &format!("{extra}\n# Run-time control"),
-        );
+        let text = config::DEMO.replace("\n[control]\n", &format!("\n{extra}\n[control]\n"));
+        assert_ne!(text, config::DEMO, "the records went in");
         let c = config::Config::parse("t.toml", &text).unwrap();
         let cat = Catalog::new(c.dns.as_ref().unwrap(), &c.silos);
         let udp = ask(
