@@ -68,6 +68,16 @@ start front "$MAILSILO" up --config "$dir/fleet.toml" --data-dir "$dir/front" --
 wait_port 127.0.0.1 2526
 for i in 1 2 3 4; do wait_port "127.0.2.$i" 2525; done
 for a in 127.0.1.1:2525 127.0.1.2:2525 127.0.0.1:8025; do wait_port "${a%:*}" "${a#*:}"; done
+# Something else on one of these addresses (another fleet, a demo `up`) would answer the
+# waits above for a process of ours that could not bind: each must still run.
+sleep 0.5
+for i in "${!pids[@]}"; do
+  if ! kill -0 "${pids[$i]}" 2>/dev/null; then
+    echo "${names[$i]} did not start:" >&2
+    tail -n 5 "$dir/${names[$i]}.log" >&2
+    exit 1
+  fi
+done
 
 echo "mailsilo fleet in $dir (PostgreSQL $url)"
 printf '  %-10s %-8s %s\n' ROLE PID LOG

@@ -1059,3 +1059,67 @@ async fn trace_of(c: &impl GenericClient, id: &str) -> Result<Option<Trace>> {
         events: Vec::new(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database at schema version 1 (before the run-time configuration and node numbers)
+    /// is brought to this version when a node connects, its queued mail kept and claimable.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn version_one_is_migrated() {
+        let admin = std::env::var("MAILSILO_TEST_POSTGRES").expect(
+            "MAILSILO_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which starts a throw-away PostgreSQL",
+        );
+        let (c, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let name = format!("migrate_{}", std::process::id());
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            c.batch_execute(&sql).await.unwrap();
+        }
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        {
+            let (old, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            old.batch_execute(MIGRATIONS[0]).await.unwrap();
+            old.batch_execute(
+                "CREATE TABLE mailsilo_schema (version INTEGER NOT NULL);
+                 INSERT INTO mailsilo_schema VALUES (1);
+                 INSERT INTO message (id, sender, received_at, body, next_attempt)
+                     VALUES ('OLD', 'a@outside.test', 1, 'Subject: x\r\n\r\nx\r\n', 1);
+                 INSERT INTO recipient VALUES ('OLD', 0, 'bob@example.com', 0, NULL, 0, 0, 1, NULL, false);",
+            )
+            .await
+            .unwrap();
+        }
+        let store = Postgres::connect(&url).await.unwrap();
+        let client = store.pool.get().await.unwrap();
+        let version: i32 = client
+            .query_one("SELECT version FROM mailsilo_schema", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(version, VERSION);
+        drop(client);
+        let lease = Lease {
+            owner: "n1".into(),
+            ttl: Duration::from_secs(60),
+        };
+        let claimed = store.claim(&lease, 10, 10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].message.recipients[0].address, "bob@example.com");
+        assert_eq!(store.runtime_version().await.unwrap(), 0);
+        assert_eq!(store.node_number("n1").await.unwrap(), 1);
+        drop(store);
+        let _ = c
+            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await;
+    }
+}
