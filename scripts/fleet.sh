@@ -64,9 +64,10 @@ for s in c1-s1 c1-s2 c2-s1 c2-s2; do
   n=$((n + 1))
   start "$s" "$MAILSILO" up --config "$dir/fleet.toml" --data-dir "$dir/$s" --only "server:$s"
 done
+# The front last, once the mail servers listen: its first health checks then find them up.
+for i in 1 2 3 4; do wait_port "127.0.2.$i" 2525; done
 start front "$MAILSILO" up --config "$dir/fleet.toml" --data-dir "$dir/front" --only dns,balancer,control
 wait_port 127.0.0.1 2526
-for i in 1 2 3 4; do wait_port "127.0.2.$i" 2525; done
 for a in 127.0.1.1:2525 127.0.1.2:2525 127.0.0.1:8025; do wait_port "${a%:*}" "${a#*:}"; done
 # Something else on one of these addresses (another fleet, a demo `up`) would answer the
 # waits above for a process of ours that could not bind: each must still run.

@@ -518,8 +518,19 @@ pub fn is_host_name(name: &str) -> bool {
             !label.is_empty()
                 && label.len() <= 63
                 && !label.starts_with('-')
+                && !label.ends_with('-')
                 && label.chars().all(|c| c.is_alphanumeric() || c == '-')
         })
+}
+
+/// Whether `name` can be a client domain: an ASCII host name of two labels or more whose
+/// last label is not a number (so neither a top-level domain alone nor an IP address).
+pub fn is_domain_name(name: &str) -> bool {
+    name.is_ascii()
+        && is_host_name(name)
+        && name
+            .rsplit_once('.')
+            .is_some_and(|(_, tld)| !tld.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Parses a size such as `25MiB`, `10MB`, `512k` or `1048576`.

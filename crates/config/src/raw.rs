@@ -1002,9 +1002,22 @@ pub(crate) fn parse_destination(s: &str) -> Result<Destination, String> {
         )
     };
     let (host, port) = s.rsplit_once(':').ok_or_else(bad)?;
+    if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(bad());
+    }
     let port: u16 = port.parse().map_err(|_| bad())?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() || port == 0 {
+    // An IPv6 address in brackets, an IPv4 address, or a host name: nothing else, so that
+    // neither a typo nor a control character reaches the resolver or the logs.
+    let host = match host.strip_prefix('[') {
+        Some(v6) => match v6.strip_suffix(']') {
+            Some(a) if a.parse::<std::net::Ipv6Addr>().is_ok() => a,
+            _ => return Err(bad()),
+        },
+        None if host.parse::<std::net::Ipv4Addr>().is_ok() => host,
+        None if host.is_ascii() && crate::is_host_name(host) => host,
+        None => return Err(bad()),
+    };
+    if port == 0 {
         return Err(bad());
     }
     Ok(Destination::Host {

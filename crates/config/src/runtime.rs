@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Domain, Retry, Silo, is_host_name};
+use crate::{Domain, Retry, Silo, is_domain_name};
 
 /// A client domain's settings as the store keeps them and the API takes them.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -25,7 +25,7 @@ pub struct DomainSettings {
     #[serde(default)]
     pub recipients: Option<Vec<String>>,
     /// Overrides of the global retry policy.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "RetrySettings::is_empty")]
     pub retry: RetrySettings,
     /// The silo whose host name the domain's MX points at.
     #[serde(default)]
@@ -36,15 +36,27 @@ pub struct DomainSettings {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min_backoff: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_backoff: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifetime: Option<String>,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delay_warning: Option<String>,
 }
+
+impl RetrySettings {
+    /// No override: the global policy applies whole.
+    pub fn is_empty(&self) -> bool {
+        *self == RetrySettings::default()
+    }
+}
+
+/// The shortest backoff allowed: below it a down server would be hammered every poll.
+const MIN_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest lifetime allowed (Postfix caps `maximal_queue_lifetime` at 100 days too).
+const MAX_LIFETIME: Duration = Duration::from_secs(100 * 86_400);
 
 fn duration(v: &str) -> Result<Duration, String> {
     humantime::parse_duration(v.trim())
@@ -76,8 +88,14 @@ pub(crate) fn retry_from(r: &RetrySettings, base: Retry) -> Result<Retry, (&'sta
             .filter(|d| !d.is_zero()),
         },
     };
+    if retry.min_backoff < MIN_BACKOFF {
+        return Err(("min_backoff", "must be at least 1s".into()));
+    }
     if retry.max_backoff < retry.min_backoff {
         return Err(("max_backoff", "must not be less than min_backoff".into()));
+    }
+    if retry.lifetime > MAX_LIFETIME {
+        return Err(("lifetime", "must be at most 100d".into()));
     }
     Ok(retry)
 }
@@ -100,8 +118,21 @@ impl Domain {
         silos: &[Silo],
     ) -> Result<Domain, (&'static str, String)> {
         let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
-        if !is_host_name(&name) || !name.is_ascii() {
-            return Err(("name", format!("invalid domain name {name:?}")));
+        if !name.is_ascii() {
+            return Err((
+                "name",
+                format!(
+                    "{name:?} is not ASCII: write an internationalised domain in its A-label form (xn--...)"
+                ),
+            ));
+        }
+        if !is_domain_name(&name) {
+            return Err((
+                "name",
+                format!(
+                    "invalid domain name {name:?}: expected a registered domain such as \"example.com\""
+                ),
+            ));
         }
         let destination =
             crate::raw::parse_destination(&s.destination).map_err(|m| ("destination", m))?;
@@ -120,6 +151,12 @@ impl Domain {
                         ));
                     }
                     set.insert(local);
+                }
+                if set.is_empty() {
+                    return Err((
+                        "recipients",
+                        "an empty list would refuse every recipient: leave recipients out to accept any local part".into(),
+                    ));
                 }
                 Some(set)
             }
@@ -185,30 +222,59 @@ impl std::fmt::Display for DomainSettings {
 }
 
 /// The client domains in force, shared by every role of a process and replaced whole when
-/// the store's copy changes.
+/// the store's copy changes; and those removed at run time, whose settings still route the
+/// mail queued for them before the removal.
 #[derive(Debug, Default)]
 pub struct DomainTable {
-    domains: RwLock<Arc<HashMap<String, Arc<Domain>>>>,
+    domains: RwLock<Arc<Domains>>,
+}
+
+#[derive(Debug, Default)]
+struct Domains {
+    accepted: HashMap<String, Arc<Domain>>,
+    removed: HashMap<String, Arc<Domain>>,
+}
+
+fn by_name(domains: Vec<Domain>) -> HashMap<String, Arc<Domain>> {
+    domains
+        .into_iter()
+        .map(|d| (d.name.clone(), Arc::new(d)))
+        .collect()
 }
 
 impl DomainTable {
     pub fn new(domains: Vec<Domain>) -> DomainTable {
         let t = DomainTable::default();
-        t.replace(domains);
+        t.replace(domains, Vec::new());
         t
     }
 
-    /// The client domain `name` (lower-case, exact), if one.
+    /// The client domain `name` (lower-case, exact) if mail for it is accepted.
     pub fn get(&self, name: &str) -> Option<Arc<Domain>> {
-        self.domains.read().expect("domains").get(name).cloned()
+        self.domains
+            .read()
+            .expect("domains")
+            .accepted
+            .get(name)
+            .cloned()
     }
 
-    /// Every client domain, by name.
+    /// How to deliver mail for `name`: a client domain's settings, or a removed one's.
+    pub fn route(&self, name: &str) -> Option<Arc<Domain>> {
+        let d = self.domains.read().expect("domains");
+        d.accepted
+            .get(name)
+            .or_else(|| d.removed.get(name))
+            .cloned()
+    }
+
+    /// Every client domain accepted, by name.
     pub fn all(&self) -> Vec<Arc<Domain>> {
         let mut v: Vec<Arc<Domain>> = self
             .domains
             .read()
             .expect("domains")
+            .accepted
             .values()
             .cloned()
             .collect();
@@ -216,15 +282,13 @@ impl DomainTable {
         v
     }
 
-    pub fn replace(&self, domains: Vec<Domain>) {
-        let map = domains
-            .into_iter()
-            .map(|d| (d.name.clone(), Arc::new(d)))
-            .collect();
-        *self.domains.write().expect("domains") = Arc::new(map);
+    pub fn replace(&self, accepted: Vec<Domain>, removed: Vec<Domain>) {
+        *self.domains.write().expect("domains") = Arc::new(Domains {
+            accepted: by_name(accepted),
+            removed: by_name(removed),
+        });
     }
 }
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -260,8 +324,61 @@ mod tests {
         assert!(Domain::from_settings("not a name", &s, c.retry, &c.silos).is_err());
         let table = DomainTable::new(c.domains.clone());
         assert!(table.get("example.org").is_some());
-        table.replace(vec![back]);
-        assert!(table.get("example.org").is_none());
+        let org = table.get("example.org").unwrap();
+        table.replace(vec![back], vec![(*org).clone()]);
+        assert!(table.get("example.org").is_none(), "removed: not accepted");
+        assert!(
+            table.route("example.org").is_some(),
+            "removed: still routed"
+        );
         assert_eq!(table.all().len(), 1);
+        assert_eq!(bad(&|s| s.recipients = Some(vec![])).0, "recipients");
+        assert_eq!(
+            bad(&|s| s.retry.min_backoff = Some("1ns".into())).0,
+            "retry.min_backoff"
+        );
+        assert_eq!(
+            bad(&|s| s.retry.lifetime = Some("101d".into())).0,
+            "retry.lifetime"
+        );
+        for name in [
+            "com",
+            "127.0.0.1",
+            "dash-.example",
+            "b\u{fc}cher.example",
+            "a..b",
+        ] {
+            assert_eq!(
+                Domain::from_settings(name, &s, c.retry, &c.silos)
+                    .unwrap_err()
+                    .0,
+                "name",
+                "{name}"
+            );
+        }
+        for d in [
+            "host with spaces:25",
+            "mx:25x",
+            "::1:25",
+            "[::1:25",
+            "a:+25",
+            "x\ny:25",
+        ] {
+            assert_eq!(bad(&|s| s.destination = d.into()).0, "destination", "{d}");
+        }
+        for d in ["[::1]:25", "127.0.0.1:2526", "mail.example.net:25", "MX"] {
+            let mut ok = s.clone();
+            ok.destination = d.into();
+            assert!(
+                Domain::from_settings("example.net", &ok, c.retry, &c.silos).is_ok(),
+                "{d}"
+            );
+        }
+        // No override, no retry table in what the store and `config show` keep.
+        let plain = DomainSettings {
+            destination: "mx".into(),
+            ..DomainSettings::default()
+        };
+        assert!(!toml::to_string(&plain).unwrap().contains("retry"));
     }
 }

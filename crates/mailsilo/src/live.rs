@@ -19,20 +19,27 @@ use tracing::{info, warn};
 /// How often the store's version counter is re-read without an announcement.
 const REREAD: Duration = Duration::from_secs(30);
 
-/// The client domains of the store's entries, by the configuration's rules (an entry that no
-/// longer passes them, after a change of the TOML's silos, is logged and left out).
-fn domains_of(config: &Config, entries: &[DomainEntry]) -> Vec<Domain> {
-    entries
-        .iter()
-        .filter_map(|e| {
-            let settings: DomainSettings = serde_json::from_str(e.settings.as_deref()?)
-                .inspect_err(|err| warn!(domain = %e.name, error = %err, "unreadable domain settings in the store"))
-                .ok()?;
-            Domain::from_settings(&e.name, &settings, config.retry, &config.silos)
-                .inspect_err(|(field, m)| warn!(domain = %e.name, "the store's settings are refused ({field}: {m}); domain left out"))
-                .ok()
-        })
-        .collect()
+/// The client domains of the store's entries by the configuration's rules, accepted and
+/// removed (an entry that no longer passes the rules, after a change of the TOML's silos,
+/// is logged and left out).
+fn domains_of(config: &Config, entries: &[DomainEntry]) -> (Vec<Domain>, Vec<Domain>) {
+    let (mut accepted, mut removed) = (Vec::new(), Vec::new());
+    for e in entries {
+        let domain = serde_json::from_str::<DomainSettings>(&e.settings)
+            .map_err(|err| err.to_string())
+            .and_then(|s| {
+                Domain::from_settings(&e.name, &s, config.retry, &config.silos)
+                    .map_err(|(field, m)| format!("{field}: {m}"))
+            });
+        match domain {
+            Ok(d) if e.removed => removed.push(d),
+            Ok(d) => accepted.push(d),
+            Err(err) => {
+                warn!(domain = %e.name, error = %err, "the store's settings for this domain are refused; domain left out")
+            }
+        }
+    }
+    (accepted, removed)
 }
 
 /// The servers of the TOML, at the loading it gives them, ready.
@@ -61,7 +68,8 @@ pub async fn start(config: &Config, store: &Arc<dyn Store>) -> Result<Arc<Domain
         .map(|d| {
             Ok(DomainEntry {
                 name: d.name.clone(),
-                settings: Some(serde_json::to_string(&d.settings())?),
+                settings: serde_json::to_string(&d.settings())?,
+                removed: false,
             })
         })
         .collect::<Result<_, serde_json::Error>>()?;
@@ -74,13 +82,12 @@ pub async fn start(config: &Config, store: &Arc<dyn Store>) -> Result<Arc<Domain
     }
     let entries = store.domains().await?;
     for d in &config.domains {
-        let stored = entries.iter().find(|e| e.name == d.name);
-        match stored.map(|e| e.settings.as_deref()) {
-            Some(None) => {
+        match entries.iter().find(|e| e.name == d.name) {
+            Some(e) if e.removed => {
                 warn!(domain = %d.name, "the configuration file lists this domain, but it was removed at run time: the store wins (add it again with `mailsilo domain add`)")
             }
-            Some(Some(json)) => {
-                let theirs: Option<DomainSettings> = serde_json::from_str(json).ok();
+            Some(e) => {
+                let theirs: Option<DomainSettings> = serde_json::from_str(&e.settings).ok();
                 if theirs.as_ref() != Some(&d.settings()) {
                     let theirs = theirs.map_or("unreadable settings".into(), |s| s.to_string());
                     warn!(domain = %d.name, store = %theirs, file = %d.settings(), "the store's settings differ from the configuration file's: the store wins");
@@ -99,7 +106,10 @@ pub async fn start(config: &Config, store: &Arc<dyn Store>) -> Result<Arc<Domain
             warn!(cluster = %e.cluster, server = %e.server, loading = e.loading, state = %e.state, file_loading = s.loading, "the store's loading or state differ from the configuration file's: the store wins");
         }
     }
-    Ok(Arc::new(DomainTable::new(domains_of(config, &entries))))
+    let table = DomainTable::default();
+    let (accepted, removed) = domains_of(config, &entries);
+    table.replace(accepted, removed);
+    Ok(Arc::new(table))
 }
 
 /// Applies the store's server entries to this node's balancers.
@@ -142,7 +152,8 @@ pub async fn watch(
         match store.runtime_version().await {
             Ok(v) if applied != Some(v) => match (store.domains().await, store.servers().await) {
                 (Ok(d), Ok(s)) => {
-                    domains.replace(domains_of(&config, &d));
+                    let (accepted, removed) = domains_of(&config, &d);
+                    domains.replace(accepted, removed);
                     apply_servers(&balancers, &s);
                     if applied.is_some() {
                         info!(version = v, "run-time configuration changed: applied");

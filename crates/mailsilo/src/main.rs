@@ -145,6 +145,15 @@ fn main() -> Result<()> {
         unsafe { std::env::set_var("RUST_LIB_BACKTRACE", "0") };
     }
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Up { .. } | Command::Sink { .. }) {
+        // A command whose output goes into a pipe ends quietly when the reader stops
+        // (`mailsilo trace ... | head`), as a Unix command does. (Rust ignores SIGPIPE so that
+        // servers see a failed write instead; `up` and `sink` keep it so.)
+        // SAFETY: restores the default disposition of one signal before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let filter =
         tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     // Colour only for a person at a terminal who has not asked for none.

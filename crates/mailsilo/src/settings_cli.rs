@@ -141,6 +141,7 @@ pub fn domain(api: &Client, command: DomainCommand) -> Result<()> {
                     "a new client domain needs --destination (HOST:PORT of the client's server, or mx)"
                 );
             }
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
             api.put(&path(&name)?, &settings.over(DomainSettings::default()))?;
             println!("{name}: added; every node accepts mail for it within 2 s");
         }
@@ -152,6 +153,7 @@ pub fn domain(api: &Client, command: DomainCommand) -> Result<()> {
             println!("{}: changed; every node follows within 2 s", d.name);
         }
         DomainCommand::Remove { name } => {
+            let name = name.trim_end_matches('.').to_ascii_lowercase();
             api.delete(&path(&name)?)?;
             println!(
                 "{name}: removed; new mail for it is refused within 2 s, mail already queued is still delivered"
@@ -187,17 +189,22 @@ fn toml_of(domains: &[&DomainView]) -> Result<String> {
 /// `mailsilo config show`.
 pub fn show(api: &Client) -> Result<()> {
     let e: Effective = api.get("/api/config")?;
-    #[derive(Serialize)]
-    struct File<'a> {
-        server: &'a [store::ServerEntry],
-    }
     println!(
         "# The run-time configuration in force, as node {} reads it from the {} store. It started\n\
          # from {}; the store's copy wins where they differ. The file's other sections apply as written.\n",
         e.node, e.store, e.file
     );
     print!("{}", toml_of(&e.domains.iter().collect::<Vec<_>>())?);
-    println!("\n# Mail servers: their loading and the operator's state (ready, drain, maint).");
-    print!("{}", toml::to_string(&File { server: &e.servers })?);
+    // The servers' loadings as comments: in a configuration file they belong inside their
+    // [[silo.cluster.server]] tables, which hold what this output does not (addresses).
+    println!(
+        "\n# Mail servers: cluster/server, loading, the operator's state (ready, drain, maint)."
+    );
+    for s in &e.servers {
+        println!(
+            "#   {}/{}  loading {}  {}",
+            s.cluster, s.server, s.loading, s.state
+        );
+    }
     Ok(())
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BIN, Gateway, Options, send_token, wait_until};
+use common::{BIN, Gateway, Options, send_token, subjects, wait_until};
 
 const WAIT: Duration = Duration::from_secs(30);
 
@@ -322,4 +322,45 @@ fn everything_written_is_private() {
         assert!(g.data().join(f).exists(), "{f}");
     }
     assert!(seen > 6, "checked {seen} paths");
+}
+
+/// A client domain removed at run time refuses new mail at once, and the mail queued for it
+/// before still goes to its own server (by the settings it had), not to the domain's MX
+/// (which points at the silo itself): found by a probe of the fleet.
+#[test]
+fn a_removed_domain_still_gets_the_mail_queued_for_it() {
+    let mut g = Gateway::start(Options {
+        external_sink: true,
+        ..Options::default()
+    });
+    let mut c = g.smtp();
+    c.cmd("EHLO client.test");
+    let r = c.mail(
+        "s@outside.net",
+        &["alice@example.org"],
+        "Subject: queued before the removal\r\n\r\nx",
+    );
+    assert_eq!(r.0, 250, "{r:?}");
+    assert!(wait_until(WAIT, || g
+        .queue(&["list"])
+        .contains("connect to")));
+    g.admin("domain", &["remove", "example.org"]);
+    assert!(
+        wait_until(Duration::from_secs(2), || {
+            let mut c = g.smtp();
+            c.cmd("EHLO client.test");
+            c.cmd("MAIL FROM:<s@outside.net>");
+            c.cmd("RCPT TO:<bob@example.org>").0 == 550
+        }),
+        "new mail for the removed domain is refused"
+    );
+    g.start_sink();
+    g.queue(&["flush"]);
+    assert!(
+        wait_until(WAIT, || subjects(&g.mailbox("alice@example.org"))
+            .contains("queued before the removal")),
+        "{}",
+        g.queue(&["list"])
+    );
+    assert!(!g.admin("domain", &["list"]).contains("example.org"));
 }

@@ -475,7 +475,7 @@ fn fleet_runtime_changes_reach_every_node_and_survive_restart() {
         assert!(domains.contains("example.net"), "{domains}");
         let effective = admin(control, token, &["config", "show"]);
         assert!(effective.contains("name = \"example.net\""), "{effective}");
-        assert!(effective.contains("loading = 9"), "{effective}");
+        assert!(effective.contains("c1/c1-s2  loading 9"), "{effective}");
     }
     assert!(send_to(lb_b, "bob@example.net", "after restart"));
     let log = silo.log("b");

@@ -563,3 +563,132 @@ fn any_broken_bdat_line_closes_the_session() {
     std::thread::sleep(Duration::from_millis(500));
     assert!(g.mailbox("smuggled@example.com").is_empty());
 }
+
+/// One call to the control API with Python's urllib: (status, body).
+fn api(g: &Gateway, method: &str, path: &str, body: Option<&str>, auth: &str) -> (u16, String) {
+    let token = std::fs::read_to_string(g.data().join("control.token")).unwrap();
+    let out = common::python(
+        r#"
+import sys, urllib.request, urllib.error
+addr, method, path, body, scheme, token = sys.argv[1:7]
+if body.startswith("@"):
+    body = open(body[1:]).read()
+req = urllib.request.Request(f"http://{addr}{path}", method=method,
+    data=body.encode() if body != "-" else None,
+    headers={"Authorization": f"{scheme} {token.strip()}", "Content-Type": "application/json"})
+try:
+    r = urllib.request.urlopen(req, timeout=10)
+    print(r.status); print(r.read().decode())
+except urllib.error.HTTPError as e:
+    print(e.code); print(e.read().decode())
+"#,
+        &[
+            &g.control.to_string(),
+            method,
+            path,
+            body.unwrap_or("-"),
+            auth,
+            &token,
+        ],
+    );
+    let (status, rest) = out.split_once('\n').unwrap();
+    (status.parse().unwrap(), rest.trim().to_string())
+}
+
+/// The client-domain API holds to the configuration's rules and answers in JSON (found by a
+/// hostile probe: destinations with spaces or a line feed, which reached the logs; an empty
+/// recipient list that refused everyone; backoffs of a nanosecond; non-domains such as `com`
+/// or an IP address; settings stored as typed rather than as applied; a long recipient list
+/// over the body limit; errors in plain text; a lower-case `bearer` refused).
+#[test]
+fn the_domain_api_refuses_what_the_rules_refuse_and_answers_in_json() {
+    let g = Gateway::start(Options::default());
+    let put = |name: &str, body: &str| {
+        api(
+            &g,
+            "PUT",
+            &format!("/api/domains/{name}"),
+            Some(body),
+            "Bearer",
+        )
+    };
+    for (name, body, field) in [
+        (
+            "x.example",
+            r#"{"destination":"host with spaces:25"}"#,
+            "destination",
+        ),
+        (
+            "x.example",
+            r#"{"destination":"x\n2026-01-01 INFO forged:25"}"#,
+            "destination",
+        ),
+        ("x.example", r#"{"destination":"::1:25"}"#, "destination"),
+        (
+            "x.example",
+            r#"{"destination":"mx","recipients":[]}"#,
+            "recipients",
+        ),
+        (
+            "x.example",
+            r#"{"destination":"mx","retry":{"min_backoff":"1ns"}}"#,
+            "retry.min_backoff",
+        ),
+        (
+            "x.example",
+            r#"{"destination":"mx","retry":{"lifetime":"99999d"}}"#,
+            "retry.lifetime",
+        ),
+        ("com", r#"{"destination":"mx"}"#, "name"),
+        ("127.0.0.1", r#"{"destination":"mx"}"#, "name"),
+        ("dash-.example", r#"{"destination":"mx"}"#, "name"),
+    ] {
+        let (status, text) = put(name, body);
+        assert_eq!(status, 400, "{name} {body}: {text}");
+        let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(
+            v["error"].as_str().unwrap().starts_with(field),
+            "{body}: {text}"
+        );
+    }
+    // Stored (and shown) as applied: trimmed, lower-cased, sorted, duplicates merged.
+    let (status, text) = put(
+        "Mixed.Example.",
+        r#"{"destination":" 127.0.0.1:2526 ","recipients":["Bob ","alice","ALICE"]}"#,
+    );
+    assert_eq!(status, 204, "{text}");
+    let (_, shown) = api(&g, "GET", "/api/domains/mixed.example", None, "bearer");
+    let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
+    assert_eq!(v["settings"]["destination"], "127.0.0.1:2526", "{shown}");
+    assert_eq!(
+        v["settings"]["recipients"],
+        serde_json::json!(["alice", "bob"]),
+        "{shown}"
+    );
+    // A recipient list of thousands fits.
+    let many: Vec<String> = (0..20_000).map(|i| format!("\"user{i}\"")).collect();
+    let file = g.dir.path().join("big.json");
+    let json = format!(
+        r#"{{"destination":"mx","recipients":[{}]}}"#,
+        many.join(",")
+    );
+    std::fs::write(&file, json).unwrap();
+    let (status, text) = put("big.example", &format!("@{}", file.display()));
+    assert_eq!(status, 204, "{text}");
+    // Every refusal is JSON, whatever failed.
+    for (method, path, body) in [
+        ("GET", "/api/trace?since=2h", None),
+        ("GET", "/api/queue?limit=lots", None),
+        ("POST", "/api/domains/x.example", Some("{}")),
+        ("PUT", "/api/domains/x.example", Some("[1, 2]")),
+    ] {
+        let (status, text) = api(&g, method, path, body, "Bearer");
+        assert!(status >= 400, "{method} {path}: {status}");
+        let v: serde_json::Value =
+            serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: {text:?}"));
+        assert!(v["error"].is_string(), "{method} {path}: {text}");
+    }
+    // The trace search needs no limit.
+    let (status, text) = api(&g, "GET", "/api/trace?to=alice@example.com", None, "Bearer");
+    assert_eq!(status, 200, "{text}");
+}

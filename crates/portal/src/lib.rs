@@ -64,12 +64,14 @@ fn refusal(status: StatusCode, message: &str) -> Response {
 /// an announced body over the limit, and a request that takes too long.
 async fn guard(token: Arc<str>, request: Request, next: Next) -> Response {
     if request.uri().path() != "/metrics" {
+        // The scheme is case-insensitive (RFC 9110, 11.1).
         let given = request
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .and_then(|v| v.split_once(' '))
+            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+            .map_or("", |(_, t)| t.trim());
         if !same(given.as_bytes(), token.as_bytes()) {
             let mut r = refusal(
                 StatusCode::UNAUTHORIZED,
@@ -85,7 +87,12 @@ async fn guard(token: Arc<str>, request: Request, next: Next) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
-    if announced.is_some_and(|n| n > MAX_BODY as u64) {
+    let limit = if request.uri().path().starts_with("/api/domains/") {
+        settings::MAX_SETTINGS_BODY
+    } else {
+        MAX_BODY
+    };
+    if announced.is_some_and(|n| n > limit as u64) {
         return refusal(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
@@ -111,6 +118,12 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         .merge(queue::routes())
         .merge(settings::routes())
         .fallback(|| async { refusal(StatusCode::NOT_FOUND, "no such API call") })
+        .method_not_allowed_fallback(|| async {
+            refusal(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "this API call does not take that method",
+            )
+        })
         .with_state(ctx)
         .layer(DefaultBodyLimit::max(MAX_BODY))
         .layer(middleware::from_fn(move |req, next| {

@@ -2,6 +2,7 @@
 //! (paged), one message, flushing, deleting; a message's trace, and finding traces by
 //! sender, recipient and time.
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -57,13 +58,19 @@ pub fn routes() -> Router<Ctx> {
     Router::new()
         .route(
             "/api/queue",
-            get(|State(c): State<Ctx>, Query(p): Query<Page>| async move {
-                let limit = p.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
-                match c.store.list(p.after.as_deref(), limit).await {
-                    Ok(list) => Json::<Vec<Summary>>(list).into_response(),
-                    Err(e) => unavailable(e),
-                }
-            }),
+            get(
+                |State(c): State<Ctx>, p: Result<Query<Page>, QueryRejection>| async move {
+                    let p = match p {
+                        Ok(Query(p)) => p,
+                        Err(e) => return refusal(e.status(), &e.body_text()),
+                    };
+                    let limit = p.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
+                    match c.store.list(p.after.as_deref(), limit).await {
+                        Ok(list) => Json::<Vec<Summary>>(list).into_response(),
+                        Err(e) => unavailable(e),
+                    }
+                },
+            ),
         )
         .route(
             "/api/queue/flush",
@@ -122,7 +129,11 @@ pub fn routes() -> Router<Ctx> {
         .route(
             "/api/trace",
             get(
-                |State(c): State<Ctx>, Query(mut q): Query<TraceQuery>| async move {
+                |State(c): State<Ctx>, q: Result<Query<TraceQuery>, QueryRejection>| async move {
+                    let mut q = match q {
+                        Ok(Query(q)) => q,
+                        Err(e) => return refusal(e.status(), &e.body_text()),
+                    };
                     q.limit = if q.limit == 0 {
                         100
                     } else {

@@ -1,11 +1,11 @@
 //! The run-time configuration's part of the API: the client domains (listed, added,
-//! changed, removed) and the effective configuration. Changes go to the store, from which
-//! every node applies them within its watch interval.
+//! changed, removed) and the effective configuration. Changes go to the store, which
+//! announces them to every node.
 
 use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,6 +15,10 @@ use serde::{Deserialize, Serialize};
 use store::{DomainEntry, ServerEntry, Store};
 
 use crate::{Ctx, refusal};
+
+/// The largest body of a domain's settings: room for a recipient list of tens of thousands
+/// of local parts (the other calls keep [`crate::MAX_BODY`]).
+pub const MAX_SETTINGS_BODY: usize = 2 << 20;
 
 /// A client domain in force.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +44,13 @@ fn unavailable(e: store::Error) -> Response {
     refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
 }
 
+fn unknown(name: &str) -> Response {
+    refusal(
+        StatusCode::NOT_FOUND,
+        &format!("{name} is not a client domain"),
+    )
+}
+
 /// The domains in force, from the store's entries (removed ones left out, unreadable ones
 /// reported by name).
 pub async fn domains(store: &Arc<dyn Store>) -> store::Result<Vec<DomainView>> {
@@ -47,8 +58,9 @@ pub async fn domains(store: &Arc<dyn Store>) -> store::Result<Vec<DomainView>> {
         .domains()
         .await?
         .into_iter()
+        .filter(|e| !e.removed)
         .filter_map(|e| {
-            let settings = serde_json::from_str(e.settings.as_deref()?)
+            let settings = serde_json::from_str(&e.settings)
                 .inspect_err(|err| tracing::warn!(domain = %e.name, error = %err, "unreadable domain settings in the store"))
                 .ok()?;
             Some(DomainView {
@@ -89,7 +101,7 @@ pub fn routes() -> Router<Ctx> {
                 match domains(&c.store).await {
                     Ok(d) => match d.into_iter().find(|d| d.name == name) {
                         Some(d) => Json(d).into_response(),
-                        None => refusal(StatusCode::NOT_FOUND, &format!("no client domain {name}")),
+                        None => unknown(&name),
                     },
                     Err(e) => unavailable(e),
                 }
@@ -106,9 +118,12 @@ pub fn routes() -> Router<Ctx> {
                         Ok(d) => d,
                         Err(m) => return refusal(StatusCode::BAD_REQUEST, &m),
                     };
+                    // Stored as the rules normalised it, as the nodes will apply it.
+                    let settings = domain.settings();
                     let entry = DomainEntry {
                         name: domain.name.clone(),
-                        settings: Some(serde_json::to_string(&settings).expect("settings serialize")),
+                        settings: serde_json::to_string(&settings).expect("settings serialize"),
+                        removed: false,
                     };
                     match c.store.set_domain(entry).await {
                         Ok(()) => {
@@ -121,14 +136,17 @@ pub fn routes() -> Router<Ctx> {
             )
             .delete(|State(c): State<Ctx>, Path(name): Path<String>| async move {
                 let name = key(&name);
-                match domains(&c.store).await {
-                    Ok(d) if d.iter().any(|d| d.name == name) => {}
-                    Ok(_) => return refusal(StatusCode::NOT_FOUND, &format!("no client domain {name}")),
+                let entry = match c.store.domains().await {
+                    Ok(d) => match d.into_iter().find(|e| e.name == name && !e.removed) {
+                        Some(e) => e,
+                        None => return unknown(&name),
+                    },
                     Err(e) => return unavailable(e),
-                }
+                };
+                // Its settings stay, to deliver what was queued for it before.
                 let entry = DomainEntry {
-                    name: name.clone(),
-                    settings: None,
+                    removed: true,
+                    ..entry
                 };
                 match c.store.set_domain(entry).await {
                     Ok(()) => {
@@ -137,7 +155,8 @@ pub fn routes() -> Router<Ctx> {
                     }
                     Err(e) => unavailable(e),
                 }
-            }),
+            })
+            .layer(DefaultBodyLimit::max(MAX_SETTINGS_BODY)),
         )
         .route(
             "/api/config",

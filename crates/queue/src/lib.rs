@@ -576,7 +576,7 @@ impl Queue {
         for (r, result) in rcpts.iter().zip(results) {
             let retry = self
                 .domains
-                .get(&domain_of(&r.address))
+                .route(&domain_of(&r.address))
                 .map_or(self.config.retry, |d| d.retry);
             let outcome = match result {
                 Ok(reply) => {

@@ -19,7 +19,7 @@ pub struct Route {
 impl Route {
     /// The route for a recipient domain, as the client domains in force say.
     pub fn for_domain(domains: &DomainTable, domain: &str) -> Route {
-        match domains.get(domain) {
+        match domains.route(domain) {
             Some(d) => Route {
                 mx_domain: (d.destination == Destination::Mx).then(|| d.name.clone()),
                 destination: d.destination.clone(),

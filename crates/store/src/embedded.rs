@@ -74,7 +74,8 @@ const MIGRATIONS: [&str; 3] = [
     // 2 -> 3: the run-time configuration.
     "CREATE TABLE runtime_domain (
          name TEXT PRIMARY KEY,
-         settings TEXT
+         settings TEXT NOT NULL,
+         removed INTEGER NOT NULL
      ) WITHOUT ROWID;
      CREATE TABLE runtime_server (
          cluster TEXT NOT NULL,
@@ -685,10 +686,10 @@ fn bump(c: &Connection) -> Result<()> {
 
 fn set_domain(c: &Connection, e: &DomainEntry) -> Result<()> {
     c.prepare_cached(
-        "INSERT INTO runtime_domain (name, settings) VALUES (?, ?)
-         ON CONFLICT (name) DO UPDATE SET settings = excluded.settings",
+        "INSERT INTO runtime_domain (name, settings, removed) VALUES (?, ?, ?)
+         ON CONFLICT (name) DO UPDATE SET settings = excluded.settings, removed = excluded.removed",
     )?
-    .execute(params![e.name, e.settings])?;
+    .execute(params![e.name, e.settings, e.removed])?;
     Ok(())
 }
 
@@ -805,16 +806,17 @@ impl Store for Embedded {
     }
     async fn domains(&self) -> Result<Vec<DomainEntry>> {
         self.call(false, |c| {
-            Ok(
-                c.prepare_cached("SELECT name, settings FROM runtime_domain ORDER BY name")?
-                    .query_map([], |r| {
-                        Ok(DomainEntry {
-                            name: r.get(0)?,
-                            settings: r.get(1)?,
-                        })
-                    })?
-                    .collect::<rusqlite::Result<_>>()?,
-            )
+            Ok(c.prepare_cached(
+                "SELECT name, settings, removed FROM runtime_domain ORDER BY name",
+            )?
+            .query_map([], |r| {
+                Ok(DomainEntry {
+                    name: r.get(0)?,
+                    settings: r.get(1)?,
+                    removed: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
         })
         .await
     }
@@ -857,7 +859,7 @@ impl Store for Embedded {
         self.call(true, move |c| {
             let mut added = 0;
             let mut d = c.prepare_cached(
-                "INSERT INTO runtime_domain (name, settings) VALUES (?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO runtime_domain (name, settings, removed) VALUES (?, ?, 0) ON CONFLICT DO NOTHING",
             )?;
             for e in &domains {
                 added += d.execute(params![e.name, e.settings])?;

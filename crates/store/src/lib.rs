@@ -253,15 +253,19 @@ pub struct TraceQuery {
     pub to: Option<String>,
     /// Received at or after (unix seconds).
     pub since: Option<i64>,
+    /// The most to return (the API's default when 0 or absent).
+    #[serde(default)]
     pub limit: usize,
 }
 
-/// A client domain in the store: its settings (the JSON of `config::DomainSettings`), or
-/// `None` once removed at run time (the entry stays, so the TOML cannot bring it back).
+/// A client domain in the store: its settings (the JSON of `config::DomainSettings`), and
+/// whether it was removed at run time. A removed domain's entry stays: the TOML cannot bring
+/// it back, and mail queued for it before the removal is still delivered by its settings.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct DomainEntry {
     pub name: String,
-    pub settings: Option<String>,
+    pub settings: String,
+    pub removed: bool,
 }
 
 /// A mail server's run-time settings: its loading and the operator's state for it.

@@ -91,7 +91,8 @@ CREATE INDEX trace_event_id ON trace_event (id);
     "
 CREATE TABLE runtime_domain (
     name TEXT PRIMARY KEY,
-    settings TEXT
+    settings TEXT NOT NULL,
+    removed BOOLEAN NOT NULL
 );
 CREATE TABLE runtime_server (
     cluster TEXT NOT NULL,
@@ -825,7 +826,7 @@ impl Store for Postgres {
         let client = self.pool.get().await?;
         Ok(client
             .query(
-                "SELECT name, settings FROM runtime_domain ORDER BY name",
+                "SELECT name, settings, removed FROM runtime_domain ORDER BY name",
                 &[],
             )
             .await?
@@ -833,6 +834,7 @@ impl Store for Postgres {
             .map(|r| DomainEntry {
                 name: r.get(0),
                 settings: r.get(1),
+                removed: r.get(2),
             })
             .collect())
     }
@@ -840,7 +842,8 @@ impl Store for Postgres {
     async fn set_domain(&self, e: DomainEntry) -> Result<()> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute(SET_DOMAIN, &[&e.name, &e.settings]).await?;
+        tx.execute(SET_DOMAIN, &[&e.name, &e.settings, &e.removed])
+            .await?;
         bump(&tx).await?;
         tx.commit().await?;
         Ok(())
@@ -903,7 +906,7 @@ impl Store for Postgres {
         for e in &domains {
             added += tx
                 .execute(
-                    "INSERT INTO runtime_domain (name, settings) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+                    "INSERT INTO runtime_domain (name, settings, removed) VALUES ($1, $2, false) ON CONFLICT DO NOTHING",
                     &[&e.name, &e.settings],
                 )
                 .await? as usize;
@@ -1010,8 +1013,8 @@ async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
     }
 }
 
-const SET_DOMAIN: &str = "INSERT INTO runtime_domain (name, settings) VALUES ($1, $2)
-    ON CONFLICT (name) DO UPDATE SET settings = excluded.settings";
+const SET_DOMAIN: &str = "INSERT INTO runtime_domain (name, settings, removed) VALUES ($1, $2, $3)
+    ON CONFLICT (name) DO UPDATE SET settings = excluded.settings, removed = excluded.removed";
 const SET_SERVER: &str =
     "INSERT INTO runtime_server (cluster, server, loading, state) VALUES ($1, $2, $3, $4)
     ON CONFLICT (cluster, server) DO UPDATE SET loading = excluded.loading, state = excluded.state";

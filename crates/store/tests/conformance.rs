@@ -548,9 +548,10 @@ async fn traces_are_found_and_expire() {
 async fn runtime_configuration_is_seeded_once_and_the_store_wins() {
     use mailsilo_store::{DomainEntry, ServerEntry};
     both(2, |s| async move {
-        let d = |name: &str, settings: Option<&str>| DomainEntry {
+        let d = |name: &str, destination: &str, removed: bool| DomainEntry {
             name: name.into(),
-            settings: settings.map(str::to_string),
+            settings: format!("{{\"destination\":\"{destination}\"}}"),
+            removed,
         };
         let srv = |server: &str, loading: u32, state: &str| ServerEntry {
             cluster: "c1".into(),
@@ -561,7 +562,7 @@ async fn runtime_configuration_is_seeded_once_and_the_store_wins() {
         let v0 = s[0].runtime_version().await.unwrap();
         let added = s[0]
             .seed(
-                vec![d("a.example", Some("{\"destination\":\"mx\"}"))],
+                vec![d("a.example", "mx", false)],
                 vec![srv("c1-s1", 1, "ready")],
             )
             .await
@@ -569,18 +570,19 @@ async fn runtime_configuration_is_seeded_once_and_the_store_wins() {
         assert_eq!(added, 2);
         let v1 = s[1].runtime_version().await.unwrap();
         assert!(v1 > v0, "seeding is a change every node sees");
-        // Changed at run time, by another node.
+        // Changed at run time, by another node: a.example removed (its settings kept, for
+        // the mail still queued for it), b.example added.
         s[1].set_server(srv("c1-s1", 7, "drain")).await.unwrap();
-        s[1].set_domain(d("a.example", None)).await.unwrap();
-        s[1].set_domain(d("b.example", Some("{\"destination\":\"mx\"}")))
+        s[1].set_domain(d("a.example", "10.0.0.1:25", true))
             .await
             .unwrap();
+        s[1].set_domain(d("b.example", "mx", false)).await.unwrap();
         assert!(s[0].runtime_version().await.unwrap() > v1);
         // Seeding again (a restart with the same TOML) changes nothing: the store wins, and
         // a removed domain stays removed; a server new in the TOML is added.
         let added = s[0]
             .seed(
-                vec![d("a.example", Some("{\"destination\":\"mx\"}"))],
+                vec![d("a.example", "mx", false)],
                 vec![srv("c1-s1", 1, "ready"), srv("c1-s2", 2, "ready")],
             )
             .await
@@ -589,8 +591,8 @@ async fn runtime_configuration_is_seeded_once_and_the_store_wins() {
         assert_eq!(
             s[0].domains().await.unwrap(),
             vec![
-                d("a.example", None),
-                d("b.example", Some("{\"destination\":\"mx\"}"))
+                d("a.example", "10.0.0.1:25", true),
+                d("b.example", "mx", false)
             ]
         );
         assert_eq!(
