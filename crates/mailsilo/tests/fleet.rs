@@ -501,6 +501,28 @@ fn send_to(addr: SocketAddr, rcpt: &str, subject: &str) -> bool {
     attempt().unwrap_or(false)
 }
 
+/// Starts the silo's balancers and control endpoint in one process ("front") and each mail
+/// server in a process of its own, and waits until every server is in rotation; returns the
+/// balancers' addresses and the servers.
+fn start_fleet(silo: &mut Silo) -> (Vec<SocketAddr>, Vec<(String, SocketAddr)>) {
+    let lbs: Vec<SocketAddr> = silo.clusters.iter().map(|c| c.address).collect();
+    let mut ready = lbs.clone();
+    ready.push(silo.control);
+    silo.start("front", "balancer,control", &ready);
+    let servers: Vec<(String, SocketAddr)> = silo
+        .clusters
+        .iter()
+        .flat_map(|c| c.servers.clone())
+        .collect();
+    for (name, addr) in &servers {
+        silo.start(name, &format!("server:{name}"), &[*addr]);
+    }
+    assert!(wait_until(Duration::from_secs(15), || {
+        silo.lb(&["show"]).matches(" up ").count() == servers.len()
+    }));
+    (lbs, servers)
+}
+
 /// 10,000 messages over four mail servers on one PostgreSQL, the client's server slow so
 /// that mail queues; one mail server is killed (-9) halfway. The others deliver everything
 /// it had acknowledged; nothing is lost; duplicates are counted (target: under 0.1 %).
@@ -518,22 +540,7 @@ fn fleet_node_loss_loses_nothing() {
         &store,
     );
     let downstream = Downstream::start(silo.sink, Duration::from_millis(100));
-    let lbs: Vec<SocketAddr> = silo.clusters.iter().map(|c| c.address).collect();
-    let mut ready = lbs.clone();
-    ready.push(silo.control);
-    silo.start("front", "balancer,control", &ready);
-    let servers: Vec<(String, SocketAddr)> = silo
-        .clusters
-        .iter()
-        .flat_map(|c| c.servers.clone())
-        .collect();
-    for (name, addr) in &servers {
-        silo.start(name, &format!("server:{name}"), &[*addr]);
-    }
-    // Every server in rotation before the load starts.
-    assert!(wait_until(Duration::from_secs(15), || {
-        silo.lb(&["show"]).matches(" up ").count() == servers.len()
-    }));
+    let (lbs, _) = start_fleet(&mut silo);
 
     let load = Arc::new(Load::default());
     let started = Instant::now();
@@ -619,17 +626,9 @@ fn fleet_database_restart_loses_nothing() {
     let url = pg.database("fleet");
     let mut silo = Silo::build(63, &[&[1, 1]], "", "", "", &store_at(&url));
     let downstream = Downstream::start(silo.sink, Duration::ZERO);
-    let lb = silo.clusters[0].address;
-    silo.start("front", "balancer,control", &[lb, silo.control]);
-    let servers = silo.clusters[0].servers.clone();
-    for (name, addr) in &servers {
-        silo.start(name, &format!("server:{name}"), &[*addr]);
-    }
-    assert!(wait_until(Duration::from_secs(15), || {
-        silo.lb(&["show"]).matches(" up ").count() == servers.len()
-    }));
+    let (lbs, servers) = start_fleet(&mut silo);
     let load = Arc::new(Load::default());
-    let clients = load.run(vec![lb], TOTAL, 6, 10, Duration::from_secs(300));
+    let clients = load.run(lbs, TOTAL, 6, 10, Duration::from_secs(300));
     assert!(wait_until(Duration::from_secs(120), || load.acked() >= TOTAL / 3));
     let before = load.acked();
     pg.crash();
