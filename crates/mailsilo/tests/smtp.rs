@@ -114,12 +114,23 @@ fn never_an_open_relay() {
 #[test]
 fn smuggling_is_refused() {
     let g = Gateway::start(Options::default());
-    let variants: [&[u8]; 7] = [
-        b"\n.\n", b"\r.\r", b"\n.\r\n", b"\r\n.\n", b"\r.\r\n", b"\r\n.\r", b"\n..\n",
+    // Each variant with what the refusal names: a bare CR or LF, or a NUL next to the dot
+    // (which does not make a lone dot either).
+    let bare = "Bare CR or LF";
+    let variants: [(&[u8], &str); 9] = [
+        (b"\n.\n", bare),
+        (b"\r.\r", bare),
+        (b"\n.\r\n", bare),
+        (b"\r\n.\n", bare),
+        (b"\r.\r\n", bare),
+        (b"\r\n.\r", bare),
+        (b"\n..\n", bare),
+        (b"\r\n.\0\r\n", "NUL"),
+        (b"\r\n\0.\r\n", "NUL"),
     ];
     let mut c = g.smtp();
     ehlo(&mut c);
-    for v in variants {
+    for (v, named) in variants {
         assert_eq!(c.cmd("MAIL FROM:<bob@sender.net>").0, 250);
         assert_eq!(c.cmd("RCPT TO:<alice@example.com>").0, 250);
         assert_eq!(c.cmd("DATA").0, 354);
@@ -128,21 +139,8 @@ fn smuggling_is_refused() {
         c.send(b"MAIL FROM:<admin@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n");
         let r = c.reply();
         assert_eq!(r.0, 554, "{:?}: {r:?}", String::from_utf8_lossy(v));
-        assert!(r.1.contains("Bare CR or LF"), "{r:?}");
+        assert!(r.1.contains(named), "{r:?}");
         // The next reply answers the next command: nothing smuggled was executed.
-        assert_eq!(c.cmd("NOOP").1, "2.0.0 Ok");
-    }
-    // A NUL next to the dot does not make a lone dot either.
-    for v in [&b"\r\n.\0\r\n"[..], b"\r\n\0.\r\n"] {
-        assert_eq!(c.cmd("MAIL FROM:<bob@sender.net>").0, 250);
-        assert_eq!(c.cmd("RCPT TO:<alice@example.com>").0, 250);
-        assert_eq!(c.cmd("DATA").0, 354);
-        c.send(b"Subject: innocent\r\n\r\nhello");
-        c.send(v);
-        c.send(b"MAIL FROM:<admin@example.com>\r\nRCPT TO:<victim@example.com>\r\nDATA\r\nSubject: smuggled\r\n\r\nsmuggled\r\n.\r\n");
-        let r = c.reply();
-        assert_eq!(r.0, 554, "{:?}: {r:?}", String::from_utf8_lossy(v));
-        assert!(r.1.contains("NUL"), "{r:?}");
         assert_eq!(c.cmd("NOOP").1, "2.0.0 Ok");
     }
     std::thread::sleep(Duration::from_millis(500));
