@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
 /// The loadings an operator may give a server, in the file and at run time.
@@ -92,8 +92,171 @@ pub struct Domain {
     pub retry: Retry,
     /// The silo whose host name this domain's MX points at.
     pub silo: Option<String>,
+    /// The filter's policy for mail to this domain (the global one with the domain's
+    /// overrides).
+    pub filter: FilterPolicy,
     /// The settings it was made from, as written.
     written: DomainSettings,
+}
+
+/// What becomes of mail judged spam.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SpamAction {
+    /// Delivered untouched (the verdict is only logged and traced).
+    Deliver,
+    /// Delivered with `X-Spam-Status`/`X-Spam-Score` (and the subject prefix, if set).
+    Tag,
+    /// Kept in the quarantine until released or deleted.
+    Quarantine,
+    /// Refused at end of DATA with a 5xx naming the reason.
+    Reject,
+}
+
+/// A sender on an allow or block list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Sender {
+    /// A whole address, lower-case.
+    Address(String),
+    /// A domain and its subdomains, lower-case.
+    Domain(String),
+    /// A client network.
+    Network(IpAddr, u8),
+}
+
+impl Sender {
+    /// Reads `alice@example.com`, `example.com` (or `@example.com`) or `192.0.2.0/24`.
+    pub fn parse(s: &str) -> Result<Sender, String> {
+        let s = s.trim().to_ascii_lowercase();
+        if let Some((ip, len)) = s.split_once('/') {
+            let ip: IpAddr = ip.parse().map_err(|_| format!("{s:?}: not a network"))?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            return match len.parse::<u8>() {
+                Ok(l) if l <= max => Ok(Sender::Network(ip, l)),
+                _ => Err(format!("{s:?}: the prefix length must be 0 to {max}")),
+            };
+        }
+        if let Ok(ip) = s.parse::<IpAddr>() {
+            return Ok(Sender::Network(ip, if ip.is_ipv4() { 32 } else { 128 }));
+        }
+        let domain = s.strip_prefix('@').unwrap_or(&s);
+        if !domain.contains('@') && is_host_name(domain) {
+            return Ok(Sender::Domain(domain.to_string()));
+        }
+        match s.rsplit_once('@') {
+            Some((l, d)) if !l.is_empty() && is_host_name(d) && !l.contains([' ', '<', '>']) => {
+                Ok(Sender::Address(s))
+            }
+            _ => Err(format!(
+                "{s:?} is not an address, a domain or a network (e.g. \"alice@example.com\", \"example.com\", \"192.0.2.0/24\")"
+            )),
+        }
+    }
+
+    /// Whether a message from `sender` (an address, lower-case; empty for the null
+    /// sender) sent by `client` matches.
+    pub fn matches(&self, sender: &str, client: IpAddr) -> bool {
+        match self {
+            Sender::Address(a) => a == sender,
+            Sender::Domain(d) => sender.rsplit_once('@').is_some_and(|(_, sd)| {
+                sd == d
+                    || sd
+                        .strip_suffix(d.as_str())
+                        .is_some_and(|p| p.ends_with('.'))
+            }),
+            Sender::Network(net, len) => in_network(client, *net, *len),
+        }
+    }
+}
+
+fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
+    match (ip, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// The filter's policy for a client domain.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FilterPolicy {
+    /// A score at or above this is spam.
+    pub spam_threshold: f64,
+    /// A score at or above this is refused whatever `spam_action` says.
+    pub reject_threshold: f64,
+    pub spam_action: SpamAction,
+    /// Put before the subject of tagged spam (e.g. `[SPAM]`).
+    pub subject_prefix: Option<String>,
+    /// Senders whose mail is never judged spam.
+    pub allow: Vec<Sender>,
+    /// Senders whose mail is always spam.
+    pub block: Vec<Sender>,
+}
+
+impl Default for FilterPolicy {
+    fn default() -> FilterPolicy {
+        FilterPolicy {
+            spam_threshold: 6.0,
+            reject_threshold: 15.0,
+            spam_action: SpamAction::Quarantine,
+            subject_prefix: None,
+            allow: Vec::new(),
+            block: Vec::new(),
+        }
+    }
+}
+
+/// Where a rule looks.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RuleTarget {
+    /// One header field (lower-case name), decoded.
+    Header(String),
+    /// The text of every text part (HTML as text).
+    Body,
+    /// The host of every link.
+    Url,
+}
+
+/// A scored regular expression.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// The symbol it reports (upper-case letters, digits and `_`).
+    pub name: String,
+    pub target: RuleTarget,
+    pub pattern: String,
+    pub score: f64,
+    /// The one line a verdict shows for it.
+    pub reason: String,
+}
+
+/// The filter's settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Filter {
+    /// Scan mail at all (off: everything accepted is queued, as before the filter).
+    pub enabled: bool,
+    /// The policy of domains that set none of their own.
+    pub policy: FilterPolicy,
+    /// Rules from the config, beside (or, by name, instead of) the starter set.
+    pub rules: Vec<Rule>,
+    /// Use the built-in starter rules.
+    pub starter_rules: bool,
+}
+
+impl Default for Filter {
+    fn default() -> Filter {
+        Filter {
+            enabled: true,
+            policy: FilterPolicy::default(),
+            rules: Vec::new(),
+            starter_rules: true,
+        }
+    }
 }
 
 /// SMTP reception limits and policy.
@@ -358,6 +521,7 @@ pub struct Config {
     pub silos: Vec<Silo>,
     pub control: Option<Control>,
     pub store: StoreSettings,
+    pub filter: Filter,
     /// Things allowed but probably not meant (`config check` prints them, `up` logs them).
     pub warnings: Vec<String>,
 }
@@ -560,7 +724,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
 mod raw;
 mod runtime;
 
-pub use runtime::{DomainSettings, DomainTable, RetrySettings};
+pub use runtime::{DomainSettings, DomainTable, FilterSettings, RetrySettings};
 
 #[cfg(test)]
 mod tests {

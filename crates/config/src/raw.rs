@@ -27,6 +27,39 @@ pub struct File {
     pub control: Option<ControlRaw>,
     #[serde(default)]
     pub store: Option<StoreRaw>,
+    #[serde(default)]
+    pub filter: Option<S<FilterRaw>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterRaw {
+    pub enabled: Option<bool>,
+    pub starter_rules: Option<bool>,
+    pub spam_threshold: Option<S<f64>>,
+    pub reject_threshold: Option<S<f64>>,
+    pub spam_action: Option<SpamAction>,
+    pub subject_prefix: Option<S<String>>,
+    #[serde(default)]
+    pub allow: Vec<S<String>>,
+    #[serde(default)]
+    pub block: Vec<S<String>>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<S<RuleRaw>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleRaw {
+    pub name: S<String>,
+    pub header: Option<S<String>>,
+    #[serde(default)]
+    pub body: bool,
+    #[serde(default)]
+    pub url: bool,
+    pub pattern: S<String>,
+    pub score: S<f64>,
+    pub reason: Option<String>,
 }
 
 #[derive(Deserialize, Default)]
@@ -88,6 +121,8 @@ pub struct DomainRaw {
     pub recipients: Option<Vec<S<String>>>,
     pub retry: Option<RetryRaw>,
     pub silo: Option<S<String>>,
+    #[serde(default)]
+    pub filter: crate::runtime::FilterSettings,
 }
 
 #[derive(Deserialize)]
@@ -552,6 +587,10 @@ impl File {
             );
         }
 
+        let filter = match &self.filter {
+            None => Filter::default(),
+            Some(f) => validate_filter(&cx, f)?,
+        };
         let mut domains: Vec<Domain> = Vec::new();
         for (i, spanned) in self.domains.iter().enumerate() {
             let raw = spanned.get_ref();
@@ -568,37 +607,39 @@ impl File {
                     .map(RetryRaw::written)
                     .unwrap_or_default(),
                 silo: raw.silo.as_ref().map(|s| s.get_ref().clone()),
+                filter: raw.filter.clone(),
             };
-            let domain = Domain::from_settings(raw.name.get_ref(), &settings, retry, &silos)
-                .or_else(|(field, message)| {
-                    // The place in the file of the field the rules refused.
-                    let span = match field {
-                        "name" => raw.name.span(),
-                        "destination" => raw.destination.span(),
-                        "recipients" => raw
-                            .recipients
-                            .as_ref()
-                            .and_then(|l| {
-                                l.iter()
-                                    .find(|r| message.contains(&format!("{:?}", r.get_ref())))
-                            })
-                            .map_or(spanned.span(), |r| r.span()),
-                        "silo" => raw.silo.as_ref().map_or(spanned.span(), |s| s.span()),
-                        retry_field => {
-                            let r = raw.retry.as_ref();
-                            let f = match retry_field {
-                                "retry.min_backoff" => r.and_then(|r| r.min_backoff.as_ref()),
-                                "retry.max_backoff" => r.and_then(|r| {
-                                    r.max_backoff.as_ref().or(r.min_backoff.as_ref())
-                                }),
-                                "retry.lifetime" => r.and_then(|r| r.lifetime.as_ref()),
-                                _ => r.and_then(|r| r.delay_warning.as_ref()),
-                            };
-                            f.map_or(spanned.span(), |s| s.span())
-                        }
-                    };
-                    cx.err(span, &format!("domain[{i}].{field}"), message)
-                })?;
+            let domain =
+                Domain::from_settings(raw.name.get_ref(), &settings, retry, &filter.policy, &silos)
+                    .or_else(|(field, message)| {
+                        // The place in the file of the field the rules refused.
+                        let span = match field {
+                            "name" => raw.name.span(),
+                            "destination" => raw.destination.span(),
+                            "recipients" => raw
+                                .recipients
+                                .as_ref()
+                                .and_then(|l| {
+                                    l.iter()
+                                        .find(|r| message.contains(&format!("{:?}", r.get_ref())))
+                                })
+                                .map_or(spanned.span(), |r| r.span()),
+                            "silo" => raw.silo.as_ref().map_or(spanned.span(), |s| s.span()),
+                            retry_field => {
+                                let r = raw.retry.as_ref();
+                                let f = match retry_field {
+                                    "retry.min_backoff" => r.and_then(|r| r.min_backoff.as_ref()),
+                                    "retry.max_backoff" => r.and_then(|r| {
+                                        r.max_backoff.as_ref().or(r.min_backoff.as_ref())
+                                    }),
+                                    "retry.lifetime" => r.and_then(|r| r.lifetime.as_ref()),
+                                    _ => r.and_then(|r| r.delay_warning.as_ref()),
+                                };
+                                f.map_or(spanned.span(), |s| s.span())
+                            }
+                        };
+                        cx.err(span, &format!("domain[{i}].{field}"), message)
+                    })?;
             if domains.iter().any(|d| d.name == domain.name) {
                 return cx.err(
                     raw.name.span(),
@@ -666,9 +707,116 @@ impl File {
             silos,
             control,
             store,
+            filter,
             warnings,
         })
     }
+}
+
+fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
+    let raw = f.get_ref();
+    let written = crate::runtime::FilterSettings {
+        spam_threshold: raw.spam_threshold.as_ref().map(|t| *t.get_ref()),
+        reject_threshold: raw.reject_threshold.as_ref().map(|t| *t.get_ref()),
+        spam_action: raw.spam_action,
+        subject_prefix: raw.subject_prefix.as_ref().map(|p| p.get_ref().clone()),
+        allow: raw.allow.iter().map(|a| a.get_ref().clone()).collect(),
+        block: raw.block.iter().map(|a| a.get_ref().clone()).collect(),
+    };
+    let policy = written
+        .over(&FilterPolicy::default())
+        .or_else(|(field, message)| {
+            let span = match field {
+                "filter.spam_threshold" => raw.spam_threshold.as_ref().map(|v| v.span()),
+                "filter.reject_threshold" => raw
+                    .reject_threshold
+                    .as_ref()
+                    .or(raw.spam_threshold.as_ref())
+                    .map(|v| v.span()),
+                "filter.subject_prefix" => raw.subject_prefix.as_ref().map(|v| v.span()),
+                "filter.allow" => raw.allow.first().map(|v| v.span()),
+                _ => raw.block.first().map(|v| v.span()),
+            };
+            cx.err(span.unwrap_or(f.span()), field, message)
+        })?;
+    let mut rules: Vec<Rule> = Vec::new();
+    for (i, r) in raw.rules.iter().enumerate() {
+        let r = r.get_ref();
+        let key = |k: &str| format!("filter.rule[{i}].{k}");
+        let name = r.name.get_ref().trim().to_string();
+        if name.is_empty()
+            || name.len() > 40
+            || !name
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+        {
+            return cx.err(
+                r.name.span(),
+                &key("name"),
+                format!("{name:?} is not a symbol name (1 to 40 of A-Z, 0-9 and _)"),
+            );
+        }
+        if rules.iter().any(|o| o.name == name) {
+            return cx.err(
+                r.name.span(),
+                &key("name"),
+                format!("rule {name} is written twice"),
+            );
+        }
+        let target = match (&r.header, r.body, r.url) {
+            (Some(h), false, false) => {
+                let h = h.get_ref().trim().to_ascii_lowercase();
+                if h.is_empty() || !h.bytes().all(|b| b.is_ascii_graphic() && b != b':') {
+                    return cx.err(
+                        r.header.as_ref().map_or(r.name.span(), |v| v.span()),
+                        &key("header"),
+                        format!("{h:?} is not a header field name"),
+                    );
+                }
+                RuleTarget::Header(h)
+            }
+            (None, true, false) => RuleTarget::Body,
+            (None, false, true) => RuleTarget::Url,
+            _ => {
+                return cx.err(
+                    r.name.span(),
+                    &key("name"),
+                    "a rule looks at exactly one of: header = \"Subject\", body = true, url = true",
+                );
+            }
+        };
+        let pattern = r.pattern.get_ref().clone();
+        if let Err(e) = regex::RegexBuilder::new(&pattern)
+            .size_limit(1 << 20)
+            .build()
+        {
+            let why = e.to_string();
+            let last = why.lines().last().unwrap_or("invalid").trim().to_string();
+            return cx.err(
+                r.pattern.span(),
+                &key("pattern"),
+                format!("not a valid regular expression: {last}"),
+            );
+        }
+        let score = crate::runtime::threshold(*r.score.get_ref())
+            .or_else(|m| cx.err(r.score.span(), &key("score"), m))?;
+        rules.push(Rule {
+            reason: r
+                .reason
+                .clone()
+                .unwrap_or_else(|| format!("matches rule {name}")),
+            name,
+            target,
+            pattern,
+            score,
+        });
+    }
+    Ok(Filter {
+        enabled: raw.enabled.unwrap_or(true),
+        policy,
+        rules,
+        starter_rules: raw.starter_rules.unwrap_or(true),
+    })
 }
 
 fn validate_dns(cx: &Ctx<'_>, d: &S<DnsRaw>, used: &mut Addresses) -> Result<Dns, Error> {

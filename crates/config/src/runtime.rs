@@ -11,10 +11,10 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Domain, Retry, Silo, is_domain_name};
+use crate::{Domain, FilterPolicy, Retry, Sender, Silo, SpamAction, is_domain_name};
 
 /// A client domain's settings as the store keeps them and the API takes them.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 pub struct DomainSettings {
     /// `HOST:PORT` or `mx`.
@@ -30,6 +30,89 @@ pub struct DomainSettings {
     /// The silo whose host name the domain's MX points at.
     #[serde(default)]
     pub silo: Option<String>,
+    /// Overrides of the global filter policy.
+    #[serde(default, skip_serializing_if = "FilterSettings::is_empty")]
+    pub filter: FilterSettings,
+}
+
+/// A domain's overrides of the filter policy; absent fields take the global policy's.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct FilterSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam_threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject_threshold: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spam_action: Option<SpamAction>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject_prefix: Option<String>,
+    /// Senders (address, domain or network) never judged spam.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    /// Senders always judged spam.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block: Vec<String>,
+}
+
+impl FilterSettings {
+    pub fn is_empty(&self) -> bool {
+        *self == FilterSettings::default()
+    }
+
+    /// The policy these overrides make of `base`; the error names the field.
+    pub fn over(&self, base: &FilterPolicy) -> Result<FilterPolicy, (&'static str, String)> {
+        let mut p = base.clone();
+        if let Some(t) = self.spam_threshold {
+            p.spam_threshold = threshold(t).map_err(|m| ("filter.spam_threshold", m))?;
+        }
+        if let Some(t) = self.reject_threshold {
+            p.reject_threshold = threshold(t).map_err(|m| ("filter.reject_threshold", m))?;
+        }
+        if p.reject_threshold < p.spam_threshold {
+            return Err((
+                "filter.reject_threshold",
+                format!(
+                    "{} is below spam_threshold {}: mail would be refused before it is spam",
+                    p.reject_threshold, p.spam_threshold
+                ),
+            ));
+        }
+        if let Some(a) = self.spam_action {
+            p.spam_action = a;
+        }
+        if let Some(prefix) = &self.subject_prefix {
+            p.subject_prefix = subject_prefix(prefix).map_err(|m| ("filter.subject_prefix", m))?;
+        }
+        for (list, field, out) in [
+            (&self.allow, "filter.allow", &mut p.allow),
+            (&self.block, "filter.block", &mut p.block),
+        ] {
+            for s in list {
+                out.push(Sender::parse(s).map_err(|m| (field, m))?);
+            }
+        }
+        Ok(p)
+    }
+}
+
+/// A score threshold: a finite number from -1000 to 1000.
+pub(crate) fn threshold(t: f64) -> Result<f64, String> {
+    if t.is_finite() && (-1000.0..=1000.0).contains(&t) {
+        Ok(t)
+    } else {
+        Err(format!("{t} is not a score from -1000 to 1000"))
+    }
+}
+
+/// A subject prefix: printable, one line, at most 64 bytes; empty means none.
+pub(crate) fn subject_prefix(p: &str) -> Result<Option<String>, String> {
+    if p.len() > 64 || p.chars().any(char::is_control) {
+        return Err(format!(
+            "{p:?} must be one printable line of at most 64 bytes"
+        ));
+    }
+    Ok((!p.trim().is_empty()).then(|| p.trim().to_string()))
 }
 
 /// Durations written as in the TOML ("300s", "5d"); absent ones take the global policy's.
@@ -115,6 +198,7 @@ impl Domain {
         name: &str,
         s: &DomainSettings,
         base: Retry,
+        filter: &FilterPolicy,
         silos: &[Silo],
     ) -> Result<Domain, (&'static str, String)> {
         let name = name.trim().trim_end_matches('.').to_ascii_lowercase();
@@ -183,6 +267,7 @@ impl Domain {
                 Some(want)
             }
         };
+        let filter = s.filter.over(filter)?;
         let written = DomainSettings {
             destination: s.destination.trim().to_string(),
             recipients: recipients.as_ref().map(|r| {
@@ -200,6 +285,7 @@ impl Domain {
             recipients,
             retry,
             silo,
+            filter,
             written,
         })
     }
@@ -299,13 +385,14 @@ mod tests {
         let c = Config::demo();
         let d = c.domain("example.com").unwrap();
         let s = d.settings();
-        let back = Domain::from_settings(&d.name, &s, c.retry, &c.silos).unwrap();
+        let back = Domain::from_settings(&d.name, &s, c.retry, &c.filter.policy, &c.silos).unwrap();
         assert_eq!(back.settings(), s);
         assert_eq!(back.destination, d.destination);
         let bad = |f: &dyn Fn(&mut DomainSettings)| {
             let mut s = s.clone();
             f(&mut s);
-            Domain::from_settings("example.net", &s, c.retry, &c.silos).unwrap_err()
+            Domain::from_settings("example.net", &s, c.retry, &c.filter.policy, &c.silos)
+                .unwrap_err()
         };
         assert_eq!(bad(&|s| s.destination = "nowhere".into()).0, "destination");
         assert_eq!(
@@ -321,7 +408,9 @@ mod tests {
             "retry.max_backoff"
         );
         assert_eq!(bad(&|s| s.silo = Some("nope.example".into())).0, "silo");
-        assert!(Domain::from_settings("not a name", &s, c.retry, &c.silos).is_err());
+        assert!(
+            Domain::from_settings("not a name", &s, c.retry, &c.filter.policy, &c.silos).is_err()
+        );
         let table = DomainTable::new(c.domains.clone());
         assert!(table.get("example.org").is_some());
         let org = table.get("example.org").unwrap();
@@ -349,7 +438,7 @@ mod tests {
             "a..b",
         ] {
             assert_eq!(
-                Domain::from_settings(name, &s, c.retry, &c.silos)
+                Domain::from_settings(name, &s, c.retry, &c.filter.policy, &c.silos)
                     .unwrap_err()
                     .0,
                 "name",
@@ -370,7 +459,8 @@ mod tests {
             let mut ok = s.clone();
             ok.destination = d.into();
             assert!(
-                Domain::from_settings("example.net", &ok, c.retry, &c.silos).is_ok(),
+                Domain::from_settings("example.net", &ok, c.retry, &c.filter.policy, &c.silos)
+                    .is_ok(),
                 "{d}"
             );
         }

@@ -28,8 +28,14 @@ fn domains_of(config: &Config, entries: &[DomainEntry]) -> (Vec<Domain>, Vec<Dom
         let domain = serde_json::from_str::<DomainSettings>(&e.settings)
             .map_err(|err| err.to_string())
             .and_then(|s| {
-                Domain::from_settings(&e.name, &s, config.retry, &config.silos)
-                    .map_err(|(field, m)| format!("{field}: {m}"))
+                Domain::from_settings(
+                    &e.name,
+                    &s,
+                    config.retry,
+                    &config.filter.policy,
+                    &config.silos,
+                )
+                .map_err(|(field, m)| format!("{field}: {m}"))
             });
         match domain {
             Ok(d) if e.removed => removed.push(d),

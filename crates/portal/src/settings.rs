@@ -21,14 +21,14 @@ use crate::{Ctx, refusal};
 pub const MAX_SETTINGS_BODY: usize = 2 << 20;
 
 /// A client domain in force.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DomainView {
     pub name: String,
     pub settings: DomainSettings,
 }
 
 /// The configuration in force: what the store holds over the TOML's seed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Effective {
     /// The node answering.
     pub node: String,
@@ -73,7 +73,7 @@ pub async fn domains(store: &Arc<dyn Store>) -> store::Result<Vec<DomainView>> {
 
 /// Checks settings by the configuration's rules; the error says which field is wrong.
 fn check(config: &Config, name: &str, s: &DomainSettings) -> Result<Domain, String> {
-    Domain::from_settings(name, s, config.retry, &config.silos)
+    Domain::from_settings(name, s, config.retry, &config.filter.policy, &config.silos)
         .map_err(|(field, message)| format!("{field}: {message}"))
 }
 

@@ -713,6 +713,7 @@ impl Queue {
                 server: self.config.smtp.hostname.clone(),
                 node: self.node().to_string(),
             },
+            scan: None,
         })
     }
 }
@@ -769,6 +770,7 @@ impl Handler for Intake {
                 server: m.server,
                 node: self.0.node().to_string(),
             },
+            scan: None,
         };
         self.0.submit(message).await.map_err(|e| {
             warn!(error = %e, "enqueue failed");

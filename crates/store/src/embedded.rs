@@ -12,21 +12,22 @@ use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::{
-    Attempt, Bytes, Claimed, DomainEntry, Error, Event, Lease, Message, NewMessage, Outcome,
-    Recipient, Result, Ret, ServerEntry, Status, Store, Summary, Trace, TraceQuery, deleted_event,
-    dsn_event, now_ms, outcome_event, received_event,
+    Attempt, Bytes, Claimed, DomainEntry, Error, Event, Example, Held, HeldSummary, Lease, Message,
+    NewMessage, Outcome, Recipient, Result, Ret, ServerEntry, Status, Store, Summary, Trace,
+    TraceQuery, deleted_event, dsn_event, held_event, now_ms, outcome_event, received_event,
+    unheld_event,
 };
 
 /// The most operations run in one transaction.
 const BATCH: usize = 512;
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const VERSION: i64 = 3;
+const VERSION: i64 = 4;
 
 /// The schema, version by version: `MIGRATIONS[n]` takes a database from version n to n+1.
 /// Version 0 is the first release's (RET kept as `ret_headers_only`, which held an invented
 /// RET=FULL as 0, so only HDRS is carried over).
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     // 0 -> 1: RET as given.
     "ALTER TABLE message ADD COLUMN ret INTEGER;
      UPDATE message SET ret = CASE ret_headers_only WHEN 1 THEN 1 END;
@@ -87,6 +88,28 @@ const MIGRATIONS: [&str; 3] = [
      CREATE TABLE runtime_version (version INTEGER NOT NULL);
      INSERT INTO runtime_version VALUES (0);
      CREATE TABLE node (id TEXT PRIMARY KEY, number INTEGER NOT NULL UNIQUE);",
+    // 3 -> 4: the classifier.
+    "CREATE TABLE classifier_example (
+         digest TEXT PRIMARY KEY,
+         spam INTEGER NOT NULL,
+         features BLOB NOT NULL
+     ) WITHOUT ROWID;
+     CREATE TABLE classifier_model (
+         version INTEGER PRIMARY KEY,
+         data BLOB NOT NULL
+     );
+     CREATE TABLE quarantine (
+         id TEXT PRIMARY KEY,
+         received_at INTEGER NOT NULL,
+         sender TEXT NOT NULL,
+         recipients TEXT NOT NULL,
+         envelope TEXT NOT NULL,
+         verdict TEXT NOT NULL,
+         score REAL NOT NULL,
+         reason TEXT NOT NULL,
+         size INTEGER NOT NULL,
+         body BLOB NOT NULL
+     );",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -338,9 +361,6 @@ fn enqueue(c: &Connection, m: &NewMessage, lease: Option<(&str, i64)>) -> Result
         "INSERT INTO recipient (message_id, idx, address, notify, orcpt, status, attempts, next_attempt, last_error, warned)
          VALUES (?, ?, ?, ?, ?, 0, 0, ?, NULL, 0)",
     )?;
-    let mut trace_rcpt = c.prepare_cached(
-        "INSERT OR IGNORE INTO trace_recipient (id, address, address_lc) VALUES (?, ?, ?)",
-    )?;
     for (i, r) in m.recipients.iter().enumerate() {
         ins.execute(params![
             m.id,
@@ -350,6 +370,17 @@ fn enqueue(c: &Connection, m: &NewMessage, lease: Option<(&str, i64)>) -> Result
             r.orcpt,
             m.next_attempt
         ])?;
+    }
+    insert_trace(c, m)?;
+    Ok(lease.map(|_| 1))
+}
+
+/// A new message's trace: its recipients, its arrival and the `received` event.
+fn insert_trace(c: &Connection, m: &NewMessage) -> Result<()> {
+    let mut trace_rcpt = c.prepare_cached(
+        "INSERT OR IGNORE INTO trace_recipient (id, address, address_lc) VALUES (?, ?, ?)",
+    )?;
+    for r in &m.recipients {
         trace_rcpt.execute(params![m.id, r.address, r.address.to_lowercase()])?;
     }
     let a = &m.arrival;
@@ -369,8 +400,32 @@ fn enqueue(c: &Connection, m: &NewMessage, lease: Option<(&str, i64)>) -> Result
         a.server,
         a.node
     ])?;
-    add_event(c, &m.id, &received_event(m))?;
-    Ok(lease.map(|_| 1))
+    add_event(c, &m.id, &received_event(m))
+}
+
+fn held(c: &Connection, id: &str) -> Result<Option<Held>> {
+    let row = c
+        .query_row(
+            "SELECT id, received_at, sender, envelope, verdict, score, reason, body FROM quarantine WHERE id = ?",
+            [id],
+            |r| {
+                Ok((
+                    r.get(0)?,
+                    r.get(1)?,
+                    r.get(2)?,
+                    r.get::<_, String>(3)?,
+                    r.get(4)?,
+                    r.get(5)?,
+                    r.get(6)?,
+                    r.get(7)?,
+                ))
+            },
+        )
+        .optional()?;
+    row.map(|(id, at, sender, env, verdict, score, reason, body)| {
+        Held::from_columns(id, at, sender, &env, verdict, score, reason, body)
+    })
+    .transpose()
 }
 
 fn add_event(c: &Connection, id: &str, e: &Event) -> Result<()> {
@@ -663,7 +718,8 @@ fn find_traces(c: &Connection, q: &TraceQuery) -> Result<Vec<Trace>> {
 }
 
 fn expire_traces(c: &Connection, before: i64) -> Result<usize> {
-    let old = "SELECT id FROM trace_message WHERE received_at < ?1 AND id NOT IN (SELECT id FROM message)";
+    let old = "SELECT id FROM trace_message WHERE received_at < ?1
+               AND id NOT IN (SELECT id FROM message) AND id NOT IN (SELECT id FROM quarantine)";
     c.execute(
         &format!("DELETE FROM trace_event WHERE id IN ({old})"),
         [before],
@@ -673,7 +729,7 @@ fn expire_traces(c: &Connection, before: i64) -> Result<usize> {
         [before],
     )?;
     Ok(c.execute(
-        "DELETE FROM trace_message WHERE received_at < ?1 AND id NOT IN (SELECT id FROM message)",
+        &format!("DELETE FROM trace_message WHERE id IN ({old})"),
         [before],
     )?)
 }
@@ -801,6 +857,175 @@ impl Store for Embedded {
         self.call(false, |c| {
             Ok(c.prepare_cached("SELECT version FROM runtime_version")?
                 .query_row([], |r| r.get(0))?)
+        })
+        .await
+    }
+    async fn quarantine(&self, held: Held) -> Result<()> {
+        self.call(true, move |c| {
+            let m = &held.message;
+            let recipients: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
+            c.prepare_cached(
+                "INSERT INTO quarantine (id, received_at, sender, recipients, envelope, verdict, score, reason, size, body)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                m.id,
+                m.received_at,
+                m.sender,
+                recipients.join("\n"),
+                held.envelope(),
+                held.verdict,
+                held.score,
+                held.reason,
+                m.body.len() as i64,
+                &m.body[..]
+            ])?;
+            insert_trace(c, m)?;
+            add_event(c, &m.id, &held_event(&held))
+        })
+        .await
+    }
+    async fn quarantined(&self, after: Option<&str>, limit: usize) -> Result<Vec<HeldSummary>> {
+        let after = after.unwrap_or("").to_string();
+        self.call(false, move |c| {
+            Ok(c.prepare_cached(
+                "SELECT id, received_at, sender, recipients, verdict, score, reason, size
+                 FROM quarantine WHERE id > ? ORDER BY id LIMIT ?",
+            )?
+            .query_map(params![after, limit as i64], |r| {
+                Ok(HeldSummary {
+                    id: r.get(0)?,
+                    received_at: r.get(1)?,
+                    sender: r.get(2)?,
+                    recipients: r
+                        .get::<_, String>(3)?
+                        .split('\n')
+                        .map(str::to_string)
+                        .collect(),
+                    verdict: r.get(4)?,
+                    score: r.get(5)?,
+                    reason: r.get(6)?,
+                    size: r.get::<_, i64>(7)? as u64,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+    async fn held(&self, id: &str) -> Result<Option<Held>> {
+        let id = id.to_string();
+        self.call(false, move |c| held(c, &id)).await
+    }
+    async fn release(&self, id: &str, copy: NewMessage, node: &str) -> Result<bool> {
+        let (id, node) = (id.to_string(), node.to_string());
+        self.call(true, move |c| {
+            if c.execute("DELETE FROM quarantine WHERE id = ?", [&id])? == 0 {
+                return Ok(false);
+            }
+            enqueue(c, &copy, None)?;
+            add_event(c, &id, &unheld_event(&node, Some(&copy.id)))?;
+            Ok(true)
+        })
+        .await
+    }
+    async fn delete_held(&self, id: &str, node: &str) -> Result<bool> {
+        let (id, node) = (id.to_string(), node.to_string());
+        self.call(true, move |c| {
+            if c.execute("DELETE FROM quarantine WHERE id = ?", [&id])? == 0 {
+                return Ok(false);
+            }
+            add_event(c, &id, &unheld_event(&node, None))?;
+            Ok(true)
+        })
+        .await
+    }
+    async fn learn(&self, examples: Vec<Example>) -> Result<usize> {
+        self.call(true, move |c| {
+            let mut st = c.prepare_cached(
+                "INSERT INTO classifier_example (digest, spam, features) VALUES (?, ?, ?)
+                 ON CONFLICT (digest) DO UPDATE SET spam = excluded.spam, features = excluded.features
+                 WHERE classifier_example.spam <> excluded.spam",
+            )?;
+            let mut changed = 0;
+            for e in &examples {
+                changed += st.execute(params![e.digest, e.spam, e.features])?;
+            }
+            Ok(changed)
+        })
+        .await
+    }
+    async fn forget(&self, digests: Vec<String>) -> Result<usize> {
+        self.call(true, move |c| {
+            let mut st = c.prepare_cached("DELETE FROM classifier_example WHERE digest = ?")?;
+            let mut gone = 0;
+            for d in &digests {
+                gone += st.execute([d])?;
+            }
+            Ok(gone)
+        })
+        .await
+    }
+    async fn examples(&self) -> Result<Vec<Example>> {
+        self.call(false, |c| {
+            Ok(c.prepare_cached(
+                "SELECT digest, spam, features FROM classifier_example ORDER BY digest",
+            )?
+            .query_map([], |r| {
+                Ok(Example {
+                    digest: r.get(0)?,
+                    spam: r.get(1)?,
+                    features: r.get(2)?,
+                })
+            })?
+            .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+    async fn example_counts(&self) -> Result<(u64, u64)> {
+        self.call(false, |c| {
+            Ok(c.query_row(
+                "SELECT COALESCE(SUM(spam), 0), COALESCE(SUM(1 - spam), 0) FROM classifier_example",
+                [],
+                |r| Ok((r.get::<_, i64>(0)? as u64, r.get::<_, i64>(1)? as u64)),
+            )?)
+        })
+        .await
+    }
+    async fn set_model(&self, data: Vec<u8>) -> Result<i64> {
+        self.call(true, move |c| {
+            // One row: the new version replaces the old in the same transaction.
+            let version: i64 = c.query_row(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM classifier_model",
+                [],
+                |r| r.get(0),
+            )?;
+            c.execute("DELETE FROM classifier_model", [])?;
+            c.execute(
+                "INSERT INTO classifier_model (version, data) VALUES (?, ?)",
+                params![version, data],
+            )?;
+            Ok(version)
+        })
+        .await
+    }
+    async fn model(&self) -> Result<Option<(i64, Vec<u8>)>> {
+        self.call(false, |c| {
+            Ok(
+                c.query_row("SELECT version, data FROM classifier_model", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })
+                .optional()?,
+            )
+        })
+        .await
+    }
+    async fn model_version(&self) -> Result<Option<i64>> {
+        self.call(false, |c| {
+            Ok(
+                c.query_row("SELECT MAX(version) FROM classifier_model", [], |r| {
+                    r.get(0)
+                })?,
+            )
         })
         .await
     }
@@ -957,6 +1182,7 @@ mod tests {
             next_attempt: 1,
             body: Bytes::from_static(b"Subject: t\r\n\r\nhi\r\n"),
             arrival: crate::Arrival::default(),
+            scan: None,
         }
     }
 

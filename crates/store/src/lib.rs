@@ -59,7 +59,7 @@ pub async fn open(url: &str) -> Result<std::sync::Arc<dyn Store>> {
 }
 
 /// A recipient as received.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NewRecipient {
     /// Exactly as received.
     pub address: String,
@@ -70,7 +70,7 @@ pub struct NewRecipient {
 }
 
 /// The DSN RET parameter the sender gave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Ret {
     /// The whole message in a failure DSN.
     Full,
@@ -112,6 +112,9 @@ pub struct NewMessage {
     pub body: Bytes,
     /// For the trace.
     pub arrival: Arrival,
+    /// The filter's verdict in one line (symbols, score, action), which the trace's
+    /// `received` event carries.
+    pub scan: Option<String>,
 }
 
 /// Where one recipient stands.
@@ -278,13 +281,172 @@ pub struct ServerEntry {
     pub state: String,
 }
 
-/// Durable state: the queue, the trace, and the run-time configuration.
+/// A message held in the quarantine: the message as it would have been queued, and why it
+/// was held.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub message: NewMessage,
+    /// The filter's verdict (`spam`, `phishing`...).
+    pub verdict: String,
+    pub score: f64,
+    /// The one line that explains it.
+    pub reason: String,
+}
+
+/// A quarantined message in a listing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldSummary {
+    pub id: String,
+    pub received_at: i64,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub verdict: String,
+    pub score: f64,
+    pub reason: String,
+    pub size: u64,
+}
+
+/// What the quarantine keeps of a message beside its body and the listed columns.
+#[derive(Serialize, Deserialize)]
+struct HeldEnvelope {
+    recipients: Vec<NewRecipient>,
+    envid: Option<String>,
+    ret: Option<Ret>,
+    arrival: Arrival,
+    next_attempt: i64,
+}
+
+impl Held {
+    /// The envelope column's JSON.
+    fn envelope(&self) -> String {
+        let m = &self.message;
+        serde_json::to_string(&HeldEnvelope {
+            recipients: m.recipients.clone(),
+            envid: m.envid.clone(),
+            ret: m.ret,
+            arrival: m.arrival.clone(),
+            next_attempt: m.next_attempt,
+        })
+        .expect("an envelope serializes")
+    }
+
+    /// A held message from its columns.
+    #[allow(clippy::too_many_arguments)]
+    fn from_columns(
+        id: String,
+        received_at: i64,
+        sender: String,
+        envelope: &str,
+        verdict: String,
+        score: f64,
+        reason: String,
+        body: Vec<u8>,
+    ) -> Result<Held> {
+        let e: HeldEnvelope = serde_json::from_str(envelope)
+            .map_err(|e| Error::Unavailable(format!("quarantined message {id}: {e}")))?;
+        Ok(Held {
+            message: NewMessage {
+                id,
+                sender,
+                recipients: e.recipients,
+                envid: e.envid,
+                ret: e.ret,
+                received_at,
+                next_attempt: e.next_attempt,
+                body: Bytes::from(body),
+                arrival: e.arrival,
+                scan: None,
+            },
+            verdict,
+            score,
+            reason,
+        })
+    }
+}
+
+/// The event a message's trace gets when it is quarantined.
+pub(crate) fn held_event(h: &Held) -> Event {
+    Event {
+        at: now_ms(),
+        node: h.message.arrival.node.clone(),
+        kind: "quarantined".into(),
+        recipient: None,
+        detail: format!("{} (score {:.2}): {}", h.verdict, h.score, h.reason),
+    }
+}
+
+/// The event a quarantined message's trace gets when it leaves the quarantine.
+pub(crate) fn unheld_event(node: &str, released_as: Option<&str>) -> Event {
+    Event {
+        at: now_ms(),
+        node: node.to_string(),
+        kind: "released".into(),
+        recipient: None,
+        detail: match released_as {
+            Some(id) => format!("released from the quarantine, queued as {id}"),
+            None => "deleted from the quarantine".into(),
+        },
+    }
+}
+
+/// One message the classifier learned from: its digest (what tells a second learning of
+/// the same message apart), its class and its features, encoded by the filter (the store
+/// does not read them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Example {
+    pub digest: String,
+    pub spam: bool,
+    pub features: Vec<u8>,
+}
+
+/// Durable state: the queue, the trace, the run-time configuration and the classifier.
 ///
 /// Durability is promised per method. "Durable" means on stable storage when the method
 /// returns: the embedded store's commit has fsynced its WAL; PostgreSQL's commit has
 /// returned (with its default `synchronous_commit = on`, after its WAL flush).
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
+    /// Adds training examples, or changes the class of one learned before (same digest);
+    /// returns how many were new or changed class (learning a message again as the same
+    /// class changes nothing). Durable.
+    async fn learn(&self, examples: Vec<Example>) -> Result<usize>;
+
+    /// Removes the examples with these digests; returns how many there were. Durable.
+    async fn forget(&self, digests: Vec<String>) -> Result<usize>;
+
+    /// Every training example, for training a model from them all.
+    async fn examples(&self) -> Result<Vec<Example>>;
+
+    /// How many spam and ham examples there are.
+    async fn example_counts(&self) -> Result<(u64, u64)>;
+
+    /// Stores a trained model (the filter's encoding), replacing the one before; returns its
+    /// version, higher than any before. Durable.
+    async fn set_model(&self, data: Vec<u8>) -> Result<i64>;
+
+    /// The latest model and its version; `None` before any was stored.
+    async fn model(&self) -> Result<Option<(i64, Vec<u8>)>>;
+
+    /// The latest model's version alone (cheap enough to poll for a new model).
+    async fn model_version(&self) -> Result<Option<i64>>;
+
+    /// Holds a message in the quarantine, with its trace (received, quarantined). Durable.
+    async fn quarantine(&self, held: Held) -> Result<()>;
+
+    /// Quarantined messages, oldest first, after the id `after`, at most `limit`.
+    async fn quarantined(&self, after: Option<&str>, limit: usize) -> Result<Vec<HeldSummary>>;
+
+    /// One quarantined message, body included.
+    async fn held(&self, id: &str) -> Result<Option<Held>>;
+
+    /// Takes message `id` out of the quarantine and queues `copy` (a new id, due at once,
+    /// claimable by any node) in one transaction, so it is neither lost nor both held and
+    /// queued; `false` (and nothing queued) when `id` is not in the quarantine. Durable.
+    async fn release(&self, id: &str, copy: NewMessage, node: &str) -> Result<bool>;
+
+    /// Deletes a quarantined message; `false` when it is not there. Durable.
+    async fn delete_held(&self, id: &str, node: &str) -> Result<bool>;
+
     /// Stores a new message and its trace's first event. Durable when it returns: the SMTP
     /// server answers 250 straight after. With `lease`, the message is claimed by that
     /// node at once (it delivers it from memory) and the token is returned; without, it is
@@ -401,12 +563,16 @@ pub(crate) fn received_event(m: &NewMessage) -> Event {
         kind: "received".into(),
         recipient: None,
         detail: format!(
-            "from {} helo {}{tls} by {}, {} recipient(s), {} octets",
+            "from {} helo {}{tls} by {}, {} recipient(s), {} octets{}",
             a.client,
             a.helo,
             a.server,
             m.recipients.len(),
-            m.body.len()
+            m.body.len(),
+            m.scan
+                .as_deref()
+                .map(|s| format!("; scanned: {s}"))
+                .unwrap_or_default()
         ),
     }
 }

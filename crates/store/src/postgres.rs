@@ -20,15 +20,16 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Row};
 
 use crate::{
-    Arrival, Attempt, Bytes, Claimed, DomainEntry, Error, Event, Lease, Message, NewMessage,
-    Outcome, Recipient, Result, Ret, ServerEntry, Status, Store, Summary, Trace, TraceQuery,
+    Arrival, Attempt, Bytes, Claimed, DomainEntry, Error, Event, Example, Held, HeldSummary, Lease,
+    Message, NewMessage, Outcome, Recipient, Result, Ret, ServerEntry, Status, Store, Summary,
+    Trace, TraceQuery,
 };
 
 /// The schema version this code writes.
-const VERSION: i32 = 2;
+const VERSION: i32 = 3;
 
 /// `MIGRATIONS[n]` takes the database from version n to n+1.
-const MIGRATIONS: [&str; 2] = [
+const MIGRATIONS: [&str; 3] = [
     "
 CREATE TABLE message (
     id TEXT PRIMARY KEY,
@@ -104,6 +105,29 @@ CREATE TABLE runtime_server (
 CREATE TABLE runtime_version (version BIGINT NOT NULL);
 CREATE TABLE node (id TEXT PRIMARY KEY, number INTEGER GENERATED ALWAYS AS IDENTITY UNIQUE);
 INSERT INTO runtime_version VALUES (0);
+",
+    "
+CREATE TABLE classifier_example (
+    digest TEXT PRIMARY KEY,
+    spam BOOLEAN NOT NULL,
+    features BYTEA NOT NULL
+);
+CREATE TABLE classifier_model (
+    version BIGINT PRIMARY KEY,
+    data BYTEA NOT NULL
+);
+CREATE TABLE quarantine (
+    id TEXT PRIMARY KEY,
+    received_at BIGINT NOT NULL,
+    sender TEXT NOT NULL,
+    recipients TEXT[] NOT NULL,
+    envelope TEXT NOT NULL,
+    verdict TEXT NOT NULL,
+    score DOUBLE PRECISION NOT NULL,
+    reason TEXT NOT NULL,
+    size BIGINT NOT NULL,
+    body BYTEA NOT NULL
+);
 ",
 ];
 
@@ -289,23 +313,16 @@ async fn enqueue(c: &impl GenericClient, m: &NewMessage, lease: Option<&Lease>) 
     let ttl = lease.map_or(-1, |l| ms(l.ttl));
     let n = m.recipients.len();
     let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
-    let lower: Vec<String> = addresses.iter().map(|a| a.to_lowercase()).collect();
     let notify: Vec<i16> = m.recipients.iter().map(|r| i16::from(r.notify)).collect();
     let orcpt: Vec<Option<&str>> = m.recipients.iter().map(|r| r.orcpt.as_deref()).collect();
     let idx: Vec<i32> = (0..n as i32).collect();
-    let (message, recipients, trace_recipients, trace_message) = tokio::try_join!(
+    let (message, recipients) = tokio::try_join!(
         c.prepare_cached(INSERT_MESSAGE),
         c.prepare_cached(INSERT_RECIPIENTS),
-        c.prepare_cached(INSERT_TRACE_RECIPIENTS),
-        c.prepare_cached(INSERT_TRACE_MESSAGE),
     )?;
-    let a = &m.arrival;
-    let received = [crate::received_event(m)];
-    let sender_lc = m.sender.to_lowercase();
-    let size = m.body.len() as i64;
     // Results taken in statement order: after a failure PostgreSQL aborts the later ones,
     // and their errors must not hide the first (a duplicate id is a conflict).
-    let (r1, r2, r3, r4, r5) = tokio::join!(
+    let (r1, r2, r3) = tokio::join!(
         async {
             c.execute(
                 &message,
@@ -332,6 +349,28 @@ async fn enqueue(c: &impl GenericClient, m: &NewMessage, lease: Option<&Lease>) 
             .await
             .map_err(Error::from)
         },
+        insert_trace(c, m, &[]),
+    );
+    r1?;
+    r2?;
+    r3
+}
+
+/// A new message's trace: its recipients, its arrival, the `received` event and `more`
+/// events, in three pipelined statements.
+async fn insert_trace(c: &impl GenericClient, m: &NewMessage, more: &[Event]) -> Result<()> {
+    let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
+    let lower: Vec<String> = addresses.iter().map(|a| a.to_lowercase()).collect();
+    let (trace_recipients, trace_message) = tokio::try_join!(
+        c.prepare_cached(INSERT_TRACE_RECIPIENTS),
+        c.prepare_cached(INSERT_TRACE_MESSAGE),
+    )?;
+    let a = &m.arrival;
+    let mut events = vec![crate::received_event(m)];
+    events.extend_from_slice(more);
+    let sender_lc = m.sender.to_lowercase();
+    let size = m.body.len() as i64;
+    let (r1, r2, r3) = tokio::join!(
         async {
             c.execute(&trace_recipients, &[&m.id, &addresses, &lower])
                 .await
@@ -356,13 +395,11 @@ async fn enqueue(c: &impl GenericClient, m: &NewMessage, lease: Option<&Lease>) 
             .await
             .map_err(Error::from)
         },
-        add_events(c, &m.id, &received),
+        add_events(c, &m.id, &events),
     );
     r1?;
     r2?;
     r3?;
-    r4?;
-    r5?;
     Ok(())
 }
 
@@ -792,7 +829,8 @@ impl Store for Postgres {
     async fn expire_traces(&self, before: i64) -> Result<usize> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        let old = "SELECT id FROM trace_message WHERE received_at < $1 AND id NOT IN (SELECT id FROM message)";
+        let old = "SELECT id FROM trace_message WHERE received_at < $1
+                   AND id NOT IN (SELECT id FROM message) AND id NOT IN (SELECT id FROM quarantine)";
         let params: [&(dyn ToSql + Sync); 1] = [&before];
         tx.execute(
             &format!("DELETE FROM trace_event WHERE id IN ({old})"),
@@ -806,7 +844,7 @@ impl Store for Postgres {
         .await?;
         let n = tx
             .execute(
-                "DELETE FROM trace_message WHERE received_at < $1 AND id NOT IN (SELECT id FROM message)",
+                &format!("DELETE FROM trace_message WHERE id IN ({old})"),
                 &params,
             )
             .await?;
@@ -818,6 +856,208 @@ impl Store for Postgres {
         let client = self.pool.get().await?;
         Ok(client
             .query_one("SELECT version FROM runtime_version", &[])
+            .await?
+            .get(0))
+    }
+
+    async fn quarantine(&self, held: Held) -> Result<()> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let m = &held.message;
+        let recipients: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
+        tx.execute(
+            "INSERT INTO quarantine (id, received_at, sender, recipients, envelope, verdict, score, reason, size, body)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            &[
+                &m.id,
+                &m.received_at,
+                &m.sender,
+                &recipients,
+                &held.envelope(),
+                &held.verdict,
+                &held.score,
+                &held.reason,
+                &(m.body.len() as i64),
+                &&m.body[..],
+            ],
+        )
+        .await?;
+        insert_trace(&tx, m, &[crate::held_event(&held)]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn quarantined(&self, after: Option<&str>, limit: usize) -> Result<Vec<HeldSummary>> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query(
+                "SELECT id, received_at, sender, recipients, verdict, score, reason, size
+                 FROM quarantine WHERE id > $1 ORDER BY id LIMIT $2",
+                &[&after.unwrap_or(""), &(limit as i64)],
+            )
+            .await?
+            .iter()
+            .map(|r| HeldSummary {
+                id: r.get(0),
+                received_at: r.get(1),
+                sender: r.get(2),
+                recipients: r.get(3),
+                verdict: r.get(4),
+                score: r.get(5),
+                reason: r.get(6),
+                size: r.get::<_, i64>(7) as u64,
+            })
+            .collect())
+    }
+
+    async fn held(&self, id: &str) -> Result<Option<Held>> {
+        let client = self.pool.get().await?;
+        client
+            .query_opt(
+                "SELECT id, received_at, sender, envelope, verdict, score, reason, body FROM quarantine WHERE id = $1",
+                &[&id],
+            )
+            .await?
+            .map(|r| {
+                Held::from_columns(
+                    r.get(0),
+                    r.get(1),
+                    r.get(2),
+                    r.get(3),
+                    r.get(4),
+                    r.get(5),
+                    r.get(6),
+                    r.get(7),
+                )
+            })
+            .transpose()
+    }
+
+    async fn release(&self, id: &str, copy: NewMessage, node: &str) -> Result<bool> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if tx
+            .execute("DELETE FROM quarantine WHERE id = $1", &[&id])
+            .await?
+            == 0
+        {
+            return Ok(false);
+        }
+        enqueue(&tx, &copy, None).await?;
+        add_events(&tx, id, &[crate::unheld_event(node, Some(&copy.id))]).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn delete_held(&self, id: &str, node: &str) -> Result<bool> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        if tx
+            .execute("DELETE FROM quarantine WHERE id = $1", &[&id])
+            .await?
+            == 0
+        {
+            return Ok(false);
+        }
+        add_events(&tx, id, &[crate::unheld_event(node, None)]).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
+    async fn learn(&self, examples: Vec<Example>) -> Result<usize> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let st = tx
+            .prepare_cached(
+                "INSERT INTO classifier_example (digest, spam, features) VALUES ($1, $2, $3)
+                 ON CONFLICT (digest) DO UPDATE SET spam = excluded.spam, features = excluded.features
+                 WHERE classifier_example.spam <> excluded.spam",
+            )
+            .await?;
+        let mut changed = 0;
+        for e in &examples {
+            changed += tx.execute(&st, &[&e.digest, &e.spam, &e.features]).await? as usize;
+        }
+        tx.commit().await?;
+        Ok(changed)
+    }
+
+    async fn forget(&self, digests: Vec<String>) -> Result<usize> {
+        let client = self.pool.get().await?;
+        let gone = client
+            .execute(
+                "DELETE FROM classifier_example WHERE digest = ANY($1)",
+                &[&digests],
+            )
+            .await?;
+        Ok(gone as usize)
+    }
+
+    async fn examples(&self) -> Result<Vec<Example>> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query(
+                "SELECT digest, spam, features FROM classifier_example ORDER BY digest",
+                &[],
+            )
+            .await?
+            .iter()
+            .map(|r| Example {
+                digest: r.get(0),
+                spam: r.get(1),
+                features: r.get(2),
+            })
+            .collect())
+    }
+
+    async fn example_counts(&self) -> Result<(u64, u64)> {
+        let client = self.pool.get().await?;
+        let r = client
+            .query_one(
+                "SELECT COUNT(*) FILTER (WHERE spam), COUNT(*) FILTER (WHERE NOT spam)
+                 FROM classifier_example",
+                &[],
+            )
+            .await?;
+        Ok((r.get::<_, i64>(0) as u64, r.get::<_, i64>(1) as u64))
+    }
+
+    async fn set_model(&self, data: Vec<u8>) -> Result<i64> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // Serialises writers of the model: two trainers commit one after the other, each
+        // with a higher version.
+        tx.execute("LOCK TABLE classifier_model IN EXCLUSIVE MODE", &[])
+            .await?;
+        let version: i64 = tx
+            .query_one(
+                "SELECT COALESCE(MAX(version), 0) + 1 FROM classifier_model",
+                &[],
+            )
+            .await?
+            .get(0);
+        tx.execute("DELETE FROM classifier_model", &[]).await?;
+        tx.execute(
+            "INSERT INTO classifier_model (version, data) VALUES ($1, $2)",
+            &[&version, &data],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(version)
+    }
+
+    async fn model(&self) -> Result<Option<(i64, Vec<u8>)>> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_opt("SELECT version, data FROM classifier_model", &[])
+            .await?
+            .map(|r| (r.get(0), r.get(1))))
+    }
+
+    async fn model_version(&self) -> Result<Option<i64>> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .query_one("SELECT MAX(version) FROM classifier_model", &[])
             .await?
             .get(0))
     }

@@ -111,6 +111,7 @@ fn message(id: &str, rcpts: &[&str], due: i64) -> NewMessage {
             server: "c1-s1".into(),
             node: "n1".into(),
         },
+        scan: None,
     }
 }
 
@@ -628,6 +629,136 @@ async fn node_numbers_are_unique_and_stable() {
         let distinct: std::collections::HashSet<u16> = by_node.values().copied().collect();
         assert_eq!(distinct.len(), 6, "two nodes share a number: {by_node:?}");
         assert_eq!(s[1].node_number("node-3").await.unwrap(), by_node[&3]);
+    })
+    .await;
+}
+
+/// A quarantined message keeps its envelope, body and verdict, has a trace while held,
+/// and leaves the quarantine once: released (queued under a new id, claimable at once) or
+/// deleted, never both.
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantine_holds_releases_and_deletes() {
+    use mailsilo_store::Held;
+    both(2, |s| async move {
+        let now = 1_700_000_000;
+        let mut m = message("Q1", &["a@client.example", "b@client.example"], now);
+        m.scan = Some("score 9.00 GTUBE(9.00)".into());
+        let held = Held {
+            message: m.clone(),
+            verdict: "spam".into(),
+            score: 9.0,
+            reason: "spam (score 9.0): test".into(),
+        };
+        s[0].quarantine(held.clone()).await.unwrap();
+        s[0].quarantine(Held {
+            message: message("Q2", &["c@client.example"], now),
+            ..held.clone()
+        })
+        .await
+        .unwrap();
+        let list = s[1].quarantined(None, 10).await.unwrap();
+        assert_eq!(list.len(), 2);
+        assert_eq!(list[0].id, "Q1");
+        assert_eq!(list[0].recipients, ["a@client.example", "b@client.example"]);
+        assert_eq!((list[0].score, list[0].size), (9.0, m.body.len() as u64));
+        assert_eq!(s[1].quarantined(Some("Q1"), 10).await.unwrap().len(), 1);
+        let back = s[1].held("Q1").await.unwrap().unwrap();
+        assert_eq!(back.message.recipients, m.recipients);
+        assert_eq!(
+            (back.message.body.clone(), back.message.envid.clone()),
+            (m.body.clone(), m.envid.clone())
+        );
+        assert_eq!(back.message.arrival, m.arrival);
+        assert_eq!(back.verdict, "spam");
+        let trace = s[0].trace("Q1").await.unwrap().unwrap();
+        let kinds: Vec<&str> = trace.events.iter().map(|e| e.kind.as_str()).collect();
+        assert_eq!(kinds, ["received", "quarantined"]);
+        assert!(
+            trace.events[0].detail.contains("scanned: score 9.00"),
+            "{}",
+            trace.events[0].detail
+        );
+        // Held mail is not queued mail.
+        assert!(
+            s[0].claim(&lease("n1", 60_000), now + 10, 10)
+                .await
+                .unwrap()
+                .is_empty()
+        );
+
+        let mut copy = back.message.clone();
+        copy.id = "R1".into();
+        // Two nodes release at once: one wins, the copy is queued once.
+        let (a, b) = tokio::join!(
+            s[0].release("Q1", copy.clone(), "n1"),
+            s[1].release("Q1", copy.clone(), "n2")
+        );
+        assert_eq!([a.unwrap(), b.unwrap()].iter().filter(|x| **x).count(), 1);
+        let claimed = s[1]
+            .claim(&lease("n2", 60_000), now + 10, 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+        assert_eq!(claimed[0].message.id, "R1");
+        assert_eq!(s[0].body("R1").await.unwrap().unwrap(), m.body);
+        assert!(s[0].held("Q1").await.unwrap().is_none());
+        let trace = s[0].trace("Q1").await.unwrap().unwrap();
+        assert!(
+            trace
+                .events
+                .iter()
+                .any(|e| e.kind == "released" && e.detail.contains("R1"))
+        );
+
+        assert!(s[0].delete_held("Q2", "n1").await.unwrap());
+        assert!(!s[1].delete_held("Q2", "n2").await.unwrap());
+        assert!(!s[1].release("Q2", copy, "n2").await.unwrap());
+        assert!(s[0].quarantined(None, 10).await.unwrap().is_empty());
+    })
+    .await;
+}
+
+/// The classifier's examples are learned once per digest (a second learning as the other
+/// class moves it), forgotten, counted and listed; models get rising versions, and a
+/// model stored by one node is what every node reads.
+#[tokio::test(flavor = "multi_thread")]
+async fn classifier_examples_and_models_are_shared() {
+    use mailsilo_store::Example;
+    both(2, |s| async move {
+        let ex = |d: &str, spam: bool| Example {
+            digest: d.into(),
+            spam,
+            features: vec![1, 2, 3, spam as u8],
+        };
+        assert_eq!(s[0].model().await.unwrap(), None);
+        assert_eq!(s[0].model_version().await.unwrap(), None);
+        assert_eq!(s[0].example_counts().await.unwrap(), (0, 0));
+        let learned = s[0]
+            .learn(vec![ex("a", true), ex("b", true), ex("c", false)])
+            .await
+            .unwrap();
+        assert_eq!(learned, 3);
+        assert_eq!(
+            s[1].learn(vec![ex("a", true)]).await.unwrap(),
+            0,
+            "same class again"
+        );
+        assert_eq!(
+            s[1].learn(vec![ex("b", false)]).await.unwrap(),
+            1,
+            "class changed"
+        );
+        assert_eq!(s[0].example_counts().await.unwrap(), (1, 2));
+        let all = s[1].examples().await.unwrap();
+        assert_eq!(all, vec![ex("a", true), ex("b", false), ex("c", false)]);
+        assert_eq!(s[0].forget(vec!["c".into(), "zz".into()]).await.unwrap(), 1);
+        assert_eq!(s[1].example_counts().await.unwrap(), (1, 1));
+
+        let v1 = s[0].set_model(vec![9; 1000]).await.unwrap();
+        let v2 = s[1].set_model(vec![7; 10]).await.unwrap();
+        assert!(v2 > v1, "versions rise: {v1} then {v2}");
+        assert_eq!(s[0].model_version().await.unwrap(), Some(v2));
+        assert_eq!(s[0].model().await.unwrap(), Some((v2, vec![7; 10])));
     })
     .await;
 }

@@ -1,0 +1,389 @@
+//! The parsed view of a message that every content check reads: header fields (decoded
+//! where MIME allows), the sender's and Reply-To mailboxes, the text of every text part
+//! (HTML turned into text), and the links, with the text a reader sees for each.
+//!
+//! Parsing is mail-parser's (all parts, nested messages, legacy charsets). Everything here
+//! is bounded, since the input is whatever a sender chose: the text kept, the links
+//! collected and the nesting followed all stop at fixed limits, and a limit reached is
+//! recorded so a check can say so.
+
+use std::borrow::Cow;
+
+use mail_parser::{HeaderValue, Message, MessageParser, PartType};
+
+/// The most text kept from all parts together.
+pub const MAX_TEXT: usize = 512 * 1024;
+/// The most links collected.
+pub const MAX_LINKS: usize = 1000;
+/// The deepest nesting of attached messages followed.
+const MAX_DEPTH: usize = 8;
+/// The most parts visited.
+const MAX_PARTS: usize = 2000;
+/// The longest header value kept.
+const MAX_HEADER: usize = 16 * 1024;
+
+/// A display name and address (either may be empty).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Mailbox {
+    pub name: String,
+    /// Lower-cased.
+    pub address: String,
+}
+
+impl Mailbox {
+    /// The address's domain, lower-cased (empty when there is none).
+    pub fn domain(&self) -> &str {
+        self.address.rsplit_once('@').map_or("", |(_, d)| d)
+    }
+}
+
+/// A link found in the message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Link {
+    /// The host it leads to, lower-cased.
+    pub host: String,
+    /// The text shown for it (HTML anchors only).
+    pub text: Option<String>,
+}
+
+/// What a message says, as the checks read it.
+#[derive(Debug, Default)]
+pub struct Content {
+    /// Header fields of the top-level message in order: lower-cased name, value (decoded
+    /// when the field is unstructured text, unfolded raw text otherwise).
+    pub headers: Vec<(String, String)>,
+    pub subject: String,
+    pub from: Option<Mailbox>,
+    pub reply_to: Option<Mailbox>,
+    /// The text of every text part, HTML converted, parts separated by a blank line.
+    pub text: String,
+    pub links: Vec<Link>,
+    /// MIME parts seen (nested messages included).
+    pub parts: usize,
+    /// HTML parts seen.
+    pub html_parts: usize,
+    /// A part whose transfer encoding or charset could not be decoded.
+    pub encoding_problem: bool,
+    /// The message had no parsable header section at all.
+    pub unparsable: bool,
+    /// A limit cut the view short (text, links, parts or depth).
+    pub truncated: bool,
+}
+
+impl Content {
+    /// Parses `raw` (a whole message, CRLF or LF line ends).
+    pub fn parse(raw: &[u8]) -> Content {
+        let mut c = Content::default();
+        let Some(message) = MessageParser::default().parse(raw) else {
+            c.unparsable = true;
+            return c;
+        };
+        c.top_headers(&message);
+        c.walk(&message, 0);
+        c
+    }
+
+    /// The value of the first header field called `name` (lower-case).
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn top_headers(&mut self, message: &Message<'_>) {
+        let raw = message.raw_message();
+        for h in message.headers() {
+            let name = h.name().to_ascii_lowercase();
+            let value = match h.value() {
+                HeaderValue::Text(t) => clip(t.to_string()),
+                _ => {
+                    let start = (h.offset_start() as usize).min(raw.len());
+                    let end = (h.offset_end() as usize).clamp(start, raw.len());
+                    clip(unfold(&String::from_utf8_lossy(&raw[start..end])))
+                }
+            };
+            self.headers.push((name, value));
+        }
+        self.subject = message
+            .subject()
+            .map(|s| clip(s.to_string()))
+            .unwrap_or_default();
+        self.from = mailbox(message.from());
+        self.reply_to = mailbox(message.reply_to());
+    }
+
+    fn walk(&mut self, message: &Message<'_>, depth: usize) {
+        if depth >= MAX_DEPTH {
+            self.truncated = true;
+            return;
+        }
+        for part in &message.parts {
+            if self.parts >= MAX_PARTS {
+                self.truncated = true;
+                return;
+            }
+            self.parts += 1;
+            self.encoding_problem |= part.is_encoding_problem;
+            match &part.body {
+                PartType::Text(t) => {
+                    self.push_text(t);
+                    self.text_links(t);
+                }
+                PartType::Html(h) => {
+                    self.html_parts += 1;
+                    self.html_links(h);
+                    let text = mail_parser::decoders::html::html_to_text(h);
+                    self.push_text(&text);
+                }
+                PartType::Message(inner) => self.walk(inner, depth + 1),
+                _ => {}
+            }
+        }
+    }
+
+    fn push_text(&mut self, t: &str) {
+        let room = MAX_TEXT.saturating_sub(self.text.len());
+        if room == 0 {
+            self.truncated = true;
+            return;
+        }
+        if !self.text.is_empty() {
+            self.text.push_str("\n\n");
+        }
+        let mut end = t.len().min(room);
+        while !t.is_char_boundary(end) {
+            end -= 1;
+        }
+        self.truncated |= end < t.len();
+        self.text.push_str(&t[..end]);
+    }
+
+    fn push_link(&mut self, host: String, text: Option<String>) {
+        if self.links.len() >= MAX_LINKS {
+            self.truncated = true;
+        } else if !host.is_empty() {
+            self.links.push(Link { host, text });
+        }
+    }
+
+    /// Bare URLs in plain text: `http(s)://host...` and `www.host...`.
+    fn text_links(&mut self, t: &str) {
+        let bytes = t.as_bytes();
+        let mut i = 0;
+        while let Some(at) = find_url_start(&bytes[i..]) {
+            let start = i + at;
+            let skip = if bytes[start..].starts_with(b"www.") {
+                0
+            } else {
+                bytes[start..].iter().position(|&b| b == b':').unwrap_or(0) + 3
+            };
+            let host = host_of(&t[start + skip..]);
+            i = start + skip + host.len().max(1);
+            self.push_link(host, None);
+            if self.links.len() >= MAX_LINKS {
+                return;
+            }
+        }
+    }
+
+    /// `<a href=...>text</a>` anchors in HTML, with the text a reader sees.
+    fn html_links(&mut self, h: &str) {
+        let lower = h.to_ascii_lowercase();
+        let mut i = 0;
+        while let Some(at) = lower[i..].find("<a") {
+            let tag_start = i + at;
+            let Some(tag_len) = lower[tag_start..].find('>') else {
+                return;
+            };
+            let tag = &h[tag_start..tag_start + tag_len];
+            let body_start = tag_start + tag_len + 1;
+            let body_end = lower[body_start..]
+                .find("</a")
+                .map_or(lower.len(), |e| body_start + e);
+            i = body_end.max(body_start);
+            let Some(href) = attribute(tag, "href") else {
+                continue;
+            };
+            let Some(host) = url_host(href) else {
+                continue;
+            };
+            let text = strip_tags(&h[body_start..body_end]);
+            self.push_link(host, (!text.is_empty()).then_some(text));
+            if self.links.len() >= MAX_LINKS {
+                return;
+            }
+        }
+    }
+}
+
+fn clip(mut s: String) -> String {
+    if s.len() > MAX_HEADER {
+        let mut end = MAX_HEADER;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
+fn unfold(s: &str) -> String {
+    s.split(['\r', '\n'])
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn mailbox(a: Option<&mail_parser::Address<'_>>) -> Option<Mailbox> {
+    let a = a?.first()?;
+    Some(Mailbox {
+        name: a.name().unwrap_or_default().trim().to_string(),
+        address: a.address().unwrap_or_default().trim().to_ascii_lowercase(),
+    })
+}
+
+fn find_url_start(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while i < b.len() {
+        let rest = &b[i..];
+        let word_start = i == 0 || !b[i - 1].is_ascii_alphanumeric();
+        if word_start
+            && (starts_with_ci(rest, b"http://")
+                || starts_with_ci(rest, b"https://")
+                || starts_with_ci(rest, b"www."))
+        {
+            return Some(i);
+        }
+        i += 1;
+    }
+    None
+}
+
+fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
+    s.len() >= prefix.len() && s[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// The host at the start of `s` (after the scheme): letters, digits, dots and hyphens,
+/// lower-cased, without userinfo.
+fn host_of(s: &str) -> String {
+    let s = match s.find(['/', '?', '#', ' ']) {
+        Some(end) => &s[..end],
+        None => s,
+    };
+    let s = s.rsplit_once('@').map_or(s, |(_, h)| h);
+    s.chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '.' || *c == '-')
+        .take(253)
+        .collect::<String>()
+        .trim_matches('.')
+        .to_ascii_lowercase()
+}
+
+/// The host of an absolute http(s) URL (`None` for mailto:, relative links and the like).
+pub fn url_host(url: &str) -> Option<String> {
+    let url = url.trim();
+    let lower = url.get(..8).unwrap_or(url).to_ascii_lowercase();
+    let rest = if lower.starts_with("http://") {
+        &url[7..]
+    } else if lower.starts_with("https://") {
+        &url[8..]
+    } else if lower.starts_with("//") {
+        &url[2..]
+    } else {
+        return None;
+    };
+    let host = host_of(rest);
+    (!host.is_empty()).then_some(host)
+}
+
+/// The value of attribute `name` in an HTML start tag.
+fn attribute<'a>(tag: &'a str, name: &str) -> Option<&'a str> {
+    let lower = tag.to_ascii_lowercase();
+    let mut from = 0;
+    while let Some(at) = lower[from..].find(name) {
+        let pos = from + at;
+        from = pos + name.len();
+        let before_ok = pos > 0 && lower.as_bytes()[pos - 1].is_ascii_whitespace();
+        let rest = lower[from..].trim_start();
+        if !before_ok || !rest.starts_with('=') {
+            continue;
+        }
+        let value_start = tag.len() - rest.len() + 1;
+        let value = tag[value_start..].trim_start();
+        return Some(match value.chars().next() {
+            Some(q @ ('"' | '\'')) => value[1..].split(q).next().unwrap_or(""),
+            _ => value
+                .split(|c: char| c.is_whitespace())
+                .next()
+                .unwrap_or(""),
+        });
+    }
+    None
+}
+
+/// Text with HTML tags removed and whitespace collapsed, at most 200 characters.
+fn strip_tags(h: &str) -> String {
+    let mut out = String::new();
+    let mut in_tag = false;
+    for c in h.chars() {
+        match c {
+            '<' => in_tag = true,
+            '>' => in_tag = false,
+            c if !in_tag => out.push(c),
+            _ => {}
+        }
+        if out.len() > 800 {
+            break;
+        }
+    }
+    let text: Cow<'_, str> = Cow::Owned(out.split_whitespace().collect::<Vec<_>>().join(" "));
+    text.chars().take(200).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn headers_text_and_links_of_a_multipart_message() {
+        let raw = b"From: \"PayPal\" <Service@Evil.example>\r\nReply-To: other@x.example\r\n\
+Subject: =?utf-8?q?Caf=C3=A9?=\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n\
+--b\r\nContent-Type: text/plain\r\n\r\nsee http://plain.example/x and www.other.example\r\n\
+--b\r\nContent-Type: text/html\r\n\r\n<p>Hi <a class=x href=\"https://bad.example/login\">\
+https://www.paypal.com</a></p>\r\n--b--\r\n";
+        let c = Content::parse(raw);
+        assert_eq!(c.subject, "Café");
+        let from = c.from.as_ref().unwrap();
+        assert_eq!(
+            (from.name.as_str(), from.domain()),
+            ("PayPal", "evil.example")
+        );
+        assert_eq!(c.reply_to.as_ref().unwrap().address, "other@x.example");
+        assert!(c.text.contains("see http://plain.example/x"));
+        assert!(c.text.contains("Hi"));
+        let hosts: Vec<_> = c.links.iter().map(|l| l.host.as_str()).collect();
+        assert_eq!(hosts, ["plain.example", "www.other.example", "bad.example"]);
+        assert_eq!(c.links[2].text.as_deref(), Some("https://www.paypal.com"));
+        assert_eq!(c.html_parts, 1);
+    }
+
+    #[test]
+    fn url_hosts() {
+        assert_eq!(
+            url_host("HTTPS://User@Host.Example:8080/p").unwrap(),
+            "host.example"
+        );
+        assert_eq!(url_host("mailto:a@b.example"), None);
+        assert_eq!(url_host("/relative"), None);
+    }
+
+    #[test]
+    fn garbage_gives_an_empty_view() {
+        let c = Content::parse(b"");
+        assert!(c.unparsable || c.text.is_empty());
+        let c = Content::parse(b"\xff\xfe\x00garbage without headers");
+        assert!(c.links.is_empty());
+    }
+}

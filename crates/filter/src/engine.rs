@@ -1,0 +1,561 @@
+//! The engine: runs every check on a message, each reporting named symbols with a score,
+//! a reason and its time, and sums them into a [`Report`]; then [`decide`] turns a report
+//! into a verdict and an action under one client domain's policy. SMTP, `mailsilo check`
+//! and (later) the portal all scan through [`Engine::scan`]: there is no second path.
+//!
+//! A check that cannot run says so with its own symbol and marks the report degraded
+//! (the untrained classifier does today); it never passes silently.
+
+use std::net::IpAddr;
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use config::{FilterPolicy, SpamAction};
+
+use crate::classifier::{self, Judgement, Model};
+use crate::content::Content;
+use crate::rules::Rules;
+
+/// One finding of a check.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Symbol {
+    pub name: String,
+    pub score: f64,
+    pub reason: String,
+    /// Microseconds the check that reported it took.
+    pub micros: u64,
+}
+
+/// What the scan of a message found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Report {
+    pub symbols: Vec<Symbol>,
+    pub score: f64,
+    /// A check could not run: the score may be lower than it should be.
+    pub degraded: bool,
+    /// Microseconds the whole scan took.
+    pub micros: u64,
+}
+
+impl Report {
+    fn push(&mut self, name: &str, score: f64, reason: String, since: Instant) {
+        self.score += score;
+        self.symbols.push(Symbol {
+            name: name.to_string(),
+            score,
+            reason,
+            micros: since.elapsed().as_micros() as u64,
+        });
+    }
+
+    /// Whether a symbol of this name was reported.
+    pub fn has(&self, name: &str) -> bool {
+        self.symbols.iter().any(|s| s.name == name)
+    }
+
+    /// The symbols in one line: `NAME(score) NAME(score)`.
+    pub fn symbols_line(&self) -> String {
+        self.symbols
+            .iter()
+            .map(|s| format!("{}({:.2})", s.name, s.score))
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// What a message is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Clean,
+    Spam,
+    Phishing,
+}
+
+impl Verdict {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Verdict::Clean => "clean",
+            Verdict::Spam => "spam",
+            Verdict::Phishing => "phishing",
+        }
+    }
+}
+
+/// What becomes of a message for one recipient domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Action {
+    Deliver,
+    Tag,
+    Quarantine,
+    Reject,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Deliver => "deliver",
+            Action::Tag => "tag",
+            Action::Quarantine => "quarantine",
+            Action::Reject => "reject",
+        }
+    }
+}
+
+/// A verdict and the action it calls for, with why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Decision {
+    pub verdict: Verdict,
+    pub action: Action,
+    /// The one line a reject or a trace shows.
+    pub reason: String,
+}
+
+/// What the engine is told about a message beside its bytes.
+#[derive(Debug, Clone, Default)]
+pub struct Envelope<'a> {
+    pub client: Option<IpAddr>,
+    pub helo: &'a str,
+    /// The reverse path, lower-cased; empty for the null sender.
+    pub sender: &'a str,
+}
+
+/// Symbols whose presence makes spam phishing.
+const PHISHING: &[&str] = &[
+    "PHISH_LINK_MISMATCH",
+    "PHISH_DISPLAY_NAME",
+    "LOOKALIKE_DOMAIN",
+];
+
+/// The scanning engine. Cheap to share: the model is swapped whole when a new one is
+/// trained, under a lock held only to clone an `Arc`.
+pub struct Engine {
+    rules: Rules,
+    model: RwLock<Option<Arc<Model>>>,
+    /// The version of the model in force (from the store), if any.
+    version: RwLock<Option<i64>>,
+}
+
+impl Engine {
+    pub fn new(rules: Rules) -> Engine {
+        Engine {
+            rules,
+            model: RwLock::new(None),
+            version: RwLock::new(None),
+        }
+    }
+
+    /// Puts a newly trained or loaded model in force.
+    pub fn set_model(&self, version: i64, model: Model) {
+        *self.model.write().expect("model") = Some(Arc::new(model));
+        *self.version.write().expect("model") = Some(version);
+    }
+
+    /// The version of the model in force.
+    pub fn model_version(&self) -> Option<i64> {
+        *self.version.read().expect("model")
+    }
+
+    /// Scans a whole message. `client_domains` are the provider's client domains, which
+    /// phishing checks protect.
+    pub fn scan(&self, raw: &[u8], env: &Envelope<'_>, client_domains: &[String]) -> Report {
+        let start = Instant::now();
+        let mut r = Report::default();
+        let t = Instant::now();
+        let content = Content::parse(raw);
+        if content.unparsable {
+            r.push(
+                "MIME_UNPARSABLE",
+                1.0,
+                "the message has no header section mailsilo can read".into(),
+                t,
+            );
+        }
+        if content.encoding_problem {
+            r.push(
+                "MIME_BAD_ENCODING",
+                0.5,
+                "a part's transfer encoding or charset does not decode".into(),
+                t,
+            );
+        }
+        if content.truncated {
+            r.push(
+                "MIME_LIMITS",
+                0.0,
+                "the message is past a scanning limit: only its first parts, text and links were read".into(),
+                t,
+            );
+        }
+        self.rules_check(&content, &mut r);
+        self.classify(&content, &mut r);
+        phishing(&content, env, client_domains, &mut r);
+        r.micros = start.elapsed().as_micros() as u64;
+        r
+    }
+
+    fn rules_check(&self, content: &Content, r: &mut Report) {
+        let t = Instant::now();
+        let hits: Vec<_> = self.rules.matches(content).collect();
+        for rule in hits {
+            r.push(&rule.name, rule.score, rule.reason.clone(), t);
+        }
+    }
+
+    fn classify(&self, content: &Content, r: &mut Report) {
+        let t = Instant::now();
+        let model = self.model.read().expect("model").clone();
+        let Some(model) = model else {
+            r.degraded = true;
+            return r.push(
+                "CLASSIFIER_ABSENT",
+                0.0,
+                "no classifier model yet: train one with `mailsilo train`".into(),
+                t,
+            );
+        };
+        match model.judge(&classifier::features(content)) {
+            Judgement::Untrained => {
+                r.degraded = true;
+                r.push(
+                    "CLASSIFIER_UNTRAINED",
+                    0.0,
+                    format!(
+                        "the classifier learned {} spam and {} ham; it needs {} of each",
+                        model.spam,
+                        model.ham,
+                        classifier::MIN_LEARNS
+                    ),
+                    t,
+                )
+            }
+            Judgement::Probability(p) if p >= 0.5 => r.push(
+                "CLASSIFIER_SPAM",
+                SPAM_WEIGHT * (2.0 * p - 1.0),
+                format!("the classifier gives {:.1} % spam", p * 100.0),
+                t,
+            ),
+            Judgement::Probability(p) => r.push(
+                "CLASSIFIER_HAM",
+                HAM_WEIGHT * (1.0 - 2.0 * p),
+                format!("the classifier gives {:.1} % spam", p * 100.0),
+                t,
+            ),
+        }
+    }
+}
+
+/// The classifier's score at certainty: spam, and ham (negative).
+const SPAM_WEIGHT: f64 = 7.0;
+const HAM_WEIGHT: f64 = -3.0;
+
+/// The phishing checks: a link whose text shows one host while it leads to another; a
+/// display name that names a client domain the address is not at; a sender or link
+/// domain one edit away from a client domain; a Reply-To at another domain than From.
+fn phishing(c: &Content, env: &Envelope<'_>, client_domains: &[String], r: &mut Report) {
+    let t = Instant::now();
+    for link in &c.links {
+        let Some(shown) = link.text.as_deref().and_then(shown_host) else {
+            continue;
+        };
+        if site(&shown) != site(&link.host) {
+            r.push(
+                "PHISH_LINK_MISMATCH",
+                4.0,
+                format!("a link shows {shown} but leads to {}", link.host),
+                t,
+            );
+            break;
+        }
+    }
+    if let Some(from) = &c.from {
+        let name = from.name.to_ascii_lowercase();
+        let from_site = site(from.domain());
+        if let Some(d) = client_domains
+            .iter()
+            .find(|d| name.contains(d.as_str()) && site(d) != from_site)
+        {
+            r.push(
+                "PHISH_DISPLAY_NAME",
+                3.0,
+                format!(
+                    "the sender's name shows {d} but the address is at {}",
+                    from.domain()
+                ),
+                t,
+            );
+        }
+        if let Some(reply) = &c.reply_to
+            && !reply.domain().is_empty()
+            && !from.domain().is_empty()
+            && site(reply.domain()) != from_site
+        {
+            r.push(
+                "REPLYTO_MISMATCH",
+                0.5,
+                format!(
+                    "replies go to {} rather than {}",
+                    reply.domain(),
+                    from.domain()
+                ),
+                t,
+            );
+        }
+    }
+    let envelope_domain = env.sender.rsplit_once('@').map_or("", |(_, d)| d);
+    let candidates = c
+        .from
+        .iter()
+        .map(|f| f.domain())
+        .chain(std::iter::once(envelope_domain))
+        .chain(c.links.iter().map(|l| l.host.as_str()));
+    for host in candidates {
+        let s = site(host);
+        if let Some(d) = client_domains
+            .iter()
+            .find(|d| s != d.as_str() && looks_like(&s, d))
+        {
+            r.push(
+                "LOOKALIKE_DOMAIN",
+                4.0,
+                format!("{host} looks like the client domain {d}"),
+                t,
+            );
+            break;
+        }
+    }
+}
+
+/// The host a link's text shows, when the text is a URL or a bare host name.
+fn shown_host(text: &str) -> Option<String> {
+    let text = text.trim();
+    if let Some(h) = crate::content::url_host(text) {
+        return Some(h);
+    }
+    let candidate = text;
+    let looks_like_host = candidate.contains('.')
+        && !candidate.contains(' ')
+        && candidate.len() <= 253
+        && candidate
+            .split('.')
+            .all(|l| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+        && candidate
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.len() >= 2 && tld.bytes().all(|b| b.is_ascii_alphabetic()));
+    looks_like_host.then(|| candidate.to_ascii_lowercase())
+}
+
+/// The last two labels of a host (a stand-in for its registrable domain).
+fn site(host: &str) -> String {
+    let labels: Vec<&str> = host.trim_end_matches('.').rsplit('.').take(2).collect();
+    labels.into_iter().rev().collect::<Vec<_>>().join(".")
+}
+
+/// Whether `s` is one edit (insert, delete, substitute, swap) from `d`, or equal to it
+/// once confusable characters (0/o, 1/l, rn/m, vv/w) are folded.
+fn looks_like(s: &str, d: &str) -> bool {
+    if s.is_empty() || d.len() < 5 {
+        return false;
+    }
+    let fold = |x: &str| {
+        x.replace("rn", "m")
+            .replace("vv", "w")
+            .replace('0', "o")
+            .replace(['1', 'i'], "l")
+    };
+    fold(s) == fold(d) || one_edit(s.as_bytes(), d.as_bytes())
+}
+
+fn one_edit(a: &[u8], b: &[u8]) -> bool {
+    if a == b || a.len().abs_diff(b.len()) > 1 {
+        return false;
+    }
+    let prefix = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let (ra, rb) = (&a[prefix..], &b[prefix..]);
+    ra.get(1..) == rb.get(1..)
+        || ra.get(1..) == Some(rb)
+        || Some(ra) == rb.get(1..)
+        || (ra.len() >= 2
+            && rb.len() >= 2
+            && ra[0] == rb[1]
+            && ra[1] == rb[0]
+            && ra[2..] == rb[2..])
+}
+
+/// The verdict and action for one client domain's recipients.
+pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Decision {
+    let client = env.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
+    let phishing = PHISHING.iter().any(|p| report.has(p));
+    if policy.allow.iter().any(|s| s.matches(env.sender, client)) && !report.has("GTUBE") {
+        return Decision {
+            verdict: Verdict::Clean,
+            action: Action::Deliver,
+            reason: "the sender is on the domain's allow list".into(),
+        };
+    }
+    let verdict = if phishing {
+        Verdict::Phishing
+    } else {
+        Verdict::Spam
+    };
+    if policy.block.iter().any(|s| s.matches(env.sender, client)) {
+        return Decision {
+            verdict,
+            action: action(policy.spam_action),
+            reason: "the sender is on the domain's block list".into(),
+        };
+    }
+    let top = report
+        .symbols
+        .iter()
+        .filter(|s| s.score > 0.0)
+        .max_by(|a, b| a.score.total_cmp(&b.score))
+        .map(|s| s.reason.as_str())
+        .unwrap_or("no single reason");
+    if report.score >= policy.reject_threshold {
+        return Decision {
+            verdict,
+            action: Action::Reject,
+            reason: format!("{} (score {:.1}): {top}", verdict.as_str(), report.score),
+        };
+    }
+    if report.score >= policy.spam_threshold {
+        return Decision {
+            verdict,
+            action: action(policy.spam_action),
+            reason: format!("{} (score {:.1}): {top}", verdict.as_str(), report.score),
+        };
+    }
+    Decision {
+        verdict: Verdict::Clean,
+        action: Action::Deliver,
+        reason: format!("clean (score {:.1})", report.score),
+    }
+}
+
+fn action(a: SpamAction) -> Action {
+    match a {
+        SpamAction::Deliver => Action::Deliver,
+        SpamAction::Tag => Action::Tag,
+        SpamAction::Quarantine => Action::Quarantine,
+        SpamAction::Reject => Action::Reject,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use config::Sender;
+
+    fn engine() -> Engine {
+        Engine::new(Rules::new(true, &[]).unwrap())
+    }
+
+    fn clients() -> Vec<String> {
+        vec!["example.com".into(), "paypal.com".into()]
+    }
+
+    #[test]
+    fn a_fresh_install_is_degraded_and_says_why() {
+        let r = engine().scan(b"Subject: hi\r\n\r\nhello\r\n", &Envelope::default(), &[]);
+        assert!(r.degraded);
+        assert!(r.has("CLASSIFIER_ABSENT"));
+    }
+
+    #[test]
+    fn gtube_is_rejected_even_for_an_allowed_sender() {
+        let raw = format!("Subject: t\r\n\r\n{}\r\n", crate::rules::GTUBE);
+        let env = Envelope {
+            sender: "friend@example.net",
+            ..Default::default()
+        };
+        let r = engine().scan(raw.as_bytes(), &env, &[]);
+        let mut policy = FilterPolicy {
+            spam_action: SpamAction::Tag,
+            ..Default::default()
+        };
+        policy.allow.push(Sender::parse("example.net").unwrap());
+        let d = decide(&r, &policy, &env);
+        assert_eq!((d.verdict, d.action), (Verdict::Spam, Action::Reject));
+        assert!(d.reason.contains("GTUBE"), "{}", d.reason);
+    }
+
+    #[test]
+    fn thresholds_lists_and_actions() {
+        let mut r = Report::default();
+        r.push("X", 7.0, "seven".into(), Instant::now());
+        let env = Envelope {
+            sender: "a@b.example",
+            client: Some("192.0.2.9".parse().unwrap()),
+            ..Default::default()
+        };
+        let policy = FilterPolicy::default();
+        assert_eq!(decide(&r, &policy, &env).action, Action::Quarantine);
+        let tag = FilterPolicy {
+            spam_action: SpamAction::Tag,
+            ..Default::default()
+        };
+        assert_eq!(decide(&r, &tag, &env).action, Action::Tag);
+        let high = FilterPolicy {
+            spam_threshold: 8.0,
+            ..Default::default()
+        };
+        assert_eq!(decide(&r, &high, &env).verdict, Verdict::Clean);
+        let mut allow = FilterPolicy::default();
+        allow.allow.push(Sender::parse("192.0.2.0/24").unwrap());
+        assert_eq!(decide(&r, &allow, &env).action, Action::Deliver);
+        let mut block = high.clone();
+        block.block.push(Sender::parse("a@b.example").unwrap());
+        assert_eq!(decide(&r, &block, &env).action, Action::Quarantine);
+        r.push("Y", 9.0, "nine".into(), Instant::now());
+        let d = decide(&r, &tag, &env);
+        assert_eq!(d.action, Action::Reject);
+        assert!(d.reason.contains("nine"));
+    }
+
+    #[test]
+    fn phishing_checks() {
+        let raw =
+            b"From: \"example.com IT desk\" <it@examp1e.com>\r\nReply-To: x@collect.example\r\n\
+Content-Type: text/html\r\n\r\n<a href=\"http://evil.example/login\">www.paypal.com</a>\r\n";
+        let r = engine().scan(raw, &Envelope::default(), &clients());
+        for s in [
+            "PHISH_LINK_MISMATCH",
+            "PHISH_DISPLAY_NAME",
+            "REPLYTO_MISMATCH",
+            "LOOKALIKE_DOMAIN",
+        ] {
+            assert!(r.has(s), "{s} missing: {}", r.symbols_line());
+        }
+        let d = decide(&r, &FilterPolicy::default(), &Envelope::default());
+        assert_eq!(d.verdict, Verdict::Phishing);
+        let fine = b"From: Bob <bob@example.com>\r\nContent-Type: text/html\r\n\r\n\
+<a href=\"https://www.example.com/a\">example.com</a> <a href=\"https://x.example/\">here</a>\r\n";
+        let r = engine().scan(fine, &Envelope::default(), &clients());
+        assert!(!PHISHING.iter().any(|p| r.has(p)), "{}", r.symbols_line());
+    }
+
+    #[test]
+    fn look_alikes() {
+        for s in [
+            "examp1e.com",
+            "exampl.com",
+            "exmaple.com",
+            "example.co",
+            "paypa1.com",
+            "rnicrosoft.com",
+        ] {
+            let d = if s.contains("pay") {
+                "paypal.com"
+            } else if s.starts_with("rn") {
+                "microsoft.com"
+            } else {
+                "example.com"
+            };
+            assert!(looks_like(s, d), "{s} ~ {d}");
+        }
+        for s in ["sample.org", "other.net", "examples.net", "ex.com"] {
+            assert!(!looks_like(s, "example.com"), "{s} is not like example.com");
+        }
+    }
+}
