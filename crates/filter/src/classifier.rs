@@ -76,6 +76,10 @@ pub fn features(c: &Content) -> Vec<u32> {
             f.add("ud", &format!("{}.{}", labels[1], labels[0]));
         }
     }
+    for tag in &c.html_tags {
+        f.add("t", tag);
+    }
+    shape(c, &mut f);
     let mut end = c.text.len().min(MAX_FEATURE_TEXT);
     while !c.text.is_char_boundary(end) {
         end -= 1;
@@ -84,6 +88,74 @@ pub fn features(c: &Content) -> Vec<u32> {
     let mut v: Vec<u32> = f.seen.into_iter().collect();
     v.sort_unstable();
     v
+}
+
+/// Features of the message's shape rather than its words: how it is built (HTML only,
+/// parts, links), how it shouts (capitals, exclamation marks, money signs), and which of
+/// the header fields a mail program writes are missing. They generalise across
+/// vocabularies, which words alone do not.
+fn shape(c: &Content, f: &mut Features) {
+    let bucket = |n: usize| match n {
+        0 => "0",
+        1 => "1",
+        2..=3 => "2-3",
+        4..=9 => "4-9",
+        10..=29 => "10-29",
+        _ => "30+",
+    };
+    f.add("links", bucket(c.links.len()));
+    f.add("parts", bucket(c.parts));
+    f.add(
+        "html",
+        if c.html_parts == 0 {
+            "none"
+        } else if c.html_parts == c.parts.max(1) {
+            "only"
+        } else {
+            "some"
+        },
+    );
+    let letters = c.text.chars().filter(|ch| ch.is_alphabetic()).count();
+    let capitals = c.text.chars().filter(|ch| ch.is_uppercase()).count();
+    let ratio = (capitals * 10).checked_div(letters).unwrap_or(0);
+    f.add("caps", &ratio.to_string());
+    f.add("bang", bucket(c.text.matches('!').count()));
+    f.add("dollar", bucket(c.text.matches('$').count()));
+    f.add("textlen", bucket(c.text.len() / 500));
+    let subject_letters = c.subject.chars().filter(|ch| ch.is_alphabetic()).count();
+    let subject_caps = c.subject.chars().filter(|ch| ch.is_uppercase()).count();
+    if let Some(r) = (subject_caps * 4).checked_div(subject_letters) {
+        f.add("scaps", &r.to_string());
+    }
+    f.add("sbang", bucket(c.subject.matches('!').count()));
+    for name in [
+        "date",
+        "message-id",
+        "x-mailer",
+        "user-agent",
+        "mime-version",
+        "to",
+        "in-reply-to",
+        "references",
+        "list-id",
+    ] {
+        if c.header(name).is_none() {
+            f.add("missing", name);
+        }
+    }
+    if let Some(from) = &c.from {
+        let local = from.address.split('@').next().unwrap_or("");
+        f.add(
+            "fromdigits",
+            bucket(local.bytes().filter(u8::is_ascii_digit).count()),
+        );
+        if from.name.is_empty() {
+            f.add("fromname", "none");
+        }
+    }
+    if c.encoding_problem {
+        f.add("mime", "encoding-problem");
+    }
 }
 
 /// Addresses (lower-cased) in a header value: `<a@b>` forms, or bare words with an `@`.
@@ -161,9 +233,10 @@ pub fn hash(prefix: &str, token: &str) -> u32 {
 /// Buckets of the weight vector features are hashed into (8 MB of `f32`).
 const BUCKETS: usize = 1 << 21;
 /// Training: passes over the examples and the learning rate, chosen by 5-fold
-/// cross-validation on the corpus's first sets (see `bench/detection.sh`).
-const EPOCHS: usize = 3;
-const RATE: f32 = 0.2;
+/// cross-validation on the SpamAssassin corpus's first sets (rates 1 to 8 and 3 to 10
+/// passes all caught 98.6-99.2 % of spam at 2 false positives in 2,500 easy ham).
+const EPOCHS: usize = 5;
+const RATE: f32 = 4.0;
 /// The encoding's first bytes.
 const MAGIC: &[u8; 8] = b"MSLR\0\0\0\x01";
 
@@ -204,9 +277,10 @@ impl Model {
             }
             for &i in &order {
                 let (spam, features) = examples[i];
-                let z: f32 = features.iter().map(|&f| weights[bucket(f)]).sum();
+                let x = scale(features.len());
+                let z: f32 = features.iter().map(|&f| weights[bucket(f)]).sum::<f32>() * x;
                 let p = 1.0 / (1.0 + (-z).exp());
-                let step = (if spam { 1.0 } else { 0.0 } - p) * RATE;
+                let step = (if spam { 1.0 } else { 0.0 } - p) * RATE * x;
                 for &f in features {
                     weights[bucket(f)] += step;
                 }
@@ -239,7 +313,11 @@ impl Model {
         if self.spam < MIN_LEARNS || self.ham < MIN_LEARNS {
             return Judgement::Untrained;
         }
-        let z: f32 = features.iter().map(|&f| self.weights[bucket(f)]).sum();
+        let z: f32 = features
+            .iter()
+            .map(|&f| self.weights[bucket(f)])
+            .sum::<f32>()
+            * scale(features.len());
         Judgement::Probability(1.0 / (1.0 + f64::from(-z).exp()))
     }
 
@@ -283,6 +361,12 @@ impl Model {
             ham: word(&body[4..8]),
         })
     }
+}
+
+/// Each feature's value: the features of a message form a unit vector, so a long message
+/// does not weigh more than a short one.
+fn scale(n: usize) -> f32 {
+    1.0 / (n.max(1) as f32).sqrt()
 }
 
 fn bucket(feature: u32) -> usize {

@@ -15,6 +15,8 @@ use mail_parser::{HeaderValue, Message, MessageParser, PartType};
 pub const MAX_TEXT: usize = 512 * 1024;
 /// The most links collected.
 pub const MAX_LINKS: usize = 1000;
+/// The most HTML tag tokens kept.
+pub const MAX_TAGS: usize = 2000;
 /// The deepest nesting of attached messages followed.
 const MAX_DEPTH: usize = 8;
 /// The most parts visited.
@@ -58,6 +60,9 @@ pub struct Content {
     /// The text of every text part, HTML converted, parts separated by a blank line.
     pub text: String,
     pub links: Vec<Link>,
+    /// HTML tags as `name` and `name:attribute` (and `name:attribute=value` for
+    /// presentational attributes), in order, at most [`MAX_TAGS`].
+    pub html_tags: Vec<String>,
     /// MIME parts seen (nested messages included).
     pub parts: usize,
     /// HTML parts seen.
@@ -133,6 +138,7 @@ impl Content {
                 PartType::Html(h) => {
                     self.html_parts += 1;
                     self.html_links(h);
+                    self.tags(h);
                     let text = mail_parser::decoders::html::html_to_text(h);
                     self.push_text(&text);
                 }
@@ -183,6 +189,47 @@ impl Content {
             self.push_link(host, None);
             if self.links.len() >= MAX_LINKS {
                 return;
+            }
+        }
+    }
+
+    /// The tags of an HTML part, for the classifier.
+    fn tags(&mut self, h: &str) {
+        let mut rest = h;
+        while let Some(at) = rest.find('<') {
+            if self.html_tags.len() >= MAX_TAGS {
+                return;
+            }
+            rest = &rest[at + 1..];
+            let end = rest.find('>').unwrap_or(rest.len()).min(512);
+            let mut end_ok = end;
+            while !rest.is_char_boundary(end_ok) {
+                end_ok -= 1;
+            }
+            let tag = rest[..end_ok].to_ascii_lowercase();
+            let mut words = tag.split_whitespace();
+            let Some(name) = words.next() else { continue };
+            if !name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'/' || b == b'!')
+            {
+                continue;
+            }
+            self.html_tags.push(name.to_string());
+            for attr in words.take(8) {
+                let (key, value) = attr.split_once('=').unwrap_or((attr, ""));
+                if !key.bytes().all(|b| b.is_ascii_alphabetic() || b == b'-') {
+                    continue;
+                }
+                let value = value.trim_matches(['"', '\'', '/']);
+                if matches!(
+                    key,
+                    "color" | "bgcolor" | "size" | "face" | "align" | "border"
+                ) {
+                    self.html_tags.push(format!("{name}:{key}={value}"));
+                } else {
+                    self.html_tags.push(format!("{name}:{key}"));
+                }
             }
         }
     }

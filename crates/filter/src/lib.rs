@@ -12,6 +12,9 @@
 pub mod classifier;
 pub mod content;
 pub mod engine;
+pub mod intake;
 pub mod rules;
+pub mod training;
 
 pub use engine::{Action, Decision, Engine, Envelope, Report, Symbol, Verdict, decide};
+pub use intake::Intake;

@@ -3,6 +3,7 @@
 //! owns nothing of their logic.
 
 mod datadir;
+mod filter_cli;
 mod lb;
 mod live;
 mod queue_cli;
@@ -41,13 +42,13 @@ enum LogFormat {
 }
 
 #[derive(clap::Args)]
-struct Where {
+pub(crate) struct Where {
     /// Configuration file (default: ./mailsilo.toml if present, else the built-in demo).
     #[arg(long)]
-    config: Option<PathBuf>,
+    pub(crate) config: Option<PathBuf>,
     /// Data directory: queue, TLS key, demo mailboxes.
     #[arg(long, default_value = "mailsilo-data")]
-    data_dir: PathBuf,
+    pub(crate) data_dir: PathBuf,
 }
 
 #[derive(Subcommand)]
@@ -91,6 +92,14 @@ enum Command {
         #[command(subcommand)]
         command: queue_cli::QueueCommand,
     },
+    /// List, show, release or delete quarantined mail of a running `up` (a whole fleet on
+    /// PostgreSQL).
+    Quarantine {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[command(subcommand)]
+        command: queue_cli::QuarantineCommand,
+    },
     /// List, add, change or remove the client domains of a running `up` (a whole fleet on
     /// PostgreSQL).
     Domain {
@@ -99,6 +108,24 @@ enum Command {
         #[command(subcommand)]
         command: settings_cli::DomainCommand,
     },
+    /// Scan messages offline with the configured rules, model and policy (exit status 0:
+    /// all clean, 1: one is not, 2: an error).
+    Check {
+        #[command(flatten)]
+        at: Where,
+        #[command(flatten)]
+        args: filter_cli::CheckArgs,
+    },
+    /// Teach the classifier spam and ham (files, mboxes, Maildirs), or make it forget.
+    Train {
+        #[command(flatten)]
+        at: Where,
+        #[command(flatten)]
+        args: filter_cli::TrainArgs,
+    },
+    /// The classifier's examples and model.
+    #[command(subcommand)]
+    Classifier(filter_cli::ClassifierCommand),
     /// A message's trace (received, each delivery attempt, the outcome), or the messages
     /// matching --from, --to and --since.
     Trace {
@@ -176,8 +203,30 @@ fn main() -> Result<()> {
                 let roles = up::Roles::parse(&only, &config)?;
                 up::up(config, &at.data_dir, roles, node_id).await
             }
+            Command::Check { at, args } => {
+                let config = load_config(at.config.as_deref())?;
+                match filter_cli::check(&config, &at.data_dir, args).await {
+                    Ok(true) => Ok(()),
+                    Ok(false) => std::process::exit(1),
+                    Err(e) => {
+                        eprintln!("Error: {e:#}");
+                        std::process::exit(2)
+                    }
+                }
+            }
+            Command::Train { at, args } => {
+                let config = load_config(at.config.as_deref())?;
+                filter_cli::train(&config, &at.data_dir, args).await
+            }
+            Command::Classifier(filter_cli::ClassifierCommand::Stats { at }) => {
+                let config = load_config(at.config.as_deref())?;
+                filter_cli::classifier_stats(&config, &at.data_dir).await
+            }
             Command::Lb { remote, command } => lb::run(&remote.connect()?, command),
             Command::Queue { remote, command } => queue_cli::queue(&remote.connect()?, command),
+            Command::Quarantine { remote, command } => {
+                queue_cli::quarantine(&remote.connect()?, command)
+            }
             Command::Trace { remote, args } => queue_cli::trace(&remote.connect()?, args),
             Command::Domain { remote, command } => {
                 settings_cli::domain(&remote.connect()?, command)

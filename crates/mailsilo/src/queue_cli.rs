@@ -1,9 +1,11 @@
-//! `mailsilo queue` and `mailsilo trace`: the queue and the message trace of a running
-//! gateway (a whole fleet, when it shares PostgreSQL), through its control API.
+//! `mailsilo queue`, `mailsilo quarantine` and `mailsilo trace`: the queue, the quarantine
+//! and the message trace of a running gateway (a whole fleet, when it shares PostgreSQL),
+//! through its control API.
 
 use anyhow::{Result, bail};
+use portal::quarantine::{HeldMessage, Released};
 use portal::queue::{Flushed, MAX_PAGE, QueuedMessage};
-use store::{Summary, Trace};
+use store::{HeldSummary, Summary, Trace};
 
 use crate::count;
 use crate::remote::Client;
@@ -17,6 +19,18 @@ pub enum QueueCommand {
     /// Make every deferred recipient due now.
     Flush,
     /// Remove a message from the queue (its trace keeps the removal).
+    Delete { id: String },
+}
+
+#[derive(clap::Subcommand)]
+pub enum QuarantineCommand {
+    /// One line per quarantined message with its verdict and score.
+    List,
+    /// Envelope, verdict, reason and headers of one message.
+    Show { id: String },
+    /// Deliver a message to its original recipients (queued again, not scanned again).
+    Release { id: String },
+    /// Delete a message from the quarantine.
     Delete { id: String },
 }
 
@@ -125,6 +139,64 @@ pub fn queue(api: &Client, command: QueueCommand) -> Result<()> {
         QueueCommand::Delete { id } => {
             api.delete(&format!("/api/queue/{}", urlencode(&id)))?;
             println!("deleted {id}");
+        }
+    }
+    Ok(())
+}
+
+pub fn quarantine(api: &Client, command: QuarantineCommand) -> Result<()> {
+    match command {
+        QuarantineCommand::List => {
+            let mut total = 0;
+            let mut after = String::new();
+            loop {
+                let page: Vec<HeldSummary> = api.get(&format!(
+                    "/api/quarantine?limit={MAX_PAGE}&after={}",
+                    urlencode(&after)
+                ))?;
+                for m in &page {
+                    println!(
+                        "{:<28} {:>9} {}  {:<9} {:>7.2}  {} -> {}",
+                        m.id,
+                        m.size,
+                        date(m.received_at),
+                        m.verdict,
+                        m.score,
+                        sender(&m.sender),
+                        m.recipients.join(", ")
+                    );
+                }
+                total += page.len();
+                match page.last() {
+                    Some(last) if page.len() == MAX_PAGE => after = last.id.clone(),
+                    _ => break,
+                }
+            }
+            println!("-- {} in the quarantine", count(total, "message"));
+        }
+        QuarantineCommand::Show { id } => {
+            let m: HeldMessage = api.get(&format!("/api/quarantine/{}", urlencode(&id)))?;
+            println!(
+                "id: {}\nsender: <{}>\nrecipients: {}\nreceived: {} from {}\nsize: {}\nverdict: {} (score {:.2})\nreason: {}",
+                m.id,
+                m.sender,
+                m.recipients.join(", "),
+                date(m.received_at),
+                m.client,
+                m.size,
+                m.verdict,
+                m.score,
+                m.reason
+            );
+            println!("\n{}", m.headers.trim_end());
+        }
+        QuarantineCommand::Release { id } => {
+            let r: Released = api.post(&format!("/api/quarantine/{}/release", urlencode(&id)))?;
+            println!("released {id}: queued as {}", r.queued_as);
+        }
+        QuarantineCommand::Delete { id } => {
+            api.delete(&format!("/api/quarantine/{}", urlencode(&id)))?;
+            println!("deleted {id} from the quarantine");
         }
     }
     Ok(())

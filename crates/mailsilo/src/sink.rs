@@ -76,7 +76,7 @@ impl Handler for Maildir {
         Ok(())
     }
 
-    async fn accept(&self, m: Accepted) -> Result<(), Reply> {
+    async fn accept(&self, m: Accepted) -> Result<&'static str, Reply> {
         let root = self.root.clone();
         tokio::task::spawn_blocking(move || {
             let host = "sink";
@@ -100,11 +100,8 @@ impl Handler for Maildir {
         .map_err(|e| {
             tracing::warn!(error = %e, "mailbox write failed");
             Reply::new(451, "4.3.0 Mailbox write failed")
-        })
-    }
-
-    fn accepted(&self) -> &'static str {
-        "stored in the demo mailbox"
+        })?;
+        Ok("stored in the demo mailbox")
     }
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use balancer::{Admin, Balancer};
 use config::Config;
-use queue::{Intake, Queue, SystemClock};
+use queue::{Queue, SystemClock};
 use smtp::server::{ProxyPolicy, Server};
 use store::{Embedded, Store};
 use tokio::net::TcpListener;
@@ -306,7 +306,25 @@ pub async fn up(
         tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
     }
     if let Some(queue) = &queue {
-        let intake = Arc::new(Intake(queue.clone()));
+        let rules = filter::rules::Rules::new(config.filter.starter_rules, &config.filter.rules)
+            .map_err(anyhow::Error::msg)?;
+        let engine = Arc::new(filter::Engine::new(rules));
+        if config.filter.enabled {
+            filter::training::refresh(&engine, queue.store().as_ref())
+                .await
+                .context("loading the classifier model")?;
+            tasks.push(tokio::spawn(filter::training::follow(
+                engine.clone(),
+                queue.store().clone(),
+                stopped.clone(),
+            )));
+        }
+        let intake = Arc::new(filter::Intake::new(
+            queue.clone(),
+            domains.clone(),
+            engine,
+            config.filter.enabled,
+        ));
         // Every server of this process shares one bound on message memory.
         let memory = smtp::data::MemoryBudget::new(config.smtp.max_message_memory);
         if roles.has("mx", "") {
@@ -485,7 +503,18 @@ pub async fn up(
             listener.local_addr()?,
             crate::datadir::token_path(data_dir).display()
         )?;
+        let next_id: Arc<dyn Fn() -> String + Send + Sync> = match &queue {
+            Some(q) => {
+                let q = q.clone();
+                Arc::new(move || q.next_id())
+            }
+            None => {
+                let ids = Arc::new(smtp::server::QueueIds::new(store.node_number(&node).await?));
+                Arc::new(move || ids.next())
+            }
+        };
         let ctx = portal::Ctx {
+            next_id,
             config: config.clone(),
             balancers: Arc::new(Lbs {
                 config: config.clone(),

@@ -36,6 +36,7 @@ pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 /// The longest a connection lives, however busy.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 pub mod lb;
+pub mod quarantine;
 pub mod queue;
 pub mod settings;
 
@@ -49,6 +50,8 @@ pub struct Ctx {
     pub store: Arc<dyn store::Store>,
     /// The node serving the API (it names itself in the trace of what it changes).
     pub node: String,
+    /// A new queue id of this node (for mail the API queues: a released copy).
+    pub next_id: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
 /// Equal in constant time (for equal lengths): no timing tells how much of a guess was right.
@@ -116,6 +119,7 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
     Router::new()
         .merge(lb::routes())
         .merge(queue::routes())
+        .merge(quarantine::routes())
         .merge(settings::routes())
         .fallback(|| async { refusal(StatusCode::NOT_FOUND, "no such API call") })
         .method_not_allowed_fallback(|| async {

@@ -20,13 +20,12 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use async_trait::async_trait;
 use config::{Config, DomainTable};
 use hickory_resolver::TokioResolver;
 use smtp::client::{self, Client};
 use smtp::command::Ret;
 use smtp::server::{QueueIds, notify};
-use smtp::{Accepted, Envelope, Handler, Rcpt, Reply};
+use smtp::{Envelope, Rcpt, Reply};
 use store::{
     Arrival, Attempt, Claimed, Lease, Message, NewMessage, NewRecipient, Outcome, Status, Store,
 };
@@ -34,14 +33,6 @@ use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, info, info_span, warn};
 
 pub use route::Route;
-
-/// RET as the store keeps it.
-fn stored_ret(r: Option<Ret>) -> Option<store::Ret> {
-    r.map(|r| match r {
-        Ret::Full => store::Ret::Full,
-        Ret::Headers => store::Ret::Headers,
-    })
-}
 
 /// RET as the relay client sends it.
 fn wire_ret(r: Option<store::Ret>) -> Option<Ret> {
@@ -98,7 +89,7 @@ const CLAIM_BATCH: usize = 64;
 /// How often the trace retention is applied.
 const TRACE_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
 
-/// The queue manager. Share it behind an `Arc`; it is also the SMTP server's [`Handler`].
+/// The queue manager. Share it behind an `Arc`: the filter's intake submits to it.
 pub struct Queue {
     config: Arc<Config>,
     /// The client domains in force (the store's, kept current by the binary's watcher).
@@ -179,6 +170,16 @@ impl Queue {
             idle: Mutex::default(),
             poll_interval: Duration::from_secs(1),
         }))
+    }
+
+    /// A new queue id of this node.
+    pub fn next_id(&self) -> String {
+        self.ids.next()
+    }
+
+    /// The queue clock's time (unix seconds).
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     /// This node's id.
@@ -714,67 +715,6 @@ impl Queue {
                 node: self.node().to_string(),
             },
             scan: None,
-        })
-    }
-}
-
-/// The handler the SMTP server holds: the queue behind an `Arc`, since delivery tasks
-/// spawned at acceptance need their own handle on it.
-pub struct Intake(pub Arc<Queue>);
-
-#[async_trait]
-impl Handler for Intake {
-    fn queue_id(&self) -> String {
-        self.0.ids.next()
-    }
-
-    fn check_recipient(&self, r: &smtp::address::Recipient) -> Result<(), Reply> {
-        let Some(domain) = self.0.domains.get(&r.domain) else {
-            return Err(Reply::new(550, "5.7.1 Relay access denied"));
-        };
-        if let Some(valid) = &domain.recipients
-            && !valid.contains(&r.local.to_lowercase())
-        {
-            return Err(Reply::new(
-                550,
-                "5.1.1 Recipient address rejected: user unknown",
-            ));
-        }
-        Ok(())
-    }
-
-    async fn accept(&self, m: Accepted) -> Result<(), Reply> {
-        let now = self.0.clock.now();
-        let message = NewMessage {
-            id: m.id,
-            sender: m.envelope.sender,
-            recipients: m
-                .envelope
-                .recipients
-                .into_iter()
-                .map(|r| NewRecipient {
-                    address: r.address,
-                    notify: r.notify,
-                    orcpt: r.orcpt,
-                })
-                .collect(),
-            envid: m.envelope.envid,
-            ret: stored_ret(m.envelope.ret),
-            received_at: now,
-            next_attempt: now,
-            body: m.body,
-            arrival: Arrival {
-                client: m.client.peer.ip().to_string(),
-                helo: m.client.helo,
-                tls: m.client.tls,
-                server: m.server,
-                node: self.0.node().to_string(),
-            },
-            scan: None,
-        };
-        self.0.submit(message).await.map_err(|e| {
-            warn!(error = %e, "enqueue failed");
-            Reply::new(451, "4.3.0 Temporary storage failure, try again later")
         })
     }
 }

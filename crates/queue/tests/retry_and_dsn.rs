@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use config::Config;
-use mailsilo_queue::{Clock, Intake, ManualClock, Queue};
-use smtp::server::{ClientInfo, LOCAL_IDS, Server};
-use smtp::{Accepted, Envelope, Handler, Rcpt, Reply};
-use store::{Embedded, Store};
+use mailsilo_queue::{Clock, ManualClock, Queue};
+use smtp::server::{LOCAL_IDS, Server};
+use smtp::{Accepted, Handler, Reply};
+use store::{Arrival, Embedded, NewMessage, NewRecipient, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -26,9 +26,9 @@ impl Handler for Collect {
             Ok(())
         }
     }
-    async fn accept(&self, m: Accepted) -> Result<(), Reply> {
+    async fn accept(&self, m: Accepted) -> Result<&'static str, Reply> {
         self.0.lock().unwrap().push(m);
-        Ok(())
+        Ok("queued")
     }
 }
 
@@ -125,34 +125,35 @@ impl World {
 
     async fn send_to(&self, from: &str, to: &[&str]) -> String {
         let id = LOCAL_IDS.next();
-        let m = Accepted {
+        let now = self.queue.now();
+        let m = NewMessage {
             id: id.clone(),
-            server: "mx.test".into(),
-            client: ClientInfo {
-                peer: "127.0.0.1:9".parse().unwrap(),
-                helo: "x".into(),
-                tls: None,
-            },
-            envelope: Envelope {
-                sender: from.into(),
-                recipients: to
-                    .iter()
-                    .map(|t| Rcpt {
-                        address: t.to_string(),
-                        notify: 0,
-                        orcpt: Some(format!("rfc822;{t}")),
-                    })
-                    .collect(),
-                envid: Some("ENV-1".into()),
-                ret: None,
-                smtputf8: false,
-                eight_bit: false,
-            },
+            sender: from.into(),
+            recipients: to
+                .iter()
+                .map(|t| NewRecipient {
+                    address: t.to_string(),
+                    notify: 0,
+                    orcpt: Some(format!("rfc822;{t}")),
+                })
+                .collect(),
+            envid: Some("ENV-1".into()),
+            ret: None,
+            received_at: now,
+            next_attempt: now,
             body: b"Subject: original\r\n\r\noriginal body\r\n"
                 .to_vec()
                 .into(),
+            arrival: Arrival {
+                client: "127.0.0.1".into(),
+                helo: "x".into(),
+                tls: None,
+                server: "mx.test".into(),
+                node: self.queue.node().to_string(),
+            },
+            scan: None,
         };
-        Intake(self.queue.clone()).accept(m).await.unwrap();
+        self.queue.submit(m).await.unwrap();
         id
     }
 

@@ -34,6 +34,9 @@ use crate::{Reply, date, tls};
 /// The longest command line, CRLF included.
 pub const MAX_COMMAND_LINE: usize = 1000;
 
+/// Spare capacity given with each accepted message for header fields its handler adds.
+pub const HANDLER_HEADROOM: usize = 4096;
+
 /// Received: headers beyond which a message is taken for a mail loop (Postfix's
 /// `hopcount_limit`).
 pub const MAX_HOPS: usize = 50;
@@ -111,12 +114,9 @@ pub trait Handler: Send + Sync + 'static {
     /// Whether mail for this recipient is accepted (refusal is the reply to send).
     fn check_recipient(&self, recipient: &Recipient) -> Result<(), Reply>;
     /// Takes responsibility for a message. Returns only once the message is on stable
-    /// storage: the server answers 250 straight after.
-    async fn accept(&self, message: Accepted) -> Result<(), Reply>;
-    /// What the log line of an accepted message says it became.
-    fn accepted(&self) -> &'static str {
-        "queued"
-    }
+    /// storage (the server answers 250 straight after), with what it became for the log
+    /// line ("queued").
+    async fn accept(&self, message: Accepted) -> Result<&'static str, Reply>;
     /// A new queue id for a message being received.
     fn queue_id(&self) -> String {
         LOCAL_IDS.next()
@@ -849,7 +849,7 @@ impl<H: Handler> Session<H> {
         content: Result<(Vec<u8>, crate::data::Charge), Problem>,
     ) {
         let Some(tx) = self.tx.take() else { return };
-        let (message, charge) = match content {
+        let (mut message, charge) = match content {
             Ok(m) => m,
             Err(p) => {
                 let reply = match p {
@@ -896,6 +896,10 @@ impl<H: Handler> Session<H> {
             eight_bit: tx.eight_bit,
         };
         let size = message.len();
+        // Room for the header fields the handler adds (a filter's results), so that it can
+        // add them in place rather than copy the whole message. A large buffer grows in
+        // place (mremap); a small one's copy costs nothing.
+        message.reserve(HANDLER_HEADROOM);
         let from = envelope.sender.clone();
         let rcpts = envelope.recipients.len();
         let accepted = Accepted {
@@ -909,11 +913,10 @@ impl<H: Handler> Session<H> {
         // The message has left this session (stored, or refused): its memory is free.
         drop(charge);
         match result {
-            Ok(()) => {
+            Ok(verb) => {
                 self.messages += 1;
                 // From the end of the content to the durable commit; the 250 follows.
                 let commit_us = end_of_data.elapsed().as_micros() as u64;
-                let verb = self.server.handler.accepted();
                 tracing::event!(Level::INFO, queue_id = %id, from = %from, rcpts, size, commit_us, "{verb}");
                 self.reply(250, format!("2.0.0 Ok: queued as {id}"));
             }
@@ -1066,9 +1069,9 @@ mod tests {
                 Err(Reply::new(550, "5.7.1 Relay access denied"))
             }
         }
-        async fn accept(&self, m: Accepted) -> Result<(), Reply> {
+        async fn accept(&self, m: Accepted) -> Result<&'static str, Reply> {
             self.0.lock().unwrap().push(m);
-            Ok(())
+            Ok("queued")
         }
     }
 

@@ -220,7 +220,7 @@ listen = "{control}"
 {tail}
 "#,
             smtp = opts.smtp,
-            tail = opts.tail,
+            tail = opts.tail.replace("{sink}", &sink.to_string()),
             store = store_table(),
         );
         let config = dir.path().join("mailsilo.toml");

@@ -1,0 +1,434 @@
+//! The intake: the handler the SMTP server hands each received message to. It checks
+//! recipients against the client domains (never an open relay), scans the message with the
+//! [`Engine`], decides per recipient domain, and then, before the server may answer:
+//! queues the copies to deliver (tagged with the scan's headers), holds the copies to
+//! quarantine, or refuses the message with a 5xx naming the reason (no backscatter: the
+//! refusal goes to the connected client, never a bounce to a forged sender).
+//!
+//! Recipients whose domains' policies differ get one copy per action. SMTP has one reply
+//! for the whole message after DATA, so when some recipients' policy says reject and
+//! others' does not, the rejecting recipients' copy is quarantined instead: nothing is
+//! lost and nothing bounces.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use config::{DomainTable, FilterPolicy};
+use queue::Queue;
+use smtp::command::Ret;
+use smtp::{Accepted, Handler, Reply};
+use store::{Arrival, Held, NewMessage, NewRecipient};
+use tracing::{info, warn};
+
+use crate::engine::{Action, Decision, Engine, Envelope, Report, decide};
+
+/// Messages at least this large are scanned on the blocking pool, so that a long scan
+/// never holds up the sessions that share a runtime worker.
+const SCAN_INLINE_MAX: usize = 128 * 1024;
+
+/// The SMTP server's handler: relay policy, scanning, and the hand-off.
+pub struct Intake {
+    queue: Arc<Queue>,
+    domains: Arc<DomainTable>,
+    engine: Arc<Engine>,
+    /// Scan at all (`filter.enabled`).
+    enabled: bool,
+}
+
+impl Intake {
+    pub fn new(
+        queue: Arc<Queue>,
+        domains: Arc<DomainTable>,
+        engine: Arc<Engine>,
+        enabled: bool,
+    ) -> Intake {
+        Intake {
+            queue,
+            domains,
+            engine,
+            enabled,
+        }
+    }
+
+    async fn scan(&self, m: &Accepted, body: &Bytes) -> Report {
+        let client_domains: Vec<String> =
+            self.domains.all().iter().map(|d| d.name.clone()).collect();
+        let engine = self.engine.clone();
+        let inline = body.len() < SCAN_INLINE_MAX;
+        let body = body.clone();
+        let (ip, helo, sender) = (
+            m.client.peer.ip(),
+            m.client.helo.clone(),
+            m.envelope.sender.to_lowercase(),
+        );
+        let run = move || {
+            let env = Envelope {
+                client: Some(ip),
+                helo: &helo,
+                sender: &sender,
+            };
+            engine.scan(&body, &env, &client_domains)
+        };
+        if inline {
+            run()
+        } else {
+            match tokio::task::spawn_blocking(run).await {
+                Ok(r) => r,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        }
+    }
+}
+
+/// The policy for a recipient address: its domain's.
+fn policy_of(domains: &DomainTable, address: &str) -> Option<FilterPolicy> {
+    let domain = address.rsplit_once('@')?.1.to_ascii_lowercase();
+    domains.get(&domain).map(|d| d.filter.clone())
+}
+
+#[async_trait]
+impl Handler for Intake {
+    fn queue_id(&self) -> String {
+        self.queue.next_id()
+    }
+
+    fn check_recipient(&self, r: &smtp::address::Recipient) -> Result<(), Reply> {
+        let Some(domain) = self.domains.get(&r.domain) else {
+            return Err(Reply::new(550, "5.7.1 Relay access denied"));
+        };
+        if let Some(valid) = &domain.recipients
+            && !valid.contains(&r.local.to_lowercase())
+        {
+            return Err(Reply::new(
+                550,
+                "5.1.1 Recipient address rejected: user unknown",
+            ));
+        }
+        Ok(())
+    }
+
+    async fn accept(&self, mut m: Accepted) -> Result<&'static str, Reply> {
+        let now = self.queue.now();
+        // The body leaves `m` so that the last copy can own its buffer.
+        let original = std::mem::take(&mut m.body);
+        if !self.enabled {
+            let id = m.id.clone();
+            self.submit(&m, id, &m.envelope.recipients, original, now, None)
+                .await?;
+            return Ok("queued");
+        }
+        let report = self.scan(&m, &original).await;
+        let sender = m.envelope.sender.to_lowercase();
+        let env = Envelope {
+            client: Some(m.client.peer.ip()),
+            helo: &m.client.helo,
+            sender: &sender,
+        };
+        // Recipients by action, each with its decision.
+        let mut groups: BTreeMap<Action, (Decision, Vec<smtp::Rcpt>)> = BTreeMap::new();
+        for r in &m.envelope.recipients {
+            let policy = policy_of(&self.domains, &r.address).unwrap_or_default();
+            let d = decide(&report, &policy, &env);
+            groups
+                .entry(d.action)
+                .or_insert_with(|| (d, Vec::new()))
+                .1
+                .push(r.clone());
+        }
+        let line = |d: &Decision| scan_line(&report, d);
+        if groups.len() == 1
+            && let Some((d, _)) = groups.get(&Action::Reject)
+        {
+            info!(queue_id = %m.id, score = report.score, symbols = %report.symbols_line(), reason = %d.reason, "rejected");
+            return Err(Reply::new(
+                550,
+                format!("5.7.1 Message refused as {}", d.reason),
+            ));
+        }
+        if let Some((d, rcpts)) = groups.remove(&Action::Reject) {
+            // Mixed policies: the refusing recipients' copy is held instead.
+            let held = groups.entry(Action::Quarantine).or_insert((d, Vec::new()));
+            held.1.extend(rcpts);
+        }
+        let mut first = true;
+        let last = groups.len() - 1;
+        let mut original = Some(original);
+        for (i, (action, (d, rcpts))) in groups.iter().enumerate() {
+            // The last copy takes the message's buffer, to edit it in place.
+            let own = if i == last {
+                original.take().unwrap_or_default()
+            } else {
+                original.clone().unwrap_or_default()
+            };
+            let id = if std::mem::take(&mut first) {
+                m.id.clone()
+            } else {
+                self.queue.next_id()
+            };
+            match action {
+                Action::Quarantine => {
+                    let message = self.message(&m, id, rcpts, own, now, Some(line(d)));
+                    info!(queue_id = %message.id, score = report.score, reason = %d.reason, "quarantined");
+                    self.queue
+                        .store()
+                        .quarantine(Held {
+                            message,
+                            verdict: d.verdict.as_str().into(),
+                            score: report.score,
+                            reason: d.reason.clone(),
+                        })
+                        .await
+                        .map_err(|e| {
+                            warn!(error = %e, "quarantine failed");
+                            Reply::new(451, "4.3.0 Temporary storage failure, try again later")
+                        })?;
+                }
+                _ => {
+                    let body = with_scan_headers(own, &report, d, *action == Action::Tag);
+                    self.submit(&m, id, rcpts, body, now, Some(line(d))).await?;
+                }
+            }
+        }
+        Ok(
+            match (groups.contains_key(&Action::Quarantine), groups.len()) {
+                (false, _) => "queued",
+                (true, 1) => "quarantined",
+                (true, _) => "queued, and quarantined for some recipients",
+            },
+        )
+    }
+}
+
+impl Intake {
+    #[allow(clippy::too_many_arguments)]
+    fn message(
+        &self,
+        m: &Accepted,
+        id: String,
+        rcpts: &[smtp::Rcpt],
+        body: bytes::Bytes,
+        now: i64,
+        scan: Option<String>,
+    ) -> NewMessage {
+        NewMessage {
+            id,
+            sender: m.envelope.sender.clone(),
+            recipients: rcpts
+                .iter()
+                .map(|r| NewRecipient {
+                    address: r.address.clone(),
+                    notify: r.notify,
+                    orcpt: r.orcpt.clone(),
+                })
+                .collect(),
+            envid: m.envelope.envid.clone(),
+            ret: m.envelope.ret.map(|r| match r {
+                Ret::Full => store::Ret::Full,
+                Ret::Headers => store::Ret::Headers,
+            }),
+            received_at: now,
+            next_attempt: now,
+            body,
+            arrival: Arrival {
+                client: m.client.peer.ip().to_string(),
+                helo: m.client.helo.clone(),
+                tls: m.client.tls.clone(),
+                server: m.server.clone(),
+                node: self.queue.node().to_string(),
+            },
+            scan,
+        }
+    }
+
+    async fn submit(
+        &self,
+        m: &Accepted,
+        id: String,
+        rcpts: &[smtp::Rcpt],
+        body: bytes::Bytes,
+        now: i64,
+        scan: Option<String>,
+    ) -> Result<(), Reply> {
+        let message = self.message(m, id, rcpts, body, now, scan);
+        self.queue.submit(message).await.map_err(|e| {
+            warn!(error = %e, "enqueue failed");
+            Reply::new(451, "4.3.0 Temporary storage failure, try again later")
+        })
+    }
+}
+
+/// The one line the trace keeps of a scan.
+pub fn scan_line(r: &Report, d: &Decision) -> String {
+    format!(
+        "score {:.2} ({}, {}){}{} in {} us",
+        r.score,
+        d.verdict.as_str(),
+        d.action.as_str(),
+        if r.symbols.is_empty() { "" } else { " " },
+        r.symbols_line(),
+        r.micros
+    ) + if r.degraded() { " [degraded]" } else { "" }
+}
+
+/// Header fields a sender could forge to look scanned; removed from incoming mail.
+const OWN_HEADERS: &[&str] = &[
+    "x-spam-status",
+    "x-spam-score",
+    "x-spam-flag",
+    "x-mailsilo-degraded",
+];
+
+/// The message with the scan's header fields first, any copies of them the sender wrote
+/// removed, and with `tag`, the policy's subject prefix applied. Edited in place when
+/// `body` is the only reference to its buffer and the buffer has room (the SMTP server
+/// leaves [`smtp::server::HANDLER_HEADROOM`]), so a large message is not copied.
+pub fn with_scan_headers(body: Bytes, r: &Report, d: &Decision, tag: bool) -> Bytes {
+    let header_end = body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(body.len(), |i| i + 2);
+    let header = scan_header(&body[..header_end], r, d, tag);
+    match body.try_into_mut() {
+        Ok(mut buf) => {
+            let len = buf.len();
+            let new_len = header.len() + (len - header_end);
+            if header.len() > header_end {
+                buf.resize(new_len, 0);
+                buf.copy_within(header_end..len, header.len());
+            } else {
+                buf.copy_within(header_end..len, header.len());
+                buf.truncate(new_len);
+            }
+            buf[..header.len()].copy_from_slice(&header);
+            buf.freeze()
+        }
+        Err(body) => {
+            let mut out = header;
+            out.extend_from_slice(&body[header_end..]);
+            out.into()
+        }
+    }
+}
+
+/// The new header section: the scan's fields, then the message's own (without forged
+/// scan fields; the subject prefixed when tagging).
+fn scan_header(section: &[u8], r: &Report, d: &Decision, tag: bool) -> Vec<u8> {
+    let spam = d.verdict != crate::Verdict::Clean;
+    let mut out = Vec::with_capacity(section.len() + 512);
+    let tests: Vec<String> = r
+        .symbols
+        .iter()
+        .map(|s| format!("{}({:.2})", s.name, s.score))
+        .collect();
+    out.extend_from_slice(
+        format!(
+            "X-Spam-Status: {}, score={:.2} action={}\r\n\ttests={}\r\n",
+            if spam { "Yes" } else { "No" },
+            r.score,
+            d.action.as_str(),
+            tests.join(",\r\n\t")
+        )
+        .as_bytes(),
+    );
+    out.extend_from_slice(format!("X-Spam-Score: {:.2}\r\n", r.score).as_bytes());
+    if spam {
+        out.extend_from_slice(b"X-Spam-Flag: YES\r\n");
+    }
+    if r.degraded() {
+        out.extend_from_slice(
+            format!("X-Mailsilo-Degraded: {}\r\n", r.failed.join(", ")).as_bytes(),
+        );
+    }
+    let prefix = tag.then_some(d.prefix.as_deref()).flatten();
+    let mut subject_done = prefix.is_none();
+    let mut skipping = false;
+    for line in section.split_inclusive(|&b| b == b'\n') {
+        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
+        if !continuation {
+            let name = line.split(|&b| b == b':').next().unwrap_or(b"");
+            skipping = OWN_HEADERS
+                .iter()
+                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
+            if !subject_done && name.eq_ignore_ascii_case(b"subject") {
+                let value = &line[8..];
+                let value = value.strip_prefix(b" ").unwrap_or(value);
+                out.extend_from_slice(b"Subject: ");
+                out.extend_from_slice(prefix.unwrap_or_default().as_bytes());
+                out.push(b' ');
+                out.extend_from_slice(value);
+                subject_done = true;
+                continue;
+            }
+        }
+        if !skipping {
+            out.extend_from_slice(line);
+        }
+    }
+    if !subject_done {
+        out.extend_from_slice(format!("Subject: {}\r\n", prefix.unwrap_or_default()).as_bytes());
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Verdict;
+
+    fn report() -> Report {
+        let mut r = Report::default();
+        r.symbols.push(crate::Symbol {
+            name: "X".into(),
+            score: 7.5,
+            reason: "x".into(),
+            micros: 1,
+        });
+        r.score = 7.5;
+        r
+    }
+
+    #[test]
+    fn scan_headers_replace_forged_ones_and_tag_the_subject() {
+        let body = Bytes::from_static(
+            b"Received: from x\r\nX-Spam-Status: No, score=-100\r\n\tforged=yes\r\nSubject: Hello\r\nx-spam-flag: NO\r\n\r\nbody\r\nX-Spam-Status: stays in the body\r\n",
+        );
+        let d = Decision {
+            verdict: Verdict::Spam,
+            action: Action::Tag,
+            reason: "spam".into(),
+            prefix: Some("[SPAM]".into()),
+        };
+        let out = with_scan_headers(body, &report(), &d, true);
+        let text = String::from_utf8(out.to_vec()).unwrap();
+        assert!(text.starts_with("X-Spam-Status: Yes, score=7.50 action=tag\r\n\ttests=X(7.50)\r\nX-Spam-Score: 7.50\r\nX-Spam-Flag: YES\r\nReceived: from x\r\nSubject: [SPAM] Hello\r\n\r\n"), "{text}");
+        assert!(!text.contains("forged") && !text.contains("score=-100") && !text.contains("NO"));
+        assert!(text.ends_with("body\r\nX-Spam-Status: stays in the body\r\n"));
+    }
+
+    #[test]
+    fn a_sole_owner_with_room_is_edited_in_place() {
+        let mut v = b"Subject: a\r\n\r\n".to_vec();
+        v.extend(std::iter::repeat_n(b'x', 1 << 20));
+        v.reserve(smtp::server::HANDLER_HEADROOM);
+        let body = Bytes::from(v);
+        let before = body.as_ptr();
+        let d = Decision {
+            verdict: Verdict::Clean,
+            action: Action::Deliver,
+            reason: "clean".into(),
+            prefix: None,
+        };
+        let out = with_scan_headers(body, &report(), &d, false);
+        assert_eq!(out.as_ptr(), before, "the buffer was copied");
+        assert!(out.starts_with(b"X-Spam-Status: No, score=7.50 action=deliver"));
+        assert!(out.ends_with(b"xxxx"));
+        // Shared: copied, the original untouched.
+        let shared = Bytes::from_static(b"Subject: a\r\n\r\nbody");
+        let keep = shared.clone();
+        let out = with_scan_headers(shared, &report(), &d, false);
+        assert!(out.ends_with(b"Subject: a\r\n\r\nbody"));
+        assert_eq!(&keep[..], b"Subject: a\r\n\r\nbody");
+    }
+}

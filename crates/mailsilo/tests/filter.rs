@@ -1,0 +1,302 @@
+//! The filter end to end, through the binary: GTUBE refused at end of DATA before any 250,
+//! a spam quarantined, listed and released with the CLI to its original recipients, one
+//! message split by the recipients' policies, scan headers on delivered mail (forged ones
+//! removed), and `mailsilo train`, `check` and `classifier stats` on files, mboxes and
+//! Maildirs, with the running gateway loading the new model by itself.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BIN, Gateway, Options, wait_until};
+
+const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A rule that makes a subject spam, and a client domain whose policy tags spam.
+const TAIL: &str = r#"
+[filter]
+[[filter.rule]]
+name = "TEST_HOLD"
+header = "subject"
+pattern = "hold me"
+score = 8.0
+reason = "the test's hold subject"
+
+[[domain]]
+name = "tagged.test"
+destination = "{sink}"
+[domain.filter]
+spam_action = "tag"
+subject_prefix = "[SPAM]"
+"#;
+
+/// One message in a session of its own; the final reply.
+fn send(g: &Gateway, from: &str, to: &[&str], body: &str) -> (u16, String) {
+    let mut s = g.smtp();
+    assert_eq!(s.cmd("EHLO client.test").0, 250);
+    s.mail(from, to, body)
+}
+
+fn gateway() -> Gateway {
+    Gateway::start(Options {
+        tail: TAIL.into(),
+        ..Options::default()
+    })
+}
+
+/// The queue id a 250 reply names.
+fn queued_as(reply: &str) -> String {
+    reply.rsplit(' ').next().unwrap().trim().to_string()
+}
+
+#[test]
+fn gtube_is_refused_at_end_of_data_and_nothing_is_kept() {
+    let g = gateway();
+    let mut s = g.smtp();
+    assert_eq!(s.cmd("EHLO client.test").0, 250);
+    let (code, text) = s.mail(
+        "someone@outside.example",
+        &["alice@example.com"],
+        &format!("Subject: test\r\n\r\nthe test string: {GTUBE}\r\n"),
+    );
+    assert_eq!(code, 550, "{text}");
+    assert!(text.contains("5.7.1") && text.contains("GTUBE"), "{text}");
+    // The session goes on: the next message is taken.
+    let (code, text) = s.mail(
+        "someone@outside.example",
+        &["alice@example.com"],
+        "Subject: lunch\r\n\r\nnoon?\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+    std::thread::sleep(Duration::from_millis(500));
+    let delivered = g.mailbox("alice@example.com");
+    assert_eq!(
+        delivered.len(),
+        1,
+        "the GTUBE message must not be delivered"
+    );
+    assert!(delivered[0].contains("Subject: lunch"));
+    assert!(g.admin("quarantine", &["list"]).contains("-- 0 messages"));
+}
+
+#[test]
+fn spam_is_quarantined_and_released_to_its_recipients() {
+    let g = gateway();
+    let (code, text) = send(
+        &g,
+        "promo@outside.example",
+        &["alice@example.com", "bob@example.org"],
+        "Subject: please hold me\r\nX-Spam-Status: No, forged\r\n\r\nbuy now\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let id = queued_as(&text);
+    let list = g.admin("quarantine", &["list"]);
+    assert!(list.contains(&id) && list.contains("spam"), "{list}");
+    assert!(
+        list.contains("alice@example.com, bob@example.org"),
+        "{list}"
+    );
+    let show = g.admin("quarantine", &["show", &id]);
+    assert!(show.contains("the test's hold subject"), "{show}");
+    assert!(show.contains("Subject: please hold me"), "{show}");
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(g.mailbox("alice@example.com").is_empty());
+
+    let released = g.admin("quarantine", &["release", &id]);
+    assert!(released.contains("queued as"), "{released}");
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len()
+        == 1
+        && g.mailbox("bob@example.org").len() == 1));
+    assert!(g.admin("quarantine", &["list"]).contains("-- 0 messages"));
+    let again = g
+        .admin_command("quarantine", &["release", &id])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "released twice");
+    let trace = g.admin("trace", &[&id]);
+    for want in [
+        "scanned: score 8.00 (spam, quarantine)",
+        "TEST_HOLD(8.00)",
+        "quarantined",
+        "released",
+    ] {
+        assert!(trace.contains(want), "{want} not in the trace:\n{trace}");
+    }
+}
+
+#[test]
+fn recipients_get_their_own_domains_action_and_the_scan_headers() {
+    let g = gateway();
+    let (code, text) = send(
+        &g,
+        "promo@outside.example",
+        &["alice@example.com", "carol@tagged.test"],
+        "Subject: hold me please\r\nX-Spam-Flag: NO\r\n\r\noffer\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    assert!(wait_until(WAIT, || g.mailbox("carol@tagged.test").len() == 1));
+    let tagged = &g.mailbox("carol@tagged.test")[0];
+    assert!(
+        tagged.contains("Subject: [SPAM] hold me please"),
+        "{tagged}"
+    );
+    assert!(tagged.contains("X-Spam-Flag: YES"), "{tagged}");
+    assert!(
+        tagged.contains("X-Spam-Status: Yes, score=8.00 action=tag"),
+        "{tagged}"
+    );
+    assert!(
+        !tagged.contains("X-Spam-Flag: NO"),
+        "a forged header survived: {tagged}"
+    );
+    let list = g.admin("quarantine", &["list"]);
+    assert!(
+        list.contains("alice@example.com") && !list.contains("carol"),
+        "{list}"
+    );
+    assert!(g.mailbox("alice@example.com").is_empty());
+
+    // Clean mail says it was scanned, and that the classifier has no model yet.
+    let (code, _) = send(
+        &g,
+        "friend@outside.example",
+        &["alice@example.com"],
+        "Subject: lunch\r\n\r\nnoon?\r\n",
+    );
+    assert_eq!(code, 250);
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+    let clean = &g.mailbox("alice@example.com")[0];
+    assert!(
+        clean.contains("X-Spam-Status: No, score=0.00 action=deliver"),
+        "{clean}"
+    );
+    assert!(
+        clean.contains("X-Mailsilo-Degraded: CLASSIFIER_ABSENT"),
+        "{clean}"
+    );
+}
+
+/// Messages that tell two vocabularies apart, as files.
+fn corpus(dir: &Path) {
+    let maildir = dir.join("spam/cur");
+    std::fs::create_dir_all(&maildir).unwrap();
+    std::fs::create_dir_all(dir.join("spam/new")).unwrap();
+    for i in 0..60 {
+        std::fs::write(
+            maildir.join(format!("{i}.eml")),
+            format!("From: deals{i}@promo.example\r\nSubject: cheap pills {i}\r\n\r\nbuy cheap pills now, limited offer {i}, click the link\r\n"),
+        )
+        .unwrap();
+    }
+    let mut mbox = String::new();
+    for i in 0..60 {
+        mbox.push_str(&format!(
+            "From colleague@work.example Mon Jan  1 00:00:00 2024\nFrom: colleague{i}@work.example\nSubject: minutes {i}\n\nthe meeting agenda for release {i} is attached, see you on monday\n\n"
+        ));
+    }
+    std::fs::write(dir.join("ham.mbox"), mbox).unwrap();
+    std::fs::write(
+        dir.join("one-spam.eml"),
+        "From: deals@promo.example\r\nSubject: cheap pills\r\n\r\nbuy cheap pills now, limited offer\r\n",
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("one-ham.eml"),
+        "From: colleague@work.example\r\nSubject: minutes\r\n\r\nthe agenda for the release meeting on monday\r\n",
+    )
+    .unwrap();
+}
+
+fn run(g: &Gateway, args: &[&str]) -> (i32, String) {
+    let out = Command::new(&*BIN)
+        .args(args)
+        .arg("--config")
+        .arg(&g.config)
+        .arg("--data-dir")
+        .arg(g.data())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
+#[test]
+fn train_check_and_stats_and_the_gateway_follows_the_model() {
+    let g = gateway();
+    let files = tempfile::tempdir().unwrap();
+    corpus(files.path());
+    let path = |p: &str| files.path().join(p).display().to_string();
+
+    let (code, out) = run(&g, &["check", "--json", &path("one-ham.eml")]);
+    assert_eq!(code, 0, "{out}");
+    let line: serde_json::Value = serde_json::from_str(out.lines().next().unwrap()).unwrap();
+    assert_eq!(line["degraded"], true, "{out}");
+    assert_eq!(line["verdict"], "clean");
+
+    let (code, out) = run(
+        &g,
+        &["train", "--spam", &path("spam"), "--ham", &path("ham.mbox")],
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("learned 120 messages (120 new or changed class)"),
+        "{out}"
+    );
+    let (_, out) = run(&g, &["train", "--spam", &path("spam")]);
+    assert!(
+        out.contains("learned 60 messages (0 new or changed class)"),
+        "learning twice counts once: {out}"
+    );
+    let (_, out) = run(&g, &["classifier", "stats"]);
+    assert!(out.contains("examples: 60 spam, 60 ham"), "{out}");
+
+    let (code, out) = run(
+        &g,
+        &[
+            "check",
+            "--json",
+            &path("one-spam.eml"),
+            &path("one-ham.eml"),
+        ],
+    );
+    assert_eq!(code, 1, "a spam among them: exit status 1\n{out}");
+    let lines: Vec<serde_json::Value> = out
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{out}");
+    assert_eq!(lines[0]["verdict"], "spam", "{out}");
+    assert_eq!(lines[0]["symbols"][0]["name"], "CLASSIFIER_SPAM", "{out}");
+    assert_eq!(lines[1]["verdict"], "clean", "{out}");
+    assert_eq!(lines[1]["degraded"], false, "{out}");
+    let (code, out) = run(&g, &["check", "/nonexistent/file"]);
+    assert_eq!(code, 2, "{out}");
+
+    // The running gateway loads the model by itself.
+    assert!(wait_until(Duration::from_secs(15), || {
+        let (code, text) = send(
+            &g,
+            "colleague@work.example",
+            &["alice@example.com"],
+            "Subject: minutes\r\n\r\nthe agenda for the release meeting on monday\r\n",
+        );
+        assert_eq!(code, 250, "{text}");
+        let trace = g.admin("trace", &[&queued_as(&text)]);
+        trace.contains("CLASSIFIER_HAM")
+    }));
+
+    let (_, out) = run(&g, &["train", "--forget", &path("spam")]);
+    assert!(out.contains("forgot 60"), "{out}");
+    let (_, out) = run(&g, &["classifier", "stats"]);
+    assert!(
+        out.contains("examples: 0 spam, 60 ham") && out.contains("abstains"),
+        "{out}"
+    );
+}
