@@ -13,7 +13,8 @@ use mail_parser::{HeaderValue, Message, MessageParser, PartType};
 
 /// The most text kept from all parts together.
 pub const MAX_TEXT: usize = 512 * 1024;
-/// The most links collected.
+/// The most links collected of each kind (bare URLs in text; HTML anchors), so that
+/// padding with one kind cannot hide the other.
 pub const MAX_LINKS: usize = 1000;
 /// The most HTML tag tokens kept.
 pub const MAX_TAGS: usize = 2000;
@@ -60,6 +61,8 @@ pub struct Content {
     /// The text of every text part, HTML converted, parts separated by a blank line.
     pub text: String,
     pub links: Vec<Link>,
+    anchors: usize,
+    bare_urls: usize,
     /// HTML tags as `name` and `name:attribute` (and `name:attribute=value` for
     /// presentational attributes), in order, at most [`MAX_TAGS`].
     pub html_tags: Vec<String>,
@@ -165,12 +168,23 @@ impl Content {
         self.text.push_str(&t[..end]);
     }
 
-    fn push_link(&mut self, host: String, text: Option<String>) {
-        if self.links.len() >= MAX_LINKS {
+    /// Adds a link (an HTML anchor, or a bare URL); false once the links of its kind are
+    /// at their limit.
+    fn push_link(&mut self, host: String, text: Option<String>, anchor: bool) -> bool {
+        let count = if anchor {
+            &mut self.anchors
+        } else {
+            &mut self.bare_urls
+        };
+        if *count >= MAX_LINKS {
             self.truncated = true;
-        } else if !host.is_empty() {
+            return false;
+        }
+        if !host.is_empty() {
+            *count += 1;
             self.links.push(Link { host, text });
         }
+        true
     }
 
     /// Bare URLs in plain text: `http(s)://host...` and `www.host...`.
@@ -179,15 +193,17 @@ impl Content {
         let mut i = 0;
         while let Some(at) = find_url_start(&bytes[i..]) {
             let start = i + at;
-            let skip = if bytes[start..].starts_with(b"www.") {
-                0
+            // find_url_start matched one of these, in any case.
+            let skip = if starts_with_ci(&bytes[start..], b"https://") {
+                8
+            } else if starts_with_ci(&bytes[start..], b"http://") {
+                7
             } else {
-                bytes[start..].iter().position(|&b| b == b':').unwrap_or(0) + 3
+                0
             };
             let host = host_of(&t[start + skip..]);
             i = start + skip + host.len().max(1);
-            self.push_link(host, None);
-            if self.links.len() >= MAX_LINKS {
+            if !self.push_link(host, None, false) {
                 return;
             }
         }
@@ -256,8 +272,7 @@ impl Content {
                 continue;
             };
             let text = strip_tags(&h[body_start..body_end]);
-            self.push_link(host, (!text.is_empty()).then_some(text));
-            if self.links.len() >= MAX_LINKS {
+            if !self.push_link(host, (!text.is_empty()).then_some(text), true) {
                 return;
             }
         }
@@ -424,6 +439,17 @@ https://www.paypal.com</a></p>\r\n--b--\r\n";
         );
         assert_eq!(url_host("mailto:a@b.example"), None);
         assert_eq!(url_host("/relative"), None);
+    }
+
+    #[test]
+    fn upper_case_www_before_multibyte_text() {
+        // Found by the filter_engine fuzz target: the scheme's length was taken from the
+        // next colon, which here lies past a multi-byte character.
+        let c = Content::parse(
+            "Subject: x\r\n\r\nWWW.é:x HTTPS://Host.Example/ www.a.example\r\n".as_bytes(),
+        );
+        let hosts: Vec<_> = c.links.iter().map(|l| l.host.as_str()).collect();
+        assert_eq!(hosts, ["www", "host.example", "www.a.example"]);
     }
 
     #[test]

@@ -14,6 +14,7 @@ use config::{FilterPolicy, SpamAction};
 
 use crate::classifier::{self, Judgement, Model};
 use crate::content::Content;
+use crate::metrics::Metrics;
 use crate::rules::Rules;
 
 /// One finding of a check.
@@ -143,6 +144,7 @@ const PHISHING: &[&str] = &[
 /// trained, under a lock held only to clone an `Arc`.
 pub struct Engine {
     rules: Rules,
+    metrics: Arc<Metrics>,
     model: RwLock<Option<Arc<Model>>>,
     /// The version of the model in force (from the store), if any.
     version: RwLock<Option<i64>>,
@@ -152,6 +154,7 @@ impl Engine {
     pub fn new(rules: Rules) -> Engine {
         Engine {
             rules,
+            metrics: Arc::default(),
             model: RwLock::new(None),
             version: RwLock::new(None),
         }
@@ -199,11 +202,31 @@ impl Engine {
                 t,
             );
         }
+        self.timed("mime", t, &r, 0);
+        let (t, failed) = (Instant::now(), r.failed.len());
         self.rules_check(&content, &mut r);
+        self.timed("rules", t, &r, failed);
+        let (t, failed) = (Instant::now(), r.failed.len());
         self.classify(&content, &mut r);
+        self.timed("classifier", t, &r, failed);
+        let (t, failed) = (Instant::now(), r.failed.len());
         phishing(&content, env, client_domains, &mut r);
+        self.timed("phishing", t, &r, failed);
         r.micros = start.elapsed().as_micros() as u64;
+        self.metrics.scan(start.elapsed().as_secs_f64());
         r
+    }
+
+    /// Counts a check's run that started at `t`; it failed if it added to `r.failed`
+    /// (which held `failed` names before it).
+    fn timed(&self, check: &'static str, t: Instant, r: &Report, failed: usize) {
+        self.metrics
+            .check(check, t.elapsed().as_secs_f64(), r.failed.len() > failed);
+    }
+
+    /// The counters every scan updates.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     fn rules_check(&self, content: &Content, r: &mut Report) {

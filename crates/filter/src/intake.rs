@@ -141,6 +141,9 @@ impl Handler for Intake {
         if groups.len() == 1
             && let Some((d, _)) = groups.get(&Action::Reject)
         {
+            self.engine
+                .metrics()
+                .outcome(d.verdict.as_str(), Action::Reject.as_str());
             info!(queue_id = %m.id, score = report.score, symbols = %report.symbols_line(), reason = %d.reason, "rejected");
             return Err(Reply::new(
                 550,
@@ -156,6 +159,9 @@ impl Handler for Intake {
         let last = groups.len() - 1;
         let mut original = Some(original);
         for (i, (action, (d, rcpts))) in groups.iter().enumerate() {
+            self.engine
+                .metrics()
+                .outcome(d.verdict.as_str(), action.as_str());
             // The last copy takes the message's buffer, to edit it in place.
             let own = if i == last {
                 original.take().unwrap_or_default()

@@ -305,10 +305,10 @@ pub async fn up(
         let server = sink_server(config.smtp.clone(), s.listen, tls.clone(), root);
         tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
     }
+    let rules = filter::rules::Rules::new(config.filter.starter_rules, &config.filter.rules)
+        .map_err(anyhow::Error::msg)?;
+    let engine = Arc::new(filter::Engine::new(rules));
     if let Some(queue) = &queue {
-        let rules = filter::rules::Rules::new(config.filter.starter_rules, &config.filter.rules)
-            .map_err(anyhow::Error::msg)?;
-        let engine = Arc::new(filter::Engine::new(rules));
         if config.filter.enabled {
             filter::training::refresh(&engine, queue.store().as_ref())
                 .await
@@ -322,7 +322,7 @@ pub async fn up(
         let intake = Arc::new(filter::Intake::new(
             queue.clone(),
             domains.clone(),
-            engine,
+            engine.clone(),
             config.filter.enabled,
         ));
         // Every server of this process shares one bound on message memory.
@@ -513,8 +513,10 @@ pub async fn up(
                 Arc::new(move || ids.next())
             }
         };
+        let filter_metrics = engine.metrics().clone();
         let ctx = portal::Ctx {
             next_id,
+            metrics: Arc::new(move || filter_metrics.render()),
             config: config.clone(),
             balancers: Arc::new(Lbs {
                 config: config.clone(),

@@ -81,6 +81,29 @@ fn gtube_is_refused_at_end_of_data_and_nothing_is_kept() {
     );
     assert!(delivered[0].contains("Subject: lunch"));
     assert!(g.admin("quarantine", &["list"]).contains("-- 0 messages"));
+    let metrics = http_get(g.control, "/metrics");
+    for want in [
+        "mailsilo_filter_messages_total{verdict=\"spam\",action=\"reject\"} 1",
+        "mailsilo_filter_messages_total{verdict=\"clean\",action=\"deliver\"} 1",
+        "mailsilo_filter_scan_seconds_count 2",
+        "mailsilo_filter_check_failures_total{check=\"classifier\"} 2",
+    ] {
+        assert!(metrics.contains(want), "{want} not in:\n{metrics}");
+    }
+}
+
+/// The body of a plain HTTP GET.
+fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
 }
 
 #[test]

@@ -93,7 +93,9 @@ pub fn routes() -> Router<Ctx> {
         )
         .route(
             "/metrics",
-            get(|State(c): State<Ctx>| async move { metrics(&c.balancers.servers()) }),
+            get(|State(c): State<Ctx>| async move {
+                metrics(&c.balancers.servers()) + &(c.metrics)()
+            }),
         )
 }
 

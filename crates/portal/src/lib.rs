@@ -52,6 +52,8 @@ pub struct Ctx {
     pub node: String,
     /// A new queue id of this node (for mail the API queues: a released copy).
     pub next_id: Arc<dyn Fn() -> String + Send + Sync>,
+    /// The other roles' metrics in this process (the filter's), in Prometheus text format.
+    pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
 }
 
 /// Equal in constant time (for equal lengths): no timing tells how much of a guess was right.

@@ -1,0 +1,117 @@
+//! Hostile messages get a verdict, in bounded time, with the view of them cut at its limits
+//! (and the cut reported) rather than grown without end: 10,000 MIME parts, 100 levels of
+//! nesting (multiparts and attached messages), a 1 MB header line, broken base64 and
+//! charsets, 10,000 links.
+
+use std::time::{Duration, Instant};
+
+use mailsilo_filter::content::{Content, MAX_LINKS, MAX_TEXT};
+use mailsilo_filter::rules::Rules;
+use mailsilo_filter::{Engine, Envelope, Report};
+
+/// Generous for an unoptimised build on a loaded 2-core machine; a release build takes a
+/// small fraction of it.
+const LIMIT: Duration = Duration::from_secs(10);
+
+fn scan(raw: &[u8]) -> (Report, Duration) {
+    let engine = Engine::new(Rules::new(true, &[]).unwrap());
+    let start = Instant::now();
+    let r = engine.scan(raw, &Envelope::default(), &["example.com".to_string()]);
+    (r, start.elapsed())
+}
+
+#[test]
+fn ten_thousand_parts() {
+    let mut m = String::from("Subject: parts\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n");
+    for i in 0..10_000 {
+        m.push_str(&format!(
+            "--b\r\nContent-Type: text/plain\r\n\r\npart {i} http://host{i}.example/\r\n"
+        ));
+    }
+    m.push_str("--b--\r\n");
+    let (r, took) = scan(m.as_bytes());
+    assert!(took < LIMIT, "{took:?}");
+    assert!(r.has("MIME_LIMITS"), "{}", r.symbols_line());
+    let c = Content::parse(m.as_bytes());
+    assert!(c.links.len() <= 2 * MAX_LINKS && c.text.len() <= MAX_TEXT + 2);
+}
+
+#[test]
+fn a_hundred_levels_of_nesting() {
+    let mut multipart = String::from("Subject: deep\r\n");
+    for i in 0..100 {
+        multipart.push_str(&format!(
+            "Content-Type: multipart/mixed; boundary=b{i}\r\n\r\n--b{i}\r\n"
+        ));
+    }
+    multipart.push_str("Content-Type: text/plain\r\n\r\nthe bottom\r\n");
+    for i in (0..100).rev() {
+        multipart.push_str(&format!("--b{i}--\r\n"));
+    }
+    let mut attached = String::from("Subject: deep\r\n");
+    for _ in 0..100 {
+        attached.push_str("Content-Type: message/rfc822\r\n\r\nSubject: inner\r\n");
+    }
+    attached.push_str("\r\nthe bottom\r\n");
+    for m in [multipart, attached] {
+        let (r, took) = scan(m.as_bytes());
+        assert!(took < LIMIT, "{took:?}");
+        assert!(r.score < 6.0, "{}", r.symbols_line());
+    }
+}
+
+#[test]
+fn a_megabyte_header_line_and_broken_encodings() {
+    let mut m = format!("Subject: {}\r\n", "a".repeat(1 << 20));
+    m.push_str("Content-Type: multipart/mixed; boundary=b\r\n\r\n");
+    m.push_str("--b\r\nContent-Type: text/plain; charset=x-no-such-charset\r\nContent-Transfer-Encoding: base64\r\n\r\n");
+    m.push_str("!!!! this is not base64 ***\r\n====\r\nQUJD\r\n");
+    m.push_str("--b\r\nContent-Type: text/html; charset=\"utf-8\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n<a href=3D\"http://x.example/=ZZ\">=E2=82</a>\r\n");
+    m.push_str("--b\r\nContent-Type: text/plain; charset=iso-2022-jp\r\n\r\n\x1b$B$3$s$K$A$O\x1b(B\r\n--b--\r\n");
+    let (r, took) = scan(m.as_bytes());
+    assert!(took < LIMIT, "{took:?}");
+    let c = Content::parse(m.as_bytes());
+    assert!(
+        c.header("subject").unwrap().len() <= 16 * 1024,
+        "header values are clipped"
+    );
+    assert!(r.symbols.iter().all(|s| s.score.is_finite()));
+}
+
+#[test]
+fn ten_thousand_links() {
+    let mut text = String::from(
+        "Subject: links\r\nContent-Type: multipart/alternative; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\n",
+    );
+    for i in 0..10_000 {
+        text.push_str(&format!("http://h{i}.example/p "));
+    }
+    text.push_str("\r\n--b\r\nContent-Type: text/html\r\n\r\n");
+    for i in 0..10_000 {
+        text.push_str(&format!(
+            "<a href=\"http://a{i}.example/\">www.b{i}.example</a>"
+        ));
+    }
+    text.push_str("\r\n--b--\r\n");
+    let (r, took) = scan(text.as_bytes());
+    assert!(took < LIMIT, "{took:?}");
+    assert!(r.has("MIME_LIMITS"), "{}", r.symbols_line());
+    assert!(r.has("PHISH_LINK_MISMATCH"), "{}", r.symbols_line());
+    assert_eq!(Content::parse(text.as_bytes()).links.len(), 2 * MAX_LINKS);
+}
+
+#[test]
+fn garbage_bytes() {
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let raw: Vec<u8> = (0..1 << 20)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            state as u8
+        })
+        .collect();
+    let (r, took) = scan(&raw);
+    assert!(took < LIMIT, "{took:?}");
+    assert!(r.score.is_finite());
+}
