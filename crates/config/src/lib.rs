@@ -183,6 +183,19 @@ fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
     }
 }
 
+/// What a DMARC failure does to mail for a client domain (the operator's override of the
+/// sender domain's published policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DmarcMode {
+    /// The published policy decides: `reject` refuses, `quarantine` holds.
+    Enforce,
+    /// A failing `reject` policy is held rather than refused.
+    Quarantine,
+    /// The policy only scores (its symbol), it never decides alone.
+    Ignore,
+}
+
 /// The filter's policy for a client domain.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilterPolicy {
@@ -197,6 +210,7 @@ pub struct FilterPolicy {
     pub allow: Vec<Sender>,
     /// Senders whose mail is always spam.
     pub block: Vec<Sender>,
+    pub dmarc: DmarcMode,
 }
 
 impl Default for FilterPolicy {
@@ -208,8 +222,20 @@ impl Default for FilterPolicy {
             subject_prefix: None,
             allow: Vec::new(),
             block: Vec::new(),
+            dmarc: DmarcMode::Enforce,
         }
     }
+}
+
+/// A DNS list: a zone queried with a reversed client address (an IP list) or a link's
+/// domain (a URI list), and what a listing scores.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DnsList {
+    pub zone: String,
+    /// The score of a listing whose return code has none of its own.
+    pub score: f64,
+    /// Scores by return code (`127.0.0.2` = 4.0).
+    pub codes: Vec<(std::net::Ipv4Addr, f64)>,
 }
 
 /// Where a rule looks.
@@ -246,6 +272,15 @@ pub struct Filter {
     pub rules: Vec<Rule>,
     /// Use the built-in starter rules.
     pub starter_rules: bool,
+    /// The resolver the DNS checks (SPF, DKIM, DMARC, ARC, reverse DNS, DNS lists) share;
+    /// empty: the system's (`/etc/resolv.conf`).
+    pub nameservers: Vec<SocketAddr>,
+    /// How long one DNS question may take.
+    pub dns_timeout: Duration,
+    /// Client-address lists.
+    pub dnsbl: Vec<DnsList>,
+    /// Link-domain lists.
+    pub uribl: Vec<DnsList>,
 }
 
 impl Default for Filter {
@@ -255,6 +290,10 @@ impl Default for Filter {
             policy: FilterPolicy::default(),
             rules: Vec::new(),
             starter_rules: true,
+            nameservers: Vec::new(),
+            dns_timeout: Duration::from_secs(2),
+            dnsbl: Vec::new(),
+            uribl: Vec::new(),
         }
     }
 }

@@ -46,6 +46,22 @@ pub struct FilterRaw {
     pub block: Vec<S<String>>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<S<RuleRaw>>,
+    pub dmarc: Option<DmarcMode>,
+    pub nameservers: Option<Vec<S<String>>>,
+    pub dns_timeout: Option<S<String>>,
+    #[serde(default)]
+    pub dnsbl: Vec<S<DnsListRaw>>,
+    #[serde(default)]
+    pub uribl: Vec<S<DnsListRaw>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DnsListRaw {
+    pub zone: S<String>,
+    pub score: Option<S<f64>>,
+    #[serde(default)]
+    pub codes: HashMap<String, S<f64>>,
 }
 
 #[derive(Deserialize)]
@@ -722,6 +738,7 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
         subject_prefix: raw.subject_prefix.as_ref().map(|p| p.get_ref().clone()),
         allow: raw.allow.iter().map(|a| a.get_ref().clone()).collect(),
         block: raw.block.iter().map(|a| a.get_ref().clone()).collect(),
+        dmarc: raw.dmarc,
     };
     let policy = written
         .over(&FilterPolicy::default())
@@ -811,11 +828,76 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
             score,
         });
     }
+    let mut nameservers = Vec::new();
+    for n in raw.nameservers.iter().flatten() {
+        let text = n.get_ref().trim();
+        let addr = text
+            .parse::<SocketAddr>()
+            .or_else(|_| text.parse::<IpAddr>().map(|ip| SocketAddr::new(ip, 53)));
+        match addr {
+            Ok(a) => nameservers.push(a),
+            Err(_) => {
+                return cx.err(
+                    n.span(),
+                    "filter.nameservers",
+                    format!("{text:?} is not an address (\"192.0.2.53\" or \"127.0.0.1:5353\")"),
+                );
+            }
+        }
+    }
+    let dns_timeout = cx.duration(
+        &raw.dns_timeout,
+        "filter.dns_timeout",
+        Duration::from_secs(2),
+    )?;
+    if dns_timeout.is_zero() || dns_timeout > Duration::from_secs(30) {
+        return cx.err(
+            raw.dns_timeout.as_ref().map_or(f.span(), |v| v.span()),
+            "filter.dns_timeout",
+            "must be more than zero and at most 30s",
+        );
+    }
+    let lists = |list: &[S<DnsListRaw>], key: &str| -> Result<Vec<DnsList>, Error> {
+        let mut out = Vec::new();
+        for (i, l) in list.iter().enumerate() {
+            let l = l.get_ref();
+            let key = |k: &str| format!("filter.{key}[{i}].{k}");
+            let zone = cx.host(&l.zone, &key("zone"))?;
+            let score = match &l.score {
+                None => 1.0,
+                Some(s) => crate::runtime::threshold(*s.get_ref())
+                    .or_else(|m| cx.err(s.span(), &key("score"), m))?,
+            };
+            let mut codes = Vec::new();
+            for (code, s) in &l.codes {
+                let ip: std::net::Ipv4Addr = match code.parse() {
+                    Ok(ip) => ip,
+                    Err(_) => {
+                        return cx.err(
+                            s.span(),
+                            &key("codes"),
+                            format!("{code:?} is not a return code (an IPv4 address such as \"127.0.0.2\")"),
+                        );
+                    }
+                };
+                let v = crate::runtime::threshold(*s.get_ref())
+                    .or_else(|m| cx.err(s.span(), &key("codes"), m))?;
+                codes.push((ip, v));
+            }
+            codes.sort_by_key(|c| c.0);
+            out.push(DnsList { zone, score, codes });
+        }
+        Ok(out)
+    };
     Ok(Filter {
         enabled: raw.enabled.unwrap_or(true),
         policy,
         rules,
         starter_rules: raw.starter_rules.unwrap_or(true),
+        nameservers,
+        dns_timeout,
+        dnsbl: lists(&raw.dnsbl, "dnsbl")?,
+        uribl: lists(&raw.uribl, "uribl")?,
     })
 }
 

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{Domain, FilterPolicy, Retry, Sender, Silo, SpamAction, is_domain_name};
+use crate::{DmarcMode, Domain, FilterPolicy, Retry, Sender, Silo, SpamAction, is_domain_name};
 
 /// A client domain's settings as the store keeps them and the API takes them.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -53,6 +53,10 @@ pub struct FilterSettings {
     /// Senders always judged spam.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub block: Vec<String>,
+    /// What a DMARC failure does: enforce the sender's policy, quarantine rather than
+    /// reject, or ignore it (score only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dmarc: Option<DmarcMode>,
 }
 
 impl FilterSettings {
@@ -80,6 +84,9 @@ impl FilterSettings {
         }
         if let Some(a) = self.spam_action {
             p.spam_action = a;
+        }
+        if let Some(m) = self.dmarc {
+            p.dmarc = m;
         }
         if let Some(prefix) = &self.subject_prefix {
             p.subject_prefix = subject_prefix(prefix).map_err(|m| ("filter.subject_prefix", m))?;

@@ -10,11 +10,12 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use config::{FilterPolicy, SpamAction};
+use config::{DmarcMode, FilterPolicy, SpamAction};
 
 use crate::classifier::{self, Judgement, Model};
 use crate::content::Content;
 use crate::metrics::Metrics;
+use crate::network::{Disposition, Facts, Network};
 use crate::rules::Rules;
 
 /// One finding of a check.
@@ -36,7 +37,17 @@ pub struct Report {
     pub failed: Vec<String>,
     /// Microseconds the whole scan took.
     pub micros: u64,
+    /// The value of the `Authentication-Results:` field to add (authserv-id first), when
+    /// the DNS checks ran.
+    pub auth_results: Option<String>,
+    /// What DMARC asks of this message, when it fails DMARC.
+    pub dmarc: Option<Disposition>,
+    /// Hosts of the message's links (at most [`MAX_HOSTS`]), for the URI lists.
+    pub hosts: Vec<String>,
 }
+
+/// The most link hosts a report keeps.
+pub const MAX_HOSTS: usize = 50;
 
 impl Report {
     fn push(&mut self, name: &str, score: f64, reason: String, since: Instant) {
@@ -50,9 +61,19 @@ impl Report {
     }
 
     /// A check that could not run: its symbol (no score) and the report marked degraded.
-    fn fail(&mut self, name: &str, reason: String, since: Instant) {
+    pub fn fail(&mut self, name: &str, reason: String, since: Instant) {
         self.failed.push(name.to_string());
         self.push(name, 0.0, reason, since);
+    }
+
+    /// Adds a check's symbol; a `*_TEMPERROR` one (an answer that did not come) marks the
+    /// report degraded.
+    pub fn add(&mut self, s: Symbol) {
+        if s.name.ends_with("_TEMPERROR") {
+            self.failed.push(s.name.clone());
+        }
+        self.score += s.score;
+        self.symbols.push(s);
     }
 
     /// Whether a check could not run.
@@ -145,6 +166,8 @@ const PHISHING: &[&str] = &[
 pub struct Engine {
     rules: Rules,
     metrics: Arc<Metrics>,
+    /// The DNS checks; none in an engine that scans content only.
+    network: Option<Network>,
     model: RwLock<Option<Arc<Model>>>,
     /// The version of the model in force (from the store), if any.
     version: RwLock<Option<i64>>,
@@ -154,10 +177,76 @@ impl Engine {
     pub fn new(rules: Rules) -> Engine {
         Engine {
             rules,
+            network: None,
             metrics: Arc::default(),
             model: RwLock::new(None),
             version: RwLock::new(None),
         }
+    }
+
+    /// The engine with the DNS checks (sender authentication, reverse DNS, DNS lists).
+    pub fn with_network(mut self, network: Network) -> Engine {
+        self.network = Some(network);
+        self
+    }
+
+    /// Scans a whole message: the content checks (on the blocking pool for a large
+    /// message, so that a long scan never holds up the sessions sharing a runtime
+    /// worker), then the DNS checks.
+    pub async fn check(
+        self: &Arc<Self>,
+        raw: &bytes::Bytes,
+        env: &Envelope<'_>,
+        client_domains: &[String],
+    ) -> Report {
+        let start = Instant::now();
+        let mut report = if raw.len() < SCAN_INLINE_MAX {
+            self.scan(raw, env, client_domains)
+        } else {
+            let (engine, raw, domains) = (self.clone(), raw.clone(), client_domains.to_vec());
+            let (client, helo, sender) = (env.client, env.helo.to_string(), env.sender.to_string());
+            let scanned = tokio::task::spawn_blocking(move || {
+                let env = Envelope {
+                    client,
+                    helo: &helo,
+                    sender: &sender,
+                };
+                engine.scan(&raw, &env, &domains)
+            })
+            .await;
+            match scanned {
+                Ok(r) => r,
+                Err(e) => std::panic::resume_unwind(e.into_panic()),
+            }
+        };
+        if let Some(network) = &self.network {
+            let t = Instant::now();
+            let failed = report.failed.len();
+            let facts = Facts {
+                raw,
+                client: env.client,
+                helo: env.helo,
+                sender: env.sender,
+            };
+            network.check(&facts, &mut report).await;
+            self.timed("dns", t, &report, failed);
+        }
+        report.micros = start.elapsed().as_micros() as u64;
+        report
+    }
+
+    /// Whether the resolver answers (see [`Network::probe`]); true with no DNS checks.
+    pub async fn probe_dns(&self) -> bool {
+        match &self.network {
+            Some(n) => n.probe().await,
+            None => true,
+        }
+    }
+
+    /// This server's authserv-id (for its Authentication-Results), when it runs the DNS
+    /// checks.
+    pub fn authserv_id(&self) -> Option<&str> {
+        self.network.as_ref().map(|n| n.hostname())
     }
 
     /// Puts a newly trained or loaded model in force.
@@ -201,6 +290,15 @@ impl Engine {
                 "the message is past a scanning limit: only its first parts, text and links were read".into(),
                 t,
             );
+        }
+        r.hosts = content
+            .links
+            .iter()
+            .map(|l| l.host.clone())
+            .take(MAX_HOSTS)
+            .collect();
+        if let Some(network) = &self.network {
+            helo_check(env.helo, network.hostname(), &mut r);
         }
         self.timed("mime", t, &r, 0);
         let (t, failed) = (Instant::now(), r.failed.len());
@@ -274,6 +372,43 @@ impl Engine {
                 );
             }
         }
+    }
+}
+
+/// Messages at least this large are scanned on the blocking pool.
+const SCAN_INLINE_MAX: usize = 128 * 1024;
+
+/// HELO sanity: the name a client gave must look like a host name of its own.
+fn helo_check(helo: &str, ours: &str, r: &mut Report) {
+    let t = Instant::now();
+    let name = helo.trim_end_matches('.').to_ascii_lowercase();
+    if name.is_empty() {
+        return;
+    }
+    let literal = name.starts_with('[') && name.ends_with(']');
+    if name == ours.to_ascii_lowercase() {
+        r.push(
+            "HELO_IS_US",
+            3.0,
+            format!("the client claims to be this server ({helo})"),
+            t,
+        );
+    } else if name.parse::<IpAddr>().is_ok() {
+        r.push(
+            "HELO_BARE_IP",
+            1.0,
+            format!("the client greets with a bare address ({helo}), not a name or [literal]"),
+            t,
+        );
+    } else if !literal
+        && (!name.contains('.') || name == "localhost" || name.ends_with(".localdomain"))
+    {
+        r.push(
+            "HELO_NOT_FQDN",
+            0.5,
+            format!("the client's greeting {helo} is not a fully qualified name"),
+            t,
+        );
     }
 }
 
@@ -437,6 +572,15 @@ fn one_edit(a: &[u8], b: &[u8]) -> bool {
 pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Decision {
     let client = env.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let phishing = PHISHING.iter().any(|p| report.has(p));
+    let verdict = if phishing {
+        Verdict::Phishing
+    } else {
+        Verdict::Spam
+    };
+    // A forged sender domain is not let through by an allow list that names it.
+    if let Some(d) = dmarc_decision(report, policy, verdict) {
+        return d;
+    }
     if policy.allow.iter().any(|s| s.matches(env.sender, client)) && !report.has("GTUBE") {
         return Decision {
             verdict: Verdict::Clean,
@@ -445,11 +589,6 @@ pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Dec
             prefix: None,
         };
     }
-    let verdict = if phishing {
-        Verdict::Phishing
-    } else {
-        Verdict::Spam
-    };
     if policy.block.iter().any(|s| s.matches(env.sender, client)) {
         return Decision {
             verdict,
@@ -487,6 +626,28 @@ pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Dec
         reason: format!("clean (score {:.1})", report.score),
         prefix: None,
     }
+}
+
+/// What a failed DMARC check decides, under the domain's DMARC mode.
+fn dmarc_decision(report: &Report, policy: &FilterPolicy, verdict: Verdict) -> Option<Decision> {
+    let action = match (report.dmarc?, policy.dmarc) {
+        (_, DmarcMode::Ignore) => return None,
+        (Disposition::Reject, DmarcMode::Enforce) => Action::Reject,
+        (Disposition::Reject, DmarcMode::Quarantine) | (Disposition::Quarantine, _) => {
+            Action::Quarantine
+        }
+    };
+    let why = report
+        .symbols
+        .iter()
+        .find(|s| s.name.starts_with("DMARC_POLICY"))
+        .map_or("it fails DMARC", |s| s.reason.as_str());
+    Some(Decision {
+        verdict,
+        action,
+        reason: format!("{} (score {:.1}): {why}", verdict.as_str(), report.score),
+        prefix: None,
+    })
 }
 
 fn action(a: SpamAction) -> Action {

@@ -24,10 +24,6 @@ use tracing::{info, warn};
 
 use crate::engine::{Action, Decision, Engine, Envelope, Report, decide};
 
-/// Messages at least this large are scanned on the blocking pool, so that a long scan
-/// never holds up the sessions that share a runtime worker.
-const SCAN_INLINE_MAX: usize = 128 * 1024;
-
 /// The SMTP server's handler: relay policy, scanning, and the hand-off.
 pub struct Intake {
     queue: Arc<Queue>,
@@ -55,30 +51,13 @@ impl Intake {
     async fn scan(&self, m: &Accepted, body: &Bytes) -> Report {
         let client_domains: Vec<String> =
             self.domains.all().iter().map(|d| d.name.clone()).collect();
-        let engine = self.engine.clone();
-        let inline = body.len() < SCAN_INLINE_MAX;
-        let body = body.clone();
-        let (ip, helo, sender) = (
-            m.client.peer.ip(),
-            m.client.helo.clone(),
-            m.envelope.sender.to_lowercase(),
-        );
-        let run = move || {
-            let env = Envelope {
-                client: Some(ip),
-                helo: &helo,
-                sender: &sender,
-            };
-            engine.scan(&body, &env, &client_domains)
+        let sender = m.envelope.sender.to_lowercase();
+        let env = Envelope {
+            client: Some(m.client.peer.ip()),
+            helo: &m.client.helo,
+            sender: &sender,
         };
-        if inline {
-            run()
-        } else {
-            match tokio::task::spawn_blocking(run).await {
-                Ok(r) => r,
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
-        }
+        self.engine.check(body, &env, &client_domains).await
     }
 }
 
@@ -192,7 +171,13 @@ impl Handler for Intake {
                         })?;
                 }
                 _ => {
-                    let body = with_scan_headers(own, &report, d, *action == Action::Tag);
+                    let body = with_scan_headers(
+                        own,
+                        &report,
+                        d,
+                        *action == Action::Tag,
+                        self.engine.authserv_id(),
+                    );
                     self.submit(&m, id, rcpts, body, now, Some(line(d))).await?;
                 }
             }
@@ -278,6 +263,24 @@ pub fn scan_line(r: &Report, d: &Decision) -> String {
     ) + if r.degraded() { " [degraded]" } else { "" }
 }
 
+/// Whether an Authentication-Results field (its whole first line) names `id` as its
+/// authserv-id (RFC 8601 section 5: such fields from outside are forgeries, removed).
+fn claims(line: &[u8], id: &str) -> bool {
+    let value = line.splitn(2, |&b| b == b':').nth(1).unwrap_or(b"");
+    let value = String::from_utf8_lossy(value);
+    let value = value.trim_start();
+    // The authserv-id may follow a comment.
+    let value = match value.strip_prefix('(') {
+        Some(rest) => rest.split_once(')').map_or("", |(_, v)| v).trim_start(),
+        None => value,
+    };
+    let found = value
+        .split(|c: char| c == ';' || c.is_whitespace())
+        .next()
+        .unwrap_or("");
+    found.eq_ignore_ascii_case(id)
+}
+
 /// Header fields a sender could forge to look scanned; removed from incoming mail.
 const OWN_HEADERS: &[&str] = &[
     "x-spam-status",
@@ -290,12 +293,18 @@ const OWN_HEADERS: &[&str] = &[
 /// removed, and with `tag`, the policy's subject prefix applied. Edited in place when
 /// `body` is the only reference to its buffer and the buffer has room (the SMTP server
 /// leaves [`smtp::server::HANDLER_HEADROOM`]), so a large message is not copied.
-pub fn with_scan_headers(body: Bytes, r: &Report, d: &Decision, tag: bool) -> Bytes {
+pub fn with_scan_headers(
+    body: Bytes,
+    r: &Report,
+    d: &Decision,
+    tag: bool,
+    authserv_id: Option<&str>,
+) -> Bytes {
     let header_end = body
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(body.len(), |i| i + 2);
-    let header = scan_header(&body[..header_end], r, d, tag);
+    let header = scan_header(&body[..header_end], r, d, tag, authserv_id);
     match body.try_into_mut() {
         Ok(mut buf) => {
             let len = buf.len();
@@ -320,9 +329,20 @@ pub fn with_scan_headers(body: Bytes, r: &Report, d: &Decision, tag: bool) -> By
 
 /// The new header section: the scan's fields, then the message's own (without forged
 /// scan fields; the subject prefixed when tagging).
-fn scan_header(section: &[u8], r: &Report, d: &Decision, tag: bool) -> Vec<u8> {
+fn scan_header(
+    section: &[u8],
+    r: &Report,
+    d: &Decision,
+    tag: bool,
+    authserv_id: Option<&str>,
+) -> Vec<u8> {
     let spam = d.verdict != crate::Verdict::Clean;
-    let mut out = Vec::with_capacity(section.len() + 512);
+    let mut out = Vec::with_capacity(section.len() + 1024);
+    if let Some(ar) = &r.auth_results {
+        out.extend_from_slice(b"Authentication-Results: ");
+        out.extend_from_slice(ar.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
     let tests: Vec<String> = r
         .symbols
         .iter()
@@ -356,7 +376,9 @@ fn scan_header(section: &[u8], r: &Report, d: &Decision, tag: bool) -> Vec<u8> {
             let name = line.split(|&b| b == b':').next().unwrap_or(b"");
             skipping = OWN_HEADERS
                 .iter()
-                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()));
+                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+                || (name.eq_ignore_ascii_case(b"authentication-results")
+                    && authserv_id.is_some_and(|id| claims(line, id)));
             if !subject_done && name.eq_ignore_ascii_case(b"subject") {
                 let value = &line[8..];
                 let value = value.strip_prefix(b" ").unwrap_or(value);
@@ -398,7 +420,7 @@ mod tests {
     #[test]
     fn scan_headers_replace_forged_ones_and_tag_the_subject() {
         let body = Bytes::from_static(
-            b"Received: from x\r\nX-Spam-Status: No, score=-100\r\n\tforged=yes\r\nSubject: Hello\r\nx-spam-flag: NO\r\n\r\nbody\r\nX-Spam-Status: stays in the body\r\n",
+            b"Received: from x\r\nX-Spam-Status: No, score=-100\r\n\tforged=yes\r\nSubject: Hello\r\nx-spam-flag: NO\r\nAuthentication-Results: MX.test;\r\n\tdkim=pass forged\r\nAuthentication-Results: (c) mx.test; spf=pass forged\r\nAuthentication-Results: other.example; spf=pass kept\r\n\r\nbody\r\nX-Spam-Status: stays in the body\r\n",
         );
         let d = Decision {
             verdict: Verdict::Spam,
@@ -406,10 +428,11 @@ mod tests {
             reason: "spam".into(),
             prefix: Some("[SPAM]".into()),
         };
-        let out = with_scan_headers(body, &report(), &d, true);
+        let out = with_scan_headers(body, &report(), &d, true, Some("mx.test"));
         let text = String::from_utf8(out.to_vec()).unwrap();
-        assert!(text.starts_with("X-Spam-Status: Yes, score=7.50 action=tag\r\n\ttests=X(7.50)\r\nX-Spam-Score: 7.50\r\nX-Spam-Flag: YES\r\nReceived: from x\r\nSubject: [SPAM] Hello\r\n\r\n"), "{text}");
+        assert!(text.starts_with("X-Spam-Status: Yes, score=7.50 action=tag\r\n\ttests=X(7.50)\r\nX-Spam-Score: 7.50\r\nX-Spam-Flag: YES\r\nReceived: from x\r\nSubject: [SPAM] Hello\r\nAuthentication-Results: other.example; spf=pass kept\r\n\r\n"), "{text}");
         assert!(!text.contains("forged") && !text.contains("score=-100") && !text.contains("NO"));
+        assert!(text.contains("Authentication-Results: other.example; spf=pass kept\r\n"));
         assert!(text.ends_with("body\r\nX-Spam-Status: stays in the body\r\n"));
     }
 
@@ -426,14 +449,14 @@ mod tests {
             reason: "clean".into(),
             prefix: None,
         };
-        let out = with_scan_headers(body, &report(), &d, false);
+        let out = with_scan_headers(body, &report(), &d, false, None);
         assert_eq!(out.as_ptr(), before, "the buffer was copied");
         assert!(out.starts_with(b"X-Spam-Status: No, score=7.50 action=deliver"));
         assert!(out.ends_with(b"xxxx"));
         // Shared: copied, the original untouched.
         let shared = Bytes::from_static(b"Subject: a\r\n\r\nbody");
         let keep = shared.clone();
-        let out = with_scan_headers(shared, &report(), &d, false);
+        let out = with_scan_headers(shared, &report(), &d, false, None);
         assert!(out.ends_with(b"Subject: a\r\n\r\nbody"));
         assert_eq!(&keep[..], b"Subject: a\r\n\r\nbody");
     }

@@ -14,6 +14,7 @@ pub mod content;
 pub mod engine;
 pub mod intake;
 pub mod metrics;
+pub mod network;
 pub mod rules;
 pub mod training;
 

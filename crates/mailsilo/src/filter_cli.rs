@@ -30,6 +30,10 @@ pub struct CheckArgs {
     /// The recipient whose domain's policy applies (default: the global policy).
     #[arg(long)]
     rcpt: Option<String>,
+    /// The resolver for the DNS checks (repeatable; default: filter.nameservers, else the
+    /// system's).
+    #[arg(long)]
+    nameserver: Vec<std::net::SocketAddr>,
     /// Files (one message, or an mbox), Maildirs or directories of message files.
     #[arg(required = true)]
     paths: Vec<PathBuf>,
@@ -149,11 +153,28 @@ async fn open(config: &Config, data_dir: &Path) -> Result<std::sync::Arc<dyn sto
     crate::up::open_store(config, data_dir).await
 }
 
-/// An engine with the configured rules and the store's model.
-async fn engine(config: &Config, store: &dyn store::Store) -> Result<Engine> {
+/// An engine with the configured rules and the store's model, and with `nameservers`
+/// the DNS checks.
+async fn engine(
+    config: &Config,
+    store: &dyn store::Store,
+    nameservers: Option<&[std::net::SocketAddr]>,
+) -> Result<Engine> {
     let rules = filter::rules::Rules::new(config.filter.starter_rules, &config.filter.rules)
         .map_err(anyhow::Error::msg)?;
-    let engine = Engine::new(rules);
+    let mut engine = Engine::new(rules);
+    if let Some(nameservers) = nameservers {
+        let network = filter::network::Network::new(
+            &config.smtp.hostname,
+            nameservers,
+            config.filter.dns_timeout,
+            config.filter.dnsbl.clone(),
+            config.filter.uribl.clone(),
+        )
+        .map_err(anyhow::Error::msg)
+        .context("the filter's resolver")?;
+        engine = engine.with_network(network);
+    }
     training::refresh(&engine, store)
         .await
         .context("loading the classifier model")?;
@@ -163,7 +184,12 @@ async fn engine(config: &Config, store: &dyn store::Store) -> Result<Engine> {
 /// `mailsilo check`: exit status 0 when every message is clean, 1 when one is not.
 pub async fn check(config: &Config, data_dir: &Path, args: CheckArgs) -> Result<bool> {
     let store = open(config, data_dir).await?;
-    let engine = engine(config, store.as_ref()).await?;
+    let nameservers = if args.nameserver.is_empty() {
+        config.filter.nameservers.clone()
+    } else {
+        args.nameserver.clone()
+    };
+    let engine = std::sync::Arc::new(engine(config, store.as_ref(), Some(&nameservers)).await?);
     let domain = args
         .rcpt
         .as_deref()
@@ -186,8 +212,28 @@ pub async fn check(config: &Config, data_dir: &Path, args: CheckArgs) -> Result<
     let mut all_clean = true;
     let out = std::io::stdout();
     let mut out = out.lock();
+    if !engine.probe_dns().await {
+        eprintln!(
+            "warning: the resolver ({}) does not answer: the DNS checks are skipped (DNS_UNAVAILABLE, degraded)",
+            if nameservers.is_empty() {
+                "the system's".to_string()
+            } else {
+                nameservers
+                    .iter()
+                    .map(|n| n.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            }
+        );
+    }
+    let mut messages = Vec::new();
     each_message(&args.paths, |name, raw| {
-        let report = engine.scan(training::strip_from_line(&raw), &env, &clients);
+        messages.push((name, raw));
+        Ok(())
+    })?;
+    for (name, raw) in messages {
+        let raw = bytes::Bytes::copy_from_slice(training::strip_from_line(&raw));
+        let report = engine.check(&raw, &env, &clients).await;
         let d = decide(&report, &policy, &env);
         all_clean &= d.verdict == filter::Verdict::Clean;
         if args.json {
@@ -227,8 +273,7 @@ pub async fn check(config: &Config, data_dir: &Path, args: CheckArgs) -> Result<
                 )?;
             }
         }
-        Ok(())
-    })?;
+    }
     Ok(all_clean)
 }
 
@@ -333,7 +378,7 @@ pub async fn classifier_stats(config: &Config, data_dir: &Path) -> Result<()> {
     let store = open(config, data_dir).await?;
     let (spam, ham) = store.example_counts().await?;
     println!("examples: {spam} spam, {ham} ham");
-    let engine = engine(config, store.as_ref()).await?;
+    let engine = engine(config, store.as_ref(), None).await?;
     match (store.model().await?, engine.model_version()) {
         (Some((version, data)), Some(_)) => {
             let model = filter::classifier::Model::decode(&data).map_err(anyhow::Error::msg)?;

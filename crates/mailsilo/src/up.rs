@@ -307,7 +307,16 @@ pub async fn up(
     }
     let rules = filter::rules::Rules::new(config.filter.starter_rules, &config.filter.rules)
         .map_err(anyhow::Error::msg)?;
-    let engine = Arc::new(filter::Engine::new(rules));
+    let network = filter::network::Network::new(
+        &config.smtp.hostname,
+        &config.filter.nameservers,
+        config.filter.dns_timeout,
+        config.filter.dnsbl.clone(),
+        config.filter.uribl.clone(),
+    )
+    .map_err(anyhow::Error::msg)
+    .context("the filter's resolver (filter.nameservers)")?;
+    let engine = Arc::new(filter::Engine::new(rules).with_network(network));
     if let Some(queue) = &queue {
         if config.filter.enabled {
             filter::training::refresh(&engine, queue.store().as_ref())
