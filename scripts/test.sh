@@ -22,6 +22,20 @@ if [ ${#missing[@]} -gt 0 ]; then
   postfix stop >/dev/null 2>&1 || true
 fi
 
+# Python peers of the filter's tests, from PyPI: a DNS server for test zones (dnslib), the
+# DKIM and ARC signers (dkimpy, with authres and pynacl for ARC and Ed25519), and the
+# OpenSPF RFC 7208 test suite as pyspf 2.0.14's source distribution ships it.
+python3 -m pip install --quiet --disable-pip-version-check --root-user-action=ignore \
+  dnslib dkimpy authres pynacl pyyaml
+spf_suite=/var/tmp/mailsilo-pyspf-2.0.14/pyspf-2.0.14/test/rfc7208-tests.yml
+if [ ! -f "$spf_suite" ]; then
+  mkdir -p /var/tmp/mailsilo-pyspf-2.0.14
+  python3 -m pip download --quiet --disable-pip-version-check --no-deps --no-binary :all: \
+    pyspf==2.0.14 -d /var/tmp/mailsilo-pyspf-2.0.14
+  tar xzf /var/tmp/mailsilo-pyspf-2.0.14/pyspf-2.0.14.tar.gz -C /var/tmp/mailsilo-pyspf-2.0.14
+fi
+export MAILSILO_TEST_SPF_SUITE="$spf_suite"
+
 # PostgreSQL: a throw-away cluster of our own under /var/tmp, on a free loopback port.
 . scripts/pg.sh
 pg_install
@@ -30,7 +44,9 @@ trap 'pg_stop "$pg" immediate; rm -rf "$pg"' EXIT
 PG_INITDB_OPTS=--no-sync pg_start "$pg" 55432
 export MAILSILO_TEST_POSTGRES="$PG_ADMIN"
 
-cargo test --workspace --all-targets "$@" -- --skip fleet_
+cargo test --workspace --all-targets "$@" -- --skip fleet_ --skip openspf_
+# The OpenSPF suite, its pass count and every explained failure printed in the log.
+cargo test -p mailsilo-filter --test spf_suite "$@" -- --nocapture
 # The fleet on PostgreSQL, its figures (takeover, duplicates, refusals) printed in the log.
 cargo test -p mailsilo --test fleet "$@" -- --nocapture
 MAILSILO_TEST_STORE=postgres cargo test -p mailsilo --test durability --test silo --test hardening "$@"

@@ -295,24 +295,25 @@ impl Network {
             .await;
         ar = ar.with_dmarc_result(&dmarc);
         let domain = dmarc.domain().to_string();
-        match (dmarc.spf_result(), dmarc.dkim_result()) {
-            (DmarcResult::None, DmarcResult::None) => {}
-            (DmarcResult::Pass, _) | (_, DmarcResult::Pass) => symbols.push(symbol(
+        match dmarc.result() {
+            DmarcResult::None => {}
+            DmarcResult::Pass => symbols.push(symbol(
                 "DMARC_PASS",
                 -1.0,
                 format!("{domain} is aligned with a passing SPF or DKIM"),
                 t,
             )),
-            (DmarcResult::TempError(e), _) | (_, DmarcResult::TempError(e)) => {
-                symbols.push(temperror("DMARC_TEMPERROR", e, t))
-            }
+            DmarcResult::TempError(e) => symbols.push(temperror("DMARC_TEMPERROR", &e, t)),
+            DmarcResult::PermError(e) => symbols.push(symbol(
+                "DMARC_PERMERROR",
+                0.5,
+                format!("{domain}'s DMARC record is broken: {e}"),
+                t,
+            )),
             _ => {
                 let pct = self.pct(&domain).await;
-                let applied = applied_policy(
-                    dmarc.policy(),
-                    pct,
-                    dmarc.dmarc_record().is_some_and(|r| r.t),
-                );
+                // mail-auth has already stepped the policy down for testing mode (t=y).
+                let applied = applied_policy(dmarc.policy(), pct);
                 let (name, score, asked) = match applied {
                     Policy::Reject => ("DMARC_POLICY_REJECT", 6.0, Some(Disposition::Reject)),
                     Policy::Quarantine => (
@@ -461,9 +462,9 @@ fn registered(host: &str) -> String {
 }
 
 /// The policy DMARC applies after `pct` (RFC 7489 6.6.4: outside the sampled percentage the
-/// next policy down applies) and DMARCbis's testing flag (which does the same).
-fn applied_policy(policy: Policy, pct: u8, testing: bool) -> Policy {
-    let sampled = !testing && (pct >= 100 || rand_percent() < pct);
+/// next policy down applies).
+fn applied_policy(policy: Policy, pct: u8) -> Policy {
+    let sampled = pct >= 100 || rand_percent() < pct;
     match (policy, sampled) {
         (p, true) => p,
         (Policy::Reject, false) => Policy::Quarantine,
