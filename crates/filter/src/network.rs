@@ -611,16 +611,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn pct_and_testing_step_the_policy_down() {
-        assert_eq!(applied_policy(Policy::Reject, 100, false), Policy::Reject);
-        assert_eq!(applied_policy(Policy::Reject, 0, false), Policy::Quarantine);
-        assert_eq!(applied_policy(Policy::Quarantine, 0, false), Policy::None);
-        assert_eq!(
-            applied_policy(Policy::Reject, 100, true),
-            Policy::Quarantine
-        );
+    fn pct_steps_the_policy_down() {
+        assert_eq!(applied_policy(Policy::Reject, 100), Policy::Reject);
+        assert_eq!(applied_policy(Policy::Reject, 0), Policy::Quarantine);
+        assert_eq!(applied_policy(Policy::Quarantine, 0), Policy::None);
         let sampled = (0..1000)
-            .filter(|_| applied_policy(Policy::Reject, 50, false) == Policy::Reject)
+            .filter(|_| applied_policy(Policy::Reject, 50) == Policy::Reject)
             .count();
         assert!((300..700).contains(&sampled), "{sampled} of 1000 at pct=50");
     }
