@@ -726,6 +726,12 @@ pub fn is_host_name(name: &str) -> bool {
         })
 }
 
+/// Whether `name` can own DNS records: a host name whose labels may also hold `_`, as the
+/// names of service records do (`_dmarc`, `selector._domainkey`).
+pub fn is_record_name(name: &str) -> bool {
+    is_host_name(&name.replace('_', "x"))
+}
+
 /// Whether `name` can be a client domain: an ASCII host name of two labels or more whose
 /// last label is not a number (so neither a top-level domain alone nor an IP address).
 pub fn is_domain_name(name: &str) -> bool {

@@ -958,7 +958,9 @@ fn validate_dns(cx: &Ctx<'_>, d: &S<DnsRaw>, used: &mut Addresses) -> Result<Dns
             } else {
                 format!("{written}.{name}")
             };
-            if !is_host_name(&fqdn) || !(fqdn == name || fqdn.ends_with(&format!(".{name}"))) {
+            if !(fqdn.is_ascii() && is_record_name(&fqdn))
+                || !(fqdn == name || fqdn.ends_with(&format!(".{name}")))
+            {
                 return cx.err(
                     r.name.span(),
                     &rkey("name"),

@@ -323,3 +323,45 @@ fn train_check_and_stats_and_the_gateway_follows_the_model() {
         "{out}"
     );
 }
+
+/// A resolver that does not answer: every message still gets its 250 within about the
+/// DNS timeout, scanned and marked degraded, and is delivered; once the breaker opens the
+/// next messages do not wait at all.
+#[test]
+fn a_silent_resolver_degrades_the_verdict_and_mail_keeps_flowing() {
+    // A UDP socket that reads nothing and answers nothing.
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let g = Gateway::start(Options {
+        tail: format!(
+            "[filter]\nnameservers = [\"{}\"]\ndns_timeout = \"500ms\"\n",
+            silent.local_addr().unwrap()
+        ),
+        ..Options::default()
+    });
+    let mut waits = Vec::new();
+    for i in 0..5 {
+        let started = std::time::Instant::now();
+        let (code, text) = send(
+            &g,
+            "someone@outside.example",
+            &["alice@example.com"],
+            &format!("Subject: note {i}\r\n\r\nhello\r\n"),
+        );
+        waits.push(started.elapsed());
+        assert_eq!(code, 250, "{text}");
+        let trace = g.admin("trace", &[&queued_as(&text)]);
+        assert!(trace.contains("[degraded]"), "{trace}");
+    }
+    assert!(
+        waits[..3].iter().all(|w| *w < Duration::from_secs(3)),
+        "{waits:?}"
+    );
+    assert!(
+        waits[3..].iter().all(|w| *w < Duration::from_millis(500)),
+        "the breaker did not open: {waits:?}"
+    );
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 5));
+    let delivered = &g.mailbox("alice@example.com")[0];
+    assert!(delivered.contains("X-Mailsilo-Degraded:"), "{delivered}");
+    drop(silent);
+}
