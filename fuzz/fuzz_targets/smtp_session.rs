@@ -23,14 +23,14 @@ impl Handler for OnlyExampleCom {
     fn check_recipient(&self, r: &mailsilo_smtp::address::Recipient) -> Result<(), Reply> {
         if r.domain == "example.com" { Ok(()) } else { Err(Reply::new(550, "5.7.1 Relay access denied")) }
     }
-    async fn accept(&self, m: Accepted) -> Result<(), Reply> {
+    async fn accept(&self, m: Accepted) -> Result<&'static str, Reply> {
         let postmaster = mailsilo_config::Config::demo().smtp.postmaster.unwrap_or_default();
         assert!(m.envelope.recipients.iter().all(|r| r.address.to_lowercase().ends_with("@example.com") || r.address == postmaster));
         assert!(!m.body.windows(2).any(|w| w[1] == b'\n' && w[0] != b'\r'), "bare LF reached the queue");
         assert!(!m.body.contains(&0), "NUL reached the queue");
         // The content (after the Received: header, under 1 KiB) is within the size limit.
         assert!(m.body.len() <= MAX_SIZE + 1024 + 2, "{} octets", m.body.len());
-        Ok(())
+        Ok("queued")
     }
 }
 
