@@ -724,7 +724,11 @@ mod tests {
                 "x".repeat(60)
             ));
         }
-        let text = config::DEMO.replace("\n[control]\n", &format!("\n{extra}\n[control]\n"));
+        // Into the zone mailsilo.test, before the next zone starts.
+        let text = config::DEMO.replace(
+            "\n# A demo DNS list",
+            &format!("\n{extra}\n# A demo DNS list"),
+        );
         assert_ne!(text, config::DEMO, "the records went in");
         let c = config::Config::parse("t.toml", &text).unwrap();
         let cat = Catalog::new(c.dns.as_ref().unwrap(), &c.silos);

@@ -196,7 +196,7 @@ fn config_check_and_example() {
     );
     let said = String::from_utf8_lossy(&out.stdout);
     assert!(
-        said.contains("ok: 2 client domains, 1 mx listener, silo silo1.mailsilo.test with 4 clusters and 8 mail servers, DNS for 1 zone, control endpoint, demo sink"),
+        said.contains("ok: 2 client domains, 1 mx listener, silo silo1.mailsilo.test with 4 clusters and 8 mail servers, DNS for 2 zones, control endpoint, demo sink"),
         "{said}"
     );
     assert!(
