@@ -236,6 +236,9 @@ pub struct DnsList {
     pub score: f64,
     /// Scores by return code (`127.0.0.2` = 4.0).
     pub codes: Vec<(std::net::Ipv4Addr, f64)>,
+    /// A client address list only: refuse a listed client at MAIL FROM (Postfix's
+    /// `reject_rbl_client`) rather than only score it.
+    pub reject: bool,
 }
 
 /// Where a rule looks.
@@ -281,6 +284,10 @@ pub struct Filter {
     pub dnsbl: Vec<DnsList>,
     /// Link-domain lists.
     pub uribl: Vec<DnsList>,
+    /// Messages a minute one client address may send (0: no limit), per node.
+    pub rate_per_client: u32,
+    /// Messages a minute one sender domain may send (0: no limit), per node.
+    pub rate_per_sender_domain: u32,
 }
 
 impl Default for Filter {
@@ -294,6 +301,8 @@ impl Default for Filter {
             dns_timeout: Duration::from_secs(2),
             dnsbl: Vec::new(),
             uribl: Vec::new(),
+            rate_per_client: 0,
+            rate_per_sender_domain: 0,
         }
     }
 }
@@ -319,6 +328,10 @@ pub struct Smtp {
     /// Both timeouts above shrink to this while more than 80 % of `max_sessions` are open
     /// (Postfix's stress mode).
     pub stress_timeout: Duration,
+    /// How long a new client must wait for the greeting without talking (Postfix's
+    /// postscreen_greet_wait); one that talks first is refused. Zero: off. A client that
+    /// waited is not made to wait again for a day.
+    pub greet_pause: Duration,
     /// The octets of message content all sessions together may hold in memory; beyond it
     /// new DATA/BDAT get 452 4.3.1.
     pub max_message_memory: usize,
@@ -916,6 +929,74 @@ mod tests {
                 host: "127.0.0.1".into(),
                 port: 26
             }
+        );
+    }
+
+    /// The filter's settings: each mistake named by line and key.
+    #[test]
+    fn filter_settings_are_checked() {
+        let cases = [
+            (
+                "[filter]\n[[filter.rule]]\nname = \"X\"\nbody = true\npattern = \"(unclosed\"\nscore = 1.0\n",
+                "t.toml:11:11: filter.rule[0].pattern: not a valid regular expression",
+            ),
+            (
+                "[filter]\n[[filter.rule]]\nname = \"lower\"\nbody = true\npattern = \"x\"\nscore = 1.0\n",
+                "t.toml:9:8: filter.rule[0].name:",
+            ),
+            (
+                "[filter]\n[[filter.rule]]\nname = \"BOTH\"\nbody = true\nurl = true\npattern = \"x\"\nscore = 1.0\n",
+                "t.toml:9:8: filter.rule[0].name: a rule looks at exactly one of",
+            ),
+            (
+                "[filter]\nnameservers = [\"resolver\"]\n",
+                "t.toml:8:16: filter.nameservers:",
+            ),
+            (
+                "[filter]\nspam_action = \"discard\"\n",
+                "t.toml:8:15: filter.spam_action: unknown value `discard`, expected one of",
+            ),
+            (
+                "[filter]\nspam_threshold = 9.0\nreject_threshold = 8.0\n",
+                "t.toml:9:20: filter.reject_threshold: 8 is below spam_threshold 9",
+            ),
+            (
+                "[filter]\nallow = [\"not an address\"]\n",
+                "t.toml:8:10: filter.allow:",
+            ),
+            (
+                "[filter]\ndns_timeout = \"1m\"\n",
+                "t.toml:8:15: filter.dns_timeout: must be more than zero and at most 30s",
+            ),
+            (
+                "[[filter.uribl]]\nzone = \"uribl.example\"\nreject = true\n",
+                "t.toml:8:8: filter.uribl[0].reject: reject applies to client-address lists",
+            ),
+            (
+                "[[filter.dnsbl]]\nzone = \"bl.example\"\ncodes = { \"two\" = 1.0 }\n",
+                "filter.dnsbl[0].codes: \"two\" is not a return code",
+            ),
+        ];
+        for (tail, want) in cases {
+            let e = err(&format!("{MIN}{tail}"));
+            assert!(e.contains(want), "{tail}: {e}");
+        }
+        let ok = Config::parse(
+            "t.toml",
+            &format!("{MIN}[filter]\nspam_action = \"tag\"\nsubject_prefix = \"[SPAM]\"\nnameservers = [\"127.0.0.1:5353\", \"192.0.2.53\"]\n[filter.rate_limit]\nclient = 10\n[[filter.dnsbl]]\nzone = \"bl.example\"\nreject = true\ncodes = {{ \"127.0.0.2\" = 4.0 }}\n"),
+        )
+        .unwrap();
+        assert_eq!(ok.filter.nameservers[1].port(), 53);
+        assert_eq!(ok.filter.rate_per_client, 10);
+        assert!(ok.filter.dnsbl[0].reject);
+        assert_eq!(
+            ok.filter.dnsbl[0].codes,
+            vec![("127.0.0.2".parse().unwrap(), 4.0)]
+        );
+        assert_eq!(ok.domains[0].filter.spam_action, SpamAction::Tag);
+        assert_eq!(
+            ok.domains[0].filter.subject_prefix.as_deref(),
+            Some("[SPAM]")
         );
     }
 

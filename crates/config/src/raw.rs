@@ -53,6 +53,16 @@ pub struct FilterRaw {
     pub dnsbl: Vec<S<DnsListRaw>>,
     #[serde(default)]
     pub uribl: Vec<S<DnsListRaw>>,
+    pub rate_limit: Option<RateLimitsRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitsRaw {
+    #[serde(default)]
+    pub client: u32,
+    #[serde(default)]
+    pub sender_domain: u32,
 }
 
 #[derive(Deserialize)]
@@ -60,6 +70,8 @@ pub struct FilterRaw {
 pub struct DnsListRaw {
     pub zone: S<String>,
     pub score: Option<S<f64>>,
+    #[serde(default)]
+    pub reject: bool,
     #[serde(default)]
     pub codes: HashMap<String, S<f64>>,
 }
@@ -101,6 +113,7 @@ pub struct SmtpRaw {
     pub data_timeout: Option<S<String>>,
     pub min_data_rate: Option<S<usize>>,
     pub stress_timeout: Option<S<String>>,
+    pub greet_pause: Option<S<String>>,
     pub max_message_memory: Option<S<String>>,
     pub postmaster: Option<S<String>>,
     pub bare_newlines: Option<BareNewlines>,
@@ -534,6 +547,19 @@ impl File {
                 "smtp.stress_timeout",
                 Duration::from_secs(10),
             )?,
+            greet_pause: {
+                let d = cx.duration_or_zero(&s.greet_pause, "smtp.greet_pause", Duration::ZERO)?;
+                if d > Duration::from_secs(30) {
+                    return cx.err(
+                        s.greet_pause
+                            .as_ref()
+                            .map_or(smtp_span.clone(), |v| v.span()),
+                        "smtp.greet_pause",
+                        "must be at most 30s (senders give up on a silent server)",
+                    );
+                }
+                d
+            },
             max_message_memory,
             postmaster,
             bare_newlines: s.bare_newlines.unwrap_or_default(),
@@ -857,11 +883,12 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
             "must be more than zero and at most 30s",
         );
     }
-    let lists = |list: &[S<DnsListRaw>], key: &str| -> Result<Vec<DnsList>, Error> {
+    let lists = |list: &[S<DnsListRaw>], kind: &str| -> Result<Vec<DnsList>, Error> {
         let mut out = Vec::new();
         for (i, l) in list.iter().enumerate() {
             let l = l.get_ref();
-            let key = |k: &str| format!("filter.{key}[{i}].{k}");
+            let key = |k: &str| format!("filter.{kind}[{i}].{k}");
+            let key_of = key;
             let zone = cx.host(&l.zone, &key("zone"))?;
             let score = match &l.score {
                 None => 1.0,
@@ -885,7 +912,19 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
                 codes.push((ip, v));
             }
             codes.sort_by_key(|c| c.0);
-            out.push(DnsList { zone, score, codes });
+            if l.reject && kind == "uribl" {
+                return cx.err(
+                    l.zone.span(),
+                    &key_of("reject"),
+                    "reject applies to client-address lists ([[filter.dnsbl]]) only",
+                );
+            }
+            out.push(DnsList {
+                zone,
+                score,
+                codes,
+                reject: l.reject,
+            });
         }
         Ok(out)
     };
@@ -898,6 +937,8 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
         dns_timeout,
         dnsbl: lists(&raw.dnsbl, "dnsbl")?,
         uribl: lists(&raw.uribl, "uribl")?,
+        rate_per_client: raw.rate_limit.as_ref().map_or(0, |r| r.client),
+        rate_per_sender_domain: raw.rate_limit.as_ref().map_or(0, |r| r.sender_domain),
     })
 }
 

@@ -243,6 +243,14 @@ impl Engine {
         }
     }
 
+    /// The client-address list marked `reject` that lists `client`, if any.
+    pub async fn blocked(&self, client: IpAddr) -> Option<String> {
+        match &self.network {
+            Some(n) => n.blocked(client).await,
+            None => None,
+        }
+    }
+
     /// This server's authserv-id (for its Authentication-Results), when it runs the DNS
     /// checks.
     pub fn authserv_id(&self) -> Option<&str> {

@@ -23,6 +23,7 @@ use store::{Arrival, Held, NewMessage, NewRecipient};
 use tracing::{info, warn};
 
 use crate::engine::{Action, Decision, Engine, Envelope, Report, decide};
+use crate::limits::RateLimiter;
 
 /// The SMTP server's handler: relay policy, scanning, and the hand-off.
 pub struct Intake {
@@ -31,20 +32,27 @@ pub struct Intake {
     engine: Arc<Engine>,
     /// Scan at all (`filter.enabled`).
     enabled: bool,
+    per_client: RateLimiter,
+    per_sender_domain: RateLimiter,
 }
 
 impl Intake {
+    /// The intake; `rates` are the messages a minute one client address and one sender
+    /// domain may send (0: no limit).
     pub fn new(
         queue: Arc<Queue>,
         domains: Arc<DomainTable>,
         engine: Arc<Engine>,
         enabled: bool,
+        rates: (u32, u32),
     ) -> Intake {
         Intake {
             queue,
             domains,
             engine,
             enabled,
+            per_client: RateLimiter::new(rates.0),
+            per_sender_domain: RateLimiter::new(rates.1),
         }
     }
 
@@ -71,6 +79,36 @@ fn policy_of(domains: &DomainTable, address: &str) -> Option<FilterPolicy> {
 impl Handler for Intake {
     fn queue_id(&self) -> String {
         self.queue.next_id()
+    }
+
+    async fn mail(&self, client: &smtp::ClientInfo, sender: &str) -> Result<(), Reply> {
+        if !self.enabled {
+            return Ok(());
+        }
+        let ip = client.peer.ip();
+        if !self.per_client.allow(&ip.to_string()) {
+            return Err(Reply::new(
+                451,
+                format!("4.7.1 Rate limit exceeded for client [{ip}], try again later"),
+            ));
+        }
+        let domain = sender
+            .rsplit_once('@')
+            .map_or("", |(_, d)| d)
+            .to_lowercase();
+        if !domain.is_empty() && !self.per_sender_domain.allow(&domain) {
+            return Err(Reply::new(
+                451,
+                format!("4.7.1 Rate limit exceeded for sender domain {domain}, try again later"),
+            ));
+        }
+        if let Some(zone) = self.engine.blocked(ip).await {
+            return Err(Reply::new(
+                554,
+                format!("5.7.1 Service unavailable; client [{ip}] blocked using {zone}"),
+            ));
+        }
+        Ok(())
     }
 
     fn check_recipient(&self, r: &smtp::address::Recipient) -> Result<(), Reply> {

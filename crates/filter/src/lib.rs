@@ -13,6 +13,7 @@ pub mod classifier;
 pub mod content;
 pub mod engine;
 pub mod intake;
+pub mod limits;
 pub mod metrics;
 pub mod network;
 pub mod rules;

@@ -115,6 +115,25 @@ impl Network {
         })
     }
 
+    /// The zone of the first client-address list marked `reject` that lists `client`
+    /// (asked through the same cache the scan's lookups use). None when none does, or the
+    /// resolver is down or does not answer: a list that cannot be asked refuses no one.
+    pub async fn blocked(&self, client: IpAddr) -> Option<String> {
+        if self.down() {
+            return None;
+        }
+        let reversed = client.to_reverse_name();
+        for l in self.dnsbl.iter().filter(|l| l.reject) {
+            let name = format!("{reversed}.{}.", l.zone);
+            if let Ok(Ok(_)) =
+                tokio::time::timeout(self.timeout, self.auth.ipv4_lookup_raw(&name)).await
+            {
+                return Some(l.zone.clone());
+            }
+        }
+        None
+    }
+
     /// This server's authserv-id.
     pub fn hostname(&self) -> &str {
         &self.hostname

@@ -454,3 +454,44 @@ async fn a_silent_resolver_degrades_within_the_timeout() {
         }
     }
 }
+
+/// A client-address list marked `reject` refuses a listed client at MAIL FROM; an
+/// unlisted one passes, and a list that cannot be asked refuses no one.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_reject_list_blocks_listed_clients() {
+    let server = ZoneServer::start();
+    server
+        .set(&json!({ "10.2.0.192.bl.test": [{"A": "127.0.0.2"}], "bl.test": [{"TXT": "list"}] }));
+    let list = |reject| config::DnsList {
+        zone: "bl.test".into(),
+        score: 3.0,
+        codes: Vec::new(),
+        reject,
+    };
+    let network = |reject, port: u16| {
+        mailsilo_filter::network::Network::new(
+            "mx.test",
+            &[format!("127.0.0.1:{port}").parse().unwrap()],
+            Duration::from_millis(500),
+            vec![list(reject)],
+            Vec::new(),
+        )
+        .unwrap()
+    };
+    let n = network(true, server.port);
+    assert_eq!(
+        n.blocked(CLIENT.parse().unwrap()).await.as_deref(),
+        Some("bl.test")
+    );
+    assert_eq!(n.blocked("192.0.2.11".parse().unwrap()).await, None);
+    assert_eq!(
+        network(false, server.port)
+            .blocked(CLIENT.parse().unwrap())
+            .await,
+        None,
+        "a scoring list blocks no one"
+    );
+    let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let n = network(true, silent.local_addr().unwrap().port());
+    assert_eq!(n.blocked(CLIENT.parse().unwrap()).await, None);
+}

@@ -333,6 +333,10 @@ pub async fn up(
             domains.clone(),
             engine.clone(),
             config.filter.enabled,
+            (
+                config.filter.rate_per_client,
+                config.filter.rate_per_sender_domain,
+            ),
         ));
         // Every server of this process shares one bound on message memory.
         let memory = smtp::data::MemoryBudget::new(config.smtp.max_message_memory);

@@ -365,3 +365,52 @@ fn a_silent_resolver_degrades_the_verdict_and_mail_keeps_flowing() {
     assert!(delivered.contains("X-Mailsilo-Degraded:"), "{delivered}");
     drop(silent);
 }
+
+/// Connection-stage policy: a client that talks before the greeting is refused, one that
+/// waits is greeted (and not made to wait again); past the per-client rate limit, MAIL
+/// FROM gets 451.
+#[test]
+fn early_talkers_are_refused_and_rates_are_limited() {
+    let g = Gateway::start(Options {
+        smtp: "greet_pause = \"1s\"".into(),
+        tail: "[filter]\n[filter.rate_limit]\nclient = 3\n".into(),
+        ..Options::default()
+    });
+    use std::io::{Read, Write};
+    let mut early = std::net::TcpStream::connect(g.mx).unwrap();
+    early.write_all(b"EHLO impatient.example\r\n").unwrap();
+    let mut said = String::new();
+    early.read_to_string(&mut said).unwrap();
+    assert!(said.starts_with("554 5.5.1"), "{said}");
+
+    let started = std::time::Instant::now();
+    let mut s = common::Smtp::connect(g.mx);
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "the greeting came at once"
+    );
+    assert_eq!(s.cmd("EHLO patient.example").0, 250);
+    let started = std::time::Instant::now();
+    let mut again = common::Smtp::connect(g.mx);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "a patient client waited again"
+    );
+    assert_eq!(again.cmd("EHLO patient.example").0, 250);
+    drop(again);
+
+    for i in 0..3 {
+        let (code, text) = s.mail(
+            "a@outside.example",
+            &["alice@example.com"],
+            &format!("Subject: {i}\r\n\r\nx\r\n"),
+        );
+        assert_eq!(code, 250, "{text}");
+    }
+    let (code, text) = s.cmd("MAIL FROM:<a@outside.example>");
+    assert_eq!(code, 451, "{text}");
+    assert!(
+        text.contains("4.7.1 Rate limit exceeded for client"),
+        "{text}"
+    );
+}

@@ -113,6 +113,16 @@ pub struct Accepted {
 pub trait Handler: Send + Sync + 'static {
     /// Whether mail for this recipient is accepted (refusal is the reply to send).
     fn check_recipient(&self, recipient: &Recipient) -> Result<(), Reply>;
+    /// A client connected (its real address: behind a balancer, the PROXY header's). A
+    /// refusal is sent instead of the greeting, and the session ends.
+    async fn connect(&self, _client: IpAddr) -> Result<(), Reply> {
+        Ok(())
+    }
+    /// A client asks to send a message from `sender` (empty: the null sender): policy may
+    /// refuse it here, before its recipients and content (rate limits, a listed client).
+    async fn mail(&self, _client: &ClientInfo, _sender: &str) -> Result<(), Reply> {
+        Ok(())
+    }
     /// Takes responsibility for a message. Returns only once the message is on stable
     /// storage (the server answers 250 straight after), with what it became for the log
     /// line ("queued").
@@ -168,7 +178,15 @@ pub struct Server<H> {
     pub memory: Arc<MemoryBudget>,
     /// Sessions running now, for stress mode.
     active: AtomicUsize,
+    /// Clients that waited for the greeting (`greet_pause`), and when.
+    patient: std::sync::Mutex<std::collections::HashMap<IpAddr, Instant>>,
 }
+
+/// How long a client that waited for the greeting is not made to wait again.
+const PATIENT_FOR: Duration = Duration::from_secs(86_400);
+/// The most clients remembered as patient (past it, those older than a day are forgotten,
+/// then all if need be).
+const MAX_PATIENT: usize = 100_000;
 
 /// Counts a session as running while it lives.
 struct Running<'a>(&'a AtomicUsize);
@@ -201,6 +219,7 @@ impl<H: Handler> Server<H> {
             handler,
             proxy: None,
             active: AtomicUsize::new(0),
+            patient: Default::default(),
         }
     }
 
@@ -314,6 +333,7 @@ impl<H: Handler> Server<H> {
         async move {
             let _running = Running(&self.active);
             let mut session = Session::new(self.clone(), Conn::new(stream), peer, shutdown);
+            session.probe = probe;
             let result = session.run().await;
             // Sessions that never started a transaction (health checks, probes) are
             // debug-level chatter; the others end with one line.
@@ -423,6 +443,8 @@ struct Session<H> {
     /// MAIL was given at least once.
     transacted: bool,
     messages: usize,
+    /// A balancer's health check (PROXY LOCAL): not made to wait for the greeting.
+    probe: bool,
 }
 
 impl<H: Handler> Session<H> {
@@ -444,6 +466,7 @@ impl<H: Handler> Session<H> {
             errors: 0,
             transacted: false,
             messages: 0,
+            probe: false,
         }
     }
 
@@ -484,6 +507,14 @@ impl<H: Handler> Session<H> {
 
     async fn run(&mut self) -> io::Result<()> {
         debug!("connected");
+        if let Err(reply) = self.server.handler.connect(self.peer.ip()).await {
+            info!(%reply, "refused at connect");
+            self.send(reply);
+            return self.flush().await;
+        }
+        if !self.probe && !self.greet_pause().await? {
+            return self.flush().await;
+        }
         let banner = format!("{} ESMTP mailsilo", self.settings().hostname);
         self.reply(220, banner);
         loop {
@@ -538,6 +569,59 @@ impl<H: Handler> Session<H> {
         }
     }
 
+    /// Postscreen's greet wait: a client new to this server (or not seen for a day) must
+    /// stay silent for `greet_pause` before the greeting; one that talks first is a
+    /// spambot that does not wait for replies, and is refused. False: refused.
+    async fn greet_pause(&mut self) -> io::Result<bool> {
+        let pause = self.settings().greet_pause;
+        let ip = self.peer.ip();
+        if pause.is_zero() {
+            return Ok(true);
+        }
+        let seen = self
+            .server
+            .patient
+            .lock()
+            .expect("patient")
+            .get(&ip)
+            .copied();
+        if seen.is_some_and(|t| t.elapsed() < PATIENT_FOR) {
+            return Ok(true);
+        }
+        match self.conn.fill(pause).await {
+            Ok(_) => {
+                info!("refused: talked before the greeting");
+                self.conn.discard_pending();
+                self.send(Reply::new(
+                    554,
+                    "5.5.1 Protocol error: talked before the greeting",
+                ));
+                Ok(false)
+            }
+            Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                let mut patient = self.server.patient.lock().expect("patient");
+                if patient.len() >= MAX_PATIENT {
+                    patient.retain(|_, t| t.elapsed() < PATIENT_FOR);
+                    if patient.len() >= MAX_PATIENT {
+                        patient.clear();
+                    }
+                }
+                patient.insert(ip, Instant::now());
+                Ok(true)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// What the handler is told of the client.
+    fn client_info(&self) -> ClientInfo {
+        ClientInfo {
+            peer: self.peer,
+            helo: self.helo.clone().unwrap_or_default(),
+            tls: self.tls.clone(),
+        }
+    }
+
     async fn command(&mut self, line: &[u8]) -> io::Result<Next> {
         let cmd = match command::parse(line) {
             Ok(c) => c,
@@ -553,7 +637,7 @@ impl<H: Handler> Session<H> {
         match cmd {
             Command::Ehlo(host) => self.hello(host, true),
             Command::Helo(host) => self.hello(host, false),
-            Command::Mail(from) => self.mail(from),
+            Command::Mail(from) => self.mail(from).await,
             Command::Rcpt(to) => self.rcpt(to),
             Command::Data => self.data().await?,
             Command::Bdat { size, last } => return self.bdat(size, last).await,
@@ -605,7 +689,7 @@ impl<H: Handler> Session<H> {
         self.send(Reply { code: 250, lines });
     }
 
-    fn mail(&mut self, from: MailFrom) {
+    async fn mail(&mut self, from: MailFrom) {
         if self.helo.is_none() {
             return self.reply(503, "5.5.1 Send EHLO or HELO first");
         }
@@ -622,6 +706,11 @@ impl<H: Handler> Session<H> {
         let sender = from.sender.map(|m| m.raw).unwrap_or_default();
         if !from.smtputf8 && !sender.is_ascii() {
             return self.reply(553, "5.6.7 Non-ASCII address requires SMTPUTF8");
+        }
+        let client = self.client_info();
+        if let Err(reply) = self.server.handler.mail(&client, &sender).await {
+            info!(from = %sender, %reply, "sender refused");
+            return self.send(reply);
         }
         self.tx = Some(Transaction {
             sender,
