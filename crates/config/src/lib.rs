@@ -211,6 +211,30 @@ pub struct FilterPolicy {
     /// Senders whose mail is always spam.
     pub block: Vec<Sender>,
     pub dmarc: DmarcMode,
+    /// Greylist mail for this domain (see [`Greylisting`]).
+    pub greylist: bool,
+}
+
+/// Greylisting's timings: a new (client network, sender, recipient) triplet is refused with
+/// 451 until it is retried after `delay` and within `window`; a client network whose retry
+/// passed is let through for `pass`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Greylisting {
+    pub delay: Duration,
+    pub window: Duration,
+    pub pass: Duration,
+}
+
+impl Default for Greylisting {
+    fn default() -> Greylisting {
+        // Postgrey's defaults: 5 minutes, and a retry counts for 2 days; a passing client
+        // is let through for 35 days.
+        Greylisting {
+            delay: Duration::from_secs(300),
+            window: Duration::from_secs(2 * 86_400),
+            pass: Duration::from_secs(35 * 86_400),
+        }
+    }
 }
 
 impl Default for FilterPolicy {
@@ -223,6 +247,7 @@ impl Default for FilterPolicy {
             allow: Vec::new(),
             block: Vec::new(),
             dmarc: DmarcMode::Enforce,
+            greylist: false,
         }
     }
 }
@@ -284,6 +309,7 @@ pub struct Filter {
     pub dnsbl: Vec<DnsList>,
     /// Link-domain lists.
     pub uribl: Vec<DnsList>,
+    pub greylisting: Greylisting,
     /// Messages a minute one client address may send (0: no limit), per node.
     pub rate_per_client: u32,
     /// Messages a minute one sender domain may send (0: no limit), per node.
@@ -301,6 +327,7 @@ impl Default for Filter {
             dns_timeout: Duration::from_secs(2),
             dnsbl: Vec::new(),
             uribl: Vec::new(),
+            greylisting: Greylisting::default(),
             rate_per_client: 0,
             rate_per_sender_domain: 0,
         }

@@ -54,6 +54,16 @@ pub struct FilterRaw {
     #[serde(default)]
     pub uribl: Vec<S<DnsListRaw>>,
     pub rate_limit: Option<RateLimitsRaw>,
+    pub greylist: Option<bool>,
+    pub greylisting: Option<GreylistingRaw>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GreylistingRaw {
+    pub delay: Option<S<String>>,
+    pub window: Option<S<String>>,
+    pub pass: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -765,6 +775,7 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
         allow: raw.allow.iter().map(|a| a.get_ref().clone()).collect(),
         block: raw.block.iter().map(|a| a.get_ref().clone()).collect(),
         dmarc: raw.dmarc,
+        greylist: raw.greylist,
     };
     let policy = written
         .over(&FilterPolicy::default())
@@ -937,6 +948,32 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
         dns_timeout,
         dnsbl: lists(&raw.dnsbl, "dnsbl")?,
         uribl: lists(&raw.uribl, "uribl")?,
+        greylisting: {
+            let d = Greylisting::default();
+            match &raw.greylisting {
+                None => d,
+                Some(g) => {
+                    let delay = cx.duration(&g.delay, "filter.greylisting.delay", d.delay)?;
+                    let window = cx.duration(&g.window, "filter.greylisting.window", d.window)?;
+                    let pass = cx.duration(&g.pass, "filter.greylisting.pass", d.pass)?;
+                    if window <= delay {
+                        return cx.err(
+                            g.window
+                                .as_ref()
+                                .or(g.delay.as_ref())
+                                .map_or(f.span(), |v| v.span()),
+                            "filter.greylisting.window",
+                            "must be longer than delay (a retry must have time to come)",
+                        );
+                    }
+                    Greylisting {
+                        delay,
+                        window,
+                        pass,
+                    }
+                }
+            }
+        },
         rate_per_client: raw.rate_limit.as_ref().map_or(0, |r| r.client),
         rate_per_sender_domain: raw.rate_limit.as_ref().map_or(0, |r| r.sender_domain),
     })

@@ -57,6 +57,9 @@ pub struct FilterSettings {
     /// reject, or ignore it (score only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dmarc: Option<DmarcMode>,
+    /// Greylist mail for this domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub greylist: Option<bool>,
 }
 
 impl FilterSettings {
@@ -87,6 +90,9 @@ impl FilterSettings {
         }
         if let Some(m) = self.dmarc {
             p.dmarc = m;
+        }
+        if let Some(g) = self.greylist {
+            p.greylist = g;
         }
         if let Some(prefix) = &self.subject_prefix {
             p.subject_prefix = subject_prefix(prefix).map_err(|m| ("filter.subject_prefix", m))?;

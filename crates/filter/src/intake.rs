@@ -27,6 +27,7 @@ use crate::limits::RateLimiter;
 
 /// The SMTP server's handler: relay policy, scanning, and the hand-off.
 pub struct Intake {
+    greylisting: config::Greylisting,
     queue: Arc<Queue>,
     domains: Arc<DomainTable>,
     engine: Arc<Engine>,
@@ -45,8 +46,10 @@ impl Intake {
         engine: Arc<Engine>,
         enabled: bool,
         rates: (u32, u32),
+        greylisting: config::Greylisting,
     ) -> Intake {
         Intake {
+            greylisting,
             queue,
             domains,
             engine,
@@ -66,6 +69,56 @@ impl Intake {
             sender: &sender,
         };
         self.engine.check(body, &env, &client_domains).await
+    }
+}
+
+impl Intake {
+    /// Greylisting's answer for a triplet: `None` to let it through, or the seconds left
+    /// before a retry will be.
+    async fn greylist(
+        &self,
+        ip: std::net::IpAddr,
+        sender: &str,
+        recipient: &str,
+    ) -> Result<Option<u64>, store::Error> {
+        let g = self.greylisting;
+        let store = self.queue.store();
+        let now = self.queue.now();
+        let network = client_network(ip);
+        if store.grey_allowed(&network, now).await? {
+            return Ok(None);
+        }
+        let triplet = format!(
+            "{network}|{}|{}",
+            sender.to_lowercase(),
+            recipient.to_lowercase()
+        );
+        let window_start = now - g.window.as_secs() as i64;
+        let first = store.grey_first_seen(&triplet, now, window_start).await?;
+        let waited = (now - first).max(0) as u64;
+        if waited < g.delay.as_secs() {
+            return Ok(Some(g.delay.as_secs() - waited));
+        }
+        // The retry came: the client's network is let through from now on.
+        store
+            .grey_allow(&network, now + g.pass.as_secs() as i64)
+            .await?;
+        Ok(None)
+    }
+}
+
+/// The network greylisting keys a client by (a /24 or a /64: large senders retry from
+/// another address of the same pool).
+fn client_network(ip: std::net::IpAddr) -> String {
+    match ip {
+        std::net::IpAddr::V4(v4) => {
+            let o = v4.octets();
+            format!("{}.{}.{}", o[0], o[1], o[2])
+        }
+        std::net::IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}", s[0], s[1], s[2], s[3])
+        }
     }
 }
 
@@ -109,6 +162,31 @@ impl Handler for Intake {
             ));
         }
         Ok(())
+    }
+
+    async fn rcpt(
+        &self,
+        client: &smtp::ClientInfo,
+        sender: &str,
+        recipient: &str,
+    ) -> Result<(), Reply> {
+        let greylisted =
+            self.enabled && policy_of(&self.domains, recipient).is_some_and(|p| p.greylist);
+        if !greylisted {
+            return Ok(());
+        }
+        match self.greylist(client.peer.ip(), sender, recipient).await {
+            Ok(None) => Ok(()),
+            Ok(Some(wait)) => Err(Reply::new(
+                451,
+                format!("4.7.1 Greylisted, please try again in {wait} seconds"),
+            )),
+            Err(e) => {
+                // The store cannot say: let the mail through rather than refuse it.
+                warn!(error = %e, "greylisting skipped");
+                Ok(())
+            }
+        }
     }
 
     fn check_recipient(&self, r: &smtp::address::Recipient) -> Result<(), Reply> {
@@ -436,6 +514,29 @@ fn scan_header(
         out.extend_from_slice(format!("Subject: {}\r\n", prefix.unwrap_or_default()).as_bytes());
     }
     out
+}
+
+/// Forgets, every hour until shutdown, the triplets whose window passed and the passes
+/// that ended.
+pub async fn expire_greylist(
+    queue: Arc<Queue>,
+    g: config::Greylisting,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        let now = queue.now();
+        if let Err(e) = queue
+            .store()
+            .expire_greylist(now - g.window.as_secs() as i64, now)
+            .await
+        {
+            warn!(error = %e, "greylist expiry failed");
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+    }
 }
 
 #[cfg(test)]

@@ -337,7 +337,13 @@ pub async fn up(
                 config.filter.rate_per_client,
                 config.filter.rate_per_sender_domain,
             ),
+            config.filter.greylisting,
         ));
+        tasks.push(tokio::spawn(filter::intake::expire_greylist(
+            queue.clone(),
+            config.filter.greylisting,
+            stopped.clone(),
+        )));
         // Every server of this process shares one bound on message memory.
         let memory = smtp::data::MemoryBudget::new(config.smtp.max_message_memory);
         if roles.has("mx", "") {

@@ -414,3 +414,37 @@ fn early_talkers_are_refused_and_rates_are_limited() {
         "{text}"
     );
 }
+
+/// Greylisting for a client domain that asks for it: a new triplet gets 451 until it is
+/// retried after the delay; then the client's network passes at once, for other senders
+/// too; a domain without greylisting is never delayed.
+#[test]
+fn greylisting_delays_new_triplets_then_lets_the_network_through() {
+    let g = Gateway::start(Options {
+        tail: "[filter.greylisting]\ndelay = \"2s\"\nwindow = \"1h\"\n\n[[domain]]\nname = \"grey.test\"\ndestination = \"{sink}\"\n[domain.filter]\ngreylist = true\n".into(),
+        ..Options::default()
+    });
+    let mut s = g.smtp();
+    assert_eq!(s.cmd("EHLO client.test").0, 250);
+    assert_eq!(s.cmd("MAIL FROM:<a@outside.example>").0, 250);
+    let (code, text) = s.cmd("RCPT TO:<carol@grey.test>");
+    assert_eq!(code, 451, "{text}");
+    assert!(text.contains("4.7.1 Greylisted"), "{text}");
+    assert_eq!(
+        s.cmd("RCPT TO:<alice@example.com>").0,
+        250,
+        "no greylisting for example.com"
+    );
+    assert_eq!(s.cmd("RSET").0, 250);
+    std::thread::sleep(Duration::from_millis(2200));
+    let (code, text) = s.mail(
+        "a@outside.example",
+        &["carol@grey.test"],
+        "Subject: retried\r\n\r\nhello\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    // The network passed: another sender is not delayed.
+    assert_eq!(s.cmd("MAIL FROM:<b@elsewhere.example>").0, 250);
+    assert_eq!(s.cmd("RCPT TO:<dave@grey.test>").0, 250);
+    assert!(wait_until(WAIT, || g.mailbox("carol@grey.test").len() == 1));
+}

@@ -123,6 +123,16 @@ pub trait Handler: Send + Sync + 'static {
     async fn mail(&self, _client: &ClientInfo, _sender: &str) -> Result<(), Reply> {
         Ok(())
     }
+    /// A recipient `check_recipient` accepted, in a transaction from `sender`: policy may
+    /// refuse it for this client and sender (greylisting).
+    async fn rcpt(
+        &self,
+        _client: &ClientInfo,
+        _sender: &str,
+        _recipient: &str,
+    ) -> Result<(), Reply> {
+        Ok(())
+    }
     /// Takes responsibility for a message. Returns only once the message is on stable
     /// storage (the server answers 250 straight after), with what it became for the log
     /// line ("queued").
@@ -638,7 +648,7 @@ impl<H: Handler> Session<H> {
             Command::Ehlo(host) => self.hello(host, true),
             Command::Helo(host) => self.hello(host, false),
             Command::Mail(from) => self.mail(from).await,
-            Command::Rcpt(to) => self.rcpt(to),
+            Command::Rcpt(to) => self.rcpt(to).await,
             Command::Data => self.data().await?,
             Command::Bdat { size, last } => return self.bdat(size, last).await,
             Command::Rset => {
@@ -741,7 +751,7 @@ impl<H: Handler> Session<H> {
         })
     }
 
-    fn rcpt(&mut self, to: RcptTo) {
+    async fn rcpt(&mut self, to: RcptTo) {
         let max = self.settings().max_recipients;
         let Some(tx) = &self.tx else {
             return self.reply(503, "5.5.1 Need MAIL command");
@@ -760,8 +770,22 @@ impl<H: Handler> Session<H> {
         let checked = match &to.path {
             ForwardPath::Postmaster => self.postmaster(),
             ForwardPath::Mailbox(m) if self.own_postmaster(m) => self.postmaster(),
-            ForwardPath::Mailbox(m) => address::recipient(m, smtputf8)
-                .and_then(|r| self.server.handler.check_recipient(&r).map(|()| r.raw)),
+            ForwardPath::Mailbox(m) => {
+                match address::recipient(m, smtputf8)
+                    .and_then(|r| self.server.handler.check_recipient(&r).map(|()| r.raw))
+                {
+                    Ok(address) => {
+                        let client = self.client_info();
+                        let sender = tx.sender.clone();
+                        self.server
+                            .handler
+                            .rcpt(&client, &sender, &address)
+                            .await
+                            .map(|()| address)
+                    }
+                    Err(reply) => Err(reply),
+                }
+            }
         };
         let address = match checked {
             Ok(a) => a,

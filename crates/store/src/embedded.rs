@@ -22,12 +22,12 @@ use crate::{
 const BATCH: usize = 512;
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const VERSION: i64 = 4;
+const VERSION: i64 = 5;
 
 /// The schema, version by version: `MIGRATIONS[n]` takes a database from version n to n+1.
 /// Version 0 is the first release's (RET kept as `ret_headers_only`, which held an invented
 /// RET=FULL as 0, so only HDRS is carried over).
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     // 0 -> 1: RET as given.
     "ALTER TABLE message ADD COLUMN ret INTEGER;
      UPDATE message SET ret = CASE ret_headers_only WHEN 1 THEN 1 END;
@@ -110,6 +110,9 @@ const MIGRATIONS: [&str; 4] = [
          size INTEGER NOT NULL,
          body BLOB NOT NULL
      );",
+    // 4 -> 5: greylisting.
+    "CREATE TABLE greylist (key TEXT PRIMARY KEY, first_seen INTEGER NOT NULL) WITHOUT ROWID;
+     CREATE TABLE greylist_pass (client TEXT PRIMARY KEY, until INTEGER NOT NULL) WITHOUT ROWID;",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -936,6 +939,55 @@ impl Store for Embedded {
             }
             add_event(c, &id, &unheld_event(&node, None))?;
             Ok(true)
+        })
+        .await
+    }
+    async fn grey_first_seen(&self, key: &str, now: i64, window_start: i64) -> Result<i64> {
+        let key = key.to_string();
+        self.call(true, move |c| {
+            c.prepare_cached(
+                "INSERT INTO greylist (key, first_seen) VALUES (?1, ?2)
+                 ON CONFLICT (key) DO UPDATE SET first_seen = excluded.first_seen
+                 WHERE greylist.first_seen < ?3",
+            )?
+            .execute(params![key, now, window_start])?;
+            Ok(
+                c.prepare_cached("SELECT first_seen FROM greylist WHERE key = ?")?
+                    .query_row([&key], |r| r.get(0))?,
+            )
+        })
+        .await
+    }
+    async fn grey_allow(&self, client: &str, until: i64) -> Result<()> {
+        let client = client.to_string();
+        self.call(true, move |c| {
+            c.prepare_cached(
+                "INSERT INTO greylist_pass (client, until) VALUES (?1, ?2)
+                 ON CONFLICT (client) DO UPDATE SET until = max(greylist_pass.until, excluded.until)",
+            )?
+            .execute(params![client, until])?;
+            Ok(())
+        })
+        .await
+    }
+    async fn grey_allowed(&self, client: &str, now: i64) -> Result<bool> {
+        let client = client.to_string();
+        self.call(false, move |c| {
+            Ok(
+                c.prepare_cached("SELECT 1 FROM greylist_pass WHERE client = ? AND until > ?")?
+                    .query_row(params![client, now], |_| Ok(()))
+                    .optional()?
+                    .is_some(),
+            )
+        })
+        .await
+    }
+    async fn expire_greylist(&self, before: i64, now: i64) -> Result<usize> {
+        self.call(true, move |c| {
+            Ok(
+                c.execute("DELETE FROM greylist WHERE first_seen < ?", [before])?
+                    + c.execute("DELETE FROM greylist_pass WHERE until <= ?", [now])?,
+            )
         })
         .await
     }

@@ -447,6 +447,22 @@ pub trait Store: Send + Sync + 'static {
     /// Deletes a quarantined message; `false` when it is not there. Durable.
     async fn delete_held(&self, id: &str, node: &str) -> Result<bool>;
 
+    /// Greylisting: when the triplet `key` was first seen, after recording `now` as its
+    /// first sighting if it has none, or if its first sighting is older than `window_start`
+    /// (the retry window passed: it starts again). Atomic across nodes. Durable.
+    async fn grey_first_seen(&self, key: &str, now: i64, window_start: i64) -> Result<i64>;
+
+    /// Greylisting: lets `client` (a client network's key) through until `until` (unix
+    /// seconds), after a retried triplet passed. Durable.
+    async fn grey_allow(&self, client: &str, until: i64) -> Result<()>;
+
+    /// Greylisting: whether `client` is let through at `now`.
+    async fn grey_allowed(&self, client: &str, now: i64) -> Result<bool>;
+
+    /// Greylisting: forgets triplets first seen before `before` and passes that ended before
+    /// `now`; returns how many rows went. Durable.
+    async fn expire_greylist(&self, before: i64, now: i64) -> Result<usize>;
+
     /// Stores a new message and its trace's first event. Durable when it returns: the SMTP
     /// server answers 250 straight after. With `lease`, the message is claimed by that
     /// node at once (it delivers it from memory) and the token is returned; without, it is

@@ -26,10 +26,10 @@ use crate::{
 };
 
 /// The schema version this code writes.
-const VERSION: i32 = 3;
+const VERSION: i32 = 4;
 
 /// `MIGRATIONS[n]` takes the database from version n to n+1.
-const MIGRATIONS: [&str; 3] = [
+const MIGRATIONS: [&str; 4] = [
     "
 CREATE TABLE message (
     id TEXT PRIMARY KEY,
@@ -128,6 +128,10 @@ CREATE TABLE quarantine (
     size BIGINT NOT NULL,
     body BYTEA NOT NULL
 );
+",
+    "
+CREATE TABLE greylist (key TEXT PRIMARY KEY, first_seen BIGINT NOT NULL);
+CREATE TABLE greylist_pass (client TEXT PRIMARY KEY, until BIGINT NOT NULL);
 ",
 ];
 
@@ -962,6 +966,60 @@ impl Store for Postgres {
         add_events(&tx, id, &[crate::unheld_event(node, None)]).await?;
         tx.commit().await?;
         Ok(true)
+    }
+
+    async fn grey_first_seen(&self, key: &str, now: i64, window_start: i64) -> Result<i64> {
+        let client = self.pool.get().await?;
+        // The upsert returns the row it wrote; when it wrote none (a sighting inside the
+        // window), the existing first sighting is read.
+        let written = client
+            .query_opt(
+                "INSERT INTO greylist (key, first_seen) VALUES ($1, $2)
+                 ON CONFLICT (key) DO UPDATE SET first_seen = excluded.first_seen
+                 WHERE greylist.first_seen < $3
+                 RETURNING first_seen",
+                &[&key, &now, &window_start],
+            )
+            .await?;
+        match written {
+            Some(r) => Ok(r.get(0)),
+            None => Ok(client
+                .query_one("SELECT first_seen FROM greylist WHERE key = $1", &[&key])
+                .await?
+                .get(0)),
+        }
+    }
+
+    async fn grey_allow(&self, client: &str, until: i64) -> Result<()> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "INSERT INTO greylist_pass (client, until) VALUES ($1, $2)
+             ON CONFLICT (client) DO UPDATE SET until = greatest(greylist_pass.until, excluded.until)",
+            &[&client, &until],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn grey_allowed(&self, client: &str, now: i64) -> Result<bool> {
+        let c = self.pool.get().await?;
+        Ok(c.query_opt(
+            "SELECT 1 FROM greylist_pass WHERE client = $1 AND until > $2",
+            &[&client, &now],
+        )
+        .await?
+        .is_some())
+    }
+
+    async fn expire_greylist(&self, before: i64, now: i64) -> Result<usize> {
+        let c = self.pool.get().await?;
+        let a = c
+            .execute("DELETE FROM greylist WHERE first_seen < $1", &[&before])
+            .await?;
+        let b = c
+            .execute("DELETE FROM greylist_pass WHERE until <= $1", &[&now])
+            .await?;
+        Ok((a + b) as usize)
     }
 
     async fn learn(&self, examples: Vec<Example>) -> Result<usize> {

@@ -718,6 +718,46 @@ async fn quarantine_holds_releases_and_deletes() {
     .await;
 }
 
+/// Greylisting: a triplet's first sighting is kept (by any node) until its window passes,
+/// then starts again; passes let a client through until they end; expiry forgets both.
+#[tokio::test(flavor = "multi_thread")]
+async fn greylist_triplets_and_passes_are_shared() {
+    both(2, |s| async move {
+        assert_eq!(s[0].grey_first_seen("t1", 1000, 0).await.unwrap(), 1000);
+        assert_eq!(
+            s[1].grey_first_seen("t1", 1300, 0).await.unwrap(),
+            1000,
+            "kept"
+        );
+        // The window (first sighting at or after window_start) has passed: it starts again.
+        assert_eq!(s[1].grey_first_seen("t1", 9000, 5000).await.unwrap(), 9000);
+        let (a, b) = tokio::join!(
+            s[0].grey_first_seen("t2", 100, 0),
+            s[1].grey_first_seen("t2", 101, 0)
+        );
+        assert_eq!(a.unwrap(), b.unwrap(), "two nodes see one first sighting");
+        assert!(!s[0].grey_allowed("192.0.2", 50).await.unwrap());
+        s[1].grey_allow("192.0.2", 100).await.unwrap();
+        s[0].grey_allow("192.0.2", 80).await.unwrap();
+        assert!(
+            s[0].grey_allowed("192.0.2", 99).await.unwrap(),
+            "the later end is kept"
+        );
+        assert!(!s[1].grey_allowed("192.0.2", 100).await.unwrap());
+        assert_eq!(
+            s[0].expire_greylist(5000, 100).await.unwrap(),
+            2,
+            "t2 and the pass"
+        );
+        assert_eq!(
+            s[0].grey_first_seen("t1", 9500, 5000).await.unwrap(),
+            9000,
+            "t1 kept"
+        );
+    })
+    .await;
+}
+
 /// The classifier's examples are learned once per digest (a second learning as the other
 /// class moves it), forgotten, counted and listed; models get rising versions, and a
 /// model stored by one node is what every node reads.
