@@ -22,6 +22,8 @@ pub const MAX_TAGS: usize = 2000;
 const MAX_DEPTH: usize = 8;
 /// The most parts visited.
 const MAX_PARTS: usize = 2000;
+/// How far past a scheme a link's host is looked for.
+const HOST_LOOKAHEAD: usize = 300;
 /// The longest header value kept.
 const MAX_HEADER: usize = 16 * 1024;
 
@@ -212,12 +214,24 @@ impl Content {
     /// The tags of an HTML part, for the classifier.
     fn tags(&mut self, h: &str) {
         let mut rest = h;
+        // Tags looked at, counted apart from those kept: a part of "<<<<..." yields none.
+        let mut looked = 0;
         while let Some(at) = rest.find('<') {
+            looked += 1;
             if self.html_tags.len() >= MAX_TAGS {
                 return;
             }
+            if looked > 4 * MAX_TAGS {
+                self.truncated = true;
+                return;
+            }
             rest = &rest[at + 1..];
-            let end = rest.find('>').unwrap_or(rest.len()).min(512);
+            // A tag's end is looked for within 512 octets only: a part of "<<<<..." with no
+            // '>' must not cost the square of its length.
+            let window = &rest.as_bytes()[..rest.len().min(512)];
+            let Some(end) = window.iter().position(|&b| b == b'>') else {
+                continue;
+            };
             let mut end_ok = end;
             while !rest.is_char_boundary(end_ok) {
                 end_ok -= 1;
@@ -330,7 +344,14 @@ fn starts_with_ci(s: &[u8], prefix: &[u8]) -> bool {
 /// The host at the start of `s` (after the scheme): letters, digits, dots and hyphens,
 /// lower-cased, without userinfo.
 fn host_of(s: &str) -> String {
-    let s = match s.find(['/', '?', '#', ' ']) {
+    // A host name is at most 253 octets: look no further (a part full of "www." must not
+    // cost the square of its length).
+    let mut end = s.len().min(HOST_LOOKAHEAD);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    let s = &s[..end];
+    let s = match s.find(['/', '?', '#', ' ', '\r', '\n']) {
         Some(end) => &s[..end],
         None => s,
     };

@@ -299,9 +299,12 @@ impl Engine {
                 t,
             );
         }
+        // Distinct hosts, in order: fifty copies of one harmless link must not hide another.
+        let mut seen = std::collections::HashSet::new();
         r.hosts = content
             .links
             .iter()
+            .filter(|l| seen.insert(l.host.as_str()))
             .map(|l| l.host.clone())
             .take(MAX_HOSTS)
             .collect();
@@ -589,7 +592,14 @@ pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Dec
     if let Some(d) = dmarc_decision(report, policy, verdict) {
         return d;
     }
-    if policy.allow.iter().any(|s| s.matches(env.sender, client)) && !report.has("GTUBE") {
+    // An allow entry naming a sender counts only for a sender that proved it (SPF or
+    // DMARC passed): anyone can write an allowed address in MAIL FROM. A network entry
+    // names the client itself.
+    let authenticated = report.has("SPF_PASS") || report.has("DMARC_PASS");
+    let allowed = policy.allow.iter().any(|s| {
+        s.matches(env.sender, client) && (authenticated || matches!(s, config::Sender::Network(..)))
+    });
+    if allowed && !report.has("GTUBE") {
         return Decision {
             verdict: Verdict::Clean,
             action: Action::Deliver,
@@ -641,6 +651,8 @@ fn dmarc_decision(report: &Report, policy: &FilterPolicy, verdict: Verdict) -> O
     let action = match (report.dmarc?, policy.dmarc) {
         (_, DmarcMode::Ignore) => return None,
         (Disposition::Reject, DmarcMode::Enforce) => Action::Reject,
+        // Past the reject threshold the score refuses, whatever DMARC asks.
+        _ if report.score >= policy.reject_threshold => Action::Reject,
         (Disposition::Reject, DmarcMode::Quarantine) | (Disposition::Quarantine, _) => {
             Action::Quarantine
         }
@@ -729,6 +741,17 @@ mod tests {
         let mut allow = FilterPolicy::default();
         allow.allow.push(Sender::parse("192.0.2.0/24").unwrap());
         assert_eq!(decide(&r, &allow, &env).action, Action::Deliver);
+        // A sender named on the allow list counts only once it proved itself.
+        let mut by_name = FilterPolicy::default();
+        by_name.allow.push(Sender::parse("b.example").unwrap());
+        assert_eq!(
+            decide(&r, &by_name, &env).action,
+            Action::Quarantine,
+            "forgeable"
+        );
+        let mut proved = r.clone();
+        proved.push("SPF_PASS", 0.0, "pass".into(), Instant::now());
+        assert_eq!(decide(&proved, &by_name, &env).action, Action::Deliver);
         let mut block = high.clone();
         block.block.push(Sender::parse("a@b.example").unwrap());
         assert_eq!(decide(&r, &block, &env).action, Action::Quarantine);

@@ -64,7 +64,7 @@ impl Intake {
             self.domains.all().iter().map(|d| d.name.clone()).collect();
         let sender = m.envelope.sender.to_lowercase();
         let env = Envelope {
-            client: Some(m.client.peer.ip()),
+            client: Some(m.client.peer.ip().to_canonical()),
             helo: &m.client.helo,
             sender: &sender,
         };
@@ -138,8 +138,13 @@ impl Handler for Intake {
         if !self.enabled {
             return Ok(());
         }
-        let ip = client.peer.ip();
-        if !self.per_client.allow(&ip.to_string()) {
+        let ip = client.peer.ip().to_canonical();
+        // An IPv6 client is keyed by its /64: rotating addresses within it is one client.
+        let key = match ip {
+            std::net::IpAddr::V4(_) => ip.to_string(),
+            std::net::IpAddr::V6(_) => client_network(ip),
+        };
+        if !self.per_client.allow(&key) {
             return Err(Reply::new(
                 451,
                 format!("4.7.1 Rate limit exceeded for client [{ip}], try again later"),
@@ -175,7 +180,10 @@ impl Handler for Intake {
         if !greylisted {
             return Ok(());
         }
-        match self.greylist(client.peer.ip(), sender, recipient).await {
+        match self
+            .greylist(client.peer.ip().to_canonical(), sender, recipient)
+            .await
+        {
             Ok(None) => Ok(()),
             Ok(Some(wait)) => Err(Reply::new(
                 451,
@@ -217,24 +225,27 @@ impl Handler for Intake {
         let report = self.scan(&m, &original).await;
         let sender = m.envelope.sender.to_lowercase();
         let env = Envelope {
-            client: Some(m.client.peer.ip()),
+            client: Some(m.client.peer.ip().to_canonical()),
             helo: &m.client.helo,
             sender: &sender,
         };
-        // Recipients by action, each with its decision.
-        let mut groups: BTreeMap<Action, (Decision, Vec<smtp::Rcpt>)> = BTreeMap::new();
+        // Recipients by decision (action, verdict, subject prefix): one copy each.
+        let mut groups: BTreeMap<
+            (Action, &'static str, Option<String>),
+            (Decision, Vec<smtp::Rcpt>),
+        > = BTreeMap::new();
         for r in &m.envelope.recipients {
             let policy = policy_of(&self.domains, &r.address).unwrap_or_default();
             let d = decide(&report, &policy, &env);
             groups
-                .entry(d.action)
+                .entry((d.action, d.verdict.as_str(), d.prefix.clone()))
                 .or_insert_with(|| (d, Vec::new()))
                 .1
                 .push(r.clone());
         }
         let line = |d: &Decision| scan_line(&report, d);
-        if groups.len() == 1
-            && let Some((d, _)) = groups.get(&Action::Reject)
+        if groups.keys().all(|k| k.0 == Action::Reject)
+            && let Some((d, _)) = groups.values().next()
         {
             self.engine
                 .metrics()
@@ -245,15 +256,31 @@ impl Handler for Intake {
                 format!("5.7.1 Message refused as {}", d.reason),
             ));
         }
-        if let Some((d, rcpts)) = groups.remove(&Action::Reject) {
-            // Mixed policies: the refusing recipients' copy is held instead.
-            let held = groups.entry(Action::Quarantine).or_insert((d, Vec::new()));
-            held.1.extend(rcpts);
+        // Mixed policies: the refusing recipients' copies are held instead, and say so.
+        let refused: Vec<_> = groups
+            .keys()
+            .filter(|k| k.0 == Action::Reject)
+            .cloned()
+            .collect();
+        for key in refused {
+            if let Some((mut d, rcpts)) = groups.remove(&key) {
+                d.action = Action::Quarantine;
+                d.reason = format!("{} (held: other recipients accept the message)", d.reason);
+                groups
+                    .entry((Action::Quarantine, key.1, key.2))
+                    .or_insert((d, Vec::new()))
+                    .1
+                    .extend(rcpts);
+            }
         }
         let mut first = true;
         let last = groups.len() - 1;
         let mut original = Some(original);
-        for (i, (action, (d, rcpts))) in groups.iter().enumerate() {
+        // Held copies first: if holding one fails, the sender gets 451 before any copy was
+        // queued (and so before any could be delivered twice when it retries).
+        let mut ordered: Vec<_> = groups.iter().collect();
+        ordered.sort_by_key(|(k, _)| k.0 != Action::Quarantine);
+        for (i, ((action, _, _), (d, rcpts))) in ordered.into_iter().enumerate() {
             self.engine
                 .metrics()
                 .outcome(d.verdict.as_str(), action.as_str());
@@ -270,7 +297,10 @@ impl Handler for Intake {
             };
             match action {
                 Action::Quarantine => {
-                    let message = self.message(&m, id, rcpts, own, now, Some(line(d)));
+                    // Held with the scan's headers (and without forged ones): a release
+                    // delivers it as it is, not scanned again.
+                    let body = with_scan_headers(own, &report, d, false, self.engine.authserv_id());
+                    let message = self.message(&m, id, rcpts, body, now, Some(line(d)));
                     info!(queue_id = %message.id, score = report.score, reason = %d.reason, "quarantined");
                     self.queue
                         .store()
@@ -299,7 +329,10 @@ impl Handler for Intake {
             }
         }
         Ok(
-            match (groups.contains_key(&Action::Quarantine), groups.len()) {
+            match (
+                groups.keys().any(|k| k.0 == Action::Quarantine),
+                groups.len(),
+            ) {
                 (false, _) => "queued",
                 (true, 1) => "quarantined",
                 (true, _) => "queued, and quarantined for some recipients",
@@ -379,22 +412,57 @@ pub fn scan_line(r: &Report, d: &Decision) -> String {
     ) + if r.degraded() { " [degraded]" } else { "" }
 }
 
-/// Whether an Authentication-Results field (its whole first line) names `id` as its
-/// authserv-id (RFC 8601 section 5: such fields from outside are forgeries, removed).
-fn claims(line: &[u8], id: &str) -> bool {
-    let value = line.splitn(2, |&b| b == b':').nth(1).unwrap_or(b"");
-    let value = String::from_utf8_lossy(value);
-    let value = value.trim_start();
-    // The authserv-id may follow a comment.
-    let value = match value.strip_prefix('(') {
-        Some(rest) => rest.split_once(')').map_or("", |(_, v)| v).trim_start(),
-        None => value,
-    };
-    let found = value
+/// Whether an Authentication-Results field (`field`: its name, colon and value, folded
+/// lines included) names `id` as its authserv-id (RFC 8601 section 5: such fields from
+/// outside are forgeries, removed). The value is unfolded, comments (nested too) are
+/// skipped and a quoted authserv-id unquoted before it is compared.
+fn claims(field: &[u8], id: &str) -> bool {
+    let value = field.splitn(2, |&b| b == b':').nth(1).unwrap_or(b"");
+    let mut text = String::new();
+    let mut depth = 0usize;
+    let mut escaped = false;
+    for &b in value {
+        let c = b as char;
+        match (depth, c) {
+            _ if escaped => escaped = false,
+            (d, '\\') if d > 0 => escaped = true,
+            (_, '(') => depth += 1,
+            (d, ')') if d > 0 => depth -= 1,
+            (0, '\r' | '\n' | '\t') => text.push(' '),
+            (0, c) => text.push(c),
+            _ => {}
+        }
+    }
+    let found = text
+        .trim_start()
         .split(|c: char| c == ';' || c.is_whitespace())
         .next()
-        .unwrap_or("");
+        .unwrap_or("")
+        .trim_matches('"');
     found.eq_ignore_ascii_case(id)
+}
+
+/// The header fields of a header section, each with its folded lines and line ends.
+fn fields(section: &[u8]) -> impl Iterator<Item = &[u8]> {
+    let mut rest = section;
+    std::iter::from_fn(move || {
+        if rest.is_empty() {
+            return None;
+        }
+        let mut end = 0;
+        loop {
+            end += rest[end..]
+                .iter()
+                .position(|&b| b == b'\n')
+                .map_or(rest.len() - end, |i| i + 1);
+            if end >= rest.len() || !matches!(rest[end], b' ' | b'\t') {
+                break;
+            }
+        }
+        let (field, tail) = rest.split_at(end);
+        rest = tail;
+        Some(field)
+    })
 }
 
 /// Header fields a sender could forge to look scanned; removed from incoming mail.
@@ -485,30 +553,36 @@ fn scan_header(
     }
     let prefix = tag.then_some(d.prefix.as_deref()).flatten();
     let mut subject_done = prefix.is_none();
-    let mut skipping = false;
-    for line in section.split_inclusive(|&b| b == b'\n') {
-        let continuation = line.first().is_some_and(|b| *b == b' ' || *b == b'\t');
-        if !continuation {
-            let name = line.split(|&b| b == b':').next().unwrap_or(b"");
-            skipping = OWN_HEADERS
+    for field in fields(section) {
+        // The name, without the whitespace obsolete syntax allows before the colon.
+        let name = field
+            .split(|&b| b == b':')
+            .next()
+            .unwrap_or(b"")
+            .trim_ascii_end();
+        let forged = OWN_HEADERS
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+            || (name.eq_ignore_ascii_case(b"authentication-results")
+                && authserv_id.is_some_and(|id| claims(field, id)));
+        if forged {
+            continue;
+        }
+        if !subject_done && name.eq_ignore_ascii_case(b"subject") {
+            let colon = field
                 .iter()
-                .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-                || (name.eq_ignore_ascii_case(b"authentication-results")
-                    && authserv_id.is_some_and(|id| claims(line, id)));
-            if !subject_done && name.eq_ignore_ascii_case(b"subject") {
-                let value = &line[8..];
-                let value = value.strip_prefix(b" ").unwrap_or(value);
-                out.extend_from_slice(b"Subject: ");
-                out.extend_from_slice(prefix.unwrap_or_default().as_bytes());
-                out.push(b' ');
-                out.extend_from_slice(value);
-                subject_done = true;
-                continue;
-            }
+                .position(|&b| b == b':')
+                .map_or(field.len(), |i| i + 1);
+            let value = &field[colon..];
+            let value = value.strip_prefix(b" ").unwrap_or(value);
+            out.extend_from_slice(b"Subject: ");
+            out.extend_from_slice(prefix.unwrap_or_default().as_bytes());
+            out.push(b' ');
+            out.extend_from_slice(value);
+            subject_done = true;
+            continue;
         }
-        if !skipping {
-            out.extend_from_slice(line);
-        }
+        out.extend_from_slice(field);
     }
     if !subject_done {
         out.extend_from_slice(format!("Subject: {}\r\n", prefix.unwrap_or_default()).as_bytes());
@@ -573,6 +647,41 @@ mod tests {
         assert!(!text.contains("forged") && !text.contains("score=-100") && !text.contains("NO"));
         assert!(text.contains("Authentication-Results: other.example; spf=pass kept\r\n"));
         assert!(text.ends_with("body\r\nX-Spam-Status: stays in the body\r\n"));
+    }
+
+    #[test]
+    fn forged_authentication_results_are_removed_however_written() {
+        let forged = [
+            "Authentication-Results:\r\n mx.test; dkim=pass\r\n",
+            "Authentication-Results: (a (nested) comment) mx.test; spf=pass\r\n",
+            "Authentication-Results: \"mx.test\"; dmarc=pass\r\n",
+            "Authentication-Results : MX.TEST; dkim=pass\r\n",
+            "X-Spam-Status : No\r\n",
+        ];
+        for f in forged {
+            let body = Bytes::from(format!("Received: x\r\n{f}Subject: s\r\n\r\nbody\r\n"));
+            let d = Decision {
+                verdict: Verdict::Clean,
+                action: Action::Deliver,
+                reason: "clean".into(),
+                prefix: None,
+            };
+            let out = with_scan_headers(body, &report(), &d, false, Some("mx.test"));
+            let text = String::from_utf8(out.to_vec()).unwrap();
+            assert!(
+                !text.contains("=pass") && !text.contains("Status : No"),
+                "{f:?} survived:\n{text}"
+            );
+            assert!(
+                text.ends_with("Received: x\r\nSubject: s\r\n\r\nbody\r\n"),
+                "{text}"
+            );
+        }
+        assert!(!claims(
+            b"Authentication-Results: mx.test.evil; spf=pass",
+            "mx.test"
+        ));
+        assert!(claims(b"Authentication-Results: mx.test", "mx.test"));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 /// The most keys remembered; past it, the keys idle for a minute (whose buckets are full
-/// again) are forgotten.
+/// again) are forgotten, and when none is, a new key goes untracked.
 const MAX_KEYS: usize = 100_000;
 
 /// One limit: messages a minute per key (0: none).
@@ -39,6 +39,11 @@ impl RateLimiter {
         let mut buckets = self.buckets.lock().expect("rate limits");
         if buckets.len() >= MAX_KEYS && !buckets.contains_key(key) {
             buckets.retain(|_, (_, last)| now.duration_since(*last).as_secs() < 60);
+            if buckets.len() >= MAX_KEYS {
+                // Every key was seen within a minute: a new one is not tracked (let
+                // through) rather than the table grown past its bound.
+                return true;
+            }
         }
         let (tokens, last) = buckets.entry(key.to_string()).or_insert((cap, now));
         *tokens = (*tokens + now.duration_since(*last).as_secs_f64() * cap / 60.0).min(cap);

@@ -125,8 +125,9 @@ impl Network {
         let reversed = client.to_reverse_name();
         for l in self.dnsbl.iter().filter(|l| l.reject) {
             let name = format!("{reversed}.{}.", l.zone);
-            if let Ok(Ok(_)) =
+            if let Ok(Ok(entry)) =
                 tokio::time::timeout(self.timeout, self.auth.ipv4_lookup_raw(&name)).await
+                && entry.entry.iter().any(|a| listing(*a))
             {
                 return Some(l.zone.clone());
             }
@@ -447,11 +448,13 @@ impl Network {
         let lookups = queries.iter().map(|(name, list, what, uri)| async move {
             let t = Instant::now();
             match self.auth.ipv4_lookup_raw(name).await {
+                Ok(entry) if !entry.entry.iter().any(|a| listing(*a)) => None,
                 Ok(entry) => {
                     let code = entry
                         .entry
-                        .first()
+                        .iter()
                         .copied()
+                        .find(|a| listing(*a))
                         .unwrap_or(Ipv4Addr::UNSPECIFIED);
                     let score = list
                         .codes
@@ -479,6 +482,15 @@ impl Network {
 
 /// The most link domains looked up in each URI list.
 const MAX_URI_LOOKUPS: usize = 20;
+
+/// Whether a DNS list's answer is a listing: an address in 127.0.0.0/8 but not in
+/// 127.255.255.0/24, where lists put their errors (Spamhaus answers 127.255.255.254 to
+/// queries through public resolvers). Anything else (a resolver that answers every name)
+/// lists no one.
+fn listing(a: Ipv4Addr) -> bool {
+    let o = a.octets();
+    o[0] == 127 && !(o[1] == 255 && o[2] == 255)
+}
 
 /// The last two labels of a host (a stand-in for its registered domain).
 fn registered(host: &str) -> String {
@@ -644,6 +656,20 @@ mod tests {
             .filter(|_| applied_policy(Policy::Reject, 50) == Policy::Reject)
             .count();
         assert!((300..700).contains(&sampled), "{sampled} of 1000 at pct=50");
+    }
+
+    #[test]
+    fn only_loopback_answers_outside_the_error_range_list() {
+        for (a, listed) in [
+            ("127.0.0.2", true),
+            ("127.0.1.4", true),
+            ("127.255.255.254", false),
+            ("127.255.255.252", false),
+            ("192.0.2.1", false),
+            ("0.0.0.0", false),
+        ] {
+            assert_eq!(listing(a.parse().unwrap()), listed, "{a}");
+        }
     }
 
     #[test]

@@ -115,3 +115,20 @@ fn garbage_bytes() {
     assert!(took < LIMIT, "{took:?}");
     assert!(r.score.is_finite());
 }
+
+/// Input built to make the link and tag scanners quadratic: a megabyte of "www.@" (empty
+/// hosts that never reach the link cap) and of "<" (tags that never end).
+#[test]
+fn scanner_worst_cases() {
+    for part in ["text/plain", "text/html"] {
+        for filler in ["www.@", "<", "<a ", "http://@"] {
+            let raw = format!(
+                "Subject: s\r\nContent-Type: {part}\r\n\r\n{}\r\n",
+                filler.repeat((1 << 20) / filler.len())
+            );
+            let (r, took) = scan(raw.as_bytes());
+            assert!(took < LIMIT, "{part} {filler:?}: {took:?}");
+            assert!(r.score.is_finite());
+        }
+    }
+}
