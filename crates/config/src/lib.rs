@@ -213,6 +213,20 @@ pub struct FilterPolicy {
     pub dmarc: DmarcMode,
     /// Greylist mail for this domain (see [`Greylisting`]).
     pub greylist: bool,
+    /// Recipients' own allow and block lists, by local part (lower-case).
+    pub users: std::collections::HashMap<String, (Vec<Sender>, Vec<Sender>)>,
+}
+
+impl FilterPolicy {
+    /// The policy for one recipient: the domain's, with the recipient's own lists added.
+    pub fn for_recipient(&self, local: &str) -> FilterPolicy {
+        let mut p = self.clone();
+        if let Some((allow, block)) = self.users.get(&local.to_ascii_lowercase()) {
+            p.allow.extend(allow.iter().cloned());
+            p.block.extend(block.iter().cloned());
+        }
+        p
+    }
 }
 
 /// Greylisting's timings: a new (client network, sender, recipient) triplet is refused with
@@ -248,6 +262,7 @@ impl Default for FilterPolicy {
             block: Vec::new(),
             dmarc: DmarcMode::Enforce,
             greylist: false,
+            users: Default::default(),
         }
     }
 }
@@ -809,7 +824,7 @@ fn parse_size(s: &str) -> Result<usize, String> {
 mod raw;
 mod runtime;
 
-pub use runtime::{DomainSettings, DomainTable, FilterSettings, RetrySettings};
+pub use runtime::{DomainSettings, DomainTable, FilterSettings, RetrySettings, UserLists};
 
 #[cfg(test)]
 mod tests {

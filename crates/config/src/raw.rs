@@ -776,6 +776,7 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
         block: raw.block.iter().map(|a| a.get_ref().clone()).collect(),
         dmarc: raw.dmarc,
         greylist: raw.greylist,
+        users: Default::default(),
     };
     let policy = written
         .over(&FilterPolicy::default())

@@ -60,6 +60,19 @@ pub struct FilterSettings {
     /// Greylist mail for this domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub greylist: Option<bool>,
+    /// Allow and block lists of single recipients (by local part), on top of the domain's.
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub users: std::collections::BTreeMap<String, UserLists>,
+}
+
+/// One recipient's own allow and block lists.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UserLists {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub allow: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub block: Vec<String>,
 }
 
 impl FilterSettings {
@@ -93,6 +106,24 @@ impl FilterSettings {
         }
         if let Some(g) = self.greylist {
             p.greylist = g;
+        }
+        for (local, lists) in &self.users {
+            let local = local.trim().to_ascii_lowercase();
+            if local.is_empty() || local.contains(['@', ' ', '<', '>']) {
+                return Err((
+                    "filter.users",
+                    format!("{local:?} is not a local part (write \"alice\", not an address)"),
+                ));
+            }
+            let mut own = (Vec::new(), Vec::new());
+            for (list, out) in [(&lists.allow, &mut own.0), (&lists.block, &mut own.1)] {
+                for s in list {
+                    out.push(
+                        Sender::parse(s).map_err(|m| ("filter.users", format!("{local}: {m}")))?,
+                    );
+                }
+            }
+            p.users.insert(local, own);
         }
         if let Some(prefix) = &self.subject_prefix {
             p.subject_prefix = subject_prefix(prefix).map_err(|m| ("filter.subject_prefix", m))?;

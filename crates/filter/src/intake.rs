@@ -122,10 +122,13 @@ fn client_network(ip: std::net::IpAddr) -> String {
     }
 }
 
-/// The policy for a recipient address: its domain's.
+/// The policy for a recipient address: its domain's, with the recipient's own lists.
 fn policy_of(domains: &DomainTable, address: &str) -> Option<FilterPolicy> {
-    let domain = address.rsplit_once('@')?.1.to_ascii_lowercase();
-    domains.get(&domain).map(|d| d.filter.clone())
+    let (local, domain) = address.rsplit_once('@')?;
+    let local = local.trim_matches('"');
+    domains
+        .get(&domain.to_ascii_lowercase())
+        .map(|d| d.filter.for_recipient(local))
 }
 
 #[async_trait]

@@ -448,3 +448,27 @@ fn greylisting_delays_new_triplets_then_lets_the_network_through() {
     assert_eq!(s.cmd("RCPT TO:<dave@grey.test>").0, 250);
     assert!(wait_until(WAIT, || g.mailbox("carol@grey.test").len() == 1));
 }
+
+/// A recipient's own block list: one message to two recipients of the same domain is held
+/// for the one who blocked its sender and delivered to the other.
+#[test]
+fn a_recipients_own_block_list_applies_to_that_recipient_only() {
+    let g = Gateway::start(Options {
+        tail: "[[domain]]\nname = \"users.test\"\ndestination = \"{sink}\"\n[domain.filter.users.alice]\nblock = [\"pushy.example\"]\n".into(),
+        ..Options::default()
+    });
+    let (code, text) = send(
+        &g,
+        "sales@pushy.example",
+        &["alice@users.test", "bob@users.test"],
+        "Subject: offer\r\n\r\nhello\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    assert!(wait_until(WAIT, || g.mailbox("bob@users.test").len() == 1));
+    let list = g.admin("quarantine", &["list"]);
+    assert!(
+        list.contains("alice@users.test") && !list.contains("bob@"),
+        "{list}"
+    );
+    assert!(g.mailbox("alice@users.test").is_empty());
+}

@@ -11,7 +11,8 @@ do so), unless it has {"TXT": "NONE"}. "TIMEOUT" in a name's list, as in the sui
 driver: a question whose type has no record before it gets no answer at all. A name that
 is not in the zone, and has no name below it, is NXDOMAIN.
 
-    python3 zone_server.py ZONE.json PORT      (prints "ready" once listening)
+    python3 zone_server.py ZONE.json PORT      (PORT 0: any free one; prints "ready PORT"
+                                               once listening)
 """
 import json
 import os
@@ -154,8 +155,20 @@ class ThreadedTcp(socketserver.ThreadingMixIn, socketserver.TCPServer):
     allow_reuse_address = True
 
 
-udp = ThreadedUdp(("127.0.0.1", PORT), Udp)
-tcp = ThreadedTcp(("127.0.0.1", PORT), Tcp)
+# Port 0: a free port for both UDP and TCP, found here (the UDP port a test picks may be
+# in use over TCP by another test's connection).
+for attempt in range(100):
+    udp = ThreadedUdp(("127.0.0.1", PORT), Udp)
+    port = udp.server_address[1]
+    try:
+        tcp = ThreadedTcp(("127.0.0.1", port), Tcp)
+        break
+    except OSError:
+        udp.server_close()
+        if PORT:
+            raise
+else:
+    sys.exit("no port free for both UDP and TCP")
 threading.Thread(target=tcp.serve_forever, daemon=True).start()
-print("ready", flush=True)
+print(f"ready {port}", flush=True)
 udp.serve_forever()
