@@ -14,6 +14,8 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v dig >/dev/null || missing+=(dnsutils)
 # Postfix on both sides of the gateway (tests start their own instances, never the system's).
 command -v postfix >/dev/null || missing+=(postfix)
+# A DKIM signer of another make than the Python one (the filter's tests).
+command -v opendkim-testmsg >/dev/null || missing+=(opendkim-tools)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq

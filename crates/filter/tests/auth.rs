@@ -495,3 +495,86 @@ async fn a_reject_list_blocks_listed_clients() {
     let n = network(true, silent.local_addr().unwrap().port());
     assert_eq!(n.blocked(CLIENT.parse().unwrap()).await, None);
 }
+
+/// Debian's opendkim-tools: `opendkim-genkey` makes the key and `opendkim-testmsg` signs
+/// (no daemon needed). That tool signs with rsa-sha1 only, which RFC 8301 forbids verifiers
+/// to accept (and the record opendkim-genkey writes says h=sha256): the signature must not
+/// count, so DMARC, with nothing else aligned, fails.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_opendkim_rsa_sha1_signature_does_not_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("opendkim-genkey")
+        .arg("-D")
+        .arg(dir.path())
+        .args(["-d", "sender.test", "-s", "od"])
+        .output()
+        .expect("opendkim-genkey runs (Debian opendkim-tools: scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // od.txt holds the record as zone-file strings: join them.
+    let zone_text = std::fs::read_to_string(dir.path().join("od.txt")).unwrap();
+    let record: String = zone_text
+        .split('"')
+        .enumerate()
+        .filter(|(i, _)| i % 2 == 1)
+        .map(|(_, s)| s)
+        .collect();
+    assert!(
+        record.starts_with("v=DKIM1;") && record.contains("p="),
+        "{record}"
+    );
+    let server = ZoneServer::start();
+    server.set(&json!({
+        "od._domainkey.sender.test": [txt(&record)],
+        "_dmarc.sender.test": [{"TXT": "v=DMARC1; p=reject"}],
+        "sender.test": [{"TXT": "v=spf1 -all"}],
+    }));
+    let key = dir.path().join("od.private");
+    let mut child = Command::new("opendkim-testmsg")
+        .arg("-d")
+        .arg("sender.test")
+        .arg("-k")
+        .arg(&key)
+        .args(["-s", "od"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("opendkim-testmsg runs");
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(MESSAGE.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let signed = String::from_utf8(out.stdout)
+        .unwrap()
+        .replace("\r\n", "\n")
+        .replace('\n', "\r\n");
+    assert!(signed.contains("a=rsa-sha1"), "{signed}");
+    let r = check(
+        &server.engine(Duration::from_secs(2)),
+        signed.as_bytes(),
+        CLIENT,
+        "mail.sender.test",
+        "alice@sender.test",
+    )
+    .await;
+    let n = names(&r);
+    assert!(
+        !n.contains(&"DKIM_VALID"),
+        "an rsa-sha1 signature counted: {}",
+        r.symbols_line()
+    );
+    assert!(n.contains(&"DMARC_POLICY_REJECT"), "{}", r.symbols_line());
+}
