@@ -53,7 +53,7 @@ fn txt(record: &str) -> serde_json::Value {
     json!({ "TXT": chunks })
 }
 
-/// The message signed by `dkimsign` (or sealed by `arcsign`).
+/// The message signed by `dkimsign` or `opendkim-testmsg` (or sealed by `arcsign`).
 fn sign(tool: &str, args: &[&str], message: &str) -> String {
     let mut child = Command::new(tool)
         .args(args)
@@ -75,7 +75,7 @@ fn sign(tool: &str, args: &[&str], message: &str) -> String {
         "{tool}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    // Both print the new header fields, then the message.
+    // Each prints the new header fields, then the message.
     String::from_utf8(out.stdout)
         .unwrap()
         .replace("\r\n", "\n")
@@ -532,35 +532,12 @@ async fn an_opendkim_rsa_sha1_signature_does_not_count() {
         "_dmarc.sender.test": [{"TXT": "v=DMARC1; p=reject"}],
         "sender.test": [{"TXT": "v=spf1 -all"}],
     }));
-    let key = dir.path().join("od.private");
-    let mut child = Command::new("opendkim-testmsg")
-        .arg("-d")
-        .arg("sender.test")
-        .arg("-k")
-        .arg(&key)
-        .args(["-s", "od"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("opendkim-testmsg runs");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(MESSAGE.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let key = dir.path().join("od.private").display().to_string();
+    let signed = sign(
+        "opendkim-testmsg",
+        &["-d", "sender.test", "-k", &key, "-s", "od"],
+        MESSAGE,
     );
-    let signed = String::from_utf8(out.stdout)
-        .unwrap()
-        .replace("\r\n", "\n")
-        .replace('\n', "\r\n");
     assert!(signed.contains("a=rsa-sha1"), "{signed}");
     let r = check(
         &server.engine(Duration::from_secs(2)),

@@ -107,6 +107,18 @@ async fn guard(token: Arc<str>, request: Request, next: Next) -> Response {
 }
 
 /// 204 for a change made, the reason as a JSON error otherwise.
+/// A store that failed: 503 with its error.
+fn unavailable(e: store::Error) -> Response {
+    refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
+}
+
+/// Unix seconds.
+fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
 fn done(r: Result<(), String>) -> Response {
     match r {
         Ok(()) => StatusCode::NO_CONTENT.into_response(),

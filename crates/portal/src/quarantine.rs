@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use store::HeldSummary;
 
 use crate::queue::{MAX_PAGE, Page};
-use crate::{Ctx, refusal};
+use crate::{Ctx, now, refusal, unavailable};
 
 /// One quarantined message as `GET /api/quarantine/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -37,21 +37,11 @@ pub struct Released {
     pub queued_as: String,
 }
 
-fn unavailable(e: store::Error) -> Response {
-    refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
-}
-
 fn not_held(id: &str) -> Response {
     refusal(
         StatusCode::NOT_FOUND,
         &format!("no message {id} in the quarantine"),
     )
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `GET /api/quarantine`, `GET|DELETE /api/quarantine/{id}`,

@@ -5,13 +5,13 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use store::{Recipient, Summary, TraceQuery};
 
-use crate::{Ctx, refusal};
+use crate::{Ctx, now, refusal, unavailable};
 
 /// The most entries one page or one search returns.
 pub const MAX_PAGE: usize = 1000;
@@ -40,16 +40,6 @@ pub struct QueuedMessage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Flushed {
     pub recipients: usize,
-}
-
-fn unavailable(e: store::Error) -> Response {
-    refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// `GET /api/queue`, `GET|DELETE /api/queue/{id}`, `POST /api/queue/flush`,

@@ -14,7 +14,7 @@ use config::{Config, Domain, DomainSettings};
 use serde::{Deserialize, Serialize};
 use store::{DomainEntry, ServerEntry, Store};
 
-use crate::{Ctx, refusal};
+use crate::{Ctx, refusal, unavailable};
 
 /// The largest body of a domain's settings: room for a recipient list of tens of thousands
 /// of local parts (the other calls keep [`crate::MAX_BODY`]).
@@ -38,10 +38,6 @@ pub struct Effective {
     pub store: String,
     pub domains: Vec<DomainView>,
     pub servers: Vec<ServerEntry>,
-}
-
-fn unavailable(e: store::Error) -> Response {
-    refusal(StatusCode::SERVICE_UNAVAILABLE, &e.to_string())
 }
 
 fn unknown(name: &str) -> Response {
