@@ -581,6 +581,8 @@ pub struct StoreSettings {
     pub lease: Duration,
     /// How long message traces are kept.
     pub trace_retention: Duration,
+    /// How long quarantined mail is kept before it is deleted.
+    pub quarantine_retention: Duration,
 }
 
 impl Default for StoreSettings {
@@ -589,6 +591,7 @@ impl Default for StoreSettings {
             url: None,
             lease: Duration::from_secs(60),
             trace_retention: Duration::from_secs(30 * 86400),
+            quarantine_retention: Duration::from_secs(30 * 86400),
         }
     }
 }

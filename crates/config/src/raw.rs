@@ -106,6 +106,7 @@ pub struct StoreRaw {
     pub url: Option<S<String>>,
     pub lease: Option<S<String>>,
     pub trace_retention: Option<S<String>>,
+    pub quarantine_retention: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -733,6 +734,11 @@ impl File {
                 &st.trace_retention,
                 "store.trace_retention",
                 defaults.trace_retention,
+            )?,
+            quarantine_retention: cx.duration(
+                &st.quarantine_retention,
+                "store.quarantine_retention",
+                defaults.quarantine_retention,
             )?,
         };
         let mut warnings = Vec::new();

@@ -593,21 +593,30 @@ fn scan_header(
     out
 }
 
-/// Forgets, every hour until shutdown, the triplets whose window passed and the passes
-/// that ended.
-pub async fn expire_greylist(
+/// Every hour until shutdown: forgets the greylisting triplets whose window passed and the
+/// passes that ended, and deletes quarantined mail past `quarantine_retention`.
+pub async fn expire(
     queue: Arc<Queue>,
     g: config::Greylisting,
+    quarantine_retention: std::time::Duration,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     loop {
         let now = queue.now();
-        if let Err(e) = queue
-            .store()
+        let store = queue.store();
+        if let Err(e) = store
             .expire_greylist(now - g.window.as_secs() as i64, now)
             .await
         {
             warn!(error = %e, "greylist expiry failed");
+        }
+        match store
+            .expire_held(now - quarantine_retention.as_secs() as i64, queue.node())
+            .await
+        {
+            Ok(0) => {}
+            Ok(n) => info!(messages = n, "quarantined mail past its retention deleted"),
+            Err(e) => warn!(error = %e, "quarantine expiry failed"),
         }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}

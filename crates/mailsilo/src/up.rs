@@ -339,9 +339,10 @@ pub async fn up(
             ),
             config.filter.greylisting,
         ));
-        tasks.push(tokio::spawn(filter::intake::expire_greylist(
+        tasks.push(tokio::spawn(filter::intake::expire(
             queue.clone(),
             config.filter.greylisting,
+            config.store.quarantine_retention,
             stopped.clone(),
         )));
         // Every server of this process shares one bound on message memory.

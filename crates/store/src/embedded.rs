@@ -14,8 +14,8 @@ use tokio::sync::oneshot;
 use crate::{
     Attempt, Bytes, Claimed, DomainEntry, Error, Event, Example, Held, HeldSummary, Lease, Message,
     NewMessage, Outcome, Recipient, Result, Ret, ServerEntry, Status, Store, Summary, Trace,
-    TraceQuery, deleted_event, dsn_event, held_event, now_ms, outcome_event, received_event,
-    unheld_event,
+    TraceQuery, deleted_event, dsn_event, expired_held_event, held_event, now_ms, outcome_event,
+    received_event, unheld_event,
 };
 
 /// The most operations run in one transaction.
@@ -988,6 +988,21 @@ impl Store for Embedded {
                 c.execute("DELETE FROM greylist WHERE first_seen < ?", [before])?
                     + c.execute("DELETE FROM greylist_pass WHERE until <= ?", [now])?,
             )
+        })
+        .await
+    }
+    async fn expire_held(&self, before: i64, node: &str) -> Result<usize> {
+        let node = node.to_string();
+        self.call(true, move |c| {
+            let ids: Vec<String> = c
+                .prepare_cached("SELECT id FROM quarantine WHERE received_at < ?")?
+                .query_map([before], |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            c.execute("DELETE FROM quarantine WHERE received_at < ?", [before])?;
+            for id in &ids {
+                add_event(c, id, &expired_held_event(&node))?;
+            }
+            Ok(ids.len())
         })
         .await
     }

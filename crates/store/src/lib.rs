@@ -375,6 +375,18 @@ pub(crate) fn held_event(h: &Held) -> Event {
     }
 }
 
+/// The event a quarantined message's trace gets when its retention ends.
+pub(crate) fn expired_held_event(node: &str) -> Event {
+    Event {
+        at: now_ms(),
+        node: node.to_string(),
+        kind: "released".into(),
+        recipient: None,
+        detail: "deleted from the quarantine: its retention (store.quarantine_retention) ended"
+            .into(),
+    }
+}
+
 /// The event a quarantined message's trace gets when it leaves the quarantine.
 pub(crate) fn unheld_event(node: &str, released_as: Option<&str>) -> Event {
     Event {
@@ -446,6 +458,10 @@ pub trait Store: Send + Sync + 'static {
 
     /// Deletes a quarantined message; `false` when it is not there. Durable.
     async fn delete_held(&self, id: &str, node: &str) -> Result<bool>;
+
+    /// Deletes the quarantined messages received before `before` (unix seconds), each
+    /// trace saying so; returns how many. Durable.
+    async fn expire_held(&self, before: i64, node: &str) -> Result<usize>;
 
     /// Greylisting: when the triplet `key` was first seen, after recording `now` as its
     /// first sighting if it has none, or if its first sighting is older than `window_start`

@@ -1022,6 +1022,26 @@ impl Store for Postgres {
         Ok((a + b) as usize)
     }
 
+    async fn expire_held(&self, before: i64, node: &str) -> Result<usize> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let ids: Vec<String> = tx
+            .query(
+                "DELETE FROM quarantine WHERE received_at < $1 RETURNING id",
+                &[&before],
+            )
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let event = [crate::expired_held_event(node)];
+        for id in &ids {
+            add_events(&tx, id, &event).await?;
+        }
+        tx.commit().await?;
+        Ok(ids.len())
+    }
+
     async fn learn(&self, examples: Vec<Example>) -> Result<usize> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;

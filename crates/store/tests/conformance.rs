@@ -710,6 +710,25 @@ async fn quarantine_holds_releases_and_deletes() {
                 .any(|e| e.kind == "released" && e.detail.contains("R1"))
         );
 
+        // Retention: held mail received before the cut is deleted, its trace says so.
+        s[0].quarantine(Held {
+            message: message("Q3", &["d@client.example"], now - 100),
+            ..held.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s[1].expire_held(now - 50, "n2").await.unwrap(), 1);
+        assert!(s[0].held("Q3").await.unwrap().is_none());
+        assert!(
+            s[0].held("Q2").await.unwrap().is_some(),
+            "received at the cut: kept"
+        );
+        let trace = s[0].trace("Q3").await.unwrap().unwrap();
+        assert!(
+            trace.events.iter().any(|e| e.detail.contains("retention")),
+            "{:?}",
+            trace.events
+        );
         assert!(s[0].delete_held("Q2", "n1").await.unwrap());
         assert!(!s[1].delete_held("Q2", "n2").await.unwrap());
         assert!(!s[1].release("Q2", copy, "n2").await.unwrap());
