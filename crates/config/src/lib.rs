@@ -325,6 +325,8 @@ pub struct Filter {
     /// Link-domain lists.
     pub uribl: Vec<DnsList>,
     pub greylisting: Greylisting,
+    /// Refuse at MAIL FROM a sender whose domain's SPF forbids the client (`-all`).
+    pub spf_reject: bool,
     /// Messages a minute one client address may send (0: no limit), per node.
     pub rate_per_client: u32,
     /// Messages a minute one sender domain may send (0: no limit), per node.
@@ -343,6 +345,7 @@ impl Default for Filter {
             dnsbl: Vec::new(),
             uribl: Vec::new(),
             greylisting: Greylisting::default(),
+            spf_reject: false,
             rate_per_client: 0,
             rate_per_sender_domain: 0,
         }

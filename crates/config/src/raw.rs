@@ -56,6 +56,7 @@ pub struct FilterRaw {
     pub rate_limit: Option<RateLimitsRaw>,
     pub greylist: Option<bool>,
     pub greylisting: Option<GreylistingRaw>,
+    pub spf_reject: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -981,6 +982,7 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
                 }
             }
         },
+        spf_reject: raw.spf_reject.unwrap_or(false),
         rate_per_client: raw.rate_limit.as_ref().map_or(0, |r| r.client),
         rate_per_sender_domain: raw.rate_limit.as_ref().map_or(0, |r| r.sender_domain),
     })

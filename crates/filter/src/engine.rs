@@ -251,6 +251,14 @@ impl Engine {
         }
     }
 
+    /// The sender's domain when its SPF forbids `client` (see [`Network::spf_fails`]).
+    pub async fn spf_fails(&self, client: IpAddr, helo: &str, sender: &str) -> Option<String> {
+        match &self.network {
+            Some(n) => n.spf_fails(client, helo, sender).await,
+            None => None,
+        }
+    }
+
     /// This server's authserv-id (for its Authentication-Results), when it runs the DNS
     /// checks.
     pub fn authserv_id(&self) -> Option<&str> {

@@ -28,6 +28,8 @@ use crate::limits::RateLimiter;
 /// The SMTP server's handler: relay policy, scanning, and the hand-off.
 pub struct Intake {
     greylisting: config::Greylisting,
+    /// Refuse at MAIL FROM when the sender's SPF forbids the client.
+    spf_reject: bool,
     queue: Arc<Queue>,
     domains: Arc<DomainTable>,
     engine: Arc<Engine>,
@@ -47,9 +49,11 @@ impl Intake {
         enabled: bool,
         rates: (u32, u32),
         greylisting: config::Greylisting,
+        spf_reject: bool,
     ) -> Intake {
         Intake {
             greylisting,
+            spf_reject,
             queue,
             domains,
             engine,
@@ -161,6 +165,14 @@ impl Handler for Intake {
             return Err(Reply::new(
                 451,
                 format!("4.7.1 Rate limit exceeded for sender domain {domain}, try again later"),
+            ));
+        }
+        if self.spf_reject
+            && let Some(domain) = self.engine.spf_fails(ip, &client.helo, sender).await
+        {
+            return Err(Reply::new(
+                550,
+                format!("5.7.23 SPF of {domain} does not permit [{ip}] to send its mail"),
             ));
         }
         if let Some(zone) = self.engine.blocked(ip).await {

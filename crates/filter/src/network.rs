@@ -115,6 +115,28 @@ impl Network {
         })
     }
 
+    /// Whether the sender's domain publishes SPF that forbids `client` (an answer of
+    /// `fail`: `-all` reached); the domain when it does. Any other answer, or none within
+    /// the timeout, refuses no one.
+    pub async fn spf_fails(&self, client: IpAddr, helo: &str, sender: &str) -> Option<String> {
+        if self.down() || sender.is_empty() {
+            return None;
+        }
+        let helo = if helo.is_empty() { "unknown" } else { helo };
+        let spf = tokio::time::timeout(
+            self.timeout,
+            self.auth.verify_spf(SpfParameters::verify_mail_from(
+                client,
+                helo,
+                &self.hostname,
+                sender,
+            )),
+        )
+        .await
+        .ok()?;
+        (spf.result() == SpfResult::Fail).then(|| spf.domain().to_string())
+    }
+
     /// The zone of the first client-address list marked `reject` that lists `client`
     /// (asked through the same cache the scan's lookups use). None when none does, or the
     /// resolver is down or does not answer: a list that cannot be asked refuses no one.

@@ -555,3 +555,36 @@ async fn an_opendkim_rsa_sha1_signature_does_not_count() {
     );
     assert!(n.contains(&"DMARC_POLICY_REJECT"), "{}", r.symbols_line());
 }
+
+/// SPF at MAIL FROM: the sender's domain forbids the client (`-all`): its domain is named;
+/// a permitted client, a soft fail and a domain without SPF are not refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn spf_fail_is_found_before_the_message() {
+    let server = ZoneServer::start();
+    server.set(&json!({
+        "strict.test": [{"TXT": "v=spf1 ip4:192.0.2.99 -all"}],
+        "soft.test": [{"TXT": "v=spf1 ip4:192.0.2.99 ~all"}],
+    }));
+    let engine = server.engine(Duration::from_secs(2));
+    let client = CLIENT.parse().unwrap();
+    assert_eq!(
+        engine
+            .spf_fails(client, "mail.example", "a@strict.test")
+            .await
+            .as_deref(),
+        Some("strict.test")
+    );
+    assert_eq!(
+        engine
+            .spf_fails("192.0.2.99".parse().unwrap(), "h", "a@strict.test")
+            .await,
+        None
+    );
+    assert_eq!(engine.spf_fails(client, "h", "a@soft.test").await, None);
+    assert_eq!(engine.spf_fails(client, "h", "a@nospf.test").await, None);
+    assert_eq!(
+        engine.spf_fails(client, "h", "").await,
+        None,
+        "the null sender"
+    );
+}

@@ -338,6 +338,7 @@ pub async fn up(
                 config.filter.rate_per_sender_domain,
             ),
             config.filter.greylisting,
+            config.filter.spf_reject,
         ));
         tasks.push(tokio::spawn(filter::intake::expire(
             queue.clone(),
