@@ -233,7 +233,7 @@ impl Handler for Intake {
         let original = std::mem::take(&mut m.body);
         if !self.enabled {
             let id = m.id.clone();
-            self.submit(&m, id, &m.envelope.recipients, original, now, None)
+            self.submit(self.message(&m, id, &m.envelope.recipients, original, now, None))
                 .await?;
             return Ok("queued");
         }
@@ -339,7 +339,8 @@ impl Handler for Intake {
                         *action == Action::Tag,
                         self.engine.authserv_id(),
                     );
-                    self.submit(&m, id, rcpts, body, now, Some(line(d))).await?;
+                    self.submit(self.message(&m, id, rcpts, body, now, Some(line(d))))
+                        .await?;
                 }
             }
         }
@@ -357,7 +358,7 @@ impl Handler for Intake {
 }
 
 impl Intake {
-    #[allow(clippy::too_many_arguments)]
+    /// The message one group of recipients gets, as the store takes it.
     fn message(
         &self,
         m: &Accepted,
@@ -397,16 +398,7 @@ impl Intake {
         }
     }
 
-    async fn submit(
-        &self,
-        m: &Accepted,
-        id: String,
-        rcpts: &[smtp::Rcpt],
-        body: bytes::Bytes,
-        now: i64,
-        scan: Option<String>,
-    ) -> Result<(), Reply> {
-        let message = self.message(m, id, rcpts, body, now, scan);
+    async fn submit(&self, message: NewMessage) -> Result<(), Reply> {
         self.queue.submit(message).await.map_err(|e| {
             warn!(error = %e, "enqueue failed");
             Reply::new(451, "4.3.0 Temporary storage failure, try again later")

@@ -12,7 +12,7 @@ use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 use store::HeldSummary;
 
-use crate::queue::{MAX_PAGE, Page};
+use crate::queue::Page;
 use crate::{Ctx, now, refusal, unavailable};
 
 /// One quarantined message as `GET /api/quarantine/{id}` shows it.
@@ -56,8 +56,7 @@ pub fn routes() -> Router<Ctx> {
                         Ok(Query(p)) => p,
                         Err(e) => return refusal(e.status(), &e.body_text()),
                     };
-                    let limit = p.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
-                    match c.store.quarantined(p.after.as_deref(), limit).await {
+                    match c.store.quarantined(p.after.as_deref(), p.limit()).await {
                         Ok(list) => Json::<Vec<HeldSummary>>(list).into_response(),
                         Err(e) => unavailable(e),
                     }

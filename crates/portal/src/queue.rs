@@ -16,12 +16,19 @@ use crate::{Ctx, now, refusal, unavailable};
 /// The most entries one page or one search returns.
 pub const MAX_PAGE: usize = 1000;
 
-/// A page of the queue: `GET /api/queue?after=ID&limit=N`.
+/// A page of a listing (the queue, the quarantine): `?after=ID&limit=N`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     pub after: Option<String>,
     pub limit: Option<usize>,
+}
+
+impl Page {
+    /// The entries asked for, at most [`MAX_PAGE`] (all of those when not said).
+    pub fn limit(&self) -> usize {
+        self.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE)
+    }
 }
 
 /// One queued message as `GET /api/queue/{id}` shows it (its headers, not its body).
@@ -54,8 +61,7 @@ pub fn routes() -> Router<Ctx> {
                         Ok(Query(p)) => p,
                         Err(e) => return refusal(e.status(), &e.body_text()),
                     };
-                    let limit = p.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE);
-                    match c.store.list(p.after.as_deref(), limit).await {
+                    match c.store.list(p.after.as_deref(), p.limit()).await {
                         Ok(list) => Json::<Vec<Summary>>(list).into_response(),
                         Err(e) => unavailable(e),
                     }
