@@ -113,6 +113,152 @@ pub enum SpamAction {
     Reject,
 }
 
+/// What becomes of mail carrying a virus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VirusAction {
+    /// Refused at end of DATA (never a 250).
+    Reject,
+    Quarantine,
+}
+
+/// What a message gets when clamd cannot scan it (down, or too slow).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum FailMode {
+    /// 451 at end of DATA: the sender retries later, nothing is lost.
+    Tempfail,
+    /// Accepted without the antivirus, marked degraded (symbol and header).
+    Accept,
+}
+
+/// What an attachment rule does to the message it matches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[serde(rename_all = "lowercase")]
+pub enum AttachmentAction {
+    /// The attachment is removed and a note put in its place; the rest is delivered.
+    Strip,
+    Quarantine,
+    Reject,
+}
+
+impl AttachmentAction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachmentAction::Strip => "strip",
+            AttachmentAction::Quarantine => "quarantine",
+            AttachmentAction::Reject => "reject",
+        }
+    }
+}
+
+/// The types an attachment rule may name: kinds of content, and conditions of archives
+/// and names (the malware layer's names; a test there keeps the two in step).
+pub const ATTACHMENT_TYPES: &[&str] = &[
+    "executable",
+    "script",
+    "macro-document",
+    "active-pdf",
+    "disk-image",
+    "shortcut",
+    "active-html",
+    "archive",
+    "document",
+    "image",
+    "html",
+    "text",
+    "other",
+    "encrypted-archive",
+    "archive-limit",
+    "corrupt-archive",
+    "uninspected-archive",
+    "lying-name",
+];
+
+/// An attachment rule: attachments (or files inside archives) of one of `types`, or
+/// named with one of `extensions`, get `action`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentRule {
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub types: Vec<String>,
+    /// Lower-case, without the dot.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extensions: Vec<String>,
+    pub action: AttachmentAction,
+}
+
+impl AttachmentRule {
+    /// The rule, checked: known types, extensions that are extensions, something to match.
+    pub fn checked(&self) -> Result<AttachmentRule, String> {
+        for t in &self.types {
+            if !ATTACHMENT_TYPES.contains(&t.as_str()) {
+                return Err(format!(
+                    "{t:?} is not an attachment type (one of: {})",
+                    ATTACHMENT_TYPES.join(", ")
+                ));
+            }
+        }
+        let mut extensions = Vec::new();
+        for e in &self.extensions {
+            let e = e.trim().trim_start_matches('.').to_lowercase();
+            if e.is_empty()
+                || e.len() > 32
+                || !e
+                    .chars()
+                    .all(|c| c.is_alphanumeric() || c == '-' || c == '_')
+            {
+                return Err(format!("{e:?} is not an extension (write \"exe\")"));
+            }
+            extensions.push(e);
+        }
+        if self.types.is_empty() && extensions.is_empty() {
+            return Err("a rule names at least one of types or extensions".into());
+        }
+        Ok(AttachmentRule {
+            types: self.types.clone(),
+            extensions,
+            action: self.action,
+        })
+    }
+}
+
+/// The attachment rules of a domain that writes none: programs, scripts, shortcuts, disk
+/// images and lying names refused; macro documents, active PDF and HTML, password-protected
+/// and broken archives and archives past a limit held for review (Proxmox Mail Gateway's
+/// and Microsoft's defaults are of this kind).
+pub fn default_attachment_rules() -> Vec<AttachmentRule> {
+    let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
+    vec![
+        AttachmentRule {
+            types: list(&[
+                "executable",
+                "script",
+                "shortcut",
+                "disk-image",
+                "lying-name",
+            ]),
+            extensions: list(&[
+                "exe", "scr", "com", "pif", "cpl", "msi", "jar", "bat", "cmd", "js", "jse", "vbs",
+                "vbe", "wsf", "wsh", "hta", "ps1", "lnk", "iso", "img", "vhd", "vhdx",
+            ]),
+            action: AttachmentAction::Reject,
+        },
+        AttachmentRule {
+            types: list(&[
+                "macro-document",
+                "active-pdf",
+                "active-html",
+                "encrypted-archive",
+                "archive-limit",
+                "corrupt-archive",
+            ]),
+            extensions: Vec::new(),
+            action: AttachmentAction::Quarantine,
+        },
+    ]
+}
+
 /// A sender on an allow or block list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sender {
@@ -215,6 +361,12 @@ pub struct FilterPolicy {
     pub greylist: bool,
     /// Recipients' own allow and block lists, by local part (lower-case).
     pub users: std::collections::HashMap<String, (Vec<Sender>, Vec<Sender>)>,
+    pub virus_action: VirusAction,
+    pub antivirus_fail_mode: FailMode,
+    /// Checked in order; the strongest action of every rule that matches applies.
+    pub attachment_rules: Vec<AttachmentRule>,
+    /// Types and extensions (lower-case) no attachment rule applies to.
+    pub attachment_allow: Vec<String>,
 }
 
 impl FilterPolicy {
@@ -263,6 +415,10 @@ impl Default for FilterPolicy {
             dmarc: DmarcMode::Enforce,
             greylist: false,
             users: Default::default(),
+            virus_action: VirusAction::Reject,
+            antivirus_fail_mode: FailMode::Tempfail,
+            attachment_rules: default_attachment_rules(),
+            attachment_allow: Vec::new(),
         }
     }
 }
@@ -331,6 +487,52 @@ pub struct Filter {
     pub rate_per_client: u32,
     /// Messages a minute one sender domain may send (0: no limit), per node.
     pub rate_per_sender_domain: u32,
+    /// ClamAV's clamd, when one is configured.
+    pub clamd: Option<Clamd>,
+    /// Limits on opening one attachment's archives.
+    pub archives: ArchiveLimits,
+    /// A file of SHA-256 hashes of files to refuse as viruses.
+    pub hash_blocklist: Option<std::path::PathBuf>,
+}
+
+/// Where clamd listens and how it is used.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Clamd {
+    /// `IP:PORT`, or a Unix socket's path.
+    pub address: ClamdAddress,
+    /// How long the scan of one message's parts may take.
+    pub timeout: Duration,
+    /// Parts larger than this are not sent (clamd's own `StreamMaxLength` is 25 MiB by
+    /// default).
+    pub max_size: usize,
+    /// Connections at once, kept open between scans.
+    pub connections: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClamdAddress {
+    Tcp(SocketAddr),
+    Unix(std::path::PathBuf),
+}
+
+/// Hard limits on opening the archives of one attachment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ArchiveLimits {
+    pub max_depth: u32,
+    pub max_files: usize,
+    pub max_expanded: usize,
+    pub max_ratio: u32,
+}
+
+impl Default for ArchiveLimits {
+    fn default() -> ArchiveLimits {
+        ArchiveLimits {
+            max_depth: 4,
+            max_files: 1000,
+            max_expanded: 32 << 20,
+            max_ratio: 100,
+        }
+    }
 }
 
 impl Default for Filter {
@@ -348,6 +550,9 @@ impl Default for Filter {
             spf_reject: false,
             rate_per_client: 0,
             rate_per_sender_domain: 0,
+            clamd: None,
+            archives: ArchiveLimits::default(),
+            hash_blocklist: None,
         }
     }
 }

@@ -57,6 +57,33 @@ pub struct FilterRaw {
     pub greylist: Option<bool>,
     pub greylisting: Option<GreylistingRaw>,
     pub spf_reject: Option<bool>,
+    pub virus_action: Option<crate::VirusAction>,
+    pub antivirus_fail_mode: Option<crate::FailMode>,
+    #[serde(rename = "attachment_rule")]
+    pub attachment_rules: Option<Vec<S<crate::AttachmentRule>>>,
+    #[serde(default)]
+    pub attachment_allow: Vec<S<String>>,
+    pub clamd: Option<S<ClamdRaw>>,
+    pub archives: Option<ArchivesRaw>,
+    pub hash_blocklist: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClamdRaw {
+    pub address: S<String>,
+    pub timeout: Option<S<String>>,
+    pub max_size: Option<S<String>>,
+    pub connections: Option<S<usize>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArchivesRaw {
+    pub max_depth: Option<S<usize>>,
+    pub max_files: Option<S<usize>>,
+    pub max_expanded: Option<S<String>>,
+    pub max_ratio: Option<S<usize>>,
 }
 
 #[derive(Deserialize)]
@@ -784,6 +811,17 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
         dmarc: raw.dmarc,
         greylist: raw.greylist,
         users: Default::default(),
+        virus_action: raw.virus_action,
+        antivirus_fail_mode: raw.antivirus_fail_mode,
+        attachment_rules: raw
+            .attachment_rules
+            .as_ref()
+            .map(|rules| rules.iter().map(|r| r.get_ref().clone()).collect()),
+        attachment_allow: raw
+            .attachment_allow
+            .iter()
+            .map(|a| a.get_ref().clone())
+            .collect(),
     };
     let policy = written
         .over(&FilterPolicy::default())
@@ -797,6 +835,19 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
                     .map(|v| v.span()),
                 "filter.subject_prefix" => raw.subject_prefix.as_ref().map(|v| v.span()),
                 "filter.allow" => raw.allow.first().map(|v| v.span()),
+                "filter.attachment_rule" => {
+                    // "rule N: ..." names the rule; point at it.
+                    let n: usize = message
+                        .strip_prefix("rule ")
+                        .and_then(|m| m.split(':').next())
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or(1);
+                    raw.attachment_rules
+                        .as_ref()
+                        .and_then(|r| r.get(n - 1))
+                        .map(|v| v.span())
+                }
+                "filter.attachment_allow" => raw.attachment_allow.first().map(|v| v.span()),
                 _ => raw.block.first().map(|v| v.span()),
             };
             cx.err(span.unwrap_or(f.span()), field, message)
@@ -985,6 +1036,84 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
         spf_reject: raw.spf_reject.unwrap_or(false),
         rate_per_client: raw.rate_limit.as_ref().map_or(0, |r| r.client),
         rate_per_sender_domain: raw.rate_limit.as_ref().map_or(0, |r| r.sender_domain),
+        clamd: match &raw.clamd {
+            None => None,
+            Some(c) => Some(validate_clamd(cx, c)?),
+        },
+        archives: {
+            let d = crate::ArchiveLimits::default();
+            match &raw.archives {
+                None => d,
+                Some(a) => crate::ArchiveLimits {
+                    max_depth: cx
+                        .positive(&a.max_depth, "filter.archives.max_depth", 4)?
+                        .min(64) as u32,
+                    max_files: cx.positive(
+                        &a.max_files,
+                        "filter.archives.max_files",
+                        d.max_files,
+                    )?,
+                    max_expanded: cx.size(
+                        &a.max_expanded,
+                        "filter.archives.max_expanded",
+                        d.max_expanded,
+                    )?,
+                    max_ratio: cx
+                        .positive(&a.max_ratio, "filter.archives.max_ratio", 100)?
+                        .min(1 << 20) as u32,
+                },
+            }
+        },
+        hash_blocklist: match &raw.hash_blocklist {
+            None => None,
+            Some(p) => {
+                let path = std::path::PathBuf::from(p.get_ref());
+                if let Err(e) = std::fs::metadata(&path) {
+                    return cx.err(
+                        p.span(),
+                        "filter.hash_blocklist",
+                        format!("{} cannot be read: {e}", path.display()),
+                    );
+                }
+                Some(path)
+            }
+        },
+    })
+}
+
+fn validate_clamd(cx: &Ctx<'_>, c: &S<ClamdRaw>) -> Result<crate::Clamd, Error> {
+    let raw = c.get_ref();
+    let text = raw.address.get_ref().trim();
+    let address = if text.starts_with('/') {
+        crate::ClamdAddress::Unix(text.into())
+    } else {
+        crate::ClamdAddress::Tcp(cx.addr(&raw.address, "filter.clamd.address").or_else(|_| {
+            cx.err(
+                raw.address.span(),
+                "filter.clamd.address",
+                format!(
+                    "{text:?} is neither IP:PORT (\"127.0.0.1:3310\") nor a socket's path (\"/run/clamav/clamd.ctl\")"
+                ),
+            )
+        })?)
+    };
+    let timeout = cx.duration(
+        &raw.timeout,
+        "filter.clamd.timeout",
+        Duration::from_secs(30),
+    )?;
+    if timeout.is_zero() || timeout > Duration::from_secs(600) {
+        return cx.err(
+            raw.timeout.as_ref().map_or(c.span(), |v| v.span()),
+            "filter.clamd.timeout",
+            "must be more than zero and at most 600s",
+        );
+    }
+    Ok(crate::Clamd {
+        address,
+        timeout,
+        max_size: cx.size(&raw.max_size, "filter.clamd.max_size", 25 << 20)?,
+        connections: cx.positive(&raw.connections, "filter.clamd.connections", 4)?,
     })
 }
 

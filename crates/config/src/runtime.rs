@@ -63,6 +63,22 @@ pub struct FilterSettings {
     /// Allow and block lists of single recipients (by local part), on top of the domain's.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub users: std::collections::BTreeMap<String, UserLists>,
+    /// What a virus does: reject (the default) or quarantine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub virus_action: Option<crate::VirusAction>,
+    /// When clamd cannot scan: tempfail (451, the default) or accept (degraded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub antivirus_fail_mode: Option<crate::FailMode>,
+    /// Attachment rules; written ones replace the global (or default) rules whole.
+    #[serde(
+        default,
+        rename = "attachment_rule",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub attachment_rules: Option<Vec<crate::AttachmentRule>>,
+    /// Types or extensions no attachment rule applies to (added to the global ones).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attachment_allow: Vec<String>,
 }
 
 /// One recipient's own allow and block lists.
@@ -106,6 +122,32 @@ impl FilterSettings {
         }
         if let Some(g) = self.greylist {
             p.greylist = g;
+        }
+        if let Some(a) = self.virus_action {
+            p.virus_action = a;
+        }
+        if let Some(m) = self.antivirus_fail_mode {
+            p.antivirus_fail_mode = m;
+        }
+        if let Some(rules) = &self.attachment_rules {
+            p.attachment_rules = rules
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    r.checked()
+                        .map_err(|m| ("filter.attachment_rule", format!("rule {}: {m}", i + 1)))
+                })
+                .collect::<Result<_, _>>()?;
+        }
+        for a in &self.attachment_allow {
+            let a = a.trim().trim_start_matches('.').to_lowercase();
+            if a.is_empty() || a.contains(char::is_whitespace) {
+                return Err((
+                    "filter.attachment_allow",
+                    format!("{a:?} is not a type or an extension"),
+                ));
+            }
+            p.attachment_allow.push(a);
         }
         for (local, lists) in &self.users {
             let local = local.trim().to_ascii_lowercase();

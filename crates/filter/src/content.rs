@@ -9,7 +9,7 @@
 
 use std::borrow::Cow;
 
-use mail_parser::{HeaderValue, Message, MessageParser, PartType};
+use mail_parser::{HeaderValue, Message, MessageParser, MimeHeaders, PartType};
 
 /// The most text kept from all parts together.
 pub const MAX_TEXT: usize = 512 * 1024;
@@ -51,6 +51,18 @@ pub struct Link {
     pub text: Option<String>,
 }
 
+/// An attachment: a part with a file name, or binary content.
+#[derive(Debug, Clone)]
+pub struct Attachment {
+    /// Its file name, or `part N` when it has none.
+    pub name: String,
+    /// Its content, transfer encoding decoded.
+    pub data: Vec<u8>,
+    /// The bytes of the top-level part that holds it (its own part, or the attached
+    /// message it is in), which removing it removes; none when that is the whole message.
+    pub range: Option<(usize, usize)>,
+}
+
 /// What a message says, as the checks read it.
 #[derive(Debug, Default)]
 pub struct Content {
@@ -78,6 +90,8 @@ pub struct Content {
     pub unparsable: bool,
     /// A limit cut the view short (text, links, parts or depth).
     pub truncated: bool,
+    /// Attachments, at any depth.
+    pub attachments: Vec<Attachment>,
 }
 
 impl Content {
@@ -89,7 +103,7 @@ impl Content {
             return c;
         };
         c.top_headers(&message);
-        c.walk(&message, 0);
+        c.walk(&message, 0, None);
         c
     }
 
@@ -123,34 +137,73 @@ impl Content {
         self.reply_to = mailbox(message.reply_to());
     }
 
-    fn walk(&mut self, message: &Message<'_>, depth: usize) {
+    /// Walks `message`'s parts; `top` is the range of the top-level part holding it, for
+    /// an attached message.
+    fn walk(&mut self, message: &Message<'_>, depth: usize, top: Option<(usize, usize)>) {
         if depth >= MAX_DEPTH {
             self.truncated = true;
             return;
         }
-        for part in &message.parts {
+        let multipart = matches!(
+            message.parts.first().map(|p| &p.body),
+            Some(PartType::Multipart(_))
+        );
+        for (i, part) in message.parts.iter().enumerate() {
             if self.parts >= MAX_PARTS {
                 self.truncated = true;
                 return;
             }
             self.parts += 1;
             self.encoding_problem |= part.is_encoding_problem;
+            // The part's own bytes, when it is a top-level part that is not the message.
+            let range = match top {
+                Some(r) => Some(r),
+                None if multipart && i > 0 => {
+                    Some((part.offset_header as usize, part.offset_end as usize))
+                }
+                None => None,
+            };
+            let named = part.attachment_name().is_some()
+                || part
+                    .content_disposition()
+                    .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"));
+            let name = || {
+                part.attachment_name()
+                    .map_or_else(|| format!("part {}", self.parts), str::to_string)
+            };
             match &part.body {
                 PartType::Text(t) => {
+                    if named {
+                        self.attach(name(), t.as_bytes(), range);
+                    }
                     self.push_text(t);
                     self.text_links(t);
                 }
                 PartType::Html(h) => {
+                    if named {
+                        self.attach(name(), h.as_bytes(), range);
+                    }
                     self.html_parts += 1;
                     self.html_links(h);
                     self.tags(h);
                     let text = mail_parser::decoders::html::html_to_text(h);
                     self.push_text(&text);
                 }
-                PartType::Message(inner) => self.walk(inner, depth + 1),
-                _ => {}
+                PartType::Binary(b) | PartType::InlineBinary(b) => {
+                    self.attach(name(), b, range);
+                }
+                PartType::Message(inner) => self.walk(inner, depth + 1, range),
+                PartType::Multipart(_) => {}
             }
         }
+    }
+
+    fn attach(&mut self, name: String, data: &[u8], range: Option<(usize, usize)>) {
+        self.attachments.push(Attachment {
+            name,
+            data: data.to_vec(),
+            range,
+        });
     }
 
     fn push_text(&mut self, t: &str) {

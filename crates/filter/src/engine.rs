@@ -10,10 +10,11 @@ use std::net::IpAddr;
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
-use config::{DmarcMode, FilterPolicy, SpamAction};
+use config::{AttachmentAction, DmarcMode, FailMode, FilterPolicy, SpamAction, VirusAction};
 
+use crate::attachments::{self, FileSeen, Malware, Strip};
 use crate::classifier::{self, Judgement, Model};
-use crate::content::Content;
+use crate::content::{Attachment, Content};
 use crate::metrics::Metrics;
 use crate::network::{Disposition, Facts, Network};
 use crate::rules::Rules;
@@ -44,6 +45,13 @@ pub struct Report {
     pub dmarc: Option<Disposition>,
     /// Hosts of the message's links (at most [`MAX_HOSTS`]), for the URI lists.
     pub hosts: Vec<String>,
+    /// Files seen in the attachments (archives' members included), for the attachment
+    /// rules.
+    pub files: Vec<FileSeen>,
+    /// What makes the message a virus, when something does.
+    pub virus: Option<String>,
+    /// clamd could not scan an attachment: each domain's fail mode decides.
+    pub antivirus_failed: bool,
 }
 
 /// The most link hosts a report keeps.
@@ -102,6 +110,9 @@ pub enum Verdict {
     Clean,
     Spam,
     Phishing,
+    Virus,
+    /// An attachment the domain's rules do not let through.
+    Policy,
 }
 
 impl Verdict {
@@ -110,6 +121,8 @@ impl Verdict {
             Verdict::Clean => "clean",
             Verdict::Spam => "spam",
             Verdict::Phishing => "phishing",
+            Verdict::Virus => "virus",
+            Verdict::Policy => "policy",
         }
     }
 }
@@ -121,6 +134,8 @@ pub enum Action {
     Tag,
     Quarantine,
     Reject,
+    /// 451 at end of DATA: the sender is to try again later.
+    Defer,
 }
 
 impl Action {
@@ -130,6 +145,7 @@ impl Action {
             Action::Tag => "tag",
             Action::Quarantine => "quarantine",
             Action::Reject => "reject",
+            Action::Defer => "defer",
         }
     }
 }
@@ -143,6 +159,8 @@ pub struct Decision {
     pub reason: String,
     /// The subject prefix for tagged mail.
     pub prefix: Option<String>,
+    /// Attachments to remove before the message goes on.
+    pub strip: Vec<Strip>,
 }
 
 /// What the engine is told about a message beside its bytes.
@@ -171,6 +189,8 @@ pub struct Engine {
     model: RwLock<Option<Arc<Model>>>,
     /// The version of the model in force (from the store), if any.
     version: RwLock<Option<i64>>,
+    /// The malware and attachment checks; none in an engine that scans text only.
+    malware: Option<Malware>,
 }
 
 impl Engine {
@@ -181,7 +201,19 @@ impl Engine {
             metrics: Arc::default(),
             model: RwLock::new(None),
             version: RwLock::new(None),
+            malware: None,
         }
+    }
+
+    /// The engine with the malware and attachment checks.
+    pub fn with_malware(mut self, malware: Malware) -> Engine {
+        self.malware = Some(malware);
+        self
+    }
+
+    /// The malware checks, when the engine runs them.
+    pub fn malware(&self) -> Option<&Malware> {
+        self.malware.as_ref()
     }
 
     /// The engine with the DNS checks (sender authentication, reverse DNS, DNS lists).
@@ -200,8 +232,8 @@ impl Engine {
         client_domains: &[String],
     ) -> Report {
         let start = Instant::now();
-        let mut report = if raw.len() < SCAN_INLINE_MAX {
-            self.scan(raw, env, client_domains)
+        let (mut report, attachments) = if raw.len() < SCAN_INLINE_MAX {
+            self.scan_parts(raw, env, client_domains)
         } else {
             let (engine, raw, domains) = (self.clone(), raw.clone(), client_domains.to_vec());
             let (client, helo, sender) = (env.client, env.helo.to_string(), env.sender.to_string());
@@ -211,7 +243,7 @@ impl Engine {
                     helo: &helo,
                     sender: &sender,
                 };
-                engine.scan(&raw, &env, &domains)
+                engine.scan_parts(&raw, &env, &domains)
             })
             .await;
             match scanned {
@@ -219,6 +251,15 @@ impl Engine {
                 Err(e) => std::panic::resume_unwind(e.into_panic()),
             }
         };
+        if let Some(malware) = &self.malware
+            && malware.clamd().is_some()
+            && !attachments.is_empty()
+        {
+            let (t, failed) = (Instant::now(), report.failed.len());
+            malware.antivirus(&attachments, &mut report).await;
+            self.timed("antivirus", t, &report, failed);
+        }
+        drop(attachments);
         if let Some(network) = &self.network {
             let t = Instant::now();
             let failed = report.failed.len();
@@ -276,13 +317,25 @@ impl Engine {
         *self.version.read().expect("model")
     }
 
-    /// Scans a whole message. `client_domains` are the provider's client domains, which
-    /// phishing checks protect.
+    /// Scans a whole message with every check that needs no network (the built-in
+    /// malware checks included, clamd not). `client_domains` are the provider's client
+    /// domains, which phishing checks protect.
     pub fn scan(&self, raw: &[u8], env: &Envelope<'_>, client_domains: &[String]) -> Report {
+        self.scan_parts(raw, env, client_domains).0
+    }
+
+    /// [`Engine::scan`], and the attachments, for clamd.
+    fn scan_parts(
+        &self,
+        raw: &[u8],
+        env: &Envelope<'_>,
+        client_domains: &[String],
+    ) -> (Report, Vec<Attachment>) {
         let start = Instant::now();
         let mut r = Report::default();
         let t = Instant::now();
-        let content = Content::parse(raw);
+        let mut content = Content::parse(raw);
+        let attachments = std::mem::take(&mut content.attachments);
         if content.unparsable {
             r.push(
                 "MIME_UNPARSABLE",
@@ -329,9 +382,14 @@ impl Engine {
         let (t, failed) = (Instant::now(), r.failed.len());
         phishing(&content, env, client_domains, &mut r);
         self.timed("phishing", t, &r, failed);
+        if let Some(malware) = &self.malware {
+            let (t, failed) = (Instant::now(), r.failed.len());
+            malware.inspect(&attachments, &mut r);
+            self.timed("attachments", t, &r, failed);
+        }
         r.micros = start.elapsed().as_micros() as u64;
         self.metrics.scan(start.elapsed().as_secs_f64());
-        r
+        (r, attachments)
     }
 
     /// Counts a check's run that started at `t`; it failed if it added to `r.failed`
@@ -344,6 +402,20 @@ impl Engine {
     /// The counters every scan updates.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
+    }
+
+    /// The filter's metrics in Prometheus text format, with clamd's health when one is
+    /// configured.
+    pub fn render_metrics(&self) -> String {
+        let mut out = self.metrics.render();
+        if let Some(clamd) = self.malware.as_ref().and_then(Malware::clamd) {
+            out.push_str(&format!(
+                "# HELP mailsilo_clamd_up Whether clamd answered the last scan or health check\n# TYPE mailsilo_clamd_up gauge\nmailsilo_clamd_up{{address=\"{}\"}} {}\n",
+                clamd.address(),
+                u8::from(clamd.up())
+            ));
+        }
+        out
     }
 
     fn rules_check(&self, content: &Content, r: &mut Report) {
@@ -589,6 +661,55 @@ fn one_edit(a: &[u8], b: &[u8]) -> bool {
 
 /// The verdict and action for one client domain's recipients.
 pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Decision {
+    // A virus is refused or held whoever sent it; no list lets one through.
+    if let Some(why) = &report.virus {
+        return Decision {
+            verdict: Verdict::Virus,
+            action: match policy.virus_action {
+                VirusAction::Reject => Action::Reject,
+                VirusAction::Quarantine => Action::Quarantine,
+            },
+            reason: format!("virus: {why}"),
+            prefix: None,
+            strip: Vec::new(),
+        };
+    }
+    if report.antivirus_failed && policy.antivirus_fail_mode == FailMode::Tempfail {
+        return Decision {
+            verdict: Verdict::Clean,
+            action: Action::Defer,
+            reason: "the antivirus cannot scan the message now".into(),
+            prefix: None,
+            strip: Vec::new(),
+        };
+    }
+    let mut strip = Vec::new();
+    if let Some((action, why, strips)) = attachments::rules(&report.files, policy) {
+        match action {
+            AttachmentAction::Reject | AttachmentAction::Quarantine => {
+                return Decision {
+                    verdict: Verdict::Policy,
+                    action: if action == AttachmentAction::Reject {
+                        Action::Reject
+                    } else {
+                        Action::Quarantine
+                    },
+                    reason: format!("policy: {why}"),
+                    prefix: None,
+                    strip: Vec::new(),
+                };
+            }
+            AttachmentAction::Strip => strip = strips,
+        }
+    }
+    Decision {
+        strip,
+        ..judge(report, policy, env)
+    }
+}
+
+/// The verdict on the message's content and sender: spam, phishing or clean.
+fn judge(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Decision {
     let client = env.client.unwrap_or(IpAddr::from([0, 0, 0, 0]));
     let phishing = PHISHING.iter().any(|p| report.has(p));
     let verdict = if phishing {
@@ -613,6 +734,7 @@ pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Dec
             action: Action::Deliver,
             reason: "the sender is on the domain's allow list".into(),
             prefix: None,
+            strip: Vec::new(),
         };
     }
     if policy.block.iter().any(|s| s.matches(env.sender, client)) {
@@ -621,6 +743,7 @@ pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Dec
             action: action(policy.spam_action),
             reason: "the sender is on the domain's block list".into(),
             prefix: policy.subject_prefix.clone(),
+            strip: Vec::new(),
         };
     }
     let top = report
@@ -636,6 +759,7 @@ pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Dec
             action: Action::Reject,
             reason: format!("{} (score {:.1}): {top}", verdict.as_str(), report.score),
             prefix: None,
+            strip: Vec::new(),
         };
     }
     if report.score >= policy.spam_threshold {
@@ -644,6 +768,7 @@ pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Dec
             action: action(policy.spam_action),
             reason: format!("{} (score {:.1}): {top}", verdict.as_str(), report.score),
             prefix: policy.subject_prefix.clone(),
+            strip: Vec::new(),
         };
     }
     Decision {
@@ -651,6 +776,7 @@ pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Dec
         action: Action::Deliver,
         reason: format!("clean (score {:.1})", report.score),
         prefix: None,
+        strip: Vec::new(),
     }
 }
 
@@ -675,6 +801,7 @@ fn dmarc_decision(report: &Report, policy: &FilterPolicy, verdict: Verdict) -> O
         action,
         reason: format!("{} (score {:.1}): {why}", verdict.as_str(), report.score),
         prefix: None,
+        strip: Vec::new(),
     })
 }
 

@@ -22,7 +22,12 @@ use smtp::{Accepted, Handler, Reply};
 use store::{Arrival, Held, NewMessage, NewRecipient};
 use tracing::{info, warn};
 
+use crate::attachments::{self, Strip};
 use crate::engine::{Action, Decision, Engine, Envelope, Report, decide};
+
+/// What recipients must share to share a copy: action, verdict, subject prefix, and the
+/// attachments removed.
+type Group = (Action, &'static str, Option<String>, Vec<Strip>);
 use crate::limits::RateLimiter;
 
 /// The SMTP server's handler: relay policy, scanning, and the hand-off.
@@ -244,21 +249,36 @@ impl Handler for Intake {
             helo: &m.client.helo,
             sender: &sender,
         };
-        // Recipients by decision (action, verdict, subject prefix): one copy each.
-        let mut groups: BTreeMap<
-            (Action, &'static str, Option<String>),
-            (Decision, Vec<smtp::Rcpt>),
-        > = BTreeMap::new();
+        // Recipients by decision (action, verdict, subject prefix, attachments removed):
+        // one copy each.
+        let mut groups: BTreeMap<Group, (Decision, Vec<smtp::Rcpt>)> = BTreeMap::new();
         for r in &m.envelope.recipients {
             let policy = policy_of(&self.domains, &r.address).unwrap_or_default();
             let d = decide(&report, &policy, &env);
             groups
-                .entry((d.action, d.verdict.as_str(), d.prefix.clone()))
+                .entry((
+                    d.action,
+                    d.verdict.as_str(),
+                    d.prefix.clone(),
+                    d.strip.clone(),
+                ))
                 .or_insert_with(|| (d, Vec::new()))
                 .1
                 .push(r.clone());
         }
         let line = |d: &Decision| scan_line(&report, d);
+        // One reply covers every recipient: when clamd could not scan and some domain
+        // wants to wait for it, the whole message waits (the sender retries it whole).
+        if let Some((d, _)) = groups.values().find(|(d, _)| d.action == Action::Defer) {
+            self.engine
+                .metrics()
+                .outcome(d.verdict.as_str(), Action::Defer.as_str());
+            info!(queue_id = %m.id, symbols = %report.symbols_line(), "deferred: the antivirus cannot scan");
+            return Err(Reply::new(
+                451,
+                "4.7.1 The message cannot be scanned for viruses now, try again later",
+            ));
+        }
         if groups.keys().all(|k| k.0 == Action::Reject)
             && let Some((d, _)) = groups.values().next()
         {
@@ -282,7 +302,7 @@ impl Handler for Intake {
                 d.action = Action::Quarantine;
                 d.reason = format!("{} (held: other recipients accept the message)", d.reason);
                 groups
-                    .entry((Action::Quarantine, key.1, key.2))
+                    .entry((Action::Quarantine, key.1, key.2, key.3))
                     .or_insert((d, Vec::new()))
                     .1
                     .extend(rcpts);
@@ -295,7 +315,7 @@ impl Handler for Intake {
         // queued (and so before any could be delivered twice when it retries).
         let mut ordered: Vec<_> = groups.iter().collect();
         ordered.sort_by_key(|(k, _)| k.0 != Action::Quarantine);
-        for (i, ((action, _, _), (d, rcpts))) in ordered.into_iter().enumerate() {
+        for (i, ((action, _, _, _), (d, rcpts))) in ordered.into_iter().enumerate() {
             self.engine
                 .metrics()
                 .outcome(d.verdict.as_str(), action.as_str());
@@ -304,6 +324,12 @@ impl Handler for Intake {
                 original.take().unwrap_or_default()
             } else {
                 original.clone().unwrap_or_default()
+            };
+            let own = if d.strip.is_empty() {
+                own
+            } else {
+                info!(queue_id = %m.id, removed = d.strip.len(), "attachments stripped");
+                Bytes::from(attachments::strip(&own, &d.strip))
             };
             let id = if std::mem::take(&mut first) {
                 m.id.clone()
@@ -656,6 +682,7 @@ mod tests {
             action: Action::Tag,
             reason: "spam".into(),
             prefix: Some("[SPAM]".into()),
+            strip: Vec::new(),
         };
         let out = with_scan_headers(body, &report(), &d, true, Some("mx.test"));
         let text = String::from_utf8(out.to_vec()).unwrap();
@@ -681,6 +708,7 @@ mod tests {
                 action: Action::Deliver,
                 reason: "clean".into(),
                 prefix: None,
+                strip: Vec::new(),
             };
             let out = with_scan_headers(body, &report(), &d, false, Some("mx.test"));
             let text = String::from_utf8(out.to_vec()).unwrap();
@@ -712,6 +740,7 @@ mod tests {
             action: Action::Deliver,
             reason: "clean".into(),
             prefix: None,
+            strip: Vec::new(),
         };
         let out = with_scan_headers(body, &report(), &d, false, None);
         assert_eq!(out.as_ptr(), before, "the buffer was copied");

@@ -1,5 +1,6 @@
 //! The filter: every message is scanned between SMTP acceptance and the queue. This crate
-//! owns the checks (MIME content, rules, the classifier, phishing), the engine that runs
+//! owns the checks (MIME content, rules, the classifier, phishing, attachments and the
+//! antivirus, through the `malware` layer), the engine that runs
 //! them into an explainable [`Report`] of named symbols, the verdict and action per client
 //! domain ([`decide`]), and the intake that hands each recipient's copy to the queue, the
 //! quarantine or a refusal before any 250 is sent.
@@ -9,6 +10,7 @@
 //! explained from its symbols alone. Like Postfix's `cleanup`, the intake sits where mail
 //! passes from receiving to queueing, and the queue stays the only hand-off to delivery.
 
+pub mod attachments;
 pub mod classifier;
 pub mod content;
 pub mod engine;

@@ -162,7 +162,8 @@ async fn engine(
 ) -> Result<Engine> {
     let rules = filter::rules::Rules::new(config.filter.starter_rules, &config.filter.rules)
         .map_err(anyhow::Error::msg)?;
-    let mut engine = Engine::new(rules);
+    let malware = filter::attachments::Malware::new(&config.filter).map_err(anyhow::Error::msg)?;
+    let mut engine = Engine::new(rules).with_malware(malware);
     if let Some(nameservers) = nameservers {
         let network = filter::network::Network::new(
             &config.smtp.hostname,

@@ -316,7 +316,12 @@ pub async fn up(
     )
     .map_err(anyhow::Error::msg)
     .context("the filter's resolver (filter.nameservers)")?;
-    let engine = Arc::new(filter::Engine::new(rules).with_network(network));
+    let malware = filter::attachments::Malware::new(&config.filter).map_err(anyhow::Error::msg)?;
+    let engine = Arc::new(
+        filter::Engine::new(rules)
+            .with_network(network)
+            .with_malware(malware),
+    );
     if let Some(queue) = &queue {
         if config.filter.enabled {
             filter::training::refresh(&engine, queue.store().as_ref())
@@ -325,6 +330,10 @@ pub async fn up(
             tasks.push(tokio::spawn(filter::training::follow(
                 engine.clone(),
                 queue.store().clone(),
+                stopped.clone(),
+            )));
+            tasks.push(tokio::spawn(filter::attachments::watch_clamd(
+                engine.clone(),
                 stopped.clone(),
             )));
         }
@@ -534,10 +543,10 @@ pub async fn up(
                 Arc::new(move || ids.next())
             }
         };
-        let filter_metrics = engine.metrics().clone();
+        let filter_metrics = engine.clone();
         let ctx = portal::Ctx {
             next_id,
-            metrics: Arc::new(move || filter_metrics.render()),
+            metrics: Arc::new(move || filter_metrics.render_metrics()),
             config: config.clone(),
             balancers: Arc::new(Lbs {
                 config: config.clone(),
