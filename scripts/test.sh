@@ -16,12 +16,16 @@ command -v dig >/dev/null || missing+=(dnsutils)
 command -v postfix >/dev/null || missing+=(postfix)
 # A DKIM signer of another make than the Python one (the filter's tests).
 command -v opendkim-testmsg >/dev/null || missing+=(opendkim-tools)
+# ClamAV's daemon: the malware tests start their own clamd with their own signatures.
+[ -x /usr/sbin/clamd ] || missing+=(clamav-daemon clamav)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-  # Installing postfix may start the system instance; the tests need none.
+  # Installing postfix or ClamAV may start the system's instances; the tests need none
+  # (and freshclam cannot reach its mirrors here).
   postfix stop >/dev/null 2>&1 || true
+  for s in clamav-daemon clamav-freshclam; do service "$s" stop >/dev/null 2>&1 || true; done
 fi
 
 # Python peers of the filter's tests, from PyPI: a DNS server for test zones (dnslib), the
@@ -51,5 +55,5 @@ cargo test --workspace --all-targets "$@" -- --skip fleet_ --skip openspf_
 cargo test -p mailsilo-filter --test spf_suite "$@" -- --nocapture
 # The fleet on PostgreSQL, its figures (takeover, duplicates, refusals) printed in the log.
 cargo test -p mailsilo --test fleet "$@" -- --nocapture
-MAILSILO_TEST_STORE=postgres cargo test -p mailsilo --test durability --test silo --test hardening --test filter "$@"
+MAILSILO_TEST_STORE=postgres cargo test -p mailsilo --test durability --test silo --test hardening --test filter --test malware "$@"
 MAILSILO_TEST_STORE=postgres cargo test -p mailsilo-queue --test retry_and_dsn "$@"

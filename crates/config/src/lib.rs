@@ -1229,6 +1229,26 @@ mod tests {
                 "[[filter.dnsbl]]\nzone = \"bl.example\"\ncodes = { \"two\" = 1.0 }\n",
                 "filter.dnsbl[0].codes: \"two\" is not a return code",
             ),
+            (
+                "[filter]\n[[filter.attachment_rule]]\ntypes = [\"script\"]\naction = \"reject\"\n[[filter.attachment_rule]]\ntypes = [\"exe\"]\naction = \"strip\"\n",
+                "t.toml:12:10: filter.attachment_rule[1].types: \"exe\" is not an attachment type",
+            ),
+            (
+                "[filter]\n[[filter.attachment_rule]]\naction = \"delete\"\n",
+                "t.toml:9:10: filter.attachment_rule[0].action: unknown value `delete`",
+            ),
+            (
+                "[filter.clamd]\naddress = \"clamd.local\"\n",
+                "t.toml:8:11: filter.clamd.address: \"clamd.local\" is neither IP:PORT",
+            ),
+            (
+                "[filter.archives]\nmax_depth = 0\n",
+                "t.toml:8:13: filter.archives.max_depth: must be at least 1",
+            ),
+            (
+                "[filter]\nhash_blocklist = \"/nonexistent/sha256.txt\"\n",
+                "t.toml:8:18: filter.hash_blocklist: /nonexistent/sha256.txt cannot be read",
+            ),
         ];
         for (tail, want) in cases {
             let e = err(&format!("{MIN}{tail}"));

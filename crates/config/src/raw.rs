@@ -60,12 +60,22 @@ pub struct FilterRaw {
     pub virus_action: Option<crate::VirusAction>,
     pub antivirus_fail_mode: Option<crate::FailMode>,
     #[serde(rename = "attachment_rule")]
-    pub attachment_rules: Option<Vec<S<crate::AttachmentRule>>>,
+    pub attachment_rules: Option<Vec<AttachmentRuleRaw>>,
     #[serde(default)]
     pub attachment_allow: Vec<S<String>>,
     pub clamd: Option<S<ClamdRaw>>,
     pub archives: Option<ArchivesRaw>,
     pub hash_blocklist: Option<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AttachmentRuleRaw {
+    #[serde(default)]
+    pub types: Vec<S<String>>,
+    #[serde(default)]
+    pub extensions: Vec<S<String>>,
+    pub action: S<crate::AttachmentAction>,
 }
 
 #[derive(Deserialize)]
@@ -813,10 +823,10 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
         users: Default::default(),
         virus_action: raw.virus_action,
         antivirus_fail_mode: raw.antivirus_fail_mode,
-        attachment_rules: raw
-            .attachment_rules
-            .as_ref()
-            .map(|rules| rules.iter().map(|r| r.get_ref().clone()).collect()),
+        attachment_rules: match &raw.attachment_rules {
+            None => None,
+            Some(rules) => Some(attachment_rules(cx, rules)?),
+        },
         attachment_allow: raw
             .attachment_allow
             .iter()
@@ -835,18 +845,6 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
                     .map(|v| v.span()),
                 "filter.subject_prefix" => raw.subject_prefix.as_ref().map(|v| v.span()),
                 "filter.allow" => raw.allow.first().map(|v| v.span()),
-                "filter.attachment_rule" => {
-                    // "rule N: ..." names the rule; point at it.
-                    let n: usize = message
-                        .strip_prefix("rule ")
-                        .and_then(|m| m.split(':').next())
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or(1);
-                    raw.attachment_rules
-                        .as_ref()
-                        .and_then(|r| r.get(n - 1))
-                        .map(|v| v.span())
-                }
                 "filter.attachment_allow" => raw.attachment_allow.first().map(|v| v.span()),
                 _ => raw.block.first().map(|v| v.span()),
             };
@@ -1079,6 +1077,47 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
             }
         },
     })
+}
+
+/// The global attachment rules, each type and extension checked where it is written.
+fn attachment_rules(
+    cx: &Ctx<'_>,
+    rules: &[AttachmentRuleRaw],
+) -> Result<Vec<crate::AttachmentRule>, Error> {
+    let mut out = Vec::new();
+    for (i, r) in rules.iter().enumerate() {
+        let key = |k: &str| format!("filter.attachment_rule[{i}].{k}");
+        for (list, field) in [(&r.types, "types"), (&r.extensions, "extensions")] {
+            for v in list {
+                let one = crate::AttachmentRule {
+                    types: if field == "types" {
+                        vec![v.get_ref().clone()]
+                    } else {
+                        vec![]
+                    },
+                    extensions: if field == "types" {
+                        vec![]
+                    } else {
+                        vec![v.get_ref().clone()]
+                    },
+                    action: *r.action.get_ref(),
+                };
+                if let Err(m) = one.checked() {
+                    return cx.err(v.span(), &key(field), m);
+                }
+            }
+        }
+        let rule = crate::AttachmentRule {
+            types: r.types.iter().map(|v| v.get_ref().clone()).collect(),
+            extensions: r.extensions.iter().map(|v| v.get_ref().clone()).collect(),
+            action: *r.action.get_ref(),
+        };
+        match rule.checked() {
+            Ok(rule) => out.push(rule),
+            Err(m) => return cx.err(r.action.span(), &key("types"), m),
+        }
+    }
+    Ok(out)
 }
 
 fn validate_clamd(cx: &Ctx<'_>, c: &S<ClamdRaw>) -> Result<crate::Clamd, Error> {

@@ -221,26 +221,28 @@ pub async fn watch_clamd(
     }
 }
 
+/// The symbols of kinds worth naming. Scores are small: the attachment rules act on what
+/// an attachment is; the score only adds it to the evidence that a message is spam.
 fn kind_symbol(kind: Kind) -> Option<(&'static str, f64)> {
     Some(match kind {
-        Kind::Executable => ("ATTACH_EXECUTABLE", 3.0),
-        Kind::Script => ("ATTACH_SCRIPT", 3.0),
-        Kind::Shortcut => ("ATTACH_SHORTCUT", 3.0),
-        Kind::DiskImage => ("ATTACH_DISK_IMAGE", 2.0),
-        Kind::MacroDocument => ("ATTACH_MACRO", 2.0),
-        Kind::ActivePdf => ("ATTACH_PDF_ACTIVE", 1.0),
-        Kind::ActiveHtml => ("ATTACH_HTML_ACTIVE", 2.0),
+        Kind::Executable => ("ATTACH_EXECUTABLE", 1.0),
+        Kind::Script => ("ATTACH_SCRIPT", 1.0),
+        Kind::Shortcut => ("ATTACH_SHORTCUT", 1.0),
+        Kind::DiskImage => ("ATTACH_DISK_IMAGE", 1.0),
+        Kind::MacroDocument => ("ATTACH_MACRO", 1.0),
+        Kind::ActivePdf => ("ATTACH_PDF_ACTIVE", 0.5),
+        Kind::ActiveHtml => ("ATTACH_HTML_ACTIVE", 1.0),
         _ => return None,
     })
 }
 
 fn flag_symbol(flag: Flag) -> (&'static str, f64) {
     match flag {
-        Flag::Encrypted => ("ARCHIVE_ENCRYPTED", 1.0),
-        Flag::Limit => ("ARCHIVE_LIMIT", 1.0),
-        Flag::Corrupt => ("ARCHIVE_CORRUPT", 1.0),
+        Flag::Encrypted => ("ARCHIVE_ENCRYPTED", 0.5),
+        Flag::Limit => ("ARCHIVE_LIMIT", 0.5),
+        Flag::Corrupt => ("ARCHIVE_CORRUPT", 0.5),
         Flag::Uninspected => ("ARCHIVE_UNINSPECTED", 0.0),
-        Flag::NameLies => ("ATTACH_NAME_LIES", 4.0),
+        Flag::NameLies => ("ATTACH_NAME_LIES", 2.0),
         Flag::Eicar => ("EICAR_TEST", 0.0),
         Flag::Listed => ("HASH_BLOCKLISTED", 0.0),
     }
@@ -351,6 +353,18 @@ mod tests {
         assert!(again.text.contains("See attached."));
         assert!(again.text.contains("keep me"));
         assert!(out.ends_with("--XX--\r\n"));
+    }
+
+    #[test]
+    fn the_config_knows_every_kind_and_flag_by_name() {
+        let ours: std::collections::BTreeSet<&str> = malware::KINDS
+            .iter()
+            .map(|k| k.as_str())
+            .chain(malware::POLICY_FLAGS.iter().map(|(_, n)| *n))
+            .collect();
+        let config: std::collections::BTreeSet<&str> =
+            config::ATTACHMENT_TYPES.iter().copied().collect();
+        assert_eq!(ours, config);
     }
 
     #[test]

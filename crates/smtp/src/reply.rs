@@ -11,6 +11,9 @@ pub struct Reply {
     pub lines: Vec<String>,
 }
 
+/// The most characters of text in one reply line (512 octets with code and CRLF).
+const MAX_TEXT: usize = 506;
+
 impl Reply {
     pub fn new(code: u16, text: impl Into<String>) -> Reply {
         Reply {
@@ -34,13 +37,24 @@ impl Reply {
         (500..600).contains(&self.code)
     }
 
-    /// Appends the wire form (CRLF line ends, `-` continuation) to `out`.
+    /// Appends the wire form (CRLF line ends, `-` continuation) to `out`. Texts may quote
+    /// what a sender chose (a file name, a link's host): anything but printable ASCII
+    /// becomes `?`, so no line break, control or direction character reaches the client,
+    /// and a line stops at RFC 5321's 512 octets.
     pub fn write_to(&self, out: &mut Vec<u8>) {
         let n = self.lines.len().max(1);
         for i in 0..n {
             let sep = if i + 1 == n { ' ' } else { '-' };
             let text = self.lines.get(i).map_or("", String::as_str);
-            out.extend_from_slice(format!("{}{}{}\r\n", self.code, sep, text).as_bytes());
+            out.extend_from_slice(format!("{}{}", self.code, sep).as_bytes());
+            out.extend(text.chars().take(MAX_TEXT).map(|c| {
+                if c == ' ' || c.is_ascii_graphic() {
+                    c as u8
+                } else {
+                    b'?'
+                }
+            }));
+            out.extend_from_slice(b"\r\n");
         }
     }
 }
@@ -105,6 +119,17 @@ impl ReplyParser {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn quoted_text_cannot_break_the_line_or_run_long() {
+        let r = Reply::new(550, "5.7.1 attachment a\r\n250 ok\u{202e}fdp.exe");
+        let mut wire = Vec::new();
+        r.write_to(&mut wire);
+        assert_eq!(wire, b"550 5.7.1 attachment a??250 ok?fdp.exe\r\n");
+        let mut wire = Vec::new();
+        Reply::new(550, "x".repeat(2000)).write_to(&mut wire);
+        assert_eq!(wire.len(), 512);
+    }
 
     #[test]
     fn multi_line_round_trip() {
