@@ -173,6 +173,7 @@ pub const ATTACHMENT_TYPES: &[&str] = &[
     "corrupt-archive",
     "uninspected-archive",
     "lying-name",
+    "mime-limit",
 ];
 
 /// An attachment rule: attachments (or files inside archives) of one of `types`, or
@@ -225,7 +226,8 @@ impl AttachmentRule {
 
 /// The attachment rules of a domain that writes none: programs, scripts, shortcuts, disk
 /// images and lying names refused; macro documents, active PDF and HTML, password-protected
-/// and broken archives and archives past a limit held for review (Proxmox Mail Gateway's
+/// and broken archives, archives past a limit and messages whose MIME structure is past the
+/// scanning limits held for review (Proxmox Mail Gateway's
 /// and Microsoft's defaults are of this kind).
 pub fn default_attachment_rules() -> Vec<AttachmentRule> {
     let list = |v: &[&str]| v.iter().map(|s| s.to_string()).collect();
@@ -252,6 +254,7 @@ pub fn default_attachment_rules() -> Vec<AttachmentRule> {
                 "encrypted-archive",
                 "archive-limit",
                 "corrupt-archive",
+                "mime-limit",
             ]),
             extensions: Vec::new(),
             action: AttachmentAction::Quarantine,

@@ -32,6 +32,9 @@ pub struct FileSeen {
     pub range: Option<(usize, usize)>,
 }
 
+/// The condition of a message whose MIME view left parts unread.
+pub const MIME_LIMIT: &str = "mime-limit";
+
 /// An attachment to remove, and the note left in its place.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Strip {
@@ -79,8 +82,10 @@ impl Malware {
         self.clamd.as_ref().map(|c| &c.0)
     }
 
-    /// The built-in checks on every attachment.
-    pub fn inspect(&self, attachments: &[Attachment], r: &mut Report) {
+    /// The built-in checks on every attachment, with one budget for the whole message.
+    /// `parts_skipped`: the MIME view left parts unread, so attachments may be unseen (a
+    /// `mime-limit` the policy can act on).
+    pub fn inspect(&self, attachments: &[Attachment], parts_skipped: bool, r: &mut Report) {
         let t = Instant::now();
         if let Some(list) = &self.blocklist {
             match list.refresh() {
@@ -99,8 +104,9 @@ impl Malware {
             Some(s) => s.3 += 1,
             None => symbols.push((name, score, why, 0)),
         };
+        let mut inspector = malware::Inspector::new(&self.limits, self.blocklist.as_ref());
         for a in attachments {
-            for file in malware::inspect(&a.name, &a.data, &self.limits, self.blocklist.as_ref()) {
+            for file in inspector.inspect(&a.name, &a.data) {
                 if let Some((name, score)) = kind_symbol(file.kind) {
                     note(name, score, format!("{}: {}", file.path, file.why));
                 }
@@ -125,6 +131,17 @@ impl Malware {
                 });
             }
         }
+        if parts_skipped {
+            // The message itself, as a file the policy can hold: what was not read may be
+            // an attachment. (MIME_LIMITS says which limit.)
+            r.files.push(FileSeen {
+                path: "(the message)".into(),
+                kind: "other",
+                extension: String::new(),
+                flags: vec![MIME_LIMIT],
+                range: None,
+            });
+        }
         let micros = t.elapsed().as_micros() as u64;
         for (name, score, reason, more) in symbols {
             r.add(Symbol {
@@ -140,32 +157,52 @@ impl Malware {
         }
     }
 
-    /// Each attachment streamed to clamd (none once a virus is known). An attachment
-    /// past `filter.clamd.max_size` is not sent, and says so.
+    /// Each attachment streamed to clamd (none once a virus is known), all of them within
+    /// `filter.clamd.timeout`. An attachment past `filter.clamd.max_size`, or one clamd
+    /// answers it cannot scan, is unscanned and says so; no answer at all marks the report
+    /// `antivirus_failed` for the fail mode.
     pub async fn antivirus(&self, attachments: &[Attachment], r: &mut Report) {
         let Some((clamd, max_size)) = &self.clamd else {
             return;
         };
         let t = Instant::now();
+        let deadline = tokio::time::Instant::now() + clamd.timeout();
+        let unscanned = |r: &mut Report, why: String| {
+            r.add(Symbol {
+                name: "CLAMD_SKIPPED".into(),
+                score: 0.0,
+                reason: why,
+                micros: t.elapsed().as_micros() as u64,
+            })
+        };
         for a in attachments {
             if r.virus.is_some() {
                 return;
             }
             if a.data.len() > *max_size {
-                r.add(Symbol {
-                    name: "CLAMD_SKIPPED".into(),
-                    score: 0.0,
-                    reason: format!(
+                unscanned(
+                    r,
+                    format!(
                         "{} ({} bytes) is larger than filter.clamd.max_size",
                         a.name,
                         a.data.len()
                     ),
-                    micros: t.elapsed().as_micros() as u64,
-                });
+                );
                 continue;
             }
-            match clamd.scan(&a.data).await {
+            let scan = match tokio::time::timeout_at(deadline, clamd.scan(&a.data)).await {
+                Ok(s) => s,
+                Err(_) => Err(malware::ClamdError::Timeout(
+                    clamd.address().clone(),
+                    clamd.timeout(),
+                )),
+            };
+            match scan {
                 Ok(malware::Scan::Clean) => {}
+                Ok(malware::Scan::Unscanned(why)) => {
+                    warn!(attachment = %a.name, answer = %why, "clamd could not scan an attachment");
+                    unscanned(r, format!("clamd could not scan {}: {why}", a.name));
+                }
                 Ok(malware::Scan::Found(signature)) => {
                     r.virus = Some(format!("{} carries {signature}", a.name));
                     r.add(Symbol {
@@ -259,10 +296,12 @@ pub fn rules(
     let mut strips: Vec<Strip> = Vec::new();
     for f in files {
         let terms = || std::iter::once(f.kind).chain(f.flags.iter().copied());
+        // An allowed extension does not cover a file whose name lies about its content.
+        let lies = f.flags.contains(&"lying-name");
         let allowed = policy
             .attachment_allow
             .iter()
-            .any(|a| *a == f.extension || terms().any(|t| t == a));
+            .any(|a| (*a == f.extension && !lies) || terms().any(|t| t == a));
         if allowed {
             continue;
         }
@@ -311,16 +350,43 @@ pub fn strip(raw: &[u8], strips: &[Strip]) -> Vec<u8> {
             continue;
         }
         out.extend_from_slice(&raw[at..start]);
-        let note = s.note.replace(['\r', '\n'], " ");
-        out.extend_from_slice(
-            format!(
-                "Content-Type: text/plain; charset=utf-8\r\nContent-Disposition: inline\r\nContent-Transfer-Encoding: 8bit\r\n\r\nmailsilo removed an attachment from this message: {note}.\r\n"
-            )
-            .as_bytes(),
+        let note = format!(
+            "mailsilo removed an attachment from this message: {}.",
+            s.note.replace(['\r', '\n'], " ")
         );
+        out.extend_from_slice(
+            b"Content-Type: text/plain; charset=utf-8\r\nContent-Disposition: inline\r\nContent-Transfer-Encoding: 8bit\r\n\r\n",
+        );
+        out.extend_from_slice(wrap(&note).as_bytes());
         at = end;
     }
     out.extend_from_slice(&raw[at..]);
+    out
+}
+
+/// `text` in lines of at most about 76 characters (SMTP's 998-octet limit is never near,
+/// whatever a file name holds), each ended by CRLF.
+fn wrap(text: &str) -> String {
+    let mut out = String::new();
+    let mut line = 0;
+    for word in text.split(' ').filter(|w| !w.is_empty()) {
+        let mut rest = word;
+        while !rest.is_empty() {
+            if line > 0 && line + 1 + rest.chars().count().min(76) > 76 {
+                out.push_str("\r\n");
+                line = 0;
+            }
+            if line > 0 {
+                out.push(' ');
+                line += 1;
+            }
+            let cut = rest.char_indices().nth(76).map_or(rest.len(), |(i, _)| i);
+            out.push_str(&rest[..cut]);
+            line += rest[..cut].chars().count();
+            rest = &rest[cut..];
+        }
+    }
+    out.push_str("\r\n");
     out
 }
 
@@ -344,7 +410,7 @@ mod tests {
         }];
         let out = String::from_utf8(strip(MESSAGE.as_bytes(), &strips)).unwrap();
         assert!(!out.contains("TVqQ"), "{out}");
-        assert!(out.contains(
+        assert!(out.replace("\r\n", " ").contains(
             "mailsilo removed an attachment from this message: attachment tool.exe is executable."
         ));
         let again = Content::parse(out.as_bytes());
@@ -353,6 +419,15 @@ mod tests {
         assert!(again.text.contains("See attached."));
         assert!(again.text.contains("keep me"));
         assert!(out.ends_with("--XX--\r\n"));
+        assert!(out.lines().all(|l| l.len() <= 80), "{out}");
+    }
+
+    #[test]
+    fn long_notes_are_wrapped() {
+        let w = wrap(&format!("removed {} for a reason", "x".repeat(200)));
+        assert!(w.split("\r\n").all(|l| l.chars().count() <= 76), "{w}");
+        let letters = |t: &str| t.chars().filter(|c| !c.is_whitespace()).collect::<String>();
+        assert_eq!(letters(&w), format!("removed{}forareason", "x".repeat(200)));
     }
 
     #[test]
@@ -361,6 +436,7 @@ mod tests {
             .iter()
             .map(|k| k.as_str())
             .chain(malware::POLICY_FLAGS.iter().map(|(_, n)| *n))
+            .chain([MIME_LIMIT])
             .collect();
         let config: std::collections::BTreeSet<&str> =
             config::ATTACHMENT_TYPES.iter().copied().collect();
@@ -384,7 +460,10 @@ mod tests {
         let (a, why, _) = rules(&files, &p).unwrap();
         assert_eq!(a, AttachmentAction::Reject);
         assert!(why.contains("f.pdf is executable"), "{why}");
+        // An allowed extension does not cover a name that lies; allowed types do.
         p.attachment_allow = vec!["pdf".into()];
+        assert_eq!(rules(&files, &p).unwrap().0, AttachmentAction::Reject);
+        p.attachment_allow = vec!["executable".into(), "lying-name".into()];
         assert_eq!(rules(&files, &p).unwrap().0, AttachmentAction::Quarantine);
         p.attachment_rules = vec![config::AttachmentRule {
             types: vec!["macro-document".into()],

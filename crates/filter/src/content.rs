@@ -51,6 +51,24 @@ pub struct Link {
     pub text: Option<String>,
 }
 
+/// A part's body with its transfer encoding (base64, quoted-printable) undone and nothing
+/// else: the bytes a mail client saves.
+fn transfer_decoded(raw: &[u8], part: &mail_parser::MessagePart<'_>) -> Vec<u8> {
+    let body = raw
+        .get(part.offset_body as usize..part.offset_end as usize)
+        .unwrap_or_default();
+    let decoded = match part.content_transfer_encoding() {
+        Some(e) if e.eq_ignore_ascii_case("base64") => {
+            mail_parser::decoders::base64::base64_decode(body)
+        }
+        Some(e) if e.eq_ignore_ascii_case("quoted-printable") => {
+            mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
+        }
+        _ => None,
+    };
+    decoded.unwrap_or_else(|| body.to_vec())
+}
+
 /// An attachment: a part with a file name, or binary content.
 #[derive(Debug, Clone)]
 pub struct Attachment {
@@ -90,6 +108,9 @@ pub struct Content {
     pub unparsable: bool,
     /// A limit cut the view short (text, links, parts or depth).
     pub truncated: bool,
+    /// Parts were left unread (past the parts or depth limit, or an attached message
+    /// nested deeper than the parser follows): attachments may have gone unseen.
+    pub parts_skipped: bool,
     /// Attachments, at any depth.
     pub attachments: Vec<Attachment>,
 }
@@ -142,6 +163,7 @@ impl Content {
     fn walk(&mut self, message: &Message<'_>, depth: usize, top: Option<(usize, usize)>) {
         if depth >= MAX_DEPTH {
             self.truncated = true;
+            self.parts_skipped = true;
             return;
         }
         let multipart = matches!(
@@ -151,14 +173,17 @@ impl Content {
         for (i, part) in message.parts.iter().enumerate() {
             if self.parts >= MAX_PARTS {
                 self.truncated = true;
+                self.parts_skipped = true;
                 return;
             }
             self.parts += 1;
             self.encoding_problem |= part.is_encoding_problem;
-            // The part's own bytes, when it is a top-level part that is not the message.
+            // The part's own bytes, when it is a top-level part that is not the message;
+            // inside an attached message, the top-level part holding that message (none
+            // when the message itself is the attached one: its offsets are not the raw's).
             let range = match top {
                 Some(r) => Some(r),
-                None if multipart && i > 0 => {
+                None if depth == 0 && multipart && i > 0 => {
                     Some((part.offset_header as usize, part.offset_end as usize))
                 }
                 None => None,
@@ -171,17 +196,19 @@ impl Content {
                 part.attachment_name()
                     .map_or_else(|| format!("part {}", self.parts), str::to_string)
             };
+            // A named text part is saved as its bytes, not as the text its charset gives.
+            let saved = || transfer_decoded(message.raw_message(), part);
             match &part.body {
                 PartType::Text(t) => {
                     if named {
-                        self.attach(name(), t.as_bytes(), range);
+                        self.attach(name(), &saved(), range);
                     }
                     self.push_text(t);
                     self.text_links(t);
                 }
                 PartType::Html(h) => {
                     if named {
-                        self.attach(name(), h.as_bytes(), range);
+                        self.attach(name(), &saved(), range);
                     }
                     self.html_parts += 1;
                     self.html_links(h);
@@ -190,6 +217,11 @@ impl Content {
                     self.push_text(&text);
                 }
                 PartType::Binary(b) | PartType::InlineBinary(b) => {
+                    // An attached message the parser did not follow (it stops at a depth
+                    // of its own): what it holds goes unseen.
+                    self.parts_skipped |= part
+                        .content_type()
+                        .is_some_and(|c| c.ctype().eq_ignore_ascii_case("message"));
                     self.attach(name(), b, range);
                 }
                 PartType::Message(inner) => self.walk(inner, depth + 1, range),

@@ -232,12 +232,12 @@ impl Engine {
         client_domains: &[String],
     ) -> Report {
         let start = Instant::now();
-        let (mut report, attachments) = if raw.len() < SCAN_INLINE_MAX {
+        let (mut report, attachments, skipped) = if raw.len() < SCAN_INLINE_MAX {
             self.scan_parts(raw, env, client_domains)
         } else {
             let (engine, raw, domains) = (self.clone(), raw.clone(), client_domains.to_vec());
             let (client, helo, sender) = (env.client, env.helo.to_string(), env.sender.to_string());
-            let scanned = tokio::task::spawn_blocking(move || {
+            blocking(move || {
                 let env = Envelope {
                     client,
                     helo: &helo,
@@ -245,12 +245,26 @@ impl Engine {
                 };
                 engine.scan_parts(&raw, &env, &domains)
             })
-            .await;
-            match scanned {
-                Ok(r) => r,
-                Err(e) => std::panic::resume_unwind(e.into_panic()),
-            }
+            .await
         };
+        let mut attachments = attachments;
+        if self.malware.is_some() {
+            // Archives may take milliseconds to open, even in a small message: they are
+            // opened on the blocking pool.
+            if attachments
+                .iter()
+                .any(|a| ::malware::sniff::is_container(&a.data))
+            {
+                let engine = self.clone();
+                (report, attachments) = blocking(move || {
+                    engine.inspect(&attachments, skipped, &mut report);
+                    (report, attachments)
+                })
+                .await;
+            } else {
+                self.inspect(&attachments, skipped, &mut report);
+            }
+        }
         if let Some(malware) = &self.malware
             && malware.clamd().is_some()
             && !attachments.is_empty()
@@ -321,16 +335,29 @@ impl Engine {
     /// malware checks included, clamd not). `client_domains` are the provider's client
     /// domains, which phishing checks protect.
     pub fn scan(&self, raw: &[u8], env: &Envelope<'_>, client_domains: &[String]) -> Report {
-        self.scan_parts(raw, env, client_domains).0
+        let (mut r, attachments, skipped) = self.scan_parts(raw, env, client_domains);
+        self.inspect(&attachments, skipped, &mut r);
+        r
     }
 
-    /// [`Engine::scan`], and the attachments, for clamd.
+    /// The built-in malware checks on a message's attachments, when the engine runs them.
+    fn inspect(&self, attachments: &[Attachment], parts_skipped: bool, r: &mut Report) {
+        if let Some(malware) = &self.malware {
+            let (t, failed) = (Instant::now(), r.failed.len());
+            malware.inspect(attachments, parts_skipped, r);
+            self.timed("attachments", t, r, failed);
+            r.micros += t.elapsed().as_micros() as u64;
+        }
+    }
+
+    /// Every check that needs neither the network nor the malware layer; the message's
+    /// attachments, and whether its MIME view left parts unread.
     fn scan_parts(
         &self,
         raw: &[u8],
         env: &Envelope<'_>,
         client_domains: &[String],
-    ) -> (Report, Vec<Attachment>) {
+    ) -> (Report, Vec<Attachment>, bool) {
         let start = Instant::now();
         let mut r = Report::default();
         let t = Instant::now();
@@ -382,14 +409,9 @@ impl Engine {
         let (t, failed) = (Instant::now(), r.failed.len());
         phishing(&content, env, client_domains, &mut r);
         self.timed("phishing", t, &r, failed);
-        if let Some(malware) = &self.malware {
-            let (t, failed) = (Instant::now(), r.failed.len());
-            malware.inspect(&attachments, &mut r);
-            self.timed("attachments", t, &r, failed);
-        }
         r.micros = start.elapsed().as_micros() as u64;
         self.metrics.scan(start.elapsed().as_secs_f64());
-        (r, attachments)
+        (r, attachments, content.parts_skipped)
     }
 
     /// Counts a check's run that started at `t`; it failed if it added to `r.failed`
@@ -463,6 +485,14 @@ impl Engine {
                 );
             }
         }
+    }
+}
+
+/// Runs `f` on the blocking pool; its panic goes on in the caller.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => v,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
 
@@ -674,15 +704,6 @@ pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Dec
             strip: Vec::new(),
         };
     }
-    if report.antivirus_failed && policy.antivirus_fail_mode == FailMode::Tempfail {
-        return Decision {
-            verdict: Verdict::Clean,
-            action: Action::Defer,
-            reason: "the antivirus cannot scan the message now".into(),
-            prefix: None,
-            strip: Vec::new(),
-        };
-    }
     let mut strip = Vec::new();
     if let Some((action, why, strips)) = attachments::rules(&report.files, policy) {
         match action {
@@ -701,6 +722,16 @@ pub fn decide(report: &Report, policy: &FilterPolicy, env: &Envelope<'_>) -> Dec
             }
             AttachmentAction::Strip => strip = strips,
         }
+    }
+    // What the policy refuses or holds is decided without clamd; the rest waits for it.
+    if report.antivirus_failed && policy.antivirus_fail_mode == FailMode::Tempfail {
+        return Decision {
+            verdict: Verdict::Clean,
+            action: Action::Defer,
+            reason: "the antivirus cannot scan the message now".into(),
+            prefix: None,
+            strip: Vec::new(),
+        };
     }
     Decision {
         strip,

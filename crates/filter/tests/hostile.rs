@@ -132,3 +132,127 @@ fn scanner_worst_cases() {
         }
     }
 }
+
+/// An engine with the malware checks, and the default policy's decision on `raw`.
+fn judged(raw: &[u8]) -> (Report, mailsilo_filter::Decision) {
+    let malware = mailsilo_filter::attachments::Malware::new(&config::Filter::default()).unwrap();
+    let engine = Engine::new(Rules::new(true, &[]).unwrap()).with_malware(malware);
+    let r = engine.scan(raw, &Envelope::default(), &["example.com".to_string()]);
+    let d = mailsilo_filter::decide(&r, &config::FilterPolicy::default(), &Envelope::default());
+    (r, d)
+}
+
+/// A base64 program, as a part's body.
+const PROGRAM_B64: &str =
+    "TVqQAAMAAAAEAAAA//8AALgAAAAAAAAAQAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAgAAAAA==";
+
+#[test]
+fn attachments_past_the_part_limit_are_held_not_passed() {
+    // 2,000 empty parts (about 20 KB), then a program the view never reaches.
+    let mut m =
+        String::from("Subject: padded\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n");
+    for _ in 0..2_000 {
+        m.push_str("--b\r\n\r\n");
+    }
+    m.push_str(&format!(
+        "--b\r\nContent-Type: application/octet-stream; name=a.exe\r\nContent-Transfer-Encoding: base64\r\n\r\n{PROGRAM_B64}\r\n--b--\r\n"
+    ));
+    let (r, d) = judged(m.as_bytes());
+    assert!(r.has("MIME_LIMITS"), "{}", r.symbols_line());
+    assert_eq!(d.verdict.as_str(), "policy", "{}", d.reason);
+    assert_eq!(d.action.as_str(), "quarantine", "{}", d.reason);
+}
+
+#[test]
+fn a_named_text_part_is_judged_by_its_bytes_not_its_charset() {
+    // A zip declared as UTF-16 text: its charset decoding would destroy the PK magic.
+    let zip_b64 = base64(&stored_zip(
+        "a.exe",
+        &[b"MZ".as_slice(), &[0; 200]].concat(),
+    ));
+    let m = format!(
+        "Subject: text\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\nContent-Type: text/plain\r\n\r\nhi\r\n--b\r\nContent-Type: text/plain; charset=utf-16le; name=\"docs.zip\"\r\nContent-Transfer-Encoding: base64\r\n\r\n{zip_b64}\r\n--b--\r\n"
+    );
+    let c = Content::parse(m.as_bytes());
+    assert_eq!(c.attachments.len(), 1);
+    assert!(c.attachments[0].data.starts_with(b"PK\x03\x04"));
+    let (r, d) = judged(m.as_bytes());
+    assert_eq!(
+        d.action.as_str(),
+        "reject",
+        "{} / {}",
+        d.reason,
+        r.symbols_line()
+    );
+}
+
+#[test]
+fn an_attached_message_as_the_whole_message_has_no_part_to_strip() {
+    let inner = format!(
+        "Subject: inner\r\nContent-Type: multipart/mixed; boundary=i\r\n\r\n--i\r\nContent-Type: text/plain\r\n\r\nhello\r\n--i\r\nContent-Type: application/octet-stream; name=a.exe\r\nContent-Transfer-Encoding: base64\r\n\r\n{PROGRAM_B64}\r\n--i--\r\n"
+    );
+    let m = format!("Subject: outer\r\nContent-Type: message/rfc822\r\n\r\n{inner}");
+    let c = Content::parse(m.as_bytes());
+    assert_eq!(c.attachments.len(), 1);
+    assert_eq!(c.attachments[0].range, None);
+}
+
+/// Standard base64 with padding, in one line.
+fn base64(data: &[u8]) -> String {
+    const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for c in data.chunks(3) {
+        let n = c
+            .iter()
+            .enumerate()
+            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            out.push(if i <= c.len() {
+                A[(n >> (18 - 6 * i) & 63) as usize] as char
+            } else {
+                '='
+            });
+        }
+    }
+    out
+}
+
+/// A zip of one stored member, written by hand (its CRC from the zip's own definition).
+fn stored_zip(name: &str, data: &[u8]) -> Vec<u8> {
+    let crc = data.iter().fold(!0u32, |mut c, b| {
+        c ^= u32::from(*b);
+        for _ in 0..8 {
+            c = if c & 1 == 1 {
+                (c >> 1) ^ 0xedb8_8320
+            } else {
+                c >> 1
+            };
+        }
+        c
+    }) ^ !0;
+    let (n, size) = (name.len() as u16, data.len() as u32);
+    let mut z = Vec::new();
+    z.extend_from_slice(b"PK\x03\x04\x14\0\0\0\0\0\0\0\0\0");
+    z.extend_from_slice(&crc.to_le_bytes());
+    z.extend_from_slice(&size.to_le_bytes());
+    z.extend_from_slice(&size.to_le_bytes());
+    z.extend_from_slice(&n.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z.extend_from_slice(name.as_bytes());
+    z.extend_from_slice(data);
+    let central = z.len() as u32;
+    z.extend_from_slice(b"PK\x01\x02\x14\0\x14\0\0\0\0\0\0\0\0\0");
+    z.extend_from_slice(&crc.to_le_bytes());
+    z.extend_from_slice(&size.to_le_bytes());
+    z.extend_from_slice(&size.to_le_bytes());
+    z.extend_from_slice(&n.to_le_bytes());
+    z.extend_from_slice(&[0; 12]);
+    z.extend_from_slice(&0u32.to_le_bytes());
+    z.extend_from_slice(name.as_bytes());
+    let dir = z.len() as u32 - central;
+    z.extend_from_slice(b"PK\x05\x06\0\0\0\0\x01\0\x01\0");
+    z.extend_from_slice(&dir.to_le_bytes());
+    z.extend_from_slice(&central.to_le_bytes());
+    z.extend_from_slice(&0u16.to_le_bytes());
+    z
+}
