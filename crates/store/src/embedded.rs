@@ -12,22 +12,22 @@ use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::{
-    Attempt, Bytes, Claimed, DomainEntry, Error, Event, Example, Held, HeldSummary, Lease, Message,
-    NewMessage, Outcome, Recipient, Result, Ret, ServerEntry, Status, Store, Summary, Trace,
-    TraceQuery, deleted_event, dsn_event, expired_held_event, held_event, now_ms, outcome_event,
-    received_event, unheld_event,
+    Account, ApiToken, Attempt, Bytes, Claimed, DomainEntry, Error, Event, Example, Held,
+    HeldSummary, Lease, Message, NewMessage, Organisation, Outcome, Recipient, Result, Ret, Role,
+    ServerEntry, Session, Status, Store, Summary, Trace, TraceQuery, deleted_event, dsn_event,
+    expired_held_event, held_event, now_ms, outcome_event, received_event, unheld_event,
 };
 
 /// The most operations run in one transaction.
 const BATCH: usize = 512;
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const VERSION: i64 = 5;
+const VERSION: i64 = 6;
 
 /// The schema, version by version: `MIGRATIONS[n]` takes a database from version n to n+1.
 /// Version 0 is the first release's (RET kept as `ret_headers_only`, which held an invented
 /// RET=FULL as 0, so only HDRS is carried over).
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     // 0 -> 1: RET as given.
     "ALTER TABLE message ADD COLUMN ret INTEGER;
      UPDATE message SET ret = CASE ret_headers_only WHEN 1 THEN 1 END;
@@ -113,6 +113,31 @@ const MIGRATIONS: [&str; 5] = [
     // 4 -> 5: greylisting.
     "CREATE TABLE greylist (key TEXT PRIMARY KEY, first_seen INTEGER NOT NULL) WITHOUT ROWID;
      CREATE TABLE greylist_pass (client TEXT PRIMARY KEY, until INTEGER NOT NULL) WITHOUT ROWID;",
+    // 5 -> 6: the portal's organisations, accounts, sessions and API tokens.
+    "CREATE TABLE organisation (name TEXT PRIMARY KEY, domains TEXT NOT NULL);
+     CREATE TABLE account (
+         name TEXT PRIMARY KEY,
+         role TEXT NOT NULL,
+         organisation TEXT,
+         password TEXT NOT NULL,
+         created INTEGER NOT NULL
+     );
+     CREATE TABLE session (
+         key TEXT PRIMARY KEY,
+         account TEXT NOT NULL,
+         csrf TEXT NOT NULL,
+         expires INTEGER NOT NULL
+     );
+     CREATE INDEX session_account ON session (account);
+     CREATE TABLE api_token (
+         key TEXT PRIMARY KEY,
+         account TEXT NOT NULL,
+         label TEXT NOT NULL,
+         role TEXT NOT NULL,
+         organisation TEXT,
+         created INTEGER NOT NULL,
+         expires INTEGER
+     );",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -154,6 +179,21 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()
+}
+
+const ACCOUNT_COLUMNS: &str = "SELECT name, role, organisation, password, created FROM account";
+
+/// An account from a row of [`ACCOUNT_COLUMNS`]; an unknown role (a newer version's) reads
+/// as the least one.
+fn account_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Account> {
+    let role: String = r.get(1)?;
+    Ok(Account {
+        name: r.get(0)?,
+        role: Role::parse(&role).unwrap_or(Role::User),
+        organisation: r.get(2)?,
+        password: r.get(3)?,
+        created: r.get(4)?,
+    })
 }
 
 fn unavailable(e: impl std::fmt::Display) -> Error {
@@ -1006,6 +1046,172 @@ impl Store for Embedded {
         })
         .await
     }
+    async fn set_organisation(&self, org: Organisation) -> Result<()> {
+        self.call(true, move |c| {
+            c.prepare_cached(
+                "INSERT INTO organisation (name, domains) VALUES (?1, ?2)
+                 ON CONFLICT (name) DO UPDATE SET domains = excluded.domains",
+            )?
+            .execute(params![org.name, org.domains.join("\n")])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn organisations(&self) -> Result<Vec<Organisation>> {
+        self.call(false, |c| {
+            let mut st =
+                c.prepare_cached("SELECT name, domains FROM organisation ORDER BY name")?;
+            let rows = st.query_map([], |r| {
+                let domains: String = r.get(1)?;
+                Ok(Organisation {
+                    name: r.get(0)?,
+                    domains: domains
+                        .split('\n')
+                        .filter(|d| !d.is_empty())
+                        .map(String::from)
+                        .collect(),
+                })
+            })?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn set_account(&self, a: Account) -> Result<()> {
+        self.call(true, move |c| {
+            c.prepare_cached(
+                "INSERT INTO account (name, role, organisation, password, created)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (name) DO UPDATE SET role = excluded.role,
+                     organisation = excluded.organisation, password = excluded.password",
+            )?
+            .execute(params![
+                a.name,
+                a.role.as_str(),
+                a.organisation,
+                a.password,
+                a.created
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn account(&self, name: &str) -> Result<Option<Account>> {
+        let name = name.to_string();
+        self.call(false, move |c| {
+            Ok(
+                c.prepare_cached(&format!("{ACCOUNT_COLUMNS} WHERE name = ?"))?
+                    .query_row([name], account_row)
+                    .optional()?,
+            )
+        })
+        .await
+    }
+
+    async fn accounts(&self) -> Result<Vec<Account>> {
+        self.call(false, |c| {
+            let mut st = c.prepare_cached(&format!("{ACCOUNT_COLUMNS} ORDER BY name"))?;
+            let rows = st.query_map([], account_row)?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+
+    async fn add_session(&self, s: Session) -> Result<()> {
+        self.call(true, move |c| {
+            c.prepare_cached(
+                "INSERT INTO session (key, account, csrf, expires) VALUES (?1, ?2, ?3, ?4)",
+            )?
+            .execute(params![s.key, s.account, s.csrf, s.expires])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn session(&self, key: &str, now: i64) -> Result<Option<Session>> {
+        let key = key.to_string();
+        self.call(false, move |c| {
+            Ok(c.prepare_cached(
+                "SELECT key, account, csrf, expires FROM session WHERE key = ? AND expires > ?",
+            )?
+            .query_row(params![key, now], |r| {
+                Ok(Session {
+                    key: r.get(0)?,
+                    account: r.get(1)?,
+                    csrf: r.get(2)?,
+                    expires: r.get(3)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn end_sessions(&self, key: Option<&str>, account: Option<&str>) -> Result<usize> {
+        let (key, account) = (key.map(String::from), account.map(String::from));
+        self.call(true, move |c| {
+            Ok(c.execute(
+                "DELETE FROM session WHERE key = ?1 OR account = ?2",
+                params![key, account],
+            )?)
+        })
+        .await
+    }
+
+    async fn add_token(&self, t: ApiToken) -> Result<()> {
+        self.call(true, move |c| {
+            c.prepare_cached(
+                "INSERT INTO api_token (key, account, label, role, organisation, created, expires)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+            )?
+            .execute(params![
+                t.key,
+                t.account,
+                t.label,
+                t.role.as_str(),
+                t.organisation,
+                t.created,
+                t.expires
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn token(&self, key: &str, now: i64) -> Result<Option<ApiToken>> {
+        let key = key.to_string();
+        self.call(false, move |c| {
+            Ok(c.prepare_cached(
+                "SELECT key, account, label, role, organisation, created, expires FROM api_token
+                 WHERE key = ?1 AND (expires IS NULL OR expires > ?2)",
+            )?
+            .query_row(params![key, now], |r| {
+                let role: String = r.get(3)?;
+                Ok(ApiToken {
+                    key: r.get(0)?,
+                    account: r.get(1)?,
+                    label: r.get(2)?,
+                    role: Role::parse(&role).unwrap_or(Role::User),
+                    organisation: r.get(4)?,
+                    created: r.get(5)?,
+                    expires: r.get(6)?,
+                })
+            })
+            .optional()?)
+        })
+        .await
+    }
+
+    async fn expire_sessions(&self, now: i64) -> Result<usize> {
+        self.call(true, move |c| {
+            Ok(c.execute("DELETE FROM session WHERE expires <= ?", [now])?
+                + c.execute("DELETE FROM api_token WHERE expires <= ?", [now])?)
+        })
+        .await
+    }
+
     async fn learn(&self, examples: Vec<Example>) -> Result<usize> {
         self.call(true, move |c| {
             let mut st = c.prepare_cached(

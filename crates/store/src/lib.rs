@@ -401,6 +401,83 @@ pub(crate) fn unheld_event(node: &str, released_as: Option<&str>) -> Event {
     }
 }
 
+/// What an account may see and do in the portal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Everything: silos, servers, every organisation and all mail.
+    Operator,
+    /// One organisation's domains, their mail, policies and users.
+    Admin,
+    /// One address's quarantine and lists.
+    User,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Operator => "operator",
+            Role::Admin => "admin",
+            Role::User => "user",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "operator" => Some(Role::Operator),
+            "admin" => Some(Role::Admin),
+            "user" => Some(Role::User),
+            _ => None,
+        }
+    }
+}
+
+/// A client organisation: the domains it owns (lower-case).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Organisation {
+    pub name: String,
+    pub domains: Vec<String>,
+}
+
+/// A portal account. Operators have a plain name; admins and users are named by their
+/// address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub name: String,
+    pub role: Role,
+    /// The organisation of an admin or a user.
+    pub organisation: Option<String>,
+    /// The password's argon2 hash (PHC string); empty: no password login.
+    pub password: String,
+    /// Unix seconds.
+    pub created: i64,
+}
+
+/// A logged-in session: the SHA-256 (hex) of its cookie's secret, never the secret.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Session {
+    pub key: String,
+    pub account: String,
+    /// The token every state change of the session must carry (CSRF).
+    pub csrf: String,
+    /// Unix seconds.
+    pub expires: i64,
+}
+
+/// An API token for scripts: the SHA-256 (hex) of its secret, the account it acts for, and
+/// the role and organisation it is limited to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiToken {
+    pub key: String,
+    pub account: String,
+    /// What it is for, as its owner named it.
+    pub label: String,
+    pub role: Role,
+    pub organisation: Option<String>,
+    pub created: i64,
+    pub expires: Option<i64>,
+}
+
 /// One message the classifier learned from: its digest (what tells a second learning of
 /// the same message apart), its class and its features, encoded by the filter (the store
 /// does not read them).
@@ -422,6 +499,39 @@ pub trait Store: Send + Sync + 'static {
     /// returns how many were new or changed class (learning a message again as the same
     /// class changes nothing). Durable.
     async fn learn(&self, examples: Vec<Example>) -> Result<usize>;
+
+    /// Adds or replaces an organisation. Durable.
+    async fn set_organisation(&self, org: Organisation) -> Result<()>;
+
+    /// Every organisation, by name.
+    async fn organisations(&self) -> Result<Vec<Organisation>>;
+
+    /// Adds or replaces an account. Durable.
+    async fn set_account(&self, account: Account) -> Result<()>;
+
+    /// The account called `name`.
+    async fn account(&self, name: &str) -> Result<Option<Account>>;
+
+    /// Every account, by name.
+    async fn accounts(&self) -> Result<Vec<Account>>;
+
+    /// Starts a session. Durable.
+    async fn add_session(&self, session: Session) -> Result<()>;
+
+    /// The session of `key` that has not expired at `now`.
+    async fn session(&self, key: &str, now: i64) -> Result<Option<Session>>;
+
+    /// Ends one session (`Some(key)`), or every session of `account`; how many ended.
+    async fn end_sessions(&self, key: Option<&str>, account: Option<&str>) -> Result<usize>;
+
+    /// Adds an API token. Durable.
+    async fn add_token(&self, token: ApiToken) -> Result<()>;
+
+    /// The token of `key` that has not expired at `now`.
+    async fn token(&self, key: &str, now: i64) -> Result<Option<ApiToken>>;
+
+    /// Forgets sessions and tokens expired at `now`; how many.
+    async fn expire_sessions(&self, now: i64) -> Result<usize>;
 
     /// Removes the examples with these digests; returns how many there were. Durable.
     async fn forget(&self, digests: Vec<String>) -> Result<usize>;

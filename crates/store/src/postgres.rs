@@ -20,16 +20,16 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Row};
 
 use crate::{
-    Arrival, Attempt, Bytes, Claimed, DomainEntry, Error, Event, Example, Held, HeldSummary, Lease,
-    Message, NewMessage, Outcome, Recipient, Result, Ret, ServerEntry, Status, Store, Summary,
-    Trace, TraceQuery,
+    Account, ApiToken, Arrival, Attempt, Bytes, Claimed, DomainEntry, Error, Event, Example, Held,
+    HeldSummary, Lease, Message, NewMessage, Organisation, Outcome, Recipient, Result, Ret, Role,
+    ServerEntry, Session, Status, Store, Summary, Trace, TraceQuery,
 };
 
 /// The schema version this code writes.
-const VERSION: i32 = 4;
+const VERSION: i32 = 5;
 
 /// `MIGRATIONS[n]` takes the database from version n to n+1.
-const MIGRATIONS: [&str; 4] = [
+const MIGRATIONS: [&str; 5] = [
     "
 CREATE TABLE message (
     id TEXT PRIMARY KEY,
@@ -132,6 +132,32 @@ CREATE TABLE quarantine (
     "
 CREATE TABLE greylist (key TEXT PRIMARY KEY, first_seen BIGINT NOT NULL);
 CREATE TABLE greylist_pass (client TEXT PRIMARY KEY, until BIGINT NOT NULL);
+",
+    "
+CREATE TABLE organisation (name TEXT PRIMARY KEY, domains TEXT[] NOT NULL);
+CREATE TABLE account (
+    name TEXT PRIMARY KEY,
+    role TEXT NOT NULL,
+    organisation TEXT,
+    password TEXT NOT NULL,
+    created BIGINT NOT NULL
+);
+CREATE TABLE session (
+    key TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    expires BIGINT NOT NULL
+);
+CREATE INDEX session_account ON session (account);
+CREATE TABLE api_token (
+    key TEXT PRIMARY KEY,
+    account TEXT NOT NULL,
+    label TEXT NOT NULL,
+    role TEXT NOT NULL,
+    organisation TEXT,
+    created BIGINT NOT NULL,
+    expires BIGINT
+);
 ",
 ];
 
@@ -253,6 +279,21 @@ impl Postgres {
             .await?;
         tx.commit().await?;
         Ok(())
+    }
+}
+
+const ACCOUNT_COLUMNS: &str = "SELECT name, role, organisation, password, created FROM account";
+
+/// An account from a row of [`ACCOUNT_COLUMNS`]; an unknown role (a newer version's) reads
+/// as the least one.
+fn account_row(r: &tokio_postgres::Row) -> Account {
+    let role: String = r.get(1);
+    Account {
+        name: r.get(0),
+        role: Role::parse(&role).unwrap_or(Role::User),
+        organisation: r.get(2),
+        password: r.get(3),
+        created: r.get(4),
     }
 }
 
@@ -1040,6 +1081,154 @@ impl Store for Postgres {
         }
         tx.commit().await?;
         Ok(ids.len())
+    }
+
+    async fn set_organisation(&self, org: Organisation) -> Result<()> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "INSERT INTO organisation (name, domains) VALUES ($1, $2)
+             ON CONFLICT (name) DO UPDATE SET domains = excluded.domains",
+            &[&org.name, &org.domains],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn organisations(&self) -> Result<Vec<Organisation>> {
+        let c = self.pool.get().await?;
+        Ok(
+            c.query("SELECT name, domains FROM organisation ORDER BY name", &[])
+                .await?
+                .iter()
+                .map(|r| Organisation {
+                    name: r.get(0),
+                    domains: r.get(1),
+                })
+                .collect(),
+        )
+    }
+
+    async fn set_account(&self, a: Account) -> Result<()> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "INSERT INTO account (name, role, organisation, password, created)
+             VALUES ($1, $2, $3, $4, $5)
+             ON CONFLICT (name) DO UPDATE SET role = excluded.role,
+                 organisation = excluded.organisation, password = excluded.password",
+            &[
+                &a.name,
+                &a.role.as_str(),
+                &a.organisation,
+                &a.password,
+                &a.created,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn account(&self, name: &str) -> Result<Option<Account>> {
+        let c = self.pool.get().await?;
+        Ok(
+            c.query_opt(&format!("{ACCOUNT_COLUMNS} WHERE name = $1"), &[&name])
+                .await?
+                .map(|r| account_row(&r)),
+        )
+    }
+
+    async fn accounts(&self) -> Result<Vec<Account>> {
+        let c = self.pool.get().await?;
+        Ok(c.query(&format!("{ACCOUNT_COLUMNS} ORDER BY name"), &[])
+            .await?
+            .iter()
+            .map(account_row)
+            .collect())
+    }
+
+    async fn add_session(&self, s: Session) -> Result<()> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "INSERT INTO session (key, account, csrf, expires) VALUES ($1, $2, $3, $4)",
+            &[&s.key, &s.account, &s.csrf, &s.expires],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn session(&self, key: &str, now: i64) -> Result<Option<Session>> {
+        let c = self.pool.get().await?;
+        Ok(c.query_opt(
+            "SELECT key, account, csrf, expires FROM session WHERE key = $1 AND expires > $2",
+            &[&key, &now],
+        )
+        .await?
+        .map(|r| Session {
+            key: r.get(0),
+            account: r.get(1),
+            csrf: r.get(2),
+            expires: r.get(3),
+        }))
+    }
+
+    async fn end_sessions(&self, key: Option<&str>, account: Option<&str>) -> Result<usize> {
+        let c = self.pool.get().await?;
+        Ok(c.execute(
+            "DELETE FROM session WHERE key = $1 OR account = $2",
+            &[&key, &account],
+        )
+        .await? as usize)
+    }
+
+    async fn add_token(&self, t: ApiToken) -> Result<()> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "INSERT INTO api_token (key, account, label, role, organisation, created, expires)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &t.key,
+                &t.account,
+                &t.label,
+                &t.role.as_str(),
+                &t.organisation,
+                &t.created,
+                &t.expires,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn token(&self, key: &str, now: i64) -> Result<Option<ApiToken>> {
+        let c = self.pool.get().await?;
+        Ok(c.query_opt(
+            "SELECT key, account, label, role, organisation, created, expires FROM api_token
+             WHERE key = $1 AND (expires IS NULL OR expires > $2)",
+            &[&key, &now],
+        )
+        .await?
+        .map(|r| {
+            let role: String = r.get(3);
+            ApiToken {
+                key: r.get(0),
+                account: r.get(1),
+                label: r.get(2),
+                role: Role::parse(&role).unwrap_or(Role::User),
+                organisation: r.get(4),
+                created: r.get(5),
+                expires: r.get(6),
+            }
+        }))
+    }
+
+    async fn expire_sessions(&self, now: i64) -> Result<usize> {
+        let c = self.pool.get().await?;
+        let a = c
+            .execute("DELETE FROM session WHERE expires <= $1", &[&now])
+            .await?;
+        let b = c
+            .execute("DELETE FROM api_token WHERE expires <= $1", &[&now])
+            .await?;
+        Ok((a + b) as usize)
     }
 
     async fn learn(&self, examples: Vec<Example>) -> Result<usize> {

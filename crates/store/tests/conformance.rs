@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailsilo_store::{
-    Arrival, Attempt, Bytes, Embedded, Error, Lease, NewMessage, NewRecipient, Outcome, Postgres,
-    Status, Store, TraceQuery,
+    Account, ApiToken, Arrival, Attempt, Bytes, Embedded, Error, Lease, NewMessage, NewRecipient,
+    Organisation, Outcome, Postgres, Role, Session, Status, Store, TraceQuery,
 };
 
 /// A throw-away PostgreSQL database, dropped (best effort) with the handle.
@@ -868,4 +868,130 @@ async fn postgres_migrates_once_under_concurrent_starts() {
     s.enqueue(message("X", &["a@example.com"], 1), None)
         .await
         .unwrap();
+}
+
+/// The portal's organisations, accounts, sessions and tokens: written by one node, read by
+/// another; replaced whole; sessions and tokens only until they expire; a password change
+/// (ending an account's sessions) ends them on every node.
+#[tokio::test(flavor = "multi_thread")]
+async fn accounts_sessions_and_tokens_are_shared() {
+    both(2, |s| async move {
+        s[0].set_organisation(Organisation {
+            name: "example".into(),
+            domains: vec!["example.com".into(), "example.net".into()],
+        })
+        .await
+        .unwrap();
+        s[1].set_organisation(Organisation {
+            name: "example".into(),
+            domains: vec!["example.com".into()],
+        })
+        .await
+        .unwrap();
+        let orgs = s[0].organisations().await.unwrap();
+        assert_eq!(orgs.len(), 1);
+        assert_eq!(orgs[0].domains, ["example.com"]);
+        let alice = Account {
+            name: "alice@example.com".into(),
+            role: Role::User,
+            organisation: Some("example".into()),
+            password: "$argon2id$v=19$m=19456,t=2,p=1$c2FsdA$aGFzaA".into(),
+            created: 100,
+        };
+        s[0].set_account(alice.clone()).await.unwrap();
+        s[1].set_account(Account {
+            name: "operator".into(),
+            role: Role::Operator,
+            organisation: None,
+            password: String::new(),
+            created: 50,
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            s[1].account("alice@example.com").await.unwrap(),
+            Some(alice.clone())
+        );
+        assert_eq!(s[1].account("bob").await.unwrap(), None);
+        let names: Vec<_> = s[0]
+            .accounts()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|a| a.name)
+            .collect();
+        assert_eq!(names, ["alice@example.com", "operator"]);
+        // Replaced whole, its creation time kept.
+        s[1].set_account(Account {
+            role: Role::Admin,
+            password: "new".into(),
+            created: 999,
+            ..alice.clone()
+        })
+        .await
+        .unwrap();
+        let a = s[0].account("alice@example.com").await.unwrap().unwrap();
+        assert_eq!(
+            (a.role, a.password.as_str(), a.created),
+            (Role::Admin, "new", 100)
+        );
+
+        for key in ["k1", "k2"] {
+            s[0].add_session(Session {
+                key: key.into(),
+                account: "alice@example.com".into(),
+                csrf: format!("csrf-{key}"),
+                expires: 1000,
+            })
+            .await
+            .unwrap();
+        }
+        let got = s[1].session("k1", 999).await.unwrap().unwrap();
+        assert_eq!(got.csrf, "csrf-k1");
+        assert_eq!(s[1].session("k1", 1000).await.unwrap(), None, "expired");
+        assert_eq!(s[1].end_sessions(Some("k1"), None).await.unwrap(), 1);
+        assert_eq!(s[0].session("k1", 10).await.unwrap(), None);
+        assert_eq!(
+            s[1].end_sessions(None, Some("alice@example.com"))
+                .await
+                .unwrap(),
+            1
+        );
+        assert_eq!(s[0].session("k2", 10).await.unwrap(), None);
+
+        let token = ApiToken {
+            key: "t1".into(),
+            account: "alice@example.com".into(),
+            label: "scripts".into(),
+            role: Role::User,
+            organisation: Some("example".into()),
+            created: 10,
+            expires: Some(500),
+        };
+        s[0].add_token(token.clone()).await.unwrap();
+        s[0].add_token(ApiToken {
+            key: "t2".into(),
+            expires: None,
+            ..token.clone()
+        })
+        .await
+        .unwrap();
+        assert_eq!(s[1].token("t1", 499).await.unwrap(), Some(token));
+        assert_eq!(s[1].token("t1", 500).await.unwrap(), None);
+        assert!(
+            s[1].token("t2", i64::MAX - 1).await.unwrap().is_some(),
+            "no end"
+        );
+        s[0].add_session(Session {
+            key: "k3".into(),
+            account: "operator".into(),
+            csrf: "c".into(),
+            expires: 600,
+        })
+        .await
+        .unwrap();
+        assert_eq!(s[1].expire_sessions(600).await.unwrap(), 2, "k3 and t1");
+        assert!(s[0].token("t2", 700).await.unwrap().is_some());
+    })
+    .await;
 }
