@@ -364,23 +364,24 @@ pub fn strip(raw: &[u8], strips: &[Strip]) -> Vec<u8> {
     out
 }
 
-/// `text` in lines of at most about 76 characters (SMTP's 998-octet limit is never near,
-/// whatever a file name holds), each ended by CRLF.
+/// `text` in lines of at most 76 characters (SMTP's 998-octet limit is never near, whatever
+/// a file name holds), each ended by CRLF, the lines after the first indented by two
+/// spaces so that no line of it can start a MIME boundary (`--...`).
 fn wrap(text: &str) -> String {
     let mut out = String::new();
     let mut line = 0;
     for word in text.split(' ').filter(|w| !w.is_empty()) {
         let mut rest = word;
         while !rest.is_empty() {
-            if line > 0 && line + 1 + rest.chars().count().min(76) > 76 {
-                out.push_str("\r\n");
-                line = 0;
+            if line > 2 && line + 1 + rest.chars().count().min(74) > 76 {
+                out.push_str("\r\n  ");
+                line = 2;
             }
-            if line > 0 {
+            if line > 2 || (line > 0 && !out.ends_with("\r\n  ")) {
                 out.push(' ');
                 line += 1;
             }
-            let cut = rest.char_indices().nth(76).map_or(rest.len(), |(i, _)| i);
+            let cut = rest.char_indices().nth(74).map_or(rest.len(), |(i, _)| i);
             out.push_str(&rest[..cut]);
             line += rest[..cut].chars().count();
             rest = &rest[cut..];
@@ -410,7 +411,7 @@ mod tests {
         }];
         let out = String::from_utf8(strip(MESSAGE.as_bytes(), &strips)).unwrap();
         assert!(!out.contains("TVqQ"), "{out}");
-        assert!(out.replace("\r\n", " ").contains(
+        assert!(out.split_whitespace().collect::<Vec<_>>().join(" ").contains(
             "mailsilo removed an attachment from this message: attachment tool.exe is executable."
         ));
         let again = Content::parse(out.as_bytes());
@@ -424,10 +425,22 @@ mod tests {
 
     #[test]
     fn long_notes_are_wrapped() {
-        let w = wrap(&format!("removed {} for a reason", "x".repeat(200)));
+        let w = wrap(&format!(
+            "removed {} for a reason --boundary",
+            "x".repeat(200)
+        ));
         assert!(w.split("\r\n").all(|l| l.chars().count() <= 76), "{w}");
+        assert!(
+            w.split("\r\n")
+                .skip(1)
+                .all(|l| l.is_empty() || l.starts_with("  ")),
+            "{w}"
+        );
         let letters = |t: &str| t.chars().filter(|c| !c.is_whitespace()).collect::<String>();
-        assert_eq!(letters(&w), format!("removed{}forareason", "x".repeat(200)));
+        assert_eq!(
+            letters(&w),
+            format!("removed{}forareason--boundary", "x".repeat(200))
+        );
     }
 
     #[test]

@@ -219,9 +219,13 @@ impl Content {
                 PartType::Binary(b) | PartType::InlineBinary(b) => {
                     // An attached message the parser did not follow (it stops at a depth
                     // of its own): what it holds goes unseen.
-                    self.parts_skipped |= part
-                        .content_type()
-                        .is_some_and(|c| c.ctype().eq_ignore_ascii_case("message"));
+                    // (Reports such as message/delivery-status are not messages.)
+                    self.parts_skipped |= part.content_type().is_some_and(|c| {
+                        c.ctype().eq_ignore_ascii_case("message")
+                            && c.subtype().is_some_and(|s| {
+                                s.eq_ignore_ascii_case("rfc822") || s.eq_ignore_ascii_case("global")
+                            })
+                    });
                     self.attach(name(), b, range);
                 }
                 PartType::Message(inner) => self.walk(inner, depth + 1, range),

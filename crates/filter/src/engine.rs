@@ -249,11 +249,12 @@ impl Engine {
         };
         let mut attachments = attachments;
         if self.malware.is_some() {
-            // Archives may take milliseconds to open, even in a small message: they are
-            // opened on the blocking pool.
-            if attachments
-                .iter()
-                .any(|a| ::malware::sniff::is_container(&a.data))
+            // A large message's attachments, and archives in any message (they may take
+            // milliseconds to open), are inspected on the blocking pool.
+            if raw.len() >= SCAN_INLINE_MAX
+                || attachments.iter().any(|a| {
+                    ::malware::sniff::is_container(&a.data) || ::malware::sniff::zip_end(&a.data)
+                })
             {
                 let engine = self.clone();
                 (report, attachments) = blocking(move || {
@@ -347,6 +348,7 @@ impl Engine {
             malware.inspect(attachments, parts_skipped, r);
             self.timed("attachments", t, r, failed);
             r.micros += t.elapsed().as_micros() as u64;
+            self.metrics.scan(r.micros as f64 / 1e6);
         }
     }
 
@@ -410,7 +412,9 @@ impl Engine {
         phishing(&content, env, client_domains, &mut r);
         self.timed("phishing", t, &r, failed);
         r.micros = start.elapsed().as_micros() as u64;
-        self.metrics.scan(start.elapsed().as_secs_f64());
+        if self.malware.is_none() {
+            self.metrics.scan(start.elapsed().as_secs_f64());
+        }
         (r, attachments, content.parts_skipped)
     }
 

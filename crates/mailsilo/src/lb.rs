@@ -36,7 +36,7 @@ fn split(target: &str) -> Result<(&str, &str)> {
 pub fn run(api: &Client, command: Command) -> Result<()> {
     let (target, what, body, done) = match &command {
         Command::Show => {
-            let servers: Vec<ServerStatus> = api.get("/api/lb")?;
+            let servers: Vec<ServerStatus> = api.get("/api/v1/lb")?;
             let mut nodes: Vec<&str> = servers.iter().map(|s| s.node.as_str()).collect();
             nodes.dedup();
             match nodes.as_slice() {
@@ -90,7 +90,7 @@ pub fn run(api: &Client, command: Command) -> Result<()> {
         ),
     };
     let (cluster, server) = split(target)?;
-    api.put(&format!("/api/lb/{cluster}/{server}/{what}"), &body)?;
+    api.put(&format!("/api/v1/lb/{cluster}/{server}/{what}"), &body)?;
     println!("{cluster}/{server}: {done}");
     Ok(())
 }

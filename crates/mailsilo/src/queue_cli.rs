@@ -69,7 +69,7 @@ pub fn queue(api: &Client, command: QueueCommand) -> Result<()> {
             let mut after = String::new();
             loop {
                 let page: Vec<Summary> = api.get(&format!(
-                    "/api/queue?limit={MAX_PAGE}&after={}",
+                    "/api/v1/queue?limit={MAX_PAGE}&after={}",
                     urlencode(&after)
                 ))?;
                 for m in &page {
@@ -109,7 +109,7 @@ pub fn queue(api: &Client, command: QueueCommand) -> Result<()> {
             );
         }
         QueueCommand::Show { id } => {
-            let m: QueuedMessage = api.get(&format!("/api/queue/{}", urlencode(&id)))?;
+            let m: QueuedMessage = api.get(&format!("/api/v1/queue/{}", urlencode(&id)))?;
             println!(
                 "id: {}\nsender: <{}>\nreceived: {}\nsize: {}",
                 m.id,
@@ -133,11 +133,11 @@ pub fn queue(api: &Client, command: QueueCommand) -> Result<()> {
             println!("\n{}", m.headers.trim_end());
         }
         QueueCommand::Flush => {
-            let f: Flushed = api.post("/api/queue/flush")?;
+            let f: Flushed = api.post("/api/v1/queue/flush")?;
             println!("{} made due now", count(f.recipients, "recipient"));
         }
         QueueCommand::Delete { id } => {
-            api.delete(&format!("/api/queue/{}", urlencode(&id)))?;
+            api.delete(&format!("/api/v1/queue/{}", urlencode(&id)))?;
             println!("deleted {id}");
         }
     }
@@ -151,7 +151,7 @@ pub fn quarantine(api: &Client, command: QuarantineCommand) -> Result<()> {
             let mut after = String::new();
             loop {
                 let page: Vec<HeldSummary> = api.get(&format!(
-                    "/api/quarantine?limit={MAX_PAGE}&after={}",
+                    "/api/v1/quarantine?limit={MAX_PAGE}&after={}",
                     urlencode(&after)
                 ))?;
                 for m in &page {
@@ -175,7 +175,7 @@ pub fn quarantine(api: &Client, command: QuarantineCommand) -> Result<()> {
             println!("-- {} in the quarantine", count(total, "message"));
         }
         QuarantineCommand::Show { id } => {
-            let m: HeldMessage = api.get(&format!("/api/quarantine/{}", urlencode(&id)))?;
+            let m: HeldMessage = api.get(&format!("/api/v1/quarantine/{}", urlencode(&id)))?;
             println!(
                 "id: {}\nsender: <{}>\nrecipients: {}\nreceived: {} from {}\nsize: {}\nverdict: {} (score {:.2})\nreason: {}",
                 m.id,
@@ -191,11 +191,12 @@ pub fn quarantine(api: &Client, command: QuarantineCommand) -> Result<()> {
             println!("\n{}", m.headers.trim_end());
         }
         QuarantineCommand::Release { id } => {
-            let r: Released = api.post(&format!("/api/quarantine/{}/release", urlencode(&id)))?;
+            let r: Released =
+                api.post(&format!("/api/v1/quarantine/{}/release", urlencode(&id)))?;
             println!("released {id}: queued as {}", r.queued_as);
         }
         QuarantineCommand::Delete { id } => {
-            api.delete(&format!("/api/quarantine/{}", urlencode(&id)))?;
+            api.delete(&format!("/api/v1/quarantine/{}", urlencode(&id)))?;
             println!("deleted {id} from the quarantine");
         }
     }
@@ -207,7 +208,7 @@ pub fn trace(api: &Client, args: TraceArgs) -> Result<()> {
         if args.from.is_some() || args.to.is_some() || args.since.is_some() {
             bail!("give either a queue id or --from/--to/--since, not both");
         }
-        let t: Trace = api.get(&format!("/api/trace/{}", urlencode(id)))?;
+        let t: Trace = api.get(&format!("/api/v1/trace/{}", urlencode(id)))?;
         println!(
             "{} from <{}> to {} ({} octets)",
             t.id,
@@ -230,7 +231,7 @@ pub fn trace(api: &Client, args: TraceArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let mut query = format!("/api/trace?limit={}", args.limit);
+    let mut query = format!("/api/v1/trace?limit={}", args.limit);
     if let Some(f) = &args.from {
         query.push_str(&format!("&from={}", urlencode(f)));
     }

@@ -83,7 +83,7 @@ fn refused(resp: &mut ureq::http::Response<ureq::Body>) -> String {
     let text = resp.body_mut().read_to_string().unwrap_or_default();
     let message = serde_json::from_str::<serde_json::Value>(&text)
         .ok()
-        .and_then(|v| v["error"].as_str().map(str::to_string))
+        .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
         .unwrap_or(text);
     match (status.as_u16(), message.trim().is_empty()) {
         (401, _) => "the gateway refused the control token: use the one of the `up` you mean (DATA_DIR/control.token with --data-dir, --token-file, or MAILSILO_CONTROL_TOKEN)".to_string(),

@@ -98,19 +98,19 @@ fn path(name: &str) -> Result<String> {
     {
         bail!("{name:?} is not a domain name");
     }
-    Ok(format!("/api/domains/{name}"))
+    Ok(format!("/api/v1/domains/{name}"))
 }
 
 fn find(api: &Client, name: &str) -> Result<Option<DomainView>> {
     let name = name.trim_end_matches('.').to_ascii_lowercase();
-    let all: Vec<DomainView> = api.get("/api/domains")?;
+    let all: Vec<DomainView> = api.get("/api/v1/domains")?;
     Ok(all.into_iter().find(|d| d.name == name))
 }
 
 pub fn domain(api: &Client, command: DomainCommand) -> Result<()> {
     match command {
         DomainCommand::List => {
-            let all: Vec<DomainView> = api.get("/api/domains")?;
+            let all: Vec<DomainView> = api.get("/api/v1/domains")?;
             println!(
                 "{:<28} {:<24} {:<5} {:<24} RECIPIENTS",
                 "DOMAIN", "DESTINATION", "TLS", "SILO"
@@ -188,7 +188,7 @@ fn toml_of(domains: &[&DomainView]) -> Result<String> {
 
 /// `mailsilo config show`.
 pub fn show(api: &Client) -> Result<()> {
-    let e: Effective = api.get("/api/config")?;
+    let e: Effective = api.get("/api/v1/config")?;
     println!(
         "# The run-time configuration in force, as node {} reads it from the {} store. It started\n\
          # from {}; the store's copy wins where they differ. The file's other sections apply as written.\n",

@@ -529,7 +529,7 @@ pub async fn up(
         let token = crate::datadir::control_token(data_dir)?;
         writeln!(
             map,
-            "  control                http://{}/api/  (bearer token in {})",
+            "  control                http://{}/api/v1/  (bearer token in {})",
             listener.local_addr()?,
             crate::datadir::token_path(data_dir).display()
         )?;

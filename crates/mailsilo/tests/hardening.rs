@@ -613,7 +613,7 @@ fn the_domain_api_refuses_what_the_rules_refuse_and_answers_in_json() {
         api(
             &g,
             "PUT",
-            &format!("/api/domains/{name}"),
+            &format!("/api/v1/domains/{name}"),
             Some(body),
             "Bearer",
         )
@@ -653,7 +653,7 @@ fn the_domain_api_refuses_what_the_rules_refuse_and_answers_in_json() {
         assert_eq!(status, 400, "{name} {body}: {text}");
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert!(
-            v["error"].as_str().unwrap().starts_with(field),
+            v["error"]["message"].as_str().unwrap().starts_with(field),
             "{body}: {text}"
         );
     }
@@ -663,7 +663,7 @@ fn the_domain_api_refuses_what_the_rules_refuse_and_answers_in_json() {
         r#"{"destination":" 127.0.0.1:2526 ","recipients":["Bob ","alice","ALICE"]}"#,
     );
     assert_eq!(status, 204, "{text}");
-    let (_, shown) = api(&g, "GET", "/api/domains/mixed.example", None, "bearer");
+    let (_, shown) = api(&g, "GET", "/api/v1/domains/mixed.example", None, "bearer");
     let v: serde_json::Value = serde_json::from_str(&shown).unwrap();
     assert_eq!(v["settings"]["destination"], "127.0.0.1:2526", "{shown}");
     assert_eq!(
@@ -683,18 +683,25 @@ fn the_domain_api_refuses_what_the_rules_refuse_and_answers_in_json() {
     assert_eq!(status, 204, "{text}");
     // Every refusal is JSON, whatever failed.
     for (method, path, body) in [
-        ("GET", "/api/trace?since=2h", None),
-        ("GET", "/api/queue?limit=lots", None),
-        ("POST", "/api/domains/x.example", Some("{}")),
-        ("PUT", "/api/domains/x.example", Some("[1, 2]")),
+        ("GET", "/api/v1/trace?since=2h", None),
+        ("GET", "/api/v1/queue?limit=lots", None),
+        ("POST", "/api/v1/domains/x.example", Some("{}")),
+        ("PUT", "/api/v1/domains/x.example", Some("[1, 2]")),
     ] {
         let (status, text) = api(&g, method, path, body, "Bearer");
         assert!(status >= 400, "{method} {path}: {status}");
         let v: serde_json::Value =
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("{method} {path}: {text:?}"));
-        assert!(v["error"].is_string(), "{method} {path}: {text}");
+        assert!(v["error"]["message"].is_string(), "{method} {path}: {text}");
+        assert!(v["error"]["code"].is_string(), "{method} {path}: {text}");
     }
     // The trace search needs no limit.
-    let (status, text) = api(&g, "GET", "/api/trace?to=alice@example.com", None, "Bearer");
+    let (status, text) = api(
+        &g,
+        "GET",
+        "/api/v1/trace?to=alice@example.com",
+        None,
+        "Bearer",
+    );
     assert_eq!(status, 200, "{text}");
 }

@@ -595,12 +595,12 @@ fn the_control_endpoint_needs_the_token_and_bounds_every_request() {
         "Authorization: Bearer wrong\r\n",
         "Authorization: Basic eDp5\r\n",
     ] {
-        let r = put("/api/lb/c1/c1-s1/state", auth, r#"{"state":"drain"}"#);
+        let r = put("/api/v1/lb/c1/c1-s1/state", auth, r#"{"state":"drain"}"#);
         assert!(r.starts_with("HTTP/1.1 401"), "{r}");
     }
     let r = http(
         silo.control,
-        b"GET /api/lb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        b"GET /api/v1/lb HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
         Duration::from_secs(5),
     );
     assert!(r.starts_with("HTTP/1.1 401"), "reading needs it too: {r}");
@@ -624,7 +624,7 @@ fn the_control_endpoint_needs_the_token_and_bounds_every_request() {
     // With the token; loading is bounded.
     let auth = format!("Authorization: Bearer {token}\r\n");
     let r = put(
-        "/api/lb/c1/c1-s1/loading",
+        "/api/v1/lb/c1/c1-s1/loading",
         &auth,
         r#"{"loading":4294967295}"#,
     );
@@ -632,30 +632,30 @@ fn the_control_endpoint_needs_the_token_and_bounds_every_request() {
         r.starts_with("HTTP/1.1 400") && r.contains("from 1 to 1000"),
         "{r}"
     );
-    let r = put("/api/lb/c1/c1-s1/loading", &auth, r#"{"loading":1000}"#);
+    let r = put("/api/v1/lb/c1/c1-s1/loading", &auth, r#"{"loading":1000}"#);
     assert!(r.starts_with("HTTP/1.1 204"), "{r}");
     // Every refusal is JSON with an error text, the extractors' and unknown paths' too.
     for (path, body, status) in [
-        ("/api/lb/c1/c1-s1/loading", r#"{"loading":"x"}"#, "422"),
+        ("/api/v1/lb/c1/c1-s1/loading", r#"{"loading":"x"}"#, "422"),
         (
-            "/api/lb/c1/c1-s1/loading",
+            "/api/v1/lb/c1/c1-s1/loading",
             r#"{"loading":2,"extra":1}"#,
             "422",
         ),
-        ("/api/nothing/here", "{}", "404"),
+        ("/api/v1/nothing/here", "{}", "404"),
     ] {
         let r = put(path, &auth, body);
         assert!(
             r.starts_with(&format!("HTTP/1.1 {status}")),
             "{path} {body}: {r}"
         );
-        assert!(r.contains("{\"error\":\""), "{path} {body}: {r}");
+        assert!(r.contains("{\"error\":{\"code\":\""), "{path} {body}: {r}");
     }
     // An announced body over the limit is refused at once, not waited for.
     let started = std::time::Instant::now();
     let r = http(
         silo.control,
-        format!("PUT /api/lb/c1/c1-s1/loading HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 99999999999\r\n\r\n{{}}").as_bytes(),
+        format!("PUT /api/v1/lb/c1/c1-s1/loading HTTP/1.1\r\nHost: x\r\n{auth}Content-Length: 99999999999\r\n\r\n{{}}").as_bytes(),
         Duration::from_secs(20),
     );
     assert!(r.starts_with("HTTP/1.1 413"), "{r}");
@@ -668,7 +668,7 @@ fn the_control_endpoint_needs_the_token_and_bounds_every_request() {
     let started = std::time::Instant::now();
     let r = http(
         silo.control,
-        format!("PUT /api/lb/c1/c1-s1/loading HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{").as_bytes(),
+        format!("PUT /api/v1/lb/c1/c1-s1/loading HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{{").as_bytes(),
         Duration::from_secs(30),
     );
     assert!(r.starts_with("HTTP/1.1 408"), "{r}");
@@ -681,7 +681,7 @@ fn the_control_endpoint_needs_the_token_and_bounds_every_request() {
     let started = std::time::Instant::now();
     let r = http(
         silo.control,
-        b"GET /api/lb HTTP/1.1\r\nHost: x\r\n",
+        b"GET /api/v1/lb HTTP/1.1\r\nHost: x\r\n",
         Duration::from_secs(30),
     );
     assert!(!r.contains("200 OK"), "{r}");

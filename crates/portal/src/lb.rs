@@ -52,17 +52,17 @@ pub struct ServerState {
     pub state: String,
 }
 
-/// `GET /api/lb`, `PUT /api/lb/{cluster}/{server}/loading` (`{"loading": N}`, N in
-/// `config::LOADING`), `PUT /api/lb/{cluster}/{server}/state` (`{"state": "drain"}`),
+/// `GET /api/v1/lb`, `PUT /api/v1/lb/{cluster}/{server}/loading` (`{"loading": N}`, N in
+/// `config::LOADING`), `PUT /api/v1/lb/{cluster}/{server}/state` (`{"state": "drain"}`),
 /// `GET /metrics`.
 pub fn routes() -> Router<Ctx> {
     Router::new()
         .route(
-            "/api/lb",
+            "/api/v1/lb",
             get(|State(c): State<Ctx>| async move { Json(c.balancers.servers()) }),
         )
         .route(
-            "/api/lb/{cluster}/{server}/loading",
+            "/api/v1/lb/{cluster}/{server}/loading",
             put(
                 |State(c): State<Ctx>,
                  Path((cluster, server)): Path<(String, String)>,
@@ -77,7 +77,7 @@ pub fn routes() -> Router<Ctx> {
             ),
         )
         .route(
-            "/api/lb/{cluster}/{server}/state",
+            "/api/v1/lb/{cluster}/{server}/state",
             put(
                 |State(c): State<Ctx>,
                  Path((cluster, server)): Path<(String, String)>,

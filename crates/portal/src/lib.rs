@@ -61,8 +61,29 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// An error as every API call answers one: `{"error": {"code": ..., "message": ...}}`, the
+/// code a stable word for the status, the message for people.
 fn refusal(status: StatusCode, message: &str) -> Response {
-    (status, Json(serde_json::json!({ "error": message }))).into_response()
+    let code = match status.as_u16() {
+        400 => "bad_request",
+        401 => "unauthorized",
+        403 => "forbidden",
+        404 => "not_found",
+        405 => "method_not_allowed",
+        408 => "timeout",
+        409 => "conflict",
+        413 => "too_large",
+        415 => "unsupported_media_type",
+        422 => "invalid",
+        429 => "too_many_requests",
+        503 => "unavailable",
+        _ => "error",
+    };
+    (
+        status,
+        Json(serde_json::json!({ "error": { "code": code, "message": message } })),
+    )
+        .into_response()
 }
 
 /// Refuses, before anything else runs: a call without the control token (but `/metrics`),
@@ -92,7 +113,7 @@ async fn guard(token: Arc<str>, request: Request, next: Next) -> Response {
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
-    let limit = if request.uri().path().starts_with("/api/domains/") {
+    let limit = if request.uri().path().starts_with("/api/v1/domains/") {
         settings::MAX_SETTINGS_BODY
     } else {
         MAX_BODY

@@ -15,7 +15,7 @@ use store::HeldSummary;
 use crate::queue::Page;
 use crate::{Ctx, now, refusal, unavailable};
 
-/// One quarantined message as `GET /api/quarantine/{id}` shows it.
+/// One quarantined message as `GET /api/v1/quarantine/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeldMessage {
     pub id: String,
@@ -44,12 +44,12 @@ fn not_held(id: &str) -> Response {
     )
 }
 
-/// `GET /api/quarantine`, `GET|DELETE /api/quarantine/{id}`,
-/// `POST /api/quarantine/{id}/release`.
+/// `GET /api/v1/quarantine`, `GET|DELETE /api/v1/quarantine/{id}`,
+/// `POST /api/v1/quarantine/{id}/release`.
 pub fn routes() -> Router<Ctx> {
     Router::new()
         .route(
-            "/api/quarantine",
+            "/api/v1/quarantine",
             get(
                 |State(c): State<Ctx>, p: Result<Query<Page>, QueryRejection>| async move {
                     let p = match p {
@@ -64,7 +64,7 @@ pub fn routes() -> Router<Ctx> {
             ),
         )
         .route(
-            "/api/quarantine/{id}",
+            "/api/v1/quarantine/{id}",
             get(|State(c): State<Ctx>, Path(id): Path<String>| async move {
                 match c.store.held(&id).await {
                     Ok(Some(h)) => {
@@ -104,7 +104,7 @@ pub fn routes() -> Router<Ctx> {
             }),
         )
         .route(
-            "/api/quarantine/{id}/release",
+            "/api/v1/quarantine/{id}/release",
             post(|State(c): State<Ctx>, Path(id): Path<String>| async move {
                 let held = match c.store.held(&id).await {
                     Ok(Some(h)) => h,

@@ -31,7 +31,7 @@ impl Page {
     }
 }
 
-/// One queued message as `GET /api/queue/{id}` shows it (its headers, not its body).
+/// One queued message as `GET /api/v1/queue/{id}` shows it (its headers, not its body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct QueuedMessage {
     pub id: String,
@@ -49,12 +49,12 @@ pub struct Flushed {
     pub recipients: usize,
 }
 
-/// `GET /api/queue`, `GET|DELETE /api/queue/{id}`, `POST /api/queue/flush`,
-/// `GET /api/trace/{id}`, `GET /api/trace?from=&to=&since=&limit=`.
+/// `GET /api/v1/queue`, `GET|DELETE /api/v1/queue/{id}`, `POST /api/v1/queue/flush`,
+/// `GET /api/v1/trace/{id}`, `GET /api/v1/trace?from=&to=&since=&limit=`.
 pub fn routes() -> Router<Ctx> {
     Router::new()
         .route(
-            "/api/queue",
+            "/api/v1/queue",
             get(
                 |State(c): State<Ctx>, p: Result<Query<Page>, QueryRejection>| async move {
                     let p = match p {
@@ -69,7 +69,7 @@ pub fn routes() -> Router<Ctx> {
             ),
         )
         .route(
-            "/api/queue/flush",
+            "/api/v1/queue/flush",
             post(|State(c): State<Ctx>| async move {
                 match c.store.flush(now()).await {
                     Ok(n) => {
@@ -81,7 +81,7 @@ pub fn routes() -> Router<Ctx> {
             }),
         )
         .route(
-            "/api/queue/{id}",
+            "/api/v1/queue/{id}",
             get(|State(c): State<Ctx>, Path(id): Path<String>| async move {
                 match c.store.get(&id).await {
                     Ok(Some(m)) => {
@@ -123,7 +123,7 @@ pub fn routes() -> Router<Ctx> {
             }),
         )
         .route(
-            "/api/trace",
+            "/api/v1/trace",
             get(
                 |State(c): State<Ctx>, q: Result<Query<TraceQuery>, QueryRejection>| async move {
                     let mut q = match q {
@@ -143,7 +143,7 @@ pub fn routes() -> Router<Ctx> {
             ),
         )
         .route(
-            "/api/trace/{id}",
+            "/api/v1/trace/{id}",
             get(|State(c): State<Ctx>, Path(id): Path<String>| async move {
                 match c.store.trace(&id).await {
                     Ok(Some(t)) => Json(t).into_response(),

@@ -78,11 +78,11 @@ fn key(name: &str) -> String {
     name.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// `GET /api/domains`, `GET|PUT|DELETE /api/domains/{name}`, `GET /api/config`.
+/// `GET /api/v1/domains`, `GET|PUT|DELETE /api/v1/domains/{name}`, `GET /api/v1/config`.
 pub fn routes() -> Router<Ctx> {
     Router::new()
         .route(
-            "/api/domains",
+            "/api/v1/domains",
             get(|State(c): State<Ctx>| async move {
                 match domains(&c.store).await {
                     Ok(d) => Json(d).into_response(),
@@ -91,7 +91,7 @@ pub fn routes() -> Router<Ctx> {
             }),
         )
         .route(
-            "/api/domains/{name}",
+            "/api/v1/domains/{name}",
             get(|State(c): State<Ctx>, Path(name): Path<String>| async move {
                 let name = key(&name);
                 match domains(&c.store).await {
@@ -155,7 +155,7 @@ pub fn routes() -> Router<Ctx> {
             .layer(DefaultBodyLimit::max(MAX_SETTINGS_BODY)),
         )
         .route(
-            "/api/config",
+            "/api/v1/config",
             get(|State(c): State<Ctx>| async move {
                 let (domains, servers) = match (domains(&c.store).await, c.store.servers().await) {
                     (Ok(d), Ok(s)) => (d, s),
