@@ -35,6 +35,7 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 /// The longest a connection lives, however busy.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+pub mod auth;
 pub mod lb;
 pub mod quarantine;
 pub mod queue;

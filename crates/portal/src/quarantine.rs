@@ -56,7 +56,7 @@ pub fn routes() -> Router<Ctx> {
                         Ok(Query(p)) => p,
                         Err(e) => return refusal(e.status(), &e.body_text()),
                     };
-                    match c.store.quarantined(p.after.as_deref(), p.limit()).await {
+                    match c.store.quarantined(p.after.as_deref(), p.limit(), &Default::default()).await {
                         Ok(list) => Json::<Vec<HeldSummary>>(list).into_response(),
                         Err(e) => unavailable(e),
                     }

@@ -13,9 +13,9 @@ use tokio::sync::oneshot;
 
 use crate::{
     Account, ApiToken, Attempt, Bytes, Claimed, DomainEntry, Error, Event, Example, Held,
-    HeldSummary, Lease, Message, NewMessage, Organisation, Outcome, Recipient, Result, Ret, Role,
-    ServerEntry, Session, Status, Store, Summary, Trace, TraceQuery, deleted_event, dsn_event,
-    expired_held_event, held_event, now_ms, outcome_event, received_event, unheld_event,
+    HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation, Outcome, Recipient, Result,
+    Ret, Role, ServerEntry, Session, Status, Store, Summary, Trace, TraceQuery, deleted_event,
+    dsn_event, expired_held_event, held_event, now_ms, outcome_event, received_event, unheld_event,
 };
 
 /// The most operations run in one transaction.
@@ -179,6 +179,13 @@ fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
     }
     tx.pragma_update(None, "user_version", VERSION)?;
     tx.commit()
+}
+
+/// `s` with LIKE's wildcards (and the escape character) escaped by a backslash.
+fn like_escape(s: &str) -> String {
+    s.replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_")
 }
 
 const ACCOUNT_COLUMNS: &str = "SELECT name, role, organisation, password, created FROM account";
@@ -928,30 +935,78 @@ impl Store for Embedded {
         })
         .await
     }
-    async fn quarantined(&self, after: Option<&str>, limit: usize) -> Result<Vec<HeldSummary>> {
+    async fn quarantined(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        filter: &HeldFilter,
+    ) -> Result<Vec<HeldSummary>> {
         let after = after.unwrap_or("").to_string();
+        let f = filter.clone();
         self.call(false, move |c| {
-            Ok(c.prepare_cached(
+            // Recipients are kept one per line: "\n" around the list and around each
+            // pattern match whole addresses and whole domains.
+            let mut sql = String::from(
                 "SELECT id, received_at, sender, recipients, verdict, score, reason, size
-                 FROM quarantine WHERE id > ? ORDER BY id LIMIT ?",
-            )?
-            .query_map(params![after, limit as i64], |r| {
-                Ok(HeldSummary {
-                    id: r.get(0)?,
-                    received_at: r.get(1)?,
-                    sender: r.get(2)?,
-                    recipients: r
-                        .get::<_, String>(3)?
-                        .split('\n')
-                        .map(str::to_string)
-                        .collect(),
-                    verdict: r.get(4)?,
-                    score: r.get(5)?,
-                    reason: r.get(6)?,
-                    size: r.get::<_, i64>(7)? as u64,
-                })
-            })?
-            .collect::<rusqlite::Result<_>>()?)
+                 FROM quarantine WHERE id > ?",
+            );
+            let mut args: Vec<rusqlite::types::Value> = vec![after.into()];
+            let list = "('\n' || lower(recipients) || '\n')";
+            let mut scope = Vec::new();
+            for d in f.domains.iter().flatten() {
+                scope.push(format!("{list} LIKE ? ESCAPE '\\'"));
+                args.push(format!("%@{}\n%", like_escape(&d.to_lowercase())).into());
+            }
+            if let Some(a) = &f.address {
+                scope.push(format!("{list} LIKE ? ESCAPE '\\'"));
+                args.push(format!("%\n{}\n%", like_escape(&a.to_lowercase())).into());
+            }
+            if f.domains.is_some() || f.address.is_some() {
+                if scope.is_empty() {
+                    scope.push("0".into());
+                }
+                sql.push_str(&format!(" AND ({})", scope.join(" OR ")));
+            }
+            if let Some(s) = &f.sender {
+                sql.push_str(" AND lower(sender) LIKE ? ESCAPE '\\'");
+                args.push(format!("%{}%", like_escape(&s.to_lowercase())).into());
+            }
+            if let Some(v) = &f.verdict {
+                sql.push_str(" AND verdict = ?");
+                args.push(v.clone().into());
+            }
+            if let Some(t) = f.since {
+                sql.push_str(" AND received_at >= ?");
+                args.push(t.into());
+            }
+            if let Some(t) = f.until {
+                sql.push_str(" AND received_at < ?");
+                args.push(t.into());
+            }
+            if let Some(m) = f.min_score {
+                sql.push_str(" AND score >= ?");
+                args.push(m.into());
+            }
+            sql.push_str(" ORDER BY id LIMIT ?");
+            args.push((limit as i64).into());
+            Ok(c.prepare(&sql)?
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok(HeldSummary {
+                        id: r.get(0)?,
+                        received_at: r.get(1)?,
+                        sender: r.get(2)?,
+                        recipients: r
+                            .get::<_, String>(3)?
+                            .split('\n')
+                            .map(str::to_string)
+                            .collect(),
+                        verdict: r.get(4)?,
+                        score: r.get(5)?,
+                        reason: r.get(6)?,
+                        size: r.get::<_, i64>(7)? as u64,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?)
         })
         .await
     }

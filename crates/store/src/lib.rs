@@ -293,6 +293,24 @@ pub struct Held {
     pub reason: String,
 }
 
+/// Which quarantined messages a listing wants; every field given must hold.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HeldFilter {
+    /// Held for a recipient at one of these domains (lower-case) or, with `address`, for
+    /// that address: the scope of an organisation's admin or of one user. `None`: anyone.
+    pub domains: Option<Vec<String>>,
+    /// Held for this recipient address (any case).
+    pub address: Option<String>,
+    /// The sender contains this (any case).
+    pub sender: Option<String>,
+    pub verdict: Option<String>,
+    /// Received at or after (Unix seconds).
+    pub since: Option<i64>,
+    /// Received before (Unix seconds).
+    pub until: Option<i64>,
+    pub min_score: Option<f64>,
+}
+
 /// A quarantined message in a listing.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct HeldSummary {
@@ -556,7 +574,12 @@ pub trait Store: Send + Sync + 'static {
     async fn quarantine(&self, held: Held) -> Result<()>;
 
     /// Quarantined messages, oldest first, after the id `after`, at most `limit`.
-    async fn quarantined(&self, after: Option<&str>, limit: usize) -> Result<Vec<HeldSummary>>;
+    async fn quarantined(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        filter: &HeldFilter,
+    ) -> Result<Vec<HeldSummary>>;
 
     /// One quarantined message, body included.
     async fn held(&self, id: &str) -> Result<Option<Held>>;

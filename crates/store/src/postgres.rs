@@ -21,8 +21,8 @@ use tokio_postgres::{AsyncMessage, Row};
 
 use crate::{
     Account, ApiToken, Arrival, Attempt, Bytes, Claimed, DomainEntry, Error, Event, Example, Held,
-    HeldSummary, Lease, Message, NewMessage, Organisation, Outcome, Recipient, Result, Ret, Role,
-    ServerEntry, Session, Status, Store, Summary, Trace, TraceQuery,
+    HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation, Outcome, Recipient, Result,
+    Ret, Role, ServerEntry, Session, Status, Store, Summary, Trace, TraceQuery,
 };
 
 /// The schema version this code writes.
@@ -932,13 +932,46 @@ impl Store for Postgres {
         Ok(())
     }
 
-    async fn quarantined(&self, after: Option<&str>, limit: usize) -> Result<Vec<HeldSummary>> {
+    async fn quarantined(
+        &self,
+        after: Option<&str>,
+        limit: usize,
+        filter: &HeldFilter,
+    ) -> Result<Vec<HeldSummary>> {
         let client = self.pool.get().await?;
+        let scoped = filter.domains.is_some() || filter.address.is_some();
+        let domains: Vec<String> = filter
+            .domains
+            .iter()
+            .flatten()
+            .map(|d| d.to_lowercase())
+            .collect();
+        let address = filter.address.as_ref().map(|a| a.to_lowercase());
+        let sender = filter.sender.as_ref().map(|s| s.to_lowercase());
         Ok(client
             .query(
                 "SELECT id, received_at, sender, recipients, verdict, score, reason, size
-                 FROM quarantine WHERE id > $1 ORDER BY id LIMIT $2",
-                &[&after.unwrap_or(""), &(limit as i64)],
+                 FROM quarantine WHERE id > $1
+                 AND (NOT $3 OR EXISTS (SELECT 1 FROM unnest(recipients) r
+                      WHERE lower(r) = $5 OR lower(split_part(r, '@', 2)) = ANY($4)))
+                 AND ($6::TEXT IS NULL OR strpos(lower(sender), $6) > 0)
+                 AND ($7::TEXT IS NULL OR verdict = $7)
+                 AND ($8::BIGINT IS NULL OR received_at >= $8)
+                 AND ($9::BIGINT IS NULL OR received_at < $9)
+                 AND ($10::DOUBLE PRECISION IS NULL OR score >= $10)
+                 ORDER BY id LIMIT $2",
+                &[
+                    &after.unwrap_or(""),
+                    &(limit as i64),
+                    &scoped,
+                    &domains,
+                    &address,
+                    &sender,
+                    &filter.verdict,
+                    &filter.since,
+                    &filter.until,
+                    &filter.min_score,
+                ],
             )
             .await?
             .iter()

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use mailsilo_store::{
-    Account, ApiToken, Arrival, Attempt, Bytes, Embedded, Error, Lease, NewMessage, NewRecipient,
-    Organisation, Outcome, Postgres, Role, Session, Status, Store, TraceQuery,
+    Account, ApiToken, Arrival, Attempt, Bytes, Embedded, Error, HeldFilter, Lease, NewMessage,
+    NewRecipient, Organisation, Outcome, Postgres, Role, Session, Status, Store, TraceQuery,
 };
 
 /// A throw-away PostgreSQL database, dropped (best effort) with the handle.
@@ -656,12 +656,21 @@ async fn quarantine_holds_releases_and_deletes() {
         })
         .await
         .unwrap();
-        let list = s[1].quarantined(None, 10).await.unwrap();
+        let list = s[1]
+            .quarantined(None, 10, &HeldFilter::default())
+            .await
+            .unwrap();
         assert_eq!(list.len(), 2);
         assert_eq!(list[0].id, "Q1");
         assert_eq!(list[0].recipients, ["a@client.example", "b@client.example"]);
         assert_eq!((list[0].score, list[0].size), (9.0, m.body.len() as u64));
-        assert_eq!(s[1].quarantined(Some("Q1"), 10).await.unwrap().len(), 1);
+        assert_eq!(
+            s[1].quarantined(Some("Q1"), 10, &HeldFilter::default())
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
         let back = s[1].held("Q1").await.unwrap().unwrap();
         assert_eq!(back.message.recipients, m.recipients);
         assert_eq!(
@@ -732,7 +741,12 @@ async fn quarantine_holds_releases_and_deletes() {
         assert!(s[0].delete_held("Q2", "n1").await.unwrap());
         assert!(!s[1].delete_held("Q2", "n2").await.unwrap());
         assert!(!s[1].release("Q2", copy, "n2").await.unwrap());
-        assert!(s[0].quarantined(None, 10).await.unwrap().is_empty());
+        assert!(
+            s[0].quarantined(None, 10, &HeldFilter::default())
+                .await
+                .unwrap()
+                .is_empty()
+        );
     })
     .await;
 }
@@ -992,6 +1006,133 @@ async fn accounts_sessions_and_tokens_are_shared() {
         .unwrap();
         assert_eq!(s[1].expire_sessions(600).await.unwrap(), 2, "k3 and t1");
         assert!(s[0].token("t2", 700).await.unwrap().is_some());
+    })
+    .await;
+}
+
+/// Quarantine listings filtered in the store: by an organisation's domains or one
+/// address (whole addresses and whole domains only: `xample.com` is not `example.com`,
+/// `_` and `%` are not wildcards), sender, verdict, time and score, all together, paged.
+#[tokio::test(flavor = "multi_thread")]
+async fn quarantine_listings_are_filtered_by_scope_and_fields() {
+    use mailsilo_store::Held;
+    both(2, |s| async move {
+        let hold = |id: &str, rcpts: &[&str], sender: &str, verdict: &str, at: i64, score: f64| {
+            let mut m = message(id, rcpts, at);
+            m.sender = sender.into();
+            Held {
+                message: m,
+                verdict: verdict.into(),
+                score,
+                reason: "test".into(),
+            }
+        };
+        for h in [
+            hold(
+                "Q1",
+                &["alice@example.com"],
+                "a@spam.test",
+                "spam",
+                100,
+                9.0,
+            ),
+            hold(
+                "Q2",
+                &["Bob@Example.COM", "carol@example.org"],
+                "b@spam.test",
+                "virus",
+                200,
+                0.0,
+            ),
+            hold("Q3", &["dave@xample.com"], "c@other.test", "spam", 300, 7.0),
+            hold(
+                "Q4",
+                &["e_x@example_org"],
+                "d@spam.test",
+                "policy",
+                400,
+                1.0,
+            ),
+            hold(
+                "Q5",
+                &["alice@example.com", "zed@sub.example.com"],
+                "e@x.test",
+                "spam",
+                500,
+                12.0,
+            ),
+        ] {
+            s[0].quarantine(h).await.unwrap();
+        }
+        let ids = |l: Vec<mailsilo_store::HeldSummary>| -> Vec<String> {
+            l.into_iter().map(|h| h.id).collect()
+        };
+        let list = |f: HeldFilter| {
+            let s = s[1].clone();
+            async move { ids(s.quarantined(None, 10, &f).await.unwrap()) }
+        };
+        let org = HeldFilter {
+            domains: Some(vec!["example.com".into()]),
+            ..Default::default()
+        };
+        assert_eq!(list(org.clone()).await, ["Q1", "Q2", "Q5"]);
+        assert_eq!(
+            list(HeldFilter {
+                domains: Some(vec!["example.org".into()]),
+                ..Default::default()
+            })
+            .await,
+            ["Q2"],
+            "example_org is not example.org"
+        );
+        assert_eq!(
+            list(HeldFilter {
+                domains: Some(vec![]),
+                ..Default::default()
+            })
+            .await,
+            Vec::<String>::new(),
+            "an empty scope sees nothing"
+        );
+        assert_eq!(
+            list(HeldFilter {
+                address: Some("ALICE@example.com".into()),
+                ..Default::default()
+            })
+            .await,
+            ["Q1", "Q5"]
+        );
+        assert_eq!(
+            list(HeldFilter {
+                sender: Some("SPAM.test".into()),
+                verdict: Some("spam".into()),
+                ..org.clone()
+            })
+            .await,
+            ["Q1"]
+        );
+        assert_eq!(
+            list(HeldFilter {
+                since: Some(200),
+                until: Some(500),
+                ..Default::default()
+            })
+            .await,
+            ["Q2", "Q3", "Q4"]
+        );
+        assert_eq!(
+            list(HeldFilter {
+                min_score: Some(8.0),
+                ..org.clone()
+            })
+            .await,
+            ["Q1", "Q5"]
+        );
+        assert_eq!(
+            ids(s[0].quarantined(Some("Q1"), 1, &org).await.unwrap()),
+            ["Q2"],
+            "paged"
+        );
     })
     .await;
 }
