@@ -288,6 +288,32 @@ pub fn default_attachment_rules() -> Vec<AttachmentRule> {
     ]
 }
 
+/// A client organisation: the domains its admins and users see.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrganisationConfig {
+    pub name: String,
+    pub domains: Vec<String>,
+}
+
+/// A portal account as the file seeds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccountConfig {
+    /// Lower-case; a user's is their address.
+    pub name: String,
+    /// `operator`, `admin` or `user`.
+    pub role: String,
+    pub organisation: Option<String>,
+    pub password: AccountPassword,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccountPassword {
+    /// Hashed when the account is seeded (the demo's; `up` warns).
+    Plain(String),
+    /// An argon2 PHC string.
+    Hash(String),
+}
+
 /// A sender on an allow or block list.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Sender {
@@ -856,6 +882,9 @@ pub struct Config {
     pub control: Option<Control>,
     pub store: StoreSettings,
     pub filter: Filter,
+    /// The portal's client organisations and accounts (seeded into the store).
+    pub organisations: Vec<OrganisationConfig>,
+    pub accounts: Vec<AccountConfig>,
     /// Things allowed but probably not meant (`config check` prints them, `up` logs them).
     pub warnings: Vec<String>,
 }
@@ -1300,6 +1329,50 @@ mod tests {
             ok.domains[0].filter.subject_prefix.as_deref(),
             Some("[SPAM]")
         );
+    }
+
+    /// The portal's organisations and accounts: each mistake named by line and key.
+    #[test]
+    fn accounts_are_checked() {
+        let org = "[[organisation]]\nname = \"Org\"\ndomains = [\"example.com\"]\n";
+        let cases = [
+            (
+                "[[account]]\nname = \"op\"\nrole = \"root\"\npassword = \"x\"\n",
+                "account[0].role: \"root\" is not a role",
+            ),
+            (
+                "[[account]]\nname = \"a@example.com\"\nrole = \"admin\"\npassword = \"x\"\n",
+                "account[0].organisation: an admin needs an organisation",
+            ),
+            (
+                "[[account]]\nname = \"a@example.org\"\nrole = \"user\"\norganisation = \"Org\"\npassword = \"x\"\n",
+                "account[0].name: a user is named by their address",
+            ),
+            (
+                "[[account]]\nname = \"op\"\nrole = \"operator\"\npassword = \"x\"\npassword_hash = \"$argon2id$x\"\n",
+                "account[0].password: write one of password or password_hash",
+            ),
+            (
+                "[[account]]\nname = \"op\"\nrole = \"operator\"\npassword_hash = \"md5:abc\"\n",
+                "account[0].password_hash: an argon2 hash",
+            ),
+            (
+                "[[organisation]]\nname = \"Two\"\ndomains = [\"example.com\"]\n",
+                "organisation[1].domains: example.com already belongs to organisation \"Org\"",
+            ),
+        ];
+        for (tail, want) in cases {
+            let e = err(&format!("{MIN}{org}{tail}"));
+            assert!(e.contains(want), "{tail}: {e}");
+            assert!(e.starts_with("t.toml:"), "{e}");
+        }
+        let ok = Config::parse(
+            "t.toml",
+            &format!("{MIN}{org}[[account]]\nname = \"Alice@Example.com\"\nrole = \"user\"\norganisation = \"Org\"\npassword = \"x\"\n"),
+        )
+        .unwrap();
+        assert_eq!(ok.accounts[0].name, "alice@example.com");
+        assert_eq!(ok.organisations[0].domains, ["example.com"]);
     }
 
     #[test]

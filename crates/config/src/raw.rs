@@ -29,6 +29,28 @@ pub struct File {
     pub store: Option<StoreRaw>,
     #[serde(default)]
     pub filter: Option<S<FilterRaw>>,
+    #[serde(default, rename = "organisation")]
+    pub organisations: Vec<S<OrganisationRaw>>,
+    #[serde(default, rename = "account")]
+    pub accounts: Vec<S<AccountRaw>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OrganisationRaw {
+    pub name: S<String>,
+    #[serde(default)]
+    pub domains: Vec<S<String>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AccountRaw {
+    pub name: S<String>,
+    pub role: S<String>,
+    pub organisation: Option<S<String>>,
+    pub password: Option<S<String>>,
+    pub password_hash: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -780,6 +802,23 @@ impl File {
             )?,
         };
         let mut warnings = Vec::new();
+        let (organisations, accounts) = validate_accounts(
+            &cx,
+            &self.organisations,
+            &self.accounts,
+            &domains,
+            &mut warnings,
+        )?;
+        if let Some(c) = control.as_ref().filter(|c| !c.listen.ip().is_loopback()) {
+            for a in &accounts {
+                if matches!(a.password, AccountPassword::Plain(_)) {
+                    warnings.push(format!(
+                        "account {:?} has its password in plain text in the configuration file, and the portal ({}) answers the network: write password_hash (from `mailsilo user hash`)",
+                        a.name, c.listen
+                    ));
+                }
+            }
+        }
         if smtp.postmaster.is_none() {
             warnings.push(
                 "smtp.postmaster is not set: RCPT TO:<postmaster> will be refused, which RFC 5321 section 4.5.1 forbids"
@@ -804,9 +843,172 @@ impl File {
             control,
             store,
             filter,
+            organisations,
+            accounts,
             warnings,
         })
     }
+}
+
+/// The portal's organisations and accounts, seeded into the store by `up`.
+fn validate_accounts(
+    cx: &Ctx<'_>,
+    orgs: &[S<OrganisationRaw>],
+    accounts: &[S<AccountRaw>],
+    domains: &[Domain],
+    warnings: &mut Vec<String>,
+) -> Result<(Vec<OrganisationConfig>, Vec<AccountConfig>), Error> {
+    let mut out_orgs: Vec<OrganisationConfig> = Vec::new();
+    for (i, o) in orgs.iter().enumerate() {
+        let o = o.get_ref();
+        let key = |k: &str| format!("organisation[{i}].{k}");
+        let name = o.name.get_ref().trim().to_string();
+        if name.is_empty() || name.len() > 64 || name.chars().any(char::is_control) {
+            return cx.err(
+                o.name.span(),
+                &key("name"),
+                "a name of 1 to 64 printable characters",
+            );
+        }
+        if out_orgs.iter().any(|x| x.name == name) {
+            return cx.err(
+                o.name.span(),
+                &key("name"),
+                format!("organisation {name:?} is written twice"),
+            );
+        }
+        let mut ds = Vec::new();
+        for d in &o.domains {
+            let dn = d
+                .get_ref()
+                .trim()
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            if !is_domain_name(&dn) {
+                return cx.err(
+                    d.span(),
+                    &key("domains"),
+                    format!("{dn:?} is not a domain name"),
+                );
+            }
+            if let Some(other) = out_orgs.iter().find(|x| x.domains.contains(&dn)) {
+                return cx.err(
+                    d.span(),
+                    &key("domains"),
+                    format!("{dn} already belongs to organisation {:?}", other.name),
+                );
+            }
+            if !domains.iter().any(|x| x.name == dn) {
+                warnings.push(format!(
+                    "organisation {name:?} owns {dn}, which is not a client domain of this file (it may be added at run time)"
+                ));
+            }
+            ds.push(dn);
+        }
+        out_orgs.push(OrganisationConfig { name, domains: ds });
+    }
+    let mut out: Vec<AccountConfig> = Vec::new();
+    for (i, a) in accounts.iter().enumerate() {
+        let a = a.get_ref();
+        let key = |k: &str| format!("account[{i}].{k}");
+        let name = a.name.get_ref().trim().to_ascii_lowercase();
+        if name.is_empty()
+            || name.len() > 254
+            || name.chars().any(|c| c.is_control() || c.is_whitespace())
+        {
+            return cx.err(
+                a.name.span(),
+                &key("name"),
+                "a name of 1 to 254 characters, no spaces",
+            );
+        }
+        if out.iter().any(|x| x.name == name) {
+            return cx.err(
+                a.name.span(),
+                &key("name"),
+                format!("account {name:?} is written twice"),
+            );
+        }
+        let role = a.role.get_ref().trim().to_ascii_lowercase();
+        if !["operator", "admin", "user"].contains(&role.as_str()) {
+            return cx.err(
+                a.role.span(),
+                &key("role"),
+                format!("{role:?} is not a role: operator, admin or user"),
+            );
+        }
+        let organisation = match (&a.organisation, role.as_str()) {
+            (None, "operator") => None,
+            (Some(o), "operator") => {
+                return cx.err(
+                    o.span(),
+                    &key("organisation"),
+                    "an operator belongs to no organisation",
+                );
+            }
+            (None, _) => {
+                return cx.err(
+                    a.role.span(),
+                    &key("organisation"),
+                    format!("an {role} needs an organisation"),
+                );
+            }
+            (Some(o), _) => {
+                let on = o.get_ref().trim().to_string();
+                let Some(org) = out_orgs.iter().find(|x| x.name == on) else {
+                    return cx.err(
+                        o.span(),
+                        &key("organisation"),
+                        format!("no organisation {on:?} in this file"),
+                    );
+                };
+                if role == "user"
+                    && !name
+                        .rsplit_once('@')
+                        .is_some_and(|(_, d)| org.domains.iter().any(|x| x == d))
+                {
+                    return cx.err(
+                        a.name.span(),
+                        &key("name"),
+                        format!("a user is named by their address at one of {on:?}'s domains"),
+                    );
+                }
+                Some(on)
+            }
+        };
+        let password = match (&a.password, &a.password_hash) {
+            (Some(p), None) => {
+                if p.get_ref().is_empty() {
+                    return cx.err(p.span(), &key("password"), "must not be empty");
+                }
+                AccountPassword::Plain(p.get_ref().clone())
+            }
+            (None, Some(h)) => {
+                if !h.get_ref().starts_with("$argon2") {
+                    return cx.err(
+                        h.span(),
+                        &key("password_hash"),
+                        "an argon2 hash ($argon2id$...)",
+                    );
+                }
+                AccountPassword::Hash(h.get_ref().clone())
+            }
+            _ => {
+                return cx.err(
+                    a.name.span(),
+                    &key("password"),
+                    "write one of password or password_hash",
+                );
+            }
+        };
+        out.push(AccountConfig {
+            name,
+            role,
+            organisation,
+            password,
+        });
+    }
+    Ok((out_orgs, out))
 }
 
 fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {

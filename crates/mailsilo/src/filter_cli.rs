@@ -146,7 +146,10 @@ fn split_mbox(raw: &[u8]) -> Vec<Vec<u8>> {
 }
 
 /// The store the configuration names (the data dir made first, for the embedded one).
-async fn open(config: &Config, data_dir: &Path) -> Result<std::sync::Arc<dyn store::Store>> {
+pub(crate) async fn open(
+    config: &Config,
+    data_dir: &Path,
+) -> Result<std::sync::Arc<dyn store::Store>> {
     if config.store.url.is_none() {
         crate::datadir::prepare(data_dir)?;
     }

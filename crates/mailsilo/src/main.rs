@@ -11,6 +11,7 @@ mod remote;
 mod settings_cli;
 mod sink;
 mod up;
+mod user_cli;
 
 use std::io::IsTerminal;
 use std::net::SocketAddr;
@@ -126,6 +127,12 @@ enum Command {
     /// The classifier's examples and model.
     #[command(subcommand)]
     Classifier(filter_cli::ClassifierCommand),
+    /// The portal's accounts (written to the store: no running `up` needed).
+    #[command(subcommand)]
+    User(user_cli::UserCommand),
+    /// The portal's client organisations and their domains.
+    #[command(subcommand)]
+    Org(user_cli::OrgCommand),
     /// A message's trace (received, each delivery attempt, the outcome), or the messages
     /// matching --from, --to and --since.
     Trace {
@@ -222,6 +229,8 @@ fn main() -> Result<()> {
                 let config = load_config(at.config.as_deref())?;
                 filter_cli::classifier_stats(&config, &at.data_dir).await
             }
+            Command::User(command) => user_cli::user(command).await,
+            Command::Org(command) => user_cli::org(command).await,
             Command::Lb { remote, command } => lb::run(&remote.connect()?, command),
             Command::Queue { remote, command } => queue_cli::queue(&remote.connect()?, command),
             Command::Quarantine { remote, command } => {

@@ -527,6 +527,13 @@ pub async fn up(
     if let (Some(c), Some(store)) = (control, store) {
         let listener = bind(c.listen, "the control endpoint (control.listen)").await?;
         let token = crate::datadir::control_token(data_dir)?;
+        crate::user_cli::seed(&config, store.as_ref())
+            .await
+            .context("seeding the portal's organisations and accounts")?;
+        map.push_str(&crate::user_cli::describe(
+            &format!("http://{}/", listener.local_addr()?),
+            &config,
+        ));
         writeln!(
             map,
             "  control                http://{}/api/v1/  (bearer token in {})",

@@ -42,6 +42,8 @@ pub struct Principal {
     pub domains: Vec<String>,
     /// The session's CSRF token, when the caller came with a session cookie.
     pub csrf: Option<String>,
+    /// The session's key (the digest of its cookie), when the caller came with one.
+    pub session: Option<String>,
 }
 
 impl Principal {
@@ -53,6 +55,7 @@ impl Principal {
             organisation: None,
             domains: Vec::new(),
             csrf: None,
+            session: None,
         }
     }
 
@@ -134,6 +137,7 @@ pub async fn principal(
         organisation,
         domains,
         csrf,
+        session: None,
     })
 }
 
@@ -229,6 +233,7 @@ mod tests {
             organisation: Some("example".into()),
             domains: vec!["example.com".into()],
             csrf: None,
+            session: None,
         };
         assert!(admin.sees("Bob@Example.COM"));
         assert!(!admin.sees("bob@example.org"));

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Request};
-use axum::http::{StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
@@ -37,10 +37,12 @@ pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 pub mod auth;
 pub mod lb;
+pub mod login;
 pub mod quarantine;
 pub mod queue;
 pub mod settings;
 
+pub use auth::Principal;
 pub use lb::{Balancers, Loading, ServerState, ServerStatus};
 
 /// What the API works on, shared by every request.
@@ -87,27 +89,136 @@ fn refusal(status: StatusCode, message: &str) -> Response {
         .into_response()
 }
 
-/// Refuses, before anything else runs: a call without the control token (but `/metrics`),
-/// an announced body over the limit, and a request that takes too long.
-async fn guard(token: Arc<str>, request: Request, next: Next) -> Response {
-    if request.uri().path() != "/metrics" {
-        // The scheme is case-insensitive (RFC 9110, 11.1).
-        let given = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split_once(' '))
-            .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-            .map_or("", |(_, t)| t.trim());
-        if !same(given.as_bytes(), token.as_bytes()) {
-            let mut r = refusal(
-                StatusCode::UNAUTHORIZED,
-                "a valid control token is required (Authorization: Bearer ...)",
-            );
-            r.headers_mut()
-                .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
-            return r;
+/// The client's address, put in each request by [`serve`].
+#[derive(Debug, Clone, Copy)]
+pub struct Peer(pub std::net::IpAddr);
+
+/// Calls any role may make (each answers within the caller's scope); every other call is
+/// an operator's.
+fn scoped(path: &str) -> bool {
+    matches!(path, "/api/v1/me" | "/api/v1/logout") || path.starts_with("/api/v1/quarantine")
+}
+
+/// The credentials a request carries: its bearer token and its session cookie.
+fn credentials(request: &Request) -> (Option<String>, Option<String>) {
+    // The scheme is case-insensitive (RFC 9110, 11.1).
+    let bearer = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_string());
+    let cookie = request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == auth::COOKIE)
+        .map(|(_, value)| value.trim().to_string());
+    (bearer, cookie)
+}
+
+/// Who the caller is, from the control token, an API token or a session cookie.
+async fn authenticate(
+    token: &str,
+    ctx: &Ctx,
+    bearer: Option<String>,
+    cookie: Option<String>,
+) -> Result<Principal, Response> {
+    let unauthorized = || {
+        let mut r = refusal(
+            StatusCode::UNAUTHORIZED,
+            "a valid control token is required (Authorization: Bearer ...), or an API token, or a session (POST /api/v1/login)",
+        );
+        r.headers_mut()
+            .insert(header::WWW_AUTHENTICATE, "Bearer".parse().expect("static"));
+        r
+    };
+    let now = now();
+    if let Some(given) = bearer.as_deref() {
+        if same(given.as_bytes(), token.as_bytes()) {
+            return Ok(Principal::control());
         }
+        if given.starts_with(auth::TOKEN_PREFIX) {
+            let t = match ctx.store.token(&auth::digest(given), now).await {
+                Ok(Some(t)) => t,
+                Ok(None) => return Err(unauthorized()),
+                Err(e) => return Err(unavailable(e)),
+            };
+            // A token ends with its account.
+            return match ctx.store.account(&t.account).await {
+                Ok(Some(_)) => {
+                    auth::principal(ctx.store.as_ref(), &t.account, t.role, t.organisation, None)
+                        .await
+                        .map_err(unavailable)
+                }
+                Ok(None) => Err(unauthorized()),
+                Err(e) => Err(unavailable(e)),
+            };
+        }
+        return Err(unauthorized());
+    }
+    let Some(cookie) = cookie else {
+        return Err(unauthorized());
+    };
+    let key = auth::digest(&cookie);
+    let session = match ctx.store.session(&key, now).await {
+        Ok(Some(s)) => s,
+        Ok(None) => return Err(unauthorized()),
+        Err(e) => return Err(unavailable(e)),
+    };
+    let account = match ctx.store.account(&session.account).await {
+        Ok(Some(a)) => a,
+        Ok(None) => return Err(unauthorized()),
+        Err(e) => return Err(unavailable(e)),
+    };
+    let mut p = auth::principal(
+        ctx.store.as_ref(),
+        &account.name,
+        account.role,
+        account.organisation,
+        Some(session.csrf),
+    )
+    .await
+    .map_err(unavailable)?;
+    p.session = Some(key);
+    Ok(p)
+}
+
+/// Refuses, before anything else runs: a call without a valid credential (but `/metrics`
+/// and the login), a session's state change without its CSRF token, a call beyond the
+/// caller's role, an announced body over the limit, and a request that takes too long.
+async fn guard(token: Arc<str>, ctx: Ctx, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path().to_string();
+    if path != "/metrics" && path != "/api/v1/login" {
+        let (bearer, cookie) = credentials(&request);
+        let principal = match authenticate(&token, &ctx, bearer, cookie).await {
+            Ok(p) => p,
+            Err(r) => return r,
+        };
+        let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+        if let Some(csrf) = &principal.csrf
+            && !reads
+        {
+            let given = request
+                .headers()
+                .get(auth::CSRF_HEADER)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            if !same(given.as_bytes(), csrf.as_bytes()) {
+                return refusal(
+                    StatusCode::FORBIDDEN,
+                    "a session's changes carry its CSRF token (X-CSRF-Token, from the login's answer)",
+                );
+            }
+        }
+        if principal.role != store::Role::Operator && !scoped(&path) {
+            return refusal(StatusCode::FORBIDDEN, "this call is an operator's");
+        }
+        request.extensions_mut().insert(principal);
     }
     let announced = request
         .headers()
@@ -152,7 +263,9 @@ fn done(r: Result<(), String>) -> Response {
 /// <token>`.
 pub fn router(ctx: Ctx, token: &str) -> Router {
     let token: Arc<str> = token.into();
+    let guarded = ctx.clone();
     Router::new()
+        .merge(login::routes())
         .merge(lb::routes())
         .merge(queue::routes())
         .merge(quarantine::routes())
@@ -166,8 +279,9 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         })
         .with_state(ctx)
         .layer(DefaultBodyLimit::max(MAX_BODY))
+        .layer(axum::Extension(Arc::new(auth::Throttle::default())))
         .layer(middleware::from_fn(move |req, next| {
-            guard(token.clone(), req, next)
+            guard(token.clone(), guarded.clone(), req, next)
         }))
 }
 
@@ -206,7 +320,10 @@ pub async fn serve(
             p = slots.clone().acquire_owned() => p.expect("never closed"),
             _ = stopped(&mut shutdown) => break,
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let service = hyper_util::service::TowerToHyperService::new(
+            app.clone()
+                .layer(axum::Extension(Peer(peer.ip().to_canonical()))),
+        );
         let connection = hyper::server::conn::http1::Builder::new()
             .timer(hyper_util::rt::TokioTimer::new())
             .header_read_timeout(HEADER_TIMEOUT)

@@ -1,0 +1,427 @@
+//! The portal's accounts through the binary: logins with session cookies and CSRF tokens,
+//! API tokens made with `mailsilo user token`, login throttling, and each role's scope on
+//! the quarantine (a user sees their own mail, an organisation's admin its domains'; every
+//! object of another organisation is a 404; a message also held for others is shown with
+//! the caller's recipients only and is an operator's to release); calls beyond a role
+//! refused; accounts seeded from the configuration file and added with `mailsilo user`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{BIN, Gateway, Options, wait_until};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+const TAIL: &str = r#"
+[filter]
+[[filter.rule]]
+name = "TEST_HOLD"
+header = "subject"
+pattern = "hold me"
+score = 8.0
+
+[[organisation]]
+name = "Example Inc."
+domains = ["example.com"]
+
+[[organisation]]
+name = "Example Org"
+domains = ["example.org"]
+
+[[account]]
+name = "operator"
+role = "operator"
+password = "operator-pass"
+
+[[account]]
+name = "admin@example.com"
+role = "admin"
+organisation = "Example Inc."
+password = "admin-pass"
+
+[[account]]
+name = "alice@example.com"
+role = "user"
+organisation = "Example Inc."
+password = "alice-pass"
+
+[[account]]
+name = "admin@example.org"
+role = "admin"
+organisation = "Example Org"
+password = "org-admin-pass"
+"#;
+
+/// One HTTP/1.1 exchange: the status, the headers (lower-case names) and the body.
+fn http(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: &str,
+) -> (u16, Vec<(String, String)>, String) {
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: portal\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if !body.is_empty() {
+        req.push_str("Content-Type: application/json\r\n");
+    }
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    req.push_str(body);
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let (head, body) = out.split_once("\r\n\r\n").unwrap_or((&out, ""));
+    let mut lines = head.lines();
+    let status = lines.next().unwrap()[9..12].parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    (status, headers, body.to_string())
+}
+
+/// A logged-in session: its cookie and CSRF token.
+struct Session {
+    cookie: String,
+    csrf: String,
+}
+
+fn login(g: &Gateway, name: &str, password: &str) -> Session {
+    let (status, headers, body) = http(
+        g.control,
+        "POST",
+        "/api/v1/login",
+        &[],
+        &format!(r#"{{"name":"{name}","password":"{password}"}}"#),
+    );
+    assert_eq!(status, 200, "{body}");
+    let set = headers
+        .iter()
+        .find(|(k, _)| k == "set-cookie")
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/"] {
+        assert!(set.contains(attribute), "{set}");
+    }
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    Session {
+        cookie: set.split(';').next().unwrap().to_string(),
+        csrf: v["csrf"].as_str().unwrap().to_string(),
+    }
+}
+
+impl Session {
+    fn get(&self, g: &Gateway, path: &str) -> (u16, String) {
+        let (s, _, b) = http(g.control, "GET", path, &[("Cookie", &self.cookie)], "");
+        (s, b)
+    }
+
+    /// A state change, with the CSRF token when `csrf`.
+    fn post(&self, g: &Gateway, method: &str, path: &str, csrf: bool) -> (u16, String) {
+        let mut h = vec![("Cookie", self.cookie.as_str())];
+        if csrf {
+            h.push(("X-CSRF-Token", self.csrf.as_str()));
+        }
+        let (s, _, b) = http(g.control, method, path, &h, "");
+        (s, b)
+    }
+}
+
+fn hold(g: &Gateway, to: &[&str], subject: &str) -> String {
+    let mut s = g.smtp();
+    assert_eq!(s.cmd("EHLO client.test").0, 250);
+    let (code, text) = s.mail(
+        "promo@outside.example",
+        to,
+        &format!("Subject: hold me {subject}\r\n\r\nbuy now\r\n"),
+    );
+    assert_eq!(code, 250, "{text}");
+    text.rsplit(' ').next().unwrap().trim().to_string()
+}
+
+fn ids(body: &str) -> Vec<String> {
+    let v: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
+    v.iter()
+        .map(|h| h["id"].as_str().unwrap().to_string())
+        .collect()
+}
+
+#[test]
+fn each_role_sees_and_changes_only_its_own_mail() {
+    let g = Gateway::start(Options {
+        tail: TAIL.into(),
+        ..Options::default()
+    });
+    let alices = hold(&g, &["alice@example.com"], "alice");
+    let bobs = hold(&g, &["bob@example.com"], "bob");
+    let orgs = hold(&g, &["carol@example.org"], "carol");
+    let shared = hold(&g, &["dave@example.com", "erin@example.org"], "shared");
+
+    // Unauthenticated: refused; the login itself and /metrics are open.
+    let (status, _, body) = http(g.control, "GET", "/api/v1/quarantine", &[], "");
+    assert_eq!(status, 401, "{body}");
+    assert!(body.contains(r#""code":"unauthorized""#), "{body}");
+
+    let alice = login(&g, "alice@example.com", "alice-pass");
+    let (status, me) = alice.get(&g, "/api/v1/me");
+    assert_eq!(status, 200);
+    let me: serde_json::Value = serde_json::from_str(&me).unwrap();
+    assert_eq!(me["role"], "user");
+    let (_, list) = alice.get(&g, "/api/v1/quarantine");
+    assert_eq!(ids(&list), std::slice::from_ref(&alices));
+    // Other people's mail does not exist for her.
+    for id in [&bobs, &orgs, &shared] {
+        let (status, body) = alice.get(&g, &format!("/api/v1/quarantine/{id}"));
+        assert_eq!(status, 404, "{id}: {body}");
+        let (status, _) = alice.post(
+            &g,
+            "POST",
+            &format!("/api/v1/quarantine/{id}/release"),
+            true,
+        );
+        assert_eq!(status, 404);
+    }
+    // A filter naming someone else's address finds nothing.
+    let (_, list) = alice.get(&g, "/api/v1/quarantine?recipient=bob@example.com");
+    assert!(ids(&list).is_empty(), "{list}");
+    // Operators' calls are refused.
+    let (status, _) = alice.get(&g, "/api/v1/lb");
+    assert_eq!(status, 403);
+    // A state change without the session's CSRF token is refused; with it, done.
+    let release = format!("/api/v1/quarantine/{alices}/release");
+    let (status, body) = alice.post(&g, "POST", &release, false);
+    assert_eq!(status, 403, "{body}");
+    let (status, body) = alice.post(&g, "POST", &release, true);
+    assert_eq!(status, 200, "{body}");
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+
+    // The admin of example.com: its domain's mail; the shared message shows only its
+    // recipient, and is an operator's to release.
+    let admin = login(&g, "admin@example.com", "admin-pass");
+    let (_, list) = admin.get(&g, "/api/v1/quarantine");
+    assert_eq!(ids(&list), [bobs.clone(), shared.clone()]);
+    let v: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
+    assert_eq!(v[1]["recipients"], serde_json::json!(["dave@example.com"]));
+    let (status, body) = admin.get(&g, &format!("/api/v1/quarantine/{orgs}"));
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = admin.post(
+        &g,
+        "POST",
+        &format!("/api/v1/quarantine/{shared}/release"),
+        true,
+    );
+    assert_eq!(status, 403, "{body}");
+    let (status, _) = admin.post(&g, "DELETE", &format!("/api/v1/quarantine/{bobs}"), true);
+    assert_eq!(status, 204);
+
+    // The other organisation's admin sees only its own.
+    let other = login(&g, "admin@example.org", "org-admin-pass");
+    let (_, list) = other.get(&g, "/api/v1/quarantine");
+    assert_eq!(ids(&list), [orgs.clone(), shared.clone()]);
+    let (status, _) = other.get(&g, &format!("/api/v1/quarantine/{bobs}"));
+    assert_eq!(status, 404);
+
+    // The operator sees everything and may release the shared message.
+    let operator = login(&g, "operator", "operator-pass");
+    let (_, list) = operator.get(&g, "/api/v1/quarantine");
+    assert_eq!(ids(&list), [orgs.clone(), shared.clone()]);
+    let (status, _) = operator.get(&g, "/api/v1/lb");
+    assert_eq!(status, 200);
+    let (status, body) = operator.post(
+        &g,
+        "POST",
+        &format!("/api/v1/quarantine/{shared}/release"),
+        true,
+    );
+    assert_eq!(status, 200, "{body}");
+
+    // Logging out ends the session.
+    let (status, _) = alice.post(&g, "POST", "/api/v1/logout", true);
+    assert_eq!(status, 204);
+    let (status, _) = alice.get(&g, "/api/v1/me");
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn failed_logins_are_throttled_and_tokens_keep_their_scope() {
+    let g = Gateway::start(Options {
+        tail: TAIL.into(),
+        ..Options::default()
+    });
+    let try_login = |password: &str| {
+        http(
+            g.control,
+            "POST",
+            "/api/v1/login",
+            &[],
+            &format!(r#"{{"name":"alice@example.com","password":"{password}"}}"#),
+        )
+    };
+    for _ in 0..5 {
+        let (status, _, body) = try_login("wrong");
+        assert_eq!(status, 401, "{body}");
+        assert!(body.contains("wrong name or password"), "{body}");
+    }
+    // The sixth try is refused whatever it says, with the time to wait.
+    let (status, headers, body) = try_login("alice-pass");
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        headers.iter().any(|(k, _)| k == "retry-after"),
+        "{headers:?}"
+    );
+    // An unknown account is refused like a wrong password.
+    let (status, _, body) = http(
+        g.control,
+        "POST",
+        "/api/v1/login",
+        &[],
+        r#"{"name":"nobody","password":"x"}"#,
+    );
+    assert_eq!(status, 401, "{body}");
+
+    // A token for alice, made with the CLI: her scope, no CSRF token needed, no operator
+    // calls.
+    let out = Command::new(&*BIN)
+        .args([
+            "user",
+            "token",
+            "alice@example.com",
+            "--label",
+            "test",
+            "--config",
+        ])
+        .arg(&g.config)
+        .arg("--data-dir")
+        .arg(g.data())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    assert!(token.starts_with("msk_"), "{token}");
+    let bearer = format!("Bearer {token}");
+    let mine = hold(&g, &["alice@example.com"], "token");
+    let theirs = hold(&g, &["bob@example.com"], "token");
+    let (status, _, list) = http(
+        g.control,
+        "GET",
+        "/api/v1/quarantine",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(status, 200);
+    assert_eq!(ids(&list), std::slice::from_ref(&mine));
+    let (status, _, _) = http(
+        g.control,
+        "DELETE",
+        &format!("/api/v1/quarantine/{theirs}"),
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(status, 404);
+    let (status, _, _) = http(
+        g.control,
+        "DELETE",
+        &format!("/api/v1/quarantine/{mine}"),
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(status, 204);
+    let (status, _, _) = http(
+        g.control,
+        "GET",
+        "/api/v1/lb",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(status, 403);
+    let (status, _, _) = http(
+        g.control,
+        "GET",
+        "/api/v1/quarantine",
+        &[("Authorization", "Bearer msk_not-a-token")],
+        "",
+    );
+    assert_eq!(status, 401);
+}
+
+#[test]
+fn accounts_are_added_and_changed_with_the_cli() {
+    let g = Gateway::start(Options {
+        tail: TAIL.into(),
+        ..Options::default()
+    });
+    let user = |args: &[&str], stdin: &str| {
+        let mut c = Command::new(&*BIN)
+            .arg("user")
+            .args(args)
+            .arg("--config")
+            .arg(&g.config)
+            .arg("--data-dir")
+            .arg(g.data())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+        let out = c.wait_with_output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr),
+        )
+    };
+    let (ok, out) = user(
+        &[
+            "add",
+            "zoe@example.com",
+            "--role",
+            "user",
+            "--organisation",
+            "Example Inc.",
+        ],
+        "zoe-pass\n",
+    );
+    assert!(ok, "{out}");
+    // A user of another organisation's domain, and a name taken, are refused.
+    let (ok, out) = user(
+        &[
+            "add",
+            "yan@example.org",
+            "--role",
+            "user",
+            "--organisation",
+            "Example Inc.",
+        ],
+        "x\n",
+    );
+    assert!(!ok && out.contains("address at one of"), "{out}");
+    let (ok, out) = user(&["add", "operator", "--role", "operator"], "x\n");
+    assert!(!ok && out.contains("exists"), "{out}");
+    let zoe = login(&g, "zoe@example.com", "zoe-pass");
+    let (ok, out) = user(&["passwd", "zoe@example.com"], "new-pass\n");
+    assert!(ok && out.contains("1 session(s) ended"), "{out}");
+    let (status, _) = zoe.get(&g, "/api/v1/me");
+    assert_eq!(status, 401, "the old session ended");
+    login(&g, "zoe@example.com", "new-pass");
+    let (ok, out) = user(&["list"], "");
+    assert!(
+        ok && out.contains("zoe@example.com") && out.contains("-- 5 account(s)"),
+        "{out}"
+    );
+}

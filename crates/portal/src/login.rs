@@ -1,0 +1,157 @@
+//! Sessions: `POST /api/v1/login` (a name and a password for a session cookie and its CSRF
+//! token), `POST /api/v1/logout`, and `GET /api/v1/me` (who the caller is, and what it may
+//! see).
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::extract::rejection::JsonRejection;
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use store::{Role, Session};
+
+use crate::auth::{self, Principal, Throttle};
+use crate::{Ctx, Peer, now, refusal, unavailable};
+
+/// What `POST /api/v1/login` takes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Login {
+    pub name: String,
+    pub password: String,
+}
+
+/// Who the caller is: the answer of a login and of `GET /api/v1/me`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Me {
+    pub account: String,
+    pub role: Role,
+    pub organisation: Option<String>,
+    /// An admin's organisation's domains.
+    pub domains: Vec<String>,
+    /// The token a session's state changes carry in `X-CSRF-Token`.
+    pub csrf: Option<String>,
+}
+
+impl From<&Principal> for Me {
+    fn from(p: &Principal) -> Me {
+        Me {
+            account: p.account.clone(),
+            role: p.role,
+            organisation: p.organisation.clone(),
+            domains: p.domains.clone(),
+            csrf: p.csrf.clone(),
+        }
+    }
+}
+
+/// The session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site's
+/// page sends it), for the whole portal.
+fn cookie(value: &str, max_age: u64) -> String {
+    format!(
+        "{}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}",
+        auth::COOKIE
+    )
+}
+
+pub fn routes() -> Router<Ctx> {
+    Router::new()
+        .route("/api/v1/login", post(login))
+        .route(
+            "/api/v1/logout",
+            post(
+                |State(c): State<Ctx>, Extension(p): Extension<Principal>| async move {
+                    if let Some(key) = &p.session
+                        && let Err(e) = c.store.end_sessions(Some(key), None).await
+                    {
+                        return unavailable(e);
+                    }
+                    (
+                        StatusCode::NO_CONTENT,
+                        [(header::SET_COOKIE, cookie("", 0))],
+                    )
+                        .into_response()
+                },
+            ),
+        )
+        .route(
+            "/api/v1/me",
+            get(|Extension(p): Extension<Principal>| async move { Json(Me::from(&p)) }),
+        )
+}
+
+async fn login(
+    State(c): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    Extension(throttle): Extension<Arc<Throttle>>,
+    body: Result<Json<Login>, JsonRejection>,
+) -> Response {
+    let Login { name, password } = match body {
+        Ok(Json(l)) => l,
+        Err(e) => return refusal(e.status(), &e.body_text()),
+    };
+    let name = name.trim().to_ascii_lowercase();
+    if let Some(wait) = throttle.wait(&name, peer.0) {
+        let mut r = refusal(
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("too many failed logins: try again in {wait} s"),
+        );
+        r.headers_mut().insert(
+            header::RETRY_AFTER,
+            wait.to_string().parse().expect("digits"),
+        );
+        return r;
+    }
+    let account = match c.store.account(&name).await {
+        Ok(a) => a,
+        Err(e) => return unavailable(e),
+    };
+    // The hash is checked whether or not the account exists (on the blocking pool: argon2
+    // takes tens of milliseconds by design), so the time taken tells nothing.
+    let hash = account
+        .as_ref()
+        .map_or(auth::DUMMY_HASH.to_string(), |a| a.password.clone());
+    let good = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
+    let Some(account) = account.filter(|_| good) else {
+        throttle.failed(&name, peer.0);
+        tracing::info!(account = %name, client = %peer.0, "failed portal login");
+        return refusal(StatusCode::UNAUTHORIZED, "wrong name or password");
+    };
+    throttle.succeeded(&name);
+    let (secret, csrf) = (auth::secret(), auth::secret());
+    let session = Session {
+        key: auth::digest(&secret),
+        account: account.name.clone(),
+        csrf: csrf.clone(),
+        expires: now() + auth::SESSION_LIFETIME.as_secs() as i64,
+    };
+    if let Err(e) = c.store.add_session(session).await {
+        return unavailable(e);
+    }
+    let p = match auth::principal(
+        c.store.as_ref(),
+        &account.name,
+        account.role,
+        account.organisation,
+        Some(csrf),
+    )
+    .await
+    {
+        Ok(p) => p,
+        Err(e) => return unavailable(e),
+    };
+    tracing::info!(account = %p.account, role = p.role.as_str(), client = %peer.0, "portal login");
+    (
+        [(
+            header::SET_COOKIE,
+            cookie(&secret, auth::SESSION_LIFETIME.as_secs()),
+        )],
+        Json(Me::from(&p)),
+    )
+        .into_response()
+}
