@@ -55,5 +55,5 @@ cargo test --workspace --all-targets "$@" -- --skip fleet_ --skip openspf_
 cargo test -p mailsilo-filter --test spf_suite "$@" -- --nocapture
 # The fleet on PostgreSQL, its figures (takeover, duplicates, refusals) printed in the log.
 cargo test -p mailsilo --test fleet "$@" -- --nocapture
-MAILSILO_TEST_STORE=postgres cargo test -p mailsilo --test durability --test silo --test hardening --test filter --test malware "$@"
+MAILSILO_TEST_STORE=postgres cargo test -p mailsilo --test durability --test silo --test hardening --test filter --test malware --test portal "$@"
 MAILSILO_TEST_STORE=postgres cargo test -p mailsilo-queue --test retry_and_dsn "$@"
