@@ -20,7 +20,22 @@ use store::{Held, HeldFilter, HeldSummary, Role};
 
 use crate::auth::Principal;
 use crate::queue::Page;
-use crate::{Ctx, now, refusal, unavailable};
+use crate::{Ctx, now, refusal};
+
+/// One quarantined message as `GET /api/v1/quarantine/{id}` shows it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HeldMessage {
+    pub id: String,
+    pub sender: String,
+    pub recipients: Vec<String>,
+    pub received_at: i64,
+    pub size: u64,
+    pub verdict: String,
+    pub score: f64,
+    pub reason: String,
+    pub client: String,
+    pub headers: String,
+}
 
 /// A listing's query: the page, and the filters.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -55,49 +70,153 @@ fn scope(p: &Principal, mut f: HeldFilter) -> Option<HeldFilter> {
     Some(f)
 }
 
-/// The held message if the caller may see it (a 404 otherwise), and whether every one of
-/// its recipients is the caller's.
-async fn visible(c: &Ctx, p: &Principal, id: &str) -> Result<(Held, bool), Response> {
-    match c.store.held(id).await {
-        Ok(Some(h)) => {
-            let seen = h
-                .message
-                .recipients
-                .iter()
-                .filter(|r| p.sees(&r.address))
-                .count();
-            if seen == 0 {
-                return Err(not_held(id));
-            }
-            let all = seen == h.message.recipients.len();
-            Ok((h, all))
+/// A refused quarantine operation: its status and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Refused {
+    fn not_held(id: &str) -> Refused {
+        Refused {
+            status: StatusCode::NOT_FOUND,
+            message: format!("no message {id} in the quarantine"),
         }
-        Ok(None) => Err(not_held(id)),
-        Err(e) => Err(unavailable(e)),
+    }
+
+    fn store(e: store::Error) -> Refused {
+        Refused {
+            status: StatusCode::SERVICE_UNAVAILABLE,
+            message: e.to_string(),
+        }
     }
 }
 
-/// A 403 for a change to a message also held for others.
-fn shared(id: &str) -> Response {
-    refusal(
-        StatusCode::FORBIDDEN,
-        &format!("{id} is held for other recipients too: an operator can release or delete it"),
-    )
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        refusal(self.status, &self.message)
+    }
 }
 
-/// One quarantined message as `GET /api/v1/quarantine/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct HeldMessage {
-    pub id: String,
-    pub sender: String,
-    pub recipients: Vec<String>,
-    pub received_at: i64,
-    pub size: u64,
-    pub verdict: String,
-    pub score: f64,
-    pub reason: String,
-    pub client: String,
-    pub headers: String,
+/// The page of held messages `q` asks for, within the caller's scope; each shows only the
+/// caller's recipients.
+pub async fn list(c: &Ctx, who: &Principal, q: HeldQuery) -> Result<Vec<HeldSummary>, Refused> {
+    let Some(filter) = scope(
+        who,
+        HeldFilter {
+            domains: None,
+            address: q.recipient,
+            sender: q.sender,
+            verdict: q.verdict,
+            since: q.since,
+            until: q.until,
+            min_score: q.min_score,
+        },
+    ) else {
+        return Ok(Vec::new());
+    };
+    let page = Page {
+        after: q.after,
+        limit: q.limit,
+    };
+    let mut list = c
+        .store
+        .quarantined(page.after.as_deref(), page.limit(), &filter)
+        .await
+        .map_err(Refused::store)?;
+    for h in &mut list {
+        h.recipients.retain(|r| who.sees(r));
+    }
+    Ok(list)
+}
+
+/// The held message if the caller may see it (404 otherwise), with the caller's
+/// recipients only, and whether every recipient is the caller's.
+async fn visible(c: &Ctx, who: &Principal, id: &str) -> Result<(Held, bool), Refused> {
+    let Some(mut h) = c.store.held(id).await.map_err(Refused::store)? else {
+        return Err(Refused::not_held(id));
+    };
+    let all = h.message.recipients.len();
+    h.message.recipients.retain(|r| who.sees(&r.address));
+    match h.message.recipients.len() {
+        0 => Err(Refused::not_held(id)),
+        n => Ok((h, n == all)),
+    }
+}
+
+/// A message held also for others is one copy for all of them: an operator's to change.
+async fn changeable(c: &Ctx, who: &Principal, id: &str) -> Result<(), Refused> {
+    match visible(c, who, id).await? {
+        (_, true) => Ok(()),
+        (_, false) => Err(Refused {
+            status: StatusCode::FORBIDDEN,
+            message: format!(
+                "{id} is held for other recipients too: an operator can release or delete it"
+            ),
+        }),
+    }
+}
+
+/// One held message as the caller may see it.
+pub async fn show(c: &Ctx, who: &Principal, id: &str) -> Result<HeldMessage, Refused> {
+    let (h, _) = visible(c, who, id).await?;
+    let m = &h.message;
+    let end = m
+        .body
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(m.body.len(), |i| i + 2);
+    Ok(HeldMessage {
+        id: m.id.clone(),
+        sender: m.sender.clone(),
+        recipients: m.recipients.iter().map(|r| r.address.clone()).collect(),
+        received_at: m.received_at,
+        size: m.body.len() as u64,
+        verdict: h.verdict.clone(),
+        score: h.score,
+        reason: h.reason.clone(),
+        client: m.arrival.client.clone(),
+        headers: String::from_utf8_lossy(&m.body[..end]).into_owned(),
+    })
+}
+
+/// Releases a held message: queued again under a new id for its recipients, not scanned
+/// again.
+pub async fn release(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Refused> {
+    changeable(c, who, id).await?;
+    let Some(held) = c.store.held(id).await.map_err(Refused::store)? else {
+        return Err(Refused::not_held(id));
+    };
+    let mut copy = held.message;
+    copy.id = (c.next_id)();
+    copy.next_attempt = now();
+    copy.arrival.node = c.node.clone();
+    copy.scan = Some(format!(
+        "released from the quarantine ({id}), not scanned again"
+    ));
+    let queued_as = copy.id.clone();
+    match c.store.release(id, copy, &c.node).await {
+        Ok(true) => {
+            tracing::info!(queue_id = %id, %queued_as, account = %who.account, "released from the quarantine");
+            Ok(Released { queued_as })
+        }
+        Ok(false) => Err(Refused::not_held(id)),
+        Err(e) => Err(Refused::store(e)),
+    }
+}
+
+/// Deletes a held message.
+pub async fn delete(c: &Ctx, who: &Principal, id: &str) -> Result<(), Refused> {
+    changeable(c, who, id).await?;
+    match c.store.delete_held(id, &c.node).await {
+        Ok(true) => {
+            tracing::info!(queue_id = %id, account = %who.account, "deleted from the quarantine");
+            Ok(())
+        }
+        Ok(false) => Err(Refused::not_held(id)),
+        Err(e) => Err(Refused::store(e)),
+    }
 }
 
 /// What a release did.
@@ -105,13 +224,6 @@ pub struct HeldMessage {
 pub struct Released {
     /// The queue id of the copy now queued.
     pub queued_as: String,
-}
-
-fn not_held(id: &str) -> Response {
-    refusal(
-        StatusCode::NOT_FOUND,
-        &format!("no message {id} in the quarantine"),
-    )
 }
 
 /// `GET /api/v1/quarantine`, `GET|DELETE /api/v1/quarantine/{id}`,
@@ -124,40 +236,9 @@ pub fn routes() -> Router<Ctx> {
                 |State(c): State<Ctx>,
                  Extension(who): Extension<Principal>,
                  q: Result<Query<HeldQuery>, QueryRejection>| async move {
-                    let q = match q {
-                        Ok(Query(q)) => q,
-                        Err(e) => return refusal(e.status(), &e.body_text()),
-                    };
-                    let Some(filter) = scope(
-                        &who,
-                        HeldFilter {
-                            domains: None,
-                            address: q.recipient,
-                            sender: q.sender,
-                            verdict: q.verdict,
-                            since: q.since,
-                            until: q.until,
-                            min_score: q.min_score,
-                        },
-                    ) else {
-                        return Json(Vec::<HeldSummary>::new()).into_response();
-                    };
-                    let page = Page {
-                        after: q.after,
-                        limit: q.limit,
-                    };
-                    match c
-                        .store
-                        .quarantined(page.after.as_deref(), page.limit(), &filter)
-                        .await
-                    {
-                        Ok(mut list) => {
-                            for h in &mut list {
-                                h.recipients.retain(|r| who.sees(r));
-                            }
-                            Json::<Vec<HeldSummary>>(list).into_response()
-                        }
-                        Err(e) => unavailable(e),
+                    match q {
+                        Ok(Query(q)) => list(&c, &who, q).await.map(Json).into_response(),
+                        Err(e) => refusal(e.status(), &e.body_text()),
                     }
                 },
             ),
@@ -168,54 +249,19 @@ pub fn routes() -> Router<Ctx> {
                 |State(c): State<Ctx>,
                  Extension(who): Extension<Principal>,
                  Path(id): Path<String>| async move {
-                match visible(&c, &who, &id).await {
-                    Ok((h, _)) => {
-                        let m = &h.message;
-                        let end = m
-                            .body
-                            .windows(4)
-                            .position(|w| w == b"\r\n\r\n")
-                            .map_or(m.body.len(), |i| i + 2);
-                        Json(HeldMessage {
-                            id: m.id.clone(),
-                            sender: m.sender.clone(),
-                            recipients: m
-                                .recipients
-                                .iter()
-                                .map(|r| r.address.clone())
-                                .filter(|r| who.sees(r))
-                                .collect(),
-                            received_at: m.received_at,
-                            size: m.body.len() as u64,
-                            verdict: h.verdict.clone(),
-                            score: h.score,
-                            reason: h.reason.clone(),
-                            client: m.arrival.client.clone(),
-                            headers: String::from_utf8_lossy(&m.body[..end]).into_owned(),
-                        })
-                        .into_response()
-                    }
-                    Err(r) => r,
-                }
-            })
+                    show(&c, &who, &id).await.map(Json).into_response()
+                },
+            )
             .delete(
                 |State(c): State<Ctx>,
                  Extension(who): Extension<Principal>,
                  Path(id): Path<String>| async move {
-                match visible(&c, &who, &id).await {
-                    Ok((_, true)) => {}
-                    Ok((_, false)) => return shared(&id),
-                    Err(r) => return r,
-                }
-                match c.store.delete_held(&id, &c.node).await {
-                    Ok(true) => {
-                        tracing::info!(queue_id = %id, account = %who.account, "deleted from the quarantine");
-                        StatusCode::NO_CONTENT.into_response()
-                    }
-                    Ok(false) => not_held(&id),
-                    Err(e) => unavailable(e),
-                }
-            }),
+                    delete(&c, &who, &id)
+                        .await
+                        .map(|()| StatusCode::NO_CONTENT)
+                        .into_response()
+                },
+            ),
         )
         .route(
             "/api/v1/quarantine/{id}/release",
@@ -223,25 +269,8 @@ pub fn routes() -> Router<Ctx> {
                 |State(c): State<Ctx>,
                  Extension(who): Extension<Principal>,
                  Path(id): Path<String>| async move {
-                let held = match visible(&c, &who, &id).await {
-                    Ok((h, true)) => h,
-                    Ok((_, false)) => return shared(&id),
-                    Err(r) => return r,
-                };
-                let mut copy = held.message;
-                copy.id = (c.next_id)();
-                copy.next_attempt = now();
-                copy.arrival.node = c.node.clone();
-                copy.scan = Some(format!("released from the quarantine ({id}), not scanned again"));
-                let queued_as = copy.id.clone();
-                match c.store.release(&id, copy, &c.node).await {
-                    Ok(true) => {
-                        tracing::info!(queue_id = %id, %queued_as, account = %who.account, "released from the quarantine");
-                        Json(Released { queued_as }).into_response()
-                    }
-                    Ok(false) => not_held(&id),
-                    Err(e) => unavailable(e),
-                }
-            }),
+                    release(&c, &who, &id).await.map(Json).into_response()
+                },
+            ),
         )
 }
