@@ -18,6 +18,9 @@ command -v postfix >/dev/null || missing+=(postfix)
 command -v opendkim-testmsg >/dev/null || missing+=(opendkim-tools)
 # ClamAV's daemon: the malware tests start their own clamd with their own signatures.
 [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon clamav)
+# Chromium for the portal's browser tests (driven by playwright-core, from npm, below).
+command -v chromium >/dev/null || missing+=(chromium)
+command -v npm >/dev/null || missing+=(npm)
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing: ${missing[*]}"
   apt-get update -qq
@@ -41,6 +44,14 @@ if [ ! -f "$spf_suite" ]; then
   tar xzf /var/tmp/mailsilo-pyspf-2.0.14/pyspf-2.0.14.tar.gz -C /var/tmp/mailsilo-pyspf-2.0.14
 fi
 export MAILSILO_TEST_SPF_SUITE="$spf_suite"
+
+# playwright-core (no browser download: it drives Debian's chromium), once per machine.
+playwright=/var/tmp/mailsilo-playwright
+if [ ! -d "$playwright/node_modules/playwright-core" ]; then
+  mkdir -p "$playwright"
+  (cd "$playwright" && npm install --silent --no-audit --no-fund playwright-core@1.65.1 >/dev/null)
+fi
+export MAILSILO_TEST_PLAYWRIGHT="$playwright/node_modules"
 
 # PostgreSQL: a throw-away cluster of our own under /var/tmp, on a free loopback port.
 . scripts/pg.sh

@@ -284,9 +284,7 @@ fn now() -> i64 {
 /// Where `up` says the portal is, with the accounts the file gives a plain password (the
 /// demo's), as the file seeds them.
 pub fn describe(portal: &str, config: &Config) -> String {
-    let mut out = format!(
-        "  portal API             {portal}api/v1/login  (the web pages are not built yet)\n"
-    );
+    let mut out = format!("  portal                 {portal}  (API: {portal}api/v1/)\n");
     for a in &config.accounts {
         if let AccountPassword::Plain(p) = &a.password {
             out.push_str(&format!(

@@ -70,7 +70,11 @@ fn http(
         "{method} {path} HTTP/1.1\r\nHost: portal\r\nConnection: close\r\nContent-Length: {}\r\n",
         body.len()
     );
-    if !body.is_empty() {
+    if !body.is_empty()
+        && !headers
+            .iter()
+            .any(|(k, _)| k.eq_ignore_ascii_case("content-type"))
+    {
         req.push_str("Content-Type: application/json\r\n");
     }
     for (k, v) in headers {
@@ -150,6 +154,14 @@ fn hold(g: &Gateway, to: &[&str], subject: &str) -> String {
     text.rsplit(' ').next().unwrap().trim().to_string()
 }
 
+/// A gateway with the test's rule, organisations and accounts.
+fn gateway() -> Gateway {
+    Gateway::start(Options {
+        tail: TAIL.into(),
+        ..Options::default()
+    })
+}
+
 fn ids(body: &str) -> Vec<String> {
     let v: Vec<serde_json::Value> = serde_json::from_str(body).unwrap();
     v.iter()
@@ -159,10 +171,7 @@ fn ids(body: &str) -> Vec<String> {
 
 #[test]
 fn each_role_sees_and_changes_only_its_own_mail() {
-    let g = Gateway::start(Options {
-        tail: TAIL.into(),
-        ..Options::default()
-    });
+    let g = gateway();
     let alices = hold(&g, &["alice@example.com"], "alice");
     let bobs = hold(&g, &["bob@example.com"], "bob");
     let orgs = hold(&g, &["carol@example.org"], "carol");
@@ -255,10 +264,7 @@ fn each_role_sees_and_changes_only_its_own_mail() {
 
 #[test]
 fn failed_logins_are_throttled_and_tokens_keep_their_scope() {
-    let g = Gateway::start(Options {
-        tail: TAIL.into(),
-        ..Options::default()
-    });
+    let g = gateway();
     let try_login = |password: &str| {
         http(
             g.control,
@@ -361,10 +367,7 @@ fn failed_logins_are_throttled_and_tokens_keep_their_scope() {
 
 #[test]
 fn accounts_are_added_and_changed_with_the_cli() {
-    let g = Gateway::start(Options {
-        tail: TAIL.into(),
-        ..Options::default()
-    });
+    let g = gateway();
     let user = |args: &[&str], stdin: &str| {
         let mut c = Command::new(&*BIN)
             .arg("user")
@@ -424,4 +427,122 @@ fn accounts_are_added_and_changed_with_the_cli() {
         ok && out.contains("zoe@example.com") && out.contains("-- 5 account(s)"),
         "{out}"
     );
+}
+
+/// The quarantine page in headless Chromium (Debian's `chromium`, driven by
+/// `playwright-core`, which the test command installs with npm under
+/// `MAILSILO_TEST_PLAYWRIGHT`): alice logs in on a phone-sized page, finds her message and
+/// releases it, and it arrives in the mailbox sink. Screenshots go to a temporary
+/// directory the test prints (not committed).
+#[test]
+fn a_user_releases_her_mail_in_a_browser() {
+    let modules = std::env::var("MAILSILO_TEST_PLAYWRIGHT").expect(
+        "MAILSILO_TEST_PLAYWRIGHT is not set: run the tests with scripts/test.sh, which installs playwright-core and chromium",
+    );
+    let g = gateway();
+    let id = hold(&g, &["alice@example.com"], "browser");
+    let shots = tempfile::Builder::new()
+        .prefix("mailsilo-screenshots-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let out = Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/browser/portal.mjs"
+        ))
+        .arg(format!("http://{}", g.control))
+        .args(["alice@example.com", "alice-pass", &id])
+        .arg(&shots)
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("screenshots: {}", shots.display());
+    assert!(said.starts_with("released "), "{said}");
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+}
+
+#[test]
+fn pages_need_a_session_and_their_forms_a_csrf_token() {
+    let g = gateway();
+    let id = hold(&g, &["alice@example.com"], "page");
+    // Without a session: the login page.
+    let (status, headers, _) = http(g.control, "GET", "/quarantine", &[], "");
+    assert_eq!(status, 303);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "location" && v == "/login")
+    );
+    let (status, headers, body) = http(g.control, "GET", "/login", &[], "");
+    assert_eq!(status, 200);
+    assert!(body.contains("<label for=\"password\">"), "{body}");
+    let csp = headers
+        .iter()
+        .find(|(k, _)| k == "content-security-policy")
+        .unwrap();
+    assert!(csp.1.contains("default-src 'none'"), "{csp:?}");
+    // A login form posted from another site is refused.
+    let form = "name=alice%40example.com&password=alice-pass";
+    let (status, _, _) = http(
+        g.control,
+        "POST",
+        "/login",
+        &[
+            ("Origin", "https://evil.example"),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        form,
+    );
+    assert_eq!(status, 403);
+    let alice = login(&g, "alice@example.com", "alice-pass");
+    let (status, page) = alice.get(&g, "/quarantine");
+    assert_eq!(status, 200);
+    assert!(page.contains(&format!("id=\"m-{id}\"")), "{page}");
+    // A release posted without the form's token (another site's form) is refused.
+    let (status, _, _) = http(
+        g.control,
+        "POST",
+        &format!("/quarantine/{id}/release"),
+        &[
+            ("Cookie", &alice.cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        "csrf=forged",
+    );
+    assert_eq!(status, 403);
+    let (status, headers, _) = http(
+        g.control,
+        "POST",
+        &format!("/quarantine/{id}/delete"),
+        &[
+            ("Cookie", &alice.cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &format!("csrf={}", alice.csrf),
+    );
+    assert_eq!(status, 303);
+    let location = &headers.iter().find(|(k, _)| k == "location").unwrap().1;
+    assert!(
+        location.starts_with("/quarantine?done=Deleted"),
+        "{location}"
+    );
+    // Markup in what a sender chose is shown as text.
+    let mut s = g.smtp();
+    assert_eq!(s.cmd("EHLO client.test").0, 250);
+    let (code, text) = s.mail(
+        "\"<b>bold</b>\"@outside.example",
+        &["alice@example.com"],
+        "Subject: hold me\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let (_, page) = alice.get(&g, "/quarantine");
+    assert!(page.contains("&lt;b&gt;bold&lt;/b&gt;"), "{page}");
+    assert!(!page.contains("<b>bold"), "{page}");
 }

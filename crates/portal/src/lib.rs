@@ -41,6 +41,7 @@ pub mod login;
 pub mod quarantine;
 pub mod queue;
 pub mod settings;
+pub mod web;
 
 pub use auth::Principal;
 pub use lb::{Balancers, Loading, ServerState, ServerStatus};
@@ -96,7 +97,15 @@ pub struct Peer(pub std::net::IpAddr);
 /// Calls any role may make (each answers within the caller's scope); every other call is
 /// an operator's.
 fn scoped(path: &str) -> bool {
-    matches!(path, "/api/v1/me" | "/api/v1/logout") || path.starts_with("/api/v1/quarantine")
+    matches!(path, "/api/v1/me" | "/api/v1/logout" | "/" | "/logout")
+        || path.starts_with("/api/v1/quarantine")
+        || path == "/quarantine"
+        || path.starts_with("/quarantine/")
+}
+
+/// Calls made without a credential: the metrics, and the logins.
+fn public(path: &str) -> bool {
+    matches!(path, "/metrics" | "/api/v1/login" | "/login")
 }
 
 /// The credentials a request carries: its bearer token and its session cookie.
@@ -193,15 +202,21 @@ async fn authenticate(
 /// caller's role, an announced body over the limit, and a request that takes too long.
 async fn guard(token: Arc<str>, ctx: Ctx, mut request: Request, next: Next) -> Response {
     let path = request.uri().path().to_string();
-    if path != "/metrics" && path != "/api/v1/login" {
+    let api = path.starts_with("/api/");
+    if !public(&path) {
         let (bearer, cookie) = credentials(&request);
         let principal = match authenticate(&token, &ctx, bearer, cookie).await {
             Ok(p) => p,
+            // A page asked for without a session leads to the login.
+            Err(_) if !api => return axum::response::Redirect::to("/login").into_response(),
             Err(r) => return r,
         };
         let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+        // The API's changes carry the session's CSRF token in a header; the pages' forms
+        // carry it as a field, which their handlers check.
         if let Some(csrf) = &principal.csrf
             && !reads
+            && api
         {
             let given = request
                 .headers()
@@ -266,6 +281,7 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
     let guarded = ctx.clone();
     Router::new()
         .merge(login::routes())
+        .merge(web::routes())
         .merge(lb::routes())
         .merge(queue::routes())
         .merge(quarantine::routes())

@@ -71,7 +71,7 @@ pub fn routes() -> Router<Ctx> {
                     }
                     (
                         StatusCode::NO_CONTENT,
-                        [(header::SET_COOKIE, cookie("", 0))],
+                        [(header::SET_COOKIE, session_cookie(""))],
                     )
                         .into_response()
                 },
@@ -81,6 +81,75 @@ pub fn routes() -> Router<Ctx> {
             "/api/v1/me",
             get(|Extension(p): Extension<Principal>| async move { Json(Me::from(&p)) }),
         )
+}
+
+/// Why a login did not start a session.
+pub enum LoginRefused {
+    /// Too many failures: the seconds to wait.
+    Throttled(u64),
+    Wrong,
+    Store(store::Error),
+}
+
+/// Checks a name and password (throttled per account and address) and starts a session:
+/// the cookie's secret and the caller.
+pub async fn start_session(
+    c: &Ctx,
+    throttle: &Throttle,
+    peer: Peer,
+    name: &str,
+    password: String,
+) -> Result<(String, Principal), LoginRefused> {
+    let name = name.trim().to_ascii_lowercase();
+    if let Some(wait) = throttle.wait(&name, peer.0) {
+        return Err(LoginRefused::Throttled(wait));
+    }
+    let account = c.store.account(&name).await.map_err(LoginRefused::Store)?;
+    // The hash is checked whether or not the account exists (on the blocking pool: argon2
+    // takes tens of milliseconds by design), so the time taken tells nothing.
+    let hash = account
+        .as_ref()
+        .map_or(auth::DUMMY_HASH.to_string(), |a| a.password.clone());
+    let good = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
+        .await
+        .unwrap_or(false);
+    let Some(account) = account.filter(|_| good) else {
+        throttle.failed(&name, peer.0);
+        tracing::info!(account = %name, client = %peer.0, "failed portal login");
+        return Err(LoginRefused::Wrong);
+    };
+    throttle.succeeded(&name);
+    let (secret, csrf) = (auth::secret(), auth::secret());
+    let session = Session {
+        key: auth::digest(&secret),
+        account: account.name.clone(),
+        csrf: csrf.clone(),
+        expires: now() + auth::SESSION_LIFETIME.as_secs() as i64,
+    };
+    c.store
+        .add_session(session)
+        .await
+        .map_err(LoginRefused::Store)?;
+    let p = auth::principal(
+        c.store.as_ref(),
+        &account.name,
+        account.role,
+        account.organisation,
+        Some(csrf),
+    )
+    .await
+    .map_err(LoginRefused::Store)?;
+    tracing::info!(account = %p.account, role = p.role.as_str(), client = %peer.0, "portal login");
+    Ok((secret, p))
+}
+
+/// The `Set-Cookie` value of a session (an empty secret ends it).
+pub fn session_cookie(secret: &str) -> String {
+    if secret.is_empty() {
+        cookie("", 0)
+    } else {
+        cookie(secret, auth::SESSION_LIFETIME.as_secs())
+    }
 }
 
 async fn login(
@@ -93,65 +162,24 @@ async fn login(
         Ok(Json(l)) => l,
         Err(e) => return refusal(e.status(), &e.body_text()),
     };
-    let name = name.trim().to_ascii_lowercase();
-    if let Some(wait) = throttle.wait(&name, peer.0) {
-        let mut r = refusal(
-            StatusCode::TOO_MANY_REQUESTS,
-            &format!("too many failed logins: try again in {wait} s"),
-        );
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            wait.to_string().parse().expect("digits"),
-        );
-        return r;
+    match start_session(&c, &throttle, peer, &name, password).await {
+        Ok((secret, p)) => (
+            [(header::SET_COOKIE, session_cookie(&secret))],
+            Json(Me::from(&p)),
+        )
+            .into_response(),
+        Err(LoginRefused::Throttled(wait)) => {
+            let mut r = refusal(
+                StatusCode::TOO_MANY_REQUESTS,
+                &format!("too many failed logins: try again in {wait} s"),
+            );
+            r.headers_mut().insert(
+                header::RETRY_AFTER,
+                wait.to_string().parse().expect("digits"),
+            );
+            r
+        }
+        Err(LoginRefused::Wrong) => refusal(StatusCode::UNAUTHORIZED, "wrong name or password"),
+        Err(LoginRefused::Store(e)) => unavailable(e),
     }
-    let account = match c.store.account(&name).await {
-        Ok(a) => a,
-        Err(e) => return unavailable(e),
-    };
-    // The hash is checked whether or not the account exists (on the blocking pool: argon2
-    // takes tens of milliseconds by design), so the time taken tells nothing.
-    let hash = account
-        .as_ref()
-        .map_or(auth::DUMMY_HASH.to_string(), |a| a.password.clone());
-    let good = tokio::task::spawn_blocking(move || auth::verify_password(&hash, &password))
-        .await
-        .unwrap_or(false);
-    let Some(account) = account.filter(|_| good) else {
-        throttle.failed(&name, peer.0);
-        tracing::info!(account = %name, client = %peer.0, "failed portal login");
-        return refusal(StatusCode::UNAUTHORIZED, "wrong name or password");
-    };
-    throttle.succeeded(&name);
-    let (secret, csrf) = (auth::secret(), auth::secret());
-    let session = Session {
-        key: auth::digest(&secret),
-        account: account.name.clone(),
-        csrf: csrf.clone(),
-        expires: now() + auth::SESSION_LIFETIME.as_secs() as i64,
-    };
-    if let Err(e) = c.store.add_session(session).await {
-        return unavailable(e);
-    }
-    let p = match auth::principal(
-        c.store.as_ref(),
-        &account.name,
-        account.role,
-        account.organisation,
-        Some(csrf),
-    )
-    .await
-    {
-        Ok(p) => p,
-        Err(e) => return unavailable(e),
-    };
-    tracing::info!(account = %p.account, role = p.role.as_str(), client = %peer.0, "portal login");
-    (
-        [(
-            header::SET_COOKIE,
-            cookie(&secret, auth::SESSION_LIFETIME.as_secs()),
-        )],
-        Json(Me::from(&p)),
-    )
-        .into_response()
 }

@@ -1,0 +1,433 @@
+//! The portal's web pages, rendered on the server as plain HTML forms (no script, no
+//! external resource: the portal works offline and on a phone): the login, and the
+//! quarantine with its filters and its release and delete buttons. They call the same
+//! operations as the API, within the same scopes.
+//!
+//! A page's form posts carry the session's CSRF token as a hidden field, checked here (the
+//! API's calls carry it in a header instead); the login form refuses posts whose `Origin`
+//! is another site. Every page is sent with a content security policy that allows no
+//! script, no frame and forms only to the portal itself.
+
+use std::sync::Arc;
+
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{Form, Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::routing::{get, post};
+use axum::{Extension, Router};
+use serde::Deserialize;
+use store::Role;
+
+use crate::auth::{Principal, Throttle};
+use crate::login::{LoginRefused, session_cookie, start_session};
+use crate::quarantine::{self, HeldQuery};
+use crate::{Ctx, Peer, same};
+
+/// `s` with HTML's special characters escaped (for text and quoted attribute values).
+pub fn esc(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// `s` for a URL's query.
+fn url(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (b as char).to_string()
+            }
+            b => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1b1b1b;background:#fafafa}\
+header{display:flex;flex-wrap:wrap;gap:1em;align-items:center;padding:.6em 1em;background:#22313f;color:#fff}\
+header a{color:#fff}header button{color:#22313f;background:#fff;border:1px solid #fff}main{padding:1em;max-width:72em}\
+table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.4em;border-bottom:1px solid #ddd;vertical-align:top}\
+td.actions form{display:inline}button{padding:.3em .8em;margin:.1em}\
+label{display:block;margin:.4em 0 .1em}input{padding:.35em;max-width:100%}\
+.notice{padding:.5em;background:#e7f3e7;border:1px solid #9c9}.error{padding:.5em;background:#fbeaea;border:1px solid #d99}\
+@media (max-width:40em){thead{display:none}tr{display:block;border-bottom:2px solid #ccc}td{display:block;border:none}}";
+
+/// A whole page: the header (who is logged in, the navigation, the logout) and `body`.
+fn page(title: &str, who: Option<&Principal>, body: &str) -> Response {
+    let nav = match who {
+        Some(p) => format!(
+            "<nav aria-label=\"Portal\"><a href=\"/quarantine\">Quarantine</a></nav>\
+             <span>{} ({})</span>\
+             <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Log out</button></form>",
+            esc(&p.account),
+            p.role.as_str(),
+            esc(p.csrf.as_deref().unwrap_or(""))
+        ),
+        None => String::new(),
+    };
+    let html = format!(
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">\
+         <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>{} - mailsilo</title><style>{STYLE}</style></head>\
+         <body><header><strong>mailsilo</strong>{nav}</header><main><h1>{}</h1>{body}</main></body></html>",
+        esc(title),
+        esc(title)
+    );
+    let mut r = Html(html).into_response();
+    let h = r.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    r
+}
+
+fn error_page(status: StatusCode, message: &str, who: Option<&Principal>) -> Response {
+    let mut r = page(
+        "Refused",
+        who,
+        &format!(
+            "<p class=\"error\" role=\"alert\">{}</p><p><a href=\"/quarantine\">Back</a></p>",
+            esc(message)
+        ),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+#[derive(Debug, Default, Deserialize)]
+struct LoginPage {
+    failed: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct LoginForm {
+    name: String,
+    password: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct CsrfForm {
+    csrf: String,
+}
+
+fn login_page(message: Option<&str>, status: StatusCode) -> Response {
+    let notice = message.map_or(String::new(), |m| {
+        format!("<p class=\"error\" role=\"alert\">{}</p>", esc(m))
+    });
+    let mut r = page(
+        "Log in",
+        None,
+        &format!(
+            "{notice}<form method=\"post\" action=\"/login\">\
+             <label for=\"name\">Name or address</label>\
+             <input id=\"name\" name=\"name\" autocomplete=\"username\" required autofocus>\
+             <label for=\"password\">Password</label>\
+             <input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"current-password\" required>\
+             <p><button type=\"submit\">Log in</button></p></form>"
+        ),
+    );
+    *r.status_mut() = status;
+    r
+}
+
+/// Whether a form post comes from the portal's own pages: its `Origin`, when sent, names
+/// the host it was sent to.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    origin
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
+}
+
+/// The caller's CSRF token matches the form's.
+fn csrf_ok(who: &Principal, form: &Result<Form<CsrfForm>, FormRejection>) -> bool {
+    match (who.csrf.as_deref(), form) {
+        (Some(expected), Ok(Form(f))) => same(f.csrf.as_bytes(), expected.as_bytes()),
+        _ => false,
+    }
+}
+
+fn forbidden_form(who: &Principal) -> Response {
+    error_page(
+        StatusCode::FORBIDDEN,
+        "This form has expired or came from elsewhere: reload the page and try again.",
+        Some(who),
+    )
+}
+
+pub fn routes() -> Router<Ctx> {
+    Router::new()
+        .route("/", get(|| async { Redirect::to("/quarantine") }))
+        .route(
+            "/login",
+            get(|q: Result<Query<LoginPage>, QueryRejection>| async move {
+                let failed = q.ok().and_then(|Query(q)| q.failed);
+                login_page(failed.as_deref(), StatusCode::OK)
+            })
+            .post(web_login),
+        )
+        .route(
+            "/logout",
+            post(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 form: Result<Form<CsrfForm>, FormRejection>| async move {
+                    if !csrf_ok(&who, &form) {
+                        return forbidden_form(&who);
+                    }
+                    if let Some(key) = &who.session
+                        && let Err(e) = c.store.end_sessions(Some(key), None).await
+                    {
+                        return error_page(
+                            StatusCode::SERVICE_UNAVAILABLE,
+                            &e.to_string(),
+                            Some(&who),
+                        );
+                    }
+                    (
+                        [(header::SET_COOKIE, session_cookie(""))],
+                        Redirect::to("/login"),
+                    )
+                        .into_response()
+                },
+            ),
+        )
+        .route("/quarantine", get(quarantine_page))
+        .route("/quarantine/{id}/{action}", post(quarantine_action))
+}
+
+async fn web_login(
+    State(c): State<Ctx>,
+    Extension(peer): Extension<Peer>,
+    Extension(throttle): Extension<Arc<Throttle>>,
+    headers: HeaderMap,
+    form: Result<Form<LoginForm>, FormRejection>,
+) -> Response {
+    if !same_origin(&headers) {
+        return login_page(
+            Some("This login form came from another site."),
+            StatusCode::FORBIDDEN,
+        );
+    }
+    let Ok(Form(f)) = form else {
+        return login_page(
+            Some("Write a name and a password."),
+            StatusCode::BAD_REQUEST,
+        );
+    };
+    match start_session(&c, &throttle, peer, &f.name, f.password).await {
+        Ok((secret, _)) => (
+            [(header::SET_COOKIE, session_cookie(&secret))],
+            Redirect::to("/quarantine"),
+        )
+            .into_response(),
+        Err(LoginRefused::Throttled(wait)) => login_page(
+            Some(&format!(
+                "Too many failed logins: try again in {} minutes.",
+                wait.div_ceil(60)
+            )),
+            StatusCode::TOO_MANY_REQUESTS,
+        ),
+        Err(LoginRefused::Wrong) => {
+            login_page(Some("Wrong name or password."), StatusCode::UNAUTHORIZED)
+        }
+        Err(LoginRefused::Store(e)) => login_page(
+            Some(&format!("The portal cannot reach its store: {e}")),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
+    }
+}
+
+/// The quarantine page's query: the listing's filters, and the notice of the last action.
+#[derive(Debug, Default, Deserialize)]
+struct PageQuery {
+    recipient: Option<String>,
+    sender: Option<String>,
+    verdict: Option<String>,
+    after: Option<String>,
+    done: Option<String>,
+}
+
+fn unix_time(t: i64) -> String {
+    humantime::format_rfc3339_seconds(
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
+    )
+    .to_string()
+    .replace('T', " ")
+    .replace('Z', " UTC")
+}
+
+async fn quarantine_page(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<PageQuery>, QueryRejection>,
+) -> Response {
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let blank = |s: &Option<String>| s.clone().filter(|v| !v.trim().is_empty());
+    let held = quarantine::list(
+        &c,
+        &who,
+        HeldQuery {
+            after: blank(&q.after),
+            limit: Some(PAGE),
+            recipient: blank(&q.recipient),
+            sender: blank(&q.sender),
+            verdict: blank(&q.verdict),
+            ..HeldQuery::default()
+        },
+    )
+    .await;
+    let held = match held {
+        Ok(h) => h,
+        Err(e) => return error_page(e.status, &e.message, Some(&who)),
+    };
+    let csrf = esc(who.csrf.as_deref().unwrap_or(""));
+    let value = |s: &Option<String>| esc(s.as_deref().unwrap_or(""));
+    let mut body = String::new();
+    if let Some(done) = &q.done {
+        body.push_str(&format!(
+            "<p class=\"notice\" role=\"status\">{}</p>",
+            esc(done)
+        ));
+    }
+    let scope = match who.role {
+        Role::Operator => "all held mail".to_string(),
+        Role::Admin => format!("mail held for {}", who.domains.join(", ")),
+        Role::User => format!("mail held for {}", who.account),
+    };
+    body.push_str(&format!(
+        "<p>Showing {}.</p>\
+         <form method=\"get\" action=\"/quarantine\" aria-label=\"Filter\">\
+         <label for=\"recipient\">Recipient</label><input id=\"recipient\" name=\"recipient\" value=\"{}\">\
+         <label for=\"sender\">Sender contains</label><input id=\"sender\" name=\"sender\" value=\"{}\">\
+         <label for=\"verdict\">Verdict</label><input id=\"verdict\" name=\"verdict\" value=\"{}\" list=\"verdicts\">\
+         <datalist id=\"verdicts\"><option value=\"spam\"><option value=\"phishing\"><option value=\"virus\"><option value=\"policy\"></datalist>\
+         <p><button type=\"submit\">Filter</button></p></form>",
+        esc(&scope),
+        value(&q.recipient),
+        value(&q.sender),
+        value(&q.verdict)
+    ));
+    if held.is_empty() {
+        body.push_str("<p>Nothing is held.</p>");
+    } else {
+        body.push_str(
+            "<table><caption>Held messages</caption><thead><tr><th scope=\"col\">Received</th>\
+             <th scope=\"col\">From</th><th scope=\"col\">To</th><th scope=\"col\">Verdict</th>\
+             <th scope=\"col\">Why</th><th scope=\"col\">Actions</th></tr></thead><tbody>",
+        );
+        for h in &held {
+            let id = esc(&h.id);
+            body.push_str(&format!(
+                "<tr id=\"m-{id}\"><td>{}</td><td>{}</td><td>{}</td><td>{} ({:.1})</td><td>{}</td>\
+                 <td class=\"actions\">\
+                 <form method=\"post\" action=\"/quarantine/{id}/release\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <button type=\"submit\" aria-label=\"Release {id}\">Release</button></form>\
+                 <form method=\"post\" action=\"/quarantine/{id}/delete\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <button type=\"submit\" aria-label=\"Delete {id}\">Delete</button></form></td></tr>",
+                esc(&unix_time(h.received_at)),
+                esc(&h.sender),
+                esc(&h.recipients.join(", ")),
+                esc(&h.verdict),
+                h.score,
+                esc(&h.reason),
+            ));
+        }
+        body.push_str("</tbody></table>");
+        if held.len() == PAGE
+            && let Some(last) = held.last()
+        {
+            body.push_str(&format!(
+                "<p><a href=\"/quarantine?after={}&amp;recipient={}&amp;sender={}&amp;verdict={}\">Next page</a></p>",
+                url(&last.id),
+                url(q.recipient.as_deref().unwrap_or("")),
+                url(q.sender.as_deref().unwrap_or("")),
+                url(q.verdict.as_deref().unwrap_or(""))
+            ));
+        }
+    }
+    page("Quarantine", Some(&who), &body)
+}
+
+/// Messages on one page of the quarantine.
+const PAGE: usize = 50;
+
+async fn quarantine_action(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    Path((id, action)): Path<(String, String)>,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    if !csrf_ok(&who, &form) {
+        return forbidden_form(&who);
+    }
+    let done = match action.as_str() {
+        "release" => quarantine::release(&c, &who, &id)
+            .await
+            .map(|r| format!("Released {id}: queued as {}.", r.queued_as)),
+        "delete" => quarantine::delete(&c, &who, &id)
+            .await
+            .map(|()| format!("Deleted {id}.")),
+        _ => return error_page(StatusCode::NOT_FOUND, "No such action.", Some(&who)),
+    };
+    match done {
+        Ok(message) => Redirect::to(&format!("/quarantine?done={}", url(&message))).into_response(),
+        Err(e) => error_page(e.status, &e.message, Some(&who)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn escaping() {
+        assert_eq!(
+            esc("<a href=\"x\">'&'</a>"),
+            "&lt;a href=&quot;x&quot;&gt;&#39;&amp;&#39;&lt;/a&gt;"
+        );
+        assert_eq!(url("a b&c=d/é"), "a%20b%26c%3Dd%2F%C3%A9");
+    }
+
+    #[test]
+    fn origins() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "127.0.0.1:8025".parse().unwrap());
+        assert!(
+            same_origin(&h),
+            "no Origin: a same-origin form or an old browser"
+        );
+        h.insert(header::ORIGIN, "http://127.0.0.1:8025".parse().unwrap());
+        assert!(same_origin(&h));
+        h.insert(header::ORIGIN, "https://evil.example".parse().unwrap());
+        assert!(!same_origin(&h));
+    }
+}
