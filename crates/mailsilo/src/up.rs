@@ -279,6 +279,12 @@ pub async fn up(
         Some(store) => crate::live::start(&config, store).await?,
         None => Arc::new(config::DomainTable::new(config.domains.clone())),
     };
+    // The portal's accounts are in the store before anything listens.
+    if let (Some(store), Some(_)) = (&store, &control) {
+        crate::user_cli::seed(&config, store.as_ref())
+            .await
+            .context("seeding the portal's organisations and accounts")?;
+    }
     let queue = match (&store, receives) {
         (Some(store), true) => Some(
             Queue::new(
@@ -527,9 +533,6 @@ pub async fn up(
     if let (Some(c), Some(store)) = (control, store) {
         let listener = bind(c.listen, "the control endpoint (control.listen)").await?;
         let token = crate::datadir::control_token(data_dir)?;
-        crate::user_cli::seed(&config, store.as_ref())
-            .await
-            .context("seeding the portal's organisations and accounts")?;
         map.push_str(&crate::user_cli::describe(
             &format!("http://{}/", listener.local_addr()?),
             &config,
