@@ -101,9 +101,9 @@ struct Session {
     csrf: String,
 }
 
-fn login(g: &Gateway, name: &str, password: &str) -> Session {
+fn login(control: SocketAddr, name: &str, password: &str) -> Session {
     let (status, headers, body) = http(
-        g.control,
+        control,
         "POST",
         "/api/v1/login",
         &[],
@@ -182,7 +182,7 @@ fn each_role_sees_and_changes_only_its_own_mail() {
     assert_eq!(status, 401, "{body}");
     assert!(body.contains(r#""code":"unauthorized""#), "{body}");
 
-    let alice = login(&g, "alice@example.com", "alice-pass");
+    let alice = login(g.control, "alice@example.com", "alice-pass");
     let (status, me) = alice.get(&g, "/api/v1/me");
     assert_eq!(status, 200);
     let me: serde_json::Value = serde_json::from_str(&me).unwrap();
@@ -217,7 +217,7 @@ fn each_role_sees_and_changes_only_its_own_mail() {
 
     // The admin of example.com: its domain's mail; the shared message shows only its
     // recipient, and is an operator's to release.
-    let admin = login(&g, "admin@example.com", "admin-pass");
+    let admin = login(g.control, "admin@example.com", "admin-pass");
     let (_, list) = admin.get(&g, "/api/v1/quarantine");
     assert_eq!(ids(&list), [bobs.clone(), shared.clone()]);
     let v: Vec<serde_json::Value> = serde_json::from_str(&list).unwrap();
@@ -235,14 +235,14 @@ fn each_role_sees_and_changes_only_its_own_mail() {
     assert_eq!(status, 204);
 
     // The other organisation's admin sees only its own.
-    let other = login(&g, "admin@example.org", "org-admin-pass");
+    let other = login(g.control, "admin@example.org", "org-admin-pass");
     let (_, list) = other.get(&g, "/api/v1/quarantine");
     assert_eq!(ids(&list), [orgs.clone(), shared.clone()]);
     let (status, _) = other.get(&g, &format!("/api/v1/quarantine/{bobs}"));
     assert_eq!(status, 404);
 
     // The operator sees everything and may release the shared message.
-    let operator = login(&g, "operator", "operator-pass");
+    let operator = login(g.control, "operator", "operator-pass");
     let (_, list) = operator.get(&g, "/api/v1/quarantine");
     assert_eq!(ids(&list), [orgs.clone(), shared.clone()]);
     let (status, _) = operator.get(&g, "/api/v1/lb");
@@ -416,12 +416,12 @@ fn accounts_are_added_and_changed_with_the_cli() {
     assert!(!ok && out.contains("address at one of"), "{out}");
     let (ok, out) = user(&["add", "operator", "--role", "operator"], "x\n");
     assert!(!ok && out.contains("exists"), "{out}");
-    let zoe = login(&g, "zoe@example.com", "zoe-pass");
+    let zoe = login(g.control, "zoe@example.com", "zoe-pass");
     let (ok, out) = user(&["passwd", "zoe@example.com"], "new-pass\n");
     assert!(ok && out.contains("1 session(s) ended"), "{out}");
     let (status, _) = zoe.get(&g, "/api/v1/me");
     assert_eq!(status, 401, "the old session ended");
-    login(&g, "zoe@example.com", "new-pass");
+    login(g.control, "zoe@example.com", "new-pass");
     let (ok, out) = user(&["list"], "");
     assert!(
         ok && out.contains("zoe@example.com") && out.contains("-- 5 account(s)"),
@@ -501,7 +501,7 @@ fn pages_need_a_session_and_their_forms_a_csrf_token() {
         form,
     );
     assert_eq!(status, 403);
-    let alice = login(&g, "alice@example.com", "alice-pass");
+    let alice = login(g.control, "alice@example.com", "alice-pass");
     let (status, page) = alice.get(&g, "/quarantine");
     assert_eq!(status, 200);
     assert!(page.contains(&format!("id=\"m-{id}\"")), "{page}");
@@ -545,4 +545,70 @@ fn pages_need_a_session_and_their_forms_a_csrf_token() {
     let (_, page) = alice.get(&g, "/quarantine");
     assert!(page.contains("&lt;b&gt;bold&lt;/b&gt;"), "{page}");
     assert!(!page.contains("<b>bold"), "{page}");
+}
+
+/// The operator's silo page draws the silo (its DNS answers, each cluster's balancer, each
+/// server with health, state and loading) and changes a server's loading and state through
+/// the balancers, as `lb` does; other roles are refused the page.
+#[test]
+fn an_operator_changes_servers_on_the_silo_page() {
+    let accounts = TAIL
+        .split_once("[[organisation]]")
+        .map(|(_, rest)| format!("[[organisation]]{rest}"))
+        .unwrap();
+    let mut silo = common::Silo::new(27, &[&[1, 2]], &accounts, "");
+    silo.start_without_dns();
+    let form = [("Content-Type", "application/x-www-form-urlencoded")];
+    let Session { cookie, csrf } = login(silo.control, "operator", "operator-pass");
+    let (status, _, page) = http(silo.control, "GET", "/silo", &[("Cookie", &cookie)], "");
+    assert_eq!(status, 200);
+    for want in [
+        "Cluster c1",
+        "id=\"s-c1-s1\"",
+        "id=\"s-c1-s2\"",
+        "loading 2",
+    ] {
+        assert!(page.contains(want), "{want}: {page}");
+    }
+    let post = |path: &str, body: &str| {
+        let mut h = form.to_vec();
+        h.push(("Cookie", &cookie));
+        http(silo.control, "POST", path, &h, body).0
+    };
+    assert_eq!(
+        post("/silo/c1/c1-s1/loading", &format!("csrf={csrf}&value=7")),
+        303
+    );
+    assert_eq!(
+        post("/silo/c1/c1-s2/state", &format!("csrf={csrf}&value=drain")),
+        303
+    );
+    assert_eq!(post("/silo/c1/c1-s1/loading", "csrf=forged&value=9"), 403);
+    assert_eq!(
+        post("/silo/c1/c1-s1/loading", &format!("csrf={csrf}&value=0")),
+        400
+    );
+    let shown = silo.lb(&["show"]);
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("c1-s1") && l.contains(" 7 ")),
+        "{shown}"
+    );
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("c1-s2") && l.contains("drain")),
+        "{shown}"
+    );
+    let alice = login(silo.control, "alice@example.com", "alice-pass");
+    let (status, _, page) = http(
+        silo.control,
+        "GET",
+        "/silo",
+        &[("Cookie", &alice.cookie)],
+        "",
+    );
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("operator"), "{page}");
 }

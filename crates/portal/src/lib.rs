@@ -231,7 +231,15 @@ async fn guard(token: Arc<str>, ctx: Ctx, mut request: Request, next: Next) -> R
             }
         }
         if principal.role != store::Role::Operator && !scoped(&path) {
-            return refusal(StatusCode::FORBIDDEN, "this call is an operator's");
+            return if api {
+                refusal(StatusCode::FORBIDDEN, "this call is an operator's")
+            } else {
+                web::error_page(
+                    StatusCode::FORBIDDEN,
+                    "This page is an operator's.",
+                    Some(&principal),
+                )
+            };
         }
         request.extensions_mut().insert(principal);
     }

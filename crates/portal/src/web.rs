@@ -54,21 +54,28 @@ fn url(s: &str) -> String {
 
 const STYLE: &str = "body{font-family:system-ui,sans-serif;margin:0;color:#1b1b1b;background:#fafafa}\
 header{display:flex;flex-wrap:wrap;gap:1em;align-items:center;padding:.6em 1em;background:#22313f;color:#fff}\
-header a{color:#fff}header button{color:#22313f;background:#fff;border:1px solid #fff}main{padding:1em;max-width:72em}\
+header a{color:#fff}nav a{margin-right:1em}header button{color:#22313f;background:#fff;border:1px solid #fff}main{padding:1em;max-width:72em}\
 table{border-collapse:collapse;width:100%}th,td{text-align:left;padding:.4em;border-bottom:1px solid #ddd;vertical-align:top}\
 td.actions form{display:inline}button{padding:.3em .8em;margin:.1em}\
 label{display:block;margin:.4em 0 .1em}input{padding:.35em;max-width:100%}\
-.notice{padding:.5em;background:#e7f3e7;border:1px solid #9c9}.error{padding:.5em;background:#fbeaea;border:1px solid #d99}\
+.notice{padding:.5em;background:#e7f3e7;border:1px solid #9c9}\
+.silo{border:2px solid #22313f;padding:.6em;margin:.6em 0}.clusters{display:flex;flex-wrap:wrap;gap:.8em}\
+.cluster{border:1px solid #999;padding:.5em;min-width:16em;background:#fff}.down{color:#a00;font-weight:bold}.up{color:#070}.error{padding:.5em;background:#fbeaea;border:1px solid #d99}\
 @media (max-width:40em){thead{display:none}tr{display:block;border-bottom:2px solid #ccc}td{display:block;border:none}}";
 
 /// A whole page: the header (who is logged in, the navigation, the logout) and `body`.
 fn page(title: &str, who: Option<&Principal>, body: &str) -> Response {
     let nav = match who {
         Some(p) => format!(
-            "<nav aria-label=\"Portal\"><a href=\"/quarantine\">Quarantine</a></nav>\
+            "<nav aria-label=\"Portal\">{}<a href=\"/quarantine\">Quarantine</a></nav>\
              <span>{} ({})</span>\
              <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Log out</button></form>",
+            if p.role == Role::Operator {
+                "<a href=\"/silo\">Silo</a> "
+            } else {
+                ""
+            },
             esc(&p.account),
             p.role.as_str(),
             esc(p.csrf.as_deref().unwrap_or(""))
@@ -103,7 +110,7 @@ fn page(title: &str, who: Option<&Principal>, body: &str) -> Response {
     r
 }
 
-fn error_page(status: StatusCode, message: &str, who: Option<&Principal>) -> Response {
+pub(crate) fn error_page(status: StatusCode, message: &str, who: Option<&Principal>) -> Response {
     let mut r = page(
         "Refused",
         who,
@@ -167,12 +174,16 @@ fn same_origin(headers: &HeaderMap) -> bool {
         .is_some_and(|(_, rest)| rest.eq_ignore_ascii_case(host))
 }
 
+/// A form's token is the caller's session's CSRF token.
+fn token_ok(who: &Principal, given: &str) -> bool {
+    who.csrf
+        .as_deref()
+        .is_some_and(|t| same(given.as_bytes(), t.as_bytes()))
+}
+
 /// The caller's CSRF token matches the form's.
 fn csrf_ok(who: &Principal, form: &Result<Form<CsrfForm>, FormRejection>) -> bool {
-    match (who.csrf.as_deref(), form) {
-        (Some(expected), Ok(Form(f))) => same(f.csrf.as_bytes(), expected.as_bytes()),
-        _ => false,
-    }
+    form.as_ref().is_ok_and(|Form(f)| token_ok(who, &f.csrf))
 }
 
 fn forbidden_form(who: &Principal) -> Response {
@@ -185,7 +196,18 @@ fn forbidden_form(who: &Principal) -> Response {
 
 pub fn routes() -> Router<Ctx> {
     Router::new()
-        .route("/", get(|| async { Redirect::to("/quarantine") }))
+        .route(
+            "/",
+            get(|Extension(who): Extension<Principal>| async move {
+                Redirect::to(if who.role == Role::Operator {
+                    "/silo"
+                } else {
+                    "/quarantine"
+                })
+            }),
+        )
+        .route("/silo", get(silo_page))
+        .route("/silo/{cluster}/{server}/{what}", post(server_change))
         .route(
             "/login",
             get(|q: Result<Query<LoginPage>, QueryRejection>| async move {
@@ -246,7 +268,7 @@ async fn web_login(
     match start_session(&c, &throttle, peer, &f.name, f.password).await {
         Ok((secret, _)) => (
             [(header::SET_COOKIE, session_cookie(&secret))],
-            Redirect::to("/quarantine"),
+            Redirect::to("/"),
         )
             .into_response(),
         Err(LoginRefused::Throttled(wait)) => login_page(
@@ -379,6 +401,138 @@ async fn quarantine_page(
 
 /// Messages on one page of the quarantine.
 const PAGE: usize = 50;
+
+#[derive(Debug, Default, Deserialize)]
+struct Notice {
+    done: Option<String>,
+}
+
+/// The operator's front page: the silo drawn live (its name and DNS answers, each cluster
+/// with its balancer, each server with health, state, loading and sessions), with the
+/// forms that change a server's loading and state.
+async fn silo_page(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<Notice>, QueryRejection>,
+) -> Response {
+    let servers = c.balancers.servers();
+    let csrf = esc(who.csrf.as_deref().unwrap_or(""));
+    let mut body = String::new();
+    if let Some(done) = q.ok().and_then(|Query(n)| n.done) {
+        body.push_str(&format!(
+            "<p class=\"notice\" role=\"status\">{}</p>",
+            esc(&done)
+        ));
+    }
+    for silo in &c.config.silos {
+        let answers: Vec<String> = silo
+            .clusters
+            .iter()
+            .map(|k| k.address.ip().to_string())
+            .collect();
+        body.push_str(&format!(
+            "<section class=\"silo\" aria-label=\"Silo {0}\"><h2>{0}</h2>\
+             <p>DNS answers: {1} (TTL {2} s)</p><div class=\"clusters\">",
+            esc(&silo.name),
+            esc(&answers.join(", ")),
+            silo.ttl
+        ));
+        for k in &silo.clusters {
+            let mine: Vec<_> = servers.iter().filter(|s| s.cluster == k.name).collect();
+            let healthy = mine.iter().filter(|s| s.up).count();
+            body.push_str(&format!(
+                "<div class=\"cluster\"><h3>Cluster {}</h3><p>Balancer {} - {} of {} servers up</p><ul>",
+                esc(&k.name),
+                esc(&k.address.to_string()),
+                healthy,
+                mine.len()
+            ));
+            for s in mine {
+                let id = format!("{}/{}", url(&s.cluster), url(&s.server));
+                let options: String = ["ready", "drain", "maint"]
+                    .iter()
+                    .map(|o| {
+                        format!(
+                            "<option{}>{o}</option>",
+                            if *o == s.state { " selected" } else { "" }
+                        )
+                    })
+                    .collect();
+                body.push_str(&format!(
+                    "<li id=\"s-{name}\"><strong>{name}</strong> {addr} \
+                     <span class=\"{health}\">{health}</span>, {state}, loading {loading}, {active} open sessions, {total} in all\
+                     <form method=\"post\" action=\"/silo/{id}/loading\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <label for=\"l-{name}\">Loading of {name}</label>\
+                     <input id=\"l-{name}\" name=\"value\" type=\"number\" min=\"1\" max=\"1000\" value=\"{loading}\">\
+                     <button type=\"submit\">Set loading</button></form>\
+                     <form method=\"post\" action=\"/silo/{id}/state\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <label for=\"t-{name}\">State of {name}</label>\
+                     <select id=\"t-{name}\" name=\"value\">{options}</select>\
+                     <button type=\"submit\">Set state</button></form></li>",
+                    name = esc(&s.server),
+                    addr = esc(&s.address),
+                    health = if s.up { "up" } else { "down" },
+                    state = esc(&s.state),
+                    loading = s.loading,
+                    active = s.active,
+                    total = s.total,
+                ));
+            }
+            body.push_str("</ul></div>");
+        }
+        body.push_str("</div></section>");
+    }
+    if c.config.silos.is_empty() {
+        body.push_str("<p>This configuration has no silo.</p>");
+    }
+    page("Silo", Some(&who), &body)
+}
+
+#[derive(Debug, Deserialize)]
+struct ServerChange {
+    csrf: String,
+    value: String,
+}
+
+async fn server_change(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    Path((cluster, server, what)): Path<(String, String, String)>,
+    form: Result<Form<ServerChange>, FormRejection>,
+) -> Response {
+    let Ok(Form(f)) = form else {
+        return forbidden_form(&who);
+    };
+    if !token_ok(&who, &f.csrf) {
+        return forbidden_form(&who);
+    }
+    let done = match what.as_str() {
+        "loading" => match f.value.trim().parse::<u32>() {
+            Ok(n) => c.balancers.set_loading(&cluster, &server, n).await,
+            Err(_) => Err(format!("{:?} is not a loading (1 to 1000)", f.value)),
+        },
+        "state" => {
+            c.balancers
+                .set_state(&cluster, &server, f.value.trim())
+                .await
+        }
+        _ => return error_page(StatusCode::NOT_FOUND, "No such change.", Some(&who)),
+    };
+    match done {
+        Ok(()) => {
+            tracing::info!(%cluster, %server, %what, value = %f.value, account = %who.account, "server changed in the portal");
+            Redirect::to(&format!(
+                "/silo?done={}",
+                url(&format!(
+                    "{cluster}/{server}: {what} set to {}",
+                    f.value.trim()
+                ))
+            ))
+            .into_response()
+        }
+        Err(e) => error_page(StatusCode::BAD_REQUEST, &e, Some(&who)),
+    }
+}
 
 async fn quarantine_action(
     State(c): State<Ctx>,
