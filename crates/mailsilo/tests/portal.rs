@@ -612,3 +612,59 @@ fn an_operator_changes_servers_on_the_silo_page() {
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("operator"), "{page}");
 }
+
+/// The message trace answers within each role's scope, like the quarantine: through the API
+/// and on its pages.
+#[test]
+fn traces_are_scoped_like_the_quarantine() {
+    let g = gateway();
+    let alices = hold(&g, &["alice@example.com"], "alice");
+    let bobs = hold(&g, &["bob@example.com"], "bob");
+    let shared = hold(&g, &["dave@example.com", "erin@example.org"], "shared");
+    let traced = |s: &Session, q: &str| -> Vec<String> {
+        let (status, body) = s.get(&g, &format!("/api/v1/trace{q}"));
+        assert_eq!(status, 200, "{body}");
+        ids(&body)
+    };
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    assert_eq!(traced(&alice, ""), std::slice::from_ref(&alices));
+    assert!(traced(&alice, "?to=bob@example.com").is_empty());
+    let (status, _) = alice.get(&g, &format!("/api/v1/trace/{bobs}"));
+    assert_eq!(status, 404);
+    let org = login(g.control, "admin@example.org", "org-admin-pass");
+    assert_eq!(traced(&org, ""), std::slice::from_ref(&shared));
+    let (status, body) = org.get(&g, &format!("/api/v1/trace/{shared}"));
+    assert_eq!(status, 200);
+    let t: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(t["recipients"], serde_json::json!(["erin@example.org"]));
+    assert!(
+        t["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|e| e["recipient"].is_null() || e["recipient"] == "erin@example.org"),
+        "{body}"
+    );
+    let admin = login(g.control, "admin@example.com", "admin-pass");
+    let mut all = traced(&admin, "");
+    all.sort();
+    let mut want = vec![alices.clone(), bobs.clone(), shared.clone()];
+    want.sort();
+    assert_eq!(all, want);
+    // The pages: the search, and one message's timeline.
+    let (status, page) = alice.get(&g, "/trace");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&format!("href=\"/trace/{alices}\"")),
+        "{page}"
+    );
+    assert!(!page.contains(&bobs), "{page}");
+    let (status, page) = alice.get(&g, &format!("/trace/{alices}"));
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("Timeline") && page.contains("quarantined"),
+        "{page}"
+    );
+    let (status, _) = alice.get(&g, &format!("/trace/{bobs}"));
+    assert_eq!(status, 404);
+}

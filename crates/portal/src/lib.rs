@@ -41,6 +41,7 @@ pub mod login;
 pub mod quarantine;
 pub mod queue;
 pub mod settings;
+pub mod trace;
 pub mod web;
 
 pub use auth::Principal;
@@ -99,8 +100,11 @@ pub struct Peer(pub std::net::IpAddr);
 fn scoped(path: &str) -> bool {
     matches!(path, "/api/v1/me" | "/api/v1/logout" | "/" | "/logout")
         || path.starts_with("/api/v1/quarantine")
+        || path.starts_with("/api/v1/trace")
         || path == "/quarantine"
         || path.starts_with("/quarantine/")
+        || path == "/trace"
+        || path.starts_with("/trace/")
 }
 
 /// Calls made without a credential: the metrics, and the logins.
@@ -293,6 +297,7 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         .merge(lb::routes())
         .merge(queue::routes())
         .merge(quarantine::routes())
+        .merge(trace::routes())
         .merge(settings::routes())
         .fallback(|| async { refusal(StatusCode::NOT_FOUND, "no such API call") })
         .method_not_allowed_fallback(|| async {

@@ -85,7 +85,7 @@ impl Refused {
         }
     }
 
-    fn store(e: store::Error) -> Refused {
+    pub(crate) fn store(e: store::Error) -> Refused {
         Refused {
             status: StatusCode::SERVICE_UNAVAILABLE,
             message: e.to_string(),

@@ -1,6 +1,5 @@
-//! The queue's and the trace's part of the API, over the store every node shares: listing
-//! (paged), one message, flushing, deleting; a message's trace, and finding traces by
-//! sender, recipient and time.
+//! The queue's part of the API, over the store every node shares: listing (paged), one
+//! message, flushing, deleting.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -9,7 +8,7 @@ use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use store::{Recipient, Summary, TraceQuery};
+use store::{Recipient, Summary};
 
 use crate::{Ctx, now, refusal, unavailable};
 
@@ -49,8 +48,7 @@ pub struct Flushed {
     pub recipients: usize,
 }
 
-/// `GET /api/v1/queue`, `GET|DELETE /api/v1/queue/{id}`, `POST /api/v1/queue/flush`,
-/// `GET /api/v1/trace/{id}`, `GET /api/v1/trace?from=&to=&since=&limit=`.
+/// `GET /api/v1/queue`, `GET|DELETE /api/v1/queue/{id}`, `POST /api/v1/queue/flush`.
 pub fn routes() -> Router<Ctx> {
     Router::new()
         .route(
@@ -117,39 +115,6 @@ pub fn routes() -> Router<Ctx> {
                     Ok(false) => refusal(
                         StatusCode::NOT_FOUND,
                         &format!("no message {id} in the queue"),
-                    ),
-                    Err(e) => unavailable(e),
-                }
-            }),
-        )
-        .route(
-            "/api/v1/trace",
-            get(
-                |State(c): State<Ctx>, q: Result<Query<TraceQuery>, QueryRejection>| async move {
-                    let mut q = match q {
-                        Ok(Query(q)) => q,
-                        Err(e) => return refusal(e.status(), &e.body_text()),
-                    };
-                    q.limit = if q.limit == 0 {
-                        100
-                    } else {
-                        q.limit.min(MAX_PAGE)
-                    };
-                    match c.store.find_traces(&q).await {
-                        Ok(t) => Json(t).into_response(),
-                        Err(e) => unavailable(e),
-                    }
-                },
-            ),
-        )
-        .route(
-            "/api/v1/trace/{id}",
-            get(|State(c): State<Ctx>, Path(id): Path<String>| async move {
-                match c.store.trace(&id).await {
-                    Ok(Some(t)) => Json(t).into_response(),
-                    Ok(None) => refusal(
-                        StatusCode::NOT_FOUND,
-                        &format!("no trace of {id} (unknown, or past its retention)"),
                     ),
                     Err(e) => unavailable(e),
                 }

@@ -67,7 +67,7 @@ label{display:block;margin:.4em 0 .1em}input{padding:.35em;max-width:100%}\
 fn page(title: &str, who: Option<&Principal>, body: &str) -> Response {
     let nav = match who {
         Some(p) => format!(
-            "<nav aria-label=\"Portal\">{}<a href=\"/quarantine\">Quarantine</a></nav>\
+            "<nav aria-label=\"Portal\">{}<a href=\"/quarantine\">Quarantine</a><a href=\"/trace\">Trace</a></nav>\
              <span>{} ({})</span>\
              <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Log out</button></form>",
@@ -243,6 +243,8 @@ pub fn routes() -> Router<Ctx> {
             ),
         )
         .route("/quarantine", get(quarantine_page))
+        .route("/trace", get(trace_page))
+        .route("/trace/{id}", get(trace_one_page))
         .route("/quarantine/{id}/{action}", post(quarantine_action))
 }
 
@@ -401,6 +403,114 @@ async fn quarantine_page(
 
 /// Messages on one page of the quarantine.
 const PAGE: usize = 50;
+
+#[derive(Debug, Default, Deserialize)]
+struct TraceSearch {
+    from: Option<String>,
+    to: Option<String>,
+}
+
+/// The message trace's search: the last messages from or to an address, newest first.
+async fn trace_page(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<TraceSearch>, QueryRejection>,
+) -> Response {
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let blank = |s: &Option<String>| s.clone().filter(|v| !v.trim().is_empty());
+    let found = crate::trace::find(
+        &c,
+        &who,
+        store::TraceQuery {
+            from: blank(&q.from),
+            to: blank(&q.to),
+            limit: PAGE,
+            ..Default::default()
+        },
+    )
+    .await;
+    let found = match found {
+        Ok(f) => f,
+        Err(e) => return error_page(e.status, &e.message, Some(&who)),
+    };
+    let value = |s: &Option<String>| esc(s.as_deref().unwrap_or(""));
+    let mut body = format!(
+        "<form method=\"get\" action=\"/trace\" aria-label=\"Search\">\
+         <label for=\"from\">From</label><input id=\"from\" name=\"from\" value=\"{}\">\
+         <label for=\"to\">To</label><input id=\"to\" name=\"to\" value=\"{}\">\
+         <p><button type=\"submit\">Search</button></p></form>",
+        value(&q.from),
+        value(&q.to)
+    );
+    if found.is_empty() {
+        body.push_str("<p>No message found.</p>");
+    } else {
+        body.push_str(
+            "<table><caption>Messages, newest first</caption><thead><tr><th scope=\"col\">Received</th>\
+             <th scope=\"col\">From</th><th scope=\"col\">To</th><th scope=\"col\">Last event</th></tr></thead><tbody>",
+        );
+        for t in &found {
+            let last = t
+                .events
+                .last()
+                .map_or(String::new(), |e| format!("{}: {}", e.kind, e.detail));
+            body.push_str(&format!(
+                "<tr><td><a href=\"/trace/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                url(&t.id),
+                esc(&unix_time(t.received_at)),
+                esc(&t.sender),
+                esc(&t.recipients.join(", ")),
+                esc(&last)
+            ));
+        }
+        body.push_str("</tbody></table>");
+    }
+    page("Message trace", Some(&who), &body)
+}
+
+/// One message's life: its arrival, and every event with the time since it arrived.
+async fn trace_one_page(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    let t = match crate::trace::one(&c, &who, &id).await {
+        Ok(t) => t,
+        Err(e) => return error_page(e.status, &e.message, Some(&who)),
+    };
+    let a = &t.arrival;
+    let mut body = format!(
+        "<dl><dt>Queue id</dt><dd>{}</dd><dt>From</dt><dd>{}</dd><dt>To</dt><dd>{}</dd>\
+         <dt>Size</dt><dd>{} bytes</dd><dt>Client</dt><dd>{} (HELO {})</dd><dt>TLS</dt><dd>{}</dd>\
+         <dt>Taken by</dt><dd>mail server {} on node {}</dd></dl>",
+        esc(&t.id),
+        esc(&t.sender),
+        esc(&t.recipients.join(", ")),
+        t.size,
+        esc(&a.client),
+        esc(&a.helo),
+        esc(a.tls.as_deref().unwrap_or("none")),
+        esc(&a.server),
+        esc(&a.node)
+    );
+    body.push_str(
+        "<table><caption>Timeline</caption><thead><tr><th scope=\"col\">After</th><th scope=\"col\">Event</th>\
+         <th scope=\"col\">Recipient</th><th scope=\"col\">Detail</th><th scope=\"col\">Node</th></tr></thead><tbody>",
+    );
+    let start = t.events.first().map_or(t.received_at * 1000, |e| e.at);
+    for e in &t.events {
+        body.push_str(&format!(
+            "<tr><td>{:.3} s</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (e.at - start) as f64 / 1000.0,
+            esc(&e.kind),
+            esc(e.recipient.as_deref().unwrap_or("")),
+            esc(&e.detail),
+            esc(&e.node)
+        ));
+    }
+    body.push_str("</tbody></table>");
+    page(&format!("Message {}", t.id), Some(&who), &body)
+}
 
 #[derive(Debug, Default, Deserialize)]
 struct Notice {

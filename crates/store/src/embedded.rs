@@ -748,6 +748,8 @@ fn find_traces(c: &Connection, q: &TraceQuery) -> Result<Vec<Trace>> {
              WHERE (?1 IS NULL OR t.sender_lc = ?1)
                AND (?2 IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id AND r.address_lc = ?2))
                AND received_at >= ?3
+               AND (?5 IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id
+                    AND instr(?5, char(10) || substr(r.address_lc, instr(r.address_lc, '@') + 1) || char(10)) > 0))
              ORDER BY received_at DESC, id DESC LIMIT ?4",
         )?
         .query_map(
@@ -755,7 +757,10 @@ fn find_traces(c: &Connection, q: &TraceQuery) -> Result<Vec<Trace>> {
                 q.from.as_deref().map(str::to_lowercase),
                 q.to.as_deref().map(str::to_lowercase),
                 q.since.unwrap_or(i64::MIN),
-                q.limit as i64
+                q.limit as i64,
+                q.domains
+                    .as_ref()
+                    .map(|d| format!("\n{}\n", d.join("\n").to_lowercase()))
             ],
             |r| r.get(0),
         )?

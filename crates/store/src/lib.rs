@@ -259,6 +259,10 @@ pub struct TraceQuery {
     /// The most to return (the API's default when 0 or absent).
     #[serde(default)]
     pub limit: usize,
+    /// Only messages with a recipient at one of these domains (lower-case; the part after
+    /// an address's first `@`): an organisation's scope. `None`: any.
+    #[serde(default, skip)]
+    pub domains: Option<Vec<String>>,
 }
 
 /// A client domain in the store: its settings (the JSON of `config::DomainSettings`), and

@@ -855,8 +855,18 @@ impl Store for Postgres {
                  WHERE ($1::text IS NULL OR t.sender_lc = $1)
                    AND ($2::text IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id AND r.address_lc = $2))
                    AND received_at >= $3
+                   AND ($5::text[] IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id
+                        AND split_part(r.address_lc, '@', 2) = ANY($5)))
                  ORDER BY received_at DESC, id DESC LIMIT $4",
-                &[&from, &to, &q.since.unwrap_or(i64::MIN), &(q.limit as i64)],
+                &[
+                    &from,
+                    &to,
+                    &q.since.unwrap_or(i64::MIN),
+                    &(q.limit as i64),
+                    &q.domains
+                        .as_ref()
+                        .map(|d| d.iter().map(|x| x.to_lowercase()).collect::<Vec<_>>()),
+                ],
             )
             .await?;
         let mut out = Vec::with_capacity(rows.len());

@@ -478,6 +478,7 @@ async fn traces_are_found_and_expire() {
             to: to.map(str::to_string),
             since,
             limit: 10,
+            domains: None,
         };
         assert_eq!(
             ids(s
@@ -497,6 +498,29 @@ async fn traces_are_found_and_expire() {
             ids(s.find_traces(&q(None, None, Some(200))).await.unwrap()),
             vec!["T3", "T2"]
         );
+        // An organisation's scope: whole domains only.
+        s.enqueue(
+            message("T4", &["dave@xample.com", "erin@Example.org"], 400),
+            None,
+        )
+        .await
+        .unwrap();
+        let scoped = |d: &[&str]| TraceQuery {
+            domains: Some(d.iter().map(|x| x.to_string()).collect()),
+            ..q(None, None, None)
+        };
+        assert_eq!(
+            ids(s.find_traces(&scoped(&["example.com"])).await.unwrap()),
+            vec!["T3", "T2", "T1"]
+        );
+        assert_eq!(
+            ids(s
+                .find_traces(&scoped(&["example.org", "nowhere.test"]))
+                .await
+                .unwrap()),
+            vec!["T4"]
+        );
+        assert!(s.find_traces(&scoped(&[])).await.unwrap().is_empty());
         // T1 finishes; traces older than 250 go, but T2 is still queued and keeps its own.
         let c = s.claim(&lease("n1", 60_000), 100, 1).await.unwrap();
         assert_eq!(c[0].message.id, "T1");
