@@ -45,6 +45,12 @@ pub enum UserCommand {
         #[arg(long)]
         days: Option<u32>,
     },
+    /// Revoke every API token of an account.
+    Revoke {
+        #[command(flatten)]
+        at: crate::Where,
+        name: String,
+    },
     /// Print the argon2 hash of a password read from standard input (for password_hash).
     Hash,
 }
@@ -157,6 +163,11 @@ pub async fn user(command: UserCommand) -> Result<()> {
             store.set_account(account).await?;
             let ended = store.end_sessions(None, Some(&account_name)).await?;
             println!("password of {account_name} changed; {ended} session(s) ended");
+        }
+        UserCommand::Revoke { at, name } => {
+            let store = open(&at).await?;
+            let n = store.revoke_tokens(&name.to_ascii_lowercase()).await?;
+            println!("{n} token(s) of {name} revoked");
         }
         UserCommand::List { at } => {
             let store = open(&at).await?;

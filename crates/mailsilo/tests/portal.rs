@@ -363,6 +363,23 @@ fn failed_logins_are_throttled_and_tokens_keep_their_scope() {
         "",
     );
     assert_eq!(status, 401);
+    // Revoked with the CLI, the token no longer works.
+    let out = Command::new(&*BIN)
+        .args(["user", "revoke", "alice@example.com", "--config"])
+        .arg(&g.config)
+        .arg("--data-dir")
+        .arg(g.data())
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("1 token(s)"));
+    let (status, _, _) = http(
+        g.control,
+        "GET",
+        "/api/v1/quarantine",
+        &[("Authorization", &bearer)],
+        "",
+    );
+    assert_eq!(status, 401);
 }
 
 #[test]

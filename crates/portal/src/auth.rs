@@ -141,60 +141,100 @@ pub async fn principal(
     })
 }
 
-/// Failed logins: at most [`ACCOUNT_FAILURES`] per account and [`ADDRESS_FAILURES`] per
-/// client address within [`THROTTLE_WINDOW`]; past either, logins are refused until the
-/// window of the first failure ends. Counted per node, in memory.
-#[derive(Default)]
+/// Login attempts, counted before the password is checked (so parallel tries cannot pass
+/// a limit together): at most [`ACCOUNT_FAILURES`] per account from one client network and
+/// [`ADDRESS_FAILURES`] per client network within [`THROTTLE_WINDOW`], a network being an
+/// IPv4 address or an IPv6 /64. A login that succeeds takes its attempt back. Keyed by
+/// network, an attacker elsewhere cannot lock an account out. Counted per node, in memory;
+/// argon2 runs at most [`HASHING_AT_ONCE`] at a time.
 pub struct Throttle {
-    failures: Mutex<HashMap<String, (u32, Instant)>>,
+    attempts: Mutex<HashMap<String, (u32, Instant)>>,
+    hashing: tokio::sync::Semaphore,
 }
 
 pub const ACCOUNT_FAILURES: u32 = 5;
 pub const ADDRESS_FAILURES: u32 = 20;
 pub const THROTTLE_WINDOW: Duration = Duration::from_secs(15 * 60);
-/// The most keys remembered (older ones are forgotten first).
+/// Password checks at once (argon2 takes 19 MiB and tens of milliseconds each).
+pub const HASHING_AT_ONCE: usize = 4;
+/// The most keys remembered; when every one is fresh, new ones are refused (fail closed).
 const THROTTLE_KEYS: usize = 100_000;
 
+impl Default for Throttle {
+    fn default() -> Throttle {
+        Throttle {
+            attempts: Mutex::default(),
+            hashing: tokio::sync::Semaphore::new(HASHING_AT_ONCE),
+        }
+    }
+}
+
+/// The network a client is counted by.
+fn network(ip: IpAddr) -> String {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => {
+            let s = v6.segments();
+            format!("{:x}:{:x}:{:x}:{:x}::/64", s[0], s[1], s[2], s[3])
+        }
+    }
+}
+
 impl Throttle {
-    /// The seconds until `account` from `address` may try again, when it may not now.
-    pub fn wait(&self, account: &str, address: IpAddr) -> Option<u64> {
-        let now = Instant::now();
-        let failures = self.failures.lock().expect("throttle");
+    fn keys(account: &str, ip: IpAddr) -> [(String, u32); 2] {
+        let net = network(ip);
         [
-            (format!("account {account}"), ACCOUNT_FAILURES),
-            (format!("address {address}"), ADDRESS_FAILURES),
+            (format!("account {account} from {net}"), ACCOUNT_FAILURES),
+            (format!("network {net}"), ADDRESS_FAILURES),
         ]
-        .iter()
-        .filter_map(|(key, limit)| {
-            let (n, first) = failures.get(key)?;
-            let left = THROTTLE_WINDOW.checked_sub(now.duration_since(*first))?;
-            (*n >= *limit).then(|| left.as_secs().max(1))
-        })
-        .max()
     }
 
-    /// Counts a failed login.
-    pub fn failed(&self, account: &str, address: IpAddr) {
+    /// Counts an attempt of `account` from `ip`; `Err(seconds)` to wait when it is past a
+    /// limit (nothing is counted then).
+    pub fn attempt(&self, account: &str, ip: IpAddr) -> Result<(), u64> {
         let now = Instant::now();
-        let mut failures = self.failures.lock().expect("throttle");
-        if failures.len() >= THROTTLE_KEYS {
-            failures.retain(|_, (_, first)| now.duration_since(*first) < THROTTLE_WINDOW);
+        let keys = Throttle::keys(account, ip);
+        let mut attempts = self.attempts.lock().expect("throttle");
+        if attempts.len() >= THROTTLE_KEYS {
+            attempts.retain(|_, (_, first)| now.duration_since(*first) < THROTTLE_WINDOW);
+            if attempts.len() >= THROTTLE_KEYS
+                && keys.iter().any(|(k, _)| !attempts.contains_key(k))
+            {
+                return Err(THROTTLE_WINDOW.as_secs());
+            }
         }
-        for key in [format!("account {account}"), format!("address {address}")] {
-            let e = failures.entry(key).or_insert((0, now));
+        for (key, limit) in &keys {
+            if let Some((n, first)) = attempts.get(key)
+                && let Some(left) = THROTTLE_WINDOW.checked_sub(now.duration_since(*first))
+                && *n >= *limit
+            {
+                return Err(left.as_secs().max(1));
+            }
+        }
+        for (key, _) in keys {
+            let e = attempts.entry(key).or_insert((0, now));
             if now.duration_since(e.1) >= THROTTLE_WINDOW {
                 *e = (0, now);
             }
             e.0 += 1;
         }
+        Ok(())
     }
 
-    /// Forgets an account's failures after it logged in.
-    pub fn succeeded(&self, account: &str) {
-        self.failures
-            .lock()
-            .expect("throttle")
-            .remove(&format!("account {account}"));
+    /// Takes back a successful login's attempt: the account's count from that network
+    /// starts again, and the network's loses one.
+    pub fn succeeded(&self, account: &str, ip: IpAddr) {
+        let [(account_key, _), (network_key, _)] = Throttle::keys(account, ip);
+        let mut attempts = self.attempts.lock().expect("throttle");
+        attempts.remove(&account_key);
+        if let Some(e) = attempts.get_mut(&network_key) {
+            e.0 = e.0.saturating_sub(1);
+        }
+    }
+
+    /// A permit to check a password, when fewer than [`HASHING_AT_ONCE`] are under way.
+    pub fn hashing(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        self.hashing.try_acquire().ok()
     }
 }
 
@@ -249,21 +289,36 @@ mod tests {
     }
 
     #[test]
-    fn failures_are_throttled_per_account_and_address() {
+    fn attempts_are_throttled_per_account_and_network() {
         let t = Throttle::default();
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
         for _ in 0..ACCOUNT_FAILURES {
-            assert_eq!(t.wait("alice", a), None);
-            t.failed("alice", a);
+            assert_eq!(t.attempt("alice", a), Ok(()));
         }
-        assert!(t.wait("alice", a).is_some());
-        assert!(t.wait("alice", b).is_some(), "the account, from anywhere");
-        assert_eq!(t.wait("bob", b), None);
-        for i in 0..ADDRESS_FAILURES {
-            t.failed(&format!("user{i}"), b);
+        assert!(t.attempt("alice", a).is_err());
+        // From elsewhere, alice may still log in: no one locks her out from afar.
+        assert_eq!(t.attempt("alice", b), Ok(()));
+        t.succeeded("alice", b);
+        // A network is limited whatever the accounts it tries.
+        for i in 0..ADDRESS_FAILURES - 1 {
+            assert_eq!(t.attempt(&format!("user{i}"), b), Ok(()), "{i}");
         }
-        assert!(t.wait("carol", b).is_some(), "the address, for any account");
-        t.succeeded("alice");
-        assert_eq!(t.wait("alice", a), None);
+        assert!(t.attempt("carol", b).is_err());
+        // An IPv6 /64 is one network.
+        let (x, y): (IpAddr, IpAddr) = (
+            "2001:db8::1".parse().unwrap(),
+            "2001:db8::ffff:2".parse().unwrap(),
+        );
+        for _ in 0..ACCOUNT_FAILURES {
+            t.attempt("bob", x).unwrap();
+        }
+        assert!(
+            t.attempt("bob", y).is_err(),
+            "another address of the same /64"
+        );
+        // A success takes the account's count back.
+        t.succeeded("bob", x);
+        assert_eq!(t.attempt("bob", y), Ok(()));
+        assert!(t.hashing().is_some());
     }
 }

@@ -161,14 +161,15 @@ async fn authenticate(
                 Ok(None) => return Err(unauthorized()),
                 Err(e) => return Err(unavailable(e)),
             };
-            // A token ends with its account.
+            // A token ends with its account, and with a change of the account's role or
+            // organisation (it was made for what the account was then).
             return match ctx.store.account(&t.account).await {
-                Ok(Some(_)) => {
+                Ok(Some(a)) if a.role == t.role && a.organisation == t.organisation => {
                     auth::principal(ctx.store.as_ref(), &t.account, t.role, t.organisation, None)
                         .await
                         .map_err(unavailable)
                 }
-                Ok(None) => Err(unauthorized()),
+                Ok(_) => Err(unauthorized()),
                 Err(e) => Err(unavailable(e)),
             };
         }
@@ -326,6 +327,21 @@ pub async fn serve(
     token: &str,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    // Sessions and tokens past their end are forgotten hourly.
+    let (store, mut expiry_stop) = (ctx.store.clone(), shutdown.clone());
+    tokio::spawn(async move {
+        loop {
+            match store.expire_sessions(now()).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(expired = n, "portal sessions and tokens expired"),
+                Err(e) => tracing::warn!(error = %e, "expiring portal sessions failed"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(3600)) => {}
+                _ = stopped(&mut expiry_stop) => return,
+            }
+        }
+    });
     let app = router(ctx, token);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_address = listen::PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);

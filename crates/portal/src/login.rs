@@ -85,8 +85,10 @@ pub fn routes() -> Router<Ctx> {
 
 /// Why a login did not start a session.
 pub enum LoginRefused {
-    /// Too many failures: the seconds to wait.
+    /// Too many attempts: the seconds to wait.
     Throttled(u64),
+    /// Too many password checks under way.
+    Busy,
     Wrong,
     Store(store::Error),
 }
@@ -101,9 +103,15 @@ pub async fn start_session(
     password: String,
 ) -> Result<(String, Principal), LoginRefused> {
     let name = name.trim().to_ascii_lowercase();
-    if let Some(wait) = throttle.wait(&name, peer.0) {
-        return Err(LoginRefused::Throttled(wait));
+    if name.len() > 254 || password.len() > 1024 {
+        return Err(LoginRefused::Wrong);
     }
+    throttle
+        .attempt(&name, peer.0)
+        .map_err(LoginRefused::Throttled)?;
+    let Some(_permit) = throttle.hashing() else {
+        return Err(LoginRefused::Busy);
+    };
     let account = c.store.account(&name).await.map_err(LoginRefused::Store)?;
     // The hash is checked whether or not the account exists (on the blocking pool: argon2
     // takes tens of milliseconds by design), so the time taken tells nothing.
@@ -114,11 +122,10 @@ pub async fn start_session(
         .await
         .unwrap_or(false);
     let Some(account) = account.filter(|_| good) else {
-        throttle.failed(&name, peer.0);
         tracing::info!(account = %name, client = %peer.0, "failed portal login");
         return Err(LoginRefused::Wrong);
     };
-    throttle.succeeded(&name);
+    throttle.succeeded(&name, peer.0);
     let (secret, csrf) = (auth::secret(), auth::secret());
     let session = Session {
         key: auth::digest(&secret),
@@ -180,6 +187,10 @@ async fn login(
             r
         }
         Err(LoginRefused::Wrong) => refusal(StatusCode::UNAUTHORIZED, "wrong name or password"),
+        Err(LoginRefused::Busy) => refusal(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many logins under way: try again in a moment",
+        ),
         Err(LoginRefused::Store(e)) => unavailable(e),
     }
 }

@@ -128,6 +128,8 @@ pub async fn list(c: &Ctx, who: &Principal, q: HeldQuery) -> Result<Vec<HeldSumm
     for h in &mut list {
         h.recipients.retain(|r| who.sees(r));
     }
+    // (The store's scope and `sees` agree; a message left with no one is not shown.)
+    list.retain(|h| !h.recipients.is_empty());
     Ok(list)
 }
 

@@ -39,6 +39,8 @@ pub async fn find(c: &Ctx, who: &Principal, mut q: TraceQuery) -> Result<Vec<Tra
     for t in &mut found {
         narrow(who, t);
     }
+    // (The store's scope and `sees` agree; a trace left with no one is not shown.)
+    found.retain(|t| !t.recipients.is_empty());
     Ok(found)
 }
 

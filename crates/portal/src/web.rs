@@ -123,11 +123,6 @@ pub(crate) fn error_page(status: StatusCode, message: &str, who: Option<&Princip
     r
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct LoginPage {
-    failed: Option<String>,
-}
-
 #[derive(Debug, Deserialize)]
 struct LoginForm {
     name: String,
@@ -210,11 +205,7 @@ pub fn routes() -> Router<Ctx> {
         .route("/silo/{cluster}/{server}/{what}", post(server_change))
         .route(
             "/login",
-            get(|q: Result<Query<LoginPage>, QueryRejection>| async move {
-                let failed = q.ok().and_then(|Query(q)| q.failed);
-                login_page(failed.as_deref(), StatusCode::OK)
-            })
-            .post(web_login),
+            get(|| async { login_page(None, StatusCode::OK) }).post(web_login),
         )
         .route(
             "/logout",
@@ -275,7 +266,7 @@ async fn web_login(
             .into_response(),
         Err(LoginRefused::Throttled(wait)) => login_page(
             Some(&format!(
-                "Too many failed logins: try again in {} minutes.",
+                "Too many login attempts: try again in {} minutes.",
                 wait.div_ceil(60)
             )),
             StatusCode::TOO_MANY_REQUESTS,
@@ -283,6 +274,10 @@ async fn web_login(
         Err(LoginRefused::Wrong) => {
             login_page(Some("Wrong name or password."), StatusCode::UNAUTHORIZED)
         }
+        Err(LoginRefused::Busy) => login_page(
+            Some("Too many logins under way: try again in a moment."),
+            StatusCode::SERVICE_UNAVAILABLE,
+        ),
         Err(LoginRefused::Store(e)) => login_page(
             Some(&format!("The portal cannot reach its store: {e}")),
             StatusCode::SERVICE_UNAVAILABLE,

@@ -749,7 +749,8 @@ fn find_traces(c: &Connection, q: &TraceQuery) -> Result<Vec<Trace>> {
                AND (?2 IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id AND r.address_lc = ?2))
                AND received_at >= ?3
                AND (?5 IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id
-                    AND instr(?5, char(10) || substr(r.address_lc, instr(r.address_lc, '@') + 1) || char(10)) > 0))
+                    AND instr(?5, char(10) || substr(r.address_lc,
+                        length(rtrim(r.address_lc, replace(r.address_lc, '@', ''))) + 1) || char(10)) > 0))
              ORDER BY received_at DESC, id DESC LIMIT ?4",
         )?
         .query_map(
@@ -1260,6 +1261,14 @@ impl Store for Embedded {
                 })
             })
             .optional()?)
+        })
+        .await
+    }
+
+    async fn revoke_tokens(&self, account: &str) -> Result<usize> {
+        let account = account.to_string();
+        self.call(true, move |c| {
+            Ok(c.execute("DELETE FROM api_token WHERE account = ?", [account])?)
         })
         .await
     }

@@ -260,7 +260,7 @@ pub struct TraceQuery {
     #[serde(default)]
     pub limit: usize,
     /// Only messages with a recipient at one of these domains (lower-case; the part after
-    /// an address's first `@`): an organisation's scope. `None`: any.
+    /// an address's last `@`): an organisation's scope. `None`: any.
     #[serde(default, skip)]
     pub domains: Option<Vec<String>>,
 }
@@ -551,6 +551,9 @@ pub trait Store: Send + Sync + 'static {
 
     /// The token of `key` that has not expired at `now`.
     async fn token(&self, key: &str, now: i64) -> Result<Option<ApiToken>>;
+
+    /// Revokes every API token of `account`; how many. Durable.
+    async fn revoke_tokens(&self, account: &str) -> Result<usize>;
 
     /// Forgets sessions and tokens expired at `now`; how many.
     async fn expire_sessions(&self, now: i64) -> Result<usize>;

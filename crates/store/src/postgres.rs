@@ -856,7 +856,7 @@ impl Store for Postgres {
                    AND ($2::text IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id AND r.address_lc = $2))
                    AND received_at >= $3
                    AND ($5::text[] IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id
-                        AND split_part(r.address_lc, '@', 2) = ANY($5)))
+                        AND substring(r.address_lc from '@([^@]*)$') = ANY($5)))
                  ORDER BY received_at DESC, id DESC LIMIT $4",
                 &[
                     &from,
@@ -963,7 +963,7 @@ impl Store for Postgres {
                 "SELECT id, received_at, sender, recipients, verdict, score, reason, size
                  FROM quarantine WHERE id > $1
                  AND (NOT $3 OR EXISTS (SELECT 1 FROM unnest(recipients) r
-                      WHERE lower(r) = $5 OR lower(split_part(r, '@', 2)) = ANY($4)))
+                      WHERE lower(r) = $5 OR lower(substring(r from '@([^@]*)$')) = ANY($4)))
                  AND ($6::TEXT IS NULL OR strpos(lower(sender), $6) > 0)
                  AND ($7::TEXT IS NULL OR verdict = $7)
                  AND ($8::BIGINT IS NULL OR received_at >= $8)
@@ -1261,6 +1261,14 @@ impl Store for Postgres {
                 expires: r.get(6),
             }
         }))
+    }
+
+    async fn revoke_tokens(&self, account: &str) -> Result<usize> {
+        let c = self.pool.get().await?;
+        Ok(
+            c.execute("DELETE FROM api_token WHERE account = $1", &[&account])
+                .await? as usize,
+        )
     }
 
     async fn expire_sessions(&self, now: i64) -> Result<usize> {

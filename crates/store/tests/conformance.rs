@@ -521,6 +521,18 @@ async fn traces_are_found_and_expire() {
             vec!["T4"]
         );
         assert!(s.find_traces(&scoped(&[])).await.unwrap().is_empty());
+        // The domain is what follows an address's last @ (a quoted local part may hold one).
+        s.enqueue(message("T5", &["\"x@example.com@\"@other.test"], 500), None)
+            .await
+            .unwrap();
+        assert_eq!(
+            ids(s.find_traces(&scoped(&["other.test"])).await.unwrap()),
+            vec!["T5"]
+        );
+        assert!(
+            !ids(s.find_traces(&scoped(&["example.com"])).await.unwrap())
+                .contains(&"T5".to_string())
+        );
         // T1 finishes; traces older than 250 go, but T2 is still queued and keeps its own.
         let c = s.claim(&lease("n1", 60_000), 100, 1).await.unwrap();
         assert_eq!(c[0].message.id, "T1");
@@ -1030,6 +1042,8 @@ async fn accounts_sessions_and_tokens_are_shared() {
         .unwrap();
         assert_eq!(s[1].expire_sessions(600).await.unwrap(), 2, "k3 and t1");
         assert!(s[0].token("t2", 700).await.unwrap().is_some());
+        assert_eq!(s[1].revoke_tokens("alice@example.com").await.unwrap(), 1);
+        assert!(s[0].token("t2", 700).await.unwrap().is_none());
     })
     .await;
 }
