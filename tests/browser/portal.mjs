@@ -23,7 +23,7 @@ try {
   const row = page.locator(`#m-${id}`);
   await row.waitFor();
   await page.screenshot({ path: `${shots}/quarantine.png`, fullPage: true });
-  await page.getByRole("button", { name: `Release ${id}` }).click();
+  await page.getByRole("button", { name: `Release ${id}`, exact: true }).click();
   const notice = page.getByRole("status");
   await notice.waitFor();
   const text = await notice.textContent();

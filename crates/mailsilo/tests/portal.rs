@@ -685,3 +685,52 @@ fn traces_are_scoped_like_the_quarantine() {
     let (status, _) = alice.get(&g, &format!("/trace/{bobs}"));
     assert_eq!(status, 404);
 }
+
+/// Releasing and allowing the sender puts the sender on the recipient's own allow list (a
+/// user) or the recipient domain's (an admin), and releases the message.
+#[test]
+fn release_and_allow_puts_the_sender_on_the_right_list() {
+    let g = gateway();
+    let alices = hold(&g, &["alice@example.com"], "allow");
+    let bobs = hold(&g, &["bob@example.com"], "allow");
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    let (status, body) = alice.post(
+        &g,
+        "POST",
+        &format!("/api/v1/quarantine/{alices}/release-and-allow"),
+        true,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = alice.post(
+        &g,
+        "POST",
+        &format!("/api/v1/quarantine/{bobs}/release-and-allow"),
+        true,
+    );
+    assert_eq!(status, 404, "not hers: {body}");
+    let admin = login(g.control, "admin@example.com", "admin-pass");
+    let (status, body) = admin.post(
+        &g,
+        "POST",
+        &format!("/api/v1/quarantine/{bobs}/release-and-allow"),
+        true,
+    );
+    assert_eq!(status, 200, "{body}");
+    let operator = login(g.control, "operator", "operator-pass");
+    let (_, domain) = operator.get(&g, "/api/v1/domains/example.com");
+    let v: serde_json::Value = serde_json::from_str(&domain).unwrap();
+    let filter = &v["settings"]["filter"];
+    assert_eq!(
+        filter["users"]["alice"]["allow"],
+        serde_json::json!(["promo@outside.example"]),
+        "{domain}"
+    );
+    assert_eq!(
+        filter["allow"],
+        serde_json::json!(["promo@outside.example"]),
+        "{domain}"
+    );
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len()
+        == 1
+        && g.mailbox("bob@example.com").len() == 1));
+}

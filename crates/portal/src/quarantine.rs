@@ -208,6 +208,64 @@ pub async fn release(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Ref
     }
 }
 
+/// Releases a held message and allows its sender from now on: on each recipient's own allow
+/// list for a user, on each recipient domain's for an admin or an operator (an allowed
+/// address counts only for mail whose SPF or DMARC passes).
+pub async fn release_and_allow(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Refused> {
+    changeable(c, who, id).await?;
+    let Some(held) = c.store.held(id).await.map_err(Refused::store)? else {
+        return Err(Refused::not_held(id));
+    };
+    let sender = held.message.sender.to_ascii_lowercase();
+    if sender.is_empty() {
+        return Err(Refused {
+            status: StatusCode::BAD_REQUEST,
+            message: "a bounce has no sender to allow".into(),
+        });
+    }
+    let domains = crate::settings::domains(&c.store)
+        .await
+        .map_err(Refused::store)?;
+    for r in &held.message.recipients {
+        let Some((local, domain)) = r
+            .address
+            .to_ascii_lowercase()
+            .rsplit_once('@')
+            .map(|(l, d)| (l.trim_matches('"').to_string(), d.to_string()))
+        else {
+            continue;
+        };
+        let Some(view) = domains.iter().find(|d| d.name == domain) else {
+            continue;
+        };
+        let mut settings = view.settings.clone();
+        let list = if who.role == Role::User {
+            &mut settings.filter.users.entry(local).or_default().allow
+        } else {
+            &mut settings.filter.allow
+        };
+        if list.contains(&sender) {
+            continue;
+        }
+        list.push(sender.clone());
+        let checked =
+            crate::settings::check(&c.config, &domain, &settings).map_err(|m| Refused {
+                status: StatusCode::BAD_REQUEST,
+                message: m,
+            })?;
+        c.store
+            .set_domain(store::DomainEntry {
+                name: checked.name.clone(),
+                settings: serde_json::to_string(&checked.settings()).expect("settings serialize"),
+                removed: false,
+            })
+            .await
+            .map_err(Refused::store)?;
+        tracing::info!(domain = %domain, %sender, account = %who.account, "sender allowed from the quarantine");
+    }
+    release(c, who, id).await
+}
+
 /// Deletes a held message.
 pub async fn delete(c: &Ctx, who: &Principal, id: &str) -> Result<(), Refused> {
     changeable(c, who, id).await?;
@@ -261,6 +319,19 @@ pub fn routes() -> Router<Ctx> {
                     delete(&c, &who, &id)
                         .await
                         .map(|()| StatusCode::NO_CONTENT)
+                        .into_response()
+                },
+            ),
+        )
+        .route(
+            "/api/v1/quarantine/{id}/release-and-allow",
+            post(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 Path(id): Path<String>| async move {
+                    release_and_allow(&c, &who, &id)
+                        .await
+                        .map(Json)
                         .into_response()
                 },
             ),

@@ -68,7 +68,7 @@ pub async fn domains(store: &Arc<dyn Store>) -> store::Result<Vec<DomainView>> {
 }
 
 /// Checks settings by the configuration's rules; the error says which field is wrong.
-fn check(config: &Config, name: &str, s: &DomainSettings) -> Result<Domain, String> {
+pub(crate) fn check(config: &Config, name: &str, s: &DomainSettings) -> Result<Domain, String> {
     Domain::from_settings(name, s, config.retry, &config.filter.policy, &config.silos)
         .map_err(|(field, message)| format!("{field}: {message}"))
 }

@@ -370,6 +370,8 @@ async fn quarantine_page(
                  <td class=\"actions\">\
                  <form method=\"post\" action=\"/quarantine/{id}/release\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                  <button type=\"submit\" aria-label=\"Release {id}\">Release</button></form>\
+                 <form method=\"post\" action=\"/quarantine/{id}/allow\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                 <button type=\"submit\" aria-label=\"Release {id} and allow its sender\">Release and allow sender</button></form>\
                  <form method=\"post\" action=\"/quarantine/{id}/delete\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                  <button type=\"submit\" aria-label=\"Delete {id}\">Delete</button></form></td></tr>",
                 esc(&unix_time(h.received_at)),
@@ -652,6 +654,12 @@ async fn quarantine_action(
         "release" => quarantine::release(&c, &who, &id)
             .await
             .map(|r| format!("Released {id}: queued as {}.", r.queued_as)),
+        "allow" => quarantine::release_and_allow(&c, &who, &id).await.map(|r| {
+            format!(
+                "Released {id}: queued as {}; its sender is allowed from now on.",
+                r.queued_as
+            )
+        }),
         "delete" => quarantine::delete(&c, &who, &id)
             .await
             .map(|()| format!("Deleted {id}.")),
