@@ -248,19 +248,15 @@ pub async fn release_and_allow(c: &Ctx, who: &Principal, id: &str) -> Result<Rel
             continue;
         }
         list.push(sender.clone());
-        let checked =
-            crate::settings::check(&c.config, &domain, &settings).map_err(|m| Refused {
-                status: StatusCode::BAD_REQUEST,
-                message: m,
-            })?;
-        c.store
-            .set_domain(store::DomainEntry {
-                name: checked.name.clone(),
-                settings: serde_json::to_string(&checked.settings()).expect("settings serialize"),
-                removed: false,
-            })
+        crate::settings::set(c, &domain, &settings)
             .await
-            .map_err(Refused::store)?;
+            .map_err(|e| match e {
+                crate::settings::NotSet::Invalid(m) => Refused {
+                    status: StatusCode::BAD_REQUEST,
+                    message: m,
+                },
+                crate::settings::NotSet::Store(e) => Refused::store(e),
+            })?;
         tracing::info!(domain = %domain, %sender, account = %who.account, "sender allowed from the quarantine");
     }
     release(c, who, id).await

@@ -68,9 +68,28 @@ pub async fn domains(store: &Arc<dyn Store>) -> store::Result<Vec<DomainView>> {
 }
 
 /// Checks settings by the configuration's rules; the error says which field is wrong.
-pub(crate) fn check(config: &Config, name: &str, s: &DomainSettings) -> Result<Domain, String> {
+fn check(config: &Config, name: &str, s: &DomainSettings) -> Result<Domain, String> {
     Domain::from_settings(name, s, config.retry, &config.filter.policy, &config.silos)
         .map_err(|(field, message)| format!("{field}: {message}"))
+}
+
+/// Why settings were not stored.
+pub(crate) enum NotSet {
+    Invalid(String),
+    Store(store::Error),
+}
+
+/// Checks a domain's settings by the configuration's rules and stores them as the rules
+/// normalised them, as the nodes will apply them.
+pub(crate) async fn set(c: &Ctx, name: &str, settings: &DomainSettings) -> Result<Domain, NotSet> {
+    let domain = check(&c.config, name, settings).map_err(NotSet::Invalid)?;
+    let entry = DomainEntry {
+        name: domain.name.clone(),
+        settings: serde_json::to_string(&domain.settings()).expect("settings serialize"),
+        removed: false,
+    };
+    c.store.set_domain(entry).await.map_err(NotSet::Store)?;
+    Ok(domain)
 }
 
 /// A domain name as the store keys it.
@@ -110,23 +129,13 @@ pub fn routes() -> Router<Ctx> {
                         Ok(Json(s)) => s,
                         Err(e) => return refusal(e.status(), &e.body_text()),
                     };
-                    let domain = match check(&c.config, &name, &settings) {
-                        Ok(d) => d,
-                        Err(m) => return refusal(StatusCode::BAD_REQUEST, &m),
-                    };
-                    // Stored as the rules normalised it, as the nodes will apply it.
-                    let settings = domain.settings();
-                    let entry = DomainEntry {
-                        name: domain.name.clone(),
-                        settings: serde_json::to_string(&settings).expect("settings serialize"),
-                        removed: false,
-                    };
-                    match c.store.set_domain(entry).await {
-                        Ok(()) => {
-                            tracing::info!(domain = %domain.name, %settings, "client domain set by an operator");
+                    match set(&c, &name, &settings).await {
+                        Ok(domain) => {
+                            tracing::info!(domain = %domain.name, settings = %domain.settings(), "client domain set by an operator");
                             StatusCode::NO_CONTENT.into_response()
                         }
-                        Err(e) => unavailable(e),
+                        Err(NotSet::Invalid(m)) => refusal(StatusCode::BAD_REQUEST, &m),
+                        Err(NotSet::Store(e)) => unavailable(e),
                     }
                 },
             )
