@@ -10,7 +10,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{BIN, Gateway, Options, wait_until};
+use common::{BIN, Gateway, Options, http_get, wait_until};
 
 const GTUBE: &str = "XJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X";
 const WAIT: Duration = Duration::from_secs(20);
@@ -93,18 +93,6 @@ fn gtube_is_refused_at_end_of_data_and_nothing_is_kept() {
 }
 
 /// The body of a plain HTTP GET.
-fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
-    use std::io::{Read, Write};
-    let mut c = std::net::TcpStream::connect(addr).unwrap();
-    write!(
-        c,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    c.read_to_string(&mut out).unwrap();
-    out
-}
 
 #[test]
 fn spam_is_quarantined_and_released_to_its_recipients() {

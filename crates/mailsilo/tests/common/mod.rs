@@ -720,3 +720,16 @@ pub fn subjects(messages: &[String]) -> std::collections::BTreeSet<String> {
         })
         .collect()
 }
+
+/// `GET path` over a new connection; the whole response, headers included.
+pub fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut c = TcpStream::connect(addr).unwrap();
+    write!(
+        c,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    c.read_to_string(&mut out).unwrap();
+    out
+}
