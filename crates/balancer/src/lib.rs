@@ -5,8 +5,8 @@
 //! address, and relays bytes both ways until each side has closed. It checks its servers'
 //! health (220, EHLO, 250, QUIT, 221; a failed connect also takes a server out at once, as
 //! HAProxy's `observe layer4` does), ramps returning servers up slowly, keeps per-server
-//! statistics, and takes run-time changes (loading, drain, maintenance, ready) without
-//! touching established sessions.
+//! statistics, and takes run-time changes (loading, drain, maintenance, ready, servers
+//! added and removed) without touching established sessions.
 
 pub mod sched;
 
@@ -14,7 +14,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use config::Scheduler;
@@ -63,6 +63,18 @@ async fn pump(client: TcpStream, upstream: TcpStream, fin_timeout: Duration) {
         _ = &mut up => { let _ = tokio::time::timeout(fin_timeout, down).await; }
         _ = &mut down => { let _ = tokio::time::timeout(fin_timeout, up).await; }
     }
+}
+
+/// Whether `s` is one of `exclude` (the servers a connection already failed on).
+fn excluded(s: &Arc<ServerState>, exclude: &[Arc<ServerState>]) -> bool {
+    exclude.iter().any(|x| Arc::ptr_eq(x, s))
+}
+
+/// Takes a server out on an observed failure; true if it was in.
+fn mark_down(s: &ServerState) -> bool {
+    let was = s.health.lock().expect("health").mark_down();
+    s.up.store(false, Ordering::Relaxed);
+    was
 }
 
 /// The operator's say over a server.
@@ -132,6 +144,21 @@ pub enum ControlError {
     UnknownServer(String, String),
     #[error("loading must be from 1 to 1000 (use drain to take a server out)")]
     LoadingRange,
+    #[error("cluster {0:?} already has a server {1:?}")]
+    NameTaken(String, String),
+    #[error("server {1:?} of cluster {0:?} already has the address {2}")]
+    AddressTaken(String, String, SocketAddr),
+    #[error("{0:?} is not a server name: a word of letters, digits, '-', '_' or '.'")]
+    BadName(String),
+}
+
+/// Whether `name` may name a server: what the `lb` commands and URLs can carry.
+pub fn valid_server_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 struct ServerState {
@@ -150,28 +177,52 @@ struct ServerState {
     last_check: Mutex<Option<(String, Instant)>>,
 }
 
+impl ServerState {
+    fn new(config: config::Server, health: &config::Health) -> Arc<ServerState> {
+        Arc::new(ServerState {
+            loading: AtomicU32::new(config.loading),
+            config,
+            admin: AtomicU8::new(Admin::Ready as u8),
+            health: Mutex::new(Hysteresis::new(health.rise, health.fall)),
+            up: AtomicBool::new(true),
+            back_since: Mutex::new(None),
+            active: AtomicUsize::new(0),
+            total: AtomicU64::new(0),
+            last_check: Mutex::new(None),
+        })
+    }
+}
+
+/// The servers of a cluster at one moment. Changing the membership swaps in a new list, so a
+/// pick works on one list throughout, and a session keeps its server's state alive (and
+/// counted) after the server was removed.
+type Servers = Arc<Vec<Arc<ServerState>>>;
+
 /// One cluster's balancer. Shared behind an `Arc` by its listener, its health checker and
 /// the control endpoint.
 pub struct Balancer {
+    /// The cluster's settings; its `servers` are those it started with.
     cluster: config::Cluster,
-    servers: Vec<ServerState>,
+    servers: RwLock<Servers>,
+    /// The round-robin's state, by position in `servers`; its lock is taken before a change
+    /// of membership, which starts it afresh.
     swrr: Mutex<Swrr>,
     last: AtomicUsize,
     /// Woken when a session ends or a server's state changes (for queued connections).
     changed: Notify,
+    /// Woken when a server is added or removed (for the health checks).
+    members: Notify,
 }
 
 /// Counts a session against its server while it lives.
 struct Active<'a> {
     balancer: &'a Balancer,
-    index: usize,
+    server: Arc<ServerState>,
 }
 
 impl Drop for Active<'_> {
     fn drop(&mut self) {
-        self.balancer.servers[self.index]
-            .active
-            .fetch_sub(1, Ordering::AcqRel);
+        self.server.active.fetch_sub(1, Ordering::AcqRel);
         self.balancer.changed.notify_waiters();
     }
 }
@@ -181,24 +232,15 @@ impl Balancer {
         let servers = cluster
             .servers
             .iter()
-            .map(|s| ServerState {
-                config: s.clone(),
-                loading: AtomicU32::new(s.loading),
-                admin: AtomicU8::new(Admin::Ready as u8),
-                health: Mutex::new(Hysteresis::new(cluster.health.rise, cluster.health.fall)),
-                up: AtomicBool::new(true),
-                back_since: Mutex::new(None),
-                active: AtomicUsize::new(0),
-                total: AtomicU64::new(0),
-                last_check: Mutex::new(None),
-            })
+            .map(|s| ServerState::new(s.clone(), &cluster.health))
             .collect();
         Arc::new(Balancer {
             cluster,
-            servers,
+            servers: RwLock::new(Arc::new(servers)),
             swrr: Mutex::default(),
             last: AtomicUsize::new(0),
             changed: Notify::new(),
+            members: Notify::new(),
         })
     }
 
@@ -206,8 +248,13 @@ impl Balancer {
         &self.cluster.name
     }
 
+    /// The servers now.
+    fn servers(&self) -> Servers {
+        self.servers.read().expect("servers").clone()
+    }
+
     pub fn stats(&self) -> Vec<ServerStats> {
-        self.servers
+        self.servers()
             .iter()
             .map(|s| ServerStats {
                 cluster: self.cluster.name.clone(),
@@ -228,11 +275,80 @@ impl Balancer {
             .collect()
     }
 
-    fn server(&self, name: &str) -> Result<&ServerState, ControlError> {
-        self.servers
+    fn server(&self, name: &str) -> Result<Arc<ServerState>, ControlError> {
+        self.servers()
             .iter()
             .find(|s| s.config.name == name)
+            .cloned()
             .ok_or_else(|| ControlError::UnknownServer(self.cluster.name.clone(), name.to_string()))
+    }
+
+    /// Changes the membership under the scheduler's lock, and starts the round-robin afresh
+    /// (its state is by position).
+    fn change_members(
+        &self,
+        change: impl FnOnce(&mut Vec<Arc<ServerState>>) -> Result<(), ControlError>,
+    ) -> Result<(), ControlError> {
+        let mut swrr = self.swrr.lock().expect("scheduler");
+        let mut servers = self.servers.write().expect("servers");
+        let mut next = servers.as_ref().clone();
+        change(&mut next)?;
+        *servers = Arc::new(next);
+        *swrr = Swrr::default();
+        drop((servers, swrr));
+        self.members.notify_waiters();
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    /// Adds a server, ready, at its loading; it takes sessions at once (a failed connect
+    /// takes it out, as for any server) and its health checks start.
+    pub fn add_server(&self, server: config::Server) -> Result<(), ControlError> {
+        if !valid_server_name(&server.name) {
+            return Err(ControlError::BadName(server.name));
+        }
+        if !config::LOADING.contains(&server.loading) {
+            return Err(ControlError::LoadingRange);
+        }
+        let cluster = &self.cluster.name;
+        let (name, address, loading) = (server.name.clone(), server.address, server.loading);
+        self.change_members(|list| {
+            if let Some(s) = list.iter().find(|s| s.config.name == name) {
+                return Err(ControlError::NameTaken(
+                    cluster.clone(),
+                    s.config.name.clone(),
+                ));
+            }
+            if let Some(s) = list.iter().find(|s| s.config.address == address) {
+                return Err(ControlError::AddressTaken(
+                    cluster.clone(),
+                    s.config.name.clone(),
+                    address,
+                ));
+            }
+            list.push(ServerState::new(server, &self.cluster.health));
+            Ok(())
+        })?;
+        info!(%cluster, server = %name, %address, loading, "server added");
+        Ok(())
+    }
+
+    /// Removes a server: no new sessions; open ones run to their end.
+    pub fn remove_server(&self, name: &str) -> Result<(), ControlError> {
+        let cluster = &self.cluster.name;
+        self.change_members(|list| {
+            let before = list.len();
+            list.retain(|s| s.config.name != name);
+            if list.len() == before {
+                return Err(ControlError::UnknownServer(
+                    cluster.clone(),
+                    name.to_string(),
+                ));
+            }
+            Ok(())
+        })?;
+        info!(%cluster, server = %name, "server removed; its open sessions finish");
+        Ok(())
     }
 
     /// Changes a server's loading; new sessions follow it at once, open ones are untouched.
@@ -257,15 +373,14 @@ impl Balancer {
         Ok(())
     }
 
-    /// The weight each server has for the next pick (scaled by 1000 for slow start); 0 for
-    /// one that may not take a session now.
-    fn weights(&self, exclude: &[usize]) -> Vec<i64> {
+    /// The weight each of `servers` has for the next pick (scaled by 1000 for slow start);
+    /// 0 for one that may not take a session now.
+    fn weights(&self, servers: &[Arc<ServerState>], exclude: &[Arc<ServerState>]) -> Vec<i64> {
         let slowstart = self.cluster.slowstart;
-        self.servers
+        servers
             .iter()
-            .enumerate()
-            .map(|(i, s)| {
-                let eligible = !exclude.contains(&i)
+            .map(|s| {
+                let eligible = !excluded(s, exclude)
                     && s.up.load(Ordering::Relaxed)
                     && Admin::from_u8(s.admin.load(Ordering::Relaxed)) == Admin::Ready
                     && s.active.load(Ordering::Relaxed) < s.config.maxconn;
@@ -286,23 +401,23 @@ impl Balancer {
 
     /// Whether a server not in `exclude` is up and ready, if perhaps at its maxconn (then a
     /// new connection may wait for a slot).
-    fn in_service(&self, exclude: &[usize]) -> bool {
-        self.servers.iter().enumerate().any(|(i, s)| {
-            !exclude.contains(&i)
+    fn in_service(&self, exclude: &[Arc<ServerState>]) -> bool {
+        self.servers().iter().any(|s| {
+            !excluded(s, exclude)
                 && s.up.load(Ordering::Relaxed)
                 && Admin::from_u8(s.admin.load(Ordering::Relaxed)) == Admin::Ready
         })
     }
 
     /// Picks a server and counts the session against it, in one step so maxconn holds.
-    fn pick(&self, exclude: &[usize]) -> Option<Active<'_>> {
+    fn pick(&self, exclude: &[Arc<ServerState>]) -> Option<Active<'_>> {
         let mut swrr = self.swrr.lock().expect("scheduler");
-        let weights = self.weights(exclude);
+        let servers = self.servers();
+        let weights = self.weights(&servers, exclude);
         let index = match self.cluster.scheduler {
             Scheduler::RoundRobin => swrr.pick(&weights)?,
             Scheduler::LeastConnections => {
-                let active: Vec<usize> = self
-                    .servers
+                let active: Vec<usize> = servers
                     .iter()
                     .map(|s| s.active.load(Ordering::Relaxed))
                     .collect();
@@ -312,11 +427,12 @@ impl Balancer {
                 i
             }
         };
-        self.servers[index].active.fetch_add(1, Ordering::AcqRel);
-        self.servers[index].total.fetch_add(1, Ordering::Relaxed);
+        let server = servers[index].clone();
+        server.active.fetch_add(1, Ordering::AcqRel);
+        server.total.fetch_add(1, Ordering::Relaxed);
         Some(Active {
             balancer: self,
-            index,
+            server,
         })
     }
 
@@ -421,7 +537,7 @@ impl Balancer {
 
     async fn relay(&self, mut client: TcpStream, peer: SocketAddr) {
         let deadline = tokio::time::Instant::now() + self.cluster.queue_timeout;
-        let mut failed: Vec<usize> = Vec::new();
+        let mut failed: Vec<Arc<ServerState>> = Vec::new();
         loop {
             // Wait in the queue for a server below its maxconn; with none in service at all
             // (down, drained, in maintenance) there is nothing to wait for.
@@ -446,16 +562,16 @@ impl Balancer {
                     return;
                 }
             };
-            let server = &self.servers[active.index].config;
+            let server = &active.server.config;
             let mut upstream = match self.connect(server.address).await {
                 Ok(s) => s,
                 Err(e) => {
                     // Observed failure: out of rotation now, not after `fall` checks; the
                     // active checks bring it back after `rise` successes.
-                    if self.mark_down(active.index) {
+                    if mark_down(&active.server) {
                         warn!(cluster = %self.cluster.name, server = %server.name, error = %e, "server down (connect failed): out of rotation");
                     }
-                    failed.push(active.index);
+                    failed.push(active.server.clone());
                     continue;
                 }
             };
@@ -473,7 +589,7 @@ impl Balancer {
                 };
                 if let Err(e) = sent {
                     warn!(server = %server.name, error = %e, "PROXY header not sent");
-                    failed.push(active.index);
+                    failed.push(active.server.clone());
                     continue;
                 }
             }
@@ -484,18 +600,8 @@ impl Balancer {
         }
     }
 
-    /// Takes a server out on an observed failure; true if it was in.
-    fn mark_down(&self, index: usize) -> bool {
-        let s = &self.servers[index];
-        let mut h = s.health.lock().expect("health");
-        let was = h.mark_down();
-        s.up.store(false, Ordering::Relaxed);
-        was
-    }
-
     /// Records one check's result, moving the server in or out of rotation.
-    fn record_check(&self, index: usize, result: &Result<(), String>, took: Duration) {
-        let s = &self.servers[index];
+    fn record_check(&self, s: &ServerState, result: &Result<(), String>, took: Duration) {
         let text = match result {
             Ok(()) => format!("ok in {} ms", took.as_millis()),
             Err(e) => format!("failed: {e}"),
@@ -517,32 +623,51 @@ impl Balancer {
         *s.last_check.lock().expect("last check") = Some((text, Instant::now()));
     }
 
-    /// Runs the health checks of every server until `shutdown`.
-    pub async fn check_health(self: Arc<Self>, shutdown: watch::Receiver<bool>) {
-        let mut tasks = Vec::new();
-        for i in 0..self.servers.len() {
-            let (this, mut stop) = (self.clone(), shutdown.clone());
-            tasks.push(tokio::spawn(async move {
-                let health = this.cluster.health;
-                loop {
-                    let started = Instant::now();
-                    let result = this.check(i, health.timeout).await;
-                    this.record_check(i, &result, started.elapsed());
-                    tokio::select! {
-                        _ = tokio::time::sleep(health.interval) => {}
-                        _ = stop.changed() => break,
-                    }
+    /// Runs the health checks of every server until `shutdown`: one task per server,
+    /// started when the server joins and stopped when it is removed.
+    pub async fn check_health(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
+        let mut tasks: Vec<(Arc<ServerState>, tokio::task::JoinHandle<()>)> = Vec::new();
+        loop {
+            let members = self.members.notified();
+            let servers = self.servers();
+            tasks.retain(|(s, task)| {
+                let kept = servers.iter().any(|x| Arc::ptr_eq(x, s));
+                if !kept {
+                    task.abort();
                 }
-            }));
+                kept
+            });
+            for s in servers.iter() {
+                if tasks.iter().any(|(x, _)| Arc::ptr_eq(x, s)) {
+                    continue;
+                }
+                let (this, server, mut stop) = (self.clone(), s.clone(), shutdown.clone());
+                let task = tokio::spawn(async move {
+                    let health = this.cluster.health;
+                    loop {
+                        let started = Instant::now();
+                        let result = this.check(&server.config, health.timeout).await;
+                        this.record_check(&server, &result, started.elapsed());
+                        tokio::select! {
+                            _ = tokio::time::sleep(health.interval) => {}
+                            _ = stop.changed() => break,
+                        }
+                    }
+                });
+                tasks.push((s.clone(), task));
+            }
+            tokio::select! {
+                _ = members => {}
+                _ = shutdown.changed() => break,
+            }
         }
-        for t in tasks {
+        for (_, t) in tasks {
             let _ = t.await;
         }
     }
 
     /// One check: connect, (PROXY LOCAL), then the SMTP probe, all within `limit`.
-    async fn check(&self, index: usize, limit: Duration) -> Result<(), String> {
-        let server = &self.servers[index].config;
+    async fn check(&self, server: &config::Server, limit: Duration) -> Result<(), String> {
         let started = Instant::now();
         let mut stream = tokio::time::timeout(limit, self.connect(server.address))
             .await
@@ -584,16 +709,17 @@ mod tests {
     #[test]
     fn weights_follow_state_loading_and_slow_start() {
         let lb = cluster(Duration::from_secs(100));
-        assert_eq!(lb.weights(&[]), vec![1000, 2000]);
+        assert_eq!(lb.weights(&lb.servers(), &[]), vec![1000, 2000]);
         // A server back up for 25 s of a 100 s slow start has a quarter of its weight.
-        *lb.servers[1].back_since.lock().unwrap() = Some(Instant::now() - Duration::from_secs(25));
-        let w = lb.weights(&[]);
+        *lb.servers()[1].back_since.lock().unwrap() =
+            Some(Instant::now() - Duration::from_secs(25));
+        let w = lb.weights(&lb.servers(), &[]);
         assert!((495..=510).contains(&w[1]), "{w:?}");
         lb.set_loading("c1-s1", 3).unwrap();
         lb.set_admin("c1-s2", Admin::Drain).unwrap();
-        assert_eq!(lb.weights(&[]), vec![3000, 0]);
-        lb.servers[0].up.store(false, Ordering::Relaxed);
-        assert_eq!(lb.weights(&[]), vec![0, 0]);
+        assert_eq!(lb.weights(&lb.servers(), &[]), vec![3000, 0]);
+        lb.servers()[0].up.store(false, Ordering::Relaxed);
+        assert_eq!(lb.weights(&lb.servers(), &[]), vec![0, 0]);
         assert!(lb.pick(&[]).is_none());
         assert!(!lb.in_service(&[]), "down and drained: nothing to wait for");
         assert_eq!(lb.set_loading("c1-s1", 0), Err(ControlError::LoadingRange));
@@ -615,24 +741,76 @@ mod tests {
         let lb = cluster(Duration::ZERO);
         let ok = Ok(());
         let bad = Err("refused".to_string());
-        lb.record_check(0, &ok, Duration::ZERO);
+        lb.record_check(&lb.servers()[0], &ok, Duration::ZERO);
         for _ in 0..3 {
-            lb.record_check(0, &bad, Duration::ZERO);
+            lb.record_check(&lb.servers()[0], &bad, Duration::ZERO);
         }
-        lb.record_check(0, &ok, Duration::ZERO);
+        lb.record_check(&lb.servers()[0], &ok, Duration::ZERO);
         assert!(
-            !lb.servers[0].up.load(Ordering::Relaxed),
+            !lb.servers()[0].up.load(Ordering::Relaxed),
             "one success of two"
         );
-        assert!(!lb.mark_down(0), "already down");
-        lb.record_check(0, &ok, Duration::ZERO);
+        assert!(!mark_down(&lb.servers()[0]), "already down");
+        lb.record_check(&lb.servers()[0], &ok, Duration::ZERO);
         assert!(
-            !lb.servers[0].up.load(Ordering::Relaxed),
+            !lb.servers()[0].up.load(Ordering::Relaxed),
             "the success before the mark-down no longer counts"
         );
-        lb.record_check(0, &ok, Duration::ZERO);
-        assert!(lb.servers[0].up.load(Ordering::Relaxed));
-        assert_eq!(lb.weights(&[])[0], 1000);
+        lb.record_check(&lb.servers()[0], &ok, Duration::ZERO);
+        assert!(lb.servers()[0].up.load(Ordering::Relaxed));
+        assert_eq!(lb.weights(&lb.servers(), &[])[0], 1000);
+    }
+
+    /// Servers added at run time take sessions by their loading at once; removed ones take
+    /// no more, and a session open on a removed server stays counted until it ends.
+    #[test]
+    fn servers_join_and_leave_at_run_time() {
+        let lb = cluster(Duration::ZERO);
+        let server = |name: &str, port: u16, loading: u32| config::Server {
+            name: name.into(),
+            address: SocketAddr::from(([127, 0, 2, 9], port)),
+            loading,
+            maxconn: 1000,
+        };
+        lb.add_server(server("c1-s3", 2525, 3)).unwrap();
+        assert_eq!(lb.weights(&lb.servers(), &[]), vec![1000, 2000, 3000]);
+        let mut picks = std::collections::HashMap::new();
+        for _ in 0..60 {
+            let a = lb.pick(&[]).unwrap();
+            *picks.entry(a.server.config.name.clone()).or_insert(0) += 1;
+        }
+        assert_eq!(picks["c1-s1"], 10);
+        assert_eq!(picks["c1-s2"], 20);
+        assert_eq!(picks["c1-s3"], 30);
+        assert!(matches!(
+            lb.add_server(server("c1-s3", 2526, 1)),
+            Err(ControlError::NameTaken(..))
+        ));
+        assert!(matches!(
+            lb.add_server(server("c1-s4", 2525, 1)),
+            Err(ControlError::AddressTaken(..))
+        ));
+        assert!(matches!(
+            lb.add_server(server("c1 s4", 2527, 1)),
+            Err(ControlError::BadName(..))
+        ));
+        assert_eq!(
+            lb.add_server(server("c1-s4", 2527, 0)),
+            Err(ControlError::LoadingRange)
+        );
+        let open = lb.pick(&[]).unwrap();
+        let name = open.server.config.name.clone();
+        lb.remove_server(&name).unwrap();
+        assert_eq!(lb.servers().len(), 2);
+        for _ in 0..20 {
+            assert_ne!(lb.pick(&[]).unwrap().server.config.name, name);
+        }
+        assert_eq!(open.server.active.load(Ordering::Relaxed), 1);
+        drop(open);
+        assert!(matches!(
+            lb.remove_server(&name),
+            Err(ControlError::UnknownServer(..))
+        ));
     }
 
     #[test]

@@ -17,6 +17,8 @@ use toml::Spanned;
 
 /// The loadings an operator may give a server, in the file and at run time.
 pub const LOADING: std::ops::RangeInclusive<u32> = 1..=1000;
+/// A server's `maxconn` when none is written (and for servers added at run time).
+pub const DEFAULT_MAXCONN: usize = 1000;
 
 /// The annotated demo configuration, used when no file is given.
 pub const DEMO: &str = include_str!("demo.toml");

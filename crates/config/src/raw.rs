@@ -1636,7 +1636,7 @@ fn validate_silos(
                             );
                         }
                     },
-                    maxconn: cx.positive(&v.maxconn, &skey("maxconn"), 1000)?,
+                    maxconn: cx.positive(&v.maxconn, &skey("maxconn"), DEFAULT_MAXCONN)?,
                 });
             }
             clusters.push(Cluster {

@@ -17,6 +17,18 @@ pub enum Command {
     Maint { target: String },
     /// Put a server back in rotation.
     Ready { target: String },
+    /// Add a server to a cluster at run time: `lb add c1/c1-s3 127.0.2.3:2525 --loading 2`.
+    /// It takes sessions at once, by its loading; the change is kept in the store.
+    Add {
+        target: String,
+        /// IP:PORT where the balancer reaches the server.
+        address: String,
+        /// Its loading from its capacity, 1 to 1000.
+        #[arg(long)]
+        loading: u32,
+    },
+    /// Remove a server from its cluster: no new sessions; open ones finish.
+    Remove { target: String },
 }
 
 fn split(target: &str) -> Result<(&str, &str)> {
@@ -62,6 +74,29 @@ pub fn run(api: &Client, command: Command) -> Result<()> {
             println!(
                 "SESSIONS: relayed since start, the DNS's health checks of the cluster included; the balancer's own checks are not."
             );
+            return Ok(());
+        }
+        Command::Add {
+            target,
+            address,
+            loading,
+        } => {
+            let (cluster, server) = split(target)?;
+            let body = portal::NewServer {
+                server: server.to_string(),
+                address: address.clone(),
+                loading: *loading,
+            };
+            api.send(&format!("/api/v1/lb/{cluster}"), &body)?;
+            println!(
+                "{cluster}/{server}: added at {address} with loading {loading}; it takes new sessions now"
+            );
+            return Ok(());
+        }
+        Command::Remove { target } => {
+            let (cluster, server) = split(target)?;
+            api.delete(&format!("/api/v1/lb/{cluster}/{server}"))?;
+            println!("{cluster}/{server}: removed; no new sessions, open ones finish");
             return Ok(());
         }
         Command::Weight { target, loading } => (

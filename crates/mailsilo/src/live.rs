@@ -60,6 +60,8 @@ fn configured_servers(config: &Config) -> Vec<ServerEntry> {
                 server: s.name.clone(),
                 loading: s.loading,
                 state: Admin::Ready.to_string(),
+                address: None,
+                removed: false,
             })
         })
         .collect()
@@ -106,10 +108,20 @@ pub async fn start(config: &Config, store: &Arc<dyn Store>) -> Result<Arc<Domain
         let file = config
             .cluster(&e.cluster)
             .and_then(|(_, c)| c.servers.iter().find(|s| s.name == e.server));
-        if let Some(s) = file
-            && (s.loading != e.loading || e.state != Admin::Ready.to_string())
-        {
-            warn!(cluster = %e.cluster, server = %e.server, loading = e.loading, state = %e.state, file_loading = s.loading, "the store's loading or state differ from the configuration file's: the store wins");
+        match file {
+            Some(_) if e.removed => {
+                warn!(cluster = %e.cluster, server = %e.server, "the configuration file lists this server, but it was removed at run time: the store wins (add it again with `mailsilo lb add`)")
+            }
+            Some(s)
+                if s.loading != e.loading
+                    || e.state != Admin::Ready.to_string()
+                    || e.address
+                        .as_deref()
+                        .is_some_and(|a| a != s.address.to_string()) =>
+            {
+                warn!(cluster = %e.cluster, server = %e.server, loading = e.loading, state = %e.state, address = ?e.address, file_loading = s.loading, "the store's loading, state or address differ from the configuration file's: the store wins");
+            }
+            _ => {}
         }
     }
     let table = DomainTable::default();
@@ -118,14 +130,57 @@ pub async fn start(config: &Config, store: &Arc<dyn Store>) -> Result<Arc<Domain
     Ok(Arc::new(table))
 }
 
-/// Applies the store's server entries to this node's balancers.
-pub fn apply_servers(balancers: &[Arc<Balancer>], entries: &[ServerEntry]) {
+/// The server an entry describes: the address it was added with, or the TOML's for a server
+/// of the configuration file (whose `maxconn` it keeps); `None` for an entry with neither.
+pub fn server_of(config: &Config, e: &ServerEntry) -> Option<config::Server> {
+    let file = config
+        .cluster(&e.cluster)
+        .and_then(|(_, c)| c.servers.iter().find(|s| s.name == e.server));
+    let address = match &e.address {
+        Some(a) => a.parse().ok()?,
+        None => file?.address,
+    };
+    Some(config::Server {
+        name: e.server.clone(),
+        address,
+        loading: e.loading,
+        maxconn: file.map_or(config::DEFAULT_MAXCONN, |s| s.maxconn),
+    })
+}
+
+/// Applies the store's server entries to this node's balancers: servers added and removed,
+/// loadings and states.
+pub fn apply_servers(config: &Config, balancers: &[Arc<Balancer>], entries: &[ServerEntry]) {
     for e in entries {
         let Some(lb) = balancers.iter().find(|b| b.name() == e.cluster) else {
             continue;
         };
-        let Some(now) = lb.stats().into_iter().find(|s| s.server == e.server) else {
+        let now = lb.stats().into_iter().find(|s| s.server == e.server);
+        if e.removed {
+            if now.is_some() {
+                let _ = lb.remove_server(&e.server);
+            }
             continue;
+        }
+        let Some(server) = server_of(config, e) else {
+            warn!(cluster = %e.cluster, server = %e.server, address = ?e.address, "the store's entry has no usable address; server left out");
+            continue;
+        };
+        let now = match now {
+            Some(now) if now.address == server.address => now,
+            stale => {
+                if stale.is_some() {
+                    let _ = lb.remove_server(&e.server);
+                }
+                if let Err(err) = lb.add_server(server) {
+                    warn!(cluster = %e.cluster, server = %e.server, error = %err, "the store's server is refused");
+                    continue;
+                }
+                let Some(now) = lb.stats().into_iter().find(|s| s.server == e.server) else {
+                    continue;
+                };
+                now
+            }
         };
         if now.loading != e.loading
             && let Err(err) = lb.set_loading(&e.server, e.loading)
@@ -160,7 +215,7 @@ pub async fn watch(
                 (Ok(d), Ok(s)) => {
                     let (accepted, removed) = domains_of(&config, &d);
                     domains.replace(accepted, removed);
-                    apply_servers(&balancers, &s);
+                    apply_servers(&config, &balancers, &s);
                     if applied.is_some() {
                         info!(version = v, "run-time configuration changed: applied");
                     }

@@ -11,6 +11,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use balancer::{Admin, Balancer};
 use config::Config;
+use portal::Refused;
 use queue::{Queue, SystemClock};
 use smtp::server::{ProxyPolicy, Server};
 use store::{Embedded, Store};
@@ -144,29 +145,24 @@ struct Lbs {
 }
 
 impl Lbs {
-    /// The store's entry for a configured server, to change.
-    async fn entry(&self, cluster: &str, server: &str) -> Result<store::ServerEntry, String> {
-        let configured = self
-            .config
-            .cluster(cluster)
-            .is_some_and(|(_, c)| c.servers.iter().any(|s| s.name == server));
-        if !configured {
-            return Err(format!("cluster {cluster:?} has no server {server:?}"));
-        }
-        let entries = self.store.servers().await.map_err(|e| e.to_string())?;
+    /// The store's entry for a server in service (of the TOML or added at run time).
+    async fn entry(&self, cluster: &str, server: &str) -> Result<store::ServerEntry, Refused> {
+        let entries = self.store.servers().await.map_err(Refused::store)?;
         entries
             .into_iter()
-            .find(|e| e.cluster == cluster && e.server == server)
-            .ok_or_else(|| format!("the store has no entry for {cluster}/{server}"))
+            .find(|e| e.cluster == cluster && e.server == server && !e.removed)
+            .ok_or_else(|| {
+                Refused::not_found(format!("cluster {cluster:?} has no server {server:?}"))
+            })
     }
 
-    async fn save(&self, entry: store::ServerEntry) -> Result<(), String> {
+    async fn save(&self, entry: store::ServerEntry) -> Result<(), Refused> {
         self.store
             .set_server(entry.clone())
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(Refused::store)?;
         // Here at once; the other nodes within their watch interval.
-        crate::live::apply_servers(&self.local, &[entry]);
+        crate::live::apply_servers(&self.config, &self.local, &[entry]);
         Ok(())
     }
 }
@@ -193,19 +189,87 @@ impl portal::Balancers for Lbs {
             .collect()
     }
 
-    async fn set_loading(&self, cluster: &str, server: &str, loading: u32) -> Result<(), String> {
+    async fn set_loading(&self, cluster: &str, server: &str, loading: u32) -> Result<(), Refused> {
         if !config::LOADING.contains(&loading) {
-            return Err(balancer::ControlError::LoadingRange.to_string());
+            return Err(Refused::invalid(
+                balancer::ControlError::LoadingRange.to_string(),
+            ));
         }
         let mut entry = self.entry(cluster, server).await?;
         entry.loading = loading;
         self.save(entry).await
     }
 
-    async fn set_state(&self, cluster: &str, server: &str, state: &str) -> Result<(), String> {
-        let admin: Admin = state.parse()?;
+    async fn set_state(&self, cluster: &str, server: &str, state: &str) -> Result<(), Refused> {
+        let admin: Admin = state.parse().map_err(Refused::invalid)?;
         let mut entry = self.entry(cluster, server).await?;
         entry.state = admin.to_string();
+        self.save(entry).await
+    }
+
+    async fn add_server(&self, cluster: &str, new: &portal::NewServer) -> Result<(), Refused> {
+        let Some((_, c)) = self.config.cluster(cluster) else {
+            return Err(Refused::not_found(format!(
+                "there is no cluster {cluster:?}"
+            )));
+        };
+        if !balancer::valid_server_name(&new.server) {
+            return Err(Refused::invalid(
+                balancer::ControlError::BadName(new.server.clone()).to_string(),
+            ));
+        }
+        if !config::LOADING.contains(&new.loading) {
+            return Err(Refused::invalid(
+                balancer::ControlError::LoadingRange.to_string(),
+            ));
+        }
+        let address: SocketAddr =
+            new.address.trim().parse().map_err(|_| {
+                Refused::invalid(format!("address {:?} is not IP:PORT", new.address))
+            })?;
+        if address.port() == 0 || address.ip().is_unspecified() {
+            return Err(Refused::invalid(format!(
+                "address {address} is not one a balancer can connect to"
+            )));
+        }
+        if address == c.address {
+            return Err(Refused::invalid(format!(
+                "{address} is the cluster's own public address"
+            )));
+        }
+        let entries = self.store.servers().await.map_err(Refused::store)?;
+        for e in entries.iter().filter(|e| !e.removed) {
+            if e.server == new.server {
+                return Err(Refused::conflict(format!(
+                    "cluster {:?} already has a server {:?}",
+                    e.cluster, e.server
+                )));
+            }
+            if e.cluster == cluster
+                && crate::live::server_of(&self.config, e).is_some_and(|s| s.address == address)
+            {
+                return Err(Refused::conflict(format!(
+                    "server {:?} of cluster {cluster:?} already has the address {address}",
+                    e.server
+                )));
+            }
+        }
+        tracing::info!(%cluster, server = %new.server, %address, loading = new.loading, "server added by an operator");
+        self.save(store::ServerEntry {
+            cluster: cluster.to_string(),
+            server: new.server.clone(),
+            loading: new.loading,
+            state: Admin::Ready.to_string(),
+            address: Some(address.to_string()),
+            removed: false,
+        })
+        .await
+    }
+
+    async fn remove_server(&self, cluster: &str, server: &str) -> Result<(), Refused> {
+        let mut entry = self.entry(cluster, server).await?;
+        entry.removed = true;
+        tracing::info!(%cluster, %server, "server removed by an operator");
         self.save(entry).await
     }
 }
@@ -437,7 +501,7 @@ pub async fn up(
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         let lb = Balancer::new(cluster.clone());
         // The loadings and states operators set at run time, before the first connection.
-        crate::live::apply_servers(std::slice::from_ref(&lb), &stored_servers);
+        crate::live::apply_servers(&config, std::slice::from_ref(&lb), &stored_servers);
         let handles = lb
             .spawn(cluster.threads.unwrap_or(cores), stopped.clone(), GRACE)
             .map_err(|e| {

@@ -485,6 +485,57 @@ fn a_user_releases_her_mail_in_a_browser() {
     assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
 }
 
+/// The silo page in headless Chromium: an operator changes a server's loading and adds a
+/// server to the cluster, and the balancer's sessions follow both (counted by the banners
+/// of sessions sent through it).
+#[test]
+fn an_operator_adds_a_server_in_a_browser_and_sessions_follow() {
+    let modules = std::env::var("MAILSILO_TEST_PLAYWRIGHT").expect(
+        "MAILSILO_TEST_PLAYWRIGHT is not set: run the tests with scripts/test.sh, which installs playwright-core and chromium",
+    );
+    let accounts = TAIL
+        .split_once("[[organisation]]")
+        .map(|(_, rest)| format!("[[organisation]]{rest}"))
+        .unwrap();
+    let mut silo = common::Silo::new(29, &[&[1, 1]], &accounts, "");
+    silo.start_without_dns();
+    let joined: SocketAddr = "127.2.29.9:2525".parse().unwrap();
+    silo.start_extra_server("c1-s3", joined);
+    let lb = silo.clusters[0].address;
+    common::assert_shares(&common::sessions(lb, 200), &[("c1-s1", 1), ("c1-s2", 1)]);
+    let shots = tempfile::Builder::new()
+        .prefix("mailsilo-screenshots-")
+        .tempdir()
+        .unwrap()
+        .keep();
+    let out = Command::new("node")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/browser/silo.mjs"
+        ))
+        .arg(format!("http://{}", silo.control))
+        .args(["operator", "operator-pass", "c1", "c1-s1", "3", "c1-s3"])
+        .arg(joined.to_string())
+        .arg("4")
+        .arg(&shots)
+        .env("NODE_PATH", &modules)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    eprintln!("screenshots: {}", shots.display());
+    assert_eq!(said.trim(), "changed");
+    common::assert_shares(
+        &common::sessions(lb, 400),
+        &[("c1-s1", 3), ("c1-s2", 1), ("c1-s3", 4)],
+    );
+    silo.terminate("c1-s3");
+}
+
 #[test]
 fn pages_need_a_session_and_their_forms_a_csrf_token() {
     let g = gateway();
@@ -603,8 +654,37 @@ fn an_operator_changes_servers_on_the_silo_page() {
     assert_eq!(post("/silo/c1/c1-s1/loading", "csrf=forged&value=9"), 403);
     assert_eq!(
         post("/silo/c1/c1-s1/loading", &format!("csrf={csrf}&value=0")),
-        400
+        422
     );
+    // A server joins the cluster from the page, and another leaves it.
+    assert_eq!(
+        post(
+            "/silo/c1",
+            &format!("csrf={csrf}&server=c1-s3&address=127.2.27.9%3A2525&loading=3")
+        ),
+        303
+    );
+    assert_eq!(
+        post(
+            "/silo/c1",
+            &format!("csrf={csrf}&server=c1-s3&address=127.2.27.10%3A2525&loading=3")
+        ),
+        409
+    );
+    assert_eq!(
+        post(
+            "/silo/c1",
+            "csrf=forged&server=c1-s4&address=127.2.27.10%3A2525&loading=3"
+        ),
+        403
+    );
+    assert_eq!(post("/silo/c1/c1-s3/remove", "csrf=forged"), 403);
+    let (_, _, page) = http(silo.control, "GET", "/silo", &[("Cookie", &cookie)], "");
+    assert!(page.contains("id=\"s-c1-s3\""), "{page}");
+    assert!(page.contains("Add a server to c1"), "{page}");
+    assert_eq!(post("/silo/c1/c1-s3/remove", &format!("csrf={csrf}")), 303);
+    let (_, _, page) = http(silo.control, "GET", "/silo", &[("Cookie", &cookie)], "");
+    assert!(!page.contains("id=\"s-c1-s3\""), "{page}");
     let shown = silo.lb(&["show"]);
     assert!(
         shown

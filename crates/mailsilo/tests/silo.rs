@@ -4,13 +4,13 @@
 
 mod common;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Silo, banner_of, python, send_token, wait_until};
+use common::{Silo, assert_shares, banner_of, python, send_token, sessions, wait_until};
 
 /// The A records of a `dig +short` answer.
 fn short(out: &str) -> Vec<String> {
@@ -220,31 +220,6 @@ fn a_stopped_balancer_leaves_the_answers_and_comes_back() {
     assert_eq!(answer(&silo), both);
 }
 
-/// Opens `n` sessions through `addr` one after another; counts them by server.
-fn sessions(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
-    let mut counts = HashMap::new();
-    for _ in 0..n {
-        let (server, mut c) = banner_of(addr);
-        *counts.entry(server).or_default() += 1;
-        c.send(b"QUIT\r\n");
-        assert_eq!(c.reply().0, 221);
-    }
-    counts
-}
-
-fn assert_shares(counts: &HashMap<String, usize>, loadings: &[(&str, u32)]) {
-    let total: usize = counts.values().sum();
-    let sum: u32 = loadings.iter().map(|(_, l)| l).sum();
-    for (name, l) in loadings {
-        let share = *counts.get(*name).unwrap_or(&0) as f64 / total as f64;
-        let want = f64::from(*l) / f64::from(sum);
-        assert!(
-            (share - want).abs() <= 0.03,
-            "{name}: {share:.3} of sessions, loading says {want:.3} ({counts:?})"
-        );
-    }
-}
-
 #[test]
 fn sessions_follow_loading_weight_changes_and_drain() {
     let mut silo = Silo::new(14, &[&[1, 2, 3]], "", "");
@@ -302,6 +277,87 @@ fn sessions_follow_loading_weight_changes_and_drain() {
         .len()
         == 1));
     assert!(silo.mailbox("alice@example.com")[0].contains("by c1-s2 (mailsilo)"));
+}
+
+/// An operator adds a server to a running cluster and removes another: sessions follow the
+/// new membership at once, by loading, and both changes survive a restart of the balancer.
+#[test]
+fn servers_join_and_leave_at_run_time_and_survive_a_restart() {
+    let mut silo = Silo::new(28, &[&[1, 1]], "", "");
+    silo.start_without_dns();
+    let lb = silo.clusters[0].address;
+    let joined: SocketAddr = "127.2.28.9:2525".parse().unwrap();
+    silo.start_extra_server("c1-s3", joined);
+
+    let out = silo.lb(&["add", "c1/c1-s3", &joined.to_string(), "--loading", "2"]);
+    assert!(out.contains("c1/c1-s3: added"), "{out}");
+    assert_shares(
+        &sessions(lb, 400),
+        &[("c1-s1", 1), ("c1-s2", 1), ("c1-s3", 2)],
+    );
+    // Refused: a name in use, an address in use, no such cluster, a bad address.
+    for (args, says) in [
+        (
+            vec!["add", "c1/c1-s3", "127.2.28.10:2525", "--loading", "1"],
+            "already has a server",
+        ),
+        (
+            vec!["add", "c1/c1-s4", "127.2.28.9:2525", "--loading", "1"],
+            "already has the address",
+        ),
+        (
+            vec!["add", "c9/c9-s1", "127.2.28.10:2525", "--loading", "1"],
+            "no cluster",
+        ),
+        (
+            vec!["add", "c1/c1-s4", "localhost", "--loading", "1"],
+            "not IP:PORT",
+        ),
+        (
+            vec!["add", "c1/c1-s4", "127.2.28.10:2525", "--loading", "0"],
+            "from 1 to 1000",
+        ),
+        (vec!["remove", "c1/c1-s9"], "has no server"),
+    ] {
+        let out = std::process::Command::new(&*common::BIN)
+            .args(["lb", "--control", &silo.control.to_string(), "--token-file"])
+            .arg(silo.token_file())
+            .args(&args)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains(says),
+            "{args:?}: {err}"
+        );
+    }
+
+    silo.lb(&["remove", "c1/c1-s1"]);
+    let after = sessions(lb, 300);
+    assert_eq!(after.get("c1-s1"), None, "{after:?}");
+    assert_shares(&after, &[("c1-s2", 1), ("c1-s3", 2)]);
+
+    // A restart of the balancer's process: the store keeps both changes.
+    silo.terminate("all");
+    silo.start_without_dns();
+    let shown = silo.lb(&["show"]);
+    assert!(!shown.contains("c1-s1"), "{shown}");
+    assert!(
+        shown
+            .lines()
+            .any(|l| l.contains("c1-s3") && l.contains(&joined.to_string())),
+        "{shown}"
+    );
+    let restarted = sessions(lb, 300);
+    assert_eq!(restarted.get("c1-s1"), None, "{restarted:?}");
+    assert_shares(&restarted, &[("c1-s2", 1), ("c1-s3", 2)]);
+    assert!(
+        silo.log("all")
+            .contains("the configuration file lists this server, but it was removed at run time"),
+        "{}",
+        silo.log("all")
+    );
+    silo.terminate("c1-s3");
 }
 
 #[test]
@@ -629,7 +685,7 @@ fn the_control_endpoint_needs_the_token_and_bounds_every_request() {
         r#"{"loading":4294967295}"#,
     );
     assert!(
-        r.starts_with("HTTP/1.1 400") && r.contains("from 1 to 1000"),
+        r.starts_with("HTTP/1.1 422") && r.contains("from 1 to 1000"),
         "{r}"
     );
     let r = put("/api/v1/lb/c1/c1-s1/loading", &auth, r#"{"loading":1000}"#);

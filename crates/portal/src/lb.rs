@@ -1,15 +1,17 @@
 //! The balancers' part of the API: every balanced server's state, changing a server's
-//! loading or state, and their statistics for Prometheus.
+//! loading or state, adding and removing servers, and their statistics for Prometheus.
 
 use std::fmt::Write;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::routing::{get, put};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
 
-use crate::{Ctx, done, refusal};
+use crate::{Ctx, Refused, refusal};
 
 /// One balanced mail server as operators see it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -31,13 +33,36 @@ pub struct ServerStatus {
 }
 
 /// What the portal needs from the balancers: their servers as this node sees them, and
-/// changing a server's loading or state, which the implementation records in the store (so
-/// every node applies it, and it survives a restart) and applies here at once.
+/// changing a server's loading or state, adding and removing servers, which the
+/// implementation records in the store (so every node applies it, and it survives a
+/// restart) and applies here at once.
 #[async_trait::async_trait]
 pub trait Balancers: Send + Sync + 'static {
     fn servers(&self) -> Vec<ServerStatus>;
-    async fn set_loading(&self, cluster: &str, server: &str, loading: u32) -> Result<(), String>;
-    async fn set_state(&self, cluster: &str, server: &str, state: &str) -> Result<(), String>;
+    async fn set_loading(&self, cluster: &str, server: &str, loading: u32) -> Result<(), Refused>;
+    async fn set_state(&self, cluster: &str, server: &str, state: &str) -> Result<(), Refused>;
+    async fn add_server(&self, cluster: &str, server: &NewServer) -> Result<(), Refused>;
+    async fn remove_server(&self, cluster: &str, server: &str) -> Result<(), Refused>;
+}
+
+/// A server joining a cluster: `POST /api/v1/lb/{cluster}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewServer {
+    /// Its name, unique in the silo: letters, digits, `-`, `_`, `.`.
+    pub server: String,
+    /// `IP:PORT` where the balancer reaches it.
+    pub address: String,
+    /// Its loading from its capacity, 1 to 1000.
+    pub loading: u32,
+}
+
+/// No content on success, else the refusal.
+fn done(r: Result<(), Refused>) -> Response {
+    match r {
+        Ok(()) => StatusCode::NO_CONTENT.into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -52,14 +77,39 @@ pub struct ServerState {
     pub state: String,
 }
 
-/// `GET /api/v1/lb`, `PUT /api/v1/lb/{cluster}/{server}/loading` (`{"loading": N}`, N in
-/// `config::LOADING`), `PUT /api/v1/lb/{cluster}/{server}/state` (`{"state": "drain"}`),
-/// `GET /metrics`.
+/// `GET /api/v1/lb`, `POST /api/v1/lb/{cluster}` (a [`NewServer`]), `DELETE
+/// /api/v1/lb/{cluster}/{server}`, `PUT /api/v1/lb/{cluster}/{server}/loading`
+/// (`{"loading": N}`, N in `config::LOADING`), `PUT /api/v1/lb/{cluster}/{server}/state`
+/// (`{"state": "drain"}`), `GET /metrics`.
 pub fn routes() -> Router<Ctx> {
     Router::new()
         .route(
             "/api/v1/lb",
             get(|State(c): State<Ctx>| async move { Json(c.balancers.servers()) }),
+        )
+        .route(
+            "/api/v1/lb/{cluster}",
+            post(
+                |State(c): State<Ctx>,
+                 Path(cluster): Path<String>,
+                 body: Result<Json<NewServer>, JsonRejection>| async move {
+                    match body {
+                        Ok(Json(s)) => match c.balancers.add_server(&cluster, &s).await {
+                            Ok(()) => StatusCode::CREATED.into_response(),
+                            Err(e) => e.into_response(),
+                        },
+                        Err(e) => refusal(e.status(), &e.body_text()),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/api/v1/lb/{cluster}/{server}",
+            delete(
+                |State(c): State<Ctx>, Path((cluster, server)): Path<(String, String)>| async move {
+                    done(c.balancers.remove_server(&cluster, &server).await)
+                },
+            ),
         )
         .route(
             "/api/v1/lb/{cluster}/{server}/loading",

@@ -45,7 +45,7 @@ pub mod trace;
 pub mod web;
 
 pub use auth::Principal;
-pub use lb::{Balancers, Loading, ServerState, ServerStatus};
+pub use lb::{Balancers, Loading, NewServer, ServerState, ServerStatus};
 
 /// What the API works on, shared by every request.
 #[derive(Clone)]
@@ -89,6 +89,44 @@ fn refusal(status: StatusCode, message: &str) -> Response {
         Json(serde_json::json!({ "error": { "code": code, "message": message } })),
     )
         .into_response()
+}
+
+/// A refused call: its status and why (answered as [`refusal`] does).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refused {
+    pub status: StatusCode,
+    pub message: String,
+}
+
+impl Refused {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Refused {
+        Refused {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Refused {
+        Refused::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn invalid(message: impl Into<String>) -> Refused {
+        Refused::new(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Refused {
+        Refused::new(StatusCode::CONFLICT, message)
+    }
+
+    pub fn store(e: store::Error) -> Refused {
+        Refused::new(StatusCode::SERVICE_UNAVAILABLE, e.to_string())
+    }
+}
+
+impl IntoResponse for Refused {
+    fn into_response(self) -> Response {
+        refusal(self.status, &self.message)
+    }
 }
 
 /// The client's address, put in each request by [`serve`].
@@ -278,13 +316,6 @@ fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn done(r: Result<(), String>) -> Response {
-    match r {
-        Ok(()) => StatusCode::NO_CONTENT.into_response(),
-        Err(e) => refusal(StatusCode::BAD_REQUEST, &e),
-    }
 }
 
 /// Every route, behind the guard; all but `GET /metrics` need `Authorization: Bearer

@@ -12,7 +12,7 @@
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::{IntoResponse, Response};
+use axum::response::IntoResponse;
 use axum::routing::{get, post};
 use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
@@ -20,7 +20,7 @@ use store::{Held, HeldFilter, HeldSummary, Role};
 
 use crate::auth::Principal;
 use crate::queue::Page;
-use crate::{Ctx, now, refusal};
+use crate::{Ctx, Refused, now, refusal};
 
 /// One quarantined message as `GET /api/v1/quarantine/{id}` shows it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -70,32 +70,12 @@ fn scope(p: &Principal, mut f: HeldFilter) -> Option<HeldFilter> {
     Some(f)
 }
 
-/// A refused quarantine operation: its status and why.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Refused {
-    pub status: StatusCode,
-    pub message: String,
-}
-
 impl Refused {
     fn not_held(id: &str) -> Refused {
-        Refused {
-            status: StatusCode::NOT_FOUND,
-            message: format!("no message {id} in the quarantine"),
-        }
-    }
-
-    pub(crate) fn store(e: store::Error) -> Refused {
-        Refused {
-            status: StatusCode::SERVICE_UNAVAILABLE,
-            message: e.to_string(),
-        }
-    }
-}
-
-impl IntoResponse for Refused {
-    fn into_response(self) -> Response {
-        refusal(self.status, &self.message)
+        Refused::new(
+            StatusCode::NOT_FOUND,
+            format!("no message {id} in the quarantine"),
+        )
     }
 }
 

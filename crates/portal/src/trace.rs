@@ -16,9 +16,8 @@ use axum::{Extension, Json, Router};
 use store::{Role, Trace, TraceQuery};
 
 use crate::auth::Principal;
-use crate::quarantine::Refused;
 use crate::queue::MAX_PAGE;
-use crate::{Ctx, refusal};
+use crate::{Ctx, Refused, refusal};
 
 /// The traces `q` asks for, within the caller's scope.
 pub async fn find(c: &Ctx, who: &Principal, mut q: TraceQuery) -> Result<Vec<Trace>, Refused> {

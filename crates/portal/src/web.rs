@@ -202,6 +202,7 @@ pub fn routes() -> Router<Ctx> {
             }),
         )
         .route("/silo", get(silo_page))
+        .route("/silo/{cluster}", post(server_add))
         .route("/silo/{cluster}/{server}/{what}", post(server_change))
         .route(
             "/login",
@@ -575,7 +576,9 @@ async fn silo_page(
                      <form method=\"post\" action=\"/silo/{id}/state\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                      <label for=\"t-{name}\">State of {name}</label>\
                      <select id=\"t-{name}\" name=\"value\">{options}</select>\
-                     <button type=\"submit\">Set state</button></form></li>",
+                     <button type=\"submit\">Set state</button></form>\
+                     <form method=\"post\" action=\"/silo/{id}/remove\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+                     <button type=\"submit\" aria-label=\"Remove {name} from the cluster\">Remove</button></form></li>",
                     name = esc(&s.server),
                     addr = esc(&s.address),
                     health = if s.up { "up" } else { "down" },
@@ -585,7 +588,16 @@ async fn silo_page(
                     total = s.total,
                 ));
             }
-            body.push_str("</ul></div>");
+            body.push_str(&format!(
+                "</ul><form method=\"post\" action=\"/silo/{cid}\" class=\"add\">\
+                 <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><fieldset><legend>Add a server to {cname}</legend>\
+                 <label for=\"n-{cname}\">Name</label><input id=\"n-{cname}\" name=\"server\" required pattern=\"[A-Za-z0-9._\\-]+\">\
+                 <label for=\"a-{cname}\">Address (IP:PORT)</label><input id=\"a-{cname}\" name=\"address\" required>\
+                 <label for=\"w-{cname}\">Loading</label><input id=\"w-{cname}\" name=\"loading\" type=\"number\" min=\"1\" max=\"1000\" required>\
+                 <button type=\"submit\">Add server</button></fieldset></form></div>",
+                cid = url(&k.name),
+                cname = esc(&k.name),
+            ));
         }
         body.push_str("</div></section>");
     }
@@ -598,7 +610,54 @@ async fn silo_page(
 #[derive(Debug, Deserialize)]
 struct ServerChange {
     csrf: String,
+    #[serde(default)]
     value: String,
+}
+
+#[derive(Debug, Deserialize)]
+struct ServerAdd {
+    csrf: String,
+    server: String,
+    address: String,
+    loading: String,
+}
+
+/// The silo page again, saying what was done.
+fn silo_done(what: &str) -> Response {
+    Redirect::to(&format!("/silo?done={}", url(what))).into_response()
+}
+
+async fn server_add(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    Path(cluster): Path<String>,
+    form: Result<Form<ServerAdd>, FormRejection>,
+) -> Response {
+    let Ok(Form(f)) = form else {
+        return forbidden_form(&who);
+    };
+    if !token_ok(&who, &f.csrf) {
+        return forbidden_form(&who);
+    }
+    let Ok(loading) = f.loading.trim().parse::<u32>() else {
+        let e = format!("{:?} is not a loading (1 to 1000)", f.loading);
+        return error_page(StatusCode::UNPROCESSABLE_ENTITY, &e, Some(&who));
+    };
+    let new = crate::NewServer {
+        server: f.server.trim().to_string(),
+        address: f.address.trim().to_string(),
+        loading,
+    };
+    match c.balancers.add_server(&cluster, &new).await {
+        Ok(()) => {
+            tracing::info!(%cluster, server = %new.server, address = %new.address, loading, account = %who.account, "server added in the portal");
+            silo_done(&format!(
+                "{cluster}/{}: added at {} with loading {loading}",
+                new.server, new.address
+            ))
+        }
+        Err(e) => error_page(e.status, &e.message, Some(&who)),
+    }
 }
 
 async fn server_change(
@@ -616,8 +675,12 @@ async fn server_change(
     let done = match what.as_str() {
         "loading" => match f.value.trim().parse::<u32>() {
             Ok(n) => c.balancers.set_loading(&cluster, &server, n).await,
-            Err(_) => Err(format!("{:?} is not a loading (1 to 1000)", f.value)),
+            Err(_) => Err(crate::Refused::invalid(format!(
+                "{:?} is not a loading (1 to 1000)",
+                f.value
+            ))),
         },
+        "remove" => c.balancers.remove_server(&cluster, &server).await,
         "state" => {
             c.balancers
                 .set_state(&cluster, &server, f.value.trim())
@@ -628,16 +691,18 @@ async fn server_change(
     match done {
         Ok(()) => {
             tracing::info!(%cluster, %server, %what, value = %f.value, account = %who.account, "server changed in the portal");
-            Redirect::to(&format!(
-                "/silo?done={}",
-                url(&format!(
+            if what == "remove" {
+                silo_done(&format!(
+                    "{cluster}/{server}: removed; open sessions finish"
+                ))
+            } else {
+                silo_done(&format!(
                     "{cluster}/{server}: {what} set to {}",
                     f.value.trim()
                 ))
-            ))
-            .into_response()
+            }
         }
-        Err(e) => error_page(StatusCode::BAD_REQUEST, &e, Some(&who)),
+        Err(e) => error_page(e.status, &e.message, Some(&who)),
     }
 }
 

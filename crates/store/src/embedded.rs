@@ -22,12 +22,12 @@ use crate::{
 const BATCH: usize = 512;
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const VERSION: i64 = 6;
+const VERSION: i64 = 7;
 
 /// The schema, version by version: `MIGRATIONS[n]` takes a database from version n to n+1.
 /// Version 0 is the first release's (RET kept as `ret_headers_only`, which held an invented
 /// RET=FULL as 0, so only HDRS is carried over).
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     // 0 -> 1: RET as given.
     "ALTER TABLE message ADD COLUMN ret INTEGER;
      UPDATE message SET ret = CASE ret_headers_only WHEN 1 THEN 1 END;
@@ -138,6 +138,9 @@ const MIGRATIONS: [&str; 6] = [
          created INTEGER NOT NULL,
          expires INTEGER
      );",
+    // 6 -> 7: servers added and removed at run time.
+    "ALTER TABLE runtime_server ADD COLUMN address TEXT;
+     ALTER TABLE runtime_server ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -807,10 +810,14 @@ fn set_domain(c: &Connection, e: &DomainEntry) -> Result<()> {
 
 fn set_server(c: &Connection, e: &ServerEntry) -> Result<()> {
     c.prepare_cached(
-        "INSERT INTO runtime_server (cluster, server, loading, state) VALUES (?, ?, ?, ?)
-         ON CONFLICT (cluster, server) DO UPDATE SET loading = excluded.loading, state = excluded.state",
+        "INSERT INTO runtime_server (cluster, server, loading, state, address, removed)
+         VALUES (?, ?, ?, ?, ?, ?)
+         ON CONFLICT (cluster, server) DO UPDATE SET loading = excluded.loading,
+             state = excluded.state, address = excluded.address, removed = excluded.removed",
     )?
-    .execute(params![e.cluster, e.server, e.loading, e.state])?;
+    .execute(params![
+        e.cluster, e.server, e.loading, e.state, e.address, e.removed
+    ])?;
     Ok(())
 }
 
@@ -1399,7 +1406,8 @@ impl Store for Embedded {
     async fn servers(&self) -> Result<Vec<ServerEntry>> {
         self.call(false, |c| {
             Ok(c.prepare_cached(
-                "SELECT cluster, server, loading, state FROM runtime_server ORDER BY cluster, server",
+                "SELECT cluster, server, loading, state, address, removed FROM runtime_server
+                 ORDER BY cluster, server",
             )?
             .query_map([], |r| {
                 Ok(ServerEntry {
@@ -1407,6 +1415,8 @@ impl Store for Embedded {
                     server: r.get(1)?,
                     loading: r.get(2)?,
                     state: r.get(3)?,
+                    address: r.get(4)?,
+                    removed: r.get(5)?,
                 })
             })?
             .collect::<rusqlite::Result<_>>()?)
@@ -1432,10 +1442,13 @@ impl Store for Embedded {
                 added += d.execute(params![e.name, e.settings])?;
             }
             let mut s = c.prepare_cached(
-                "INSERT INTO runtime_server (cluster, server, loading, state) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING",
+                "INSERT INTO runtime_server (cluster, server, loading, state, address, removed)
+                 VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
             )?;
             for e in &servers {
-                added += s.execute(params![e.cluster, e.server, e.loading, e.state])?;
+                added += s.execute(params![
+                    e.cluster, e.server, e.loading, e.state, e.address, e.removed
+                ])?;
             }
             if added > 0 {
                 bump(c)?;

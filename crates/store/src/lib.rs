@@ -275,7 +275,9 @@ pub struct DomainEntry {
     pub removed: bool,
 }
 
-/// A mail server's run-time settings: its loading and the operator's state for it.
+/// A mail server's run-time settings: its loading and the operator's state for it, and for
+/// a server an operator added at run time, its address. A removed server keeps its entry
+/// (marked removed), so a server of the TOML that was removed stays removed after a restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServerEntry {
     pub cluster: String,
@@ -283,6 +285,11 @@ pub struct ServerEntry {
     pub loading: u32,
     /// ready, drain or maint.
     pub state: String,
+    /// `IP:PORT` of a server added at run time; `None` for one of the TOML.
+    #[serde(default)]
+    pub address: Option<String>,
+    #[serde(default)]
+    pub removed: bool,
 }
 
 /// A message held in the quarantine: the message as it would have been queued, and why it

@@ -26,10 +26,10 @@ use crate::{
 };
 
 /// The schema version this code writes.
-const VERSION: i32 = 5;
+const VERSION: i32 = 6;
 
 /// `MIGRATIONS[n]` takes the database from version n to n+1.
-const MIGRATIONS: [&str; 5] = [
+const MIGRATIONS: [&str; 6] = [
     "
 CREATE TABLE message (
     id TEXT PRIMARY KEY,
@@ -158,6 +158,11 @@ CREATE TABLE api_token (
     created BIGINT NOT NULL,
     expires BIGINT
 );
+",
+    // Servers added and removed at run time.
+    "
+ALTER TABLE runtime_server ADD COLUMN address TEXT;
+ALTER TABLE runtime_server ADD COLUMN removed BOOLEAN NOT NULL DEFAULT false;
 ",
 ];
 
@@ -1411,7 +1416,8 @@ impl Store for Postgres {
         let client = self.pool.get().await?;
         Ok(client
             .query(
-                "SELECT cluster, server, loading, state FROM runtime_server ORDER BY cluster, server",
+                "SELECT cluster, server, loading, state, address, removed FROM runtime_server
+                 ORDER BY cluster, server",
                 &[],
             )
             .await?
@@ -1421,6 +1427,8 @@ impl Store for Postgres {
                 server: r.get(1),
                 loading: r.get::<_, i32>(2) as u32,
                 state: r.get(3),
+                address: r.get(4),
+                removed: r.get(5),
             })
             .collect())
     }
@@ -1430,7 +1438,14 @@ impl Store for Postgres {
         let tx = client.transaction().await?;
         tx.execute(
             SET_SERVER,
-            &[&e.cluster, &e.server, &(e.loading as i32), &e.state],
+            &[
+                &e.cluster,
+                &e.server,
+                &(e.loading as i32),
+                &e.state,
+                &e.address,
+                &e.removed,
+            ],
         )
         .await?;
         bump(&tx).await?;
@@ -1472,8 +1487,16 @@ impl Store for Postgres {
         for e in &servers {
             added += tx
                 .execute(
-                    "INSERT INTO runtime_server (cluster, server, loading, state) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING",
-                    &[&e.cluster, &e.server, &(e.loading as i32), &e.state],
+                    "INSERT INTO runtime_server (cluster, server, loading, state, address, removed)
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                    &[
+                        &e.cluster,
+                        &e.server,
+                        &(e.loading as i32),
+                        &e.state,
+                        &e.address,
+                        &e.removed,
+                    ],
                 )
                 .await? as usize;
         }
@@ -1574,8 +1597,10 @@ async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
 const SET_DOMAIN: &str = "INSERT INTO runtime_domain (name, settings, removed) VALUES ($1, $2, $3)
     ON CONFLICT (name) DO UPDATE SET settings = excluded.settings, removed = excluded.removed";
 const SET_SERVER: &str =
-    "INSERT INTO runtime_server (cluster, server, loading, state) VALUES ($1, $2, $3, $4)
-    ON CONFLICT (cluster, server) DO UPDATE SET loading = excluded.loading, state = excluded.state";
+    "INSERT INTO runtime_server (cluster, server, loading, state, address, removed)
+    VALUES ($1, $2, $3, $4, $5, $6)
+    ON CONFLICT (cluster, server) DO UPDATE SET loading = excluded.loading,
+        state = excluded.state, address = excluded.address, removed = excluded.removed";
 
 async fn remove(c: &impl GenericClient, id: &str) -> Result<bool> {
     c.execute("DELETE FROM recipient WHERE message_id = $1", &[&id])

@@ -595,6 +595,8 @@ async fn runtime_configuration_is_seeded_once_and_the_store_wins() {
             server: server.into(),
             loading,
             state: state.into(),
+            address: None,
+            removed: false,
         };
         let v0 = s[0].runtime_version().await.unwrap();
         let added = s[0]
@@ -635,6 +637,25 @@ async fn runtime_configuration_is_seeded_once_and_the_store_wins() {
         assert_eq!(
             s[0].servers().await.unwrap(),
             vec![srv("c1-s1", 7, "drain"), srv("c1-s2", 2, "ready")]
+        );
+        // A server added at run time carries its address; a removed one keeps its entry,
+        // and seeding it again from the TOML does not bring it back.
+        let added = ServerEntry {
+            address: Some("127.0.2.9:2525".into()),
+            ..srv("c1-s9", 4, "ready")
+        };
+        s[1].set_server(added.clone()).await.unwrap();
+        let gone = ServerEntry {
+            removed: true,
+            ..srv("c1-s2", 2, "ready")
+        };
+        s[1].set_server(gone.clone()).await.unwrap();
+        s[0].seed(vec![], vec![srv("c1-s2", 2, "ready")])
+            .await
+            .unwrap();
+        assert_eq!(
+            s[0].servers().await.unwrap(),
+            vec![srv("c1-s1", 7, "drain"), gone, added]
         );
     })
     .await;
@@ -889,6 +910,8 @@ async fn runtime_changes_are_announced_to_every_node() {
             server: "c1-s1".into(),
             loading: 3,
             state: "ready".into(),
+            address: None,
+            removed: false,
         };
         s[1].set_server(entry).await.unwrap();
         tokio::time::timeout(Duration::from_secs(2), watcher.changed())

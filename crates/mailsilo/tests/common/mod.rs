@@ -4,6 +4,7 @@
 
 pub mod pg;
 
+use std::collections::HashMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
@@ -565,6 +566,19 @@ fall = 2
     }
 
     /// What process `name` logged so far.
+    /// Starts a mail server the silo's configuration does not list (one an operator adds at
+    /// run time), as process `name`: its host's configuration is the silo's with the server
+    /// added to the last cluster.
+    pub fn start_extra_server(&mut self, name: &str, address: SocketAddr) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!(
+            "[[silo.cluster.server]]\nname = \"{name}\"\naddress = \"{address}\"\nloading = 1\n"
+        ));
+        let host = self.dir.path().join(format!("{name}.toml"));
+        std::fs::write(&host, text).unwrap();
+        self.start_with(&host, name, &format!("server:{name}"), &[address]);
+    }
+
     pub fn log(&self, name: &str) -> String {
         std::fs::read_to_string(self.dir.path().join(format!("{name}.log"))).unwrap_or_default()
     }
@@ -670,6 +684,32 @@ pub fn banner_of(addr: SocketAddr) -> (String, Smtp) {
     let (code, text) = c.reply();
     assert_eq!(code, 220, "{text}");
     (text.split(' ').next().unwrap().to_string(), c)
+}
+
+/// Opens `n` sessions through `addr` one after another; counts them by server.
+pub fn sessions(addr: SocketAddr, n: usize) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for _ in 0..n {
+        let (server, mut c) = banner_of(addr);
+        *counts.entry(server).or_default() += 1;
+        c.send(b"QUIT\r\n");
+        assert_eq!(c.reply().0, 221);
+    }
+    counts
+}
+
+/// Asserts that each server's share of `counts` is its share of the loadings, within 3 points.
+pub fn assert_shares(counts: &HashMap<String, usize>, loadings: &[(&str, u32)]) {
+    let total: usize = counts.values().sum();
+    let sum: u32 = loadings.iter().map(|(_, l)| l).sum();
+    for (name, l) in loadings {
+        let share = *counts.get(*name).unwrap_or(&0) as f64 / total as f64;
+        let want = f64::from(*l) / f64::from(sum);
+        assert!(
+            (share - want).abs() <= 0.03,
+            "{name}: {share:.3} of sessions, loading says {want:.3} ({counts:?})"
+        );
+    }
 }
 
 /// Sends one message with the token as subject through `addr`; true on 250.
