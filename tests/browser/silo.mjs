@@ -1,6 +1,6 @@
 // The operator's silo page in headless Chromium (Debian's), driven by playwright-core: log
 // in as an operator, change a server's loading, add a server to a cluster with its loading,
-// and see the page show both.
+// and see the page show both; then see the statistics page draw its charts.
 // Usage: node silo.mjs PORTAL_URL NAME PASSWORD CLUSTER SERVER LOADING NEW_SERVER ADDRESS
 //        NEW_LOADING SCREENSHOT_DIR
 // (playwright-core is found through NODE_PATH.) Prints "changed" on success.
@@ -45,6 +45,16 @@ try {
   const row = await page.locator(`#s-${server}`).textContent();
   if (!row.includes(`loading ${loading}`)) throw new Error(`row: ${row}`);
   await page.screenshot({ path: `${shots}/silo-changed.png`, fullPage: true });
+
+  await page.getByRole("link", { name: "Statistics" }).click();
+  await page.waitForURL(/\/stats/);
+  const verdicts = page.getByRole("img", { name: /^Messages by verdict: [1-9]/ });
+  await verdicts.waitFor();
+  const bars = await verdicts.locator("rect").count();
+  if (bars < 2) throw new Error(`the verdict chart has ${bars} rectangles`);
+  const charts = await page.locator("svg.chart").count();
+  if (charts < 6) throw new Error(`${charts} charts`); // 4 series, 2 top lists with entries
+  await page.screenshot({ path: `${shots}/stats.png`, fullPage: true });
   console.log("changed");
 } finally {
   await browser.close();

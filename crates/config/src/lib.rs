@@ -848,6 +848,8 @@ pub struct StoreSettings {
     pub trace_retention: Duration,
     /// How long quarantined mail is kept before it is deleted.
     pub quarantine_retention: Duration,
+    /// How long the statistics' hourly counters are kept.
+    pub stats_retention: Duration,
 }
 
 impl Default for StoreSettings {
@@ -857,6 +859,7 @@ impl Default for StoreSettings {
             lease: Duration::from_secs(60),
             trace_retention: Duration::from_secs(30 * 86400),
             quarantine_retention: Duration::from_secs(30 * 86400),
+            stats_retention: Duration::from_secs(400 * 86400),
         }
     }
 }

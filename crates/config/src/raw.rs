@@ -167,6 +167,7 @@ pub struct StoreRaw {
     pub lease: Option<S<String>>,
     pub trace_retention: Option<S<String>>,
     pub quarantine_retention: Option<S<String>>,
+    pub stats_retention: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -799,6 +800,11 @@ impl File {
                 &st.quarantine_retention,
                 "store.quarantine_retention",
                 defaults.quarantine_retention,
+            )?,
+            stats_retention: cx.duration(
+                &st.stats_retention,
+                "store.stats_retention",
+                defaults.stats_retention,
             )?,
         };
         let mut warnings = Vec::new();

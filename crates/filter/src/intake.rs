@@ -25,6 +25,14 @@ use tracing::{info, warn};
 use crate::attachments::{self, Strip};
 use crate::engine::{Action, Decision, Engine, Envelope, Report, decide};
 
+/// The domain of an address (after its last `@`), lower-case.
+fn domain_of(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or(address, |(_, d)| d)
+        .to_lowercase()
+}
+
 /// What recipients must share to share a copy: action, verdict, subject prefix, and the
 /// attachments removed.
 type Group = (Action, &'static str, Option<String>, Vec<Strip>);
@@ -266,6 +274,7 @@ impl Handler for Intake {
                 .1
                 .push(r.clone());
         }
+        self.count(&m, now, &groups);
         let line = |d: &Decision| scan_line(&report, d);
         // One reply covers every recipient: when clamd could not scan and some domain
         // wants to wait for it, the whole message waits (the sender retries it whole).
@@ -384,6 +393,38 @@ impl Handler for Intake {
 }
 
 impl Intake {
+    /// Counts the message for the statistics (the queue's tally), per recipient domain, with the action each
+    /// group gets in the end: the whole message waits when one group does, and a refusal
+    /// is a refusal only when every group refuses (else those recipients' copy is held).
+    fn count(&self, m: &Accepted, now: i64, groups: &BTreeMap<Group, (Decision, Vec<smtp::Rcpt>)>) {
+        let deferred = groups.keys().any(|k| k.0 == Action::Defer);
+        let refused = groups.keys().all(|k| k.0 == Action::Reject);
+        let sender = match m.envelope.sender.rsplit_once('@') {
+            Some((_, d)) => d.to_lowercase(),
+            None => "<>".to_string(),
+        };
+        for (d, rcpts) in groups.values() {
+            let action = match d.action {
+                _ if deferred => Action::Defer,
+                Action::Reject if !refused => Action::Quarantine,
+                a => a,
+            };
+            let mut domains: Vec<String> = rcpts.iter().map(|r| domain_of(&r.address)).collect();
+            domains.sort();
+            domains.dedup();
+            for domain in &domains {
+                let add = |metric, label: &str| self.queue.tally().add(now, domain, metric, label);
+                add("verdict", d.verdict.as_str());
+                add("action", action.as_str());
+                add("sender", &sender);
+                add("server", &m.server);
+                if matches!(d.verdict.as_str(), "virus" | "policy") {
+                    add(d.verdict.as_str(), &d.reason);
+                }
+            }
+        }
+    }
+
     /// The message one group of recipients gets, as the store takes it.
     fn message(
         &self,

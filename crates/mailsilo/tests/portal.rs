@@ -503,6 +503,30 @@ fn an_operator_adds_a_server_in_a_browser_and_sessions_follow() {
     silo.start_extra_server("c1-s3", joined);
     let lb = silo.clusters[0].address;
     common::assert_shares(&common::sessions(lb, 200), &[("c1-s1", 1), ("c1-s2", 1)]);
+    // One message, for the statistics page to draw (counted at the next flush, 10 s).
+    let (_, mut smtp) = common::banner_of(lb);
+    assert_eq!(smtp.cmd("EHLO client.test").0, 250);
+    assert_eq!(
+        smtp.mail(
+            "a@outside.example",
+            &["alice@example.com"],
+            "Subject: hi\r\n\r\nhi\r\n"
+        )
+        .0,
+        250
+    );
+    let token = std::fs::read_to_string(silo.token_file()).unwrap();
+    let auth = format!("Bearer {}", token.trim());
+    assert!(wait_until(WAIT, || {
+        let (_, _, body) = http(
+            silo.control,
+            "GET",
+            "/api/v1/stats",
+            &[("Authorization", &auth)],
+            "",
+        );
+        body.contains("\"clean\":1")
+    }));
     let shots = tempfile::Builder::new()
         .prefix("mailsilo-screenshots-")
         .tempdir()
@@ -708,6 +732,105 @@ fn an_operator_changes_servers_on_the_silo_page() {
     );
     assert_eq!(status, 403, "{page}");
     assert!(page.contains("operator"), "{page}");
+}
+
+/// The sums of a series' buckets by label.
+fn totals(series: &serde_json::Value) -> std::collections::BTreeMap<String, i64> {
+    let mut out = std::collections::BTreeMap::new();
+    for b in series.as_array().unwrap() {
+        for (label, n) in b["counts"].as_object().unwrap() {
+            *out.entry(label.clone()).or_default() += n.as_i64().unwrap();
+        }
+    }
+    out
+}
+
+/// Statistics count each message's verdict and action per recipient domain, on every node
+/// through the store; an organisation's admin sees its own domains' figures only (another
+/// organisation's domain does not exist for it), a user none, and the page draws them.
+#[test]
+fn statistics_count_each_organisations_mail() {
+    let g = gateway();
+    hold(&g, &["alice@example.com"], "one");
+    hold(&g, &["bob@example.com"], "two");
+    hold(&g, &["erin@example.org"], "three");
+    let mut s = g.smtp();
+    assert_eq!(s.cmd("EHLO client.test").0, 250);
+    let (code, text) = s.mail(
+        "friend@partner.example",
+        &["bob@example.com"],
+        "Subject: lunch\r\n\r\nat noon?\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let (code, text) = s.mail(
+        "spammer@outside.example",
+        &["erin@example.org"],
+        "Subject: test\r\n\r\nXJS*C4JDBQADN1.NSBN3*2IDNEN*GTUBE-STANDARD-ANTI-UBE-TEST-EMAIL*C.34X\r\n",
+    );
+    assert_eq!(code, 550, "{text}");
+    // The counters reach the store at the queue's next flush (every 10 s).
+    let operator = login(g.control, "operator", "operator-pass");
+    let stats = |who: &Session, q: &str| -> serde_json::Value {
+        let (status, body) = who.get(&g, &format!("/api/v1/stats{q}"));
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    assert!(wait_until(WAIT, || totals(
+        &stats(&operator, "")["verdicts"]
+    )
+    .values()
+    .sum::<i64>()
+        == 5));
+    let all = stats(&operator, "");
+    let n = |pairs: &[(&str, i64)]| -> std::collections::BTreeMap<String, i64> {
+        pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+    };
+    assert_eq!(totals(&all["verdicts"]), n(&[("clean", 1), ("spam", 4)]));
+    assert_eq!(
+        totals(&all["actions"]),
+        n(&[("deliver", 1), ("quarantine", 3), ("reject", 1)])
+    );
+    assert_eq!(
+        all["top_domains"],
+        serde_json::json!([{"label": "example.com", "count": 3}, {"label": "example.org", "count": 2}])
+    );
+    assert_eq!(all["top_senders"][0]["label"], "outside.example");
+    assert_eq!(all["step"], 3600);
+    let hours = all["verdicts"].as_array().unwrap().len();
+    assert!((24..=25).contains(&hours), "{all}");
+    let com = stats(&operator, "?domain=example.com");
+    assert_eq!(totals(&com["verdicts"]), n(&[("clean", 1), ("spam", 2)]));
+    // An organisation's admin: its own domain's figures only.
+    let org = login(g.control, "admin@example.org", "org-admin-pass");
+    let mine = stats(&org, "");
+    assert_eq!(totals(&mine["verdicts"]), n(&[("spam", 2)]));
+    assert_eq!(
+        mine["top_domains"],
+        serde_json::json!([{"label": "example.org", "count": 2}])
+    );
+    assert_eq!(mine["health"], serde_json::json!([]));
+    let (status, body) = org.get(&g, "/api/v1/stats?domain=example.com");
+    assert_eq!(status, 404, "{body}");
+    let (status, body) = org.get(&g, "/api/v1/stats?since=10&until=5");
+    assert_eq!(status, 422, "{body}");
+    let (status, body) = org.get(&g, "/api/v1/stats?bogus=1");
+    assert_eq!(status, 400, "{body}");
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    let (status, _) = alice.get(&g, "/api/v1/stats");
+    assert_eq!(status, 403);
+    let (status, _) = alice.get(&g, "/stats");
+    assert_eq!(status, 403);
+    // The page draws the charts, with the organisation's figures only.
+    let (status, page) = org.get(&g, "/stats");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<svg class=\"chart\"")
+            && page.contains("aria-label=\"Messages by verdict: 2 in all\""),
+        "{page}"
+    );
+    assert!(!page.contains("example.com"), "{page}");
+    let (status, page) = operator.get(&g, "/stats?since=0");
+    assert_eq!(status, 422, "a range past 400 days: {page}");
 }
 
 /// The message trace answers within each role's scope, like the quarantine: through the API

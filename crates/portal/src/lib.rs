@@ -41,6 +41,7 @@ pub mod login;
 pub mod quarantine;
 pub mod queue;
 pub mod settings;
+pub mod stats;
 pub mod trace;
 pub mod web;
 
@@ -139,6 +140,8 @@ fn scoped(path: &str) -> bool {
     matches!(path, "/api/v1/me" | "/api/v1/logout" | "/" | "/logout")
         || path.starts_with("/api/v1/quarantine")
         || path.starts_with("/api/v1/trace")
+        || path == "/api/v1/stats"
+        || path == "/stats"
         || path == "/quarantine"
         || path.starts_with("/quarantine/")
         || path == "/trace"
@@ -327,6 +330,7 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         .merge(login::routes())
         .merge(web::routes())
         .merge(lb::routes())
+        .merge(stats::routes())
         .merge(queue::routes())
         .merge(quarantine::routes())
         .merge(trace::routes())

@@ -41,7 +41,7 @@ pub fn esc(s: &str) -> String {
 }
 
 /// `s` for a URL's query.
-fn url(s: &str) -> String {
+pub(crate) fn url(s: &str) -> String {
     s.bytes()
         .map(|b| match b {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
@@ -60,6 +60,7 @@ td.actions form{display:inline}button{padding:.3em .8em;margin:.1em}\
 label{display:block;margin:.4em 0 .1em}input{padding:.35em;max-width:100%}\
 .notice{padding:.5em;background:#e7f3e7;border:1px solid #9c9}\
 .silo{border:2px solid #22313f;padding:.6em;margin:.6em 0}.clusters{display:flex;flex-wrap:wrap;gap:.8em}\
+.chart{width:100%;max-width:46em;height:auto;background:#fff;border:1px solid #ccc}.stat{margin:1em 0}\
 .cluster{border:1px solid #999;padding:.5em;min-width:16em;background:#fff}.down{color:#a00;font-weight:bold}.up{color:#070}.error{padding:.5em;background:#fbeaea;border:1px solid #d99}\
 @media (max-width:40em){thead{display:none}tr{display:block;border-bottom:2px solid #ccc}td{display:block;border:none}}";
 
@@ -67,7 +68,7 @@ label{display:block;margin:.4em 0 .1em}input{padding:.35em;max-width:100%}\
 fn page(title: &str, who: Option<&Principal>, body: &str) -> Response {
     let nav = match who {
         Some(p) => format!(
-            "<nav aria-label=\"Portal\">{}<a href=\"/quarantine\">Quarantine</a><a href=\"/trace\">Trace</a></nav>\
+            "<nav aria-label=\"Portal\">{}<a href=\"/quarantine\">Quarantine</a><a href=\"/trace\">Trace</a>{}</nav>\
              <span>{} ({})</span>\
              <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Log out</button></form>",
@@ -75,6 +76,11 @@ fn page(title: &str, who: Option<&Principal>, body: &str) -> Response {
                 "<a href=\"/silo\">Silo</a> "
             } else {
                 ""
+            },
+            if p.role == Role::User {
+                ""
+            } else {
+                "<a href=\"/stats\">Statistics</a>"
             },
             esc(&p.account),
             p.role.as_str(),
@@ -236,6 +242,26 @@ pub fn routes() -> Router<Ctx> {
         )
         .route("/quarantine", get(quarantine_page))
         .route("/trace", get(trace_page))
+        .route(
+            "/stats",
+            get(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 q: Result<Query<crate::stats::StatsQuery>, QueryRejection>| async move {
+                    let Ok(Query(q)) = q else {
+                        return error_page(StatusCode::BAD_REQUEST, "Bad query.", Some(&who));
+                    };
+                    match crate::stats::gather(&c, &who, &q).await {
+                        Ok(s) => page(
+                            "Statistics",
+                            Some(&who),
+                            &crate::stats::page_body(&s, &who, &q),
+                        ),
+                        Err(e) => error_page(e.status, &e.message, Some(&who)),
+                    }
+                },
+            ),
+        )
         .route("/trace/{id}", get(trace_one_page))
         .route("/quarantine/{id}/{action}", post(quarantine_action))
 }

@@ -28,6 +28,7 @@ use smtp::server::{QueueIds, notify};
 use smtp::{Envelope, Rcpt, Reply};
 use store::{
     Arrival, Attempt, Claimed, Lease, Message, NewMessage, NewRecipient, Outcome, Status, Store,
+    Tally,
 };
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, info, info_span, warn};
@@ -88,6 +89,8 @@ const CLAIM_BATCH: usize = 64;
 
 /// How often the trace retention is applied.
 const TRACE_EXPIRY_INTERVAL: Duration = Duration::from_secs(3600);
+/// How often the statistics counted here are added to the store's counters.
+const STATS_FLUSH: Duration = Duration::from_secs(10);
 
 /// The queue manager. Share it behind an `Arc`: the filter's intake submits to it.
 pub struct Queue {
@@ -107,6 +110,8 @@ pub struct Queue {
     limits: Mutex<HashMap<Route, Arc<Semaphore>>>,
     idle: Mutex<HashMap<Route, Vec<(Client, Instant)>>>,
     poll_interval: Duration,
+    /// This node's statistics, added to the store's counters every [`STATS_FLUSH`].
+    tally: Tally,
 }
 
 /// Errors starting the queue.
@@ -169,6 +174,7 @@ impl Queue {
             limits: Mutex::default(),
             idle: Mutex::default(),
             poll_interval: Duration::from_secs(1),
+            tally: Tally::default(),
         }))
     }
 
@@ -185,6 +191,12 @@ impl Queue {
     /// This node's id.
     pub fn node(&self) -> &str {
         &self.lease.owner
+    }
+
+    /// This node's statistics (the intake counts each message's verdict and action in it,
+    /// the queue each delivery outcome).
+    pub fn tally(&self) -> &Tally {
+        &self.tally
     }
 
     /// The store the queue works on.
@@ -206,6 +218,7 @@ impl Queue {
         let renew_every = (self.lease.ttl / 3).max(Duration::from_millis(100));
         let mut last_renewal = Instant::now();
         let mut last_expiry: Option<Instant> = None;
+        let mut last_flush = Instant::now();
         loop {
             match self.poll().await {
                 // A full batch: there may be more due at once.
@@ -220,6 +233,10 @@ impl Queue {
             if last_expiry.is_none_or(|t| t.elapsed() >= TRACE_EXPIRY_INTERVAL) {
                 self.expire_traces().await;
                 last_expiry = Some(Instant::now());
+            }
+            if last_flush.elapsed() >= STATS_FLUSH {
+                self.flush_stats().await;
+                last_flush = Instant::now();
             }
             self.expire_idle();
             let pause = self.poll_interval.min(renew_every);
@@ -237,6 +254,14 @@ impl Queue {
             .collect();
         for (c, _) in idle {
             c.quit().await;
+        }
+        self.flush_stats().await;
+    }
+
+    /// Adds the statistics counted since the last flush to the store's counters.
+    pub async fn flush_stats(&self) {
+        if let Err(e) = self.tally.flush(self.store.as_ref()).await {
+            warn!(error = %e, "statistics not written; kept for the next flush");
         }
     }
 
@@ -284,11 +309,18 @@ impl Queue {
     }
 
     async fn expire_traces(&self) {
-        let before = self.clock.now() - self.config.store.trace_retention.as_secs() as i64;
+        let now = self.clock.now();
+        let before = now - self.config.store.trace_retention.as_secs() as i64;
         match self.store.expire_traces(before).await {
             Ok(0) => {}
             Ok(n) => info!(traces = n, "expired message traces past their retention"),
             Err(e) => warn!(error = %e, "trace expiry failed"),
+        }
+        let before = now - self.config.store.stats_retention.as_secs() as i64;
+        match self.store.expire_stats(before).await {
+            Ok(0) => {}
+            Ok(n) => info!(counters = n, "expired statistics past their retention"),
+            Err(e) => warn!(error = %e, "statistics expiry failed"),
         }
     }
 
@@ -621,6 +653,13 @@ impl Queue {
                     }
                 }
             };
+            let label = match &outcome {
+                Outcome::Delivered { .. } => "delivered",
+                Outcome::Deferred { .. } => "deferred",
+                Outcome::Failed { .. } | Outcome::Warned => "failed",
+            };
+            self.tally
+                .add(now, &domain_of(&r.address), "delivery", label);
             outcomes.push((r.index, outcome));
         }
         // DSNs go with the outcomes that call for them, in the same transaction.

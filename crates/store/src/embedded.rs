@@ -12,10 +12,11 @@ use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::{
-    Account, ApiToken, Attempt, Bytes, Claimed, DomainEntry, Error, Event, Example, Held,
-    HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation, Outcome, Recipient, Result,
-    Ret, Role, ServerEntry, Session, Status, Store, Summary, Trace, TraceQuery, deleted_event,
-    dsn_event, expired_held_event, held_event, now_ms, outcome_event, received_event, unheld_event,
+    Account, ApiToken, Attempt, Bytes, Claimed, DomainEntry, DomainQueue, Error, Event, Example,
+    Held, HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation, Outcome, Recipient,
+    Result, Ret, Role, ServerEntry, Session, StatKey, StatQuery, Status, Store, Summary, Trace,
+    TraceQuery, deleted_event, dsn_event, expired_held_event, held_event, now_ms, outcome_event,
+    received_event, unheld_event,
 };
 
 /// The most operations run in one transaction.
@@ -138,9 +139,17 @@ const MIGRATIONS: [&str; 7] = [
          created INTEGER NOT NULL,
          expires INTEGER
      );",
-    // 6 -> 7: servers added and removed at run time.
+    // 6 -> 7: servers added and removed at run time; the statistics.
     "ALTER TABLE runtime_server ADD COLUMN address TEXT;
-     ALTER TABLE runtime_server ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;",
+     ALTER TABLE runtime_server ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;
+     CREATE TABLE stat (
+         metric TEXT NOT NULL,
+         hour INTEGER NOT NULL,
+         domain TEXT NOT NULL,
+         label TEXT NOT NULL,
+         n INTEGER NOT NULL,
+         PRIMARY KEY (metric, hour, domain, label)
+     ) WITHOUT ROWID;",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -821,6 +830,25 @@ fn set_server(c: &Connection, e: &ServerEntry) -> Result<()> {
     Ok(())
 }
 
+/// The domain part of `col` (after its last `@`), lower-case, in SQLite (which has no
+/// reverse search): what is left once everything up to the last `@` is removed.
+fn domain_of(col: &str) -> String {
+    format!("lower(replace({col}, rtrim({col}, replace({col}, '@', '')), ''))")
+}
+
+/// `AND domain IN (?, ...)` for a query's scope (none for every domain; a scope of no
+/// domain matches nothing), with its arguments appended to `args`.
+fn in_scope(q: &StatQuery, column: &str, args: &mut Vec<rusqlite::types::Value>) -> String {
+    match &q.domains {
+        None => String::new(),
+        Some(ds) if ds.is_empty() => " AND 0".into(),
+        Some(ds) => {
+            args.extend(ds.iter().map(|d| d.to_lowercase().into()));
+            format!(" AND {column} IN ({})", vec!["?"; ds.len()].join(", "))
+        }
+    }
+}
+
 fn ttl_ms(lease: &Lease) -> i64 {
     lease.ttl.as_millis() as i64
 }
@@ -1431,6 +1459,101 @@ impl Store for Embedded {
         .await?;
         self.changed();
         Ok(())
+    }
+    async fn add_stats(&self, counts: Vec<(StatKey, i64)>) -> Result<()> {
+        self.call(true, move |c| {
+            let mut add = c.prepare_cached(
+                "INSERT INTO stat (metric, hour, domain, label, n) VALUES (?, ?, ?, ?, ?)
+                 ON CONFLICT (metric, hour, domain, label) DO UPDATE SET n = n + excluded.n",
+            )?;
+            for (k, n) in &counts {
+                add.execute(params![k.metric, k.hour, k.domain, k.label, n])?;
+            }
+            Ok(())
+        })
+        .await
+    }
+    async fn stat_series(
+        &self,
+        query: &StatQuery,
+        metric: &str,
+    ) -> Result<Vec<(i64, String, i64)>> {
+        let (q, metric) = (query.clone(), metric.to_string());
+        self.call(false, move |c| {
+            let mut args: Vec<rusqlite::types::Value> =
+                vec![metric.into(), q.since.into(), q.until.into()];
+            let scope = in_scope(&q, "domain", &mut args);
+            let sql = format!(
+                "SELECT hour, label, SUM(n) FROM stat WHERE metric = ? AND hour >= ? AND hour < ?{scope}
+                 GROUP BY hour, label ORDER BY hour, label"
+            );
+            Ok(c.prepare(&sql)?
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+    async fn stat_top(
+        &self,
+        query: &StatQuery,
+        metric: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        let (q, metric) = (query.clone(), metric.to_string());
+        self.call(false, move |c| {
+            let (column, metric) = match metric.as_str() {
+                "domain" => ("domain", "verdict".to_string()),
+                _ => ("label", metric),
+            };
+            let mut args: Vec<rusqlite::types::Value> =
+                vec![metric.into(), q.since.into(), q.until.into()];
+            let scope = in_scope(&q, "domain", &mut args);
+            args.push((limit as i64).into());
+            let sql = format!(
+                "SELECT {column}, SUM(n) AS total FROM stat
+                 WHERE metric = ? AND hour >= ? AND hour < ?{scope}
+                 GROUP BY {column} ORDER BY total DESC, {column} LIMIT ?"
+            );
+            Ok(c.prepare(&sql)?
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
+    }
+    async fn expire_stats(&self, before: i64) -> Result<usize> {
+        self.call(true, move |c| {
+            Ok(c.prepare_cached("DELETE FROM stat WHERE hour < ?")?
+                .execute([before])?)
+        })
+        .await
+    }
+    async fn queue_by_domain(&self, query: &StatQuery) -> Result<Vec<DomainQueue>> {
+        let q = query.clone();
+        self.call(false, move |c| {
+            let domain = domain_of("r.address");
+            let mut args = Vec::new();
+            let scope = in_scope(&q, &domain, &mut args);
+            let sql = format!(
+                "SELECT {domain} AS d, COUNT(*), SUM(r.attempts > 0), MIN(m.received_at)
+                 FROM recipient r JOIN message m ON m.id = r.message_id
+                 WHERE r.status = 0{scope} GROUP BY d ORDER BY COUNT(*) DESC, d"
+            );
+            Ok(c.prepare(&sql)?
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok(DomainQueue {
+                        domain: r.get(0)?,
+                        pending: r.get(1)?,
+                        deferred: r.get(2)?,
+                        oldest: r.get(3)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?)
+        })
+        .await
     }
     async fn seed(&self, domains: Vec<DomainEntry>, servers: Vec<ServerEntry>) -> Result<usize> {
         self.call(true, move |c| {

@@ -17,10 +17,12 @@
 
 mod embedded;
 mod postgres;
+pub mod tally;
 
 pub use bytes::Bytes;
 pub use embedded::Embedded;
 pub use postgres::Postgres;
+pub use tally::Tally;
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
@@ -263,6 +265,39 @@ pub struct TraceQuery {
     /// an address's last `@`): an organisation's scope. `None`: any.
     #[serde(default, skip)]
     pub domains: Option<Vec<String>>,
+}
+
+/// One counter of the statistics: how many times `metric` took the value `label` for mail
+/// to recipient domain `domain` in the hour starting at `hour` (unix seconds, a multiple of
+/// 3600). Metrics: `verdict`, `action`, `sender` (the sender's domain), `server`, `virus`,
+/// `policy`, `delivery`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct StatKey {
+    pub hour: i64,
+    pub domain: String,
+    pub metric: String,
+    pub label: String,
+}
+
+/// Which statistics to read: an hour range and a scope of recipient domains.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StatQuery {
+    /// Recipient domains (lower-case); `None`: every domain.
+    pub domains: Option<Vec<String>>,
+    /// From this hour (unix seconds) ...
+    pub since: i64,
+    /// ... to before this one.
+    pub until: i64,
+}
+
+/// One client domain's mail in the queue now: recipients waiting, those of them deferred
+/// at least once, and the oldest one's arrival (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DomainQueue {
+    pub domain: String,
+    pub pending: i64,
+    pub deferred: i64,
+    pub oldest: i64,
 }
 
 /// A client domain in the store: its settings (the JSON of `config::DomainSettings`), and
@@ -714,6 +749,30 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds or replaces a server entry. Durable.
     async fn set_server(&self, entry: ServerEntry) -> Result<()>;
+
+    /// Adds these counts to the statistics' counters. Durable.
+    async fn add_stats(&self, counts: Vec<(StatKey, i64)>) -> Result<()>;
+
+    /// Each hour's sum of `metric` by label, over the query's domains: (hour, label, n),
+    /// by hour.
+    async fn stat_series(&self, query: &StatQuery, metric: &str)
+    -> Result<Vec<(i64, String, i64)>>;
+
+    /// The `limit` labels of `metric` with the largest sums over the query, largest first;
+    /// `metric` `domain` ranks the recipient domains themselves (by messages).
+    async fn stat_top(
+        &self,
+        query: &StatQuery,
+        metric: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>>;
+
+    /// Drops the counters of hours before `before`; returns how many.
+    async fn expire_stats(&self, before: i64) -> Result<usize>;
+
+    /// The queue now, by recipient domain (the part after an address's last `@`,
+    /// lower-case), in the query's domains (its hours are not used).
+    async fn queue_by_domain(&self, query: &StatQuery) -> Result<Vec<DomainQueue>>;
 
     /// Adds the entries the store has never had (at the first start, and entries new in
     /// the TOML later); those it has, removed domains included, stay as they are: the

@@ -20,9 +20,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Row};
 
 use crate::{
-    Account, ApiToken, Arrival, Attempt, Bytes, Claimed, DomainEntry, Error, Event, Example, Held,
-    HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation, Outcome, Recipient, Result,
-    Ret, Role, ServerEntry, Session, Status, Store, Summary, Trace, TraceQuery,
+    Account, ApiToken, Arrival, Attempt, Bytes, Claimed, DomainEntry, DomainQueue, Error, Event,
+    Example, Held, HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation, Outcome,
+    Recipient, Result, Ret, Role, ServerEntry, Session, StatKey, StatQuery, Status, Store, Summary,
+    Trace, TraceQuery,
 };
 
 /// The schema version this code writes.
@@ -159,10 +160,18 @@ CREATE TABLE api_token (
     expires BIGINT
 );
 ",
-    // Servers added and removed at run time.
+    // Servers added and removed at run time; the statistics.
     "
 ALTER TABLE runtime_server ADD COLUMN address TEXT;
 ALTER TABLE runtime_server ADD COLUMN removed BOOLEAN NOT NULL DEFAULT false;
+CREATE TABLE stat (
+    metric TEXT NOT NULL,
+    hour BIGINT NOT NULL,
+    domain TEXT NOT NULL,
+    label TEXT NOT NULL,
+    n BIGINT NOT NULL,
+    PRIMARY KEY (metric, hour, domain, label)
+);
 ",
 ];
 
@@ -1472,6 +1481,128 @@ impl Store for Postgres {
         self.changes.clone()
     }
 
+    async fn add_stats(&self, counts: Vec<(StatKey, i64)>) -> Result<()> {
+        if counts.is_empty() {
+            return Ok(());
+        }
+        // One statement for the batch (sorted, so concurrent flushes lock rows in one
+        // order and cannot deadlock).
+        let mut counts = counts;
+        counts.sort();
+        let mut metric = Vec::with_capacity(counts.len());
+        let mut hour = Vec::with_capacity(counts.len());
+        let mut domain = Vec::with_capacity(counts.len());
+        let mut label = Vec::with_capacity(counts.len());
+        let mut n = Vec::with_capacity(counts.len());
+        for (k, v) in counts {
+            metric.push(k.metric);
+            hour.push(k.hour);
+            domain.push(k.domain);
+            label.push(k.label);
+            n.push(v);
+        }
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "INSERT INTO stat (metric, hour, domain, label, n)
+                 SELECT metric, hour, domain, label, SUM(n)
+                 FROM unnest($1::TEXT[], $2::BIGINT[], $3::TEXT[], $4::TEXT[], $5::BIGINT[])
+                      AS t(metric, hour, domain, label, n)
+                 GROUP BY metric, hour, domain, label
+                 ON CONFLICT (metric, hour, domain, label) DO UPDATE SET n = stat.n + excluded.n",
+                &[&metric, &hour, &domain, &label, &n],
+            )
+            .await?;
+        Ok(())
+    }
+
+    async fn stat_series(
+        &self,
+        query: &StatQuery,
+        metric: &str,
+    ) -> Result<Vec<(i64, String, i64)>> {
+        let client = self.pool.get().await?;
+        let domains = scope(query);
+        Ok(client
+            .query(
+                "SELECT hour, label, SUM(n)::BIGINT FROM stat
+                 WHERE metric = $1 AND hour >= $2 AND hour < $3
+                 AND ($4::TEXT[] IS NULL OR domain = ANY($4))
+                 GROUP BY hour, label ORDER BY hour, label",
+                &[&metric, &query.since, &query.until, &domains],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect())
+    }
+
+    async fn stat_top(
+        &self,
+        query: &StatQuery,
+        metric: &str,
+        limit: usize,
+    ) -> Result<Vec<(String, i64)>> {
+        let client = self.pool.get().await?;
+        let domains = scope(query);
+        let (column, metric) = match metric {
+            "domain" => ("domain", "verdict"),
+            m => ("label", m),
+        };
+        Ok(client
+            .query(
+                &format!(
+                    "SELECT {column}, SUM(n)::BIGINT AS total FROM stat
+                     WHERE metric = $1 AND hour >= $2 AND hour < $3
+                     AND ($4::TEXT[] IS NULL OR domain = ANY($4))
+                     GROUP BY {column} ORDER BY total DESC, {column} LIMIT $5"
+                ),
+                &[
+                    &metric,
+                    &query.since,
+                    &query.until,
+                    &domains,
+                    &(limit as i64),
+                ],
+            )
+            .await?
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect())
+    }
+
+    async fn expire_stats(&self, before: i64) -> Result<usize> {
+        let client = self.pool.get().await?;
+        Ok(client
+            .execute("DELETE FROM stat WHERE hour < $1", &[&before])
+            .await? as usize)
+    }
+
+    async fn queue_by_domain(&self, query: &StatQuery) -> Result<Vec<DomainQueue>> {
+        let client = self.pool.get().await?;
+        let domains = scope(query);
+        Ok(client
+            .query(
+                "SELECT d, COUNT(*), COUNT(*) FILTER (WHERE attempts > 0), MIN(received_at)
+                 FROM (SELECT lower(substring(r.address from '@([^@]*)$')) AS d, r.attempts,
+                              m.received_at
+                       FROM recipient r JOIN message m ON m.id = r.message_id
+                       WHERE r.status = 0) q
+                 WHERE $1::TEXT[] IS NULL OR d = ANY($1)
+                 GROUP BY d ORDER BY COUNT(*) DESC, d",
+                &[&domains],
+            )
+            .await?
+            .iter()
+            .map(|r| DomainQueue {
+                domain: r.get::<_, Option<String>>(0).unwrap_or_default(),
+                pending: r.get(1),
+                deferred: r.get(2),
+                oldest: r.get(3),
+            })
+            .collect())
+    }
+
     async fn seed(&self, domains: Vec<DomainEntry>, servers: Vec<ServerEntry>) -> Result<usize> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
@@ -1506,6 +1637,13 @@ impl Store for Postgres {
         tx.commit().await?;
         Ok(added)
     }
+}
+
+/// A statistics query's domains, lower-case, as a parameter (`NULL`: every domain).
+fn scope(q: &StatQuery) -> Option<Vec<String>> {
+    q.domains
+        .as_ref()
+        .map(|ds| ds.iter().map(|d| d.to_lowercase()).collect())
 }
 
 /// A read-only transaction on one snapshot, for reads of several statements (a message and

@@ -459,6 +459,147 @@ async fn listing_pages_and_operator_commands() {
     .await;
 }
 
+/// The statistics' counters add up across nodes and flushes, read by hour and by scope,
+/// rank their labels, and expire; the queue is summed by recipient domain.
+#[tokio::test(flavor = "multi_thread")]
+async fn statistics_add_up_by_hour_and_scope() {
+    use mailsilo_store::{DomainQueue, StatKey, StatQuery};
+    both(2, |s| async move {
+        let key = |hour: i64, domain: &str, metric: &str, label: &str| StatKey {
+            hour,
+            domain: domain.into(),
+            metric: metric.into(),
+            label: label.into(),
+        };
+        s[0].add_stats(vec![
+            (key(3600, "a.example", "verdict", "spam"), 2),
+            (key(3600, "a.example", "verdict", "clean"), 5),
+            (key(3600, "b.example", "verdict", "clean"), 1),
+            (key(7200, "a.example", "verdict", "spam"), 1),
+            (key(3600, "a.example", "sender", "bulk.example"), 6),
+            (key(3600, "b.example", "sender", "other.example"), 9),
+        ])
+        .await
+        .unwrap();
+        // Another node's flush adds to the same counters.
+        s[1].add_stats(vec![(key(3600, "a.example", "verdict", "spam"), 3)])
+            .await
+            .unwrap();
+        let all = StatQuery {
+            domains: None,
+            since: 0,
+            until: 10_800,
+        };
+        assert_eq!(
+            s[0].stat_series(&all, "verdict").await.unwrap(),
+            vec![
+                (3600, "clean".to_string(), 6),
+                (3600, "spam".to_string(), 5),
+                (7200, "spam".to_string(), 1)
+            ]
+        );
+        let a = StatQuery {
+            domains: Some(vec!["A.example".into()]),
+            ..all.clone()
+        };
+        assert_eq!(
+            s[1].stat_series(&a, "verdict").await.unwrap(),
+            vec![
+                (3600, "clean".to_string(), 5),
+                (3600, "spam".to_string(), 5),
+                (7200, "spam".to_string(), 1)
+            ]
+        );
+        let first_hour = StatQuery {
+            until: 7200,
+            ..a.clone()
+        };
+        assert_eq!(
+            s[0].stat_series(&first_hour, "verdict")
+                .await
+                .unwrap()
+                .len(),
+            2
+        );
+        let none = StatQuery {
+            domains: Some(vec![]),
+            ..all.clone()
+        };
+        assert!(s[0].stat_series(&none, "verdict").await.unwrap().is_empty());
+        assert_eq!(
+            s[0].stat_top(&all, "sender", 1).await.unwrap(),
+            vec![("other.example".to_string(), 9)]
+        );
+        assert_eq!(
+            s[0].stat_top(&a, "sender", 10).await.unwrap(),
+            vec![("bulk.example".to_string(), 6)]
+        );
+        assert_eq!(
+            s[0].stat_top(&all, "domain", 10).await.unwrap(),
+            vec![("a.example".to_string(), 11), ("b.example".to_string(), 1)]
+        );
+        assert_eq!(s[0].expire_stats(7200).await.unwrap(), 5);
+        assert_eq!(s[1].stat_series(&all, "verdict").await.unwrap().len(), 1);
+
+        // The queue by recipient domain: the part after the last '@', any case.
+        s[0].enqueue(
+            message(
+                "Q1",
+                &["a@Example.COM", "\"x@y\"@example.com", "c@other.example"],
+                100,
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+        s[0].enqueue(message("Q2", &["d@example.com"], 50), None)
+            .await
+            .unwrap();
+        let claimed = s[0].claim(&lease("n1", 60_000), 100, 10).await.unwrap();
+        let q2 = claimed.iter().find(|c| c.message.id == "Q2").unwrap();
+        s[0].record(
+            "Q2",
+            q2.token,
+            attempt(
+                vec![(
+                    0,
+                    Outcome::Deferred {
+                        next_attempt: 500,
+                        reason: "451 4.3.0 busy".into(),
+                    },
+                )],
+                true,
+            ),
+        )
+        .await
+        .unwrap();
+        let queue = s[1].queue_by_domain(&all).await.unwrap();
+        assert_eq!(
+            queue,
+            vec![
+                DomainQueue {
+                    domain: "example.com".into(),
+                    pending: 3,
+                    deferred: 1,
+                    oldest: 50
+                },
+                DomainQueue {
+                    domain: "other.example".into(),
+                    pending: 1,
+                    deferred: 0,
+                    oldest: 100
+                },
+            ]
+        );
+        let scoped = StatQuery {
+            domains: Some(vec!["other.example".into()]),
+            ..all
+        };
+        assert_eq!(s[1].queue_by_domain(&scoped).await.unwrap().len(), 1);
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn traces_are_found_and_expire() {
     both(1, |s| async move {

@@ -1,0 +1,560 @@
+//! Statistics: the mail of a time range, by hour or by day, from the counters every node
+//! adds to the store (verdicts, actions, delivery outcomes, the mail server that took each
+//! message), the top senders, recipient domains, viruses and policy hits, and the queue now
+//! by client domain; for operators also each balanced server's health now. The API answers
+//! in JSON, the page draws the same figures as SVG charts rendered here (no script, no
+//! external resource), each with a table of its numbers beside it.
+//!
+//! An operator sees every domain, an organisation's admin its own domains (a domain of
+//! another organisation does not exist for it: 404); a user has no statistics (403).
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::{Extension, Json, Router};
+use serde::{Deserialize, Serialize};
+use store::{DomainQueue, Role, StatQuery};
+
+use crate::auth::Principal;
+use crate::{Ctx, Refused, ServerStatus, now, refusal};
+
+/// The longest range one query covers.
+pub const MAX_RANGE: i64 = 400 * 86400;
+/// Ranges longer than this are summed by day rather than by hour.
+const HOURLY_UP_TO: i64 = 3 * 86400;
+/// How many entries each top list has.
+const TOP: usize = 10;
+
+/// `GET /api/v1/stats?since=&until=&domain=`: unix seconds (default: the last 24 hours),
+/// and one client domain (default: every domain in the caller's scope).
+#[derive(Debug, Default, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatsQuery {
+    pub since: Option<i64>,
+    pub until: Option<i64>,
+    pub domain: Option<String>,
+}
+
+/// One bucket of a series: its start (unix seconds) and the count of each label.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Bucket {
+    pub start: i64,
+    pub counts: BTreeMap<String, i64>,
+}
+
+/// One entry of a top list.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ranked {
+    pub label: String,
+    pub count: i64,
+}
+
+/// The statistics of a range, as `GET /api/v1/stats` answers them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Stats {
+    pub since: i64,
+    pub until: i64,
+    /// The buckets' length in seconds: 3600 or 86400.
+    pub step: i64,
+    /// The domains counted; `None`: every domain.
+    pub domains: Option<Vec<String>>,
+    /// Messages by verdict (clean, spam, phishing, virus, policy), per recipient domain.
+    pub verdicts: Vec<Bucket>,
+    /// Messages by action (deliver, tag, quarantine, reject, defer).
+    pub actions: Vec<Bucket>,
+    /// Delivery attempts' outcomes by recipient (delivered, deferred, failed).
+    pub deliveries: Vec<Bucket>,
+    /// Messages by the mail server that took them.
+    pub servers: Vec<Bucket>,
+    pub top_senders: Vec<Ranked>,
+    pub top_domains: Vec<Ranked>,
+    pub viruses: Vec<Ranked>,
+    pub policy: Vec<Ranked>,
+    /// The queue now, by client domain.
+    pub queue: Vec<DomainQueue>,
+    /// Each balanced server now (operators only; empty for others).
+    pub health: Vec<ServerStatus>,
+}
+
+/// The statistics `q` asks for, within the caller's scope.
+pub async fn gather(c: &Ctx, who: &Principal, q: &StatsQuery) -> Result<Stats, Refused> {
+    if who.role == Role::User {
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            "statistics are for operators and organisation admins",
+        ));
+    }
+    let until = q.until.unwrap_or_else(|| now() + 1);
+    let since = q.since.unwrap_or(until - 86400);
+    if since >= until || until - since > MAX_RANGE {
+        return Err(Refused::invalid(format!(
+            "since must be before until, at most {} days apart",
+            MAX_RANGE / 86400
+        )));
+    }
+    let domains = match (&q.domain, who.role) {
+        (Some(d), Role::Operator) => Some(vec![d.to_lowercase()]),
+        (Some(d), _) if who.domains.contains(&d.to_lowercase()) => Some(vec![d.to_lowercase()]),
+        (Some(d), _) => return Err(Refused::not_found(format!("no client domain {d}"))),
+        (None, Role::Operator) => None,
+        (None, _) => Some(who.domains.clone()),
+    };
+    let step = if until - since > HOURLY_UP_TO {
+        86400
+    } else {
+        3600
+    };
+    let query = StatQuery {
+        domains: domains.clone(),
+        since: since - since.rem_euclid(3600),
+        until,
+    };
+    let series = async |metric: &str| -> Result<Vec<Bucket>, Refused> {
+        let rows = c
+            .store
+            .stat_series(&query, metric)
+            .await
+            .map_err(Refused::store)?;
+        Ok(buckets(&rows, query.since, until, step))
+    };
+    let top = async |metric: &str| -> Result<Vec<Ranked>, Refused> {
+        Ok(c.store
+            .stat_top(&query, metric, TOP)
+            .await
+            .map_err(Refused::store)?
+            .into_iter()
+            .map(|(label, count)| Ranked { label, count })
+            .collect())
+    };
+    Ok(Stats {
+        since,
+        until,
+        step,
+        verdicts: series("verdict").await?,
+        actions: series("action").await?,
+        deliveries: series("delivery").await?,
+        servers: series("server").await?,
+        top_senders: top("sender").await?,
+        top_domains: top("domain").await?,
+        viruses: top("virus").await?,
+        policy: top("policy").await?,
+        queue: c
+            .store
+            .queue_by_domain(&query)
+            .await
+            .map_err(Refused::store)?,
+        health: if who.role == Role::Operator {
+            c.balancers.servers()
+        } else {
+            Vec::new()
+        },
+        domains,
+    })
+}
+
+/// The rows (hour, label, n) summed into buckets of `step` seconds from `since` to `until`,
+/// every bucket present (empty ones too, so a chart's gaps show).
+pub fn buckets(rows: &[(i64, String, i64)], since: i64, until: i64, step: i64) -> Vec<Bucket> {
+    let first = since - since.rem_euclid(step);
+    let mut out: Vec<Bucket> = (0..)
+        .map(|i| first + i * step)
+        .take_while(|start| *start < until)
+        .map(|start| Bucket {
+            start,
+            counts: BTreeMap::new(),
+        })
+        .collect();
+    for (hour, label, n) in rows {
+        let i = ((hour - first) / step) as usize;
+        if let Some(b) = out.get_mut(i) {
+            *b.counts.entry(label.clone()).or_default() += n;
+        }
+    }
+    out
+}
+
+/// `GET /api/v1/stats`.
+pub fn routes() -> Router<Ctx> {
+    Router::new().route(
+        "/api/v1/stats",
+        get(
+            |State(c): State<Ctx>,
+             Extension(who): Extension<Principal>,
+             q: Result<Query<StatsQuery>, QueryRejection>| async move {
+                let q = match q {
+                    Ok(Query(q)) => q,
+                    Err(e) => return refusal(e.status(), &e.body_text()),
+                };
+                match gather(&c, &who, &q).await {
+                    Ok(s) => Json(s).into_response(),
+                    Err(e) => e.into_response(),
+                }
+            },
+        ),
+    )
+}
+
+/// Colours of the labels the charts know, in the order they are stacked; others take
+/// the palette's in turn.
+const KNOWN: &[(&str, &str)] = &[
+    ("clean", "#4c9a4c"),
+    ("deliver", "#4c9a4c"),
+    ("delivered", "#4c9a4c"),
+    ("tag", "#c9a227"),
+    ("spam", "#d08c2e"),
+    ("deferred", "#d08c2e"),
+    ("quarantine", "#8a5fb5"),
+    ("phishing", "#8a5fb5"),
+    ("policy", "#3f6fb5"),
+    ("defer", "#3f6fb5"),
+    ("virus", "#b53f3f"),
+    ("reject", "#b53f3f"),
+    ("failed", "#b53f3f"),
+];
+const PALETTE: &[&str] = &[
+    "#3f6fb5", "#d08c2e", "#4c9a4c", "#8a5fb5", "#b53f3f", "#2e9aa0", "#7a7a7a", "#c9a227",
+];
+
+fn colour(label: &str, i: usize) -> &'static str {
+    KNOWN
+        .iter()
+        .find(|(l, _)| *l == label)
+        .map_or(PALETTE[i % PALETTE.len()], |(_, c)| c)
+}
+
+/// A bucket's start as the axis shows it: the hour (UTC) or the day.
+fn tick(start: i64, step: i64) -> String {
+    let days = start.div_euclid(86400);
+    let (y, m, d) = civil(days);
+    if step >= 86400 {
+        format!("{y:04}-{m:02}-{d:02}")
+    } else {
+        format!("{m:02}-{d:02} {:02}h", start.rem_euclid(86400) / 3600)
+    }
+}
+
+/// The civil date of a day number since 1970-01-01 (Howard Hinnant's algorithm).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
+}
+
+/// A stacked bar chart of `buckets` as inline SVG, its labels in a legend, each bar's
+/// figures in its tooltip; with the table of the same numbers for screen readers and
+/// copying.
+pub fn stacked_chart(title: &str, buckets: &[Bucket], step: i64) -> String {
+    let esc = crate::web::esc;
+    let mut labels: Vec<&str> = buckets
+        .iter()
+        .flat_map(|b| b.counts.keys().map(String::as_str))
+        .collect();
+    labels.sort_by_key(|l| {
+        (
+            KNOWN.iter().position(|(k, _)| k == l).unwrap_or(usize::MAX),
+            *l,
+        )
+    });
+    labels.dedup();
+    let max = buckets
+        .iter()
+        .map(|b| b.counts.values().sum::<i64>())
+        .max()
+        .unwrap_or(0);
+    let total: i64 = buckets.iter().flat_map(|b| b.counts.values()).sum();
+    let (w, h, left, bottom) = (720.0_f64, 220.0_f64, 44.0_f64, 36.0_f64);
+    let plot = h - bottom - 10.0;
+    let slot = (w - left - 8.0) / buckets.len().max(1) as f64;
+    let mut svg = format!(
+        "<svg class=\"chart\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{t}: {total} in all\" xmlns=\"http://www.w3.org/2000/svg\">\
+         <title>{t}</title>\
+         <line x1=\"{left}\" y1=\"{y0}\" x2=\"{x1}\" y2=\"{y0}\" stroke=\"#333\"/>\
+         <text x=\"{tx}\" y=\"16\" font-size=\"11\" text-anchor=\"end\">{max}</text>\
+         <text x=\"{tx}\" y=\"{y0}\" font-size=\"11\" text-anchor=\"end\">0</text>",
+        t = esc(title),
+        y0 = h - bottom,
+        x1 = w - 8.0,
+        tx = left - 4.0,
+    );
+    let every = (buckets.len() / 8).max(1);
+    for (i, b) in buckets.iter().enumerate() {
+        let x = left + i as f64 * slot + slot * 0.1;
+        let mut y = h - bottom;
+        for (j, l) in labels.iter().enumerate() {
+            let n = b.counts.get(*l).copied().unwrap_or(0);
+            if n == 0 || max == 0 {
+                continue;
+            }
+            let bar = plot * n as f64 / max as f64;
+            y -= bar;
+            let _ = write!(
+                svg,
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{bw:.1}\" height=\"{bar:.1}\" fill=\"{c}\"><title>{when}: {l} {n}</title></rect>",
+                bw = slot * 0.8,
+                c = colour(l, j),
+                when = tick(b.start, step),
+                l = esc(l),
+            );
+        }
+        if i % every == 0 {
+            let _ = write!(
+                svg,
+                "<text x=\"{x:.1}\" y=\"{ty}\" font-size=\"10\">{}</text>",
+                tick(b.start, step),
+                ty = h - bottom + 14.0,
+            );
+        }
+    }
+    let mut lx = left;
+    for (j, l) in labels.iter().enumerate() {
+        let _ = write!(
+            svg,
+            "<rect x=\"{lx:.1}\" y=\"{ly}\" width=\"10\" height=\"10\" fill=\"{c}\"/>\
+             <text x=\"{tx:.1}\" y=\"{ty}\" font-size=\"11\">{l}</text>",
+            ly = h - 14.0,
+            c = colour(l, j),
+            tx = lx + 13.0,
+            ty = h - 5.0,
+            l = esc(l),
+        );
+        lx += 24.0 + 7.0 * l.chars().count().min(24) as f64;
+    }
+    svg.push_str("</svg>");
+    // The numbers, for those who do not see the chart.
+    let mut table = format!(
+        "<details><summary>{} as a table</summary><table><thead><tr><th scope=\"col\">From</th>",
+        esc(title)
+    );
+    for l in &labels {
+        let _ = write!(table, "<th scope=\"col\">{}</th>", esc(l));
+    }
+    table.push_str("</tr></thead><tbody>");
+    for b in buckets.iter().filter(|b| !b.counts.is_empty()) {
+        let _ = write!(table, "<tr><td>{}</td>", tick(b.start, step));
+        for l in &labels {
+            let _ = write!(table, "<td>{}</td>", b.counts.get(*l).copied().unwrap_or(0));
+        }
+        table.push_str("</tr>");
+    }
+    table.push_str("</tbody></table></details>");
+    format!(
+        "<section class=\"stat\" aria-label=\"{t}\"><h2>{t}</h2>{svg}{table}</section>",
+        t = esc(title)
+    )
+}
+
+/// A horizontal bar chart of a top list, as inline SVG, with its numbers in the bars' text.
+pub fn ranked_chart(title: &str, items: &[Ranked]) -> String {
+    let esc = crate::web::esc;
+    if items.is_empty() {
+        return format!(
+            "<section class=\"stat\" aria-label=\"{t}\"><h2>{t}</h2><p>None in this range.</p></section>",
+            t = esc(title)
+        );
+    }
+    let max = items.iter().map(|r| r.count).max().unwrap_or(1).max(1);
+    let (w, row) = (720.0_f64, 20.0_f64);
+    let h = row * items.len() as f64 + 4.0;
+    let mut svg = format!(
+        "<svg class=\"chart\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{t}\" xmlns=\"http://www.w3.org/2000/svg\"><title>{t}</title>",
+        t = esc(title)
+    );
+    let mut list = String::from("<ol class=\"ranked\">");
+    for (i, r) in items.iter().enumerate() {
+        let y = i as f64 * row + 2.0;
+        let bar = (w - 300.0) * r.count as f64 / max as f64;
+        let label: String = r.label.chars().take(40).collect();
+        let _ = write!(
+            svg,
+            "<text x=\"0\" y=\"{ty:.1}\" font-size=\"11\">{l}</text>\
+             <rect x=\"240\" y=\"{y:.1}\" width=\"{bar:.1}\" height=\"{bh:.1}\" fill=\"#3f6fb5\"><title>{l}: {n}</title></rect>\
+             <text x=\"{nx:.1}\" y=\"{ty:.1}\" font-size=\"11\">{n}</text>",
+            ty = y + row * 0.65,
+            l = esc(&label),
+            bh = row * 0.75,
+            nx = 244.0 + bar,
+            n = r.count,
+        );
+        let _ = write!(list, "<li>{}: {}</li>", esc(&r.label), r.count);
+    }
+    svg.push_str("</svg>");
+    list.push_str("</ol>");
+    format!(
+        "<section class=\"stat\" aria-label=\"{t}\"><h2>{t}</h2>{svg}<details><summary>{t} as a list</summary>{list}</details></section>",
+        t = esc(title)
+    )
+}
+
+/// The statistics page's body: the range and domain chooser, then every chart.
+pub fn page_body(s: &Stats, who: &Principal, q: &StatsQuery) -> String {
+    let esc = crate::web::esc;
+    let mut body = String::new();
+    let domain = q.domain.as_deref().unwrap_or("");
+    let mut ranges = String::from("<p>Range: ");
+    for (label, secs) in [
+        ("last 24 hours", 86400),
+        ("last 7 days", 7 * 86400),
+        ("last 30 days", 30 * 86400),
+    ] {
+        let _ = write!(
+            ranges,
+            "<a href=\"/stats?since={}{}\">{label}</a> ",
+            s.until - secs,
+            if domain.is_empty() {
+                String::new()
+            } else {
+                format!("&amp;domain={}", crate::web::url(domain))
+            }
+        );
+    }
+    ranges.push_str("</p>");
+    body.push_str(&ranges);
+    let choices: Vec<String> = match who.role {
+        Role::Operator => s.queue.iter().map(|d| d.domain.clone()).collect(),
+        _ => who.domains.clone(),
+    };
+    let _ = write!(
+        body,
+        "<form method=\"get\" action=\"/stats\"><input type=\"hidden\" name=\"since\" value=\"{}\">\
+         <label for=\"domain\">Client domain (empty: all)</label>\
+         <input id=\"domain\" name=\"domain\" value=\"{}\" list=\"domains\"><datalist id=\"domains\">{}</datalist>\
+         <button type=\"submit\">Show</button></form>",
+        s.since,
+        esc(domain),
+        choices
+            .iter()
+            .map(|d| format!("<option value=\"{}\">", esc(d)))
+            .collect::<String>()
+    );
+    let _ = write!(
+        body,
+        "<p>From {} to {} (UTC), by {}{}.</p>",
+        tick(s.since, 3600),
+        tick(s.until, 3600),
+        if s.step == 3600 { "hour" } else { "day" },
+        match &s.domains {
+            None => ", every client domain".to_string(),
+            Some(d) => format!(", for {}", esc(&d.join(", "))),
+        }
+    );
+    body.push_str(&stacked_chart("Messages by verdict", &s.verdicts, s.step));
+    body.push_str(&stacked_chart("Messages by action", &s.actions, s.step));
+    body.push_str(&stacked_chart("Delivery outcomes", &s.deliveries, s.step));
+    body.push_str(&stacked_chart(
+        "Messages by mail server",
+        &s.servers,
+        s.step,
+    ));
+    body.push_str(&ranked_chart("Top sender domains", &s.top_senders));
+    body.push_str(&ranked_chart("Top recipient domains", &s.top_domains));
+    body.push_str(&ranked_chart("Viruses", &s.viruses));
+    body.push_str(&ranked_chart("Attachment policy hits", &s.policy));
+    body.push_str(
+        "<section class=\"stat\" aria-label=\"Queue now\"><h2>Queue now</h2><table><thead><tr>\
+         <th scope=\"col\">Client domain</th><th scope=\"col\">Waiting</th>\
+         <th scope=\"col\">Deferred</th><th scope=\"col\">Oldest</th></tr></thead><tbody>",
+    );
+    for d in &s.queue {
+        let _ = write!(
+            body,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&d.domain),
+            d.pending,
+            d.deferred,
+            tick(d.oldest, 3600)
+        );
+    }
+    if s.queue.is_empty() {
+        body.push_str("<tr><td colspan=\"4\">Nothing waiting.</td></tr>");
+    }
+    body.push_str("</tbody></table></section>");
+    if who.role == Role::Operator {
+        body.push_str(
+            "<section class=\"stat\" aria-label=\"Servers now\"><h2>Servers now</h2><table><thead><tr>\
+             <th scope=\"col\">Cluster</th><th scope=\"col\">Server</th><th scope=\"col\">Health</th>\
+             <th scope=\"col\">State</th><th scope=\"col\">Loading</th><th scope=\"col\">Open sessions</th>\
+             <th scope=\"col\">Sessions</th><th scope=\"col\">Last check</th></tr></thead><tbody>",
+        );
+        for h in &s.health {
+            let _ = write!(
+                body,
+                "<tr><td>{}</td><td>{}</td><td class=\"{up}\">{up}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                esc(&h.cluster),
+                esc(&h.server),
+                esc(&h.state),
+                h.loading,
+                h.active,
+                h.total,
+                esc(h.last_check.as_deref().unwrap_or("-")),
+                up = if h.up { "up" } else { "down" },
+            );
+        }
+        body.push_str("</tbody></table></section>");
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_cover_the_range_by_step() {
+        let rows = vec![
+            (3600, "spam".to_string(), 2),
+            (7200, "spam".to_string(), 1),
+            (7200, "clean".to_string(), 4),
+            (90000, "clean".to_string(), 1),
+        ];
+        let hourly = buckets(&rows, 3600, 3 * 3600, 3600);
+        assert_eq!(hourly.len(), 2);
+        assert_eq!(hourly[1].counts["clean"], 4);
+        let daily = buckets(&rows, 0, 2 * 86400, 86400);
+        assert_eq!(daily.len(), 2);
+        assert_eq!(daily[0].counts["spam"], 3);
+        assert_eq!(daily[1].counts["clean"], 1);
+    }
+
+    #[test]
+    fn dates_and_charts() {
+        assert_eq!(civil(0), (1970, 1, 1));
+        assert_eq!(civil(20_000), (2024, 10, 4));
+        assert_eq!(tick(86400 + 5 * 3600, 3600), "01-02 05h");
+        let b = buckets(
+            &[(0, "<spam>".to_string(), 3), (3600, "clean".to_string(), 1)],
+            0,
+            7200,
+            3600,
+        );
+        let svg = stacked_chart("Verdicts", &b, 3600);
+        assert!(svg.contains("aria-label=\"Verdicts: 4 in all\""), "{svg}");
+        assert!(
+            svg.contains("&lt;spam&gt; 3") && !svg.contains("<spam>"),
+            "{svg}"
+        );
+        assert_eq!(
+            svg.matches("<rect").count(),
+            2 + 2,
+            "two bars, two legend keys"
+        );
+        let top = ranked_chart(
+            "Top",
+            &[Ranked {
+                label: "a.example".into(),
+                count: 7,
+            }],
+        );
+        assert!(top.contains("<li>a.example: 7</li>"), "{top}");
+    }
+}
