@@ -295,6 +295,37 @@ pub fn default_attachment_rules() -> Vec<AttachmentRule> {
 pub struct OrganisationConfig {
     pub name: String,
     pub domains: Vec<String>,
+    /// Its digest schedule as written (`daily`, `weekly`, `off`, or a duration), checked
+    /// by [`digest_period`]; `None`: `digest.schedule`.
+    pub digest: Option<String>,
+}
+
+/// The digests of quarantined mail sent to users.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digest {
+    /// The default schedule (`digest.schedule`); `None`: off.
+    pub period: Option<Duration>,
+    /// How long a digest's release and delete links work.
+    pub link_lifetime: Duration,
+    /// The digests' `From:` address.
+    pub from: String,
+}
+
+/// A digest schedule's period: `daily`, `weekly`, a duration of at least an hour, or `off`
+/// (`None`).
+pub fn digest_period(s: &str) -> Result<Option<Duration>, String> {
+    match s.trim() {
+        "off" => Ok(None),
+        "daily" => Ok(Some(Duration::from_secs(86400))),
+        "weekly" => Ok(Some(Duration::from_secs(7 * 86400))),
+        other => match humantime::parse_duration(other) {
+            Ok(d) if d >= Duration::from_secs(3600) => Ok(Some(d)),
+            Ok(_) => Err(format!("{other:?} is shorter than an hour")),
+            Err(_) => Err(format!(
+                "{other:?} is not a schedule: daily, weekly, off, or a duration such as \"12h\""
+            )),
+        },
+    }
 }
 
 /// A portal account as the file seeds it.
@@ -868,6 +899,9 @@ impl Default for StoreSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Control {
     pub listen: SocketAddr,
+    /// The portal's address as users reach it (in digests' links): `control.url`, by
+    /// default `http://LISTEN`.
+    pub url: String,
 }
 
 /// The validated configuration.
@@ -890,6 +924,7 @@ pub struct Config {
     /// The portal's client organisations and accounts (seeded into the store).
     pub organisations: Vec<OrganisationConfig>,
     pub accounts: Vec<AccountConfig>,
+    pub digest: Digest,
     /// Things allowed but probably not meant (`config check` prints them, `up` logs them).
     pub warnings: Vec<String>,
 }
@@ -1109,6 +1144,60 @@ mod tests {
     }
 
     const MIN: &str = "[smtp]\nhostname = \"mx\"\nlisten = [\"127.0.0.1:25\"]\n[[domain]]\nname = \"example.com\"\ndestination = \"127.0.0.1:26\"\n";
+
+    /// Digests and the portal's URL: defaults, and each bad value named by its key.
+    #[test]
+    fn digest_settings() {
+        let c = Config::parse("t.toml", MIN).unwrap();
+        assert_eq!(c.digest.period, Some(Duration::from_secs(86400)));
+        assert_eq!(c.digest.link_lifetime, Duration::from_secs(14 * 86400));
+        assert_eq!(c.digest.from, "quarantine@mx");
+        let c = Config::parse(
+            "t.toml",
+            &format!("{MIN}[control]\nlisten = \"127.0.0.1:8025\"\n[digest]\nschedule = \"weekly\"\nfrom = \"q@example.com\"\n[[organisation]]\nname = \"A\"\ndigest = \"12h\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.digest.period, Some(Duration::from_secs(7 * 86400)));
+        assert_eq!(c.control.unwrap().url, "http://127.0.0.1:8025");
+        assert_eq!(c.organisations[0].digest.as_deref(), Some("12h"));
+        assert_eq!(digest_period("off"), Ok(None));
+        for (tail, says) in [
+            (
+                "[digest]\nschedule = \"hourly\"\n",
+                "digest.schedule: \"hourly\" is not a schedule",
+            ),
+            (
+                "[digest]\nschedule = \"5m\"\n",
+                "digest.schedule: \"5m\" is shorter than an hour",
+            ),
+            ("[digest]\nfrom = \"not an address\"\n", "digest.from"),
+            (
+                "[digest]\nlink_lifetime = \"0s\"\n",
+                "digest.link_lifetime: must be more than zero",
+            ),
+            (
+                "[[organisation]]\nname = \"A\"\ndigest = \"often\"\n",
+                "organisation[0].digest",
+            ),
+            (
+                "[control]\nlisten = \"127.0.0.1:8025\"\nurl = \"portal.example\"\n",
+                "control.url",
+            ),
+            (
+                "[control]\nlisten = \"127.0.0.1:8025\"\nurl = \"https://p/?x\"\n",
+                "control.url",
+            ),
+        ] {
+            let e = err(&format!("{MIN}{tail}"));
+            assert!(e.contains(says), "{tail}: {e}");
+        }
+        let c = Config::parse(
+            "t.toml",
+            &format!("{MIN}[control]\nlisten = \"127.0.0.1:8025\"\nurl = \"https://portal.example.net/\"\n"),
+        )
+        .unwrap();
+        assert_eq!(c.control.unwrap().url, "https://portal.example.net");
+    }
 
     /// The fleet example that scripts/fleet.sh runs: four mail servers in two clusters, on
     /// PostgreSQL, the demo's addresses.

@@ -33,6 +33,8 @@ pub struct File {
     pub organisations: Vec<S<OrganisationRaw>>,
     #[serde(default, rename = "account")]
     pub accounts: Vec<S<AccountRaw>>,
+    #[serde(default)]
+    pub digest: Option<DigestRaw>,
 }
 
 #[derive(Deserialize)]
@@ -41,6 +43,15 @@ pub struct OrganisationRaw {
     pub name: S<String>,
     #[serde(default)]
     pub domains: Vec<S<String>>,
+    pub digest: Option<S<String>>,
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DigestRaw {
+    pub schedule: Option<S<String>>,
+    pub link_lifetime: Option<S<String>>,
+    pub from: Option<S<String>>,
 }
 
 #[derive(Deserialize)]
@@ -328,6 +339,7 @@ pub struct ServerRaw {
 #[serde(deny_unknown_fields)]
 pub struct ControlRaw {
     pub listen: S<String>,
+    pub url: Option<S<String>>,
 }
 
 /// Whether `name` is a plain ASCII host name (configured names go into DNS as they are).
@@ -685,7 +697,29 @@ impl File {
             Some(c) => {
                 let addr = cx.addr(&c.listen, "control.listen")?;
                 used.claim(&cx, addr, c.listen.span(), "control.listen")?;
-                Some(Control { listen: addr })
+                let url = match &c.url {
+                    None => format!("http://{addr}"),
+                    Some(u) => {
+                        let v = u.get_ref().trim().trim_end_matches('/');
+                        let host = v
+                            .strip_prefix("https://")
+                            .or_else(|| v.strip_prefix("http://"))
+                            .unwrap_or("");
+                        if host.is_empty()
+                            || host.contains(char::is_whitespace)
+                            || !v.is_ascii()
+                            || v.contains(['"', '<', '>', '?', '#'])
+                        {
+                            return cx.err(
+                                u.span(),
+                                "control.url",
+                                "expected the portal's address as users reach it, e.g. \"https://portal.example.net\"",
+                            );
+                        }
+                        v.to_string()
+                    }
+                };
+                Some(Control { listen: addr, url })
             }
         };
         let dns = match &self.dns {
@@ -825,6 +859,7 @@ impl File {
                 }
             }
         }
+        let digest = validate_digest(&cx, self.digest.as_ref(), &smtp.hostname)?;
         if smtp.postmaster.is_none() {
             warnings.push(
                 "smtp.postmaster is not set: RCPT TO:<postmaster> will be refused, which RFC 5321 section 4.5.1 forbids"
@@ -849,6 +884,7 @@ impl File {
             control,
             store,
             filter,
+            digest,
             organisations,
             accounts,
             warnings,
@@ -857,6 +893,44 @@ impl File {
 }
 
 /// The portal's organisations and accounts, seeded into the store by `up`.
+fn validate_digest(cx: &Ctx<'_>, d: Option<&DigestRaw>, hostname: &str) -> Result<Digest, Error> {
+    let default = DigestRaw::default();
+    let d = d.unwrap_or(&default);
+    let period = match &d.schedule {
+        None => Some(Duration::from_secs(86400)),
+        Some(s) => match digest_period(s.get_ref()) {
+            Ok(p) => p,
+            Err(m) => return cx.err(s.span(), "digest.schedule", m),
+        },
+    };
+    let from = match &d.from {
+        None => format!("quarantine@{hostname}"),
+        Some(f) => {
+            let v = f.get_ref().trim();
+            match v.rsplit_once('@') {
+                Some((l, dn))
+                    if !l.is_empty()
+                        && is_domain_name(&dn.to_ascii_lowercase())
+                        && v.bytes()
+                            .all(|b| b.is_ascii_graphic() && !b"<>\"(),;:\\[]".contains(&b)) =>
+                {
+                    v.to_string()
+                }
+                _ => return cx.err(f.span(), "digest.from", format!("{v:?} is not an address")),
+            }
+        }
+    };
+    Ok(Digest {
+        period,
+        link_lifetime: cx.duration(
+            &d.link_lifetime,
+            "digest.link_lifetime",
+            Duration::from_secs(14 * 86400),
+        )?,
+        from,
+    })
+}
+
 fn validate_accounts(
     cx: &Ctx<'_>,
     orgs: &[S<OrganisationRaw>],
@@ -911,7 +985,18 @@ fn validate_accounts(
             }
             ds.push(dn);
         }
-        out_orgs.push(OrganisationConfig { name, domains: ds });
+        let digest = match &o.digest {
+            None => None,
+            Some(d) => match digest_period(d.get_ref()) {
+                Ok(_) => Some(d.get_ref().trim().to_string()),
+                Err(m) => return cx.err(d.span(), &key("digest"), m),
+            },
+        };
+        out_orgs.push(OrganisationConfig {
+            name,
+            domains: ds,
+            digest,
+        });
     }
     let mut out: Vec<AccountConfig> = Vec::new();
     for (i, a) in accounts.iter().enumerate() {

@@ -101,6 +101,13 @@ enum Command {
         #[command(subcommand)]
         command: queue_cli::QuarantineCommand,
     },
+    /// The digests of quarantined mail users get (`digest send`: now).
+    Digest {
+        #[command(flatten)]
+        remote: remote::Remote,
+        #[command(subcommand)]
+        command: queue_cli::DigestCommand,
+    },
     /// List, add, change or remove the client domains of a running `up` (a whole fleet on
     /// PostgreSQL).
     Domain {
@@ -237,6 +244,7 @@ fn main() -> Result<()> {
                 queue_cli::quarantine(&remote.connect()?, command)
             }
             Command::Trace { remote, args } => queue_cli::trace(&remote.connect()?, args),
+            Command::Digest { remote, command } => queue_cli::digest(&remote.connect()?, command),
             Command::Domain { remote, command } => {
                 settings_cli::domain(&remote.connect()?, command)
             }

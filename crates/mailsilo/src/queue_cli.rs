@@ -34,6 +34,28 @@ pub enum QuarantineCommand {
     Delete { id: String },
 }
 
+#[derive(clap::Subcommand)]
+pub enum DigestCommand {
+    /// Queue the digests now, whatever the schedule: one per recipient of mail held since
+    /// the organisation's last digest (for the first, the last period).
+    Send {
+        /// Only this organisation's (default: every organisation's).
+        #[arg(long)]
+        organisation: Option<String>,
+    },
+}
+
+pub fn digest(api: &Client, command: DigestCommand) -> Result<()> {
+    match command {
+        DigestCommand::Send { organisation } => {
+            let sent: portal::digest::Sent =
+                api.post_json("/api/v1/digests", &portal::digest::SendNow { organisation })?;
+            println!("{} queued", count(sent.digests, "digest"));
+        }
+    }
+    Ok(())
+}
+
 /// Which traces `mailsilo trace` shows.
 #[derive(clap::Args)]
 pub struct TraceArgs {

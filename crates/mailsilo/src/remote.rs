@@ -138,6 +138,16 @@ impl Client {
         Ok(self.check(r)?.body_mut().read_json()?)
     }
 
+    /// POST a JSON body, with the answer read as JSON.
+    pub fn post_json<T: DeserializeOwned>(&self, path: &str, body: &impl Serialize) -> Result<T> {
+        let r = self
+            .agent
+            .post(&self.url(path))
+            .header("Authorization", &self.bearer)
+            .send_json(body);
+        Ok(self.check(r)?.body_mut().read_json()?)
+    }
+
     /// POST a JSON body; the answer's body is not read.
     pub fn send(&self, path: &str, body: &impl Serialize) -> Result<()> {
         let r = self

@@ -65,6 +65,10 @@ pub enum OrgCommand {
         /// A client domain it owns (repeatable).
         #[arg(long = "domain", required = true)]
         domains: Vec<String>,
+        /// How often its users get a digest of their quarantined mail: daily, weekly, off,
+        /// or a duration such as 12h (default: the configuration's `digest.schedule`).
+        #[arg(long)]
+        digest: Option<String>,
     },
     /// List the organisations and their domains.
     List {
@@ -212,7 +216,15 @@ pub async fn user(command: UserCommand) -> Result<()> {
 
 pub async fn org(command: OrgCommand) -> Result<()> {
     match command {
-        OrgCommand::Set { at, name, domains } => {
+        OrgCommand::Set {
+            at,
+            name,
+            domains,
+            digest,
+        } => {
+            if let Some(d) = &digest {
+                config::digest_period(d).map_err(anyhow::Error::msg)?;
+            }
             let store = open(&at).await?;
             let mut ds = Vec::new();
             for d in domains {
@@ -234,6 +246,7 @@ pub async fn org(command: OrgCommand) -> Result<()> {
                 .set_organisation(Organisation {
                     name: name.clone(),
                     domains: ds,
+                    digest: digest.map(|d| d.trim().to_string()),
                 })
                 .await?;
             println!("organisation {name} set");
@@ -241,7 +254,8 @@ pub async fn org(command: OrgCommand) -> Result<()> {
         OrgCommand::List { at } => {
             let store = open(&at).await?;
             for o in store.organisations().await? {
-                println!("{:<32} {}", o.name, o.domains.join(", "));
+                let digest = o.digest.as_deref().unwrap_or("default");
+                println!("{:<32} digest {digest:<8} {}", o.name, o.domains.join(", "));
             }
         }
     }
@@ -258,6 +272,7 @@ pub async fn seed(config: &Config, store: &dyn Store) -> Result<()> {
                 .set_organisation(Organisation {
                     name: o.name.clone(),
                     domains: o.domains.clone(),
+                    digest: o.digest.clone(),
                 })
                 .await?;
         }

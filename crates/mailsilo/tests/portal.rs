@@ -833,6 +833,170 @@ fn statistics_count_each_organisations_mail() {
     assert_eq!(status, 422, "a range past 400 days: {page}");
 }
 
+/// The text part of a message, decoded by Python's `email` (a real reader of MIME).
+fn text_part(message: &str) -> String {
+    common::python(
+        "import email, sys\n\
+         m = email.message_from_string(sys.argv[1])\n\
+         for p in m.walk():\n\
+         \x20   if p.get_content_type() == 'text/plain':\n\
+         \x20       print(p.get_payload(decode=True).decode())",
+        &[message],
+    )
+}
+
+/// One digest link's path and query, from the digest's text.
+fn digest_link(text: &str, what: &str, nth: usize) -> String {
+    let line = text
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix(&format!("{what}:")))
+        .nth(nth)
+        .unwrap_or_else(|| panic!("no {what} link {nth}: {text}"));
+    let url = line.trim();
+    url.split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| rest[i..].to_string()))
+        .unwrap()
+}
+
+/// Digests reach each recipient of held mail through the queue, with links that need no
+/// login: opening one shows the message and changes nothing; its button releases once; an
+/// altered or expired link is refused; a message also held for others has no link.
+#[test]
+fn digest_links_release_once_and_refuse_altered_or_expired_ones() {
+    let g = Gateway::start(Options {
+        tail: format!("{TAIL}\n[digest]\nschedule = \"off\"\nlink_lifetime = \"1h\"\n"),
+        ..Options::default()
+    });
+    let first = hold(&g, &["alice@example.com"], "first");
+    let second = hold(&g, &["alice@example.com"], "second");
+    hold(&g, &["alice@example.com", "bob@example.com"], "shared");
+    hold(&g, &["erin@example.org"], "erin");
+    let out = g.admin("digest", &["send", "--organisation", "Example Inc."]);
+    assert!(out.contains("2 digests queued"), "{out}");
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len()
+        == 1
+        && g.mailbox("bob@example.com").len() == 1));
+    assert!(
+        g.mailbox("erin@example.org").is_empty(),
+        "another organisation's"
+    );
+    let digest = &g.mailbox("alice@example.com")[0];
+    assert!(
+        digest.contains("Subject: 3 message(s) held in quarantine for you"),
+        "{digest}"
+    );
+    assert!(
+        digest.contains("Auto-Submitted: auto-generated"),
+        "{digest}"
+    );
+    let text = text_part(digest);
+    for want in [
+        "hold me first",
+        "hold me second",
+        "hold me shared",
+        "your administrator can release it",
+    ] {
+        assert!(text.contains(want), "{want}: {text}");
+    }
+    assert_eq!(text.matches("Release: ").count(), 2, "{text}");
+    let release = digest_link(&text, "Release", 0);
+    assert!(release.contains(&format!("id={first}")), "{release}");
+    // Opening the link (as a link scanner would) shows the message and changes nothing.
+    let (status, _, page) = http(g.control, "GET", &release, &[], "");
+    assert_eq!(status, 200, "{page}");
+    assert!(
+        page.contains("Release this message") && page.contains("hold me first"),
+        "{page}"
+    );
+    let (status, _, page) = http(g.control, "GET", &release, &[], "");
+    assert_eq!(status, 200, "still held: {page}");
+    // The button releases it, once.
+    let form = release.split_once('?').unwrap().1.to_string();
+    let post = |path: &str, body: &str| {
+        http(
+            g.control,
+            "POST",
+            path,
+            &[("Content-Type", "application/x-www-form-urlencoded")],
+            body,
+        )
+    };
+    let (status, _, page) = post("/digest/release", &form);
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Released"), "{page}");
+    assert!(wait_until(WAIT, || g
+        .mailbox("alice@example.com")
+        .iter()
+        .any(|m| m.contains("hold me first"))));
+    let (status, _, page) = post("/digest/release", &form);
+    assert_eq!(status, 404, "released once: {page}");
+    // Altered: another message, another recipient, a later expiry, another action.
+    let altered = [
+        form.replace(&first, &second),
+        form.replace("alice%40example.com", "bob%40example.com"),
+        form.replace("expires=", "expires=9"),
+    ];
+    for f in &altered {
+        let (status, _, page) = post("/digest/release", f);
+        assert_eq!(status, 403, "{f}: {page}");
+        assert!(page.contains("not valid"), "{page}");
+    }
+    let delete_second = digest_link(&text, "Delete", 1);
+    assert!(
+        delete_second.contains(&format!("id={second}")),
+        "{delete_second}"
+    );
+    let (status, _, _) = post("/digest/release", delete_second.split_once('?').unwrap().1);
+    assert_eq!(status, 403, "a delete link does not release");
+    let (status, _, page) = post("/digest/delete", delete_second.split_once('?').unwrap().1);
+    assert_eq!(status, 200, "{page}");
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    let (status, _) = alice.get(&g, &format!("/api/v1/quarantine/{second}"));
+    assert_eq!(status, 404, "deleted");
+    // The links are signed for digest.link_lifetime (an hour here).
+    let expires: i64 = form
+        .split('&')
+        .find_map(|p| p.strip_prefix("expires="))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (now + 3500..=now + 3600).contains(&expires),
+        "{expires} {now}"
+    );
+    // Digest sending is an operator's call.
+    let (status, _) = alice.post(&g, "POST", "/api/v1/digests", true);
+    assert_eq!(status, 403);
+
+    // Past its lifetime (a second here), a link is refused, and the message stays held.
+    let g = Gateway::start(Options {
+        tail: format!("{TAIL}\n[digest]\nschedule = \"off\"\nlink_lifetime = \"1s\"\n"),
+        ..Options::default()
+    });
+    let id = hold(&g, &["alice@example.com"], "late");
+    g.admin("digest", &["send"]);
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+    let text = text_part(&g.mailbox("alice@example.com")[0]);
+    let release = digest_link(&text, "Release", 0);
+    std::thread::sleep(Duration::from_millis(2100));
+    let (status, _, page) = http(
+        g.control,
+        "POST",
+        "/digest/release",
+        &[("Content-Type", "application/x-www-form-urlencoded")],
+        release.split_once('?').unwrap().1,
+    );
+    assert_eq!(status, 403, "{page}");
+    assert!(page.contains("expired"), "{page}");
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    let (status, _) = alice.get(&g, &format!("/api/v1/quarantine/{id}"));
+    assert_eq!(status, 200, "still held");
+}
+
 /// The message trace answers within each role's scope, like the quarantine: through the API
 /// and on its pages.
 #[test]

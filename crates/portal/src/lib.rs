@@ -36,6 +36,7 @@ pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 /// The longest a connection lives, however busy.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
 pub mod auth;
+pub mod digest;
 pub mod lb;
 pub mod login;
 pub mod quarantine;
@@ -150,7 +151,7 @@ fn scoped(path: &str) -> bool {
 
 /// Calls made without a credential: the metrics, and the logins.
 fn public(path: &str) -> bool {
-    matches!(path, "/metrics" | "/api/v1/login" | "/login")
+    matches!(path, "/metrics" | "/api/v1/login" | "/login") || path.starts_with("/digest/")
 }
 
 /// The credentials a request carries: its bearer token and its session cookie.
@@ -331,6 +332,7 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         .merge(web::routes())
         .merge(lb::routes())
         .merge(stats::routes())
+        .merge(digest::routes())
         .merge(queue::routes())
         .merge(quarantine::routes())
         .merge(trace::routes())
@@ -377,6 +379,8 @@ pub async fn serve(
             }
         }
     });
+    // Digests of quarantined mail, on each organisation's schedule.
+    tokio::spawn(digest::follow(ctx.clone(), shutdown.clone()));
     let app = router(ctx, token);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_address = listen::PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);

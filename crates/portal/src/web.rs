@@ -65,7 +65,7 @@ label{display:block;margin:.4em 0 .1em}input{padding:.35em;max-width:100%}\
 @media (max-width:40em){thead{display:none}tr{display:block;border-bottom:2px solid #ccc}td{display:block;border:none}}";
 
 /// A whole page: the header (who is logged in, the navigation, the logout) and `body`.
-fn page(title: &str, who: Option<&Principal>, body: &str) -> Response {
+pub(crate) fn page(title: &str, who: Option<&Principal>, body: &str) -> Response {
     let nav = match who {
         Some(p) => format!(
             "<nav aria-label=\"Portal\">{}<a href=\"/quarantine\">Quarantine</a><a href=\"/trace\">Trace</a>{}</nav>\
@@ -387,13 +387,13 @@ async fn quarantine_page(
     } else {
         body.push_str(
             "<table><caption>Held messages</caption><thead><tr><th scope=\"col\">Received</th>\
-             <th scope=\"col\">From</th><th scope=\"col\">To</th><th scope=\"col\">Verdict</th>\
+             <th scope=\"col\">From</th><th scope=\"col\">To</th><th scope=\"col\">Subject</th><th scope=\"col\">Verdict</th>\
              <th scope=\"col\">Why</th><th scope=\"col\">Actions</th></tr></thead><tbody>",
         );
         for h in &held {
             let id = esc(&h.id);
             body.push_str(&format!(
-                "<tr id=\"m-{id}\"><td>{}</td><td>{}</td><td>{}</td><td>{} ({:.1})</td><td>{}</td>\
+                "<tr id=\"m-{id}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({:.1})</td><td>{}</td>\
                  <td class=\"actions\">\
                  <form method=\"post\" action=\"/quarantine/{id}/release\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                  <button type=\"submit\" aria-label=\"Release {id}\">Release</button></form>\
@@ -404,6 +404,7 @@ async fn quarantine_page(
                 esc(&unix_time(h.received_at)),
                 esc(&h.sender),
                 esc(&h.recipients.join(", ")),
+                esc(&crate::digest::decoded_subject(&h.subject)),
                 esc(&h.verdict),
                 h.score,
                 esc(&h.reason),

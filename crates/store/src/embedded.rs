@@ -139,7 +139,7 @@ const MIGRATIONS: [&str; 7] = [
          created INTEGER NOT NULL,
          expires INTEGER
      );",
-    // 6 -> 7: servers added and removed at run time; the statistics.
+    // 6 -> 7: servers added and removed at run time; the statistics; digests.
     "ALTER TABLE runtime_server ADD COLUMN address TEXT;
      ALTER TABLE runtime_server ADD COLUMN removed INTEGER NOT NULL DEFAULT 0;
      CREATE TABLE stat (
@@ -149,7 +149,11 @@ const MIGRATIONS: [&str; 7] = [
          label TEXT NOT NULL,
          n INTEGER NOT NULL,
          PRIMARY KEY (metric, hour, domain, label)
-     ) WITHOUT ROWID;",
+     ) WITHOUT ROWID;
+     ALTER TABLE quarantine ADD COLUMN subject TEXT NOT NULL DEFAULT '';
+     ALTER TABLE organisation ADD COLUMN digest TEXT;
+     CREATE TABLE secret (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
+     CREATE TABLE digest (organisation TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -956,8 +960,8 @@ impl Store for Embedded {
             let m = &held.message;
             let recipients: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
             c.prepare_cached(
-                "INSERT INTO quarantine (id, received_at, sender, recipients, envelope, verdict, score, reason, size, body)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO quarantine (id, received_at, sender, recipients, envelope, verdict, score, reason, size, body, subject)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )?
             .execute(params![
                 m.id,
@@ -969,7 +973,8 @@ impl Store for Embedded {
                 held.score,
                 held.reason,
                 m.body.len() as i64,
-                &m.body[..]
+                &m.body[..],
+                crate::subject_of(&m.body)
             ])?;
             insert_trace(c, m)?;
             add_event(c, &m.id, &held_event(&held))
@@ -988,7 +993,7 @@ impl Store for Embedded {
             // Recipients are kept one per line: "\n" around the list and around each
             // pattern match whole addresses and whole domains.
             let mut sql = String::from(
-                "SELECT id, received_at, sender, recipients, verdict, score, reason, size
+                "SELECT id, received_at, sender, recipients, verdict, score, reason, size, subject
                  FROM quarantine WHERE id > ?",
             );
             let mut args: Vec<rusqlite::types::Value> = vec![after.into()];
@@ -1045,6 +1050,7 @@ impl Store for Embedded {
                         score: r.get(5)?,
                         reason: r.get(6)?,
                         size: r.get::<_, i64>(7)? as u64,
+                        subject: r.get(8)?,
                     })
                 })?
                 .collect::<rusqlite::Result<_>>()?)
@@ -1145,10 +1151,10 @@ impl Store for Embedded {
     async fn set_organisation(&self, org: Organisation) -> Result<()> {
         self.call(true, move |c| {
             c.prepare_cached(
-                "INSERT INTO organisation (name, domains) VALUES (?1, ?2)
-                 ON CONFLICT (name) DO UPDATE SET domains = excluded.domains",
+                "INSERT INTO organisation (name, domains, digest) VALUES (?1, ?2, ?3)
+                 ON CONFLICT (name) DO UPDATE SET domains = excluded.domains, digest = excluded.digest",
             )?
-            .execute(params![org.name, org.domains.join("\n")])?;
+            .execute(params![org.name, org.domains.join("\n"), org.digest])?;
             Ok(())
         })
         .await
@@ -1157,7 +1163,7 @@ impl Store for Embedded {
     async fn organisations(&self) -> Result<Vec<Organisation>> {
         self.call(false, |c| {
             let mut st =
-                c.prepare_cached("SELECT name, domains FROM organisation ORDER BY name")?;
+                c.prepare_cached("SELECT name, domains, digest FROM organisation ORDER BY name")?;
             let rows = st.query_map([], |r| {
                 let domains: String = r.get(1)?;
                 Ok(Organisation {
@@ -1167,6 +1173,7 @@ impl Store for Embedded {
                         .filter(|d| !d.is_empty())
                         .map(String::from)
                         .collect(),
+                    digest: r.get(2)?,
                 })
             })?;
             Ok(rows.collect::<rusqlite::Result<_>>()?)
@@ -1459,6 +1466,46 @@ impl Store for Embedded {
         .await?;
         self.changed();
         Ok(())
+    }
+    async fn secret(&self, name: &str, candidate: String) -> Result<String> {
+        let name = name.to_string();
+        self.call(true, move |c| {
+            c.prepare_cached(
+                "INSERT INTO secret (name, value) VALUES (?, ?) ON CONFLICT DO NOTHING",
+            )?
+            .execute(params![name, candidate])?;
+            Ok(c.prepare_cached("SELECT value FROM secret WHERE name = ?")?
+                .query_row([&name], |r| r.get(0))?)
+        })
+        .await
+    }
+    async fn claim_digest(
+        &self,
+        organisation: &str,
+        now: i64,
+        period: i64,
+        first: i64,
+    ) -> Result<Option<i64>> {
+        let org = organisation.to_string();
+        // One writer at a time: the read and the write are one step.
+        self.call(true, move |c| {
+            let last: Option<i64> = c
+                .prepare_cached("SELECT last FROM digest WHERE organisation = ?")?
+                .query_row([&org], |r| r.get(0))
+                .optional()?;
+            let since = match last {
+                Some(l) if l > now - period => return Ok(None),
+                Some(l) => l,
+                None => first,
+            };
+            c.prepare_cached(
+                "INSERT INTO digest (organisation, last) VALUES (?, ?)
+                 ON CONFLICT (organisation) DO UPDATE SET last = excluded.last",
+            )?
+            .execute(params![org, now])?;
+            Ok(Some(since))
+        })
+        .await
     }
     async fn add_stats(&self, counts: Vec<(StatKey, i64)>) -> Result<()> {
         self.call(true, move |c| {

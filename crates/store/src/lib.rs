@@ -363,11 +363,51 @@ pub struct HeldSummary {
     pub id: String,
     pub received_at: i64,
     pub sender: String,
+    /// The message's `Subject:` as it came (unfolded, encoded words left as they are; at
+    /// most [`SUBJECT_MAX`] octets).
+    #[serde(default)]
+    pub subject: String,
     pub recipients: Vec<String>,
     pub verdict: String,
     pub score: f64,
     pub reason: String,
     pub size: u64,
+}
+
+/// The longest subject a quarantine listing carries.
+pub const SUBJECT_MAX: usize = 200;
+
+/// The first `Subject:` of a message's header, unfolded and trimmed, at most
+/// [`SUBJECT_MAX`] octets (cut at a character boundary); empty without one.
+pub fn subject_of(body: &[u8]) -> String {
+    let end = memchr_crlf2(body).unwrap_or(body.len());
+    let header = String::from_utf8_lossy(&body[..end]);
+    let mut subject: Option<String> = None;
+    for line in header.split("\r\n") {
+        match &mut subject {
+            Some(s) if line.starts_with([' ', '\t']) => s.push_str(line),
+            Some(_) => break,
+            None => {
+                if let Some((name, value)) = line.split_once(':')
+                    && name.trim().eq_ignore_ascii_case("subject")
+                {
+                    subject = Some(value.to_string());
+                }
+            }
+        }
+    }
+    let s = subject.unwrap_or_default();
+    let s = s.trim();
+    let mut cut = s.len().min(SUBJECT_MAX);
+    while !s.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    s[..cut].to_string()
+}
+
+/// Where the header ends (the blank line), if it does.
+fn memchr_crlf2(body: &[u8]) -> Option<usize> {
+    body.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
 /// What the quarantine keeps of a message beside its body and the listed columns.
@@ -501,6 +541,9 @@ impl Role {
 pub struct Organisation {
     pub name: String,
     pub domains: Vec<String>,
+    /// How often its users get a digest of their quarantined mail (`daily`, `weekly`,
+    /// `off`, or a duration such as `12h`); `None`: the configuration's default.
+    pub digest: Option<String>,
 }
 
 /// A portal account. Operators have a plain name; admins and users are named by their
@@ -749,6 +792,22 @@ pub trait Store: Send + Sync + 'static {
 
     /// Adds or replaces a server entry. Durable.
     async fn set_server(&self, entry: ServerEntry) -> Result<()>;
+
+    /// The shared secret named `name`: the one stored, or `candidate`, stored now if none
+    /// was (every node then signs with the same). Durable.
+    async fn secret(&self, name: &str, candidate: String) -> Result<String>;
+
+    /// Claims the digest of `organisation` due at `now` when the last one is at least
+    /// `period` seconds old (or there was none): records `now` as its time and returns the
+    /// last one's (`first` for the first). `None`: not due, or another node claimed it.
+    /// Durable.
+    async fn claim_digest(
+        &self,
+        organisation: &str,
+        now: i64,
+        period: i64,
+        first: i64,
+    ) -> Result<Option<i64>>;
 
     /// Adds these counts to the statistics' counters. Durable.
     async fn add_stats(&self, counts: Vec<(StatKey, i64)>) -> Result<()>;

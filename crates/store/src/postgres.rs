@@ -160,7 +160,7 @@ CREATE TABLE api_token (
     expires BIGINT
 );
 ",
-    // Servers added and removed at run time; the statistics.
+    // Servers added and removed at run time; the statistics; digests.
     "
 ALTER TABLE runtime_server ADD COLUMN address TEXT;
 ALTER TABLE runtime_server ADD COLUMN removed BOOLEAN NOT NULL DEFAULT false;
@@ -172,6 +172,10 @@ CREATE TABLE stat (
     n BIGINT NOT NULL,
     PRIMARY KEY (metric, hour, domain, label)
 );
+ALTER TABLE quarantine ADD COLUMN subject TEXT NOT NULL DEFAULT '';
+ALTER TABLE organisation ADD COLUMN digest TEXT;
+CREATE TABLE secret (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE digest (organisation TEXT PRIMARY KEY, last BIGINT NOT NULL);
 ",
 ];
 
@@ -935,8 +939,8 @@ impl Store for Postgres {
         let m = &held.message;
         let recipients: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
         tx.execute(
-            "INSERT INTO quarantine (id, received_at, sender, recipients, envelope, verdict, score, reason, size, body)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO quarantine (id, received_at, sender, recipients, envelope, verdict, score, reason, size, body, subject)
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
             &[
                 &m.id,
                 &m.received_at,
@@ -948,6 +952,7 @@ impl Store for Postgres {
                 &held.reason,
                 &(m.body.len() as i64),
                 &&m.body[..],
+                &crate::subject_of(&m.body),
             ],
         )
         .await?;
@@ -974,7 +979,7 @@ impl Store for Postgres {
         let sender = filter.sender.as_ref().map(|s| s.to_lowercase());
         Ok(client
             .query(
-                "SELECT id, received_at, sender, recipients, verdict, score, reason, size
+                "SELECT id, received_at, sender, recipients, verdict, score, reason, size, subject
                  FROM quarantine WHERE id > $1
                  AND (NOT $3 OR EXISTS (SELECT 1 FROM unnest(recipients) r
                       WHERE lower(r) = $5 OR lower(substring(r from '@([^@]*)$')) = ANY($4)))
@@ -1008,6 +1013,7 @@ impl Store for Postgres {
                 score: r.get(5),
                 reason: r.get(6),
                 size: r.get::<_, i64>(7) as u64,
+                subject: r.get(8),
             })
             .collect())
     }
@@ -1143,9 +1149,9 @@ impl Store for Postgres {
     async fn set_organisation(&self, org: Organisation) -> Result<()> {
         let c = self.pool.get().await?;
         c.execute(
-            "INSERT INTO organisation (name, domains) VALUES ($1, $2)
-             ON CONFLICT (name) DO UPDATE SET domains = excluded.domains",
-            &[&org.name, &org.domains],
+            "INSERT INTO organisation (name, domains, digest) VALUES ($1, $2, $3)
+             ON CONFLICT (name) DO UPDATE SET domains = excluded.domains, digest = excluded.digest",
+            &[&org.name, &org.domains, &org.digest],
         )
         .await?;
         Ok(())
@@ -1153,16 +1159,18 @@ impl Store for Postgres {
 
     async fn organisations(&self) -> Result<Vec<Organisation>> {
         let c = self.pool.get().await?;
-        Ok(
-            c.query("SELECT name, domains FROM organisation ORDER BY name", &[])
-                .await?
-                .iter()
-                .map(|r| Organisation {
-                    name: r.get(0),
-                    domains: r.get(1),
-                })
-                .collect(),
+        Ok(c.query(
+            "SELECT name, domains, digest FROM organisation ORDER BY name",
+            &[],
         )
+        .await?
+        .iter()
+        .map(|r| Organisation {
+            name: r.get(0),
+            domains: r.get(1),
+            digest: r.get(2),
+        })
+        .collect())
     }
 
     async fn set_account(&self, a: Account) -> Result<()> {
@@ -1479,6 +1487,56 @@ impl Store for Postgres {
 
     fn runtime_changes(&self) -> watch::Receiver<u64> {
         self.changes.clone()
+    }
+
+    async fn secret(&self, name: &str, candidate: String) -> Result<String> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "INSERT INTO secret (name, value) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&name, &candidate],
+        )
+        .await?;
+        Ok(
+            c.query_one("SELECT value FROM secret WHERE name = $1", &[&name])
+                .await?
+                .get(0),
+        )
+    }
+
+    async fn claim_digest(
+        &self,
+        organisation: &str,
+        now: i64,
+        period: i64,
+        first: i64,
+    ) -> Result<Option<i64>> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        // The row exists before it is locked, so two nodes claiming at once queue on it
+        // (`i64::MIN` marks "never sent").
+        tx.execute(
+            "INSERT INTO digest (organisation, last) VALUES ($1, $2) ON CONFLICT DO NOTHING",
+            &[&organisation, &i64::MIN],
+        )
+        .await?;
+        let last: i64 = tx
+            .query_one(
+                "SELECT last FROM digest WHERE organisation = $1 FOR UPDATE",
+                &[&organisation],
+            )
+            .await?
+            .get(0);
+        if last != i64::MIN && last > now - period {
+            return Ok(None);
+        }
+        let last = if last == i64::MIN { first } else { last };
+        tx.execute(
+            "UPDATE digest SET last = $2 WHERE organisation = $1",
+            &[&organisation, &now],
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(Some(last))
     }
 
     async fn add_stats(&self, counts: Vec<(StatKey, i64)>) -> Result<()> {

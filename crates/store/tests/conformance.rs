@@ -600,6 +600,60 @@ async fn statistics_add_up_by_hour_and_scope() {
     .await;
 }
 
+/// Digests: one node claims each due digest (the others see it taken), the next is due a
+/// period later; shared secrets are created once and read by every node; held messages
+/// list their subject.
+#[tokio::test(flavor = "multi_thread")]
+async fn digests_are_claimed_once_and_secrets_shared() {
+    use mailsilo_store::Held;
+    both(2, |s| async move {
+        assert_eq!(
+            s[0].claim_digest("org", 100_000, 86400, 13_600).await.unwrap(),
+            Some(13_600),
+            "the first covers what the caller says"
+        );
+        assert_eq!(
+            s[1].claim_digest("org", 100_001, 86400, 0).await.unwrap(),
+            None,
+            "claimed"
+        );
+        assert_eq!(
+            s[1].claim_digest("other", 100_001, 86400, 7).await.unwrap(),
+            Some(7)
+        );
+        assert_eq!(
+            s[1].claim_digest("org", 186_400, 86400, 0).await.unwrap(),
+            Some(100_000)
+        );
+        assert_eq!(
+            s[0].claim_digest("org", 186_401, 0, 0).await.unwrap(),
+            Some(186_400),
+            "period 0: now, whatever the schedule"
+        );
+        let a = s[0].secret("digest", "first".into()).await.unwrap();
+        let b = s[1].secret("digest", "second".into()).await.unwrap();
+        assert_eq!((a.as_str(), b.as_str()), ("first", "first"));
+        let mut m = message("S1", &["a@example.com"], 100);
+        m.body = mailsilo_store::Bytes::from_static(
+            b"From: x@y\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n  and more\r\nTo: a@example.com\r\n\r\nSubject: not this\r\n",
+        );
+        s[0].quarantine(Held {
+            message: m,
+            verdict: "spam".into(),
+            score: 9.0,
+            reason: "test".into(),
+        })
+        .await
+        .unwrap();
+        let listed = s[1]
+            .quarantined(None, 10, &HeldFilter::default())
+            .await
+            .unwrap();
+        assert_eq!(listed[0].subject, "=?utf-8?q?caf=C3=A9?=  and more");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn traces_are_found_and_expire() {
     both(1, |s| async move {
@@ -1093,18 +1147,21 @@ async fn accounts_sessions_and_tokens_are_shared() {
         s[0].set_organisation(Organisation {
             name: "example".into(),
             domains: vec!["example.com".into(), "example.net".into()],
+            digest: None,
         })
         .await
         .unwrap();
         s[1].set_organisation(Organisation {
             name: "example".into(),
             domains: vec!["example.com".into()],
+            digest: Some("weekly".into()),
         })
         .await
         .unwrap();
         let orgs = s[0].organisations().await.unwrap();
         assert_eq!(orgs.len(), 1);
         assert_eq!(orgs[0].domains, ["example.com"]);
+        assert_eq!(orgs[0].digest.as_deref(), Some("weekly"));
         let alice = Account {
             name: "alice@example.com".into(),
             role: Role::User,
