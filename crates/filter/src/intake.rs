@@ -25,14 +25,6 @@ use tracing::{info, warn};
 use crate::attachments::{self, Strip};
 use crate::engine::{Action, Decision, Engine, Envelope, Report, decide};
 
-/// The domain of an address (after its last `@`), lower-case.
-fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map_or(address, |(_, d)| d)
-        .to_lowercase()
-}
-
 /// What recipients must share to share a copy: action, verdict, subject prefix, and the
 /// attachments removed.
 type Group = (Action, &'static str, Option<String>, Vec<Strip>);
@@ -409,7 +401,8 @@ impl Intake {
                 Action::Reject if !refused => Action::Quarantine,
                 a => a,
             };
-            let mut domains: Vec<String> = rcpts.iter().map(|r| domain_of(&r.address)).collect();
+            let mut domains: Vec<String> =
+                rcpts.iter().map(|r| store::domain_lc(&r.address)).collect();
             domains.sort();
             domains.dedup();
             for domain in &domains {

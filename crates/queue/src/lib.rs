@@ -45,12 +45,6 @@ fn wire_ret(r: Option<store::Ret>) -> Option<Ret> {
 
 /// The domain of an address as the relay policy saw it (lower case, Unicode-aware), so that
 /// routing and policy never disagree on which client domain an address belongs to.
-fn domain_of(address: &str) -> String {
-    address
-        .rsplit_once('@')
-        .map_or(String::new(), |(_, d)| d.to_lowercase())
-}
-
 /// Where the queue reads the time, so tests can move it.
 pub trait Clock: Send + Sync + 'static {
     /// Unix seconds.
@@ -391,7 +385,10 @@ impl Queue {
             .filter(|r| r.status == Status::Pending)
         {
             groups
-                .entry(Route::for_domain(&self.domains, &domain_of(&r.address)))
+                .entry(Route::for_domain(
+                    &self.domains,
+                    &store::domain_lc(&r.address),
+                ))
                 .or_default()
                 .push(r.clone());
         }
@@ -609,7 +606,7 @@ impl Queue {
         for (r, result) in rcpts.iter().zip(results) {
             let retry = self
                 .domains
-                .route(&domain_of(&r.address))
+                .route(&store::domain_lc(&r.address))
                 .map_or(self.config.retry, |d| d.retry);
             let outcome = match result {
                 Ok(reply) => {
@@ -659,7 +656,7 @@ impl Queue {
                 Outcome::Failed { .. } | Outcome::Warned => "failed",
             };
             self.tally
-                .add(now, &domain_of(&r.address), "delivery", label);
+                .add(now, &store::domain_lc(&r.address), "delivery", label);
             outcomes.push((r.index, outcome));
         }
         // DSNs go with the outcomes that call for them, in the same transaction.

@@ -153,7 +153,34 @@ const MIGRATIONS: [&str; 7] = [
      ALTER TABLE quarantine ADD COLUMN subject TEXT NOT NULL DEFAULT '';
      ALTER TABLE organisation ADD COLUMN digest TEXT;
      CREATE TABLE secret (name TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
-     CREATE TABLE digest (organisation TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;",
+     CREATE TABLE digest (organisation TEXT PRIMARY KEY, last INTEGER NOT NULL) WITHOUT ROWID;
+     ALTER TABLE trace_recipient ADD COLUMN domain_lc TEXT NOT NULL DEFAULT '';
+     ALTER TABLE trace_recipient ADD COLUMN received_at INTEGER NOT NULL DEFAULT 0;
+     UPDATE trace_recipient SET
+         domain_lc = lower(replace(address, rtrim(address, replace(address, '@', '')), '')),
+         received_at = coalesce((SELECT t.received_at FROM trace_message t WHERE t.id = trace_recipient.id), 0);
+     CREATE INDEX trace_recipient_domain ON trace_recipient (domain_lc, received_at);
+     DROP INDEX trace_recipient_address;
+     CREATE INDEX trace_recipient_address ON trace_recipient (address_lc, received_at);
+     DROP INDEX trace_message_sender;
+     CREATE INDEX trace_message_sender ON trace_message (sender_lc, received_at);
+     CREATE TABLE quarantine_recipient (
+         id TEXT NOT NULL,
+         address_lc TEXT NOT NULL,
+         domain_lc TEXT NOT NULL,
+         PRIMARY KEY (id, address_lc)
+     ) WITHOUT ROWID;
+     WITH RECURSIVE split(id, rest, addr) AS (
+         SELECT id, recipients || char(10), NULL FROM quarantine
+         UNION ALL
+         SELECT id, substr(rest, instr(rest, char(10)) + 1), substr(rest, 1, instr(rest, char(10)) - 1)
+         FROM split WHERE rest <> ''
+     )
+     INSERT OR IGNORE INTO quarantine_recipient (id, address_lc, domain_lc)
+     SELECT id, lower(addr), lower(replace(addr, rtrim(addr, replace(addr, '@', '')), ''))
+     FROM split WHERE addr IS NOT NULL AND addr <> '';
+     CREATE INDEX quarantine_recipient_address ON quarantine_recipient (address_lc, id);
+     CREATE INDEX quarantine_recipient_domain ON quarantine_recipient (domain_lc, id);",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -444,10 +471,17 @@ fn enqueue(c: &Connection, m: &NewMessage, lease: Option<(&str, i64)>) -> Result
 /// A new message's trace: its recipients, its arrival and the `received` event.
 fn insert_trace(c: &Connection, m: &NewMessage) -> Result<()> {
     let mut trace_rcpt = c.prepare_cached(
-        "INSERT OR IGNORE INTO trace_recipient (id, address, address_lc) VALUES (?, ?, ?)",
+        "INSERT OR IGNORE INTO trace_recipient (id, address, address_lc, domain_lc, received_at)
+         VALUES (?, ?, ?, ?, ?)",
     )?;
     for r in &m.recipients {
-        trace_rcpt.execute(params![m.id, r.address, r.address.to_lowercase()])?;
+        trace_rcpt.execute(params![
+            m.id,
+            r.address,
+            r.address.to_lowercase(),
+            crate::domain_lc(&r.address),
+            m.received_at
+        ])?;
     }
     let a = &m.arrival;
     c.prepare_cached(
@@ -757,31 +791,100 @@ fn trace_of(c: &Connection, id: &str, events: bool) -> Result<Option<Trace>> {
     Ok(Some(t))
 }
 
+/// Finds traces, newest first, driven by the most selective index the query allows: one
+/// recipient's, one sender's, each of the scope's domains' (the newest of each, merged), or
+/// arrival time alone.
 fn find_traces(c: &Connection, q: &TraceQuery) -> Result<Vec<Trace>> {
-    let ids: Vec<String> = c
-        .prepare_cached(
-            "SELECT id FROM trace_message t
-             WHERE (?1 IS NULL OR t.sender_lc = ?1)
-               AND (?2 IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id AND r.address_lc = ?2))
-               AND received_at >= ?3
-               AND (?5 IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id
-                    AND instr(?5, char(10) || substr(r.address_lc,
-                        length(rtrim(r.address_lc, replace(r.address_lc, '@', ''))) + 1) || char(10)) > 0))
-             ORDER BY received_at DESC, id DESC LIMIT ?4",
-        )?
-        .query_map(
-            params![
-                q.from.as_deref().map(str::to_lowercase),
-                q.to.as_deref().map(str::to_lowercase),
-                q.since.unwrap_or(i64::MIN),
-                q.limit as i64,
-                q.domains
-                    .as_ref()
-                    .map(|d| format!("\n{}\n", d.join("\n").to_lowercase()))
-            ],
-            |r| r.get(0),
-        )?
-        .collect::<rusqlite::Result<_>>()?;
+    let since = q.since.unwrap_or(i64::MIN);
+    let scope = q.domains.as_ref().map(|ds| {
+        ds.iter()
+            .map(|d| rusqlite::types::Value::from(d.to_lowercase()))
+            .collect::<Vec<_>>()
+    });
+    let marks = |n: usize| vec!["?"; n].join(", ");
+    // The SQL without its LIMIT, and its arguments for a fetch of N rows.
+    type Args = Box<dyn Fn(usize) -> Vec<rusqlite::types::Value>>;
+    let fixed = |args: Vec<rusqlite::types::Value>| -> Args { Box::new(move |_| args.clone()) };
+    let (sql, args): (String, Args) = match (&q.to, &q.from, &scope) {
+        (Some(to), from, scope) => {
+            let mut sql = String::from(
+                "SELECT r.id, r.received_at FROM trace_recipient r JOIN trace_message t ON t.id = r.id
+                 WHERE r.address_lc = ? AND r.received_at >= ?",
+            );
+            let mut args = vec![to.to_lowercase().into(), since.into()];
+            if let Some(from) = from {
+                sql.push_str(" AND t.sender_lc = ?");
+                args.push(from.to_lowercase().into());
+            }
+            if let Some(ds) = scope {
+                sql.push_str(&format!(" AND r.domain_lc IN ({})", marks(ds.len())));
+                args.extend(ds.iter().cloned());
+            }
+            sql.push_str(" ORDER BY r.received_at DESC, r.id DESC");
+            (sql, fixed(args))
+        }
+        (None, Some(from), scope) => {
+            let mut sql = String::from(
+                "SELECT t.id, t.received_at FROM trace_message t WHERE t.sender_lc = ? AND t.received_at >= ?",
+            );
+            let mut args = vec![from.to_lowercase().into(), since.into()];
+            if let Some(ds) = scope {
+                sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id AND r.domain_lc IN ({}))",
+                    marks(ds.len())
+                ));
+                args.extend(ds.iter().cloned());
+            }
+            sql.push_str(" ORDER BY t.received_at DESC, t.id DESC");
+            (sql, fixed(args))
+        }
+        (None, None, Some(ds)) if ds.is_empty() => return Ok(Vec::new()),
+        (None, None, Some(ds)) => {
+            // Each domain's newest through its index, merged (one sort of a domain's whole
+            // mail would grow with the organisation).
+            let one = "SELECT * FROM (SELECT id, received_at FROM trace_recipient
+                       WHERE domain_lc = ? AND received_at >= ? ORDER BY received_at DESC, id DESC LIMIT ?)";
+            let sql = format!(
+                "SELECT id, received_at FROM ({}) ORDER BY received_at DESC, id DESC",
+                vec![one; ds.len()].join(" UNION ALL ")
+            );
+            let ds = ds.clone();
+            let args: Args = Box::new(move |fetch| {
+                ds.iter()
+                    .flat_map(|d| [d.clone(), since.into(), (fetch as i64).into()])
+                    .collect()
+            });
+            (sql, args)
+        }
+        (None, None, None) => (
+            "SELECT id, received_at FROM trace_message WHERE received_at >= ?
+             ORDER BY received_at DESC, id DESC"
+                .to_string(),
+            fixed(vec![since.into()]),
+        ),
+    };
+    // A message with several recipients in scope comes once per recipient: fetched until
+    // `limit` distinct ones are found or there are no more.
+    let mut fetch = q.limit;
+    let ids = loop {
+        let mut a = args(fetch);
+        a.push((fetch as i64).into());
+        let rows: Vec<String> = c
+            .prepare_cached(&format!("{sql} LIMIT ?"))?
+            .query_map(rusqlite::params_from_iter(a), |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
+        let got = rows.len();
+        let mut seen = std::collections::HashSet::with_capacity(got);
+        let mut ids: Vec<String> = rows
+            .into_iter()
+            .filter(|id| seen.insert(id.clone()))
+            .collect();
+        if ids.len() >= q.limit || got < fetch || fetch >= q.limit * 64 {
+            ids.truncate(q.limit);
+            break ids;
+        }
+        fetch *= 2;
+    };
     let mut out = Vec::with_capacity(ids.len());
     for id in ids {
         out.extend(trace_of(c, &id, false)?);
@@ -836,7 +939,7 @@ fn set_server(c: &Connection, e: &ServerEntry) -> Result<()> {
 
 /// The domain part of `col` (after its last `@`), lower-case, in SQLite (which has no
 /// reverse search): what is left once everything up to the last `@` is removed.
-fn domain_of(col: &str) -> String {
+fn domain_sql(col: &str) -> String {
     format!("lower(replace({col}, rtrim({col}, replace({col}, '@', '')), ''))")
 }
 
@@ -976,6 +1079,12 @@ impl Store for Embedded {
                 &m.body[..],
                 crate::subject_of(&m.body)
             ])?;
+            let mut r = c.prepare_cached(
+                "INSERT OR IGNORE INTO quarantine_recipient (id, address_lc, domain_lc) VALUES (?, ?, ?)",
+            )?;
+            for a in &recipients {
+                r.execute(params![m.id, a.to_lowercase(), crate::domain_lc(a)])?;
+            }
             insert_trace(c, m)?;
             add_event(c, &m.id, &held_event(&held))
         })
@@ -990,53 +1099,93 @@ impl Store for Embedded {
         let after = after.unwrap_or("").to_string();
         let f = filter.clone();
         self.call(false, move |c| {
-            // Recipients are kept one per line: "\n" around the list and around each
-            // pattern match whole addresses and whole domains.
-            let mut sql = String::from(
-                "SELECT id, received_at, sender, recipients, verdict, score, reason, size, subject
-                 FROM quarantine WHERE id > ?",
-            );
-            let mut args: Vec<rusqlite::types::Value> = vec![after.into()];
-            let list = "('\n' || lower(recipients) || '\n')";
-            let mut scope = Vec::new();
-            for d in f.domains.iter().flatten() {
-                scope.push(format!("{list} LIKE ? ESCAPE '\\'"));
-                args.push(format!("%@{}\n%", like_escape(&d.to_lowercase())).into());
-            }
-            if let Some(a) = &f.address {
-                scope.push(format!("{list} LIKE ? ESCAPE '\\'"));
-                args.push(format!("%\n{}\n%", like_escape(&a.to_lowercase())).into());
-            }
-            if f.domains.is_some() || f.address.is_some() {
-                if scope.is_empty() {
-                    scope.push("0".into());
-                }
-                sql.push_str(&format!(" AND ({})", scope.join(" OR ")));
-            }
+            type V = rusqlite::types::Value;
+            // The filters on the message itself, checked on each row the driver yields.
+            let mut cond = String::new();
+            let mut cargs: Vec<V> = Vec::new();
             if let Some(s) = &f.sender {
-                sql.push_str(" AND lower(sender) LIKE ? ESCAPE '\\'");
-                args.push(format!("%{}%", like_escape(&s.to_lowercase())).into());
+                cond.push_str(" AND lower(q.sender) LIKE ? ESCAPE '\\'");
+                cargs.push(format!("%{}%", like_escape(&s.to_lowercase())).into());
             }
             if let Some(v) = &f.verdict {
-                sql.push_str(" AND verdict = ?");
-                args.push(v.clone().into());
+                cond.push_str(" AND q.verdict = ?");
+                cargs.push(v.clone().into());
             }
             if let Some(t) = f.since {
-                sql.push_str(" AND received_at >= ?");
-                args.push(t.into());
+                cond.push_str(" AND q.received_at >= ?");
+                cargs.push(t.into());
             }
             if let Some(t) = f.until {
-                sql.push_str(" AND received_at < ?");
-                args.push(t.into());
+                cond.push_str(" AND q.received_at < ?");
+                cargs.push(t.into());
             }
             if let Some(m) = f.min_score {
-                sql.push_str(" AND score >= ?");
-                args.push(m.into());
+                cond.push_str(" AND q.score >= ?");
+                cargs.push(m.into());
             }
-            sql.push_str(" ORDER BY id LIMIT ?");
-            args.push((limit as i64).into());
-            Ok(c.prepare(&sql)?
-                .query_map(rusqlite::params_from_iter(args), |r| {
+            let scope: Option<Vec<String>> = f
+                .domains
+                .as_ref()
+                .map(|ds| ds.iter().map(|d| d.to_lowercase()).collect());
+            // Driven by the most selective index: the recipient's, each domain's (merged),
+            // or the ids'.
+            let mut args: Vec<V> = Vec::new();
+            let ids_sql = match (&f.address, &scope) {
+                (_, Some(ds)) if ds.is_empty() => return Ok(Vec::new()),
+                (Some(a), scope) => {
+                    args.push(a.to_lowercase().into());
+                    args.push(after.clone().into());
+                    let mut sql = String::from(
+                        "SELECT DISTINCT r.id FROM quarantine_recipient r JOIN quarantine q ON q.id = r.id
+                         WHERE r.address_lc = ? AND r.id > ?",
+                    );
+                    if let Some(ds) = scope {
+                        sql.push_str(&format!(
+                            " AND r.domain_lc IN ({})",
+                            vec!["?"; ds.len()].join(", ")
+                        ));
+                        args.extend(ds.iter().map(|d| V::from(d.clone())));
+                    }
+                    args.extend(cargs.iter().cloned());
+                    args.push((limit as i64).into());
+                    format!("{sql}{cond} ORDER BY r.id LIMIT ?")
+                }
+                (None, Some(ds)) => {
+                    let one = format!(
+                        "SELECT * FROM (SELECT DISTINCT r.id FROM quarantine_recipient r
+                         JOIN quarantine q ON q.id = r.id WHERE r.domain_lc = ? AND r.id > ?{cond}
+                         ORDER BY r.id LIMIT ?)"
+                    );
+                    for d in ds {
+                        args.push(d.clone().into());
+                        args.push(after.clone().into());
+                        args.extend(cargs.iter().cloned());
+                        args.push((limit as i64).into());
+                    }
+                    args.push((limit as i64).into());
+                    format!(
+                        "SELECT id FROM ({}) ORDER BY id LIMIT ?",
+                        vec![one; ds.len()].join(" UNION ")
+                    )
+                }
+                (None, None) => {
+                    args.push(after.clone().into());
+                    args.extend(cargs.iter().cloned());
+                    args.push((limit as i64).into());
+                    format!("SELECT q.id FROM quarantine q WHERE q.id > ?{cond} ORDER BY q.id LIMIT ?")
+                }
+            };
+            let ids: Vec<String> = c
+                .prepare_cached(&ids_sql)?
+                .query_map(rusqlite::params_from_iter(args), |r| r.get(0))?
+                .collect::<rusqlite::Result<_>>()?;
+            let mut get = c.prepare_cached(
+                "SELECT id, received_at, sender, recipients, verdict, score, reason, size, subject
+                 FROM quarantine WHERE id = ?",
+            )?;
+            let mut out = Vec::with_capacity(ids.len());
+            for id in ids {
+                out.push(get.query_row([id], |r| {
                     Ok(HeldSummary {
                         id: r.get(0)?,
                         received_at: r.get(1)?,
@@ -1052,11 +1201,13 @@ impl Store for Embedded {
                         size: r.get::<_, i64>(7)? as u64,
                         subject: r.get(8)?,
                     })
-                })?
-                .collect::<rusqlite::Result<_>>()?)
+                })?);
+            }
+            Ok(out)
         })
         .await
     }
+
     async fn held(&self, id: &str) -> Result<Option<Held>> {
         let id = id.to_string();
         self.call(false, move |c| held(c, &id)).await
@@ -1067,6 +1218,7 @@ impl Store for Embedded {
             if c.execute("DELETE FROM quarantine WHERE id = ?", [&id])? == 0 {
                 return Ok(false);
             }
+            c.execute("DELETE FROM quarantine_recipient WHERE id = ?", [&id])?;
             enqueue(c, &copy, None)?;
             add_event(c, &id, &unheld_event(&node, Some(&copy.id)))?;
             Ok(true)
@@ -1079,6 +1231,7 @@ impl Store for Embedded {
             if c.execute("DELETE FROM quarantine WHERE id = ?", [&id])? == 0 {
                 return Ok(false);
             }
+            c.execute("DELETE FROM quarantine_recipient WHERE id = ?", [&id])?;
             add_event(c, &id, &unheld_event(&node, None))?;
             Ok(true)
         })
@@ -1141,6 +1294,10 @@ impl Store for Embedded {
                 .query_map([before], |r| r.get(0))?
                 .collect::<rusqlite::Result<_>>()?;
             c.execute("DELETE FROM quarantine WHERE received_at < ?", [before])?;
+            let mut gone = c.prepare_cached("DELETE FROM quarantine_recipient WHERE id = ?")?;
+            for id in &ids {
+                gone.execute([id])?;
+            }
             for id in &ids {
                 add_event(c, id, &expired_held_event(&node))?;
             }
@@ -1581,7 +1738,7 @@ impl Store for Embedded {
     async fn queue_by_domain(&self, query: &StatQuery) -> Result<Vec<DomainQueue>> {
         let q = query.clone();
         self.call(false, move |c| {
-            let domain = domain_of("r.address");
+            let domain = domain_sql("r.address");
             let mut args = Vec::new();
             let scope = in_scope(&q, &domain, &mut args);
             let sql = format!(
@@ -1690,6 +1847,58 @@ mod tests {
             "due times carried over: only A is due at 6"
         );
         assert_eq!(claimed[0].message.id, "A");
+    }
+
+    /// A version-6 database's held mail and traces are indexed by recipient and domain on
+    /// the way to 7, so the scoped searches find them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn version_six_is_indexed_by_recipient() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let c = Connection::open(dir.path().join("queue.db")).unwrap();
+            c.execute_batch(BASE).unwrap();
+            for m in &MIGRATIONS[..6] {
+                c.execute_batch(m).unwrap();
+            }
+            c.pragma_update(None, "user_version", 6).unwrap();
+            c.execute_batch(
+                "INSERT INTO quarantine VALUES ('Q1', 5, 's@x', 'Bob@Example.COM' || char(10) || '\"a@b\"@other.org', '{}', 'spam', 9, 'r', 1, x'00');
+                 INSERT INTO trace_message VALUES ('T1', 7, 's@x', 's@x', 1, '192.0.2.1', 'h', NULL, 'c1-s1', 'n1');
+                 INSERT INTO trace_recipient VALUES ('T1', 'Carol@Example.com', 'carol@example.com');",
+            )
+            .unwrap();
+        }
+        let s = Embedded::open(dir.path()).unwrap();
+        let held = |f: HeldFilter| {
+            let s = &s;
+            async move { s.quarantined(None, 10, &f).await.unwrap().len() }
+        };
+        assert_eq!(
+            held(HeldFilter {
+                address: Some("bob@example.com".into()),
+                ..Default::default()
+            })
+            .await,
+            1
+        );
+        assert_eq!(
+            held(HeldFilter {
+                domains: Some(vec!["other.org".into()]),
+                ..Default::default()
+            })
+            .await,
+            1
+        );
+        let t = s
+            .find_traces(&TraceQuery {
+                domains: Some(vec!["example.com".into()]),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].received_at, 7);
     }
 
     fn message(id: &str) -> NewMessage {

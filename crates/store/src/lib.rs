@@ -342,10 +342,11 @@ pub struct Held {
 /// Which quarantined messages a listing wants; every field given must hold.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HeldFilter {
-    /// Held for a recipient at one of these domains (lower-case) or, with `address`, for
-    /// that address: the scope of an organisation's admin or of one user. `None`: anyone.
+    /// Held for a recipient at one of these domains (lower-case): an organisation's admin's
+    /// scope. `None`: anyone.
     pub domains: Option<Vec<String>>,
-    /// Held for this recipient address (any case).
+    /// Held for this recipient address (any case): one user's scope, or a search; with
+    /// `domains`, both must hold.
     pub address: Option<String>,
     /// The sender contains this (any case).
     pub sender: Option<String>,
@@ -372,6 +373,14 @@ pub struct HeldSummary {
     pub score: f64,
     pub reason: String,
     pub size: u64,
+}
+
+/// The domain part of an address (after its last `@`), lower-case; empty without one.
+pub fn domain_lc(address: &str) -> String {
+    address
+        .rsplit_once('@')
+        .map_or("", |(_, d)| d)
+        .to_lowercase()
 }
 
 /// The longest subject a quarantine listing carries.

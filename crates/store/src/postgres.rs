@@ -176,6 +176,26 @@ ALTER TABLE quarantine ADD COLUMN subject TEXT NOT NULL DEFAULT '';
 ALTER TABLE organisation ADD COLUMN digest TEXT;
 CREATE TABLE secret (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE digest (organisation TEXT PRIMARY KEY, last BIGINT NOT NULL);
+ALTER TABLE trace_recipient ADD COLUMN domain_lc TEXT NOT NULL DEFAULT '';
+ALTER TABLE trace_recipient ADD COLUMN received_at BIGINT NOT NULL DEFAULT 0;
+UPDATE trace_recipient r SET domain_lc = coalesce(lower(substring(r.address from '@([^@]*)$')), ''),
+    received_at = t.received_at FROM trace_message t WHERE t.id = r.id;
+CREATE INDEX trace_recipient_domain ON trace_recipient (domain_lc, received_at);
+DROP INDEX trace_recipient_address;
+CREATE INDEX trace_recipient_address ON trace_recipient (address_lc, received_at);
+DROP INDEX trace_message_sender;
+CREATE INDEX trace_message_sender ON trace_message (sender_lc, received_at);
+CREATE TABLE quarantine_recipient (
+    id TEXT NOT NULL,
+    address_lc TEXT NOT NULL,
+    domain_lc TEXT NOT NULL,
+    PRIMARY KEY (id, address_lc)
+);
+INSERT INTO quarantine_recipient (id, address_lc, domain_lc)
+SELECT DISTINCT q.id, lower(a), coalesce(lower(substring(a from '@([^@]*)$')), '')
+FROM quarantine q, unnest(q.recipients) AS a;
+CREATE INDEX quarantine_recipient_address ON quarantine_recipient (address_lc, id);
+CREATE INDEX quarantine_recipient_domain ON quarantine_recipient (domain_lc, id);
 ",
 ];
 
@@ -346,8 +366,9 @@ const INSERT_MESSAGE: &str = concat!(
 );
 const INSERT_RECIPIENTS: &str = "INSERT INTO recipient (message_id, idx, address, notify, orcpt, status, attempts, next_attempt, last_error, warned)
      SELECT $1, i, a, n, o, 0, 0, $6, NULL, false FROM unnest($2::int[], $3::text[], $4::smallint[], $5::text[]) AS u(i, a, n, o)";
-const INSERT_TRACE_RECIPIENTS: &str = "INSERT INTO trace_recipient (id, address, address_lc)
-     SELECT DISTINCT $1, a, l FROM unnest($2::text[], $3::text[]) AS u(a, l) ON CONFLICT DO NOTHING";
+const INSERT_TRACE_RECIPIENTS: &str = "INSERT INTO trace_recipient (id, address, address_lc, domain_lc, received_at)
+     SELECT DISTINCT $1, a, l, d, $5::bigint FROM unnest($2::text[], $3::text[], $4::text[]) AS u(a, l, d)
+     ON CONFLICT DO NOTHING";
 const INSERT_TRACE_MESSAGE: &str = "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node)
      VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 const INSERT_EVENTS: &str = "INSERT INTO trace_event (id, at, node, kind, recipient, detail)
@@ -424,6 +445,7 @@ async fn enqueue(c: &impl GenericClient, m: &NewMessage, lease: Option<&Lease>) 
 async fn insert_trace(c: &impl GenericClient, m: &NewMessage, more: &[Event]) -> Result<()> {
     let addresses: Vec<&str> = m.recipients.iter().map(|r| r.address.as_str()).collect();
     let lower: Vec<String> = addresses.iter().map(|a| a.to_lowercase()).collect();
+    let domains: Vec<String> = addresses.iter().map(|a| crate::domain_lc(a)).collect();
     let (trace_recipients, trace_message) = tokio::try_join!(
         c.prepare_cached(INSERT_TRACE_RECIPIENTS),
         c.prepare_cached(INSERT_TRACE_MESSAGE),
@@ -435,9 +457,12 @@ async fn insert_trace(c: &impl GenericClient, m: &NewMessage, more: &[Event]) ->
     let size = m.body.len() as i64;
     let (r1, r2, r3) = tokio::join!(
         async {
-            c.execute(&trace_recipients, &[&m.id, &addresses, &lower])
-                .await
-                .map_err(Error::from)
+            c.execute(
+                &trace_recipients,
+                &[&m.id, &addresses, &lower, &domains, &m.received_at],
+            )
+            .await
+            .map_err(Error::from)
         },
         async {
             c.execute(
@@ -865,31 +890,93 @@ impl Store for Postgres {
     async fn find_traces(&self, q: &TraceQuery) -> Result<Vec<Trace>> {
         let mut client = self.pool.get().await?;
         let client = snapshot(&mut client).await?;
+        // Driven by the most selective index the query allows: one recipient's, one
+        // sender's, each of the scope's domains' (the newest of each, merged), or arrival
+        // time alone; one statement per shape, so each gets its own plan.
+        let since = q.since.unwrap_or(i64::MIN);
         let from = q.from.as_deref().map(str::to_lowercase);
         let to = q.to.as_deref().map(str::to_lowercase);
-        let rows = client
-            .query(
-                "SELECT id FROM trace_message t
-                 WHERE ($1::text IS NULL OR t.sender_lc = $1)
-                   AND ($2::text IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id AND r.address_lc = $2))
-                   AND received_at >= $3
-                   AND ($5::text[] IS NULL OR EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id
-                        AND substring(r.address_lc from '@([^@]*)$') = ANY($5)))
-                 ORDER BY received_at DESC, id DESC LIMIT $4",
-                &[
-                    &from,
-                    &to,
-                    &q.since.unwrap_or(i64::MIN),
-                    &(q.limit as i64),
-                    &q.domains
-                        .as_ref()
-                        .map(|d| d.iter().map(|x| x.to_lowercase()).collect::<Vec<_>>()),
-                ],
-            )
-            .await?;
-        let mut out = Vec::with_capacity(rows.len());
-        for r in &rows {
-            out.extend(trace_of(&client, r.get(0)).await?);
+        let scope: Option<Vec<String>> = q
+            .domains
+            .as_ref()
+            .map(|d| d.iter().map(|x| x.to_lowercase()).collect());
+        if scope.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
+        // $1: since, $2: the rows to fetch; then the shape's own.
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since];
+        let mut sql = match (&to, &from) {
+            (Some(to), _) => {
+                params.push(to);
+                String::from(
+                    "SELECT r.id, r.received_at FROM trace_recipient r JOIN trace_message t ON t.id = r.id
+                     WHERE r.received_at >= $1 AND r.address_lc = $3",
+                )
+            }
+            (None, Some(from)) => {
+                params.push(from);
+                String::from(
+                    "SELECT t.id, t.received_at FROM trace_message t
+                     WHERE t.received_at >= $1 AND t.sender_lc = $3",
+                )
+            }
+            (None, None) if scope.is_some() => String::from(
+                "SELECT x.id, x.received_at FROM unnest($3::text[]) AS d(name)
+                 CROSS JOIN LATERAL (SELECT r.id, r.received_at FROM trace_recipient r
+                     WHERE r.domain_lc = d.name AND r.received_at >= $1
+                     ORDER BY r.received_at DESC, r.id DESC LIMIT $2) x WHERE true",
+            ),
+            (None, None) => String::from(
+                "SELECT t.id, t.received_at FROM trace_message t WHERE t.received_at >= $1",
+            ),
+        };
+        if to.is_some()
+            && let Some(from) = &from
+        {
+            params.push(from);
+            sql.push_str(&format!(" AND t.sender_lc = ${}", params.len() + 1));
+        }
+        if let Some(d) = &scope {
+            params.push(d);
+            let n = params.len() + 1;
+            match (&to, &from) {
+                (Some(_), _) => sql.push_str(&format!(" AND r.domain_lc = ANY(${n})")),
+                (None, Some(_)) => sql.push_str(&format!(
+                    " AND EXISTS (SELECT 1 FROM trace_recipient r WHERE r.id = t.id AND r.domain_lc = ANY(${n}))"
+                )),
+                // The scope is the lateral join's list ($3).
+                (None, None) => {}
+            }
+        }
+        let order = match (&to, &from, &scope) {
+            (Some(_), _, _) => " ORDER BY r.received_at DESC, r.id DESC LIMIT $2",
+            (None, None, Some(_)) => " ORDER BY x.received_at DESC, x.id DESC LIMIT $2",
+            _ => " ORDER BY t.received_at DESC, t.id DESC LIMIT $2",
+        };
+        sql.push_str(order);
+        // A message with several recipients in scope comes once per recipient: fetched
+        // until `limit` distinct ones are found or there are no more.
+        let mut fetch = q.limit as i64;
+        let ids = loop {
+            let mut p = params.clone();
+            p.insert(1, &fetch);
+            let rows = client.query(&sql, &p).await?;
+            let got = rows.len() as i64;
+            let mut seen = std::collections::HashSet::new();
+            let mut ids: Vec<String> = rows
+                .iter()
+                .map(|r| r.get::<_, String>(0))
+                .filter(|id| seen.insert(id.clone()))
+                .collect();
+            if ids.len() >= q.limit || got < fetch || fetch >= q.limit as i64 * 64 {
+                ids.truncate(q.limit);
+                break ids;
+            }
+            fetch *= 2;
+        };
+        let mut out = Vec::with_capacity(ids.len());
+        for id in &ids {
+            out.extend(trace_of(&client, id).await?);
         }
         Ok(out)
     }
@@ -956,6 +1043,15 @@ impl Store for Postgres {
             ],
         )
         .await?;
+        let lower: Vec<String> = recipients.iter().map(|a| a.to_lowercase()).collect();
+        let domains: Vec<String> = recipients.iter().map(|a| crate::domain_lc(a)).collect();
+        tx.execute(
+            "INSERT INTO quarantine_recipient (id, address_lc, domain_lc)
+             SELECT DISTINCT $1::TEXT, a, d FROM unnest($2::TEXT[], $3::TEXT[]) AS u(a, d)
+             ON CONFLICT DO NOTHING",
+            &[&m.id, &lower, &domains],
+        )
+        .await?;
         insert_trace(&tx, m, &[crate::held_event(&held)]).await?;
         tx.commit().await?;
         Ok(())
@@ -968,39 +1064,72 @@ impl Store for Postgres {
         filter: &HeldFilter,
     ) -> Result<Vec<HeldSummary>> {
         let client = self.pool.get().await?;
-        let scoped = filter.domains.is_some() || filter.address.is_some();
-        let domains: Vec<String> = filter
+        let after = after.unwrap_or("");
+        let limit = limit as i64;
+        let scope: Option<Vec<String>> = filter
             .domains
-            .iter()
-            .flatten()
-            .map(|d| d.to_lowercase())
-            .collect();
+            .as_ref()
+            .map(|ds| ds.iter().map(|d| d.to_lowercase()).collect());
+        if scope.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
         let address = filter.address.as_ref().map(|a| a.to_lowercase());
         let sender = filter.sender.as_ref().map(|s| s.to_lowercase());
+        // $1 after, $2 limit, $3-$7 the filters on the message itself; then the driver's.
+        let cond = "($3::TEXT IS NULL OR strpos(lower(q.sender), $3) > 0)
+                 AND ($4::TEXT IS NULL OR q.verdict = $4)
+                 AND ($5::BIGINT IS NULL OR q.received_at >= $5)
+                 AND ($6::BIGINT IS NULL OR q.received_at < $6)
+                 AND ($7::DOUBLE PRECISION IS NULL OR q.score >= $7)";
+        let mut params: Vec<&(dyn ToSql + Sync)> = vec![
+            &after,
+            &limit,
+            &sender,
+            &filter.verdict,
+            &filter.since,
+            &filter.until,
+            &filter.min_score,
+        ];
+        // Driven by the most selective index: the recipient's, each domain's (merged), or
+        // the ids'.
+        let sql = match (&address, &scope) {
+            (Some(a), scope) => {
+                params.push(a);
+                params.push(scope);
+                format!(
+                    "SELECT DISTINCT r.id FROM quarantine_recipient r JOIN quarantine q ON q.id = r.id
+                     WHERE r.address_lc = $8 AND ($9::TEXT[] IS NULL OR r.domain_lc = ANY($9))
+                     AND r.id > $1 AND {cond} ORDER BY r.id LIMIT $2"
+                )
+            }
+            (None, Some(ds)) => {
+                params.push(ds);
+                format!(
+                    "SELECT DISTINCT x.id FROM unnest($8::TEXT[]) AS d(name)
+                     CROSS JOIN LATERAL (SELECT DISTINCT r.id FROM quarantine_recipient r
+                         JOIN quarantine q ON q.id = r.id
+                         WHERE r.domain_lc = d.name AND r.id > $1 AND {cond}
+                         ORDER BY r.id LIMIT $2) x
+                     ORDER BY x.id LIMIT $2"
+                )
+            }
+            (None, None) => {
+                format!(
+                    "SELECT q.id FROM quarantine q WHERE q.id > $1 AND {cond} ORDER BY q.id LIMIT $2"
+                )
+            }
+        };
+        let ids: Vec<String> = client
+            .query(&sql, &params)
+            .await?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
         Ok(client
             .query(
                 "SELECT id, received_at, sender, recipients, verdict, score, reason, size, subject
-                 FROM quarantine WHERE id > $1
-                 AND (NOT $3 OR EXISTS (SELECT 1 FROM unnest(recipients) r
-                      WHERE lower(r) = $5 OR lower(substring(r from '@([^@]*)$')) = ANY($4)))
-                 AND ($6::TEXT IS NULL OR strpos(lower(sender), $6) > 0)
-                 AND ($7::TEXT IS NULL OR verdict = $7)
-                 AND ($8::BIGINT IS NULL OR received_at >= $8)
-                 AND ($9::BIGINT IS NULL OR received_at < $9)
-                 AND ($10::DOUBLE PRECISION IS NULL OR score >= $10)
-                 ORDER BY id LIMIT $2",
-                &[
-                    &after.unwrap_or(""),
-                    &(limit as i64),
-                    &scoped,
-                    &domains,
-                    &address,
-                    &sender,
-                    &filter.verdict,
-                    &filter.since,
-                    &filter.until,
-                    &filter.min_score,
-                ],
+                 FROM quarantine WHERE id = ANY($1) ORDER BY id",
+                &[&ids],
             )
             .await?
             .iter()
@@ -1051,6 +1180,8 @@ impl Store for Postgres {
         {
             return Ok(false);
         }
+        tx.execute("DELETE FROM quarantine_recipient WHERE id = $1", &[&id])
+            .await?;
         enqueue(&tx, &copy, None).await?;
         add_events(&tx, id, &[crate::unheld_event(node, Some(&copy.id))]).await?;
         tx.commit().await?;
@@ -1067,6 +1198,8 @@ impl Store for Postgres {
         {
             return Ok(false);
         }
+        tx.execute("DELETE FROM quarantine_recipient WHERE id = $1", &[&id])
+            .await?;
         add_events(&tx, id, &[crate::unheld_event(node, None)]).await?;
         tx.commit().await?;
         Ok(true)
@@ -1138,6 +1271,11 @@ impl Store for Postgres {
             .iter()
             .map(|r| r.get(0))
             .collect();
+        tx.execute(
+            "DELETE FROM quarantine_recipient WHERE id = ANY($1)",
+            &[&ids],
+        )
+        .await?;
         let event = [crate::expired_held_event(node)];
         for id in &ids {
             add_events(&tx, id, &event).await?;
@@ -1899,6 +2037,76 @@ mod tests {
         assert_eq!(claimed[0].message.recipients[0].address, "bob@example.com");
         assert_eq!(store.runtime_version().await.unwrap(), 0);
         assert_eq!(store.node_number("n1").await.unwrap(), 1);
+        drop(store);
+        let _ = c
+            .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))
+            .await;
+    }
+
+    /// A version-5 database's held mail and traces are indexed by recipient and domain on
+    /// the way to 6, so the scoped searches find them.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn version_five_is_indexed_by_recipient() {
+        let admin = std::env::var("MAILSILO_TEST_POSTGRES").expect(
+            "MAILSILO_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which starts a throw-away PostgreSQL",
+        );
+        let (c, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
+            .await
+            .unwrap();
+        tokio::spawn(conn);
+        let name = format!("migrate5_{}", std::process::id());
+        for sql in [
+            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+            format!("CREATE DATABASE {name}"),
+        ] {
+            c.batch_execute(&sql).await.unwrap();
+        }
+        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
+        {
+            let (old, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
+                .await
+                .unwrap();
+            tokio::spawn(conn);
+            for m in &MIGRATIONS[..5] {
+                old.batch_execute(m).await.unwrap();
+            }
+            old.batch_execute(
+                "CREATE TABLE mailsilo_schema (version INTEGER NOT NULL);
+                 INSERT INTO mailsilo_schema VALUES (5);
+                 INSERT INTO quarantine VALUES ('Q1', 5, 's@x', ARRAY['Bob@Example.COM', '\"a@b\"@other.org'],
+                     '{}', 'spam', 9, 'r', 1, '\\x00');
+                 INSERT INTO trace_message VALUES ('T1', 7, 's@x', 's@x', 1, '192.0.2.1', 'h', NULL, 'c1-s1', 'n1');
+                 INSERT INTO trace_recipient VALUES ('T1', 'Carol@Example.com', 'carol@example.com');",
+            )
+            .await
+            .unwrap();
+        }
+        let store = Postgres::connect(&url).await.unwrap();
+        for (address, domains) in [
+            (Some("bob@example.com"), None),
+            (None, Some(vec!["other.org".to_string()])),
+        ] {
+            let f = HeldFilter {
+                address: address.map(str::to_string),
+                domains,
+                ..Default::default()
+            };
+            assert_eq!(
+                store.quarantined(None, 10, &f).await.unwrap().len(),
+                1,
+                "{f:?}"
+            );
+        }
+        let t = store
+            .find_traces(&TraceQuery {
+                domains: Some(vec!["example.com".into()]),
+                limit: 10,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(t.len(), 1);
+        assert_eq!(t[0].received_at, 7);
         drop(store);
         let _ = c
             .batch_execute(&format!("DROP DATABASE {name} WITH (FORCE)"))

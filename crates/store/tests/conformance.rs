@@ -728,6 +728,42 @@ async fn traces_are_found_and_expire() {
             !ids(s.find_traces(&scoped(&["example.com"])).await.unwrap())
                 .contains(&"T5".to_string())
         );
+        // A message to several recipients in scope is one result, and a page still fills.
+        s.enqueue(
+            message(
+                "T6",
+                &["a@example.com", "b@example.com", "c@Example.COM"],
+                600,
+            ),
+            None,
+        )
+        .await
+        .unwrap();
+        let two = |d: &[&str]| TraceQuery {
+            limit: 2,
+            ..scoped(d)
+        };
+        assert_eq!(
+            ids(s.find_traces(&two(&["example.com"])).await.unwrap()),
+            vec!["T6", "T3"]
+        );
+        assert_eq!(
+            ids(s
+                .find_traces(&two(&["example.com", "example.org"]))
+                .await
+                .unwrap()),
+            vec!["T6", "T4"]
+        );
+        assert_eq!(
+            ids(s
+                .find_traces(&TraceQuery {
+                    to: Some("b@example.com".into()),
+                    ..two(&["example.com"])
+                })
+                .await
+                .unwrap()),
+            vec!["T6"]
+        );
         // T1 finishes; traces older than 250 go, but T2 is still queued and keeps its own.
         let c = s.claim(&lease("n1", 60_000), 100, 1).await.unwrap();
         assert_eq!(c[0].message.id, "T1");
