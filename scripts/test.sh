@@ -53,6 +53,14 @@ if [ ! -d "$playwright/node_modules/playwright-core" ]; then
 fi
 export MAILSILO_TEST_PLAYWRIGHT="$playwright/node_modules"
 
+# schemathesis (PyPI), for the API's OpenAPI document, in a virtualenv of its own.
+schemathesis=/var/tmp/mailsilo-schemathesis
+if [ ! -x "$schemathesis/bin/st" ]; then
+  python3 -m venv "$schemathesis"
+  "$schemathesis/bin/pip" install --quiet --disable-pip-version-check schemathesis==4.32.5
+fi
+export MAILSILO_TEST_SCHEMATHESIS="$schemathesis/bin/st"
+
 # PostgreSQL: a throw-away cluster of our own under /var/tmp, on a free loopback port.
 . scripts/pg.sh
 pg_install

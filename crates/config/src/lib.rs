@@ -102,7 +102,7 @@ pub struct Domain {
 }
 
 /// What becomes of mail judged spam.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum SpamAction {
     /// Delivered untouched (the verdict is only logged and traced).
@@ -116,7 +116,7 @@ pub enum SpamAction {
 }
 
 /// What becomes of mail carrying a virus.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum VirusAction {
     /// Refused at end of DATA (never a 250).
@@ -125,7 +125,7 @@ pub enum VirusAction {
 }
 
 /// What a message gets when clamd cannot scan it (down, or too slow).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FailMode {
     /// 451 at end of DATA: the sender retries later, nothing is lost.
@@ -135,7 +135,9 @@ pub enum FailMode {
 }
 
 /// What an attachment rule does to the message it matches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, PartialOrd, Ord, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum AttachmentAction {
     /// The attachment is removed and a note put in its place; the rest is delivered.
@@ -180,7 +182,7 @@ pub const ATTACHMENT_TYPES: &[&str] = &[
 
 /// An attachment rule: attachments (or files inside archives) of one of `types`, or
 /// named with one of `extensions`, get `action`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct AttachmentRule {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -419,7 +421,7 @@ fn in_network(ip: IpAddr, net: IpAddr, len: u8) -> bool {
 
 /// What a DMARC failure does to mail for a client domain (the operator's override of the
 /// sender domain's published policy).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum DmarcMode {
     /// The published policy decides: `reject` refuses, `quarantine` holds.

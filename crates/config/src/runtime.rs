@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{DmarcMode, Domain, FilterPolicy, Retry, Sender, Silo, SpamAction, is_domain_name};
 
 /// A client domain's settings as the store keeps them and the API takes them.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DomainSettings {
     /// `HOST:PORT` or `mx`.
@@ -36,7 +36,7 @@ pub struct DomainSettings {
 }
 
 /// A domain's overrides of the filter policy; absent fields take the global policy's.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct FilterSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -82,7 +82,7 @@ pub struct FilterSettings {
 }
 
 /// One recipient's own allow and block lists.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct UserLists {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -202,7 +202,7 @@ pub(crate) fn subject_prefix(p: &str) -> Result<Option<String>, String> {
 }
 
 /// Durations written as in the TOML ("300s", "5d"); absent ones take the global policy's.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RetrySettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -400,7 +400,7 @@ pub async fn follow(c: Ctx, mut shutdown: tokio::sync::watch::Receiver<bool>) {
 }
 
 /// `POST /api/v1/digests` (an operator's): `{"organisation": NAME}` or `{}` for every one.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize, Serialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct SendNow {
     #[serde(default)]
@@ -408,7 +408,7 @@ pub struct SendNow {
 }
 
 /// What a send did.
-#[derive(Debug, Deserialize, Serialize)]
+#[derive(Debug, Deserialize, Serialize, schemars::JsonSchema)]
 pub struct Sent {
     pub digests: usize,
 }

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use crate::{Ctx, Refused, refusal};
 
 /// One balanced mail server as operators see it.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServerStatus {
     pub cluster: String,
     pub server: String,
@@ -46,14 +46,16 @@ pub trait Balancers: Send + Sync + 'static {
 }
 
 /// A server joining a cluster: `POST /api/v1/lb/{cluster}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct NewServer {
     /// Its name, unique in the silo: letters, digits, `-`, `_`, `.`.
+    #[schemars(regex(pattern = r"^[A-Za-z0-9._-]{1,64}$"))]
     pub server: String,
     /// `IP:PORT` where the balancer reaches it.
     pub address: String,
     /// Its loading from its capacity, 1 to 1000.
+    #[schemars(range(min = 1, max = 1000))]
     pub loading: u32,
 }
 
@@ -65,15 +67,17 @@ fn done(r: Result<(), Refused>) -> Response {
     }
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Loading {
+    #[schemars(range(min = 1, max = 1000))]
     pub loading: u32,
 }
 
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerState {
+    #[schemars(extend("enum" = ["ready", "drain", "maint", "maintenance"]))]
     pub state: String,
 }
 

@@ -39,6 +39,7 @@ pub mod auth;
 pub mod digest;
 pub mod lb;
 pub mod login;
+pub mod openapi;
 pub mod quarantine;
 pub mod queue;
 pub mod settings;
@@ -151,7 +152,10 @@ fn scoped(path: &str) -> bool {
 
 /// Calls made without a credential: the metrics, and the logins.
 fn public(path: &str) -> bool {
-    matches!(path, "/metrics" | "/api/v1/login" | "/login") || path.starts_with("/digest/")
+    matches!(
+        path,
+        "/metrics" | "/api/v1/login" | "/login" | "/api/openapi.json"
+    ) || path.starts_with("/digest/")
 }
 
 /// The credentials a request carries: its bearer token and its session cookie.
@@ -333,6 +337,14 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         .merge(lb::routes())
         .merge(stats::routes())
         .merge(digest::routes())
+        .route(
+            "/api/openapi.json",
+            axum::routing::get(|| async {
+                static DOCUMENT: std::sync::OnceLock<serde_json::Value> =
+                    std::sync::OnceLock::new();
+                Json(DOCUMENT.get_or_init(openapi::document).clone())
+            }),
+        )
         .merge(queue::routes())
         .merge(quarantine::routes())
         .merge(trace::routes())

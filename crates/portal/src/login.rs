@@ -17,7 +17,7 @@ use crate::auth::{self, Principal, Throttle};
 use crate::{Ctx, Peer, now, refusal, unavailable};
 
 /// What `POST /api/v1/login` takes.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Login {
     pub name: String,
@@ -25,7 +25,7 @@ pub struct Login {
 }
 
 /// Who the caller is: the answer of a login and of `GET /api/v1/me`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Me {
     pub account: String,
     pub role: Role,

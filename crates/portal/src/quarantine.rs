@@ -23,7 +23,7 @@ use crate::queue::Page;
 use crate::{Ctx, Refused, now, refusal};
 
 /// One quarantined message as `GET /api/v1/quarantine/{id}` shows it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HeldMessage {
     pub id: String,
     pub sender: String,
@@ -38,7 +38,7 @@ pub struct HeldMessage {
 }
 
 /// A listing's query: the page, and the filters.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HeldQuery {
     pub after: Option<String>,
@@ -256,7 +256,7 @@ pub async fn delete(c: &Ctx, who: &Principal, id: &str) -> Result<(), Refused> {
 }
 
 /// What a release did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Released {
     /// The queue id of the copy now queued.
     pub queued_as: String,

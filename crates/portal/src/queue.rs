@@ -16,7 +16,7 @@ use crate::{Ctx, now, refusal, unavailable};
 pub const MAX_PAGE: usize = 1000;
 
 /// A page of a listing (the queue, the quarantine): `?after=ID&limit=N`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Page {
     pub after: Option<String>,
@@ -31,7 +31,7 @@ impl Page {
 }
 
 /// One queued message as `GET /api/v1/queue/{id}` shows it (its headers, not its body).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QueuedMessage {
     pub id: String,
     pub sender: String,
@@ -43,7 +43,7 @@ pub struct QueuedMessage {
 }
 
 /// What a flush did.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Flushed {
     pub recipients: usize,
 }

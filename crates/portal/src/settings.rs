@@ -21,14 +21,14 @@ use crate::{Ctx, refusal, unavailable};
 pub const MAX_SETTINGS_BODY: usize = 2 << 20;
 
 /// A client domain in force.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DomainView {
     pub name: String,
     pub settings: DomainSettings,
 }
 
 /// The configuration in force: what the store holds over the TOML's seed.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Effective {
     /// The node answering.
     pub node: String,

@@ -23,6 +23,8 @@ use store::{DomainQueue, Role, StatQuery};
 use crate::auth::Principal;
 use crate::{Ctx, Refused, ServerStatus, now, refusal};
 
+/// The last second a range may reach: the end of year 9999.
+const LATEST: i64 = 253_402_300_799;
 /// The longest range one query covers.
 pub const MAX_RANGE: i64 = 400 * 86400;
 /// Ranges longer than this are summed by day rather than by hour.
@@ -32,7 +34,7 @@ const TOP: usize = 10;
 
 /// `GET /api/v1/stats?since=&until=&domain=`: unix seconds (default: the last 24 hours),
 /// and one client domain (default: every domain in the caller's scope).
-#[derive(Debug, Default, Clone, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StatsQuery {
     pub since: Option<i64>,
@@ -41,21 +43,21 @@ pub struct StatsQuery {
 }
 
 /// One bucket of a series: its start (unix seconds) and the count of each label.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Bucket {
     pub start: i64,
     pub counts: BTreeMap<String, i64>,
 }
 
 /// One entry of a top list.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Ranked {
     pub label: String,
     pub count: i64,
 }
 
 /// The statistics of a range, as `GET /api/v1/stats` answers them.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Stats {
     pub since: i64,
     pub until: i64,
@@ -90,6 +92,11 @@ pub async fn gather(c: &Ctx, who: &Principal, q: &StatsQuery) -> Result<Stats, R
         ));
     }
     let until = q.until.unwrap_or_else(|| now() + 1);
+    if !(0..=LATEST).contains(&until) || q.since.is_some_and(|s| !(0..=LATEST).contains(&s)) {
+        return Err(Refused::invalid(
+            "since and until are unix seconds from 0 to the end of year 9999",
+        ));
+    }
     let since = q.since.unwrap_or(until - 86400);
     if since >= until || until - since > MAX_RANGE {
         return Err(Refused::invalid(format!(

@@ -81,7 +81,7 @@ pub enum Ret {
 }
 
 /// Where and how a message came in, for its trace.
-#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Arrival {
     /// The client's address (behind a balancer, the one its PROXY header gave).
     pub client: String,
@@ -120,7 +120,7 @@ pub struct NewMessage {
 }
 
 /// Where one recipient stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Status {
     Pending,
@@ -129,7 +129,7 @@ pub enum Status {
 }
 
 /// A recipient of a queued message.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Recipient {
     pub index: u32,
     pub address: String,
@@ -176,7 +176,7 @@ pub struct Lease {
 }
 
 /// One line of a queue listing.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Summary {
     pub id: String,
     pub sender: String,
@@ -223,7 +223,7 @@ pub struct Attempt {
 }
 
 /// One event in a message's life.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Event {
     /// Unix milliseconds.
     pub at: i64,
@@ -238,7 +238,7 @@ pub struct Event {
 }
 
 /// A message's trace: how it arrived and what happened to it since.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Trace {
     pub id: String,
     pub sender: String,
@@ -250,7 +250,7 @@ pub struct Trace {
 }
 
 /// Which traces to find.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TraceQuery {
     /// The sender, exactly (case-insensitive).
     pub from: Option<String>,
@@ -292,7 +292,7 @@ pub struct StatQuery {
 
 /// One client domain's mail in the queue now: recipients waiting, those of them deferred
 /// at least once, and the oldest one's arrival (unix seconds).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DomainQueue {
     pub domain: String,
     pub pending: i64,
@@ -313,7 +313,7 @@ pub struct DomainEntry {
 /// A mail server's run-time settings: its loading and the operator's state for it, and for
 /// a server an operator added at run time, its address. A removed server keeps its entry
 /// (marked removed), so a server of the TOML that was removed stays removed after a restart.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct ServerEntry {
     pub cluster: String,
     pub server: String,
@@ -359,7 +359,7 @@ pub struct HeldFilter {
 }
 
 /// A quarantined message in a listing.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct HeldSummary {
     pub id: String,
     pub received_at: i64,
@@ -515,7 +515,7 @@ pub(crate) fn unheld_event(node: &str, released_as: Option<&str>) -> Event {
 }
 
 /// What an account may see and do in the portal.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Everything: silos, servers, every organisation and all mail.
