@@ -286,7 +286,13 @@ pub fn operations() -> Vec<Operation> {
 /// Links from a listing to the operations on one of its entries (OpenAPI links, which
 /// clients and testers such as schemathesis follow): (listing, link name, operation,
 /// its parameters as runtime expressions).
-const LINKS: &[(&str, &str, &str, &[(&str, &str)])] = &[
+type Link = (
+    &'static str,
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+const LINKS: &[Link] = &[
     (
         "get /api/v1/lb",
         "SetLoading",
