@@ -53,8 +53,9 @@ for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/8025) 2>/dev/null && break; 
 python3 - <<'PY'
 import smtplib
 with smtplib.SMTP("127.0.0.1", 2525) as s:
-    s.sendmail("a@outside.example", ["bob@example.com"], "Subject: hello\r\n\r\nhi\r\n")
-    s.sendmail("b@outside.example", ["alice@example.com"], "Subject: hold me\r\n\r\nbuy\r\n")
+    for n in range(3):
+        s.sendmail("a@outside.example", ["bob@example.com"], f"Subject: hello {n}\r\n\r\nhi\r\n")
+        s.sendmail("b@outside.example", ["alice@example.com"], f"Subject: hold me {n}\r\n\r\nbuy\r\n")
 PY
 "$ST" run http://127.0.0.1:8025/api/openapi.json \
   -H "Authorization: Bearer $(cat "$WORK/data/control.token")" \

@@ -8,9 +8,10 @@ use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
+use crate::auth::Principal;
 use crate::{Ctx, Refused, refusal};
 
 /// One balanced mail server as operators see it.
@@ -59,6 +60,77 @@ pub struct NewServer {
     pub loading: u32,
 }
 
+/// A change of a server, as the portal asks for it.
+pub enum Change<'a> {
+    Loading(u32),
+    State(&'a str),
+    Add(&'a NewServer),
+    Remove,
+}
+
+/// The server's state as the audit log keeps it.
+fn state_of(c: &Ctx, cluster: &str, server: &str) -> Option<String> {
+    c.balancers
+        .servers()
+        .into_iter()
+        .find(|s| s.cluster == cluster && s.server == server)
+        .map(|s| {
+            serde_json::json!({ "address": s.address, "loading": s.loading, "state": s.state })
+                .to_string()
+        })
+}
+
+/// Makes a change to a server, and records it in the audit log as `who`'s.
+pub async fn change(
+    c: &Ctx,
+    who: &Principal,
+    cluster: &str,
+    server: &str,
+    change: Change<'_>,
+) -> Result<(), Refused> {
+    let before = state_of(c, cluster, server);
+    let action = match change {
+        Change::Loading(l) => {
+            c.balancers.set_loading(cluster, server, l).await?;
+            "server.loading"
+        }
+        Change::State(s) => {
+            c.balancers.set_state(cluster, server, s).await?;
+            "server.state"
+        }
+        Change::Add(new) => {
+            c.balancers.add_server(cluster, new).await?;
+            "server.add"
+        }
+        Change::Remove => {
+            c.balancers.remove_server(cluster, server).await?;
+            "server.remove"
+        }
+    };
+    let after = match change {
+        Change::Add(new) => Some(
+            serde_json::json!({ "address": new.address, "loading": new.loading, "state": "ready" })
+                .to_string(),
+        ),
+        Change::Remove => None,
+        _ => state_of(c, cluster, server),
+    };
+    tracing::info!(%cluster, %server, action, account = %who.account, "server changed");
+    crate::audit::record(
+        c,
+        who,
+        crate::audit::Change {
+            action,
+            object: &format!("{cluster}/{server}"),
+            domain: "",
+            before,
+            after,
+        },
+    )
+    .await;
+    Ok(())
+}
+
 /// No content on success, else the refusal.
 fn done(r: Result<(), Refused>) -> Response {
     match r {
@@ -95,10 +167,11 @@ pub fn routes() -> Router<Ctx> {
             "/api/v1/lb/{cluster}",
             post(
                 |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
                  Path(cluster): Path<String>,
                  body: Result<Json<NewServer>, JsonRejection>| async move {
                     match body {
-                        Ok(Json(s)) => match c.balancers.add_server(&cluster, &s).await {
+                        Ok(Json(s)) => match change(&c, &who, &cluster, &s.server, Change::Add(&s)).await {
                             Ok(()) => StatusCode::CREATED.into_response(),
                             Err(e) => e.into_response(),
                         },
@@ -110,8 +183,10 @@ pub fn routes() -> Router<Ctx> {
         .route(
             "/api/v1/lb/{cluster}/{server}",
             delete(
-                |State(c): State<Ctx>, Path((cluster, server)): Path<(String, String)>| async move {
-                    done(c.balancers.remove_server(&cluster, &server).await)
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 Path((cluster, server)): Path<(String, String)>| async move {
+                    done(change(&c, &who, &cluster, &server, Change::Remove).await)
                 },
             ),
         )
@@ -119,11 +194,12 @@ pub fn routes() -> Router<Ctx> {
             "/api/v1/lb/{cluster}/{server}/loading",
             put(
                 |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
                  Path((cluster, server)): Path<(String, String)>,
                  body: Result<Json<Loading>, JsonRejection>| async move {
                     match body {
                         Ok(Json(l)) => {
-                            done(c.balancers.set_loading(&cluster, &server, l.loading).await)
+                            done(change(&c, &who, &cluster, &server, Change::Loading(l.loading)).await)
                         }
                         Err(e) => refusal(e.status(), &e.body_text()),
                     }
@@ -134,11 +210,12 @@ pub fn routes() -> Router<Ctx> {
             "/api/v1/lb/{cluster}/{server}/state",
             put(
                 |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
                  Path((cluster, server)): Path<(String, String)>,
                  body: Result<Json<ServerState>, JsonRejection>| async move {
                     match body {
                         Ok(Json(st)) => {
-                            done(c.balancers.set_state(&cluster, &server, &st.state).await)
+                            done(change(&c, &who, &cluster, &server, Change::State(&st.state)).await)
                         }
                         Err(e) => refusal(e.status(), &e.body_text()),
                     }

@@ -35,11 +35,13 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 /// The longest a connection lives, however busy.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+pub mod audit;
 pub mod auth;
 pub mod digest;
 pub mod lb;
 pub mod login;
 pub mod openapi;
+pub mod policy;
 pub mod quarantine;
 pub mod queue;
 pub mod settings;
@@ -143,6 +145,12 @@ fn scoped(path: &str) -> bool {
         || path.starts_with("/api/v1/quarantine")
         || path.starts_with("/api/v1/trace")
         || path == "/api/v1/stats"
+        || path == "/api/v1/audit"
+        || path == "/api/v1/domains"
+        || path.starts_with("/api/v1/domains/")
+        || path == "/audit"
+        || path == "/domains"
+        || path.starts_with("/domains/")
         || path == "/stats"
         || path == "/quarantine"
         || path.starts_with("/quarantine/")
@@ -337,6 +345,8 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         .merge(lb::routes())
         .merge(stats::routes())
         .merge(digest::routes())
+        .merge(audit::routes())
+        .merge(policy::routes())
         .route(
             "/api/openapi.json",
             axum::routing::get(|| async {

@@ -128,9 +128,9 @@ async fn visible(c: &Ctx, who: &Principal, id: &str) -> Result<(Held, bool), Ref
 }
 
 /// A message held also for others is one copy for all of them: an operator's to change.
-async fn changeable(c: &Ctx, who: &Principal, id: &str) -> Result<(), Refused> {
+async fn changeable(c: &Ctx, who: &Principal, id: &str) -> Result<Held, Refused> {
     match visible(c, who, id).await? {
-        (_, true) => Ok(()),
+        (h, true) => Ok(h),
         (_, false) => Err(Refused {
             status: StatusCode::FORBIDDEN,
             message: format!(
@@ -166,10 +166,13 @@ pub async fn show(c: &Ctx, who: &Principal, id: &str) -> Result<HeldMessage, Ref
 /// Releases a held message: queued again under a new id for its recipients, not scanned
 /// again.
 pub async fn release(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Refused> {
-    changeable(c, who, id).await?;
-    let Some(held) = c.store.held(id).await.map_err(Refused::store)? else {
-        return Err(Refused::not_held(id));
-    };
+    let held = changeable(c, who, id).await?;
+    let held_for: Vec<String> = held
+        .message
+        .recipients
+        .iter()
+        .map(|r| r.address.clone())
+        .collect();
     let mut copy = held.message;
     copy.id = (c.next_id)();
     copy.next_attempt = now();
@@ -181,6 +184,15 @@ pub async fn release(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Ref
     match c.store.release(id, copy, &c.node).await {
         Ok(true) => {
             tracing::info!(queue_id = %id, %queued_as, account = %who.account, "released from the quarantine");
+            audit(
+                c,
+                who,
+                "quarantine.release",
+                &held_for,
+                id,
+                Some(&queued_as),
+            )
+            .await;
             Ok(Released { queued_as })
         }
         Ok(false) => Err(Refused::not_held(id)),
@@ -192,10 +204,7 @@ pub async fn release(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Ref
 /// list for a user, on each recipient domain's for an admin or an operator (an allowed
 /// address counts only for mail whose SPF or DMARC passes).
 pub async fn release_and_allow(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Refused> {
-    changeable(c, who, id).await?;
-    let Some(held) = c.store.held(id).await.map_err(Refused::store)? else {
-        return Err(Refused::not_held(id));
-    };
+    let held = changeable(c, who, id).await?;
     let sender = held.message.sender.to_ascii_lowercase();
     if sender.is_empty() {
         return Err(Refused {
@@ -228,15 +237,7 @@ pub async fn release_and_allow(c: &Ctx, who: &Principal, id: &str) -> Result<Rel
             continue;
         }
         list.push(sender.clone());
-        crate::settings::set(c, &domain, &settings)
-            .await
-            .map_err(|e| match e {
-                crate::settings::NotSet::Invalid(m) => Refused {
-                    status: StatusCode::BAD_REQUEST,
-                    message: m,
-                },
-                crate::settings::NotSet::Store(e) => Refused::store(e),
-            })?;
+        crate::settings::set(c, who, &domain, &settings).await?;
         tracing::info!(domain = %domain, %sender, account = %who.account, "sender allowed from the quarantine");
     }
     release(c, who, id).await
@@ -244,14 +245,50 @@ pub async fn release_and_allow(c: &Ctx, who: &Principal, id: &str) -> Result<Rel
 
 /// Deletes a held message.
 pub async fn delete(c: &Ctx, who: &Principal, id: &str) -> Result<(), Refused> {
-    changeable(c, who, id).await?;
+    let held = changeable(c, who, id).await?;
+    let held_for: Vec<String> = held
+        .message
+        .recipients
+        .iter()
+        .map(|r| r.address.clone())
+        .collect();
     match c.store.delete_held(id, &c.node).await {
         Ok(true) => {
             tracing::info!(queue_id = %id, account = %who.account, "deleted from the quarantine");
+            audit(c, who, "quarantine.delete", &held_for, id, None).await;
             Ok(())
         }
         Ok(false) => Err(Refused::not_held(id)),
         Err(e) => Err(Refused::store(e)),
+    }
+}
+
+/// Records a quarantine action once per recipient domain (each organisation's admin sees
+/// its own).
+async fn audit(
+    c: &Ctx,
+    who: &Principal,
+    action: &str,
+    recipients: &[String],
+    id: &str,
+    queued_as: Option<&str>,
+) {
+    let mut domains: Vec<String> = recipients.iter().map(|r| store::domain_lc(r)).collect();
+    domains.sort();
+    domains.dedup();
+    for d in &domains {
+        crate::audit::record(
+            c,
+            who,
+            crate::audit::Change {
+                action,
+                object: id,
+                domain: d,
+                before: Some(serde_json::json!({ "held_for": recipients }).to_string()),
+                after: queued_as.map(|q| serde_json::json!({ "queued_as": q }).to_string()),
+            },
+        )
+        .await;
     }
 }
 

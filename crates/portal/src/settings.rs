@@ -9,12 +9,13 @@ use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use config::{Config, Domain, DomainSettings};
 use serde::{Deserialize, Serialize};
-use store::{DomainEntry, ServerEntry, Store};
+use store::{DomainEntry, Role, ServerEntry, Store};
 
-use crate::{Ctx, refusal, unavailable};
+use crate::auth::Principal;
+use crate::{Ctx, Refused, refusal, unavailable};
 
 /// The largest body of a domain's settings: room for a recipient list of tens of thousands
 /// of local parts (the other calls keep [`crate::MAX_BODY`]).
@@ -79,88 +80,166 @@ pub(crate) enum NotSet {
     Store(store::Error),
 }
 
+impl From<NotSet> for Refused {
+    fn from(e: NotSet) -> Refused {
+        match e {
+            NotSet::Invalid(m) => Refused::new(StatusCode::BAD_REQUEST, m),
+            NotSet::Store(e) => Refused::store(e),
+        }
+    }
+}
+
 /// Checks a domain's settings by the configuration's rules and stores them as the rules
-/// normalised them, as the nodes will apply them.
-pub(crate) async fn set(c: &Ctx, name: &str, settings: &DomainSettings) -> Result<Domain, NotSet> {
+/// normalised them, as the nodes will apply them; the change goes to the audit log as
+/// `who`'s, with the settings before and after.
+pub(crate) async fn set(
+    c: &Ctx,
+    who: &Principal,
+    name: &str,
+    settings: &DomainSettings,
+) -> Result<Domain, NotSet> {
     let domain = check(&c.config, name, settings).map_err(NotSet::Invalid)?;
+    let before = c
+        .store
+        .domains()
+        .await
+        .map_err(NotSet::Store)?
+        .into_iter()
+        .find(|e| e.name == domain.name && !e.removed)
+        .map(|e| e.settings);
+    let after = serde_json::to_string(&domain.settings()).expect("settings serialize");
     let entry = DomainEntry {
         name: domain.name.clone(),
-        settings: serde_json::to_string(&domain.settings()).expect("settings serialize"),
+        settings: after.clone(),
         removed: false,
     };
     c.store.set_domain(entry).await.map_err(NotSet::Store)?;
+    crate::audit::record(
+        c,
+        who,
+        crate::audit::Change {
+            action: "domain.set",
+            object: &domain.name,
+            domain: &domain.name,
+            before,
+            after: Some(after),
+        },
+    )
+    .await;
     Ok(domain)
 }
 
+/// Whether `who` may set domain `name` to `new`: an operator any domain; an organisation's
+/// admin only its own domains, which exist already, and not their silo (the provider's
+/// choice). A domain out of scope does not exist for the caller (404).
+pub(crate) async fn may_set(
+    c: &Ctx,
+    who: &Principal,
+    name: &str,
+    new: &DomainSettings,
+) -> Result<(), Refused> {
+    match who.role {
+        Role::Operator => Ok(()),
+        Role::User => Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            "client domains are for operators and organisations' admins",
+        )),
+        Role::Admin => {
+            let name = key(name);
+            let current = domains(&c.store)
+                .await
+                .map_err(Refused::store)?
+                .into_iter()
+                .find(|d| d.name == name && who.domains.contains(&d.name));
+            match current {
+                None => Err(Refused::not_found(format!("{name} is not a client domain"))),
+                Some(d) if d.settings.silo != new.silo => Err(Refused::new(
+                    StatusCode::FORBIDDEN,
+                    "the silo of a domain is the provider's to change",
+                )),
+                Some(_) => Ok(()),
+            }
+        }
+    }
+}
+
+/// The domains `who` sees: every one for an operator, its organisation's for an admin.
+pub(crate) async fn visible(c: &Ctx, who: &Principal) -> Result<Vec<DomainView>, Refused> {
+    let all = domains(&c.store).await.map_err(Refused::store)?;
+    match who.role {
+        Role::Operator => Ok(all),
+        Role::Admin => Ok(all
+            .into_iter()
+            .filter(|d| who.domains.contains(&d.name))
+            .collect()),
+        Role::User => Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            "client domains are for operators and organisations' admins",
+        )),
+    }
+}
+
 /// A domain name as the store keys it.
-fn key(name: &str) -> String {
+pub(crate) fn key(name: &str) -> String {
     name.trim().trim_end_matches('.').to_ascii_lowercase()
 }
 
-/// `GET /api/v1/domains`, `GET|PUT|DELETE /api/v1/domains/{name}`, `GET /api/v1/config`.
+/// `GET /api/v1/domains`, `GET|PUT|DELETE /api/v1/domains/{name}` (an admin: its own
+/// domains, no removal), `GET /api/v1/config`.
 pub fn routes() -> Router<Ctx> {
     Router::new()
         .route(
             "/api/v1/domains",
-            get(|State(c): State<Ctx>| async move {
-                match domains(&c.store).await {
-                    Ok(d) => Json(d).into_response(),
-                    Err(e) => unavailable(e),
-                }
-            }),
+            get(
+                |State(c): State<Ctx>, Extension(who): Extension<Principal>| async move {
+                    visible(&c, &who).await.map(Json).into_response()
+                },
+            ),
         )
         .route(
             "/api/v1/domains/{name}",
-            get(|State(c): State<Ctx>, Path(name): Path<String>| async move {
-                let name = key(&name);
-                match domains(&c.store).await {
-                    Ok(d) => match d.into_iter().find(|d| d.name == name) {
-                        Some(d) => Json(d).into_response(),
-                        None => unknown(&name),
-                    },
-                    Err(e) => unavailable(e),
-                }
-            })
+            get(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 Path(name): Path<String>| async move {
+                    let name = key(&name);
+                    match visible(&c, &who).await {
+                        Ok(d) => match d.into_iter().find(|d| d.name == name) {
+                            Some(d) => Json(d).into_response(),
+                            None => unknown(&name),
+                        },
+                        Err(e) => e.into_response(),
+                    }
+                },
+            )
             .put(
                 |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
                  Path(name): Path<String>,
                  body: Result<Json<DomainSettings>, JsonRejection>| async move {
                     let settings = match body {
                         Ok(Json(s)) => s,
                         Err(e) => return refusal(e.status(), &e.body_text()),
                     };
-                    match set(&c, &name, &settings).await {
+                    if let Err(e) = may_set(&c, &who, &name, &settings).await {
+                        return e.into_response();
+                    }
+                    match set(&c, &who, &name, &settings).await {
                         Ok(domain) => {
-                            tracing::info!(domain = %domain.name, settings = %domain.settings(), "client domain set by an operator");
+                            tracing::info!(domain = %domain.name, settings = %domain.settings(), account = %who.account, "client domain set");
                             StatusCode::NO_CONTENT.into_response()
                         }
-                        Err(NotSet::Invalid(m)) => refusal(StatusCode::BAD_REQUEST, &m),
-                        Err(NotSet::Store(e)) => unavailable(e),
+                        Err(e) => Refused::from(e).into_response(),
                     }
                 },
             )
-            .delete(|State(c): State<Ctx>, Path(name): Path<String>| async move {
-                let name = key(&name);
-                let entry = match c.store.domains().await {
-                    Ok(d) => match d.into_iter().find(|e| e.name == name && !e.removed) {
-                        Some(e) => e,
-                        None => return unknown(&name),
-                    },
-                    Err(e) => return unavailable(e),
-                };
-                // Its settings stay, to deliver what was queued for it before.
-                let entry = DomainEntry {
-                    removed: true,
-                    ..entry
-                };
-                match c.store.set_domain(entry).await {
-                    Ok(()) => {
-                        tracing::info!(domain = %name, "client domain removed by an operator");
-                        StatusCode::NO_CONTENT.into_response()
-                    }
-                    Err(e) => unavailable(e),
-                }
-            })
+            .delete(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 Path(name): Path<String>| async move {
+                    remove(&c, &who, &key(&name)).await.map(|()| StatusCode::NO_CONTENT).into_response()
+                },
+            )
             .layer(DefaultBodyLimit::max(MAX_SETTINGS_BODY)),
         )
         .route(
@@ -181,4 +260,50 @@ pub fn routes() -> Router<Ctx> {
                 .into_response()
             }),
         )
+}
+
+/// Stops accepting mail for a domain (an operator's call); mail queued before is still
+/// delivered by its settings, which stay in the store.
+async fn remove(c: &Ctx, who: &Principal, name: &str) -> Result<(), Refused> {
+    if who.role != Role::Operator {
+        visible(c, who)
+            .await?
+            .iter()
+            .find(|d| d.name == name)
+            .ok_or_else(|| Refused::not_found(format!("{name} is not a client domain")))?;
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            "removing a client domain is the provider's call",
+        ));
+    }
+    let entry = c
+        .store
+        .domains()
+        .await
+        .map_err(Refused::store)?
+        .into_iter()
+        .find(|e| e.name == name && !e.removed)
+        .ok_or_else(|| Refused::not_found(format!("{name} is not a client domain")))?;
+    let before = entry.settings.clone();
+    c.store
+        .set_domain(DomainEntry {
+            removed: true,
+            ..entry
+        })
+        .await
+        .map_err(Refused::store)?;
+    tracing::info!(domain = %name, account = %who.account, "client domain removed");
+    crate::audit::record(
+        c,
+        who,
+        crate::audit::Change {
+            action: "domain.remove",
+            object: name,
+            domain: name,
+            before: Some(before),
+            after: None,
+        },
+    )
+    .await;
+    Ok(())
 }

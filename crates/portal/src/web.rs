@@ -80,7 +80,7 @@ pub(crate) fn page(title: &str, who: Option<&Principal>, body: &str) -> Response
             if p.role == Role::User {
                 ""
             } else {
-                "<a href=\"/stats\">Statistics</a>"
+                "<a href=\"/stats\">Statistics</a><a href=\"/domains\">Domains</a><a href=\"/audit\">Audit</a>"
             },
             esc(&p.account),
             p.role.as_str(),
@@ -176,7 +176,7 @@ fn same_origin(headers: &HeaderMap) -> bool {
 }
 
 /// A form's token is the caller's session's CSRF token.
-fn token_ok(who: &Principal, given: &str) -> bool {
+pub(crate) fn token_ok(who: &Principal, given: &str) -> bool {
     who.csrf
         .as_deref()
         .is_some_and(|t| same(given.as_bytes(), t.as_bytes()))
@@ -187,7 +187,7 @@ fn csrf_ok(who: &Principal, form: &Result<Form<CsrfForm>, FormRejection>) -> boo
     form.as_ref().is_ok_and(|Form(f)| token_ok(who, &f.csrf))
 }
 
-fn forbidden_form(who: &Principal) -> Response {
+pub(crate) fn forbidden_form(who: &Principal) -> Response {
     error_page(
         StatusCode::FORBIDDEN,
         "This form has expired or came from elsewhere: reload the page and try again.",
@@ -322,7 +322,7 @@ struct PageQuery {
     done: Option<String>,
 }
 
-fn unix_time(t: i64) -> String {
+pub(crate) fn unix_time(t: i64) -> String {
     humantime::format_rfc3339_seconds(
         std::time::UNIX_EPOCH + std::time::Duration::from_secs(t.max(0) as u64),
     )
@@ -675,14 +675,19 @@ async fn server_add(
         address: f.address.trim().to_string(),
         loading,
     };
-    match c.balancers.add_server(&cluster, &new).await {
-        Ok(()) => {
-            tracing::info!(%cluster, server = %new.server, address = %new.address, loading, account = %who.account, "server added in the portal");
-            silo_done(&format!(
-                "{cluster}/{}: added at {} with loading {loading}",
-                new.server, new.address
-            ))
-        }
+    match crate::lb::change(
+        &c,
+        &who,
+        &cluster,
+        &new.server,
+        crate::lb::Change::Add(&new),
+    )
+    .await
+    {
+        Ok(()) => silo_done(&format!(
+            "{cluster}/{}: added at {} with loading {loading}",
+            new.server, new.address
+        )),
         Err(e) => error_page(e.status, &e.message, Some(&who)),
     }
 }
@@ -701,23 +706,29 @@ async fn server_change(
     }
     let done = match what.as_str() {
         "loading" => match f.value.trim().parse::<u32>() {
-            Ok(n) => c.balancers.set_loading(&cluster, &server, n).await,
+            Ok(n) => {
+                crate::lb::change(&c, &who, &cluster, &server, crate::lb::Change::Loading(n)).await
+            }
             Err(_) => Err(crate::Refused::invalid(format!(
                 "{:?} is not a loading (1 to 1000)",
                 f.value
             ))),
         },
-        "remove" => c.balancers.remove_server(&cluster, &server).await,
+        "remove" => crate::lb::change(&c, &who, &cluster, &server, crate::lb::Change::Remove).await,
         "state" => {
-            c.balancers
-                .set_state(&cluster, &server, f.value.trim())
-                .await
+            crate::lb::change(
+                &c,
+                &who,
+                &cluster,
+                &server,
+                crate::lb::Change::State(f.value.trim()),
+            )
+            .await
         }
         _ => return error_page(StatusCode::NOT_FOUND, "No such change.", Some(&who)),
     };
     match done {
         Ok(()) => {
-            tracing::info!(%cluster, %server, %what, value = %f.value, account = %who.account, "server changed in the portal");
             if what == "remove" {
                 silo_done(&format!(
                     "{cluster}/{server}: removed; open sessions finish"

@@ -12,11 +12,11 @@ use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
 use tokio::sync::oneshot;
 
 use crate::{
-    Account, ApiToken, Attempt, Bytes, Claimed, DomainEntry, DomainQueue, Error, Event, Example,
-    Held, HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation, Outcome, Recipient,
-    Result, Ret, Role, ServerEntry, Session, StatKey, StatQuery, Status, Store, Summary, Trace,
-    TraceQuery, deleted_event, dsn_event, expired_held_event, held_event, now_ms, outcome_event,
-    received_event, unheld_event,
+    Account, ApiToken, Attempt, AuditEntry, Bytes, Claimed, DomainEntry, DomainQueue, Error, Event,
+    Example, Held, HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation, Outcome,
+    Recipient, Result, Ret, Role, ServerEntry, Session, StatKey, StatQuery, Status, Store, Summary,
+    Trace, TraceQuery, deleted_event, dsn_event, expired_held_event, held_event, now_ms,
+    outcome_event, received_event, unheld_event,
 };
 
 /// The most operations run in one transaction.
@@ -180,7 +180,18 @@ const MIGRATIONS: [&str; 7] = [
      SELECT id, lower(addr), lower(replace(addr, rtrim(addr, replace(addr, '@', '')), ''))
      FROM split WHERE addr IS NOT NULL AND addr <> '';
      CREATE INDEX quarantine_recipient_address ON quarantine_recipient (address_lc, id);
-     CREATE INDEX quarantine_recipient_domain ON quarantine_recipient (domain_lc, id);",
+     CREATE INDEX quarantine_recipient_domain ON quarantine_recipient (domain_lc, id);
+     CREATE TABLE audit (
+         seq INTEGER PRIMARY KEY AUTOINCREMENT,
+         at INTEGER NOT NULL,
+         actor TEXT NOT NULL,
+         action TEXT NOT NULL,
+         object TEXT NOT NULL,
+         domain TEXT NOT NULL,
+         before TEXT,
+         after TEXT
+     );
+     CREATE INDEX audit_domain ON audit (domain, seq);",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -1468,6 +1479,60 @@ impl Store for Embedded {
         let account = account.to_string();
         self.call(true, move |c| {
             Ok(c.execute("DELETE FROM api_token WHERE account = ?", [account])?)
+        })
+        .await
+    }
+
+    async fn audit(&self, e: AuditEntry) -> Result<()> {
+        self.call(true, move |c| {
+            c.prepare_cached(
+                "INSERT INTO audit (at, actor, action, object, domain, before, after)
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )?
+            .execute(params![
+                e.at, e.actor, e.action, e.object, e.domain, e.before, e.after
+            ])?;
+            Ok(())
+        })
+        .await
+    }
+
+    async fn audit_log(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+        domains: Option<&[String]>,
+    ) -> Result<Vec<AuditEntry>> {
+        let domains: Option<Vec<String>> =
+            domains.map(|d| d.iter().map(|x| x.to_lowercase()).collect());
+        if domains.as_ref().is_some_and(Vec::is_empty) {
+            return Ok(Vec::new());
+        }
+        self.call(false, move |c| {
+            let mut args: Vec<rusqlite::types::Value> = vec![before.unwrap_or(i64::MAX).into()];
+            let mut sql = String::from(
+                "SELECT seq, at, actor, action, object, domain, before, after FROM audit WHERE seq < ?",
+            );
+            if let Some(ds) = &domains {
+                sql.push_str(&format!(" AND domain IN ({})", vec!["?"; ds.len()].join(", ")));
+                args.extend(ds.iter().map(|d| d.clone().into()));
+            }
+            sql.push_str(" ORDER BY seq DESC LIMIT ?");
+            args.push((limit as i64).into());
+            Ok(c.prepare(&sql)?
+                .query_map(rusqlite::params_from_iter(args), |r| {
+                    Ok(AuditEntry {
+                        seq: r.get(0)?,
+                        at: r.get(1)?,
+                        actor: r.get(2)?,
+                        action: r.get(3)?,
+                        object: r.get(4)?,
+                        domain: r.get(5)?,
+                        before: r.get(6)?,
+                        after: r.get(7)?,
+                    })
+                })?
+                .collect::<rusqlite::Result<_>>()?)
         })
         .await
     }

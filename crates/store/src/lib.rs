@@ -290,6 +290,28 @@ pub struct StatQuery {
     pub until: i64,
 }
 
+/// One change of the run-time configuration or of held mail, as the audit log keeps it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct AuditEntry {
+    /// Its place in the log (set by the store; 0 in a new entry).
+    #[serde(default)]
+    pub seq: i64,
+    /// Unix seconds.
+    pub at: i64,
+    /// The account that made it (`control` for the control token).
+    pub actor: String,
+    /// What was done, e.g. `domain.set`, `server.add`, `quarantine.release`.
+    pub action: String,
+    /// What it was done to: a domain, `CLUSTER/SERVER`, a queue id.
+    pub object: String,
+    /// The client domain it concerns (an organisation's admin sees its domains' entries);
+    /// empty for the silo's own.
+    pub domain: String,
+    /// The object before and after (JSON), where it has a state.
+    pub before: Option<String>,
+    pub after: Option<String>,
+}
+
 /// One client domain's mail in the queue now: recipients waiting, those of them deferred
 /// at least once, and the oldest one's arrival (unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
@@ -648,6 +670,18 @@ pub trait Store: Send + Sync + 'static {
 
     /// Revokes every API token of `account`; how many. Durable.
     async fn revoke_tokens(&self, account: &str) -> Result<usize>;
+
+    /// Appends an entry to the audit log. Durable.
+    async fn audit(&self, entry: AuditEntry) -> Result<()>;
+
+    /// The audit log, newest first: entries before `before` (a `seq`; `None`: from the
+    /// newest), at most `limit`, of these domains only (`None`: every entry).
+    async fn audit_log(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+        domains: Option<&[String]>,
+    ) -> Result<Vec<AuditEntry>>;
 
     /// Forgets sessions and tokens expired at `now`; how many.
     async fn expire_sessions(&self, now: i64) -> Result<usize>;

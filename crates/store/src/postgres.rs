@@ -20,10 +20,10 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{AsyncMessage, Row};
 
 use crate::{
-    Account, ApiToken, Arrival, Attempt, Bytes, Claimed, DomainEntry, DomainQueue, Error, Event,
-    Example, Held, HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation, Outcome,
-    Recipient, Result, Ret, Role, ServerEntry, Session, StatKey, StatQuery, Status, Store, Summary,
-    Trace, TraceQuery,
+    Account, ApiToken, Arrival, Attempt, AuditEntry, Bytes, Claimed, DomainEntry, DomainQueue,
+    Error, Event, Example, Held, HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation,
+    Outcome, Recipient, Result, Ret, Role, ServerEntry, Session, StatKey, StatQuery, Status, Store,
+    Summary, Trace, TraceQuery,
 };
 
 /// The schema version this code writes.
@@ -196,6 +196,17 @@ SELECT DISTINCT q.id, lower(a), coalesce(lower(substring(a from '@([^@]*)$')), '
 FROM quarantine q, unnest(q.recipients) AS a;
 CREATE INDEX quarantine_recipient_address ON quarantine_recipient (address_lc, id);
 CREATE INDEX quarantine_recipient_domain ON quarantine_recipient (domain_lc, id);
+CREATE TABLE audit (
+    seq BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    at BIGINT NOT NULL,
+    actor TEXT NOT NULL,
+    action TEXT NOT NULL,
+    object TEXT NOT NULL,
+    domain TEXT NOT NULL,
+    before TEXT,
+    after TEXT
+);
+CREATE INDEX audit_domain ON audit (domain, seq);
 ",
 ];
 
@@ -1429,6 +1440,49 @@ impl Store for Postgres {
             c.execute("DELETE FROM api_token WHERE account = $1", &[&account])
                 .await? as usize,
         )
+    }
+
+    async fn audit(&self, e: AuditEntry) -> Result<()> {
+        let c = self.pool.get().await?;
+        c.execute(
+            "INSERT INTO audit (at, actor, action, object, domain, before, after)
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            &[
+                &e.at, &e.actor, &e.action, &e.object, &e.domain, &e.before, &e.after,
+            ],
+        )
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_log(
+        &self,
+        before: Option<i64>,
+        limit: usize,
+        domains: Option<&[String]>,
+    ) -> Result<Vec<AuditEntry>> {
+        let c = self.pool.get().await?;
+        let domains: Option<Vec<String>> =
+            domains.map(|d| d.iter().map(|x| x.to_lowercase()).collect());
+        Ok(c.query(
+            "SELECT seq, at, actor, action, object, domain, before, after FROM audit
+             WHERE seq < $1 AND ($3::TEXT[] IS NULL OR domain = ANY($3))
+             ORDER BY seq DESC LIMIT $2",
+            &[&before.unwrap_or(i64::MAX), &(limit as i64), &domains],
+        )
+        .await?
+        .iter()
+        .map(|r| AuditEntry {
+            seq: r.get(0),
+            at: r.get(1),
+            actor: r.get(2),
+            action: r.get(3),
+            object: r.get(4),
+            domain: r.get(5),
+            before: r.get(6),
+            after: r.get(7),
+        })
+        .collect())
     }
 
     async fn expire_sessions(&self, now: i64) -> Result<usize> {
