@@ -48,7 +48,9 @@ fn domains_of(config: &Config, entries: &[DomainEntry]) -> (Vec<Domain>, Vec<Dom
     (accepted, removed)
 }
 
-/// The servers of the TOML, at the loading it gives them, ready.
+/// The servers of the TOML, at the address and loading it gives them, ready. The address
+/// goes into the store too, so a server that a host of a fleet lists joins every node's
+/// balancer, whatever the other hosts' files say.
 fn configured_servers(config: &Config) -> Vec<ServerEntry> {
     config
         .silos
@@ -60,7 +62,7 @@ fn configured_servers(config: &Config) -> Vec<ServerEntry> {
                 server: s.name.clone(),
                 loading: s.loading,
                 state: Admin::Ready.to_string(),
-                address: None,
+                address: Some(s.address.to_string()),
                 removed: false,
             })
         })

@@ -568,9 +568,17 @@ fall = 2
     /// What process `name` logged so far.
     /// Starts a mail server the silo's configuration does not list (one an operator adds at
     /// run time), as process `name`: its host's configuration is the silo's with the server
-    /// added to the last cluster.
+    /// added to the last cluster, and a store of its own (sharing the silo's, it would join
+    /// the balancers by itself).
     pub fn start_extra_server(&mut self, name: &str, address: SocketAddr) {
-        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        let text = std::fs::read_to_string(&self.config).unwrap();
+        let mut text = match text.split_once("[store]\n") {
+            Some((head, tail)) => {
+                let rest = tail.split_once("\n[").map_or("", |(_, r)| r);
+                format!("{head}{}\n[{rest}", store_table())
+            }
+            None => text,
+        };
         text.push_str(&format!(
             "[[silo.cluster.server]]\nname = \"{name}\"\naddress = \"{address}\"\nloading = 1\n"
         ));
