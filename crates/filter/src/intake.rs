@@ -532,6 +532,34 @@ fn fields(section: &[u8]) -> impl Iterator<Item = &[u8]> {
     })
 }
 
+/// A held message as it came, for learning: without the header fields the scan added
+/// (the verdict's fields, and Authentication-Results naming `authserv_id`), which would
+/// teach the classifier the filter's own answer.
+pub fn without_scan_headers(raw: &[u8], authserv_id: Option<&str>) -> Vec<u8> {
+    let end = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(raw.len(), |i| i + 2);
+    let mut out = Vec::with_capacity(raw.len());
+    for field in fields(&raw[..end]) {
+        let name = field
+            .split(|&b| b == b':')
+            .next()
+            .unwrap_or(b"")
+            .trim_ascii_end();
+        let ours = OWN_HEADERS
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+            || (name.eq_ignore_ascii_case(b"authentication-results")
+                && authserv_id.is_some_and(|id| claims(field, id)));
+        if !ours {
+            out.extend_from_slice(field);
+        }
+    }
+    out.extend_from_slice(&raw[end..]);
+    out
+}
+
 /// Header fields a sender could forge to look scanned; removed from incoming mail.
 const OWN_HEADERS: &[&str] = &[
     "x-spam-status",
@@ -686,6 +714,21 @@ pub async fn expire(
             _ = tokio::time::sleep(std::time::Duration::from_secs(3600)) => {}
             _ = shutdown.wait_for(|s| *s) => return,
         }
+    }
+}
+
+#[cfg(test)]
+mod scan_header_tests {
+    use super::*;
+
+    #[test]
+    fn learning_sees_the_message_without_the_scans_fields() {
+        let held = b"Authentication-Results: mx.test;\r\n spf=pass\r\nX-Spam-Status: Yes, score=9\r\n\ttests=A\r\nX-Spam-Score: 9\r\nX-Spam-Flag: YES\r\nAuthentication-Results: other.example; dkim=pass\r\nSubject: hi\r\n\r\nX-Spam-Flag: body\r\n";
+        let out = without_scan_headers(held, Some("mx.test"));
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "Authentication-Results: other.example; dkim=pass\r\nSubject: hi\r\n\r\nX-Spam-Flag: body\r\n"
+        );
     }
 }
 

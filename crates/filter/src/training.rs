@@ -74,6 +74,28 @@ pub async fn retrain(store: &dyn Store) -> Result<(i64, Model), store::Error> {
     Ok((version, model))
 }
 
+/// Learns one message reported from the quarantine (its bytes without the scan's own
+/// header fields) and trains the model again, which every engine loads within
+/// [`FOLLOW_INTERVAL`].
+pub async fn report(
+    store: &dyn Store,
+    raw: &[u8],
+    spam: bool,
+    authserv_id: Option<&str>,
+) -> Result<(), store::Error> {
+    let raw = crate::intake::without_scan_headers(raw, authserv_id);
+    store.learn(vec![example(&raw, spam)]).await?;
+    let (version, model) = retrain(store).await?;
+    info!(
+        version,
+        spam = model.spam,
+        ham = model.ham,
+        reported_as = if spam { "spam" } else { "ham" },
+        "classifier trained again on a message reported from the quarantine"
+    );
+    Ok(())
+}
+
 /// Loads the store's model into `engine` when its version is not the one in force;
 /// returns whether one was loaded.
 pub async fn refresh(engine: &Engine, store: &dyn Store) -> Result<bool, store::Error> {

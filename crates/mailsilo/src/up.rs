@@ -618,8 +618,18 @@ pub async fn up(
             }
         };
         let filter_metrics = engine.clone();
+        let (learn_store, learn_engine) = (store.clone(), engine.clone());
+        let learn: portal::Learn = Arc::new(move |raw, spam| {
+            let (store, engine) = (learn_store.clone(), learn_engine.clone());
+            Box::pin(async move {
+                filter::training::report(store.as_ref(), &raw, spam, engine.authserv_id())
+                    .await
+                    .map_err(|e| e.to_string())
+            })
+        });
         let ctx = portal::Ctx {
             next_id,
+            learn,
             metrics: Arc::new(move || filter_metrics.render_metrics()),
             config: config.clone(),
             balancers: Arc::new(Lbs {

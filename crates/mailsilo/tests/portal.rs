@@ -589,7 +589,11 @@ fn the_openapi_document_holds_under_schemathesis() {
         String::from_utf8_lossy(&out.stderr),
         std::fs::read_to_string(work.path().join("up.log")).unwrap_or_default()
     );
-    assert!(said.contains("27 selected / 27 total"), "{said}");
+    let n = portal::openapi::operations().len();
+    assert!(
+        said.contains(&format!("{n} selected / {n} total")),
+        "every operation: {said}"
+    );
     // "N generated, N passed": every case passed.
     let cases = said
         .lines()
@@ -1239,6 +1243,159 @@ fn admins_change_their_domains_and_every_change_is_audited() {
         page.contains("quarantine.release") && page.contains("admin@example.com"),
         "{page}"
     );
+}
+
+/// "Spam" and "not spam" from the quarantine teach the classifier (the example is stored,
+/// the model trained again) and then delete or release the message; bulk calls do one
+/// action to many messages, each within the caller's scope as it would be alone.
+#[test]
+fn reports_teach_the_classifier_and_bulk_actions_keep_each_scope() {
+    let g = gateway();
+    let ham = hold(&g, &["alice@example.com"], "ham");
+    let spam = hold(&g, &["alice@example.com"], "spam");
+    let third = hold(&g, &["alice@example.com"], "third");
+    let bobs = hold(&g, &["bob@example.com"], "bob");
+    let erins = hold(&g, &["erin@example.org"], "erin");
+    let examples = || {
+        let out = Command::new(&*BIN)
+            .args(["classifier", "stats", "--config"])
+            .arg(&g.config)
+            .arg("--data-dir")
+            .arg(g.data())
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert!(
+        examples().contains("examples: 0 spam, 0 ham"),
+        "{}",
+        examples()
+    );
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    let (status, body) = alice.post(
+        &g,
+        "POST",
+        &format!("/api/v1/quarantine/{ham}/report-ham"),
+        true,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("queued_as"), "{body}");
+    let (status, body) = alice.post(
+        &g,
+        "POST",
+        &format!("/api/v1/quarantine/{spam}/report-spam"),
+        true,
+    );
+    assert_eq!(status, 204, "{body}");
+    assert!(
+        examples().contains("examples: 1 spam, 1 ham"),
+        "{}",
+        examples()
+    );
+    assert!(
+        examples().contains("trained on 1 spam and 1 ham"),
+        "the model was trained again: {}",
+        examples()
+    );
+    assert_eq!(alice.get(&g, &format!("/api/v1/quarantine/{spam}")).0, 404);
+    assert!(wait_until(WAIT, || g
+        .mailbox("alice@example.com")
+        .iter()
+        .any(|m| m.contains("hold me ham"))));
+    // Another's message cannot be reported.
+    assert_eq!(
+        alice
+            .post(
+                &g,
+                "POST",
+                &format!("/api/v1/quarantine/{bobs}/report-spam"),
+                true
+            )
+            .0,
+        404
+    );
+    // Bulk: each message as alone; the others' are 404s.
+    let bulk = |s: &Session, body: &str| {
+        let (status, _, b) = http(
+            g.control,
+            "POST",
+            "/api/v1/quarantine/bulk",
+            &[("Cookie", &s.cookie), ("X-CSRF-Token", &s.csrf)],
+            body,
+        );
+        assert_eq!(status, 200, "{b}");
+        let v: Vec<serde_json::Value> = serde_json::from_str(&b).unwrap();
+        v.iter()
+            .map(|r| {
+                (
+                    r["id"].as_str().unwrap().to_string(),
+                    r["status"].as_u64().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        bulk(
+            &alice,
+            &format!(r#"{{"ids":["{third}","{bobs}","{erins}"],"action":"delete"}}"#)
+        ),
+        [
+            (third.clone(), 200),
+            (bobs.clone(), 404),
+            (erins.clone(), 404)
+        ]
+    );
+    let org = login(g.control, "admin@example.org", "org-admin-pass");
+    assert_eq!(
+        bulk(
+            &org,
+            &format!(r#"{{"ids":["{erins}","{bobs}"],"action":"release"}}"#)
+        ),
+        [(erins.clone(), 200), (bobs.clone(), 404)]
+    );
+    let (status, _, _) = http(
+        g.control,
+        "POST",
+        "/api/v1/quarantine/bulk",
+        &[("Cookie", &alice.cookie)],
+        &format!(r#"{{"ids":["{bobs}"],"action":"delete"}}"#),
+    );
+    assert_eq!(status, 403, "a session's change needs its CSRF token");
+    // The page's bulk form.
+    let admin = login(g.control, "admin@example.com", "admin-pass");
+    let (status, page) = admin.get(&g, "/quarantine");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(&format!("value=\"{bobs}\" form=\"bulk\"")),
+        "{page}"
+    );
+    let (status, headers, _) = http(
+        g.control,
+        "POST",
+        "/quarantine/bulk",
+        &[
+            ("Cookie", &admin.cookie),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ],
+        &format!("csrf={}&action=report-spam&id={bobs}", admin.csrf),
+    );
+    assert_eq!(status, 303);
+    let location = &headers.iter().find(|(k, _)| k == "location").unwrap().1;
+    assert!(location.contains("Done%20for%201%20of%201"), "{location}");
+    assert!(
+        examples().contains("examples: 2 spam, 1 ham"),
+        "{}",
+        examples()
+    );
+    // Each report is on the audit log.
+    let (_, body) = admin.get(&g, "/api/v1/audit");
+    for want in [
+        "quarantine.report-ham",
+        "quarantine.report-spam",
+        "quarantine.delete",
+    ] {
+        assert!(body.contains(want), "{want}: {body}");
+    }
 }
 
 /// The message trace answers within each role's scope, like the quarantine: through the API

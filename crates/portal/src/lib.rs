@@ -52,6 +52,14 @@ pub mod web;
 pub use auth::Principal;
 pub use lb::{Balancers, Loading, NewServer, ServerState, ServerStatus};
 
+/// Teaches the classifier a message as spam (`true`) or ham, as the filter learns (the
+/// binary wires it to the filter's training).
+pub type Learn = Arc<
+    dyn Fn(store::Bytes, bool) -> std::pin::Pin<Box<dyn Future<Output = Result<(), String>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// What the API works on, shared by every request.
 #[derive(Clone)]
 pub struct Ctx {
@@ -64,6 +72,8 @@ pub struct Ctx {
     pub next_id: Arc<dyn Fn() -> String + Send + Sync>,
     /// The other roles' metrics in this process (the filter's), in Prometheus text format.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
+    /// Learning from messages reported from the quarantine.
+    pub learn: Learn,
 }
 
 /// Equal in constant time (for equal lengths): no timing tells how much of a guess was right.

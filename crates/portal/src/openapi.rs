@@ -12,7 +12,7 @@ use crate::audit::AuditQuery;
 use crate::digest::{SendNow, Sent};
 use crate::lb::{Loading, NewServer, ServerState, ServerStatus};
 use crate::login::{Login, Me};
-use crate::quarantine::{HeldMessage, HeldQuery, Released};
+use crate::quarantine::{Bulk, BulkResult, HeldMessage, HeldQuery, Released};
 use crate::queue::{Flushed, Page, QueuedMessage};
 use crate::settings::{DomainView, Effective};
 use crate::stats::{Stats, StatsQuery};
@@ -202,6 +202,31 @@ pub fn operations() -> Vec<Operation> {
                 "post",
                 "/api/v1/quarantine/{id}/release-and-allow",
                 "Release a held message and allow its sender from now on",
+                Scoped,
+            )
+        },
+        Operation {
+            ok: (200, Some(of::<Released>)),
+            ..op(
+                "post",
+                "/api/v1/quarantine/{id}/report-ham",
+                "Report a held message as not spam: learned as ham, and released",
+                Scoped,
+            )
+        },
+        op(
+            "post",
+            "/api/v1/quarantine/{id}/report-spam",
+            "Report a held message as spam: learned as spam, and deleted",
+            Scoped,
+        ),
+        Operation {
+            body: Some(of::<Bulk>),
+            ok: (200, Some(of::<Vec<BulkResult>>)),
+            ..op(
+                "post",
+                "/api/v1/quarantine/bulk",
+                "One action on many held messages, each within the caller's scope",
                 Scoped,
             )
         },

@@ -9,7 +9,7 @@
 //! held also for recipients out of scope is shown with the caller's recipients only, and
 //! only an operator may release or delete it (403): it is one copy for all of them.
 
-use axum::extract::rejection::QueryRejection;
+use axum::extract::rejection::{JsonRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
@@ -263,6 +263,105 @@ pub async fn delete(c: &Ctx, who: &Principal, id: &str) -> Result<(), Refused> {
     }
 }
 
+/// Reports a held message: as spam, it is learned as spam and deleted; as not spam (ham),
+/// learned as ham and released (`queued_as` then says where).
+pub async fn report(
+    c: &Ctx,
+    who: &Principal,
+    id: &str,
+    spam: bool,
+) -> Result<Option<Released>, Refused> {
+    let held = changeable(c, who, id).await?;
+    (c.learn)(held.message.body.clone(), spam)
+        .await
+        .map_err(|e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    let held_for: Vec<String> = held
+        .message
+        .recipients
+        .iter()
+        .map(|r| r.address.clone())
+        .collect();
+    let action = if spam {
+        "quarantine.report-spam"
+    } else {
+        "quarantine.report-ham"
+    };
+    audit(c, who, action, &held_for, id, None).await;
+    if spam {
+        delete(c, who, id).await.map(|()| None)
+    } else {
+        release(c, who, id).await.map(Some)
+    }
+}
+
+/// What a bulk call does to each message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum BulkAction {
+    Release,
+    Delete,
+    ReportSpam,
+    ReportHam,
+}
+
+/// `POST /api/v1/quarantine/bulk`: one action on many held messages.
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Bulk {
+    /// At most [`crate::queue::MAX_PAGE`] ids.
+    pub ids: Vec<String>,
+    pub action: BulkAction,
+}
+
+/// What became of one message of a bulk call.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct BulkResult {
+    pub id: String,
+    /// The status the single call would have answered.
+    pub status: u16,
+    /// Why not, when not done.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued_as: Option<String>,
+}
+
+/// Does `b.action` to each of `b.ids`, each within the caller's scope as alone.
+pub async fn bulk(c: &Ctx, who: &Principal, b: &Bulk) -> Result<Vec<BulkResult>, Refused> {
+    if b.ids.len() > crate::queue::MAX_PAGE {
+        return Err(Refused::invalid(format!(
+            "at most {} messages at once",
+            crate::queue::MAX_PAGE
+        )));
+    }
+    let mut out = Vec::with_capacity(b.ids.len());
+    for id in &b.ids {
+        let done = match b.action {
+            BulkAction::Release => release(c, who, id).await.map(|r| Some(r.queued_as)),
+            BulkAction::Delete => delete(c, who, id).await.map(|()| None),
+            BulkAction::ReportSpam => report(c, who, id, true).await.map(|_| None),
+            BulkAction::ReportHam => report(c, who, id, false)
+                .await
+                .map(|r| r.map(|r| r.queued_as)),
+        };
+        out.push(match done {
+            Ok(queued_as) => BulkResult {
+                id: id.clone(),
+                status: 200,
+                error: None,
+                queued_as,
+            },
+            Err(e) => BulkResult {
+                id: id.clone(),
+                status: e.status.as_u16(),
+                error: Some(e.message),
+                queued_as: None,
+            },
+        });
+    }
+    Ok(out)
+}
+
 /// Records a quarantine action once per recipient domain (each organisation's admin sees
 /// its own).
 async fn audit(
@@ -346,6 +445,46 @@ pub fn routes() -> Router<Ctx> {
                         .await
                         .map(Json)
                         .into_response()
+                },
+            ),
+        )
+        .route(
+            "/api/v1/quarantine/bulk",
+            post(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 body: Result<Json<Bulk>, JsonRejection>| async move {
+                    match body {
+                        Ok(Json(b)) => bulk(&c, &who, &b).await.map(Json).into_response(),
+                        Err(e) => refusal(e.status(), &e.body_text()),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/api/v1/quarantine/{id}/report-spam",
+            post(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 Path(id): Path<String>| async move {
+                    report(&c, &who, &id, true)
+                        .await
+                        .map(|_| StatusCode::NO_CONTENT)
+                        .into_response()
+                },
+            ),
+        )
+        .route(
+            "/api/v1/quarantine/{id}/report-ham",
+            post(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 Path(id): Path<String>| async move {
+                    match report(&c, &who, &id, false).await {
+                        Ok(Some(r)) => Json(r).into_response(),
+                        Ok(None) => StatusCode::NO_CONTENT.into_response(),
+                        Err(e) => e.into_response(),
+                    }
                 },
             ),
         )

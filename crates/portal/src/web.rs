@@ -263,6 +263,7 @@ pub fn routes() -> Router<Ctx> {
             ),
         )
         .route("/trace/{id}", get(trace_one_page))
+        .route("/quarantine/bulk", post(quarantine_bulk))
         .route("/quarantine/{id}/{action}", post(quarantine_action))
 }
 
@@ -385,15 +386,24 @@ async fn quarantine_page(
     if held.is_empty() {
         body.push_str("<p>Nothing is held.</p>");
     } else {
+        body.push_str(&format!(
+            "<form id=\"bulk\" method=\"post\" action=\"/quarantine/bulk\" aria-label=\"Selected messages\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label for=\"bulk-action\">With the selected messages</label>\
+             <select id=\"bulk-action\" name=\"action\"><option value=\"release\">Release</option>\
+             <option value=\"delete\">Delete</option><option value=\"report-ham\">Not spam: release and learn</option>\
+             <option value=\"report-spam\">Spam: delete and learn</option></select>\
+             <button type=\"submit\">Apply</button></form>"
+        ));
         body.push_str(
-            "<table><caption>Held messages</caption><thead><tr><th scope=\"col\">Received</th>\
+            "<table><caption>Held messages</caption><thead><tr><th scope=\"col\">Select</th><th scope=\"col\">Received</th>\
              <th scope=\"col\">From</th><th scope=\"col\">To</th><th scope=\"col\">Subject</th><th scope=\"col\">Verdict</th>\
              <th scope=\"col\">Why</th><th scope=\"col\">Actions</th></tr></thead><tbody>",
         );
         for h in &held {
             let id = esc(&h.id);
             body.push_str(&format!(
-                "<tr id=\"m-{id}\"><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({:.1})</td><td>{}</td>\
+                "<tr id=\"m-{id}\"><td><input type=\"checkbox\" name=\"id\" value=\"{id}\" form=\"bulk\" aria-label=\"Select {id}\"></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} ({:.1})</td><td>{}</td>\
                  <td class=\"actions\">\
                  <form method=\"post\" action=\"/quarantine/{id}/release\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                  <button type=\"submit\" aria-label=\"Release {id}\">Release</button></form>\
@@ -766,10 +776,65 @@ async fn quarantine_action(
         "delete" => quarantine::delete(&c, &who, &id)
             .await
             .map(|()| format!("Deleted {id}.")),
+        "report-spam" => quarantine::report(&c, &who, &id, true)
+            .await
+            .map(|_| format!("Reported {id} as spam: deleted, and learned.")),
+        "report-ham" => quarantine::report(&c, &who, &id, false).await.map(|r| {
+            format!(
+                "Reported {id} as not spam: learned, and released (queued as {}).",
+                r.map(|r| r.queued_as).unwrap_or_default()
+            )
+        }),
         _ => return error_page(StatusCode::NOT_FOUND, "No such action.", Some(&who)),
     };
     match done {
         Ok(message) => Redirect::to(&format!("/quarantine?done={}", url(&message))).into_response(),
+        Err(e) => error_page(e.status, &e.message, Some(&who)),
+    }
+}
+
+/// The bulk form: an action and the selected ids (`id=A&id=B`, which a struct cannot
+/// take: read as pairs).
+async fn quarantine_bulk(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    form: Result<Form<Vec<(String, String)>>, FormRejection>,
+) -> Response {
+    let Ok(Form(pairs)) = form else {
+        return forbidden_form(&who);
+    };
+    let get = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    if !token_ok(&who, get("csrf").unwrap_or("")) {
+        return forbidden_form(&who);
+    }
+    let action = match get("action") {
+        Some("release") => quarantine::BulkAction::Release,
+        Some("delete") => quarantine::BulkAction::Delete,
+        Some("report-spam") => quarantine::BulkAction::ReportSpam,
+        Some("report-ham") => quarantine::BulkAction::ReportHam,
+        _ => return error_page(StatusCode::BAD_REQUEST, "No such action.", Some(&who)),
+    };
+    let ids: Vec<String> = pairs
+        .iter()
+        .filter(|(n, _)| n == "id")
+        .map(|(_, v)| v.clone())
+        .collect();
+    if ids.is_empty() {
+        return Redirect::to(&format!(
+            "/quarantine?done={}",
+            url("No message was selected.")
+        ))
+        .into_response();
+    }
+    match quarantine::bulk(&c, &who, &quarantine::Bulk { ids, action }).await {
+        Ok(results) => {
+            let done = results.iter().filter(|r| r.status == 200).count();
+            let mut text = format!("Done for {done} of {} message(s).", results.len());
+            for r in results.iter().filter(|r| r.status != 200) {
+                text.push_str(&format!(" {}: {}.", r.id, r.error.as_deref().unwrap_or("")));
+            }
+            Redirect::to(&format!("/quarantine?done={}", url(&text))).into_response()
+        }
         Err(e) => error_page(e.status, &e.message, Some(&who)),
     }
 }
