@@ -901,8 +901,11 @@ impl Default for StoreSettings {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Control {
     pub listen: SocketAddr,
+    /// HTTPS (`control.tls`; always off loopback, where plain HTTP is refused), with
+    /// smtp.tls_cert and smtp.tls_key or a self-signed certificate of its own.
+    pub tls: bool,
     /// The portal's address as users reach it (in digests' links): `control.url`, by
-    /// default `http://LISTEN`.
+    /// default `http://LISTEN` (`https://` with TLS).
     pub url: String,
 }
 
@@ -1160,8 +1163,25 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.digest.period, Some(Duration::from_secs(7 * 86400)));
-        assert_eq!(c.control.unwrap().url, "http://127.0.0.1:8025");
         assert_eq!(c.organisations[0].digest.as_deref(), Some("12h"));
+        let control = c.control.unwrap();
+        assert_eq!(control.url, "http://127.0.0.1:8025");
+        assert!(!control.tls, "plain HTTP on loopback by default");
+        let c = Config::parse(
+            "t.toml",
+            &format!("{MIN}[control]\nlisten = \"192.0.2.1:8025\"\n"),
+        )
+        .unwrap();
+        let control = c.control.unwrap();
+        assert!(control.tls, "HTTPS off loopback");
+        assert_eq!(control.url, "https://192.0.2.1:8025");
+        let e = err(&format!(
+            "{MIN}[control]\nlisten = \"192.0.2.1:8025\"\ntls = false\n"
+        ));
+        assert!(
+            e.contains("control.tls: 192.0.2.1:8025 is not a loopback address"),
+            "{e}"
+        );
         assert_eq!(digest_period("off"), Ok(None));
         for (tail, says) in [
             (

@@ -340,6 +340,7 @@ pub struct ServerRaw {
 pub struct ControlRaw {
     pub listen: S<String>,
     pub url: Option<S<String>>,
+    pub tls: Option<S<bool>>,
 }
 
 /// Whether `name` is a plain ASCII host name (configured names go into DNS as they are).
@@ -697,8 +698,19 @@ impl File {
             Some(c) => {
                 let addr = cx.addr(&c.listen, "control.listen")?;
                 used.claim(&cx, addr, c.listen.span(), "control.listen")?;
+                let tls = match &c.tls {
+                    Some(t) if !*t.get_ref() && !addr.ip().is_loopback() => {
+                        return cx.err(
+                            t.span(),
+                            "control.tls",
+                            format!("{addr} is not a loopback address: the portal answers the network only over HTTPS (leave control.tls out, or true)"),
+                        );
+                    }
+                    Some(t) => *t.get_ref(),
+                    None => !addr.ip().is_loopback(),
+                };
                 let url = match &c.url {
-                    None => format!("http://{addr}"),
+                    None => format!("{}://{addr}", if tls { "https" } else { "http" }),
                     Some(u) => {
                         let v = u.get_ref().trim().trim_end_matches('/');
                         let host = v
@@ -719,7 +731,11 @@ impl File {
                         v.to_string()
                     }
                 };
-                Some(Control { listen: addr, url })
+                Some(Control {
+                    listen: addr,
+                    tls,
+                    url,
+                })
             }
         };
         let dns = match &self.dns {
@@ -868,7 +884,7 @@ impl File {
         }
         if let Some(c) = control.as_ref().filter(|c| !c.listen.ip().is_loopback()) {
             warnings.push(format!(
-                "control.listen {} is not a loopback address: the control endpoint answers the network (every call but /metrics needs the token)",
+                "control.listen {} is not a loopback address: the control endpoint answers the network, over HTTPS (every call but /metrics and the portal's login needs a credential)",
                 c.listen
             ));
         }

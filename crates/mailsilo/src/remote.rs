@@ -12,15 +12,20 @@ use serde::de::DeserializeOwned;
 /// Where the gateway to talk to is, and how to prove the right to.
 #[derive(clap::Args, Clone)]
 pub struct Remote {
-    /// The control endpoint (default: control.listen of the configuration).
+    /// The control endpoint: ADDR for plain HTTP (loopback), https://HOST:PORT for HTTPS
+    /// (default: control.listen of the configuration, over HTTPS when control.tls is on).
     #[arg(long, global = true)]
-    control: Option<SocketAddr>,
+    control: Option<String>,
     /// The data directory of the `up` that runs it, where its control token is.
     #[arg(long, global = true, default_value = "mailsilo-data")]
     data_dir: PathBuf,
     /// The control token file (default: DATA_DIR/control.token).
     #[arg(long, global = true)]
     token_file: Option<PathBuf>,
+    /// The certificate to trust for HTTPS (default: smtp.tls_cert of the configuration, else
+    /// the one `up` made, DATA_DIR/control-tls-cert.pem).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
     /// Configuration file to read control.listen from (default: ./mailsilo.toml, else
     /// the demo's).
     #[arg(long, global = true)]
@@ -30,18 +35,32 @@ pub struct Remote {
 /// A connection to one gateway's control API.
 pub struct Client {
     agent: ureq::Agent,
-    control: SocketAddr,
+    /// `http://ADDR` or `https://HOST:PORT`.
+    base: String,
     bearer: String,
 }
 
 impl Remote {
     pub fn connect(&self) -> Result<Client> {
-        let control = match self.control {
-            Some(a) => a,
-            None => crate::load_config(self.config.as_deref())?
-                .control
-                .map(|c| c.listen)
-                .context("no [control] listen in the configuration; give --control ADDR")?,
+        let config = || crate::load_config(self.config.as_deref());
+        let base = match &self.control {
+            Some(c) if c.starts_with("https://") => c.trim_end_matches('/').to_string(),
+            Some(c) => {
+                let addr: SocketAddr = c
+                    .trim_start_matches("http://")
+                    .trim_end_matches('/')
+                    .parse()
+                    .with_context(|| {
+                        format!("--control {c:?}: write IP:PORT, or https://HOST:PORT")
+                    })?;
+                format!("http://{addr}")
+            }
+            None => {
+                let c = config()?
+                    .control
+                    .context("no [control] listen in the configuration; give --control ADDR")?;
+                format!("{}://{}", if c.tls { "https" } else { "http" }, c.listen)
+            }
         };
         let token = match std::env::var("MAILSILO_CONTROL_TOKEN") {
             Ok(t) if self.token_file.is_none() && !t.is_empty() => t,
@@ -52,21 +71,49 @@ impl Remote {
                     .unwrap_or_else(|| crate::datadir::token_path(&self.data_dir)),
             )?,
         };
-        let agent = ureq::Agent::config_builder()
+        let mut agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .timeout_global(Some(std::time::Duration::from_secs(30)))
-            .build()
-            .into();
+            .timeout_global(Some(std::time::Duration::from_secs(30)));
+        if base.starts_with("https://") {
+            let ca = match &self.ca {
+                Some(p) => p.clone(),
+                None => config()?
+                    .smtp
+                    .tls_cert
+                    .clone()
+                    .unwrap_or_else(|| smtp::tls::control_cert_path(&self.data_dir)),
+            };
+            let pem = std::fs::read(&ca).with_context(|| {
+                format!(
+                    "the certificate to trust for the control endpoint, {} (give --ca FILE)",
+                    ca.display()
+                )
+            })?;
+            let certs = ureq::tls::parse_pem(&pem)
+                .filter_map(|i| match i {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect::<Vec<_>>();
+            if certs.is_empty() {
+                bail!("{}: no certificate in it", ca.display());
+            }
+            agent = agent.tls_config(
+                ureq::tls::TlsConfig::builder()
+                    .root_certs(ureq::tls::RootCerts::Specific(std::sync::Arc::new(certs)))
+                    .build(),
+            );
+        }
         Ok(Client {
-            agent,
-            control,
+            agent: agent.build().into(),
+            base,
             bearer: format!("Bearer {token}"),
         })
     }
 }
 
 /// Says plainly that nothing answers, rather than a transport error.
-fn unreachable(control: SocketAddr, e: ureq::Error) -> anyhow::Error {
+fn unreachable(control: &str, e: ureq::Error) -> anyhow::Error {
     match e {
         ureq::Error::Io(_) | ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
             anyhow::anyhow!(
@@ -94,14 +141,14 @@ fn refused(resp: &mut ureq::http::Response<ureq::Body>) -> String {
 
 impl Client {
     fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.control)
+        format!("{}{path}", self.base)
     }
 
     fn check(
         &self,
         r: Result<ureq::http::Response<ureq::Body>, ureq::Error>,
     ) -> Result<ureq::http::Response<ureq::Body>> {
-        let mut resp = r.map_err(|e| unreachable(self.control, e))?;
+        let mut resp = r.map_err(|e| unreachable(&self.base, e))?;
         if !resp.status().is_success() {
             bail!("{}", refused(&mut resp));
         }

@@ -597,13 +597,26 @@ pub async fn up(
     if let (Some(c), Some(store)) = (control, store) {
         let listener = bind(c.listen, "the control endpoint (control.listen)").await?;
         let token = crate::datadir::control_token(data_dir)?;
+        // HTTPS with the SMTP certificate if one is configured, else a self-signed one
+        // for the host name and the listening address.
+        let control_tls = if c.tls {
+            Some(smtp::tls::control_config(
+                config.smtp.tls_cert.as_deref(),
+                config.smtp.tls_key.as_deref(),
+                &[config.smtp.hostname.clone(), c.listen.ip().to_string()],
+                data_dir,
+            )?)
+        } else {
+            None
+        };
+        let scheme = if c.tls { "https" } else { "http" };
         map.push_str(&crate::user_cli::describe(
-            &format!("http://{}/", listener.local_addr()?),
+            &format!("{scheme}://{}/", listener.local_addr()?),
             &config,
         ));
         writeln!(
             map,
-            "  control                http://{}/api/v1/  (bearer token in {})",
+            "  control                {scheme}://{}/api/v1/  (bearer token in {})",
             listener.local_addr()?,
             crate::datadir::token_path(data_dir).display()
         )?;
@@ -630,6 +643,7 @@ pub async fn up(
         let ctx = portal::Ctx {
             next_id,
             learn,
+            secure: c.tls,
             metrics: Arc::new(move || filter_metrics.render_metrics()),
             config: config.clone(),
             balancers: Arc::new(Lbs {
@@ -642,7 +656,7 @@ pub async fn up(
             node: node.clone(),
         };
         tasks.push(tokio::spawn(async move {
-            portal::serve(listener, ctx, &token, stopped).await
+            portal::serve(listener, ctx, &token, control_tls, stopped).await
         }));
     }
     print!("{map}");

@@ -609,6 +609,94 @@ fn the_openapi_document_holds_under_schemathesis() {
     assert!(cases.0.parse::<usize>().unwrap() > 1000, "{said}");
 }
 
+/// With `control.tls`, the portal and the API answer over HTTPS only (the self-signed
+/// certificate names the host and the listening address), session cookies are `Secure`,
+/// and the CLI speaks HTTPS, trusting that certificate.
+#[test]
+fn the_portal_answers_over_https_with_secure_cookies() {
+    let dir = tempfile::tempdir().unwrap();
+    let ip = common::unique_ip();
+    let control = SocketAddr::new(ip, 8025);
+    let config = dir.path().join("https.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[smtp]\nhostname = \"mx.test\"\nlisten = [\"{ip}:2525\"]\n\
+             [[domain]]\nname = \"example.com\"\ndestination = \"{ip}:2526\"\n\
+             [control]\nlisten = \"{control}\"\ntls = true\n\
+             [[account]]\nname = \"operator\"\nrole = \"operator\"\npassword = \"operator-pass\"\n"
+        ),
+    )
+    .unwrap();
+    let data = dir.path().join("data");
+    let _up = common::Proc(
+        Command::new(&*BIN)
+            .args(["up", "--config"])
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    assert!(wait_until(WAIT, || std::net::TcpStream::connect(control).is_ok()));
+    // Plain HTTP gets no answer.
+    let mut s = std::net::TcpStream::connect(control).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    assert!(
+        !answer.starts_with(b"HTTP/1.1"),
+        "{}",
+        String::from_utf8_lossy(&answer)
+    );
+    // A browser-like client that trusts the certificate, checking the address it names.
+    let cert = data.join("control-tls-cert.pem");
+    let said = common::python(
+        "import http.client, ssl, sys, json\n\
+         ctx = ssl.create_default_context(cafile=sys.argv[3])\n\
+         c = http.client.HTTPSConnection(sys.argv[1], int(sys.argv[2]), context=ctx)\n\
+         c.request('POST', '/api/v1/login', json.dumps({'name': 'operator', 'password': 'operator-pass'}), {'Content-Type': 'application/json'})\n\
+         r = c.getresponse()\n\
+         print(r.status, r.getheader('Set-Cookie'))",
+        &[&ip.to_string(), "8025", cert.to_str().unwrap()],
+    );
+    assert!(said.starts_with("200 mailsilo_session="), "{said}");
+    assert!(said.contains("; Secure"), "{said}");
+    // The CLI: from the configuration (HTTPS, the certificate `up` made), or --control.
+    let cli = |args: &[&str]| {
+        Command::new(&*BIN)
+            .args(args)
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(&data)
+            .output()
+            .unwrap()
+    };
+    let out = cli(&["queue", "list"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let url = format!("https://{control}");
+    let out = cli(&["queue", "list", "--control", &url]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Trusting another certificate: refused.
+    let other = dir.path().join("other.pem");
+    std::fs::write(&other, std::fs::read(data.join("tls-cert.pem")).unwrap()).unwrap();
+    let out = cli(&["queue", "list", "--ca", other.to_str().unwrap()]);
+    assert!(!out.status.success());
+}
+
 #[test]
 fn pages_need_a_session_and_their_forms_a_csrf_token() {
     let g = gateway();

@@ -74,6 +74,8 @@ pub struct Ctx {
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// Learning from messages reported from the quarantine.
     pub learn: Learn,
+    /// Served over HTTPS: session cookies are `Secure`.
+    pub secure: bool,
 }
 
 /// Equal in constant time (for equal lengths): no timing tells how much of a guess was right.
@@ -388,12 +390,15 @@ async fn stopped(shutdown: &mut watch::Receiver<bool>) {
     let _ = shutdown.wait_for(|s| *s).await;
 }
 
-/// Serves the router on `listener` until `shutdown` turns true, each connection with a
-/// header deadline and a lifetime, at most [`MAX_CONNECTIONS`] at once.
+/// Serves the API and the portal on `listener` until `shutdown`, each connection with a
+/// header deadline and a lifetime, at most [`MAX_CONNECTIONS`] at once: over HTTPS with
+/// `tls` (each handshake within [`HEADER_TIMEOUT`]), else plain HTTP (loopback only: the
+/// configuration refuses plain HTTP elsewhere).
 pub async fn serve(
     listener: TcpListener,
     ctx: Ctx,
     token: &str,
+    tls: Option<Arc<tokio_rustls::rustls::ServerConfig>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     // Sessions and tokens past their end are forgotten hourly.
@@ -414,6 +419,7 @@ pub async fn serve(
     // Digests of quarantined mail, on each organisation's schedule.
     tokio::spawn(digest::follow(ctx.clone(), shutdown.clone()));
     let app = router(ctx, token);
+    let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let per_address = listen::PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);
     loop {
@@ -440,13 +446,34 @@ pub async fn serve(
             app.clone()
                 .layer(axum::Extension(Peer(peer.ip().to_canonical()))),
         );
-        let connection = hyper::server::conn::http1::Builder::new()
-            .timer(hyper_util::rt::TokioTimer::new())
-            .header_read_timeout(HEADER_TIMEOUT)
-            .serve_connection(hyper_util::rt::TokioIo::new(stream), service);
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
             let (_permit, _slot) = (permit, slot);
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, connection).await;
+            let http = hyper::server::conn::http1::Builder::new()
+                .timer(hyper_util::rt::TokioTimer::new())
+                .header_read_timeout(HEADER_TIMEOUT)
+                .clone();
+            let served = async {
+                match acceptor {
+                    None => {
+                        let _ = http
+                            .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                            .await;
+                    }
+                    Some(a) => {
+                        let Ok(Ok(tls)) =
+                            tokio::time::timeout(HEADER_TIMEOUT, a.accept(stream)).await
+                        else {
+                            tracing::debug!(%peer, "control: no TLS handshake");
+                            return;
+                        };
+                        let _ = http
+                            .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                            .await;
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
         });
     }
 }

@@ -50,10 +50,11 @@ impl From<&Principal> for Me {
 
 /// The session cookie: HttpOnly (no script reads it), SameSite=Strict (no other site's
 /// page sends it), for the whole portal.
-fn cookie(value: &str, max_age: u64) -> String {
+fn cookie(value: &str, max_age: u64, secure: bool) -> String {
     format!(
-        "{}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}",
-        auth::COOKIE
+        "{}={value}; HttpOnly; SameSite=Strict; Path=/; Max-Age={max_age}{}",
+        auth::COOKIE,
+        if secure { "; Secure" } else { "" }
     )
 }
 
@@ -71,7 +72,7 @@ pub fn routes() -> Router<Ctx> {
                     }
                     (
                         StatusCode::NO_CONTENT,
-                        [(header::SET_COOKIE, session_cookie(""))],
+                        [(header::SET_COOKIE, session_cookie("", c.secure))],
                     )
                         .into_response()
                 },
@@ -151,11 +152,11 @@ pub async fn start_session(
 }
 
 /// The `Set-Cookie` value of a session (an empty secret ends it).
-pub fn session_cookie(secret: &str) -> String {
+pub fn session_cookie(secret: &str, secure: bool) -> String {
     if secret.is_empty() {
-        cookie("", 0)
+        cookie("", 0, secure)
     } else {
-        cookie(secret, auth::SESSION_LIFETIME.as_secs())
+        cookie(secret, auth::SESSION_LIFETIME.as_secs(), secure)
     }
 }
 
@@ -171,7 +172,7 @@ async fn login(
     };
     match start_session(&c, &throttle, peer, &name, password).await {
         Ok((secret, p)) => (
-            [(header::SET_COOKIE, session_cookie(&secret))],
+            [(header::SET_COOKIE, session_cookie(&secret, c.secure))],
             Json(Me::from(&p)),
         )
             .into_response(),

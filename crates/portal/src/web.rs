@@ -233,7 +233,7 @@ pub fn routes() -> Router<Ctx> {
                         );
                     }
                     (
-                        [(header::SET_COOKIE, session_cookie(""))],
+                        [(header::SET_COOKIE, session_cookie("", c.secure))],
                         Redirect::to("/login"),
                     )
                         .into_response()
@@ -288,7 +288,7 @@ async fn web_login(
     };
     match start_session(&c, &throttle, peer, &f.name, f.password).await {
         Ok((secret, _)) => (
-            [(header::SET_COOKIE, session_cookie(&secret))],
+            [(header::SET_COOKIE, session_cookie(&secret, c.secure))],
             Redirect::to("/"),
         )
             .into_response(),

@@ -36,13 +36,41 @@ pub fn server_config(
     hostname: &str,
     data_dir: &Path,
 ) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    certified(cert, key, &[hostname.to_string()], data_dir, "tls")
+}
+
+/// The self-signed certificate the control endpoint makes when none is configured: the
+/// file its clients trust (`mailsilo lb` and the other commands read it).
+pub fn control_cert_path(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("control-tls-cert.pem")
+}
+
+/// The control endpoint's HTTPS: `cert` and `key`, or when absent a self-signed certificate
+/// for `names` (the host name and the listening address, so clients can verify either),
+/// kept as [`control_cert_path`] and its key in `data_dir`.
+pub fn control_config(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    names: &[String],
+    data_dir: &Path,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
+    certified(cert, key, names, data_dir, "control-tls")
+}
+
+fn certified(
+    cert: Option<&Path>,
+    key: Option<&Path>,
+    names: &[String],
+    data_dir: &Path,
+    stem: &str,
+) -> Result<Arc<rustls::ServerConfig>, TlsError> {
     let (cert, key) = match (cert, key) {
         (Some(c), Some(k)) => (c.to_path_buf(), k.to_path_buf()),
         _ => {
-            let c = data_dir.join("tls-cert.pem");
-            let k = data_dir.join("tls-key.pem");
+            let c = data_dir.join(format!("{stem}-cert.pem"));
+            let k = data_dir.join(format!("{stem}-key.pem"));
             if !c.exists() || !k.exists() {
-                let generated = rcgen::generate_simple_self_signed(vec![hostname.to_string()])?;
+                let generated = rcgen::generate_simple_self_signed(names.to_vec())?;
                 let io = |e: std::io::Error| TlsError::File {
                     path: data_dir.display().to_string(),
                     message: e.to_string(),
