@@ -697,6 +697,71 @@ fn the_portal_answers_over_https_with_secure_cookies() {
     assert!(!out.status.success());
 }
 
+/// The operator's queue page: the mail waiting per client domain and each message with
+/// its recipients' last error; flush and delete from the page (audited); other roles are
+/// refused it.
+#[test]
+fn the_queue_page_shows_waiting_mail_and_deletes_it() {
+    let g = Gateway::start(Options {
+        tail: TAIL.into(),
+        external_sink: true,
+        ..Options::default()
+    });
+    let mut s = g.smtp();
+    assert_eq!(s.cmd("EHLO client.test").0, 250);
+    let (code, text) = s.mail(
+        "a@outside.example",
+        &["bob@example.com"],
+        "Subject: wait\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let id = text.rsplit(' ').next().unwrap().trim().to_string();
+    let operator = login(g.control, "operator", "operator-pass");
+    // Its first attempt fails (nothing listens at the destination): deferred, with the error.
+    assert!(wait_until(WAIT, || operator
+        .get(&g, "/queue")
+        .1
+        .contains("refused")));
+    let (status, page) = operator.get(&g, "/queue");
+    assert_eq!(status, 200);
+    assert!(page.contains(&format!("id=\"q-{id}\"")), "{page}");
+    assert!(
+        page.contains("<td>example.com</td><td>1</td><td>1</td>"),
+        "{page}"
+    );
+    let post = |path: &str, body: &str| {
+        http(
+            g.control,
+            "POST",
+            path,
+            &[
+                ("Cookie", &operator.cookie),
+                ("Content-Type", "application/x-www-form-urlencoded"),
+            ],
+            body,
+        )
+        .0
+    };
+    assert_eq!(
+        post("/queue/flush", &format!("csrf={}", operator.csrf)),
+        303
+    );
+    assert_eq!(post(&format!("/queue/{id}/delete"), "csrf=forged"), 403);
+    assert_eq!(
+        post(
+            &format!("/queue/{id}/delete"),
+            &format!("csrf={}", operator.csrf)
+        ),
+        303
+    );
+    let (_, page) = operator.get(&g, "/queue");
+    assert!(page.contains("The queue is empty."), "{page}");
+    let (_, log) = operator.get(&g, "/api/v1/audit");
+    assert!(log.contains("queue.delete") && log.contains(&id), "{log}");
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    assert_eq!(alice.get(&g, "/queue").0, 403);
+}
+
 #[test]
 fn pages_need_a_session_and_their_forms_a_csrf_token() {
     let g = gateway();

@@ -819,7 +819,9 @@ fn up_is_quiet_and_says_who_did_what() {
     let err = String::from_utf8_lossy(&nothing.stderr);
     assert!(
         !nothing.status.success()
-            && err.contains("no gateway answers at 127.3.25.9:8025: start one with `mailsilo up`"),
+            && err.contains(
+                "no gateway answers at http://127.3.25.9:8025: start one with `mailsilo up`"
+            ),
         "{err}"
     );
 }

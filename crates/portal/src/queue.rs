@@ -6,10 +6,11 @@ use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 use store::{Recipient, Summary};
 
+use crate::auth::Principal;
 use crate::{Ctx, now, refusal, unavailable};
 
 /// The most entries one page or one search returns.
@@ -106,10 +107,22 @@ pub fn routes() -> Router<Ctx> {
                     Err(e) => unavailable(e),
                 }
             })
-            .delete(|State(c): State<Ctx>, Path(id): Path<String>| async move {
+            .delete(|State(c): State<Ctx>, Extension(who): Extension<Principal>, Path(id): Path<String>| async move {
                 match c.store.delete(&id, &c.node).await {
                     Ok(true) => {
-                        tracing::info!(queue_id = %id, "deleted from the queue by an operator");
+                        tracing::info!(queue_id = %id, account = %who.account, "deleted from the queue by an operator");
+                        crate::audit::record(
+                            &c,
+                            &who,
+                            crate::audit::Change {
+                                action: "queue.delete",
+                                object: &id,
+                                domain: "",
+                                before: None,
+                                after: None,
+                            },
+                        )
+                        .await;
                         StatusCode::NO_CONTENT.into_response()
                     }
                     Ok(false) => refusal(

@@ -73,7 +73,7 @@ pub(crate) fn page(title: &str, who: Option<&Principal>, body: &str) -> Response
              <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Log out</button></form>",
             if p.role == Role::Operator {
-                "<a href=\"/silo\">Silo</a> "
+                "<a href=\"/silo\">Silo</a> <a href=\"/queue\">Queue</a>"
             } else {
                 ""
             },
@@ -264,6 +264,8 @@ pub fn routes() -> Router<Ctx> {
         )
         .route("/trace/{id}", get(trace_one_page))
         .route("/quarantine/bulk", post(quarantine_bulk))
+        .route("/queue", get(queue_page))
+        .route("/queue/{*what}", post(queue_action))
         .route("/quarantine/{id}/{action}", post(quarantine_action))
 }
 
@@ -790,6 +792,128 @@ async fn quarantine_action(
     match done {
         Ok(message) => Redirect::to(&format!("/quarantine?done={}", url(&message))).into_response(),
         Err(e) => error_page(e.status, &e.message, Some(&who)),
+    }
+}
+
+/// The operator's queue page: the mail waiting per client domain (with how much of it was
+/// deferred and since when), then the oldest messages with each pending recipient's last
+/// error, and the forms that flush the queue and delete a message.
+async fn queue_page(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<Notice>, QueryRejection>,
+) -> Response {
+    let all = store::StatQuery::default();
+    let (by_domain, list) = match (
+        c.store.queue_by_domain(&all).await,
+        c.store.list(None, PAGE).await,
+    ) {
+        (Ok(d), Ok(l)) => (d, l),
+        (Err(e), _) | (_, Err(e)) => {
+            return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), Some(&who));
+        }
+    };
+    let csrf = esc(who.csrf.as_deref().unwrap_or(""));
+    let mut body = String::new();
+    if let Some(done) = q.ok().and_then(|Query(n)| n.done) {
+        body.push_str(&format!(
+            "<p class=\"notice\" role=\"status\">{}</p>",
+            esc(&done)
+        ));
+    }
+    body.push_str(&format!(
+        "<form method=\"post\" action=\"/queue/flush\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <button type=\"submit\">Flush: try every deferred recipient now</button></form>\
+         <table><caption>Waiting, per client domain</caption><thead><tr><th scope=\"col\">Domain</th>\
+         <th scope=\"col\">Recipients waiting</th><th scope=\"col\">Deferred</th><th scope=\"col\">Oldest</th></tr></thead><tbody>"
+    ));
+    for d in &by_domain {
+        body.push_str(&format!(
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(&d.domain),
+            d.pending,
+            d.deferred,
+            esc(&unix_time(d.oldest))
+        ));
+    }
+    if by_domain.is_empty() {
+        body.push_str("<tr><td colspan=\"4\">The queue is empty.</td></tr>");
+    }
+    body.push_str(
+        "</tbody></table><table><caption>Messages, oldest first</caption><thead><tr>\
+         <th scope=\"col\">Queue id</th><th scope=\"col\">From</th><th scope=\"col\">Waiting for (last error)</th>\
+         <th scope=\"col\">Next attempt</th><th scope=\"col\">Held by</th><th scope=\"col\">Actions</th></tr></thead><tbody>",
+    );
+    for m in &list {
+        let id = esc(&m.id);
+        let pending: Vec<String> = m
+            .pending
+            .iter()
+            .map(|(r, e)| match e {
+                Some(e) => format!("{} ({})", esc(r), esc(e)),
+                None => esc(r),
+            })
+            .collect();
+        body.push_str(&format!(
+            "<tr id=\"q-{id}\"><td>{id}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>\
+             <form method=\"post\" action=\"/queue/{}/delete\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\" aria-label=\"Delete {id}\">Delete</button></form></td></tr>",
+            esc(if m.sender.is_empty() { "<>" } else { &m.sender }),
+            pending.join("<br>"),
+            esc(&unix_time(m.next_attempt)),
+            esc(m.owner.as_deref().unwrap_or("-")),
+            url(&m.id),
+        ));
+    }
+    body.push_str("</tbody></table>");
+    page("Queue", Some(&who), &body)
+}
+
+async fn queue_action(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    Path(what): Path<String>,
+    form: Result<Form<CsrfForm>, FormRejection>,
+) -> Response {
+    if !csrf_ok(&who, &form) {
+        return forbidden_form(&who);
+    }
+    let done = match what.split_once('/') {
+        None if what == "flush" => c
+            .store
+            .flush(crate::now())
+            .await
+            .map(|n| format!("Flushed: {n} recipient(s) due now.")),
+        Some((id, "delete")) => match c.store.delete(id, &c.node).await {
+            Ok(true) => {
+                crate::audit::record(
+                    &c,
+                    &who,
+                    crate::audit::Change {
+                        action: "queue.delete",
+                        object: id,
+                        domain: "",
+                        before: None,
+                        after: None,
+                    },
+                )
+                .await;
+                Ok(format!("Deleted {id} from the queue."))
+            }
+            Ok(false) => {
+                return error_page(
+                    StatusCode::NOT_FOUND,
+                    &format!("No message {id} in the queue."),
+                    Some(&who),
+                );
+            }
+            Err(e) => Err(e),
+        },
+        _ => return error_page(StatusCode::NOT_FOUND, "No such action.", Some(&who)),
+    };
+    match done {
+        Ok(text) => Redirect::to(&format!("/queue?done={}", url(&text))).into_response(),
+        Err(e) => error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), Some(&who)),
     }
 }
 
