@@ -74,26 +74,56 @@ pub async fn retrain(store: &dyn Store) -> Result<(i64, Model), store::Error> {
     Ok((version, model))
 }
 
-/// Learns one message reported from the quarantine (its bytes without the scan's own
-/// header fields) and trains the model again, which every engine loads within
-/// [`FOLLOW_INTERVAL`].
-pub async fn report(
+/// Learns one message reported from the quarantine: its bytes without the scan's own
+/// header fields. The model is trained again by a [`Retrainer`], not here.
+pub async fn learn_reported(
     store: &dyn Store,
     raw: &[u8],
     spam: bool,
     authserv_id: Option<&str>,
 ) -> Result<(), store::Error> {
     let raw = crate::intake::without_scan_headers(raw, authserv_id);
-    store.learn(vec![example(&raw, spam)]).await?;
-    let (version, model) = retrain(store).await?;
-    info!(
-        version,
-        spam = model.spam,
-        ham = model.ham,
-        reported_as = if spam { "spam" } else { "ham" },
-        "classifier trained again on a message reported from the quarantine"
-    );
-    Ok(())
+    store.learn(vec![example(&raw, spam)]).await.map(drop)
+}
+
+/// Trains the model again after reports, one training at a time: requests made while one
+/// runs are served by one more run after it, so a burst of reports (a bulk call) costs two
+/// trainings, not one each. Every engine loads the new model within [`FOLLOW_INTERVAL`].
+pub struct Retrainer {
+    wake: tokio::sync::Notify,
+}
+
+impl Retrainer {
+    /// Starts the trainer's task, until `shutdown`.
+    pub fn spawn(store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) -> Arc<Retrainer> {
+        let this = Arc::new(Retrainer {
+            wake: tokio::sync::Notify::new(),
+        });
+        let me = this.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = me.wake.notified() => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                match retrain(store.as_ref()).await {
+                    Ok((version, model)) => info!(
+                        version,
+                        spam = model.spam,
+                        ham = model.ham,
+                        "classifier trained again on reports from the quarantine"
+                    ),
+                    Err(e) => warn!(error = %e, "training again after reports failed"),
+                }
+            }
+        });
+        this
+    }
+
+    /// Asks for a training (coalesced with any already asked for).
+    pub fn request(&self) {
+        self.wake.notify_one();
+    }
 }
 
 /// Loads the store's model into `engine` when its version is not the one in force;

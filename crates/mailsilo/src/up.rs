@@ -632,12 +632,16 @@ pub async fn up(
         };
         let filter_metrics = engine.clone();
         let (learn_store, learn_engine) = (store.clone(), engine.clone());
+        let retrainer = filter::training::Retrainer::spawn(store.clone(), stopped.clone());
         let learn: portal::Learn = Arc::new(move |raw, spam| {
-            let (store, engine) = (learn_store.clone(), learn_engine.clone());
+            let (store, engine, retrainer) =
+                (learn_store.clone(), learn_engine.clone(), retrainer.clone());
             Box::pin(async move {
-                filter::training::report(store.as_ref(), &raw, spam, engine.authserv_id())
+                filter::training::learn_reported(store.as_ref(), &raw, spam, engine.authserv_id())
                     .await
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| e.to_string())?;
+                retrainer.request();
+                Ok(())
             })
         });
         let ctx = portal::Ctx {

@@ -762,6 +762,58 @@ fn the_queue_page_shows_waiting_mail_and_deletes_it() {
     assert_eq!(alice.get(&g, "/queue").0, 403);
 }
 
+/// A quarantined virus is released by an admin or an operator only: not by its user, and
+/// its digest entry has no release link.
+#[test]
+fn a_held_virus_is_not_its_users_to_release() {
+    let g = Gateway::start(Options {
+        tail: TAIL.replace("[filter]\n", "[filter]\nvirus_action = \"quarantine\"\n")
+            + "\n[digest]\nschedule = \"off\"\n",
+        ..Options::default()
+    });
+    let eicar = "X5O!P%@AP[4\\PZX54(P^)7CC)7}$EICAR-STANDARD-ANTIVIRUS-TEST-FILE!$H+H*";
+    let mut s = g.smtp();
+    assert_eq!(s.cmd("EHLO client.test").0, 250);
+    let (code, text) = s.mail(
+        "a@outside.example",
+        &["alice@example.com"],
+        &format!(
+            "Subject: invoice\r\nMIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=b\r\n\r\n\
+             --b\r\nContent-Type: text/plain\r\n\r\nsee attached\r\n\
+             --b\r\nContent-Type: application/octet-stream; name=e.com\r\n\r\n{eicar}\r\n--b--\r\n"
+        ),
+    );
+    assert_eq!(code, 250, "{text}");
+    let id = text.rsplit(' ').next().unwrap().trim().to_string();
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    let (status, body) = alice.get(&g, &format!("/api/v1/quarantine/{id}"));
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"verdict\":\"virus\""), "{body}");
+    let (status, body) = alice.post(
+        &g,
+        "POST",
+        &format!("/api/v1/quarantine/{id}/release"),
+        true,
+    );
+    assert_eq!(status, 403, "{body}");
+    g.admin("digest", &["send"]);
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+    let digest = text_part(&g.mailbox("alice@example.com")[0]);
+    assert!(
+        digest.contains("A virus: your administrator can release it."),
+        "{digest}"
+    );
+    assert!(!digest.contains("Release: "), "{digest}");
+    let admin = login(g.control, "admin@example.com", "admin-pass");
+    let (status, body) = admin.post(
+        &g,
+        "POST",
+        &format!("/api/v1/quarantine/{id}/release"),
+        true,
+    );
+    assert_eq!(status, 200, "{body}");
+}
+
 #[test]
 fn pages_need_a_session_and_their_forms_a_csrf_token() {
     let g = gateway();
@@ -1285,6 +1337,16 @@ fn admins_change_their_domains_and_every_change_is_audited() {
     assert_eq!(put(&admin, "example.com", &tagged), 204);
     let moved = format!(r#"{{"destination":"{}","silo":"elsewhere"}}"#, g.sink);
     assert_eq!(put(&admin, "example.com", &moved), 403);
+    // Not into the provider's own network, nor a retry policy of its own.
+    for inside in ["127.0.0.1:25", "10.1.2.3:25", "[::1]:25", "169.254.1.1:25"] {
+        let body = format!(r#"{{"destination":"{inside}"}}"#);
+        assert_eq!(put(&admin, "example.com", &body), 403, "{inside}");
+    }
+    let retry = format!(
+        r#"{{"destination":"{}","retry":{{"lifetime":"1h"}}}}"#,
+        g.sink
+    );
+    assert_eq!(put(&admin, "example.com", &retry), 403);
     assert_eq!(
         admin
             .post(&g, "DELETE", "/api/v1/domains/example.com", true)
@@ -1398,8 +1460,9 @@ fn admins_change_their_domains_and_every_change_is_audited() {
     );
 }
 
-/// "Spam" and "not spam" from the quarantine teach the classifier (the example is stored,
-/// the model trained again) and then delete or release the message; bulk calls do one
+/// "Spam" and "not spam" from the quarantine (an admin's or an operator's: the model is
+/// shared by every client) teach the classifier (the example is stored, the model trained
+/// again in the background) and then delete or release the message; bulk calls do one
 /// action to many messages, each within the caller's scope as it would be alone.
 #[test]
 fn reports_teach_the_classifier_and_bulk_actions_keep_each_scope() {
@@ -1425,20 +1488,25 @@ fn reports_teach_the_classifier_and_bulk_actions_keep_each_scope() {
         examples()
     );
     let alice = login(g.control, "alice@example.com", "alice-pass");
-    let (status, body) = alice.post(
-        &g,
-        "POST",
-        &format!("/api/v1/quarantine/{ham}/report-ham"),
-        true,
+    let admin = login(g.control, "admin@example.com", "admin-pass");
+    let org = login(g.control, "admin@example.org", "org-admin-pass");
+    let report = |s: &Session, id: &str, what: &str| {
+        s.post(
+            &g,
+            "POST",
+            &format!("/api/v1/quarantine/{id}/report-{what}"),
+            true,
+        )
+    };
+    assert_eq!(
+        report(&alice, &ham, "ham").0,
+        403,
+        "a user's report would move every client's verdicts"
     );
+    let (status, body) = report(&admin, &ham, "ham");
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("queued_as"), "{body}");
-    let (status, body) = alice.post(
-        &g,
-        "POST",
-        &format!("/api/v1/quarantine/{spam}/report-spam"),
-        true,
-    );
+    let (status, body) = report(&admin, &spam, "spam");
     assert_eq!(status, 204, "{body}");
     assert!(
         examples().contains("examples: 1 spam, 1 ham"),
@@ -1446,7 +1514,7 @@ fn reports_teach_the_classifier_and_bulk_actions_keep_each_scope() {
         examples()
     );
     assert!(
-        examples().contains("trained on 1 spam and 1 ham"),
+        wait_until(WAIT, || examples().contains("trained on 1 spam and 1 ham")),
         "the model was trained again: {}",
         examples()
     );
@@ -1455,18 +1523,7 @@ fn reports_teach_the_classifier_and_bulk_actions_keep_each_scope() {
         .mailbox("alice@example.com")
         .iter()
         .any(|m| m.contains("hold me ham"))));
-    // Another's message cannot be reported.
-    assert_eq!(
-        alice
-            .post(
-                &g,
-                "POST",
-                &format!("/api/v1/quarantine/{bobs}/report-spam"),
-                true
-            )
-            .0,
-        404
-    );
+    assert_eq!(report(&org, &bobs, "spam").0, 404, "another organisation's");
     // Bulk: each message as alone; the others' are 404s.
     let bulk = |s: &Session, body: &str| {
         let (status, _, b) = http(
@@ -1498,7 +1555,6 @@ fn reports_teach_the_classifier_and_bulk_actions_keep_each_scope() {
             (erins.clone(), 404)
         ]
     );
-    let org = login(g.control, "admin@example.org", "org-admin-pass");
     assert_eq!(
         bulk(
             &org,
@@ -1515,7 +1571,6 @@ fn reports_teach_the_classifier_and_bulk_actions_keep_each_scope() {
     );
     assert_eq!(status, 403, "a session's change needs its CSRF token");
     // The page's bulk form.
-    let admin = login(g.control, "admin@example.com", "admin-pass");
     let (status, page) = admin.get(&g, "/quarantine");
     assert_eq!(status, 200);
     assert!(
@@ -1540,6 +1595,7 @@ fn reports_teach_the_classifier_and_bulk_actions_keep_each_scope() {
         "{}",
         examples()
     );
+    assert!(wait_until(WAIT, || examples().contains("trained on 2 spam and 1 ham")));
     // Each report is on the audit log.
     let (_, body) = admin.get(&g, "/api/v1/audit");
     for want in [

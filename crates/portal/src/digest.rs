@@ -71,12 +71,19 @@ impl Action {
     }
 }
 
+/// The links' signing key: read from the store once per process (an unauthenticated link
+/// must not cost the store a write), stored by the first node that needed one.
 async fn key(c: &Ctx) -> Result<Vec<u8>, Refused> {
-    c.store
-        .secret(SECRET, crate::auth::secret())
-        .await
-        .map(String::into_bytes)
-        .map_err(Refused::store)
+    static KEY: tokio::sync::OnceCell<Vec<u8>> = tokio::sync::OnceCell::const_new();
+    KEY.get_or_try_init(|| async {
+        c.store
+            .secret(SECRET, crate::auth::secret())
+            .await
+            .map(String::into_bytes)
+            .map_err(Refused::store)
+    })
+    .await
+    .cloned()
 }
 
 fn mac(key: &[u8], action: Action, id: &str, to: &str, expires: i64) -> HmacSha256 {
@@ -158,15 +165,21 @@ fn base64_lines(text: &str) -> String {
 }
 
 /// One recipient's digest as a message (text and HTML alternatives).
+/// One recipient's digest: the first [`MAX_LISTED`] of its `total` held messages.
+struct Listing {
+    held: Vec<HeldSummary>,
+    total: usize,
+}
+
 fn compose(
     c: &Ctx,
     key: &[u8],
     to: &str,
-    held: &[&HeldSummary],
-    since: i64,
-    now: i64,
+    listing: &Listing,
+    (since, now): (i64, i64),
     id: &str,
 ) -> Vec<u8> {
+    let held = &listing.held;
     let d = &c.config.digest;
     let expires = now + d.link_lifetime.as_secs() as i64;
     let base = c
@@ -181,7 +194,7 @@ fn compose(
         "{n} new message(s) were held in quarantine for {to} since {since}.\r\n\
          Each link below works without logging in until {until}; it opens a page where\r\n\
          you confirm. Release only what you trust: held mail may be dangerous.\r\n\r\n",
-        n = held.len(),
+        n = listing.total,
         since = when(since),
         until = when(expires),
     );
@@ -191,12 +204,12 @@ fn compose(
          Each link works without logging in until {until}; it opens a page where you confirm.\
          Release only what you trust: held mail may be dangerous.</p><table border=\"1\" cellpadding=\"4\">\
          <tr><th>Received</th><th>From</th><th>Subject</th><th>Why</th><th></th></tr>",
-        n = held.len(),
+        n = listing.total,
         to = esc(to),
         since = esc(&when(since)),
         until = esc(&when(expires)),
     );
-    for (i, h) in held.iter().take(MAX_LISTED).enumerate() {
+    for (i, h) in held.iter().enumerate() {
         let subject = decoded_subject(&h.subject);
         let sender = if h.sender.is_empty() { "<>" } else { &h.sender };
         let why = format!("{} (score {:.1}): {}", h.verdict, h.score, h.reason);
@@ -214,7 +227,10 @@ fn compose(
             esc(&subject),
             esc(&why)
         );
-        if h.recipients.len() == 1 {
+        if h.verdict == "virus" {
+            text.push_str("   A virus: your administrator can release it.\r\n\r\n");
+            html.push_str("A virus: your administrator can release it.");
+        } else if h.recipients.len() == 1 {
             let release = link(&base, key, Action::Release, &h.id, to, expires);
             let delete = link(&base, key, Action::Delete, &h.id, to, expires);
             let _ = write!(
@@ -235,8 +251,8 @@ fn compose(
         }
         html.push_str("</td></tr>");
     }
-    if held.len() > MAX_LISTED {
-        let more = held.len() - MAX_LISTED;
+    if listing.total > held.len() {
+        let more = listing.total - held.len();
         let _ = write!(
             text,
             "... and {more} more: see the portal, {base}/quarantine\r\n"
@@ -254,7 +270,7 @@ fn compose(
          Message-ID: <digest.{id}@{host}>\r\nAuto-Submitted: auto-generated\r\n\
          MIME-Version: 1.0\r\nContent-Type: multipart/alternative; boundary=\"{boundary}\"\r\n\r\n",
         from = d.from,
-        n = held.len(),
+        n = listing.total,
         date = when(now),
         host = c.config.smtp.hostname,
     );
@@ -291,38 +307,43 @@ async fn send(c: &Ctx, org: &Organisation, since: i64, now: i64) -> Result<usize
         since: Some(since),
         ..HeldFilter::default()
     };
-    let mut held: Vec<HeldSummary> = Vec::new();
+    // Page by page, each recipient keeping its first MAX_LISTED and a count: memory stays
+    // bounded however much was held.
+    let mut by_recipient: std::collections::BTreeMap<String, Listing> = Default::default();
+    let mut after: Option<String> = None;
     loop {
-        let after = held.last().map(|h| h.id.clone());
         let page = c
             .store
             .quarantined(after.as_deref(), crate::queue::MAX_PAGE, &filter)
             .await
             .map_err(Refused::store)?;
         let full = page.len() == crate::queue::MAX_PAGE;
-        held.extend(page);
+        after = page.last().map(|h| h.id.clone());
+        for h in page {
+            for r in &h.recipients {
+                let ours = store::domain_lc(r);
+                if !org.domains.contains(&ours) {
+                    continue;
+                }
+                let l = by_recipient.entry(r.clone()).or_insert(Listing {
+                    held: Vec::new(),
+                    total: 0,
+                });
+                l.total += 1;
+                if l.held.len() < MAX_LISTED {
+                    l.held.push(h.clone());
+                }
+            }
+        }
         if !full {
             break;
         }
     }
-    let mut by_recipient: std::collections::BTreeMap<String, Vec<&HeldSummary>> =
-        Default::default();
-    for h in &held {
-        for r in &h.recipients {
-            let lower = r.to_ascii_lowercase();
-            let ours = lower
-                .rsplit_once('@')
-                .is_some_and(|(_, d)| org.domains.iter().any(|o| *o == d));
-            if ours {
-                by_recipient.entry(r.clone()).or_default().push(h);
-            }
-        }
-    }
     let key = key(c).await?;
     let mut sent = 0;
-    for (to, items) in &by_recipient {
+    for (to, listing) in &by_recipient {
         let id = (c.next_id)();
-        let body = compose(c, &key, to, items, since, now, &id);
+        let body = compose(c, &key, to, listing, (since, now), &id);
         let message = NewMessage {
             id: id.clone(),
             sender: String::new(),
@@ -343,13 +364,13 @@ async fn send(c: &Ctx, org: &Organisation, since: i64, now: i64) -> Result<usize
                 server: "portal".into(),
                 node: c.node.clone(),
             },
-            scan: Some(format!("quarantine digest of {} message(s)", items.len())),
+            scan: Some(format!("quarantine digest of {} message(s)", listing.total)),
         };
         c.store
             .enqueue(message, None)
             .await
             .map_err(Refused::store)?;
-        tracing::info!(queue_id = %id, to = %to, messages = items.len(), organisation = %org.name, "digest queued");
+        tracing::info!(queue_id = %id, to = %to, messages = listing.total, organisation = %org.name, "digest queued");
         sent += 1;
     }
     Ok(sent)

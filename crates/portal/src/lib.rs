@@ -319,7 +319,8 @@ async fn guard(token: Arc<str>, ctx: Ctx, mut request: Request, next: Next) -> R
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .map(|v| v.parse::<u64>().unwrap_or(u64::MAX));
-    let limit = if request.uri().path().starts_with("/api/v1/domains/") {
+    let path = request.uri().path();
+    let limit = if path.starts_with("/api/v1/domains/") || path.starts_with("/domains/") {
         settings::MAX_SETTINGS_BODY
     } else {
         MAX_BODY

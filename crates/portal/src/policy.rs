@@ -536,10 +536,18 @@ pub fn routes() -> Router<Ctx> {
                  form: Result<Form<DomainForm>, FormRejection>| async move {
                     match form {
                         Ok(Form(f)) => save(&c, &who, &name, f).await,
+                        Err(e) if e.status() == StatusCode::PAYLOAD_TOO_LARGE => error_page(
+                            e.status(),
+                            "The form is larger than the portal takes (2 MiB).",
+                            Some(&who),
+                        ),
                         Err(_) => crate::web::forbidden_form(&who),
                     }
                 },
-            ),
+            )
+            .layer(axum::extract::DefaultBodyLimit::max(
+                crate::settings::MAX_SETTINGS_BODY,
+            )),
         )
         .route(
             "/audit",

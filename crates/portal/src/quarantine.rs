@@ -167,6 +167,12 @@ pub async fn show(c: &Ctx, who: &Principal, id: &str) -> Result<HeldMessage, Ref
 /// again.
 pub async fn release(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Refused> {
     let held = changeable(c, who, id).await?;
+    if held.verdict == "virus" && who.role == Role::User {
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            "a virus is released by an admin or an operator only",
+        ));
+    }
     let held_for: Vec<String> = held
         .message
         .recipients
@@ -271,6 +277,13 @@ pub async fn report(
     id: &str,
     spam: bool,
 ) -> Result<Option<Released>, Refused> {
+    if who.role == Role::User {
+        // One user's reports would move the verdicts of every organisation.
+        return Err(Refused::new(
+            StatusCode::FORBIDDEN,
+            "reports teach the classifier every client shares: an admin's or an operator's call",
+        ));
+    }
     let held = changeable(c, who, id).await?;
     (c.learn)(held.message.body.clone(), spam)
         .await
@@ -376,6 +389,11 @@ async fn audit(
     domains.sort();
     domains.dedup();
     for d in &domains {
+        // Each organisation's entry names its own recipients only.
+        let mine: Vec<&String> = recipients
+            .iter()
+            .filter(|r| store::domain_lc(r) == *d)
+            .collect();
         crate::audit::record(
             c,
             who,
@@ -383,7 +401,7 @@ async fn audit(
                 action,
                 object: id,
                 domain: d,
-                before: Some(serde_json::json!({ "held_for": recipients }).to_string()),
+                before: Some(serde_json::json!({ "held_for": mine }).to_string()),
                 after: queued_as.map(|q| serde_json::json!({ "queued_as": q }).to_string()),
             },
         )

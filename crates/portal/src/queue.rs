@@ -49,6 +49,67 @@ pub struct Flushed {
     pub recipients: usize,
 }
 
+/// Removes a message from the queue as `who`, recording it in the audit log once per
+/// recipient domain with its sender and those recipients; false if it was not queued.
+pub async fn delete(c: &Ctx, who: &Principal, id: &str) -> Result<bool, store::Error> {
+    let Some(m) = c.store.get(id).await? else {
+        return Ok(false);
+    };
+    if !c.store.delete(id, &c.node).await? {
+        return Ok(false);
+    }
+    tracing::info!(queue_id = %id, account = %who.account, "deleted from the queue");
+    let mut domains: Vec<String> = m
+        .recipients
+        .iter()
+        .map(|r| store::domain_lc(&r.address))
+        .collect();
+    domains.sort();
+    domains.dedup();
+    for d in &domains {
+        let mine: Vec<&str> = m
+            .recipients
+            .iter()
+            .filter(|r| store::domain_lc(&r.address) == *d)
+            .map(|r| r.address.as_str())
+            .collect();
+        crate::audit::record(
+            c,
+            who,
+            crate::audit::Change {
+                action: "queue.delete",
+                object: id,
+                domain: d,
+                before: Some(
+                    serde_json::json!({ "sender": m.sender, "recipients": mine }).to_string(),
+                ),
+                after: None,
+            },
+        )
+        .await;
+    }
+    Ok(true)
+}
+
+/// Makes every deferred recipient due now, as `who` (audited); how many.
+pub async fn flush(c: &Ctx, who: &Principal) -> Result<usize, store::Error> {
+    let n = c.store.flush(now()).await?;
+    tracing::info!(recipients = n, account = %who.account, "queue flushed");
+    crate::audit::record(
+        c,
+        who,
+        crate::audit::Change {
+            action: "queue.flush",
+            object: "queue",
+            domain: "",
+            before: None,
+            after: Some(serde_json::json!({ "recipients": n }).to_string()),
+        },
+    )
+    .await;
+    Ok(n)
+}
+
 /// `GET /api/v1/queue`, `GET|DELETE /api/v1/queue/{id}`, `POST /api/v1/queue/flush`.
 pub fn routes() -> Router<Ctx> {
     Router::new()
@@ -69,15 +130,14 @@ pub fn routes() -> Router<Ctx> {
         )
         .route(
             "/api/v1/queue/flush",
-            post(|State(c): State<Ctx>| async move {
-                match c.store.flush(now()).await {
-                    Ok(n) => {
-                        tracing::info!(recipients = n, "queue flushed by an operator");
-                        Json(Flushed { recipients: n }).into_response()
+            post(
+                |State(c): State<Ctx>, Extension(who): Extension<Principal>| async move {
+                    match flush(&c, &who).await {
+                        Ok(n) => Json(Flushed { recipients: n }).into_response(),
+                        Err(e) => unavailable(e),
                     }
-                    Err(e) => unavailable(e),
-                }
-            }),
+                },
+            ),
         )
         .route(
             "/api/v1/queue/{id}",
@@ -107,30 +167,19 @@ pub fn routes() -> Router<Ctx> {
                     Err(e) => unavailable(e),
                 }
             })
-            .delete(|State(c): State<Ctx>, Extension(who): Extension<Principal>, Path(id): Path<String>| async move {
-                match c.store.delete(&id, &c.node).await {
-                    Ok(true) => {
-                        tracing::info!(queue_id = %id, account = %who.account, "deleted from the queue by an operator");
-                        crate::audit::record(
-                            &c,
-                            &who,
-                            crate::audit::Change {
-                                action: "queue.delete",
-                                object: &id,
-                                domain: "",
-                                before: None,
-                                after: None,
-                            },
-                        )
-                        .await;
-                        StatusCode::NO_CONTENT.into_response()
+            .delete(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 Path(id): Path<String>| async move {
+                    match delete(&c, &who, &id).await {
+                        Ok(true) => StatusCode::NO_CONTENT.into_response(),
+                        Ok(false) => refusal(
+                            StatusCode::NOT_FOUND,
+                            &format!("no message {id} in the queue"),
+                        ),
+                        Err(e) => unavailable(e),
                     }
-                    Ok(false) => refusal(
-                        StatusCode::NOT_FOUND,
-                        &format!("no message {id} in the queue"),
-                    ),
-                    Err(e) => unavailable(e),
-                }
-            }),
+                },
+            ),
         )
 }

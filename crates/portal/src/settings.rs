@@ -157,9 +157,45 @@ pub(crate) async fn may_set(
                     StatusCode::FORBIDDEN,
                     "the silo of a domain is the provider's to change",
                 )),
+                Some(d) if d.settings.retry != new.retry => Err(Refused::new(
+                    StatusCode::FORBIDDEN,
+                    "the retry policy of a domain is the provider's to change",
+                )),
+                Some(d)
+                    if d.settings.destination != new.destination && internal(&new.destination) =>
+                {
+                    Err(Refused::new(
+                        StatusCode::FORBIDDEN,
+                        "a client's destination is a host of its own: not a loopback, private or link-local address (the provider's to set)",
+                    ))
+                }
                 Some(_) => Ok(()),
             }
         }
+    }
+}
+
+/// Whether a destination names an address inside the provider's network by number
+/// (loopback, private, link-local, unspecified): an admin pointing its domain there would
+/// have the gateway deliver into the provider's own services.
+fn internal(destination: &str) -> bool {
+    let host = destination
+        .rsplit_once(':')
+        .map_or(destination, |(h, _)| h)
+        .trim_matches(['[', ']']);
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(a)) => {
+            a.is_loopback() || a.is_private() || a.is_link_local() || a.is_unspecified()
+        }
+        Ok(std::net::IpAddr::V6(a)) => {
+            a.is_loopback()
+                || a.is_unspecified()
+                || (a.segments()[0] & 0xfe00) == 0xfc00
+                || (a.segments()[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped()
+                    .is_some_and(|v4| internal(&v4.to_string()))
+        }
+        Err(_) => false,
     }
 }
 

@@ -879,27 +879,11 @@ async fn queue_action(
         return forbidden_form(&who);
     }
     let done = match what.split_once('/') {
-        None if what == "flush" => c
-            .store
-            .flush(crate::now())
+        None if what == "flush" => crate::queue::flush(&c, &who)
             .await
             .map(|n| format!("Flushed: {n} recipient(s) due now.")),
-        Some((id, "delete")) => match c.store.delete(id, &c.node).await {
-            Ok(true) => {
-                crate::audit::record(
-                    &c,
-                    &who,
-                    crate::audit::Change {
-                        action: "queue.delete",
-                        object: id,
-                        domain: "",
-                        before: None,
-                        after: None,
-                    },
-                )
-                .await;
-                Ok(format!("Deleted {id} from the queue."))
-            }
+        Some((id, "delete")) => match crate::queue::delete(&c, &who, id).await {
+            Ok(true) => Ok(format!("Deleted {id} from the queue.")),
             Ok(false) => {
                 return error_page(
                     StatusCode::NOT_FOUND,
