@@ -762,6 +762,38 @@ fn the_queue_page_shows_waiting_mail_and_deletes_it() {
     assert_eq!(alice.get(&g, "/queue").0, 403);
 }
 
+/// The digest schedule: with `off` nothing is sent; started with `daily`, the first
+/// digest covers the day before and goes out at once; a restart the same day sends no
+/// second one (the store's claim holds for the day).
+#[test]
+fn digests_follow_the_schedule_across_restarts() {
+    let mut g = Gateway::start(Options {
+        tail: format!("{TAIL}\n[digest]\nschedule = \"off\"\n"),
+        ..Options::default()
+    });
+    hold(&g, &["alice@example.com"], "scheduled");
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(g.mailbox("alice@example.com").is_empty(), "off: no digest");
+    let restart = |g: &mut Gateway, schedule: &str| {
+        g.up.take().unwrap().terminate();
+        let text = std::fs::read_to_string(&g.config).unwrap();
+        let text = text
+            .replace("schedule = \"off\"", schedule)
+            .replace("schedule = \"daily\"", schedule);
+        std::fs::write(&g.config, text).unwrap();
+        g.start_up();
+    };
+    restart(&mut g, "schedule = \"daily\"");
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+    assert!(
+        g.mailbox("alice@example.com")[0]
+            .contains("Subject: 1 message(s) held in quarantine for you")
+    );
+    restart(&mut g, "schedule = \"daily\"");
+    std::thread::sleep(Duration::from_secs(3));
+    assert_eq!(g.mailbox("alice@example.com").len(), 1, "one a day");
+}
+
 /// A quarantined virus is released by an admin or an operator only: not by its user, and
 /// its digest entry has no release link.
 #[test]
