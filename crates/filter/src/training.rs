@@ -90,22 +90,21 @@ pub async fn learn_reported(
 /// runs are served by one more run after it, so a burst of reports (a bulk call) costs two
 /// trainings, not one each. Every engine loads the new model within [`FOLLOW_INTERVAL`].
 pub struct Retrainer {
-    wake: tokio::sync::Notify,
+    asks: tokio::sync::mpsc::UnboundedSender<()>,
 }
 
 impl Retrainer {
     /// Starts the trainer's task, until `shutdown`.
     pub fn spawn(store: Arc<dyn Store>, mut shutdown: watch::Receiver<bool>) -> Arc<Retrainer> {
-        let this = Arc::new(Retrainer {
-            wake: tokio::sync::Notify::new(),
-        });
-        let me = this.clone();
+        let (asks, mut asked) = tokio::sync::mpsc::unbounded_channel::<()>();
         tokio::spawn(async move {
             loop {
                 tokio::select! {
-                    _ = me.wake.notified() => {}
+                    ask = asked.recv() => if ask.is_none() { return },
                     _ = shutdown.wait_for(|s| *s) => return,
                 }
+                // Every request made so far is served by this one training.
+                while asked.try_recv().is_ok() {}
                 match retrain(store.as_ref()).await {
                     Ok((version, model)) => info!(
                         version,
@@ -117,12 +116,12 @@ impl Retrainer {
                 }
             }
         });
-        this
+        Arc::new(Retrainer { asks })
     }
 
-    /// Asks for a training (coalesced with any already asked for).
+    /// Asks for a training (served by the next one to start).
     pub fn request(&self) {
-        self.wake.notify_one();
+        let _ = self.asks.send(());
     }
 }
 

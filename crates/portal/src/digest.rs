@@ -5,8 +5,8 @@
 //! expiry, signed (HMAC-SHA-256) with a secret the store keeps for every node; a link
 //! altered in any part, or past its expiry, is refused. Opening a link shows the message
 //! and a button: link scanners that fetch every URL of incoming mail change nothing. The
-//! action is taken as that recipient (a user), so a message also held for others is not
-//! theirs to release.
+//! action is taken as that recipient (a user): a message also held for others is released
+//! or deleted for that recipient alone.
 //!
 //! The digest goes through the normal queue, with the null sender (nothing bounces back to
 //! the quarantine). One node sends each organisation's digest: the store's claim decides.
@@ -230,7 +230,7 @@ fn compose(
         if h.verdict == "virus" {
             text.push_str("   A virus: your administrator can release it.\r\n\r\n");
             html.push_str("A virus: your administrator can release it.");
-        } else if h.recipients.len() == 1 {
+        } else {
             let release = link(&base, key, Action::Release, &h.id, to, expires);
             let delete = link(&base, key, Action::Delete, &h.id, to, expires);
             let _ = write!(
@@ -243,11 +243,6 @@ fn compose(
                 esc(&release),
                 esc(&delete)
             );
-        } else {
-            text.push_str(
-                "   Held for other recipients too: your administrator can release it.\r\n\r\n",
-            );
-            html.push_str("Held for other recipients too: your administrator can release it.");
         }
         html.push_str("</td></tr>");
     }

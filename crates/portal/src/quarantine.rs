@@ -127,17 +127,11 @@ async fn visible(c: &Ctx, who: &Principal, id: &str) -> Result<(Held, bool), Ref
     }
 }
 
-/// A message held also for others is one copy for all of them: an operator's to change.
-async fn changeable(c: &Ctx, who: &Principal, id: &str) -> Result<Held, Refused> {
-    match visible(c, who, id).await? {
-        (h, true) => Ok(h),
-        (_, false) => Err(Refused {
-            status: StatusCode::FORBIDDEN,
-            message: format!(
-                "{id} is held for other recipients too: an operator can release or delete it"
-            ),
-        }),
-    }
+/// The held message the caller may change, with the caller's recipients only (a message
+/// held also for others is changed for the caller's recipients alone), and whether those
+/// are all of its recipients.
+async fn changeable(c: &Ctx, who: &Principal, id: &str) -> Result<(Held, bool), Refused> {
+    visible(c, who, id).await
 }
 
 /// One held message as the caller may see it.
@@ -166,7 +160,7 @@ pub async fn show(c: &Ctx, who: &Principal, id: &str) -> Result<HeldMessage, Ref
 /// Releases a held message: queued again under a new id for its recipients, not scanned
 /// again.
 pub async fn release(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Refused> {
-    let held = changeable(c, who, id).await?;
+    let (held, whole) = changeable(c, who, id).await?;
     if held.verdict == "virus" && who.role == Role::User {
         return Err(Refused::new(
             StatusCode::FORBIDDEN,
@@ -187,7 +181,14 @@ pub async fn release(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Ref
         "released from the quarantine ({id}), not scanned again"
     ));
     let queued_as = copy.id.clone();
-    match c.store.release(id, copy, &c.node).await {
+    let done = if whole {
+        c.store.release(id, copy, &c.node).await
+    } else {
+        c.store
+            .unhold_for(id, held_for.clone(), Some(copy), &c.node)
+            .await
+    };
+    match done {
         Ok(true) => {
             tracing::info!(queue_id = %id, %queued_as, account = %who.account, "released from the quarantine");
             audit(
@@ -210,7 +211,7 @@ pub async fn release(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Ref
 /// list for a user, on each recipient domain's for an admin or an operator (an allowed
 /// address counts only for mail whose SPF or DMARC passes).
 pub async fn release_and_allow(c: &Ctx, who: &Principal, id: &str) -> Result<Released, Refused> {
-    let held = changeable(c, who, id).await?;
+    let (held, _) = changeable(c, who, id).await?;
     let sender = held.message.sender.to_ascii_lowercase();
     if sender.is_empty() {
         return Err(Refused {
@@ -251,14 +252,21 @@ pub async fn release_and_allow(c: &Ctx, who: &Principal, id: &str) -> Result<Rel
 
 /// Deletes a held message.
 pub async fn delete(c: &Ctx, who: &Principal, id: &str) -> Result<(), Refused> {
-    let held = changeable(c, who, id).await?;
+    let (held, whole) = changeable(c, who, id).await?;
     let held_for: Vec<String> = held
         .message
         .recipients
         .iter()
         .map(|r| r.address.clone())
         .collect();
-    match c.store.delete_held(id, &c.node).await {
+    let done = if whole {
+        c.store.delete_held(id, &c.node).await
+    } else {
+        c.store
+            .unhold_for(id, held_for.clone(), None, &c.node)
+            .await
+    };
+    match done {
         Ok(true) => {
             tracing::info!(queue_id = %id, account = %who.account, "deleted from the quarantine");
             audit(c, who, "quarantine.delete", &held_for, id, None).await;
@@ -284,7 +292,7 @@ pub async fn report(
             "reports teach the classifier every client shares: an admin's or an operator's call",
         ));
     }
-    let held = changeable(c, who, id).await?;
+    let (held, _) = changeable(c, who, id).await?;
     (c.learn)(held.message.body.clone(), spam)
         .await
         .map_err(|e| Refused::new(StatusCode::SERVICE_UNAVAILABLE, e))?;

@@ -1236,6 +1236,56 @@ impl Store for Embedded {
         })
         .await
     }
+    async fn unhold_for(
+        &self,
+        id: &str,
+        recipients: Vec<String>,
+        copy: Option<NewMessage>,
+        node: &str,
+    ) -> Result<bool> {
+        let (id, node) = (id.to_string(), node.to_string());
+        let gone: Vec<String> = recipients.iter().map(|r| r.to_lowercase()).collect();
+        self.call(true, move |c| {
+            let Some(envelope): Option<String> = c
+                .prepare_cached("SELECT envelope FROM quarantine WHERE id = ?")?
+                .query_row([&id], |r| r.get(0))
+                .optional()?
+            else {
+                return Ok(false);
+            };
+            let (envelope, left, taken) = crate::envelope_without(&id, &envelope, &gone)?;
+            if taken.is_empty() {
+                return Ok(false);
+            }
+            if left.is_empty() {
+                c.execute("DELETE FROM quarantine WHERE id = ?", [&id])?;
+                c.execute("DELETE FROM quarantine_recipient WHERE id = ?", [&id])?;
+            } else {
+                c.execute(
+                    "UPDATE quarantine SET recipients = ?, envelope = ? WHERE id = ?",
+                    params![left.join("\n"), envelope, id],
+                )?;
+                for r in &taken {
+                    c.execute(
+                        "DELETE FROM quarantine_recipient WHERE id = ? AND address_lc = ?",
+                        params![id, r.to_lowercase()],
+                    )?;
+                }
+            }
+            if let Some(copy) = &copy {
+                enqueue(c, copy, None)?;
+            }
+            for r in &taken {
+                add_event(
+                    c,
+                    &id,
+                    &crate::unheld_for_event(&node, r, copy.as_ref().map(|m| m.id.as_str())),
+                )?;
+            }
+            Ok(true)
+        })
+        .await
+    }
     async fn delete_held(&self, id: &str, node: &str) -> Result<bool> {
         let (id, node) = (id.to_string(), node.to_string());
         self.call(true, move |c| {

@@ -441,6 +441,43 @@ fn memchr_crlf2(body: &[u8]) -> Option<usize> {
     body.windows(4).position(|w| w == b"\r\n\r\n")
 }
 
+/// A held message's envelope (its column's JSON) without the recipients in `gone`
+/// (lower-case): the new envelope, the recipients left and those taken out.
+pub(crate) fn envelope_without(
+    id: &str,
+    envelope: &str,
+    gone: &[String],
+) -> Result<(String, Vec<String>, Vec<String>)> {
+    let mut e: HeldEnvelope = serde_json::from_str(envelope)
+        .map_err(|e| Error::Unavailable(format!("quarantined message {id}: {e}")))?;
+    let (out, kept): (Vec<NewRecipient>, Vec<NewRecipient>) = e
+        .recipients
+        .drain(..)
+        .partition(|r| gone.contains(&r.address.to_lowercase()));
+    e.recipients = kept;
+    let left = e.recipients.iter().map(|r| r.address.clone()).collect();
+    let taken = out.into_iter().map(|r| r.address).collect();
+    Ok((
+        serde_json::to_string(&e).expect("an envelope serializes"),
+        left,
+        taken,
+    ))
+}
+
+/// The event a held message's trace gets when one recipient is taken out of it.
+pub(crate) fn unheld_for_event(node: &str, recipient: &str, released_as: Option<&str>) -> Event {
+    Event {
+        at: now_ms(),
+        node: node.to_string(),
+        kind: "released".into(),
+        recipient: Some(recipient.to_string()),
+        detail: match released_as {
+            Some(id) => format!("released from the quarantine for this recipient, queued as {id}"),
+            None => "deleted from the quarantine for this recipient".into(),
+        },
+    }
+}
+
 /// What the quarantine keeps of a message beside its body and the listed columns.
 #[derive(Serialize, Deserialize)]
 struct HeldEnvelope {
@@ -723,6 +760,19 @@ pub trait Store: Send + Sync + 'static {
     /// claimable by any node) in one transaction, so it is neither lost nor both held and
     /// queued; `false` (and nothing queued) when `id` is not in the quarantine. Durable.
     async fn release(&self, id: &str, copy: NewMessage, node: &str) -> Result<bool>;
+
+    /// Takes `recipients` (addresses, any case) out of held message `id`, in one
+    /// transaction: with `copy` (a new id, for those recipients) it is queued for them, a
+    /// release; without, they are dropped, a delete. The message stays held for its other
+    /// recipients, and leaves the quarantine when none remain. `false` (and nothing
+    /// queued) when `id` is not held for any of them. Durable.
+    async fn unhold_for(
+        &self,
+        id: &str,
+        recipients: Vec<String>,
+        copy: Option<NewMessage>,
+        node: &str,
+    ) -> Result<bool>;
 
     /// Deletes a quarantined message; `false` when it is not there. Durable.
     async fn delete_held(&self, id: &str, node: &str) -> Result<bool>;

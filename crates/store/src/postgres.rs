@@ -1199,6 +1199,59 @@ impl Store for Postgres {
         Ok(true)
     }
 
+    async fn unhold_for(
+        &self,
+        id: &str,
+        recipients: Vec<String>,
+        copy: Option<NewMessage>,
+        node: &str,
+    ) -> Result<bool> {
+        let gone: Vec<String> = recipients.iter().map(|r| r.to_lowercase()).collect();
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        let Some(row) = tx
+            .query_opt(
+                "SELECT envelope FROM quarantine WHERE id = $1 FOR UPDATE",
+                &[&id],
+            )
+            .await?
+        else {
+            return Ok(false);
+        };
+        let (envelope, left, taken) = crate::envelope_without(id, row.get(0), &gone)?;
+        if taken.is_empty() {
+            return Ok(false);
+        }
+        if left.is_empty() {
+            tx.execute("DELETE FROM quarantine WHERE id = $1", &[&id])
+                .await?;
+            tx.execute("DELETE FROM quarantine_recipient WHERE id = $1", &[&id])
+                .await?;
+        } else {
+            tx.execute(
+                "UPDATE quarantine SET recipients = $2, envelope = $3 WHERE id = $1",
+                &[&id, &left, &envelope],
+            )
+            .await?;
+            let taken_lc: Vec<String> = taken.iter().map(|r| r.to_lowercase()).collect();
+            tx.execute(
+                "DELETE FROM quarantine_recipient WHERE id = $1 AND address_lc = ANY($2)",
+                &[&id, &taken_lc],
+            )
+            .await?;
+        }
+        if let Some(copy) = &copy {
+            enqueue(&tx, copy, None).await?;
+        }
+        let events: Vec<Event> = taken
+            .iter()
+            .map(|r| crate::unheld_for_event(node, r, copy.as_ref().map(|m| m.id.as_str())))
+            .collect();
+        add_events(&tx, id, &events).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     async fn delete_held(&self, id: &str, node: &str) -> Result<bool> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;

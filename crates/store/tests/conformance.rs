@@ -654,6 +654,104 @@ async fn digests_are_claimed_once_and_secrets_shared() {
     .await;
 }
 
+/// A message held for several recipients is released or deleted for some of them: they
+/// leave it (a copy queued for the released), the others keep it held, and it leaves the
+/// quarantine with its last recipient.
+#[tokio::test(flavor = "multi_thread")]
+async fn held_mail_is_released_per_recipient() {
+    use mailsilo_store::Held;
+    both(2, |s| async move {
+        let m = message("H1", &["a@x.example", "B@Y.example", "c@y.example"], 100);
+        s[0].quarantine(Held {
+            message: m.clone(),
+            verdict: "spam".into(),
+            score: 9.0,
+            reason: "r".into(),
+        })
+        .await
+        .unwrap();
+        let mut copy = message("C1", &["a@x.example"], 100);
+        copy.next_attempt = 100;
+        assert!(
+            s[1].unhold_for("H1", vec!["A@x.example".into()], Some(copy), "n2")
+                .await
+                .unwrap()
+        );
+        let held = s[0].held("H1").await.unwrap().unwrap();
+        let left: Vec<&str> = held
+            .message
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(left, ["B@Y.example", "c@y.example"]);
+        assert!(
+            s[0].get("C1").await.unwrap().is_some(),
+            "the copy is queued"
+        );
+        let scope = |d: &str| HeldFilter {
+            domains: Some(vec![d.into()]),
+            ..Default::default()
+        };
+        assert!(
+            s[0].quarantined(None, 10, &scope("x.example"))
+                .await
+                .unwrap()
+                .is_empty()
+        );
+        assert_eq!(
+            s[0].quarantined(None, 10, &scope("y.example"))
+                .await
+                .unwrap()[0]
+                .recipients,
+            left
+        );
+        assert!(
+            !s[1]
+                .unhold_for("H1", vec!["nobody@z.example".into()], None, "n2")
+                .await
+                .unwrap(),
+            "not held for them"
+        );
+        assert!(
+            s[1].unhold_for(
+                "H1",
+                vec!["b@y.example".into(), "c@y.example".into()],
+                None,
+                "n2"
+            )
+            .await
+            .unwrap()
+        );
+        assert!(
+            s[0].held("H1").await.unwrap().is_none(),
+            "gone with its last recipient"
+        );
+        assert!(
+            !s[1]
+                .unhold_for("H1", vec!["c@y.example".into()], None, "n2")
+                .await
+                .unwrap()
+        );
+        let t = s[0].trace("H1").await.unwrap().unwrap();
+        let released: Vec<Option<&str>> = t
+            .events
+            .iter()
+            .filter(|e| e.kind == "released")
+            .map(|e| e.recipient.as_deref())
+            .collect();
+        assert_eq!(
+            released,
+            [
+                Some("a@x.example"),
+                Some("B@Y.example"),
+                Some("c@y.example")
+            ]
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn traces_are_found_and_expire() {
     both(1, |s| async move {
