@@ -447,18 +447,24 @@ fn link_page(status: StatusCode, title: &str, body: &str) -> Response {
     r
 }
 
-/// The page a link opens: the message, and the button that does it.
-async fn confirm(c: &Ctx, action: Action, link: &Link) -> Response {
-    let key = match key(c).await {
-        Ok(k) => k,
-        Err(e) => return link_page(e.status, "Unavailable", &esc(&e.message)),
-    };
-    if let Err(why) = verify(&key, action, link, now()) {
-        return link_page(
+/// Whether `link` is a valid, unexpired `action` link; else the page that says why not.
+async fn checked(c: &Ctx, action: Action, link: &Link) -> Result<(), Response> {
+    let key = key(c)
+        .await
+        .map_err(|e| link_page(e.status, "Unavailable", &esc(&e.message)))?;
+    verify(&key, action, link, now()).map_err(|why| {
+        link_page(
             StatusCode::FORBIDDEN,
             "Refused",
             &format!("<p class=\"error\" role=\"alert\">{why}</p>"),
-        );
+        )
+    })
+}
+
+/// The page a link opens: the message, and the button that does it.
+async fn confirm(c: &Ctx, action: Action, link: &Link) -> Response {
+    if let Err(refused) = checked(c, action, link).await {
+        return refused;
     }
     let shown = match crate::quarantine::show(c, &recipient(link), &link.id).await {
         Ok(m) => m,
@@ -505,16 +511,8 @@ async fn confirm(c: &Ctx, action: Action, link: &Link) -> Response {
 
 /// The button's work: the action, as the link's recipient.
 async fn act(c: &Ctx, action: Action, link: &Link) -> Response {
-    let key = match key(c).await {
-        Ok(k) => k,
-        Err(e) => return link_page(e.status, "Unavailable", &esc(&e.message)),
-    };
-    if let Err(why) = verify(&key, action, link, now()) {
-        return link_page(
-            StatusCode::FORBIDDEN,
-            "Refused",
-            &format!("<p class=\"error\" role=\"alert\">{why}</p>"),
-        );
+    if let Err(refused) = checked(c, action, link).await {
+        return refused;
     }
     let who = recipient(link);
     let done = match action {

@@ -2091,10 +2091,14 @@ async fn trace_of(c: &impl GenericClient, id: &str) -> Result<Option<Trace>> {
 mod tests {
     use super::*;
 
-    /// A database at schema version 1 (before the run-time configuration and node numbers)
-    /// is brought to this version when a node connects, its queued mail kept and claimable.
-    #[tokio::test(flavor = "multi_thread")]
-    async fn version_one_is_migrated() {
+    /// A fresh database named `name` at schema version `version` (its first migrations
+    /// applied, as that release left it), with `rows` written: the admin connection (to
+    /// drop it) and the database's URL.
+    async fn old_database(
+        name: &str,
+        version: usize,
+        rows: &str,
+    ) -> (tokio_postgres::Client, String) {
         let admin = std::env::var("MAILSILO_TEST_POSTGRES").expect(
             "MAILSILO_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which starts a throw-away PostgreSQL",
         );
@@ -2102,7 +2106,6 @@ mod tests {
             .await
             .unwrap();
         tokio::spawn(conn);
-        let name = format!("migrate_{}", std::process::id());
         for sql in [
             format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
             format!("CREATE DATABASE {name}"),
@@ -2110,22 +2113,36 @@ mod tests {
             c.batch_execute(&sql).await.unwrap();
         }
         let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-        {
-            let (old, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            old.batch_execute(MIGRATIONS[0]).await.unwrap();
-            old.batch_execute(
-                "CREATE TABLE mailsilo_schema (version INTEGER NOT NULL);
-                 INSERT INTO mailsilo_schema VALUES (1);
-                 INSERT INTO message (id, sender, received_at, body, next_attempt)
-                     VALUES ('OLD', 'a@outside.test', 1, 'Subject: x\r\n\r\nx\r\n', 1);
-                 INSERT INTO recipient VALUES ('OLD', 0, 'bob@example.com', 0, NULL, 0, 0, 1, NULL, false);",
-            )
+        let (old, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
             .await
             .unwrap();
+        tokio::spawn(conn);
+        for m in &MIGRATIONS[..version] {
+            old.batch_execute(m).await.unwrap();
         }
+        old.batch_execute(&format!(
+            "CREATE TABLE mailsilo_schema (version INTEGER NOT NULL);
+             INSERT INTO mailsilo_schema VALUES ({version});
+             {rows}"
+        ))
+        .await
+        .unwrap();
+        (c, url)
+    }
+
+    /// A database at schema version 1 (before the run-time configuration and node numbers)
+    /// is brought to this version when a node connects, its queued mail kept and claimable.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn version_one_is_migrated() {
+        let name = format!("migrate_{}", std::process::id());
+        let (c, url) = old_database(
+            &name,
+            1,
+            "INSERT INTO message (id, sender, received_at, body, next_attempt)
+                 VALUES ('OLD', 'a@outside.test', 1, 'Subject: x\r\n\r\nx\r\n', 1);
+             INSERT INTO recipient VALUES ('OLD', 0, 'bob@example.com', 0, NULL, 0, 0, 1, NULL, false);",
+        )
+        .await;
         let store = Postgres::connect(&url).await.unwrap();
         let client = store.pool.get().await.unwrap();
         let version: i32 = client
@@ -2154,40 +2171,16 @@ mod tests {
     /// the way to 6, so the scoped searches find them.
     #[tokio::test(flavor = "multi_thread")]
     async fn version_five_is_indexed_by_recipient() {
-        let admin = std::env::var("MAILSILO_TEST_POSTGRES").expect(
-            "MAILSILO_TEST_POSTGRES is not set: run the tests with scripts/test.sh, which starts a throw-away PostgreSQL",
-        );
-        let (c, conn) = tokio_postgres::connect(&admin, tokio_postgres::NoTls)
-            .await
-            .unwrap();
-        tokio::spawn(conn);
         let name = format!("migrate5_{}", std::process::id());
-        for sql in [
-            format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
-            format!("CREATE DATABASE {name}"),
-        ] {
-            c.batch_execute(&sql).await.unwrap();
-        }
-        let url = format!("{}/{name}", admin.rsplit_once('/').unwrap().0);
-        {
-            let (old, conn) = tokio_postgres::connect(&url, tokio_postgres::NoTls)
-                .await
-                .unwrap();
-            tokio::spawn(conn);
-            for m in &MIGRATIONS[..5] {
-                old.batch_execute(m).await.unwrap();
-            }
-            old.batch_execute(
-                "CREATE TABLE mailsilo_schema (version INTEGER NOT NULL);
-                 INSERT INTO mailsilo_schema VALUES (5);
-                 INSERT INTO quarantine VALUES ('Q1', 5, 's@x', ARRAY['Bob@Example.COM', '\"a@b\"@other.org'],
-                     '{}', 'spam', 9, 'r', 1, '\\x00');
-                 INSERT INTO trace_message VALUES ('T1', 7, 's@x', 's@x', 1, '192.0.2.1', 'h', NULL, 'c1-s1', 'n1');
-                 INSERT INTO trace_recipient VALUES ('T1', 'Carol@Example.com', 'carol@example.com');",
-            )
-            .await
-            .unwrap();
-        }
+        let (c, url) = old_database(
+            &name,
+            5,
+            "INSERT INTO quarantine VALUES ('Q1', 5, 's@x', ARRAY['Bob@Example.COM', '\"a@b\"@other.org'],
+                 '{}', 'spam', 9, 'r', 1, '\\x00');
+             INSERT INTO trace_message VALUES ('T1', 7, 's@x', 's@x', 1, '192.0.2.1', 'h', NULL, 'c1-s1', 'n1');
+             INSERT INTO trace_recipient VALUES ('T1', 'Carol@Example.com', 'carol@example.com');",
+        )
+        .await;
         let store = Postgres::connect(&url).await.unwrap();
         for (address, domains) in [
             (Some("bob@example.com"), None),
