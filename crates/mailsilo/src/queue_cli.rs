@@ -4,7 +4,7 @@
 
 use anyhow::{Result, bail};
 use portal::quarantine::{HeldMessage, Released};
-use portal::queue::{Flushed, MAX_PAGE, QueuedMessage};
+use portal::queue::{Bounced, Flushed, MAX_PAGE, QueuedMessage};
 use store::{HeldSummary, Summary, Trace};
 
 use crate::count;
@@ -20,6 +20,9 @@ pub enum QueueCommand {
     Flush,
     /// Remove a message from the queue (its trace keeps the removal).
     Delete { id: String },
+    /// Return a message to its sender now: its waiting recipients fail and one DSN goes
+    /// to the sender (unless it is the null sender or its NOTIFY says never).
+    Bounce { id: String },
 }
 
 #[derive(clap::Subcommand)]
@@ -161,6 +164,13 @@ pub fn queue(api: &Client, command: QueueCommand) -> Result<()> {
         QueueCommand::Delete { id } => {
             api.delete(&format!("/api/v1/queue/{}", urlencode(&id)))?;
             println!("deleted {id}");
+        }
+        QueueCommand::Bounce { id } => {
+            let b: Bounced = api.post(&format!("/api/v1/queue/{}/bounce", urlencode(&id)))?;
+            println!(
+                "returned {id} to its sender ({})",
+                count(b.recipients, "recipient")
+            );
         }
     }
     Ok(())

@@ -644,9 +644,28 @@ pub async fn up(
                 Ok(())
             })
         });
+        let (bounce_store, bounce_ids, bounce_node, hostname) = (
+            store.clone(),
+            next_id.clone(),
+            node.clone(),
+            config.smtp.hostname.clone(),
+        );
+        let bounce: portal::Bounce = Arc::new(move |id| {
+            let (store, ids, node, hostname) = (
+                bounce_store.clone(),
+                bounce_ids.clone(),
+                bounce_node.clone(),
+                hostname.clone(),
+            );
+            Box::pin(async move {
+                let reason = portal::queue::BOUNCE_REASON;
+                queue::bounce(store.as_ref(), &hostname, &node, &*ids, &id, reason).await
+            })
+        });
         let ctx = portal::Ctx {
             next_id,
             learn,
+            bounce,
             secure: c.tls,
             metrics: Arc::new(move || filter_metrics.render_metrics()),
             config: config.clone(),

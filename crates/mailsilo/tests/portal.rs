@@ -711,8 +711,8 @@ fn the_portal_answers_over_https_with_secure_cookies() {
 }
 
 /// The operator's queue page: the mail waiting per client domain and each message with
-/// its recipients' last error; flush and delete from the page (audited); other roles are
-/// refused it.
+/// its recipients' last error; flush, delete and return to the sender from the page and
+/// the CLI (audited; a DSN queued to the sender); other roles are refused it.
 #[test]
 fn the_queue_page_shows_waiting_mail_and_deletes_it() {
     let g = Gateway::start(Options {
@@ -771,8 +771,90 @@ fn the_queue_page_shows_waiting_mail_and_deletes_it() {
     assert!(page.contains("The queue is empty."), "{page}");
     let (_, log) = operator.get(&g, "/api/v1/audit");
     assert!(log.contains("queue.delete") && log.contains(&id), "{log}");
+
+    // Returned to the sender: from the page, then with the CLI.
+    let mut queued = Vec::new();
+    for subject in ["page", "cli"] {
+        let mut s = g.smtp();
+        assert_eq!(s.cmd("EHLO client.test").0, 250);
+        let body = format!("Subject: {subject}\r\n\r\nx\r\n");
+        let (code, text) = s.mail("a@outside.example", &["bob@example.com"], &body);
+        assert_eq!(code, 250, "{text}");
+        queued.push(text.rsplit(' ').next().unwrap().trim().to_string());
+    }
+    assert!(wait_until(WAIT, || {
+        let page = operator.get(&g, "/queue").1;
+        queued
+            .iter()
+            .all(|id| page.contains(&format!("id=\"q-{id}\"")))
+            && page.matches("refused").count() >= 2
+    }));
+    let bounce = format!("/queue/{}/bounce", queued[0]);
+    assert_eq!(post(&bounce, "csrf=forged"), 403);
+    assert_eq!(post(&bounce, &format!("csrf={}", operator.csrf)), 303);
+    assert_eq!(
+        post(&bounce, &format!("csrf={}", operator.csrf)),
+        404,
+        "returned once"
+    );
+    let out = g.queue(&["bounce", &queued[1]]);
+    assert!(out.contains("(1 recipient)"), "{out}");
+    let again = g
+        .admin_command("queue", &["bounce", &queued[1]])
+        .output()
+        .unwrap();
+    assert!(!again.status.success(), "no longer queued");
+    for id in &queued {
+        let (_, trace) = operator.get(&g, &format!("/api/v1/trace/{id}"));
+        let trace: serde_json::Value = serde_json::from_str(&trace).unwrap();
+        let events = trace["events"].as_array().unwrap();
+        let failed = events
+            .iter()
+            .find(|e| e["kind"] == "failed")
+            .unwrap_or_else(|| panic!("{trace}"));
+        assert!(
+            failed["detail"]
+                .as_str()
+                .unwrap()
+                .contains("5.0.0 returned to the sender by the mail provider"),
+            "{failed}"
+        );
+        // The DSN is queued to the sender (outside.example has no route here: it waits).
+        let dsn = events
+            .iter()
+            .find(|e| e["kind"] == "dsn")
+            .unwrap_or_else(|| panic!("{trace}"));
+        let detail = dsn["detail"].as_str().unwrap();
+        assert!(
+            detail.ends_with("queued to <a@outside.example>"),
+            "{detail}"
+        );
+        let dsn_id = detail.split(' ').nth(1).unwrap();
+        let (status, queued_dsn) = operator.get(&g, &format!("/api/v1/queue/{dsn_id}"));
+        assert_eq!(status, 200, "{queued_dsn}");
+        let queued_dsn: serde_json::Value = serde_json::from_str(&queued_dsn).unwrap();
+        assert_eq!(queued_dsn["sender"], "");
+        let headers = queued_dsn["headers"].as_str().unwrap();
+        assert!(
+            headers.contains("Subject: Undelivered Mail Returned to Sender"),
+            "{headers}"
+        );
+    }
+    let (_, log) = operator.get(&g, "/api/v1/audit");
+    assert_eq!(log.matches("queue.bounce").count(), 2, "{log}");
     let alice = login(g.control, "alice@example.com", "alice-pass");
     assert_eq!(alice.get(&g, "/queue").0, 403);
+    assert_eq!(
+        alice
+            .post(
+                &g,
+                "POST",
+                &format!("/api/v1/queue/{}/bounce", queued[0]),
+                true
+            )
+            .0,
+        403
+    );
 }
 
 /// The digest schedule: with `off` nothing is sent; started with `daily`, the first

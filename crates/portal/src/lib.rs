@@ -60,6 +60,17 @@ pub type Learn = Arc<
         + Sync,
 >;
 
+/// Returns a queued message to its sender now (the queue's bounce, wired by the binary):
+/// how many recipients, `None` when it is not queued.
+pub type Bounce = Arc<
+    dyn Fn(
+            String,
+        )
+            -> std::pin::Pin<Box<dyn Future<Output = Result<Option<usize>, store::Error>> + Send>>
+        + Send
+        + Sync,
+>;
+
 /// What the API works on, shared by every request.
 #[derive(Clone)]
 pub struct Ctx {
@@ -74,6 +85,8 @@ pub struct Ctx {
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// Learning from messages reported from the quarantine.
     pub learn: Learn,
+    /// Returning queued mail to its sender.
+    pub bounce: Bounce,
     /// Served over HTTPS: session cookies are `Secure`.
     pub secure: bool,
 }

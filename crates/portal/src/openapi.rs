@@ -13,7 +13,7 @@ use crate::digest::{SendNow, Sent};
 use crate::lb::{Loading, NewServer, ServerState, ServerStatus};
 use crate::login::{Login, Me};
 use crate::quarantine::{Bulk, BulkResult, HeldMessage, HeldQuery, Released};
-use crate::queue::{Flushed, Page, QueuedMessage};
+use crate::queue::{Bounced, Flushed, Page, QueuedMessage};
 use crate::settings::{DomainView, Effective};
 use crate::stats::{Stats, StatsQuery};
 
@@ -153,6 +153,15 @@ pub fn operations() -> Vec<Operation> {
                 "get",
                 "/api/v1/queue/{id}",
                 "One queued message, with its headers",
+                Operator,
+            )
+        },
+        Operation {
+            ok: (200, Some(of::<Bounced>)),
+            ..op(
+                "post",
+                "/api/v1/queue/{id}/bounce",
+                "Return a queued message to its sender now: its waiting recipients fail and one DSN goes to the sender",
                 Operator,
             )
         },

@@ -1,5 +1,5 @@
 //! The queue's part of the API, over the store every node shares: listing (paged), one
-//! message, flushing, deleting.
+//! message, flushing, deleting, returning to the sender.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
@@ -49,16 +49,9 @@ pub struct Flushed {
     pub recipients: usize,
 }
 
-/// Removes a message from the queue as `who`, recording it in the audit log once per
-/// recipient domain with its sender and those recipients; false if it was not queued.
-pub async fn delete(c: &Ctx, who: &Principal, id: &str) -> Result<bool, store::Error> {
-    let Some(m) = c.store.get(id).await? else {
-        return Ok(false);
-    };
-    if !c.store.delete(id, &c.node).await? {
-        return Ok(false);
-    }
-    tracing::info!(queue_id = %id, account = %who.account, "deleted from the queue");
+/// Records `action` on queued message `m` in the audit log once per recipient domain,
+/// with its sender and those recipients.
+async fn audit_per_domain(c: &Ctx, who: &Principal, action: &str, m: &store::Message) {
     let mut domains: Vec<String> = m
         .recipients
         .iter()
@@ -77,8 +70,8 @@ pub async fn delete(c: &Ctx, who: &Principal, id: &str) -> Result<bool, store::E
             c,
             who,
             crate::audit::Change {
-                action: "queue.delete",
-                object: id,
+                action,
+                object: &m.id,
                 domain: d,
                 before: Some(
                     serde_json::json!({ "sender": m.sender, "recipients": mine }).to_string(),
@@ -88,7 +81,44 @@ pub async fn delete(c: &Ctx, who: &Principal, id: &str) -> Result<bool, store::E
         )
         .await;
     }
+}
+
+/// Removes a message from the queue as `who` (audited); false if it was not queued.
+pub async fn delete(c: &Ctx, who: &Principal, id: &str) -> Result<bool, store::Error> {
+    let Some(m) = c.store.get(id).await? else {
+        return Ok(false);
+    };
+    if !c.store.delete(id, &c.node).await? {
+        return Ok(false);
+    }
+    tracing::info!(queue_id = %id, account = %who.account, "deleted from the queue");
+    audit_per_domain(c, who, "queue.delete", &m).await;
     Ok(true)
+}
+
+/// What a bounce did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct Bounced {
+    /// The recipients returned to the sender (those still waiting).
+    pub recipients: usize,
+}
+
+/// The reply text a bounce gives the sender for each recipient it returns.
+pub const BOUNCE_REASON: &str = "5.0.0 returned to the sender by the mail provider";
+
+/// Returns a queued message to its sender now, as `who` (audited): its waiting recipients
+/// fail and one DSN goes to the sender. `None` if it was not queued; the store's
+/// `Conflict` while a node is delivering it.
+pub async fn bounce(c: &Ctx, who: &Principal, id: &str) -> Result<Option<usize>, store::Error> {
+    let Some(m) = c.store.get(id).await? else {
+        return Ok(None);
+    };
+    let Some(n) = (c.bounce)(id.to_string()).await? else {
+        return Ok(None);
+    };
+    tracing::info!(queue_id = %id, account = %who.account, recipients = n, "returned to the sender");
+    audit_per_domain(c, who, "queue.bounce", &m).await;
+    Ok(Some(n))
 }
 
 /// Makes every deferred recipient due now, as `who` (audited); how many.
@@ -110,7 +140,8 @@ pub async fn flush(c: &Ctx, who: &Principal) -> Result<usize, store::Error> {
     Ok(n)
 }
 
-/// `GET /api/v1/queue`, `GET|DELETE /api/v1/queue/{id}`, `POST /api/v1/queue/flush`.
+/// `GET /api/v1/queue`, `GET|DELETE /api/v1/queue/{id}`, `POST /api/v1/queue/flush`,
+/// `POST /api/v1/queue/{id}/bounce`.
 pub fn routes() -> Router<Ctx> {
     Router::new()
         .route(
@@ -134,6 +165,24 @@ pub fn routes() -> Router<Ctx> {
                 |State(c): State<Ctx>, Extension(who): Extension<Principal>| async move {
                     match flush(&c, &who).await {
                         Ok(n) => Json(Flushed { recipients: n }).into_response(),
+                        Err(e) => unavailable(e),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/api/v1/queue/{id}/bounce",
+            post(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 Path(id): Path<String>| async move {
+                    match bounce(&c, &who, &id).await {
+                        Ok(Some(n)) => Json(Bounced { recipients: n }).into_response(),
+                        Ok(None) => refusal(
+                            StatusCode::NOT_FOUND,
+                            &format!("no message {id} in the queue"),
+                        ),
+                        Err(store::Error::Conflict(why)) => refusal(StatusCode::CONFLICT, &why),
                         Err(e) => unavailable(e),
                     }
                 },

@@ -797,7 +797,8 @@ async fn quarantine_action(
 
 /// The operator's queue page: the mail waiting per client domain (with how much of it was
 /// deferred and since when), then the oldest messages with each pending recipient's last
-/// error, and the forms that flush the queue and delete a message.
+/// error, and the forms that flush the queue, delete a message and return one to its
+/// sender.
 async fn queue_page(
     State(c): State<Ctx>,
     Extension(who): Extension<Principal>,
@@ -857,11 +858,14 @@ async fn queue_page(
         body.push_str(&format!(
             "<tr id=\"q-{id}\"><td>{id}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>\
              <form method=\"post\" action=\"/queue/{}/delete\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
-             <button type=\"submit\" aria-label=\"Delete {id}\">Delete</button></form></td></tr>",
+             <button type=\"submit\" aria-label=\"Delete {id}\">Delete</button></form>\
+             <form method=\"post\" action=\"/queue/{}/bounce\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\" aria-label=\"Return {id} to its sender\">Return to sender</button></form></td></tr>",
             esc(if m.sender.is_empty() { "<>" } else { &m.sender }),
             pending.join("<br>"),
             esc(&unix_time(m.next_attempt)),
             esc(m.owner.as_deref().unwrap_or("-")),
+            url(&m.id),
             url(&m.id),
         ));
     }
@@ -890,6 +894,20 @@ async fn queue_action(
                     &format!("No message {id} in the queue."),
                     Some(&who),
                 );
+            }
+            Err(e) => Err(e),
+        },
+        Some((id, "bounce")) => match crate::queue::bounce(&c, &who, id).await {
+            Ok(Some(n)) => Ok(format!("Returned {id} to its sender ({n} recipient(s)).")),
+            Ok(None) => {
+                return error_page(
+                    StatusCode::NOT_FOUND,
+                    &format!("No message {id} in the queue."),
+                    Some(&who),
+                );
+            }
+            Err(store::Error::Conflict(why)) => {
+                return error_page(StatusCode::CONFLICT, &why, Some(&who));
             }
             Err(e) => Err(e),
         },

@@ -660,10 +660,6 @@ impl Queue {
             outcomes.push((r.index, outcome));
         }
         // DSNs go with the outcomes that call for them, in the same transaction.
-        let wants = |r: &store::Recipient, bit: u8| {
-            r.notify == 0 && bit == notify::FAILURE
-                || r.notify & bit != 0 && r.notify & notify::NEVER == 0
-        };
         let mut dsns = Vec::new();
         let failed: Vec<_> = failed
             .into_iter()
@@ -708,49 +704,125 @@ impl Queue {
         action: dsn::Action,
         rcpts: Vec<(&store::Recipient, &str)>,
     ) -> Option<NewMessage> {
-        if rcpts.is_empty() || message.sender.is_empty() {
-            return None;
-        }
-        let id = self.ids.next();
-        let now = self.clock.now();
-        let reports: Vec<dsn::Report<'_>> = rcpts
-            .iter()
-            .map(|(r, why)| dsn::Report {
-                recipient: &r.address,
-                orcpt: r.orcpt.as_deref(),
-                reason: why,
-            })
-            .collect();
-        let body = dsn::build(
+        dsn_message(
             &self.config.smtp.hostname,
-            &id,
-            now,
+            self.node(),
+            &|| self.ids.next(),
+            self.clock.now(),
             message,
             action,
-            &reports,
-        );
-        info!(dsn_id = %id, to = %message.sender, ?action, "DSN queued");
-        Some(NewMessage {
-            id,
-            sender: String::new(),
-            recipients: vec![NewRecipient {
-                address: message.sender.clone(),
-                notify: notify::NEVER,
-                orcpt: None,
-            }],
-            envid: None,
-            ret: None,
-            received_at: now,
-            next_attempt: now,
-            body: body.into(),
-            arrival: Arrival {
-                client: "-".into(),
-                helo: "-".into(),
-                tls: None,
-                server: self.config.smtp.hostname.clone(),
-                node: self.node().to_string(),
-            },
-            scan: None,
-        })
+            rcpts,
+        )
     }
+}
+
+/// Whether recipient `r`'s NOTIFY asks for a DSN of kind `bit` (FAILURE when it said none).
+fn wants(r: &store::Recipient, bit: u8) -> bool {
+    r.notify == 0 && bit == notify::FAILURE || r.notify & bit != 0 && r.notify & notify::NEVER == 0
+}
+
+/// A DSN from `hostname` (node `node`) to the sender of `message` about `rcpts`, with a
+/// new queue id (never to the null sender), ready to be queued.
+fn dsn_message(
+    hostname: &str,
+    node: &str,
+    next_id: &dyn Fn() -> String,
+    now: i64,
+    message: &Message,
+    action: dsn::Action,
+    rcpts: Vec<(&store::Recipient, &str)>,
+) -> Option<NewMessage> {
+    if rcpts.is_empty() || message.sender.is_empty() {
+        return None;
+    }
+    let id = next_id();
+    let reports: Vec<dsn::Report<'_>> = rcpts
+        .iter()
+        .map(|(r, why)| dsn::Report {
+            recipient: &r.address,
+            orcpt: r.orcpt.as_deref(),
+            reason: why,
+        })
+        .collect();
+    let body = dsn::build(hostname, &id, now, message, action, &reports);
+    info!(dsn_id = %id, to = %message.sender, ?action, "DSN queued");
+    Some(NewMessage {
+        id,
+        sender: String::new(),
+        recipients: vec![NewRecipient {
+            address: message.sender.clone(),
+            notify: notify::NEVER,
+            orcpt: None,
+        }],
+        envid: None,
+        ret: None,
+        received_at: now,
+        next_attempt: now,
+        body: body.into(),
+        arrival: Arrival {
+            client: "-".into(),
+            helo: "-".into(),
+            tls: None,
+            server: hostname.to_string(),
+            node: node.to_string(),
+        },
+        scan: None,
+    })
+}
+
+/// Returns message `id` to its sender now, as an operator asks (Postfix's `postsuper -e`
+/// and the attempt that follows, in one step): every recipient still pending fails with
+/// `reason`, one DSN goes to the sender (unless the sender is null or NOTIFY says never),
+/// and the message leaves the queue, all in one transaction through `node`'s claim on it.
+/// How many recipients were returned; `None` when it is not queued; the store's `Conflict`
+/// while a node is delivering it (it may be gone the next moment).
+pub async fn bounce(
+    store: &dyn Store,
+    hostname: &str,
+    node: &str,
+    next_id: &(dyn Fn() -> String + Sync),
+    id: &str,
+    reason: &str,
+) -> Result<Option<usize>, store::Error> {
+    let lease = Lease {
+        owner: node.to_string(),
+        ttl: Duration::from_secs(60),
+    };
+    let Some(claimed) = store.claim_id(id, &lease).await? else {
+        return Ok(None);
+    };
+    let pending: Vec<&store::Recipient> = claimed
+        .message
+        .recipients
+        .iter()
+        .filter(|r| r.status == Status::Pending)
+        .collect();
+    let dsn = dsn_message(
+        hostname,
+        node,
+        next_id,
+        smtp::date::now(),
+        &claimed.message,
+        dsn::Action::Failed,
+        pending
+            .iter()
+            .filter(|r| wants(r, notify::FAILURE))
+            .map(|r| (*r, reason))
+            .collect(),
+    );
+    let attempt = Attempt {
+        relay: "returned by the provider".into(),
+        outcomes: pending
+            .iter()
+            .map(|r| {
+                let reason = reason.to_string();
+                (r.index, Outcome::Failed { reason })
+            })
+            .collect(),
+        dsns: dsn.into_iter().collect(),
+        release: true,
+    };
+    store.record(id, claimed.token, attempt).await?;
+    info!(queue_id = %id, recipients = pending.len(), "returned to the sender");
+    Ok(Some(pending.len()))
 }

@@ -15,8 +15,8 @@ use crate::{
     Account, ApiToken, Attempt, AuditEntry, Bytes, Claimed, DomainEntry, DomainQueue, Error, Event,
     Example, Held, HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation, Outcome,
     Recipient, Result, Ret, Role, ServerEntry, Session, StatKey, StatQuery, Status, Store, Summary,
-    Trace, TraceQuery, deleted_event, dsn_event, expired_held_event, held_event, now_ms,
-    outcome_event, received_event, unheld_event,
+    Trace, TraceQuery, being_delivered, deleted_event, dsn_event, expired_held_event, held_event,
+    now_ms, outcome_event, received_event, unheld_event,
 };
 
 /// The most operations run in one transaction.
@@ -985,6 +985,25 @@ impl Store for Embedded {
         let (owner, ttl) = (lease.owner.clone(), ttl_ms(lease));
         self.call(false, move |c| claim(c, &owner, ttl, now, limit))
             .await
+    }
+    async fn claim_id(&self, id: &str, lease: &Lease) -> Result<Option<Claimed>> {
+        let (id, owner, ttl) = (id.to_string(), lease.owner.clone(), ttl_ms(lease));
+        self.call(false, move |c| {
+            let db_now = now_ms();
+            let token: Option<i64> = c
+                .prepare_cached(
+                    "UPDATE message SET lease_owner = ?, lease_until = ?, lease_token = lease_token + 1
+                     WHERE id = ? AND lease_until < ? RETURNING lease_token",
+                )?
+                .query_row(params![owner, db_now + ttl, id, db_now], |r| r.get(0))
+                .optional()?;
+            match token {
+                Some(token) => Ok(get(c, &id, true)?.map(|message| Claimed { message, token })),
+                None if token_of(c, &id)?.is_some() => Err(being_delivered(&id)),
+                None => Ok(None),
+            }
+        })
+        .await
     }
     async fn renew(&self, held: &[(String, i64)], lease: &Lease) -> Result<Vec<String>> {
         let (held, ttl) = (held.to_vec(), ttl_ms(lease));

@@ -810,6 +810,11 @@ pub trait Store: Send + Sync + 'static {
     /// dies).
     async fn claim(&self, lease: &Lease, now: i64, limit: usize) -> Result<Vec<Claimed>>;
 
+    /// Claims message `id` with its body, due or not (an operator acting on it now); `None`
+    /// when it is not queued, `Conflict` when another claim on it is live (it is being
+    /// delivered now). Not durable, like every claim.
+    async fn claim_id(&self, id: &str, lease: &Lease) -> Result<Option<Claimed>>;
+
     /// Extends the leases `held` (message id and lease token) by `lease.ttl` from now, in
     /// one statement however many they are; returns the ids whose lease was lost (taken
     /// over, or the message gone). Not durable: a renewal lost in a crash of the store only
@@ -997,6 +1002,11 @@ pub(crate) fn dsn_event(node: &str, dsn: &NewMessage) -> Event {
 }
 
 /// The event of an operator's removal.
+/// The refusal of a claim on a message another claim holds.
+pub(crate) fn being_delivered(id: &str) -> Error {
+    Error::Conflict(format!("message {id} is being delivered now; try again"))
+}
+
 pub(crate) fn deleted_event(node: &str) -> Event {
     Event {
         at: now_ms(),

@@ -23,7 +23,7 @@ use crate::{
     Account, ApiToken, Arrival, Attempt, AuditEntry, Bytes, Claimed, DomainEntry, DomainQueue,
     Error, Event, Example, Held, HeldFilter, HeldSummary, Lease, Message, NewMessage, Organisation,
     Outcome, Recipient, Result, Ret, Role, ServerEntry, Session, StatKey, StatQuery, Status, Store,
-    Summary, Trace, TraceQuery,
+    Summary, Trace, TraceQuery, being_delivered,
 };
 
 /// The schema version this code writes.
@@ -608,6 +608,32 @@ impl Store for Postgres {
                 Some(Claimed { message, token })
             })
             .collect())
+    }
+
+    async fn claim_id(&self, id: &str, lease: &Lease) -> Result<Option<Claimed>> {
+        let client = self.pool.get().await?;
+        let claimed = client
+            .query_opt(
+                &format!(
+                    "UPDATE message SET lease_owner = $2, lease_until = {NOW_MS} + $3,
+                         lease_token = lease_token + 1
+                     WHERE id = $1 AND lease_until < {NOW_MS} RETURNING lease_token"
+                ),
+                &[&id, &lease.owner, &ms(lease.ttl)],
+            )
+            .await?;
+        let ids = [id.to_string()];
+        match claimed {
+            Some(row) => Ok(load(&client, &ids, true)
+                .await?
+                .pop()
+                .map(|message| Claimed {
+                    message,
+                    token: row.get(0),
+                })),
+            None if !load(&client, &ids, false).await?.is_empty() => Err(being_delivered(id)),
+            None => Ok(None),
+        }
     }
 
     async fn renew(&self, held: &[(String, i64)], lease: &Lease) -> Result<Vec<String>> {

@@ -459,6 +459,61 @@ async fn listing_pages_and_operator_commands() {
     .await;
 }
 
+/// An operator claims one message by its id whatever its schedule, with its body, but not
+/// while another claim on it is live; what it records under that claim counts.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_message_is_claimed_by_id_unless_being_delivered() {
+    both(2, |s| async move {
+        s[0].enqueue(message("O", &["a@example.com"], 5000), None)
+            .await
+            .unwrap();
+        let op = lease("operator", 60_000);
+        assert!(s[0].claim_id("none", &op).await.unwrap().is_none());
+        let c = s[1]
+            .claim_id("O", &op)
+            .await
+            .unwrap()
+            .expect("claimed though not due");
+        assert_eq!(&c.message.body[..], b"Subject: t\r\n\r\nhi\r\n");
+        assert_eq!(c.message.recipients.len(), 1);
+        assert!(matches!(
+            s[0].claim_id("O", &lease("n2", 60_000)).await,
+            Err(Error::Conflict(_))
+        ));
+        assert!(
+            s[0].claim(&lease("n2", 60_000), 6000, 10)
+                .await
+                .unwrap()
+                .is_empty(),
+            "due, but the operator's claim holds it"
+        );
+        let failed = Outcome::Failed {
+            reason: "5.0.0 returned".into(),
+        };
+        s[0].record("O", c.token, attempt(vec![(0, failed)], true))
+            .await
+            .unwrap();
+        assert!(s[0].get("O").await.unwrap().is_none(), "no recipient left");
+
+        s[0].enqueue(message("D", &["a@example.com"], 1), None)
+            .await
+            .unwrap();
+        let d = s[0].claim(&lease("n1", 60_000), 10, 10).await.unwrap();
+        assert!(
+            matches!(s[1].claim_id("D", &op).await, Err(Error::Conflict(_))),
+            "being delivered"
+        );
+        s[0].record("D", d[0].token, attempt(Vec::new(), true))
+            .await
+            .unwrap();
+        assert!(
+            s[1].claim_id("D", &op).await.unwrap().is_some(),
+            "given back: claimable again"
+        );
+    })
+    .await;
+}
+
 /// The statistics' counters add up across nodes and flushes, read by hour and by scope,
 /// rank their labels, and expire; the queue is summed by recipient domain.
 #[tokio::test(flavor = "multi_thread")]
