@@ -4,7 +4,8 @@
 //! changed through the control API. Then each change the store announces (LISTEN/NOTIFY on
 //! PostgreSQL) is applied here, client domains and servers' loading and state, within
 //! milliseconds on every node of a fleet; the store's version counter is also re-read every
-//! 30 s, in case an announcement was lost.
+//! 30 s, in case an announcement was lost. It also samples the local balancers' view of
+//! their servers' health into the store's statistics.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -234,6 +235,45 @@ pub async fn watch(
             _ = changes.changed() => {}
             _ = tokio::time::sleep(REREAD) => {}
             _ = smtp::server::stopped(&mut shutdown) => break,
+        }
+    }
+}
+
+/// How often each balancer's view of its servers is sampled into the statistics.
+const HEALTH_SAMPLE: Duration = Duration::from_secs(10);
+
+/// The statistics' label of one server's sample: `CLUSTER/SERVER STATE`, the state `up`,
+/// `down` (failing its health checks) or `maint` (taken out by an operator; not checked).
+pub fn health_label(s: &balancer::ServerStats) -> String {
+    let state = match (s.admin, s.up) {
+        (Admin::Maint, _) => "maint",
+        (_, true) => "up",
+        (_, false) => "down",
+    };
+    format!("{}/{} {state}", s.cluster, s.server)
+}
+
+/// Counts each local balancer's servers' health every [`HEALTH_SAMPLE`] into the store's
+/// hourly statistics (metric `health`, no client domain: operators' figures), so the
+/// portal charts each server's availability over time; the first sample comes one interval
+/// after start, once the first health checks have run.
+pub async fn sample_health(
+    store: Arc<dyn Store>,
+    balancers: Vec<Arc<Balancer>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let tally = store::Tally::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(HEALTH_SAMPLE) => {}
+            _ = smtp::server::stopped(&mut shutdown) => break,
+        }
+        let now = smtp::date::now();
+        for s in balancers.iter().flat_map(|b| b.stats()) {
+            tally.add(now, "", "health", &health_label(&s));
+        }
+        if let Err(e) = tally.flush(store.as_ref()).await {
+            warn!(error = %e, "server health samples not written; kept for the next");
         }
     }
 }

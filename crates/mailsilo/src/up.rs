@@ -585,6 +585,13 @@ pub async fn up(
         )));
     }
 
+    if let Some(store) = store.as_ref().filter(|_| !balancers.is_empty()) {
+        tasks.push(tokio::spawn(crate::live::sample_health(
+            store.clone(),
+            balancers.clone(),
+            stopped.clone(),
+        )));
+    }
     if let Some(store) = &store {
         tasks.push(tokio::spawn(crate::live::watch(
             config.clone(),

@@ -1147,6 +1147,61 @@ fn an_operator_changes_servers_on_the_silo_page() {
     assert!(page.contains("operator"), "{page}");
 }
 
+/// The balancers sample each server's health into the statistics every 10 s: a running
+/// server counts up, one that fails its checks down, one in maintenance maint; operators
+/// see each server's availability over time (the API and the page's chart), admins do not.
+#[test]
+fn each_servers_availability_is_charted_over_time() {
+    let accounts = TAIL
+        .split_once("[[organisation]]")
+        .map(|(_, rest)| format!("[[organisation]]{rest}"))
+        .unwrap();
+    let mut silo = common::Silo::new(30, &[&[1, 1]], &accounts, "");
+    silo.start_without_dns();
+    silo.lb(&["maint", "c1/c1-s2"]);
+    // Nothing listens at the new server's address: its checks fail.
+    silo.lb(&["add", "c1/c1-s3", "127.2.30.9:2525", "--loading", "1"]);
+    let operator = login(silo.control, "operator", "operator-pass");
+    let stats = |who: &Session| -> serde_json::Value {
+        let (status, _, body) = http(
+            silo.control,
+            "GET",
+            "/api/v1/stats",
+            &[("Cookie", &who.cookie)],
+            "",
+        );
+        assert_eq!(status, 200, "{body}");
+        serde_json::from_str(&body).unwrap()
+    };
+    let want = ["c1/c1-s1 up", "c1/c1-s2 maint", "c1/c1-s3 down"];
+    assert!(wait_until(Duration::from_secs(35), || {
+        let seen = totals(&stats(&operator)["availability"]);
+        want.iter().all(|w| seen.contains_key(*w))
+    }));
+    let seen = totals(&stats(&operator)["availability"]);
+    assert!(
+        seen.keys().all(|k| want.contains(&k.as_str())),
+        "no other state was sampled: {seen:?}"
+    );
+    let (status, _, page) = http(
+        silo.control,
+        "GET",
+        "/stats",
+        &[("Cookie", &operator.cookie)],
+        "",
+    );
+    assert_eq!(status, 200);
+    for cell in [
+        "c1/c1-s1</td><td>100.00%",
+        "c1/c1-s3</td><td>0.00%",
+        "c1/c1-s2</td><td>-</td>",
+    ] {
+        assert!(page.contains(cell), "{cell}: {page}");
+    }
+    let admin = login(silo.control, "admin@example.com", "admin-pass");
+    assert_eq!(stats(&admin)["availability"], serde_json::json!([]));
+}
+
 /// The sums of a series' buckets by label.
 fn totals(series: &serde_json::Value) -> std::collections::BTreeMap<String, i64> {
     let mut out = std::collections::BTreeMap::new();

@@ -1,7 +1,8 @@
 //! Statistics: the mail of a time range, by hour or by day, from the counters every node
 //! adds to the store (verdicts, actions, delivery outcomes, the mail server that took each
 //! message), the top senders, recipient domains, viruses and policy hits, and the queue now
-//! by client domain; for operators also each balanced server's health now. The API answers
+//! by client domain; for operators also each balanced server's health now and over time
+//! (its availability, from the balancers' samples). The API answers
 //! in JSON, the page draws the same figures as SVG charts rendered here (no script, no
 //! external resource), each with a table of its numbers beside it.
 //!
@@ -81,6 +82,10 @@ pub struct Stats {
     pub queue: Vec<DomainQueue>,
     /// Each balanced server now (operators only; empty for others).
     pub health: Vec<ServerStatus>,
+    /// Each balanced server's health over time (operators only; empty for others): every
+    /// balancer's samples, one per server every 10 s, labelled `CLUSTER/SERVER STATE`
+    /// with the state `up`, `down` or `maint`.
+    pub availability: Vec<Bucket>,
 }
 
 /// The statistics `q` asks for, within the caller's scope.
@@ -157,6 +162,21 @@ pub async fn gather(c: &Ctx, who: &Principal, q: &StatsQuery) -> Result<Stats, R
             .map_err(Refused::store)?,
         health: if who.role == Role::Operator {
             c.balancers.servers()
+        } else {
+            Vec::new()
+        },
+        availability: if who.role == Role::Operator {
+            // The samples count for no client domain.
+            let silo = StatQuery {
+                domains: Some(vec![String::new()]),
+                ..query.clone()
+            };
+            let rows = c
+                .store
+                .stat_series(&silo, "health")
+                .await
+                .map_err(Refused::store)?;
+            buckets(&rows, query.since, until, step)
         } else {
             Vec::new()
         },
@@ -392,6 +412,125 @@ pub fn ranked_chart(title: &str, items: &[Ranked]) -> String {
     )
 }
 
+/// One server's samples in a bucket: up, down, in maintenance.
+#[derive(Default, Clone, Copy)]
+struct Samples {
+    up: i64,
+    down: i64,
+    maint: i64,
+}
+
+impl Samples {
+    /// The share of checked samples that were up, if any was checked.
+    fn share_up(self) -> Option<f64> {
+        let checked = self.up + self.down;
+        (checked > 0).then(|| self.up as f64 / checked as f64)
+    }
+}
+
+/// Per server (`CLUSTER/SERVER`), its samples in each of `buckets`.
+fn samples_by_server(buckets: &[Bucket]) -> BTreeMap<&str, Vec<Samples>> {
+    let mut out: BTreeMap<&str, Vec<Samples>> = BTreeMap::new();
+    for (i, b) in buckets.iter().enumerate() {
+        for (label, n) in &b.counts {
+            let Some((server, state)) = label.rsplit_once(' ') else {
+                continue;
+            };
+            let row = out
+                .entry(server)
+                .or_insert_with(|| vec![Samples::default(); buckets.len()]);
+            match state {
+                "up" => row[i].up += n,
+                "down" => row[i].down += n,
+                "maint" => row[i].maint += n,
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
+/// Each server's availability over time as inline SVG, HAProxy-stats style: one row per
+/// server, one cell per bucket, green when every sample was up, amber when most were, red
+/// otherwise, blue-grey in maintenance, pale where nothing was sampled; each cell's share
+/// in its tooltip, and each server's share over the range in a table.
+pub fn availability_chart(buckets: &[Bucket], step: i64) -> String {
+    let esc = crate::web::esc;
+    let title = "Server availability";
+    let servers = samples_by_server(buckets);
+    if servers.is_empty() {
+        return format!(
+            "<section class=\"stat\" aria-label=\"{title}\"><h2>{title}</h2><p>No health samples in this range.</p></section>"
+        );
+    }
+    let (w, row, left, top) = (720.0_f64, 18.0_f64, 150.0_f64, 4.0_f64);
+    let h = top + row * servers.len() as f64 + 20.0;
+    let slot = (w - left - 8.0) / buckets.len().max(1) as f64;
+    let mut svg = format!(
+        "<svg class=\"chart\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{title}\" xmlns=\"http://www.w3.org/2000/svg\"><title>{title}</title>"
+    );
+    let mut table = format!(
+        "<details><summary>{title} as a table</summary><table><thead><tr><th scope=\"col\">Server</th>\
+         <th scope=\"col\">Up</th><th scope=\"col\">Samples up</th><th scope=\"col\">Samples down</th>\
+         <th scope=\"col\">Samples in maintenance</th></tr></thead><tbody>"
+    );
+    for (r, (server, cells)) in servers.iter().enumerate() {
+        let y = top + r as f64 * row;
+        let _ = write!(
+            svg,
+            "<text x=\"0\" y=\"{ty:.1}\" font-size=\"11\">{s}</text>",
+            ty = y + row * 0.7,
+            s = esc(&server.chars().take(24).collect::<String>()),
+        );
+        for (i, c) in cells.iter().enumerate() {
+            let (fill, said) = match c.share_up() {
+                Some(1.0) => ("#4c9a4c", "100% up".to_string()),
+                Some(f) if f >= 0.9 => ("#d08c2e", format!("{:.1}% up", f * 100.0)),
+                Some(f) => ("#b53f3f", format!("{:.1}% up", f * 100.0)),
+                None if c.maint > 0 => ("#7a8ca0", "in maintenance".to_string()),
+                None => ("#eeeeee", "no samples".to_string()),
+            };
+            let _ = write!(
+                svg,
+                "<rect x=\"{x:.1}\" y=\"{y:.1}\" width=\"{cw:.1}\" height=\"{ch:.1}\" fill=\"{fill}\"><title>{s} {when}: {said}</title></rect>",
+                x = left + i as f64 * slot,
+                cw = (slot - 1.0).max(0.5),
+                ch = row - 3.0,
+                s = esc(server),
+                when = tick(buckets[i].start, step),
+            );
+        }
+        let sum = cells.iter().fold(Samples::default(), |a, c| Samples {
+            up: a.up + c.up,
+            down: a.down + c.down,
+            maint: a.maint + c.maint,
+        });
+        let _ = write!(
+            table,
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            esc(server),
+            sum.share_up()
+                .map_or("-".to_string(), |f| format!("{:.2}%", f * 100.0)),
+            sum.up,
+            sum.down,
+            sum.maint
+        );
+    }
+    let every = (buckets.len() / 8).max(1);
+    for (i, b) in buckets.iter().enumerate().step_by(every) {
+        let _ = write!(
+            svg,
+            "<text x=\"{x:.1}\" y=\"{ty:.1}\" font-size=\"10\">{}</text>",
+            tick(b.start, step),
+            x = left + i as f64 * slot,
+            ty = h - 6.0,
+        );
+    }
+    svg.push_str("</svg>");
+    table.push_str("</tbody></table></details>");
+    format!("<section class=\"stat\" aria-label=\"{title}\"><h2>{title}</h2>{svg}{table}</section>")
+}
+
 /// The statistics page's body: the range and domain chooser, then every chart.
 pub fn page_body(s: &Stats, who: &Principal, q: &StatsQuery) -> String {
     let esc = crate::web::esc;
@@ -476,6 +615,7 @@ pub fn page_body(s: &Stats, who: &Principal, q: &StatsQuery) -> String {
     }
     body.push_str("</tbody></table></section>");
     if who.role == Role::Operator {
+        body.push_str(&availability_chart(&s.availability, s.step));
         body.push_str(
             "<section class=\"stat\" aria-label=\"Servers now\"><h2>Servers now</h2><table><thead><tr>\
              <th scope=\"col\">Cluster</th><th scope=\"col\">Server</th><th scope=\"col\">Health</th>\
@@ -551,5 +691,46 @@ mod tests {
             }],
         );
         assert!(top.contains("<li>a.example: 7</li>"), "{top}");
+    }
+
+    #[test]
+    fn availability_by_server_and_hour() {
+        let rows = [
+            (0, "c1/s1 up".to_string(), 360),
+            (0, "c1/s2 up".to_string(), 300),
+            (0, "c1/s2 down".to_string(), 60),
+            (3600, "c1/s1 up".to_string(), 350),
+            (3600, "c1/s1 down".to_string(), 10),
+            (3600, "c1/s2 maint".to_string(), 360),
+        ];
+        let b = buckets(&rows, 0, 3 * 3600, 3600);
+        let svg = availability_chart(&b, 3600);
+        for want in [
+            "c1/s1 01-01 00h: 100% up",
+            "c1/s2 01-01 00h: 83.3% up",
+            "c1/s1 01-01 01h: 97.2% up",
+            "c1/s2 01-01 01h: in maintenance",
+            "c1/s1 01-01 02h: no samples",
+            // Over the range: s1 710 of 720, s2 300 of 360 checked.
+            "<tr><td>c1/s1</td><td>98.61%</td><td>710</td><td>10</td><td>0</td></tr>",
+            "<tr><td>c1/s2</td><td>83.33%</td><td>300</td><td>60</td><td>360</td></tr>",
+        ] {
+            assert!(svg.contains(want), "{want}: {svg}");
+        }
+        let fills = |c: &str| svg.matches(&format!("fill=\"{c}\"")).count();
+        assert_eq!(
+            (
+                fills("#4c9a4c"),
+                fills("#d08c2e"),
+                fills("#b53f3f"),
+                fills("#7a8ca0"),
+                fills("#eeeeee")
+            ),
+            (1, 1, 1, 1, 2),
+            "{svg}"
+        );
+        assert!(
+            availability_chart(&buckets(&[], 0, 3600, 3600), 3600).contains("No health samples")
+        );
     }
 }
