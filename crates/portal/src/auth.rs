@@ -10,10 +10,8 @@
 //! Secrets are 32 random bytes; the store keeps only their SHA-256. Passwords are hashed
 //! with argon2id. Failed logins are throttled per account and per client address.
 
-use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use argon2::Argon2;
 use argon2::password_hash::rand_core::{OsRng, RngCore};
@@ -145,10 +143,10 @@ pub async fn principal(
 /// a limit together): at most [`ACCOUNT_FAILURES`] per account from one client network and
 /// [`ADDRESS_FAILURES`] per client network within [`THROTTLE_WINDOW`], a network being an
 /// IPv4 address or an IPv6 /64. A login that succeeds takes its attempt back. Keyed by
-/// network, an attacker elsewhere cannot lock an account out. Counted per node, in memory;
-/// argon2 runs at most [`HASHING_AT_ONCE`] at a time.
+/// network, an attacker elsewhere cannot lock an account out. Counted in the store, so
+/// the limits hold for a whole fleet (an attacker gains nothing by spreading over the
+/// nodes); argon2 runs at most [`HASHING_AT_ONCE`] at a time on each node.
 pub struct Throttle {
-    attempts: Mutex<HashMap<String, (u32, Instant)>>,
     hashing: tokio::sync::Semaphore,
 }
 
@@ -157,13 +155,10 @@ pub const ADDRESS_FAILURES: u32 = 20;
 pub const THROTTLE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Password checks at once (argon2 takes 19 MiB and tens of milliseconds each).
 pub const HASHING_AT_ONCE: usize = 4;
-/// The most keys remembered; when every one is fresh, new ones are refused (fail closed).
-const THROTTLE_KEYS: usize = 100_000;
 
 impl Default for Throttle {
     fn default() -> Throttle {
         Throttle {
-            attempts: Mutex::default(),
             hashing: tokio::sync::Semaphore::new(HASHING_AT_ONCE),
         }
     }
@@ -189,47 +184,37 @@ impl Throttle {
         ]
     }
 
-    /// Counts an attempt of `account` from `ip`; `Err(seconds)` to wait when it is past a
-    /// limit (nothing is counted then).
-    pub fn attempt(&self, account: &str, ip: IpAddr) -> Result<(), u64> {
-        let now = Instant::now();
-        let keys = Throttle::keys(account, ip);
-        let mut attempts = self.attempts.lock().expect("throttle");
-        if attempts.len() >= THROTTLE_KEYS {
-            attempts.retain(|_, (_, first)| now.duration_since(*first) < THROTTLE_WINDOW);
-            if attempts.len() >= THROTTLE_KEYS
-                && keys.iter().any(|(k, _)| !attempts.contains_key(k))
+    /// Counts an attempt of `account` from `ip` at `now` (unix seconds); `Err(seconds)` to
+    /// wait when it is past a limit.
+    pub async fn attempt(
+        &self,
+        store: &dyn Store,
+        account: &str,
+        ip: IpAddr,
+        now: i64,
+    ) -> store::Result<Result<(), u64>> {
+        let window = THROTTLE_WINDOW.as_secs() as i64;
+        Ok(
+            match store
+                .count_login(&Throttle::keys(account, ip), now, window)
+                .await?
             {
-                return Err(THROTTLE_WINDOW.as_secs());
-            }
-        }
-        for (key, limit) in &keys {
-            if let Some((n, first)) = attempts.get(key)
-                && let Some(left) = THROTTLE_WINDOW.checked_sub(now.duration_since(*first))
-                && *n >= *limit
-            {
-                return Err(left.as_secs().max(1));
-            }
-        }
-        for (key, _) in keys {
-            let e = attempts.entry(key).or_insert((0, now));
-            if now.duration_since(e.1) >= THROTTLE_WINDOW {
-                *e = (0, now);
-            }
-            e.0 += 1;
-        }
-        Ok(())
+                Some(wait) => Err(wait.max(1) as u64),
+                None => Ok(()),
+            },
+        )
     }
 
     /// Takes back a successful login's attempt: the account's count from that network
     /// starts again, and the network's loses one.
-    pub fn succeeded(&self, account: &str, ip: IpAddr) {
+    pub async fn succeeded(
+        &self,
+        store: &dyn Store,
+        account: &str,
+        ip: IpAddr,
+    ) -> store::Result<()> {
         let [(account_key, _), (network_key, _)] = Throttle::keys(account, ip);
-        let mut attempts = self.attempts.lock().expect("throttle");
-        attempts.remove(&account_key);
-        if let Some(e) = attempts.get_mut(&network_key) {
-            e.0 = e.0.saturating_sub(1);
-        }
+        store.login_succeeded(&account_key, &network_key).await
     }
 
     /// A permit to check a password, when fewer than [`HASHING_AT_ONCE`] are under way.
@@ -288,37 +273,45 @@ mod tests {
         assert!(Principal::control().sees("anyone@anywhere"));
     }
 
-    #[test]
-    fn attempts_are_throttled_per_account_and_network() {
+    #[tokio::test]
+    async fn attempts_are_throttled_per_account_and_network() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store::Embedded::open(dir.path()).unwrap();
+        let s = &store;
         let t = Throttle::default();
         let (a, b): (IpAddr, IpAddr) = ("192.0.2.1".parse().unwrap(), "192.0.2.2".parse().unwrap());
+        let now = 1_000_000;
+        let attempt = async |account: &str, ip| t.attempt(s, account, ip, now).await.unwrap();
         for _ in 0..ACCOUNT_FAILURES {
-            assert_eq!(t.attempt("alice", a), Ok(()));
+            assert_eq!(attempt("alice", a).await, Ok(()));
         }
-        assert!(t.attempt("alice", a).is_err());
+        assert_eq!(attempt("alice", a).await, Err(THROTTLE_WINDOW.as_secs()));
         // From elsewhere, alice may still log in: no one locks her out from afar.
-        assert_eq!(t.attempt("alice", b), Ok(()));
-        t.succeeded("alice", b);
+        assert_eq!(attempt("alice", b).await, Ok(()));
+        t.succeeded(s, "alice", b).await.unwrap();
         // A network is limited whatever the accounts it tries.
         for i in 0..ADDRESS_FAILURES {
-            assert_eq!(t.attempt(&format!("user{i}"), b), Ok(()), "{i}");
+            assert_eq!(attempt(&format!("user{i}"), b).await, Ok(()), "{i}");
         }
-        assert!(t.attempt("carol", b).is_err());
+        assert!(attempt("carol", b).await.is_err());
         // An IPv6 /64 is one network.
         let (x, y): (IpAddr, IpAddr) = (
             "2001:db8::1".parse().unwrap(),
             "2001:db8::ffff:2".parse().unwrap(),
         );
         for _ in 0..ACCOUNT_FAILURES {
-            t.attempt("bob", x).unwrap();
+            attempt("bob", x).await.unwrap();
         }
         assert!(
-            t.attempt("bob", y).is_err(),
+            attempt("bob", y).await.is_err(),
             "another address of the same /64"
         );
         // A success takes the account's count back.
-        t.succeeded("bob", x);
-        assert_eq!(t.attempt("bob", y), Ok(()));
+        t.succeeded(s, "bob", x).await.unwrap();
+        assert_eq!(attempt("bob", y).await, Ok(()));
+        // The window over, alice may try again.
+        let later = now + THROTTLE_WINDOW.as_secs() as i64;
+        assert_eq!(t.attempt(s, "alice", a, later).await.unwrap(), Ok(()));
         assert!(t.hashing().is_some());
     }
 }

@@ -108,7 +108,9 @@ pub async fn start_session(
         return Err(LoginRefused::Wrong);
     }
     throttle
-        .attempt(&name, peer.0)
+        .attempt(c.store.as_ref(), &name, peer.0, now())
+        .await
+        .map_err(LoginRefused::Store)?
         .map_err(LoginRefused::Throttled)?;
     let Some(_permit) = throttle.hashing() else {
         return Err(LoginRefused::Busy);
@@ -126,7 +128,10 @@ pub async fn start_session(
         tracing::info!(account = %name, client = %peer.0, "failed portal login");
         return Err(LoginRefused::Wrong);
     };
-    throttle.succeeded(&name, peer.0);
+    throttle
+        .succeeded(c.store.as_ref(), &name, peer.0)
+        .await
+        .map_err(LoginRefused::Store)?;
     let (secret, csrf) = (auth::secret(), auth::secret());
     let session = Session {
         key: auth::digest(&secret),

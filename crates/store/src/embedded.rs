@@ -23,12 +23,12 @@ use crate::{
 const BATCH: usize = 512;
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const VERSION: i64 = 7;
+const VERSION: i64 = 8;
 
 /// The schema, version by version: `MIGRATIONS[n]` takes a database from version n to n+1.
 /// Version 0 is the first release's (RET kept as `ret_headers_only`, which held an invented
 /// RET=FULL as 0, so only HDRS is carried over).
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     // 0 -> 1: RET as given.
     "ALTER TABLE message ADD COLUMN ret INTEGER;
      UPDATE message SET ret = CASE ret_headers_only WHEN 1 THEN 1 END;
@@ -192,6 +192,9 @@ const MIGRATIONS: [&str; 7] = [
          after TEXT
      );
      CREATE INDEX audit_domain ON audit (domain, seq);",
+    // 7 -> 8: login attempts, counted for every node.
+    "CREATE TABLE login_attempt (key TEXT PRIMARY KEY, count INTEGER NOT NULL, first INTEGER NOT NULL);
+     CREATE INDEX login_attempt_first ON login_attempt (first);",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -1002,6 +1005,43 @@ impl Store for Embedded {
                 None if token_of(c, &id)?.is_some() => Err(being_delivered(&id)),
                 None => Ok(None),
             }
+        })
+        .await
+    }
+    async fn count_login(
+        &self,
+        keys: &[(String, u32)],
+        now: i64,
+        window: i64,
+    ) -> Result<Option<i64>> {
+        let keys = keys.to_vec();
+        self.call(false, move |c| {
+            c.prepare_cached("DELETE FROM login_attempt WHERE first <= ?")?
+                .execute([now - window])?;
+            let mut count = c.prepare_cached(
+                "INSERT INTO login_attempt (key, count, first) VALUES (?, 1, ?)
+                 ON CONFLICT (key) DO UPDATE SET count = count + 1 RETURNING count, first",
+            )?;
+            let mut wait = None;
+            for (key, limit) in &keys {
+                let (n, first): (i64, i64) =
+                    count.query_row(params![key, now], |r| Ok((r.get(0)?, r.get(1)?)))?;
+                if n > i64::from(*limit) {
+                    wait = wait.max(Some((first + window - now).max(1)));
+                }
+            }
+            Ok(wait)
+        })
+        .await
+    }
+    async fn login_succeeded(&self, forget: &str, lower: &str) -> Result<()> {
+        let (forget, lower) = (forget.to_string(), lower.to_string());
+        self.call(false, move |c| {
+            c.prepare_cached("DELETE FROM login_attempt WHERE key = ?")?
+                .execute([forget])?;
+            c.prepare_cached("UPDATE login_attempt SET count = max(count - 1, 0) WHERE key = ?")?
+                .execute([lower])?;
+            Ok(())
         })
         .await
     }

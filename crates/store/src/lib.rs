@@ -891,6 +891,22 @@ pub trait Store: Send + Sync + 'static {
     /// Adds or replaces a server entry. Durable.
     async fn set_server(&self, entry: ServerEntry) -> Result<()>;
 
+    /// Login throttling for every node: counts one attempt against each of `keys` (a key
+    /// and its limit) in the window of `window` seconds that the key's first attempt
+    /// opened, forgetting windows that ended by `now`; returns the seconds until the last
+    /// window past its limit ends, if one is (the attempt is refused, and counted: the
+    /// window does not move). Atomic per key across nodes. Not durable.
+    async fn count_login(
+        &self,
+        keys: &[(String, u32)],
+        now: i64,
+        window: i64,
+    ) -> Result<Option<i64>>;
+
+    /// Takes a successful login's attempt back: key `forget` starts again, key `lower`
+    /// loses one. Not durable.
+    async fn login_succeeded(&self, forget: &str, lower: &str) -> Result<()>;
+
     /// The shared secret named `name`: the one stored, or `candidate`, stored now if none
     /// was (every node then signs with the same). Durable.
     async fn secret(&self, name: &str, candidate: String) -> Result<String>;

@@ -27,10 +27,10 @@ use crate::{
 };
 
 /// The schema version this code writes.
-const VERSION: i32 = 6;
+const VERSION: i32 = 7;
 
 /// `MIGRATIONS[n]` takes the database from version n to n+1.
-const MIGRATIONS: [&str; 6] = [
+const MIGRATIONS: [&str; 7] = [
     "
 CREATE TABLE message (
     id TEXT PRIMARY KEY,
@@ -207,6 +207,11 @@ CREATE TABLE audit (
     after TEXT
 );
 CREATE INDEX audit_domain ON audit (domain, seq);
+",
+    // 6 -> 7: login attempts, counted for every node.
+    "
+CREATE TABLE login_attempt (key TEXT PRIMARY KEY, count INTEGER NOT NULL, first BIGINT NOT NULL);
+CREATE INDEX login_attempt_first ON login_attempt (first);
 ",
 ];
 
@@ -634,6 +639,51 @@ impl Store for Postgres {
             None if !load(&client, &ids, false).await?.is_empty() => Err(being_delivered(id)),
             None => Ok(None),
         }
+    }
+
+    async fn count_login(
+        &self,
+        keys: &[(String, u32)],
+        now: i64,
+        window: i64,
+    ) -> Result<Option<i64>> {
+        let client = self.pool.get().await?;
+        client
+            .execute(
+                "DELETE FROM login_attempt WHERE first <= $1",
+                &[&(now - window)],
+            )
+            .await?;
+        let count = client
+            .prepare_cached(
+                "INSERT INTO login_attempt (key, count, first) VALUES ($1, 1, $2)
+                 ON CONFLICT (key) DO UPDATE SET count = login_attempt.count + 1
+                 RETURNING count, first",
+            )
+            .await?;
+        let mut wait = None;
+        for (key, limit) in keys {
+            let row = client.query_one(&count, &[key, &now]).await?;
+            let (n, first): (i32, i64) = (row.get(0), row.get(1));
+            if i64::from(n) > i64::from(*limit) {
+                wait = wait.max(Some((first + window - now).max(1)));
+            }
+        }
+        Ok(wait)
+    }
+
+    async fn login_succeeded(&self, forget: &str, lower: &str) -> Result<()> {
+        let client = self.pool.get().await?;
+        client
+            .execute("DELETE FROM login_attempt WHERE key = $1", &[&forget])
+            .await?;
+        client
+            .execute(
+                "UPDATE login_attempt SET count = GREATEST(count - 1, 0) WHERE key = $1",
+                &[&lower],
+            )
+            .await?;
+        Ok(())
     }
 
     async fn renew(&self, held: &[(String, i64)], lease: &Lease) -> Result<Vec<String>> {

@@ -514,6 +514,56 @@ async fn one_message_is_claimed_by_id_unless_being_delivered() {
     .await;
 }
 
+/// Login attempts are counted for every node: past a key's limit within its window the
+/// attempt is refused with the seconds left, whichever node counts it; a success takes
+/// the account's count back and lowers the network's; windows end.
+#[tokio::test(flavor = "multi_thread")]
+async fn login_attempts_are_counted_for_every_node() {
+    both(2, |s| async move {
+        let keys = |account: &str| {
+            vec![
+                (format!("account {account} from 192.0.2.1"), 3),
+                ("network 192.0.2.1".to_string(), 5),
+            ]
+        };
+        for i in 0..3 {
+            let node = &s[i % 2];
+            assert_eq!(
+                node.count_login(&keys("alice"), 1000, 900).await.unwrap(),
+                None
+            );
+        }
+        assert_eq!(
+            s[1].count_login(&keys("alice"), 1100, 900).await.unwrap(),
+            Some(800),
+            "the fourth, on the other node: refused until the window ends"
+        );
+        s[0].login_succeeded("account bob from 192.0.2.1", "network 192.0.2.1")
+            .await
+            .unwrap();
+        // The network has 3 of 5 left after one is taken back: bob gets 2 more.
+        assert_eq!(
+            s[0].count_login(&keys("bob"), 1200, 900).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s[1].count_login(&keys("bob"), 1200, 900).await.unwrap(),
+            None
+        );
+        assert_eq!(
+            s[0].count_login(&keys("bob"), 1200, 900).await.unwrap(),
+            Some(700),
+            "the network's limit"
+        );
+        // Its window over, alice starts again (so does the network).
+        assert_eq!(
+            s[1].count_login(&keys("alice"), 1900, 900).await.unwrap(),
+            None
+        );
+    })
+    .await;
+}
+
 /// The statistics' counters add up across nodes and flushes, read by hour and by scope,
 /// rank their labels, and expire; the queue is summed by recipient domain.
 #[tokio::test(flavor = "multi_thread")]
