@@ -342,7 +342,14 @@ impl Handler for Intake {
                     // Held with the scan's headers (and without forged ones): a release
                     // delivers it as it is, not scanned again.
                     let body = with_scan_headers(own, &report, d, false, self.engine.authserv_id());
-                    let message = self.message(&m, id, rcpts, body, now, Some(line(d)));
+                    let message = self.message(
+                        &m,
+                        id,
+                        rcpts,
+                        body,
+                        now,
+                        Some((line(d), d.verdict.as_str())),
+                    );
                     info!(queue_id = %message.id, score = report.score, reason = %d.reason, "quarantined");
                     self.queue
                         .store()
@@ -366,8 +373,15 @@ impl Handler for Intake {
                         *action == Action::Tag,
                         self.engine.authserv_id(),
                     );
-                    self.submit(self.message(&m, id, rcpts, body, now, Some(line(d))))
-                        .await?;
+                    self.submit(self.message(
+                        &m,
+                        id,
+                        rcpts,
+                        body,
+                        now,
+                        Some((line(d), d.verdict.as_str())),
+                    ))
+                    .await?;
                 }
             }
         }
@@ -426,7 +440,7 @@ impl Intake {
         rcpts: &[smtp::Rcpt],
         body: bytes::Bytes,
         now: i64,
-        scan: Option<String>,
+        scan: Option<(String, &str)>,
     ) -> NewMessage {
         NewMessage {
             id,
@@ -454,7 +468,8 @@ impl Intake {
                 server: m.server.clone(),
                 node: self.queue.node().to_string(),
             },
-            scan,
+            verdict: scan.as_ref().map(|(_, v)| v.to_string()),
+            scan: scan.map(|(line, _)| line),
         }
     }
 

@@ -1822,6 +1822,49 @@ fn traces_are_scoped_like_the_quarantine() {
     let mut want = vec![alices.clone(), bobs.clone(), shared.clone()];
     want.sort();
     assert_eq!(all, want);
+    // Found by subject, verdict, client and day, and paged newest first.
+    assert_eq!(
+        traced(&admin, "?subject=ME%20ALICE"),
+        std::slice::from_ref(&alices)
+    );
+    assert_eq!(traced(&admin, "?verdict=spam").len(), 3);
+    assert!(traced(&admin, "?verdict=clean").is_empty());
+    assert_eq!(traced(&admin, "?client=127.0.0.1").len(), 3);
+    assert!(traced(&admin, "?client=192.0.2.1").is_empty());
+    assert!(traced(&admin, "?until=1").is_empty());
+    let mut paged = Vec::new();
+    let mut before = String::new();
+    for _ in 0..4 {
+        let page = traced(&admin, &format!("?limit=1{before}"));
+        let Some(id) = page.first() else { break };
+        before = format!("&before={id}");
+        paged.push(id.clone());
+    }
+    paged.sort();
+    assert_eq!(paged, want, "every message once, a page at a time");
+    assert!(traced(&alice, "?subject=bob").is_empty(), "the scope holds");
+    let (_, page) = admin.get(&g, "/trace?subject=alice&verdict=spam&since=2000-01-01");
+    assert!(
+        page.contains(&format!("href=\"/trace/{alices}\"")),
+        "{page}"
+    );
+    assert!(!page.contains(&bobs), "{page}");
+    let (_, page) = admin.get(&g, "/trace?since=yesterday");
+    assert!(page.contains("write a date as YYYY-MM-DD"), "{page}");
+    let (status, headers, _) = http(
+        g.control,
+        "GET",
+        &format!("/trace?id={bobs}"),
+        &[("Cookie", &admin.cookie)],
+        "",
+    );
+    assert_eq!(status, 303);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k == "location" && *v == format!("/trace/{bobs}")),
+        "{headers:?}"
+    );
     // The pages: the search, and one message's timeline.
     let (status, page) = alice.get(&g, "/trace");
     assert_eq!(status, 200);

@@ -146,15 +146,6 @@ fn link(base: &str, key: &[u8], action: Action, id: &str, to: &str, expires: i64
     )
 }
 
-/// A stored subject (encoded words as they came) decoded for people.
-pub fn decoded_subject(raw: &str) -> String {
-    let header = format!("Subject: {raw}\r\n\r\n");
-    mail_parser::MessageParser::default()
-        .parse_headers(header.as_bytes())
-        .and_then(|m| m.subject().map(str::to_string))
-        .unwrap_or_else(|| raw.to_string())
-}
-
 /// Base64 in lines of 76.
 fn base64_lines(text: &str) -> String {
     let b = base64::engine::general_purpose::STANDARD.encode(text.as_bytes());
@@ -210,7 +201,7 @@ fn compose(
         until = esc(&when(expires)),
     );
     for (i, h) in held.iter().enumerate() {
-        let subject = decoded_subject(&h.subject);
+        let subject = store::decoded_subject(&h.subject);
         let sender = if h.sender.is_empty() { "<>" } else { &h.sender };
         let why = format!("{} (score {:.1}): {}", h.verdict, h.score, h.reason);
         let _ = write!(
@@ -360,6 +351,7 @@ async fn send(c: &Ctx, org: &Organisation, since: i64, now: i64) -> Result<usize
                 node: c.node.clone(),
             },
             scan: Some(format!("quarantine digest of {} message(s)", listing.total)),
+            verdict: None,
         };
         c.store
             .enqueue(message, None)
@@ -487,7 +479,7 @@ async fn confirm(c: &Ctx, action: Action, link: &Link) -> Response {
             l.split_once(':')
                 .filter(|(n, _)| n.eq_ignore_ascii_case("subject"))
         })
-        .map(|(_, v)| decoded_subject(v.trim()))
+        .map(|(_, v)| store::decoded_subject(v.trim()))
         .unwrap_or_default();
     let body = format!(
         "<p>Held for {to}: from {from}, subject <q>{subject}</q>, as {verdict} (score {score:.1}): {reason}.</p>\
@@ -669,11 +661,5 @@ mod tests {
             ..good
         };
         assert_eq!(verify(&key, Action::Release, &upper, 999), Ok(()));
-    }
-
-    #[test]
-    fn subjects_are_decoded() {
-        assert_eq!(decoded_subject("=?utf-8?q?caf=C3=A9?= time"), "café time");
-        assert_eq!(decoded_subject("plain"), "plain");
     }
 }

@@ -416,7 +416,7 @@ async fn quarantine_page(
                 esc(&unix_time(h.received_at)),
                 esc(&h.sender),
                 esc(&h.recipients.join(", ")),
-                esc(&crate::digest::decoded_subject(&h.subject)),
+                esc(&store::decoded_subject(&h.subject)),
                 esc(&h.verdict),
                 h.score,
                 esc(&h.reason),
@@ -443,11 +443,26 @@ const PAGE: usize = 50;
 
 #[derive(Debug, Default, Deserialize)]
 struct TraceSearch {
+    id: Option<String>,
     from: Option<String>,
     to: Option<String>,
+    subject: Option<String>,
+    client: Option<String>,
+    verdict: Option<String>,
+    /// Dates (`YYYY-MM-DD`, UTC), the end's day included.
+    since: Option<String>,
+    until: Option<String>,
+    before: Option<String>,
 }
 
-/// The message trace's search: the last messages from or to an address, newest first.
+/// A day (`YYYY-MM-DD`, UTC) as unix seconds at its start.
+fn day(text: &str) -> Option<i64> {
+    let t = humantime::parse_rfc3339(&format!("{}T00:00:00Z", text.trim())).ok()?;
+    Some(t.duration_since(std::time::UNIX_EPOCH).ok()?.as_secs() as i64)
+}
+
+/// The message trace's search: messages by queue id, sender, recipient, subject, client
+/// address, verdict and days, newest first, a page at a time.
 async fn trace_page(
     State(c): State<Ctx>,
     Extension(who): Extension<Principal>,
@@ -455,36 +470,83 @@ async fn trace_page(
 ) -> Response {
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let blank = |s: &Option<String>| s.clone().filter(|v| !v.trim().is_empty());
-    let found = crate::trace::find(
-        &c,
-        &who,
-        store::TraceQuery {
-            from: blank(&q.from),
-            to: blank(&q.to),
-            limit: PAGE,
-            ..Default::default()
-        },
-    )
-    .await;
+    if let Some(id) = blank(&q.id) {
+        return Redirect::to(&format!("/trace/{}", url(id.trim()))).into_response();
+    }
+    let mut wrong = Vec::new();
+    let mut date = |field: &str, v: &Option<String>| match blank(v) {
+        Some(text) => day(&text).or_else(|| {
+            wrong.push(format!("{field}: write a date as YYYY-MM-DD"));
+            None
+        }),
+        None => None,
+    };
+    let since = date("From day", &q.since);
+    let until = date("To day", &q.until).map(|d| d + 86400);
+    let query = store::TraceQuery {
+        from: blank(&q.from),
+        to: blank(&q.to),
+        subject: blank(&q.subject),
+        client: blank(&q.client).map(|c| c.trim().to_string()),
+        verdict: blank(&q.verdict),
+        since,
+        until,
+        before: blank(&q.before),
+        limit: PAGE,
+        ..Default::default()
+    };
+    let found = if wrong.is_empty() {
+        crate::trace::find(&c, &who, query).await
+    } else {
+        Ok(Vec::new())
+    };
     let found = match found {
         Ok(f) => f,
         Err(e) => return error_page(e.status, &e.message, Some(&who)),
     };
     let value = |s: &Option<String>| esc(s.as_deref().unwrap_or(""));
+    let options: String = ["", "clean", "spam", "phishing", "virus", "policy"]
+        .iter()
+        .map(|v| {
+            format!(
+                "<option value=\"{v}\"{}>{}</option>",
+                if q.verdict.as_deref() == Some(*v) {
+                    " selected"
+                } else {
+                    ""
+                },
+                if v.is_empty() { "any" } else { v }
+            )
+        })
+        .collect();
     let mut body = format!(
         "<form method=\"get\" action=\"/trace\" aria-label=\"Search\">\
+         <label for=\"id\">Queue id</label><input id=\"id\" name=\"id\" value=\"\">\
          <label for=\"from\">From</label><input id=\"from\" name=\"from\" value=\"{}\">\
          <label for=\"to\">To</label><input id=\"to\" name=\"to\" value=\"{}\">\
+         <label for=\"subject\">Subject contains</label><input id=\"subject\" name=\"subject\" value=\"{}\">\
+         <label for=\"client\">Client address</label><input id=\"client\" name=\"client\" value=\"{}\">\
+         <label for=\"verdict\">Verdict</label><select id=\"verdict\" name=\"verdict\">{options}</select>\
+         <label for=\"since\">From day (UTC)</label><input id=\"since\" name=\"since\" type=\"date\" value=\"{}\">\
+         <label for=\"until\">To day (UTC)</label><input id=\"until\" name=\"until\" type=\"date\" value=\"{}\">\
          <p><button type=\"submit\">Search</button></p></form>",
         value(&q.from),
-        value(&q.to)
+        value(&q.to),
+        value(&q.subject),
+        value(&q.client),
+        value(&q.since),
+        value(&q.until),
     );
+    for w in &wrong {
+        body.push_str(&format!("<p class=\"error\" role=\"alert\">{}</p>", esc(w)));
+    }
     if found.is_empty() {
         body.push_str("<p>No message found.</p>");
     } else {
         body.push_str(
             "<table><caption>Messages, newest first</caption><thead><tr><th scope=\"col\">Received</th>\
-             <th scope=\"col\">From</th><th scope=\"col\">To</th><th scope=\"col\">Last event</th></tr></thead><tbody>",
+             <th scope=\"col\">From</th><th scope=\"col\">To</th><th scope=\"col\">Subject</th>\
+             <th scope=\"col\">Client</th><th scope=\"col\">Verdict</th><th scope=\"col\">Last event</th></tr></thead><tbody>",
         );
         for t in &found {
             let last = t
@@ -492,15 +554,38 @@ async fn trace_page(
                 .last()
                 .map_or(String::new(), |e| format!("{}: {}", e.kind, e.detail));
             body.push_str(&format!(
-                "<tr><td><a href=\"/trace/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+                "<tr><td><a href=\"/trace/{}\">{}</a></td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
                 url(&t.id),
                 esc(&unix_time(t.received_at)),
                 esc(&t.sender),
                 esc(&t.recipients.join(", ")),
+                esc(&t.subject),
+                esc(&t.arrival.client),
+                esc(&t.verdict),
                 esc(&last)
             ));
         }
         body.push_str("</tbody></table>");
+        if found.len() == PAGE
+            && let Some(last) = found.last()
+        {
+            let keep: String = [
+                ("from", &q.from),
+                ("to", &q.to),
+                ("subject", &q.subject),
+                ("client", &q.client),
+                ("verdict", &q.verdict),
+                ("since", &q.since),
+                ("until", &q.until),
+            ]
+            .iter()
+            .filter_map(|(k, v)| blank(v).map(|v| format!("{k}={}&amp;", url(&v))))
+            .collect();
+            body.push_str(&format!(
+                "<p><a rel=\"next\" href=\"/trace?{keep}before={}\">Older messages</a></p>",
+                url(&last.id)
+            ));
+        }
     }
     page("Message trace", Some(&who), &body)
 }
@@ -518,11 +603,17 @@ async fn trace_one_page(
     let a = &t.arrival;
     let mut body = format!(
         "<dl><dt>Queue id</dt><dd>{}</dd><dt>From</dt><dd>{}</dd><dt>To</dt><dd>{}</dd>\
-         <dt>Size</dt><dd>{} bytes</dd><dt>Client</dt><dd>{} (HELO {})</dd><dt>TLS</dt><dd>{}</dd>\
+         <dt>Subject</dt><dd>{}</dd><dt>Verdict</dt><dd>{}</dd><dt>Size</dt><dd>{} bytes</dd><dt>Client</dt><dd>{} (HELO {})</dd><dt>TLS</dt><dd>{}</dd>\
          <dt>Taken by</dt><dd>mail server {} on node {}</dd></dl>",
         esc(&t.id),
         esc(&t.sender),
         esc(&t.recipients.join(", ")),
+        esc(&t.subject),
+        esc(if t.verdict.is_empty() {
+            "not scanned"
+        } else {
+            &t.verdict
+        }),
         t.size,
         esc(&a.client),
         esc(&a.helo),

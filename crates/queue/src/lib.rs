@@ -767,6 +767,7 @@ fn dsn_message(
             node: node.to_string(),
         },
         scan: None,
+        verdict: None,
     })
 }
 

@@ -152,6 +152,7 @@ impl World {
                 node: self.queue.node().to_string(),
             },
             scan: None,
+            verdict: None,
         };
         self.queue.submit(m).await.unwrap();
         id

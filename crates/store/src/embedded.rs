@@ -192,9 +192,11 @@ const MIGRATIONS: [&str; 8] = [
          after TEXT
      );
      CREATE INDEX audit_domain ON audit (domain, seq);",
-    // 7 -> 8: login attempts, counted for every node.
+    // 7 -> 8: login attempts, counted for every node; traces found by subject and verdict.
     "CREATE TABLE login_attempt (key TEXT PRIMARY KEY, count INTEGER NOT NULL, first INTEGER NOT NULL);
-     CREATE INDEX login_attempt_first ON login_attempt (first);",
+     CREATE INDEX login_attempt_first ON login_attempt (first);
+     ALTER TABLE trace_message ADD COLUMN subject TEXT NOT NULL DEFAULT '';
+     ALTER TABLE trace_message ADD COLUMN verdict TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -499,8 +501,8 @@ fn insert_trace(c: &Connection, m: &NewMessage) -> Result<()> {
     }
     let a = &m.arrival;
     c.prepare_cached(
-        "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node, subject, verdict)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
         m.id,
@@ -512,7 +514,9 @@ fn insert_trace(c: &Connection, m: &NewMessage) -> Result<()> {
         a.helo,
         a.tls,
         a.server,
-        a.node
+        a.node,
+        crate::decoded_subject(&crate::subject_of(&m.body)),
+        m.verdict.as_deref().unwrap_or("")
     ])?;
     add_event(c, &m.id, &received_event(m))
 }
@@ -761,13 +765,16 @@ fn flush(c: &Connection, now: i64) -> Result<usize> {
 fn trace_of(c: &Connection, id: &str, events: bool) -> Result<Option<Trace>> {
     let t = c
         .prepare_cached(
-            "SELECT sender, size, received_at, client, helo, tls, server, node FROM trace_message WHERE id = ?",
+            "SELECT sender, size, received_at, client, helo, tls, server, node, subject, verdict
+             FROM trace_message WHERE id = ?",
         )?
         .query_row([id], |r| {
             Ok(Trace {
                 id: id.to_string(),
                 sender: r.get(0)?,
                 recipients: Vec::new(),
+                subject: r.get(8)?,
+                verdict: r.get(9)?,
                 size: r.get::<_, i64>(1)? as u64,
                 received_at: r.get(2)?,
                 arrival: crate::Arrival {
@@ -807,18 +814,59 @@ fn trace_of(c: &Connection, id: &str, events: bool) -> Result<Option<Trace>> {
 
 /// Finds traces, newest first, driven by the most selective index the query allows: one
 /// recipient's, one sender's, each of the scope's domains' (the newest of each, merged), or
-/// arrival time alone.
+/// arrival time alone; the other fields (an end, the page's cursor, subject, client,
+/// verdict) filter along the way.
 fn find_traces(c: &Connection, q: &TraceQuery) -> Result<Vec<Trace>> {
+    use rusqlite::types::Value;
     let since = q.since.unwrap_or(i64::MIN);
     let scope = q.domains.as_ref().map(|ds| {
         ds.iter()
-            .map(|d| rusqlite::types::Value::from(d.to_lowercase()))
+            .map(|d| Value::from(d.to_lowercase()))
             .collect::<Vec<_>>()
     });
+    // The next page starts after the cursor's message, in (time, id) order.
+    let cursor = match &q.before {
+        Some(id) => match c
+            .prepare_cached("SELECT received_at FROM trace_message WHERE id = ?")?
+            .query_row([id], |r| r.get::<_, i64>(0))
+            .optional()?
+        {
+            Some(at) => Some((at, id.clone())),
+            None => return Ok(Vec::new()),
+        },
+        None => None,
+    };
+    // The filters every shape adds, on its driving table `a` and on trace_message `t`.
+    let filters = |a: &str| -> (String, Vec<Value>) {
+        let (mut sql, mut args) = (String::new(), Vec::<Value>::new());
+        if let Some(until) = q.until {
+            sql.push_str(&format!(" AND {a}.received_at < ?"));
+            args.push(until.into());
+        }
+        if let Some((at, id)) = &cursor {
+            sql.push_str(&format!(
+                " AND ({a}.received_at < ? OR ({a}.received_at = ? AND {a}.id < ?))"
+            ));
+            args.extend([(*at).into(), (*at).into(), id.clone().into()]);
+        }
+        if let Some(subject) = &q.subject {
+            sql.push_str(" AND instr(lower(t.subject), ?) > 0");
+            args.push(subject.to_lowercase().into());
+        }
+        if let Some(client) = &q.client {
+            sql.push_str(" AND t.client = ?");
+            args.push(client.clone().into());
+        }
+        if let Some(verdict) = &q.verdict {
+            sql.push_str(" AND t.verdict = ?");
+            args.push(verdict.to_lowercase().into());
+        }
+        (sql, args)
+    };
     let marks = |n: usize| vec!["?"; n].join(", ");
     // The SQL without its LIMIT, and its arguments for a fetch of N rows.
-    type Args = Box<dyn Fn(usize) -> Vec<rusqlite::types::Value>>;
-    let fixed = |args: Vec<rusqlite::types::Value>| -> Args { Box::new(move |_| args.clone()) };
+    type Args = Box<dyn Fn(usize) -> Vec<Value>>;
+    let fixed = |args: Vec<Value>| -> Args { Box::new(move |_| args.clone()) };
     let (sql, args): (String, Args) = match (&q.to, &q.from, &scope) {
         (Some(to), from, scope) => {
             let mut sql = String::from(
@@ -834,6 +882,9 @@ fn find_traces(c: &Connection, q: &TraceQuery) -> Result<Vec<Trace>> {
                 sql.push_str(&format!(" AND r.domain_lc IN ({})", marks(ds.len())));
                 args.extend(ds.iter().cloned());
             }
+            let (more, more_args) = filters("r");
+            sql.push_str(&more);
+            args.extend(more_args);
             sql.push_str(" ORDER BY r.received_at DESC, r.id DESC");
             (sql, fixed(args))
         }
@@ -849,6 +900,9 @@ fn find_traces(c: &Connection, q: &TraceQuery) -> Result<Vec<Trace>> {
                 ));
                 args.extend(ds.iter().cloned());
             }
+            let (more, more_args) = filters("t");
+            sql.push_str(&more);
+            args.extend(more_args);
             sql.push_str(" ORDER BY t.received_at DESC, t.id DESC");
             (sql, fixed(args))
         }
@@ -856,8 +910,11 @@ fn find_traces(c: &Connection, q: &TraceQuery) -> Result<Vec<Trace>> {
         (None, None, Some(ds)) => {
             // Each domain's newest through its index, merged (one sort of a domain's whole
             // mail would grow with the organisation).
-            let one = "SELECT * FROM (SELECT id, received_at FROM trace_recipient
-                       WHERE domain_lc = ? AND received_at >= ? ORDER BY received_at DESC, id DESC LIMIT ?)";
+            let (more, more_args) = filters("r");
+            let one = format!(
+                "SELECT * FROM (SELECT r.id, r.received_at FROM trace_recipient r JOIN trace_message t ON t.id = r.id
+                 WHERE r.domain_lc = ? AND r.received_at >= ?{more} ORDER BY r.received_at DESC, r.id DESC LIMIT ?)"
+            );
             let sql = format!(
                 "SELECT id, received_at FROM ({}) ORDER BY received_at DESC, id DESC",
                 vec![one; ds.len()].join(" UNION ALL ")
@@ -865,17 +922,28 @@ fn find_traces(c: &Connection, q: &TraceQuery) -> Result<Vec<Trace>> {
             let ds = ds.clone();
             let args: Args = Box::new(move |fetch| {
                 ds.iter()
-                    .flat_map(|d| [d.clone(), since.into(), (fetch as i64).into()])
+                    .flat_map(|d| {
+                        let mut a = vec![d.clone(), since.into()];
+                        a.extend(more_args.iter().cloned());
+                        a.push((fetch as i64).into());
+                        a
+                    })
                     .collect()
             });
             (sql, args)
         }
-        (None, None, None) => (
-            "SELECT id, received_at FROM trace_message WHERE received_at >= ?
-             ORDER BY received_at DESC, id DESC"
-                .to_string(),
-            fixed(vec![since.into()]),
-        ),
+        (None, None, None) => {
+            let (more, more_args) = filters("t");
+            let mut args = vec![since.into()];
+            args.extend(more_args);
+            (
+                format!(
+                    "SELECT t.id, t.received_at FROM trace_message t WHERE t.received_at >= ?{more}
+                     ORDER BY t.received_at DESC, t.id DESC"
+                ),
+                fixed(args),
+            )
+        }
     };
     // A message with several recipients in scope comes once per recipient: fetched until
     // `limit` distinct ones are found or there are no more.
@@ -2091,6 +2159,7 @@ mod tests {
             body: Bytes::from_static(b"Subject: t\r\n\r\nhi\r\n"),
             arrival: crate::Arrival::default(),
             scan: None,
+            verdict: None,
         }
     }
 

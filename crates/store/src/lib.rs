@@ -117,6 +117,8 @@ pub struct NewMessage {
     /// The filter's verdict in one line (symbols, score, action), which the trace's
     /// `received` event carries.
     pub scan: Option<String>,
+    /// The filter's verdict in a word (`clean`, `spam`...), which trace searches match.
+    pub verdict: Option<String>,
 }
 
 /// Where one recipient stands.
@@ -243,6 +245,10 @@ pub struct Trace {
     pub id: String,
     pub sender: String,
     pub recipients: Vec<String>,
+    /// The first `Subject:`, decoded (at most [`SUBJECT_MAX`] octets as it came).
+    pub subject: String,
+    /// The filter's verdict in a word; empty for mail not scanned (a DSN, a release).
+    pub verdict: String,
     pub size: u64,
     pub received_at: i64,
     pub arrival: Arrival,
@@ -258,6 +264,16 @@ pub struct TraceQuery {
     pub to: Option<String>,
     /// Received at or after (unix seconds).
     pub since: Option<i64>,
+    /// Received before (unix seconds).
+    pub until: Option<i64>,
+    /// The subject contains this (any case).
+    pub subject: Option<String>,
+    /// The client's address, exactly.
+    pub client: Option<String>,
+    /// The filter's verdict, exactly (`clean`, `spam`, `phishing`, `virus`, `policy`).
+    pub verdict: Option<String>,
+    /// The next page: traces older than this one's (the last id of the page before).
+    pub before: Option<String>,
     /// The most to return (the API's default when 0 or absent).
     #[serde(default)]
     pub limit: usize,
@@ -436,6 +452,15 @@ pub fn subject_of(body: &[u8]) -> String {
     s[..cut].to_string()
 }
 
+/// A stored subject (encoded words as they came) decoded for people.
+pub fn decoded_subject(raw: &str) -> String {
+    let header = format!("Subject: {raw}\r\n\r\n");
+    mail_parser::MessageParser::default()
+        .parse_headers(header.as_bytes())
+        .and_then(|m| m.subject().map(str::to_string))
+        .unwrap_or_else(|| raw.to_string())
+}
+
 /// Where the header ends (the blank line), if it does.
 fn memchr_crlf2(body: &[u8]) -> Option<usize> {
     body.windows(4).position(|w| w == b"\r\n\r\n")
@@ -528,6 +553,7 @@ impl Held {
                 body: Bytes::from(body),
                 arrival: e.arrival,
                 scan: None,
+                verdict: Some(verdict.clone()),
             },
             verdict,
             score,
@@ -1030,5 +1056,19 @@ pub(crate) fn deleted_event(node: &str) -> Event {
         kind: "deleted".into(),
         recipient: None,
         detail: "removed from the queue by an operator".into(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subjects_are_found_and_decoded() {
+        let body = b"From: a@b\r\nSubject: =?utf-8?q?caf=C3=A9?=\r\n time\r\n\r\nSubject: body\r\n";
+        assert_eq!(subject_of(body), "=?utf-8?q?caf=C3=A9?= time");
+        assert_eq!(decoded_subject(&subject_of(body)), "café time");
+        assert_eq!(decoded_subject("plain"), "plain");
+        assert_eq!(subject_of(b"From: a@b\r\n\r\n"), "");
     }
 }

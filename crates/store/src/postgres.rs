@@ -208,10 +208,12 @@ CREATE TABLE audit (
 );
 CREATE INDEX audit_domain ON audit (domain, seq);
 ",
-    // 6 -> 7: login attempts, counted for every node.
+    // 6 -> 7: login attempts, counted for every node; traces found by subject and verdict.
     "
 CREATE TABLE login_attempt (key TEXT PRIMARY KEY, count INTEGER NOT NULL, first BIGINT NOT NULL);
 CREATE INDEX login_attempt_first ON login_attempt (first);
+ALTER TABLE trace_message ADD COLUMN subject TEXT NOT NULL DEFAULT '';
+ALTER TABLE trace_message ADD COLUMN verdict TEXT NOT NULL DEFAULT '';
 ",
 ];
 
@@ -385,8 +387,8 @@ const INSERT_RECIPIENTS: &str = "INSERT INTO recipient (message_id, idx, address
 const INSERT_TRACE_RECIPIENTS: &str = "INSERT INTO trace_recipient (id, address, address_lc, domain_lc, received_at)
      SELECT DISTINCT $1, a, l, d, $5::bigint FROM unnest($2::text[], $3::text[], $4::text[]) AS u(a, l, d)
      ON CONFLICT DO NOTHING";
-const INSERT_TRACE_MESSAGE: &str = "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
+const INSERT_TRACE_MESSAGE: &str = "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node, subject, verdict)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
 const INSERT_EVENTS: &str = "INSERT INTO trace_event (id, at, node, kind, recipient, detail)
      SELECT $1, at, node, kind, recipient, detail
      FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(at, node, kind, recipient, detail)";
@@ -471,6 +473,8 @@ async fn insert_trace(c: &impl GenericClient, m: &NewMessage, more: &[Event]) ->
     events.extend_from_slice(more);
     let sender_lc = m.sender.to_lowercase();
     let size = m.body.len() as i64;
+    let subject = crate::decoded_subject(&crate::subject_of(&m.body));
+    let verdict = m.verdict.as_deref().unwrap_or("");
     let (r1, r2, r3) = tokio::join!(
         async {
             c.execute(
@@ -494,6 +498,8 @@ async fn insert_trace(c: &impl GenericClient, m: &NewMessage, more: &[Event]) ->
                     &a.tls,
                     &a.server,
                     &a.node,
+                    &subject,
+                    &verdict,
                 ],
             )
             .await
@@ -979,7 +985,8 @@ impl Store for Postgres {
         let client = snapshot(&mut client).await?;
         // Driven by the most selective index the query allows: one recipient's, one
         // sender's, each of the scope's domains' (the newest of each, merged), or arrival
-        // time alone; one statement per shape, so each gets its own plan.
+        // time alone; one statement per shape, so each gets its own plan. The other fields
+        // (an end, the page's cursor, subject, client, verdict) filter along the way.
         let since = q.since.unwrap_or(i64::MIN);
         let from = q.from.as_deref().map(str::to_lowercase);
         let to = q.to.as_deref().map(str::to_lowercase);
@@ -990,6 +997,19 @@ impl Store for Postgres {
         if scope.as_ref().is_some_and(Vec::is_empty) {
             return Ok(Vec::new());
         }
+        // The next page starts after the cursor's message, in (time, id) order.
+        let cursor: Option<(i64, String)> = match &q.before {
+            Some(id) => match client
+                .query_opt("SELECT received_at FROM trace_message WHERE id = $1", &[id])
+                .await?
+            {
+                Some(r) => Some((r.get(0), id.clone())),
+                None => return Ok(Vec::new()),
+            },
+            None => None,
+        };
+        let subject = q.subject.as_deref().map(str::to_lowercase);
+        let verdict = q.verdict.as_deref().map(str::to_lowercase);
         // $1: since, $2: the rows to fetch; then the shape's own.
         let mut params: Vec<&(dyn ToSql + Sync)> = vec![&since];
         let mut sql = match (&to, &from) {
@@ -1010,7 +1030,8 @@ impl Store for Postgres {
             (None, None) if scope.is_some() => String::from(
                 "SELECT x.id, x.received_at FROM unnest($3::text[]) AS d(name)
                  CROSS JOIN LATERAL (SELECT r.id, r.received_at FROM trace_recipient r
-                     WHERE r.domain_lc = d.name AND r.received_at >= $1
+                     JOIN trace_message t ON t.id = r.id
+                     WHERE r.domain_lc = d.name AND r.received_at >= $1 FILTERS
                      ORDER BY r.received_at DESC, r.id DESC LIMIT $2) x WHERE true",
             ),
             (None, None) => String::from(
@@ -1034,6 +1055,44 @@ impl Store for Postgres {
                 // The scope is the lateral join's list ($3).
                 (None, None) => {}
             }
+        }
+        let a = if to.is_some() || (from.is_none() && scope.is_some()) {
+            "r"
+        } else {
+            "t"
+        };
+        let mut filters = String::new();
+        if let Some(until) = &q.until {
+            params.push(until);
+            filters.push_str(&format!(" AND {a}.received_at < ${}", params.len() + 1));
+        }
+        if let Some((at, id)) = &cursor {
+            params.push(at);
+            params.push(id);
+            let (t, i) = (params.len(), params.len() + 1);
+            filters.push_str(&format!(
+                " AND ({a}.received_at < ${t} OR ({a}.received_at = ${t} AND {a}.id < ${i}))"
+            ));
+        }
+        if let Some(subject) = &subject {
+            params.push(subject);
+            filters.push_str(&format!(
+                " AND strpos(lower(t.subject), ${}) > 0",
+                params.len() + 1
+            ));
+        }
+        if let Some(client) = &q.client {
+            params.push(client);
+            filters.push_str(&format!(" AND t.client = ${}", params.len() + 1));
+        }
+        if let Some(verdict) = &verdict {
+            params.push(verdict);
+            filters.push_str(&format!(" AND t.verdict = ${}", params.len() + 1));
+        }
+        if sql.contains(" FILTERS") {
+            sql = sql.replace(" FILTERS", &filters);
+        } else {
+            sql.push_str(&filters);
         }
         let order = match (&to, &from, &scope) {
             (Some(_), _, _) => " ORDER BY r.received_at DESC, r.id DESC LIMIT $2",
@@ -2130,7 +2189,8 @@ async fn remove(c: &impl GenericClient, id: &str) -> Result<bool> {
 async fn trace_of(c: &impl GenericClient, id: &str) -> Result<Option<Trace>> {
     let Some(r) = c
         .query_opt(
-            "SELECT sender, size, received_at, client, helo, tls, server, node FROM trace_message WHERE id = $1",
+            "SELECT sender, size, received_at, client, helo, tls, server, node, subject, verdict
+             FROM trace_message WHERE id = $1",
             &[&id],
         )
         .await?
@@ -2150,6 +2210,8 @@ async fn trace_of(c: &impl GenericClient, id: &str) -> Result<Option<Trace>> {
         id: id.to_string(),
         sender: r.get(0),
         recipients,
+        subject: r.get(8),
+        verdict: r.get(9),
         size: r.get::<_, i64>(1) as u64,
         received_at: r.get(2),
         arrival: Arrival {
