@@ -1150,6 +1150,7 @@ fn an_operator_changes_servers_on_the_silo_page() {
 /// The balancers sample each server's health into the statistics every 10 s: a running
 /// server counts up, one that fails its checks down, one in maintenance maint; operators
 /// see each server's availability over time (the API and the page's chart), admins do not.
+/// The silo page gives each mail server's messages over the last hour.
 #[test]
 fn each_servers_availability_is_charted_over_time() {
     let accounts = TAIL
@@ -1200,6 +1201,30 @@ fn each_servers_availability_is_charted_over_time() {
     }
     let admin = login(silo.control, "admin@example.com", "admin-pass");
     assert_eq!(stats(&admin)["availability"], serde_json::json!([]));
+    // The silo page gives each mail server's messages over the last hour.
+    let mut s = common::Smtp::connect(silo.clusters[0].address);
+    assert_eq!(s.cmd("EHLO client.test").0, 250);
+    let (code, text) = s.mail(
+        "a@outside.example",
+        &["bob@example.com"],
+        "Subject: counted\r\n\r\nx\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let silo_page = || {
+        http(
+            silo.control,
+            "GET",
+            "/silo",
+            &[("Cookie", &operator.cookie)],
+            "",
+        )
+        .2
+    };
+    assert!(
+        wait_until(WAIT, || silo_page().contains("1 messages in the last hour")),
+        "{}",
+        silo_page()
+    );
 }
 
 /// The sums of a series' buckets by label.

@@ -412,6 +412,24 @@ pub fn ranked_chart(title: &str, items: &[Ranked]) -> String {
     )
 }
 
+/// Messages per second by label over the hour before `now`, from hourly counters `rows`
+/// (hour, label, count): this hour's count, and the last hour's in the share of it that
+/// the hour before `now` still covers.
+pub fn last_hour_rates(rows: &[(i64, String, i64)], now: i64) -> BTreeMap<String, f64> {
+    let hour = now - now.rem_euclid(3600);
+    let left = 1.0 - (now - hour) as f64 / 3600.0;
+    let mut out = BTreeMap::new();
+    for (h, label, n) in rows {
+        let weight = match *h {
+            h if h == hour => 1.0,
+            h if h == hour - 3600 => left,
+            _ => 0.0,
+        };
+        *out.entry(label.clone()).or_insert(0.0) += *n as f64 * weight / 3600.0;
+    }
+    out
+}
+
 /// One server's samples in a bucket: up, down, in maintenance.
 #[derive(Default, Clone, Copy)]
 struct Samples {
@@ -691,6 +709,20 @@ mod tests {
             }],
         );
         assert!(top.contains("<li>a.example: 7</li>"), "{top}");
+    }
+
+    #[test]
+    fn rates_over_the_last_hour() {
+        let hour = 36_000;
+        let rows = [
+            (hour - 7200, "s1".to_string(), 9999),
+            (hour - 3600, "s1".to_string(), 720),
+            (hour, "s1".to_string(), 360),
+            (hour, "s2".to_string(), 36),
+        ];
+        let r = last_hour_rates(&rows, hour + 1800);
+        assert!((r["s1"] - 0.2).abs() < 1e-9, "{r:?}");
+        assert!((r["s2"] - 0.01).abs() < 1e-9, "{r:?}");
     }
 
     #[test]

@@ -646,14 +646,28 @@ struct Notice {
 }
 
 /// The operator's front page: the silo drawn live (its name and DNS answers, each cluster
-/// with its balancer, each server with health, state, loading and sessions), with the
-/// forms that change a server's loading and state.
+/// with its balancer, each server with health, state, loading, sessions and messages per
+/// second over the last hour), with the forms that change a server's loading and state.
 async fn silo_page(
     State(c): State<Ctx>,
     Extension(who): Extension<Principal>,
     q: Result<Query<Notice>, QueryRejection>,
 ) -> Response {
     let servers = c.balancers.servers();
+    // Each mail server's messages per second over the last hour, from the statistics.
+    let now = crate::now();
+    let recent = store::StatQuery {
+        domains: None,
+        since: now - now.rem_euclid(3600) - 3600,
+        until: now + 1,
+    };
+    let rates = match c.store.stat_series(&recent, "server").await {
+        Ok(rows) => crate::stats::last_hour_rates(&rows, now),
+        Err(e) => {
+            tracing::warn!(error = %e, "no message rates for the silo page");
+            Default::default()
+        }
+    };
     let csrf = esc(who.csrf.as_deref().unwrap_or(""));
     let mut body = String::new();
     if let Some(done) = q.ok().and_then(|Query(n)| n.done) {
@@ -698,7 +712,7 @@ async fn silo_page(
                     .collect();
                 body.push_str(&format!(
                     "<li id=\"s-{name}\"><strong>{name}</strong> {addr} \
-                     <span class=\"{health}\">{health}</span>, {state}, loading {loading}, {active} open sessions, {total} in all\
+                     <span class=\"{health}\">{health}</span>, {state}, loading {loading}, {active} open sessions, {total} in all, {last_hour:.0} messages in the last hour ({rate:.2}/s)\
                      <form method=\"post\" action=\"/silo/{id}/loading\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                      <label for=\"l-{name}\">Loading of {name}</label>\
                      <input id=\"l-{name}\" name=\"value\" type=\"number\" min=\"1\" max=\"1000\" value=\"{loading}\">\
@@ -716,6 +730,8 @@ async fn silo_page(
                     loading = s.loading,
                     active = s.active,
                     total = s.total,
+                    rate = rates.get(&s.server).copied().unwrap_or(0.0),
+                    last_hour = rates.get(&s.server).copied().unwrap_or(0.0) * 3600.0,
                 ));
             }
             body.push_str(&format!(
