@@ -348,7 +348,7 @@ impl Handler for Intake {
                         rcpts,
                         body,
                         now,
-                        Some((line(d), d.verdict.as_str())),
+                        Some((line(d), d.verdict.as_str(), &report)),
                     );
                     info!(queue_id = %message.id, score = report.score, reason = %d.reason, "quarantined");
                     self.queue
@@ -379,7 +379,7 @@ impl Handler for Intake {
                         rcpts,
                         body,
                         now,
-                        Some((line(d), d.verdict.as_str())),
+                        Some((line(d), d.verdict.as_str(), &report)),
                     ))
                     .await?;
                 }
@@ -440,7 +440,7 @@ impl Intake {
         rcpts: &[smtp::Rcpt],
         body: bytes::Bytes,
         now: i64,
-        scan: Option<(String, &str)>,
+        scan: Option<(String, &str, &Report)>,
     ) -> NewMessage {
         NewMessage {
             id,
@@ -468,8 +468,19 @@ impl Intake {
                 server: m.server.clone(),
                 node: self.queue.node().to_string(),
             },
-            verdict: scan.as_ref().map(|(_, v)| v.to_string()),
-            scan: scan.map(|(line, _)| line),
+            verdict: scan.as_ref().map(|(_, v, _)| v.to_string()),
+            symbols: scan.as_ref().map_or_else(Vec::new, |(_, _, r)| {
+                r.symbols
+                    .iter()
+                    .map(|s| store::ScanSymbol {
+                        name: s.name.clone(),
+                        score: s.score,
+                        reason: s.reason.clone(),
+                        micros: s.micros,
+                    })
+                    .collect()
+            }),
+            scan: scan.map(|(line, _, _)| line),
         }
     }
 

@@ -1956,3 +1956,74 @@ fn release_and_allow_puts_the_sender_on_the_right_list() {
         == 1
         && g.mailbox("bob@example.com").len() == 1));
 }
+
+/// A held message's preview: its text (the HTML part only as text, never markup), its
+/// attachments named but not shown, and the scan's symbols with score, reason and time, in
+/// the API and on its page; the trace page lists the same symbols.
+#[test]
+fn a_held_message_is_previewed_with_its_text_attachments_and_symbols() {
+    let g = gateway();
+    let mut s = g.smtp();
+    assert_eq!(s.cmd("EHLO client.test").0, 250);
+    let message = "Subject: hold me preview\r\nMIME-Version: 1.0\r\n\
+        Content-Type: multipart/mixed; boundary=\"b1\"\r\n\r\n\
+        --b1\r\nContent-Type: text/html; charset=utf-8\r\n\r\n\
+        <html><body><script>alert('x')</script><p>Cheap <b>watches</b> here</p></body></html>\r\n\
+        --b1\r\nContent-Type: application/pdf\r\nContent-Disposition: attachment; filename=\"invoice.pdf\"\r\n\
+        Content-Transfer-Encoding: base64\r\n\r\nJVBERi0xLjQKJSVFT0YK\r\n--b1--\r\n";
+    let (code, text) = s.mail("promo@outside.example", &["alice@example.com"], message);
+    assert_eq!(code, 250, "{text}");
+    let id = text.rsplit(' ').next().unwrap().trim().to_string();
+
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    let (status, body) = alice.get(&g, &format!("/api/v1/quarantine/{id}"));
+    assert_eq!(status, 200, "{body}");
+    let held: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let shown = held["text"].as_str().unwrap();
+    assert!(shown.contains("Cheap watches here"), "{shown}");
+    assert!(!shown.contains('<'), "markup in the text: {shown}");
+    assert_eq!(held["attachments"][0]["name"], "invoice.pdf", "{body}");
+    assert_eq!(held["attachments"][0]["content_type"], "application/pdf");
+    assert_eq!(held["attachments"][0]["size"], 15);
+    let symbols = held["symbols"].as_array().unwrap();
+    let rule = symbols
+        .iter()
+        .find(|s| s["name"] == "TEST_HOLD")
+        .unwrap_or_else(|| panic!("no TEST_HOLD: {body}"));
+    assert_eq!(rule["score"], 8.0);
+    assert!(!rule["reason"].as_str().unwrap().is_empty(), "{rule}");
+    assert!(rule["micros"].is_u64(), "{rule}");
+
+    let (status, page) = alice.get(&g, &format!("/quarantine/{id}"));
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("<caption>Symbols</caption>"), "{page}");
+    assert!(page.contains("<td>TEST_HOLD</td><td>8.00</td>"), "{page}");
+    assert!(page.contains("Cheap watches here"), "{page}");
+    assert!(!page.contains("<script>alert"), "{page}");
+    assert!(page.contains("<td>invoice.pdf</td>"), "{page}");
+    assert!(
+        page.contains(&format!("action=\"/quarantine/{id}/release\"")),
+        "{page}"
+    );
+    let (_, list) = alice.get(&g, "/quarantine");
+    assert!(
+        list.contains(&format!("href=\"/quarantine/{id}\"")),
+        "{list}"
+    );
+    let (status, trace) = alice.get(&g, &format!("/trace/{id}"));
+    assert_eq!(status, 200);
+    assert!(trace.contains("<td>TEST_HOLD</td><td>8.00</td>"), "{trace}");
+    let (_, api) = alice.get(&g, &format!("/api/v1/trace/{id}"));
+    let api: serde_json::Value = serde_json::from_str(&api).unwrap();
+    assert!(
+        api["symbols"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["name"] == "TEST_HOLD"),
+        "{api}"
+    );
+    // Someone else's held message has no preview for her.
+    let bobs = hold(&g, &["bob@example.com"], "bob");
+    assert_eq!(alice.get(&g, &format!("/quarantine/{bobs}")).0, 404);
+}

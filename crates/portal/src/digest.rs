@@ -352,6 +352,7 @@ async fn send(c: &Ctx, org: &Organisation, since: i64, now: i64) -> Result<usize
             },
             scan: Some(format!("quarantine digest of {} message(s)", listing.total)),
             verdict: None,
+            symbols: Vec::new(),
         };
         c.store
             .enqueue(message, None)

@@ -1,5 +1,6 @@
 //! The quarantine's part of the API, over the store every node shares: listing (paged and
-//! filtered), one message (its headers and why it is held, never its body rendered),
+//! filtered), one message (its headers, its text, the scan's symbols and why it is held;
+//! HTML only as text, attachments only listed, never rendered),
 //! releasing it (queued again under a new id for its original recipients, not scanned
 //! again) and deleting it.
 //!
@@ -35,6 +36,54 @@ pub struct HeldMessage {
     pub reason: String,
     pub client: String,
     pub headers: String,
+    /// The text the recipient would read (a plain-text part, or the HTML part as text),
+    /// at most [`TEXT_MAX`] characters.
+    pub text: String,
+    /// Its attachments, named and sized, never rendered.
+    pub attachments: Vec<HeldAttachment>,
+    /// The scan's symbols, each with its score, reason and time.
+    pub symbols: Vec<store::ScanSymbol>,
+}
+
+/// One attachment of a held message.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct HeldAttachment {
+    pub name: String,
+    /// As the message declares it (`application/pdf`).
+    pub content_type: String,
+    pub size: u64,
+}
+
+/// The most of a held message's text a preview shows.
+pub const TEXT_MAX: usize = 64 * 1024;
+
+/// A message's text as a preview shows it (HTML converted to text by the parser, never
+/// rendered) and its attachments.
+fn preview(body: &[u8]) -> (String, Vec<HeldAttachment>) {
+    use mail_parser::MimeHeaders;
+    let Some(m) = mail_parser::MessageParser::default().parse(body) else {
+        return (String::new(), Vec::new());
+    };
+    let mut text: String = m.body_text(0).unwrap_or_default().into_owned();
+    if let Some((cut, _)) = text.char_indices().nth(TEXT_MAX) {
+        text.truncate(cut);
+        text.push_str("\n[...]");
+    }
+    let attachments = m
+        .attachments()
+        .map(|a| HeldAttachment {
+            name: a.attachment_name().unwrap_or("(no name)").to_string(),
+            content_type: a.content_type().map_or_else(
+                || "application/octet-stream".to_string(),
+                |t| match t.subtype() {
+                    Some(sub) => format!("{}/{sub}", t.ctype()),
+                    None => t.ctype().to_string(),
+                },
+            ),
+            size: a.len() as u64,
+        })
+        .collect();
+    (text, attachments)
 }
 
 /// A listing's query: the page, and the filters.
@@ -143,6 +192,15 @@ pub async fn show(c: &Ctx, who: &Principal, id: &str) -> Result<HeldMessage, Ref
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .map_or(m.body.len(), |i| i + 2);
+    let (text, attachments) = preview(&m.body);
+    // The symbols are the trace's; a trace already expired leaves none.
+    let symbols = match c.store.trace(id).await {
+        Ok(t) => t.map(|t| t.symbols).unwrap_or_default(),
+        Err(e) => {
+            tracing::warn!(queue_id = %id, error = %e, "no symbols for the preview");
+            Vec::new()
+        }
+    };
     Ok(HeldMessage {
         id: m.id.clone(),
         sender: m.sender.clone(),
@@ -154,6 +212,9 @@ pub async fn show(c: &Ctx, who: &Principal, id: &str) -> Result<HeldMessage, Ref
         reason: h.reason.clone(),
         client: m.arrival.client.clone(),
         headers: String::from_utf8_lossy(&m.body[..end]).into_owned(),
+        text,
+        attachments,
+        symbols,
     })
 }
 

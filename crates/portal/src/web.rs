@@ -241,6 +241,7 @@ pub fn routes() -> Router<Ctx> {
             ),
         )
         .route("/quarantine", get(quarantine_page))
+        .route("/quarantine/{id}", get(quarantine_one_page))
         .route("/trace", get(trace_page))
         .route(
             "/stats",
@@ -416,7 +417,14 @@ async fn quarantine_page(
                 esc(&unix_time(h.received_at)),
                 esc(&h.sender),
                 esc(&h.recipients.join(", ")),
-                esc(&store::decoded_subject(&h.subject)),
+                format_args!(
+                    "<a href=\"/quarantine/{}\">{}</a>",
+                    url(&h.id),
+                    esc(&match store::decoded_subject(&h.subject) {
+                        s if s.trim().is_empty() => "(no subject)".to_string(),
+                        s => s,
+                    })
+                ),
                 esc(&h.verdict),
                 h.score,
                 esc(&h.reason),
@@ -440,6 +448,90 @@ async fn quarantine_page(
 
 /// Messages on one page of the quarantine.
 const PAGE: usize = 50;
+
+/// The scan's symbols as a table: name, score, reason and the time its check took.
+fn symbols_table(symbols: &[store::ScanSymbol]) -> String {
+    if symbols.is_empty() {
+        return "<p>No symbols: the message was not scanned, or nothing fired.</p>".into();
+    }
+    let mut out = String::from(
+        "<table><caption>Symbols</caption><thead><tr><th scope=\"col\">Symbol</th><th scope=\"col\">Score</th>\
+         <th scope=\"col\">Why</th><th scope=\"col\">Time</th></tr></thead><tbody>",
+    );
+    for s in symbols {
+        out.push_str(&format!(
+            "<tr><td>{}</td><td>{:.2}</td><td>{}</td><td>{:.3} ms</td></tr>",
+            esc(&s.name),
+            s.score,
+            esc(&s.reason),
+            s.micros as f64 / 1000.0
+        ));
+    }
+    out.push_str("</tbody></table>");
+    out
+}
+
+/// One held message: why it is held, its symbols, its headers and its text (HTML as the
+/// parser's text, never rendered), its attachments by name only, and the actions.
+async fn quarantine_one_page(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    Path(id): Path<String>,
+) -> Response {
+    let h = match quarantine::show(&c, &who, &id).await {
+        Ok(h) => h,
+        Err(e) => return error_page(e.status, &e.message, Some(&who)),
+    };
+    let csrf = esc(who.csrf.as_deref().unwrap_or(""));
+    let qid = url(&h.id);
+    let mut body = format!(
+        "<dl><dt>Queue id</dt><dd>{}</dd><dt>From</dt><dd>{}</dd><dt>To</dt><dd>{}</dd><dt>Received</dt><dd>{}</dd>\
+         <dt>Verdict</dt><dd>{} (score {:.2})</dd><dt>Why</dt><dd>{}</dd><dt>Client</dt><dd>{}</dd><dt>Size</dt><dd>{} bytes</dd></dl>\
+         <div class=\"actions\">\
+         <form method=\"post\" action=\"/quarantine/{qid}/release\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Release</button></form>\
+         <form method=\"post\" action=\"/quarantine/{qid}/allow\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Release and allow sender</button></form>\
+         <form method=\"post\" action=\"/quarantine/{qid}/delete\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Delete</button></form>{reports}</div>",
+        esc(&h.id),
+        esc(&h.sender),
+        esc(&h.recipients.join(", ")),
+        esc(&unix_time(h.received_at)),
+        esc(&h.verdict),
+        h.score,
+        esc(&h.reason),
+        esc(&h.client),
+        h.size,
+        reports = if who.role == Role::User {
+            String::new()
+        } else {
+            format!(
+                "<form method=\"post\" action=\"/quarantine/{qid}/report-ham\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Not spam: release and learn</button></form>\
+                 <form method=\"post\" action=\"/quarantine/{qid}/report-spam\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\"><button type=\"submit\">Spam: delete and learn</button></form>"
+            )
+        }
+    );
+    body.push_str(&symbols_table(&h.symbols));
+    body.push_str(&format!(
+        "<h2>Headers</h2><pre class=\"headers\">{}</pre><h2>Text</h2><pre class=\"text\">{}</pre>",
+        esc(&h.headers),
+        esc(&h.text)
+    ));
+    if !h.attachments.is_empty() {
+        body.push_str(
+            "<table><caption>Attachments (not shown)</caption><thead><tr><th scope=\"col\">Name</th>\
+             <th scope=\"col\">Type</th><th scope=\"col\">Size</th></tr></thead><tbody>",
+        );
+        for a in &h.attachments {
+            body.push_str(&format!(
+                "<tr><td>{}</td><td>{}</td><td>{} bytes</td></tr>",
+                esc(&a.name),
+                esc(&a.content_type),
+                a.size
+            ));
+        }
+        body.push_str("</tbody></table>");
+    }
+    page(&format!("Held message {}", h.id), Some(&who), &body)
+}
 
 #[derive(Debug, Default, Deserialize)]
 struct TraceSearch {
@@ -621,6 +713,7 @@ async fn trace_one_page(
         esc(&a.server),
         esc(&a.node)
     );
+    body.push_str(&symbols_table(&t.symbols));
     body.push_str(
         "<table><caption>Timeline</caption><thead><tr><th scope=\"col\">After</th><th scope=\"col\">Event</th>\
          <th scope=\"col\">Recipient</th><th scope=\"col\">Detail</th><th scope=\"col\">Node</th></tr></thead><tbody>",

@@ -768,6 +768,7 @@ fn dsn_message(
         },
         scan: None,
         verdict: None,
+        symbols: Vec::new(),
     })
 }
 

@@ -153,6 +153,7 @@ impl World {
             },
             scan: None,
             verdict: None,
+            symbols: Vec::new(),
         };
         self.queue.submit(m).await.unwrap();
         id

@@ -23,12 +23,12 @@ use crate::{
 const BATCH: usize = 512;
 
 /// The schema version this code writes (`PRAGMA user_version`).
-const VERSION: i64 = 8;
+const VERSION: i64 = 9;
 
 /// The schema, version by version: `MIGRATIONS[n]` takes a database from version n to n+1.
 /// Version 0 is the first release's (RET kept as `ret_headers_only`, which held an invented
 /// RET=FULL as 0, so only HDRS is carried over).
-const MIGRATIONS: [&str; 8] = [
+const MIGRATIONS: [&str; 9] = [
     // 0 -> 1: RET as given.
     "ALTER TABLE message ADD COLUMN ret INTEGER;
      UPDATE message SET ret = CASE ret_headers_only WHEN 1 THEN 1 END;
@@ -197,6 +197,8 @@ const MIGRATIONS: [&str; 8] = [
      CREATE INDEX login_attempt_first ON login_attempt (first);
      ALTER TABLE trace_message ADD COLUMN subject TEXT NOT NULL DEFAULT '';
      ALTER TABLE trace_message ADD COLUMN verdict TEXT NOT NULL DEFAULT '';",
+    // 8 -> 9: each trace keeps its scan's symbols (JSON).
+    "ALTER TABLE trace_message ADD COLUMN symbols TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Version 0, as the first release created it (migrations start from here).
@@ -501,8 +503,8 @@ fn insert_trace(c: &Connection, m: &NewMessage) -> Result<()> {
     }
     let a = &m.arrival;
     c.prepare_cached(
-        "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node, subject, verdict)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node, subject, verdict, symbols)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
     )?
     .execute(params![
         m.id,
@@ -516,7 +518,8 @@ fn insert_trace(c: &Connection, m: &NewMessage) -> Result<()> {
         a.server,
         a.node,
         crate::decoded_subject(&crate::subject_of(&m.body)),
-        m.verdict.as_deref().unwrap_or("")
+        m.verdict.as_deref().unwrap_or(""),
+        crate::symbols_text(&m.symbols)
     ])?;
     add_event(c, &m.id, &received_event(m))
 }
@@ -765,7 +768,7 @@ fn flush(c: &Connection, now: i64) -> Result<usize> {
 fn trace_of(c: &Connection, id: &str, events: bool) -> Result<Option<Trace>> {
     let t = c
         .prepare_cached(
-            "SELECT sender, size, received_at, client, helo, tls, server, node, subject, verdict
+            "SELECT sender, size, received_at, client, helo, tls, server, node, subject, verdict, symbols
              FROM trace_message WHERE id = ?",
         )?
         .query_row([id], |r| {
@@ -784,6 +787,7 @@ fn trace_of(c: &Connection, id: &str, events: bool) -> Result<Option<Trace>> {
                     server: r.get(6)?,
                     node: r.get(7)?,
                 },
+                symbols: crate::symbols_of(&r.get::<_, String>(10)?),
                 events: Vec::new(),
             })
         })
@@ -2160,6 +2164,7 @@ mod tests {
             arrival: crate::Arrival::default(),
             scan: None,
             verdict: None,
+            symbols: Vec::new(),
         }
     }
 

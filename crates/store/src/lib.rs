@@ -94,8 +94,33 @@ pub struct Arrival {
     pub node: String,
 }
 
+/// One symbol of a message's scan, as its trace keeps it: the check's name, its score, why
+/// it fired and how long the check that reported it took.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct ScanSymbol {
+    pub name: String,
+    pub score: f64,
+    pub reason: String,
+    /// Microseconds the check took.
+    pub micros: u64,
+}
+
+/// The symbols as the trace stores them (JSON; empty for none).
+pub(crate) fn symbols_text(symbols: &[ScanSymbol]) -> String {
+    if symbols.is_empty() {
+        String::new()
+    } else {
+        serde_json::to_string(symbols).unwrap_or_default()
+    }
+}
+
+/// The symbols a trace stored; none from an empty or unreadable column.
+pub(crate) fn symbols_of(text: &str) -> Vec<ScanSymbol> {
+    serde_json::from_str(text).unwrap_or_default()
+}
+
 /// A message accepted by the SMTP server, ready to be made durable.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct NewMessage {
     pub id: String,
     /// The reverse path; empty for the null sender.
@@ -119,6 +144,8 @@ pub struct NewMessage {
     pub scan: Option<String>,
     /// The filter's verdict in a word (`clean`, `spam`...), which trace searches match.
     pub verdict: Option<String>,
+    /// The scan's symbols, each with its score, reason and time, for the trace.
+    pub symbols: Vec<ScanSymbol>,
 }
 
 /// Where one recipient stands.
@@ -211,7 +238,7 @@ pub enum Outcome {
 }
 
 /// The outcomes of one delivery attempt for some recipients of a claimed message.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Default)]
 pub struct Attempt {
     /// The next hop tried (for the trace).
     pub relay: String,
@@ -240,7 +267,7 @@ pub struct Event {
 }
 
 /// A message's trace: how it arrived and what happened to it since.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct Trace {
     pub id: String,
     pub sender: String,
@@ -252,6 +279,8 @@ pub struct Trace {
     pub size: u64,
     pub received_at: i64,
     pub arrival: Arrival,
+    /// The scan's symbols, each with its score, reason and time; none for mail not scanned.
+    pub symbols: Vec<ScanSymbol>,
     pub events: Vec<Event>,
 }
 
@@ -554,6 +583,7 @@ impl Held {
                 arrival: e.arrival,
                 scan: None,
                 verdict: Some(verdict.clone()),
+                symbols: Vec::new(),
             },
             verdict,
             score,

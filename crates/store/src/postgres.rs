@@ -27,10 +27,10 @@ use crate::{
 };
 
 /// The schema version this code writes.
-const VERSION: i32 = 7;
+const VERSION: i32 = 8;
 
 /// `MIGRATIONS[n]` takes the database from version n to n+1.
-const MIGRATIONS: [&str; 7] = [
+const MIGRATIONS: [&str; 8] = [
     "
 CREATE TABLE message (
     id TEXT PRIMARY KEY,
@@ -215,6 +215,8 @@ CREATE INDEX login_attempt_first ON login_attempt (first);
 ALTER TABLE trace_message ADD COLUMN subject TEXT NOT NULL DEFAULT '';
 ALTER TABLE trace_message ADD COLUMN verdict TEXT NOT NULL DEFAULT '';
 ",
+    // 7 -> 8: each trace keeps its scan's symbols (JSON).
+    "ALTER TABLE trace_message ADD COLUMN symbols TEXT NOT NULL DEFAULT '';",
 ];
 
 /// Database time in milliseconds, as SQL (a macro, so that statements using it stay
@@ -387,8 +389,8 @@ const INSERT_RECIPIENTS: &str = "INSERT INTO recipient (message_id, idx, address
 const INSERT_TRACE_RECIPIENTS: &str = "INSERT INTO trace_recipient (id, address, address_lc, domain_lc, received_at)
      SELECT DISTINCT $1, a, l, d, $5::bigint FROM unnest($2::text[], $3::text[], $4::text[]) AS u(a, l, d)
      ON CONFLICT DO NOTHING";
-const INSERT_TRACE_MESSAGE: &str = "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node, subject, verdict)
-     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)";
+const INSERT_TRACE_MESSAGE: &str = "INSERT INTO trace_message (id, received_at, sender, sender_lc, size, client, helo, tls, server, node, subject, verdict, symbols)
+     VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)";
 const INSERT_EVENTS: &str = "INSERT INTO trace_event (id, at, node, kind, recipient, detail)
      SELECT $1, at, node, kind, recipient, detail
      FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[]) AS u(at, node, kind, recipient, detail)";
@@ -475,6 +477,7 @@ async fn insert_trace(c: &impl GenericClient, m: &NewMessage, more: &[Event]) ->
     let size = m.body.len() as i64;
     let subject = crate::decoded_subject(&crate::subject_of(&m.body));
     let verdict = m.verdict.as_deref().unwrap_or("");
+    let symbols = crate::symbols_text(&m.symbols);
     let (r1, r2, r3) = tokio::join!(
         async {
             c.execute(
@@ -500,6 +503,7 @@ async fn insert_trace(c: &impl GenericClient, m: &NewMessage, more: &[Event]) ->
                     &a.node,
                     &subject,
                     &verdict,
+                    &symbols,
                 ],
             )
             .await
@@ -2189,7 +2193,7 @@ async fn remove(c: &impl GenericClient, id: &str) -> Result<bool> {
 async fn trace_of(c: &impl GenericClient, id: &str) -> Result<Option<Trace>> {
     let Some(r) = c
         .query_opt(
-            "SELECT sender, size, received_at, client, helo, tls, server, node, subject, verdict
+            "SELECT sender, size, received_at, client, helo, tls, server, node, subject, verdict, symbols
              FROM trace_message WHERE id = $1",
             &[&id],
         )
@@ -2221,6 +2225,7 @@ async fn trace_of(c: &impl GenericClient, id: &str) -> Result<Option<Trace>> {
             server: r.get(6),
             node: r.get(7),
         },
+        symbols: crate::symbols_of(r.get(10)),
         events: Vec::new(),
     }))
 }

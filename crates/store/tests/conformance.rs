@@ -113,6 +113,7 @@ fn message(id: &str, rcpts: &[&str], due: i64) -> NewMessage {
         },
         scan: None,
         verdict: None,
+        symbols: Vec::new(),
     }
 }
 
@@ -881,6 +882,22 @@ async fn traces_are_found_by_subject_client_verdict_and_paged() {
             m.body = Bytes::from(format!("Subject: {subject}\r\n\r\nhi\r\n"));
             m.arrival.client = client.into();
             m.verdict = verdict.map(str::to_string);
+            if id == "U1" {
+                m.symbols = vec![
+                    mailsilo_store::ScanSymbol {
+                        name: "BAYES_HAM".into(),
+                        score: -2.5,
+                        reason: "ham probability 0.99".into(),
+                        micros: 120,
+                    },
+                    mailsilo_store::ScanSymbol {
+                        name: "R_SPF_PASS".into(),
+                        score: 0.0,
+                        reason: "spf=pass \"quoted\"".into(),
+                        micros: 7,
+                    },
+                ];
+            }
             s.enqueue(m, None).await.unwrap();
         }
         let find = |q: TraceQuery| async move {
@@ -934,6 +951,19 @@ async fn traces_are_found_by_subject_client_verdict_and_paged() {
             (t.subject.as_str(), t.verdict.as_str()),
             ("Invoice café", "clean")
         );
+        let names: Vec<_> = t
+            .symbols
+            .iter()
+            .map(|y| (y.name.as_str(), y.score, y.reason.as_str(), y.micros))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("BAYES_HAM", -2.5, "ham probability 0.99", 120),
+                ("R_SPF_PASS", 0.0, "spf=pass \"quoted\"", 7)
+            ]
+        );
+        assert!(s.trace("U2").await.unwrap().unwrap().symbols.is_empty());
         // Pages of one, through the tie at 300, for each shape.
         for shape in shapes {
             let mut seen = Vec::new();
