@@ -23,13 +23,25 @@ pub enum Transport {
     Tcp,
 }
 
-/// One cluster address of a silo, with its health as the checker last saw it.
+/// One cluster address of a silo, with its health as the checker last saw it and whether
+/// its operators left it a server to take mail.
 #[derive(Debug)]
 pub struct ClusterEntry {
     pub name: String,
     pub ip: IpAddr,
     pub weight: i64,
     pub healthy: AtomicBool,
+    /// At least one of its servers is ready (not drained, in maintenance or removed) in the
+    /// run-time configuration: a cluster its operators emptied leaves the answers at once,
+    /// before its balancer's health checks would notice.
+    pub serving: AtomicBool,
+}
+
+impl ClusterEntry {
+    /// Whether the answers carry it: healthy and serving.
+    pub fn answered(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed) && self.serving.load(Ordering::Relaxed)
+    }
 }
 
 /// A silo host name's live answer state.
@@ -58,6 +70,7 @@ impl SiloEntry {
                     ip: c.address.ip(),
                     weight: i64::from(c.weight),
                     healthy: AtomicBool::new(true),
+                    serving: AtomicBool::new(true),
                 })
                 .collect(),
             turn: AtomicUsize::new(0),
@@ -65,17 +78,22 @@ impl SiloEntry {
         }
     }
 
-    /// The addresses for the next answer: healthy clusters only, unless none is (then all,
-    /// never an empty answer).
-    pub fn next_addresses(&self) -> Vec<IpAddr> {
-        let healthy: Vec<usize> = (0..self.clusters.len())
-            .filter(|&i| self.clusters[i].healthy.load(Ordering::Relaxed))
+    /// The clusters answers are made of now: the healthy, serving ones, unless there are
+    /// none (then every cluster: never an empty answer).
+    pub fn pool(&self) -> Vec<usize> {
+        let answered: Vec<usize> = (0..self.clusters.len())
+            .filter(|&i| self.clusters[i].answered())
             .collect();
-        let pool: Vec<usize> = if healthy.is_empty() {
+        if answered.is_empty() {
             (0..self.clusters.len()).collect()
         } else {
-            healthy
-        };
+            answered
+        }
+    }
+
+    /// The addresses for the next answer, from [`SiloEntry::pool`].
+    pub fn next_addresses(&self) -> Vec<IpAddr> {
+        let pool = self.pool();
         match self.rotation {
             Rotation::Rotate => {
                 let n = self.turn.fetch_add(1, Ordering::Relaxed) % pool.len();
@@ -203,6 +221,16 @@ impl Catalog {
     /// The silos, for the health checker.
     pub fn silos(&self) -> impl Iterator<Item = &SiloEntry> {
         self.silos.values()
+    }
+
+    /// Marks each cluster serving or not, by name (a cluster missing from `serving` keeps its
+    /// flag).
+    pub fn set_serving(&self, serving: &HashMap<String, bool>) {
+        for c in self.silos.values().flat_map(|s| &s.clusters) {
+            if let Some(&on) = serving.get(&c.name) {
+                c.serving.store(on, Ordering::Relaxed);
+            }
+        }
     }
 
     /// The hot path, encoded by hand: a standard query for a silo name's A or AAAA records,
@@ -604,6 +632,24 @@ mod tests {
         let a = silo_ips(&cat);
         assert_eq!(a.len(), 3);
         assert!(!a.contains(&"127.0.1.3".to_string()));
+    }
+
+    #[test]
+    fn clusters_left_without_a_ready_server_leave_the_answers() {
+        let cat = catalog("");
+        let silo = cat.silos().next().unwrap();
+        let names: Vec<String> = silo.clusters.iter().map(|c| c.name.clone()).collect();
+        cat.set_serving(&HashMap::from([(names[0].clone(), false)]));
+        let a = silo_ips(&cat);
+        assert_eq!(a.len(), 3);
+        assert!(!a.contains(&"127.0.1.1".to_string()), "{a:?}");
+        // Down and emptied combine; with none answerable, every cluster is answered.
+        silo.clusters[1].healthy.store(false, Ordering::Relaxed);
+        assert_eq!(silo.pool(), [2, 3]);
+        cat.set_serving(&names.iter().map(|n| (n.clone(), false)).collect());
+        assert_eq!(silo_ips(&cat).len(), 4, "never empty");
+        cat.set_serving(&HashMap::from([(names[0].clone(), true)]));
+        assert_eq!(silo_ips(&cat), ["127.0.1.1"]);
     }
 
     #[test]

@@ -4,15 +4,19 @@
 //! changed through the control API. Then each change the store announces (LISTEN/NOTIFY on
 //! PostgreSQL) is applied here, client domains and servers' loading and state, within
 //! milliseconds on every node of a fleet; the store's version counter is also re-read every
-//! 30 s, in case an announcement was lost. It also samples the local balancers' view of
-//! their servers' health into the store's statistics.
+//! 30 s, in case an announcement was lost. The DNS learns from the same entries which
+//! clusters still have a ready server. It also samples the local balancers' view of their
+//! servers' health into the store's statistics.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::Result;
 use balancer::{Admin, Balancer};
 use config::{Config, Domain, DomainSettings, DomainTable};
+use dns::catalog::Catalog;
 use store::{DomainEntry, ServerEntry, Store};
 use tokio::sync::watch;
 use tracing::{info, warn};
@@ -202,12 +206,61 @@ pub fn apply_servers(config: &Config, balancers: &[Arc<Balancer>], entries: &[Se
     }
 }
 
+/// Tells this node's DNS which clusters its operators left a ready server (a cluster whose
+/// servers are all drained, in maintenance or removed leaves the answers at once).
+pub fn apply_dns(config: &Config, catalog: &Catalog, entries: &[ServerEntry]) {
+    let serving: HashMap<String, bool> = config
+        .silos
+        .iter()
+        .flat_map(|s| &s.clusters)
+        .map(|c| {
+            let ready = entries
+                .iter()
+                .any(|e| e.cluster == c.name && !e.removed && e.state == Admin::Ready.to_string());
+            (c.name.clone(), ready)
+        })
+        .collect();
+    catalog.set_serving(&serving);
+}
+
+/// The silos as `catalog` answers them now, for the portal; none without a DNS.
+pub fn dns_view(catalog: Option<&Catalog>) -> Vec<portal::DnsSilo> {
+    let Some(catalog) = catalog else {
+        return Vec::new();
+    };
+    let mut silos: Vec<portal::DnsSilo> = catalog
+        .silos()
+        .map(|s| {
+            let pool = s.pool();
+            portal::DnsSilo {
+                name: s.name.clone(),
+                ttl: s.ttl,
+                clusters: s
+                    .clusters
+                    .iter()
+                    .enumerate()
+                    .map(|(i, c)| portal::DnsCluster {
+                        name: c.name.clone(),
+                        address: c.ip.to_string(),
+                        healthy: c.healthy.load(Ordering::Relaxed),
+                        serving: c.serving.load(Ordering::Relaxed),
+                        answered: pool.contains(&i),
+                    })
+                    .collect(),
+            }
+        })
+        .collect();
+    silos.sort_by(|a, b| a.name.cmp(&b.name));
+    silos
+}
+
 /// Follows the store's run-time configuration until `shutdown`.
 pub async fn watch(
     config: Arc<Config>,
     store: Arc<dyn Store>,
     domains: Arc<DomainTable>,
     balancers: Vec<Arc<Balancer>>,
+    catalog: Option<Arc<Catalog>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut applied: Option<i64> = None;
@@ -219,6 +272,9 @@ pub async fn watch(
                     let (accepted, removed) = domains_of(&config, &d);
                     domains.replace(accepted, removed);
                     apply_servers(&config, &balancers, &s);
+                    if let Some(catalog) = &catalog {
+                        apply_dns(&config, catalog, &s);
+                    }
                     if applied.is_some() {
                         info!(version = v, "run-time configuration changed: applied");
                     }

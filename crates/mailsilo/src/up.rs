@@ -541,8 +541,11 @@ pub async fn up(
         balancers.push(lb);
     }
 
+    let mut catalog = None;
     if let Some(dns_config) = config.dns.as_ref().filter(|_| roles.has("dns", "")) {
-        let catalog = Arc::new(dns::catalog::Catalog::new(dns_config, &config.silos));
+        let served = Arc::new(dns::catalog::Catalog::new(dns_config, &config.silos));
+        catalog = Some(served.clone());
+        let catalog = served;
         for addr in &dns_config.listen {
             let sockets =
                 dns::bind(*addr).map_err(|e| cannot_listen("the DNS (dns.listen)", *addr, &e))?;
@@ -598,6 +601,7 @@ pub async fn up(
             store.clone(),
             domains.clone(),
             balancers.clone(),
+            catalog.clone(),
             stopped.clone(),
         )));
     }
@@ -670,6 +674,7 @@ pub async fn up(
             })
         });
         let ctx = portal::Ctx {
+            dns: Arc::new(move || crate::live::dns_view(catalog.as_deref())),
             next_id,
             learn,
             bounce,

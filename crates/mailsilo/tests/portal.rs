@@ -127,7 +127,11 @@ fn login(control: SocketAddr, name: &str, password: &str) -> Session {
 
 impl Session {
     fn get(&self, g: &Gateway, path: &str) -> (u16, String) {
-        let (s, _, b) = http(g.control, "GET", path, &[("Cookie", &self.cookie)], "");
+        self.get_at(g.control, path)
+    }
+
+    fn get_at(&self, control: SocketAddr, path: &str) -> (u16, String) {
+        let (s, _, b) = http(control, "GET", path, &[("Cookie", &self.cookie)], "");
         (s, b)
     }
 
@@ -2026,4 +2030,92 @@ fn a_held_message_is_previewed_with_its_text_attachments_and_symbols() {
     // Someone else's held message has no preview for her.
     let bobs = hold(&g, &["bob@example.com"], "bob");
     assert_eq!(alice.get(&g, &format!("/quarantine/{bobs}")).0, 404);
+}
+
+/// A cluster whose servers an operator takes out (drained, in maintenance) leaves the DNS
+/// answers at once, before the DNS's own checks through its balancer would notice, and
+/// comes back when one is ready again; the silo page and `GET /api/v1/dns` show the
+/// answers as the DNS gives them now.
+#[test]
+fn servers_taken_out_at_run_time_take_their_cluster_out_of_the_dns() {
+    let accounts = TAIL
+        .split_once("[[organisation]]")
+        .map(|(_, rest)| format!("[[organisation]]{rest}"))
+        .unwrap();
+    let mut silo = common::Silo::new(31, &[&[1], &[1]], &accounts, "");
+    silo.start_all();
+    let answer = |s: &common::Silo| {
+        let mut a: Vec<String> = s
+            .dig(&["+short", "silo1.mailsilo.test"])
+            .lines()
+            .map(|l| l.trim().to_string())
+            .filter(|l| !l.is_empty())
+            .collect();
+        a.sort();
+        a
+    };
+    let both = ["127.1.31.1", "127.1.31.2"];
+    assert!(common::wait_until(Duration::from_secs(10), || answer(
+        &silo
+    ) == both));
+    let operator = login(silo.control, "operator", "operator-pass");
+    let dns = || {
+        let (status, body) = operator.get_at(silo.control, "/api/v1/dns");
+        assert_eq!(status, 200, "{body}");
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        v[0]["clusters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| {
+                (
+                    c["name"].as_str().unwrap().to_string(),
+                    c["answered"].as_bool().unwrap(),
+                    c["serving"].as_bool().unwrap(),
+                )
+            })
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        dns(),
+        [("c1".into(), true, true), ("c2".into(), true, true)]
+    );
+
+    let log = silo.dir.path().join("all.log");
+    let c2_down = || {
+        std::fs::read_to_string(&log)
+            .unwrap()
+            .lines()
+            .any(|l| l.contains("cluster down") && l.contains("cluster=c2"))
+    };
+    silo.lb(&["maint", "c2/c2-s1"]);
+    assert!(common::wait_until(Duration::from_secs(5), || answer(&silo) == ["127.1.31.1"]));
+    assert!(
+        !c2_down(),
+        "c2 left the answers through the run-time state, not the health checks"
+    );
+    assert_eq!(
+        dns(),
+        [("c1".into(), true, true), ("c2".into(), false, false)]
+    );
+    let (_, page) = operator.get_at(silo.control, "/silo");
+    assert!(page.contains("DNS answers now: 127.1.31.1 (TTL"), "{page}");
+    assert!(
+        page.contains("out of the DNS answers: no server is ready"),
+        "{page}"
+    );
+    // Drained is out too; ready brings it back.
+    silo.lb(&["drain", "c2/c2-s1"]);
+    silo.lb(&["ready", "c2/c2-s1"]);
+    assert!(common::wait_until(Duration::from_secs(10), || answer(
+        &silo
+    ) == both));
+    silo.lb(&["drain", "c1/c1-s1"]);
+    assert!(common::wait_until(Duration::from_secs(5), || answer(&silo) == ["127.1.31.2"]));
+    // Every cluster out: the answer is never empty.
+    silo.lb(&["maint", "c2/c2-s1"]);
+    assert!(common::wait_until(Duration::from_secs(5), || dns()
+        .iter()
+        .all(|(_, _, serving)| !serving)));
+    assert_eq!(answer(&silo), both);
 }

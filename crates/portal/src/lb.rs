@@ -33,6 +33,29 @@ pub struct ServerStatus {
     pub last_check_ago_ms: Option<u64>,
 }
 
+/// A silo as this node's DNS answers it now: `GET /api/v1/dns`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DnsSilo {
+    /// Its host name (what clients' MX records name).
+    pub name: String,
+    pub ttl: u32,
+    pub clusters: Vec<DnsCluster>,
+}
+
+/// One cluster's address in a silo's answers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+pub struct DnsCluster {
+    pub name: String,
+    /// Its balancer's public address.
+    pub address: String,
+    /// Its balancer passes the DNS's SMTP checks.
+    pub healthy: bool,
+    /// At least one of its servers is ready in the run-time configuration.
+    pub serving: bool,
+    /// The answers carry it now (healthy and serving; every cluster when none is).
+    pub answered: bool,
+}
+
 /// What the portal needs from the balancers: their servers as this node sees them, and
 /// changing a server's loading or state, adding and removing servers, which the
 /// implementation records in the store (so every node applies it, and it survives a
@@ -153,7 +176,7 @@ pub struct ServerState {
     pub state: String,
 }
 
-/// `GET /api/v1/lb`, `POST /api/v1/lb/{cluster}` (a [`NewServer`]), `DELETE
+/// `GET /api/v1/lb`, `GET /api/v1/dns`, `POST /api/v1/lb/{cluster}` (a [`NewServer`]), `DELETE
 /// /api/v1/lb/{cluster}/{server}`, `PUT /api/v1/lb/{cluster}/{server}/loading`
 /// (`{"loading": N}`, N in `config::LOADING`), `PUT /api/v1/lb/{cluster}/{server}/state`
 /// (`{"state": "drain"}`), `GET /metrics`.
@@ -162,6 +185,10 @@ pub fn routes() -> Router<Ctx> {
         .route(
             "/api/v1/lb",
             get(|State(c): State<Ctx>| async move { Json(c.balancers.servers()) }),
+        )
+        .route(
+            "/api/v1/dns",
+            get(|State(c): State<Ctx>| async move { Json((c.dns)()) }),
         )
         .route(
             "/api/v1/lb/{cluster}",

@@ -50,7 +50,7 @@ pub mod trace;
 pub mod web;
 
 pub use auth::Principal;
-pub use lb::{Balancers, Loading, NewServer, ServerState, ServerStatus};
+pub use lb::{Balancers, DnsCluster, DnsSilo, Loading, NewServer, ServerState, ServerStatus};
 
 /// Teaches the classifier a message as spam (`true`) or ham, as the filter learns (the
 /// binary wires it to the filter's training).
@@ -87,6 +87,8 @@ pub struct Ctx {
     pub learn: Learn,
     /// Returning queued mail to its sender.
     pub bounce: Bounce,
+    /// The silos as this node's DNS answers them now; none when it serves no DNS.
+    pub dns: Arc<dyn Fn() -> Vec<lb::DnsSilo> + Send + Sync>,
     /// Served over HTTPS: session cookies are `Secure`.
     pub secure: bool,
 }

@@ -10,7 +10,7 @@ use store::{HeldSummary, Summary, Trace, TraceQuery};
 
 use crate::audit::AuditQuery;
 use crate::digest::{SendNow, Sent};
-use crate::lb::{Loading, NewServer, ServerState, ServerStatus};
+use crate::lb::{DnsSilo, Loading, NewServer, ServerState, ServerStatus};
 use crate::login::{Login, Me};
 use crate::quarantine::{Bulk, BulkResult, HeldMessage, HeldQuery, Released};
 use crate::queue::{Bounced, Flushed, Page, QueuedMessage};
@@ -91,6 +91,15 @@ pub fn operations() -> Vec<Operation> {
                 "get",
                 "/api/v1/lb",
                 "Every balanced server with its health, state, loading and sessions",
+                Operator,
+            )
+        },
+        Operation {
+            ok: (200, Some(of::<Vec<DnsSilo>>)),
+            ..op(
+                "get",
+                "/api/v1/dns",
+                "Each silo's clusters as this node's DNS answers them now",
                 Operator,
             )
         },

@@ -769,28 +769,52 @@ async fn silo_page(
             esc(&done)
         ));
     }
+    let dns = (c.dns)();
     for silo in &c.config.silos {
-        let answers: Vec<String> = silo
-            .clusters
-            .iter()
-            .map(|k| k.address.ip().to_string())
-            .collect();
+        // What this node's DNS answers now; a node serving no DNS shows the configuration's.
+        let live = dns.iter().find(|d| d.name == silo.name);
+        let answers = match live {
+            Some(d) => format!(
+                "DNS answers now: {}",
+                d.clusters
+                    .iter()
+                    .filter(|k| k.answered)
+                    .map(|k| k.address.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            None => format!(
+                "This node serves no DNS; the configuration's answers: {}",
+                silo.clusters
+                    .iter()
+                    .map(|k| k.address.ip().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
         body.push_str(&format!(
             "<section class=\"silo\" aria-label=\"Silo {0}\"><h2>{0}</h2>\
-             <p>DNS answers: {1} (TTL {2} s)</p><div class=\"clusters\">",
+             <p class=\"answers\">{1} (TTL {2} s)</p><div class=\"clusters\">",
             esc(&silo.name),
-            esc(&answers.join(", ")),
+            esc(&answers),
             silo.ttl
         ));
         for k in &silo.clusters {
             let mine: Vec<_> = servers.iter().filter(|s| s.cluster == k.name).collect();
             let healthy = mine.iter().filter(|s| s.up).count();
+            let in_dns = match live.and_then(|d| d.clusters.iter().find(|x| x.name == k.name)) {
+                None => "",
+                Some(x) if x.answered => " - in the DNS answers",
+                Some(x) if !x.healthy => " - out of the DNS answers: its balancer fails the checks",
+                Some(_) => " - out of the DNS answers: no server is ready",
+            };
             body.push_str(&format!(
-                "<div class=\"cluster\"><h3>Cluster {}</h3><p>Balancer {} - {} of {} servers up</p><ul>",
+                "<div class=\"cluster\"><h3>Cluster {}</h3><p>Balancer {} - {} of {} servers up{}</p><ul>",
                 esc(&k.name),
                 esc(&k.address.to_string()),
                 healthy,
-                mine.len()
+                mine.len(),
+                in_dns
             ));
             for s in mine {
                 let id = format!("{}/{}", url(&s.cluster), url(&s.server));
