@@ -2027,9 +2027,62 @@ fn a_held_message_is_previewed_with_its_text_attachments_and_symbols() {
             .any(|s| s["name"] == "TEST_HOLD"),
         "{api}"
     );
+    assert!(
+        trace.contains("<th scope=\"col\">Stage took</th>"),
+        "{trace}"
+    );
     // Someone else's held message has no preview for her.
     let bobs = hold(&g, &["bob@example.com"], "bob");
     assert_eq!(alice.get(&g, &format!("/quarantine/{bobs}")).0, 404);
+
+    // The list's filters: days and a least score (the rule scores 8), kept in the form.
+    let today = {
+        let (_, me) = alice.get(&g, &format!("/api/v1/quarantine/{id}"));
+        let at = serde_json::from_str::<serde_json::Value>(&me).unwrap()["received_at"]
+            .as_i64()
+            .unwrap();
+        let (y, m, d) = civil(at / 86400);
+        format!("{y:04}-{m:02}-{d:02}")
+    };
+    let listed = |query: &str| {
+        let (status, page) = alice.get(&g, &format!("/quarantine?{query}"));
+        assert_eq!(status, 200, "{page}");
+        (page.contains(&format!("href=\"/quarantine/{id}\"")), page)
+    };
+    assert!(listed(&format!("since={today}&until={today}&score=7.5")).0);
+    assert!(!listed("until=2001-01-01").0);
+    assert!(!listed("score=8.5").0);
+    let (shown, page) = listed("score=lots&since=yesterday");
+    assert!(!shown);
+    assert!(page.contains("Score at least: write a number"), "{page}");
+    assert!(
+        page.contains("From day: write a date as YYYY-MM-DD"),
+        "{page}"
+    );
+    assert!(
+        page.contains("value=\"lots\""),
+        "the form keeps what was sent"
+    );
+    // Reports teach the shared model: not offered to a user, offered to an admin.
+    let (_, page) = alice.get(&g, "/quarantine");
+    assert!(!page.contains("value=\"report-spam\""), "{page}");
+    let admin = login(g.control, "admin@example.com", "admin-pass");
+    let (_, page) = admin.get(&g, "/quarantine");
+    assert!(page.contains("value=\"report-spam\""), "{page}");
+}
+
+/// The civil date (year, month, day) of a day number since 1970-01-01 (Howard Hinnant's
+/// algorithm).
+fn civil(days: i64) -> (i64, i64, i64) {
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(m <= 2), m, d)
 }
 
 /// A cluster whose servers an operator takes out (drained, in maintenance) leaves the DNS
@@ -2081,6 +2134,20 @@ fn servers_taken_out_at_run_time_take_their_cluster_out_of_the_dns() {
         [("c1".into(), true, true), ("c2".into(), true, true)]
     );
 
+    // The trace names the cluster that took a message, and its server.
+    let mut c = common::Smtp::connect(silo.clusters[1].address);
+    assert_eq!(c.cmd("EHLO sender.test").0, 250);
+    let (code, text) = c.mail(
+        "sender@outside.net",
+        &["alice@example.com"],
+        "Subject: via c2\r\n\r\nthrough the silo\r\n",
+    );
+    assert_eq!(code, 250, "{text}");
+    let id = text.rsplit(' ').next().unwrap().trim();
+    let (status, page) = operator.get_at(silo.control, &format!("/trace/{id}"));
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("mail server c2-s1 of cluster c2"), "{page}");
+
     let log = silo.dir.path().join("all.log");
     let c2_down = || {
         std::fs::read_to_string(&log)
@@ -2107,6 +2174,16 @@ fn servers_taken_out_at_run_time_take_their_cluster_out_of_the_dns() {
     // Drained is out too; ready brings it back.
     silo.lb(&["drain", "c2/c2-s1"]);
     silo.lb(&["ready", "c2/c2-s1"]);
+    assert!(common::wait_until(Duration::from_secs(10), || answer(
+        &silo
+    ) == both));
+    let (_, page) = operator.get_at(silo.control, "/silo");
+    assert!(page.contains("last check "), "{page}");
+    // A cluster whose server was removed leaves the answers too, and one added comes back.
+    silo.lb(&["remove", "c2/c2-s1"]);
+    assert!(common::wait_until(Duration::from_secs(5), || answer(&silo) == ["127.1.31.1"]));
+    let address = silo.clusters[1].servers[0].1.to_string();
+    silo.lb(&["add", "c2/c2-s1", &address, "--loading", "1"]);
     assert!(common::wait_until(Duration::from_secs(10), || answer(
         &silo
     ) == both));

@@ -1,13 +1,17 @@
-//! The HTTP side operators use. For now: the control API of a running gateway, which every
-//! administrative CLI command goes through: the balancers ([`lb`]: their servers' state,
-//! loading and run-time changes, statistics for Prometheus) and the queue and message trace
-//! ([`queue`], over the store every node shares). The web UI and the rest of the REST API
-//! will be added here.
+//! The portal: the web UI and REST API of a running gateway, for operators, client admins
+//! and users, which every administrative CLI command goes through as well. It owns the
+//! accounts' sessions, roles and scopes ([`auth`], [`login`]), the balancers' servers and
+//! the DNS's answers ([`lb`]), the quarantine and its digests ([`quarantine`], [`digest`]),
+//! the message trace ([`trace`]), the queue ([`queue`]), client domains and their policies
+//! with the audit log ([`policy`], [`settings`], [`audit`]), statistics ([`stats`]), the
+//! HTML pages ([`web`]) and the OpenAPI document ([`openapi`]), all over the store every
+//! node shares.
 //!
 //! The portal knows the balancers only through the [`Balancers`] trait, which the binary
 //! implements; it does not depend on the balancer role.
 //!
-//! Every call but `/metrics` needs the control token as a bearer credential (compared in
+//! Every call but the login, the digests' signed links and `/metrics` needs a credential: a
+//! session cookie, an API token or the control token, as a bearer credential (compared in
 //! constant time). Each connection is bounded like any other listener here: headers within
 //! [`HEADER_TIMEOUT`], a whole request within [`REQUEST_TIMEOUT`], bodies of at most
 //! [`MAX_BODY`] octets, [`MAX_CONNECTIONS`] at a time.

@@ -322,6 +322,11 @@ struct PageQuery {
     recipient: Option<String>,
     sender: Option<String>,
     verdict: Option<String>,
+    /// Days (`YYYY-MM-DD`, UTC), the end's day included.
+    since: Option<String>,
+    until: Option<String>,
+    /// The least score shown.
+    score: Option<String>,
     after: Option<String>,
     done: Option<String>,
 }
@@ -342,19 +347,43 @@ async fn quarantine_page(
 ) -> Response {
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let blank = |s: &Option<String>| s.clone().filter(|v| !v.trim().is_empty());
-    let held = quarantine::list(
-        &c,
-        &who,
-        HeldQuery {
-            after: blank(&q.after),
-            limit: Some(PAGE),
-            recipient: blank(&q.recipient),
-            sender: blank(&q.sender),
-            verdict: blank(&q.verdict),
-            ..HeldQuery::default()
-        },
-    )
-    .await;
+    let mut wrong = Vec::new();
+    let mut date = |field: &str, v: &Option<String>| match blank(v) {
+        Some(text) => day(&text).or_else(|| {
+            wrong.push(format!("{field}: write a date as YYYY-MM-DD"));
+            None
+        }),
+        None => None,
+    };
+    let since = date("From day", &q.since);
+    let until = date("To day", &q.until).map(|d| d + 86400);
+    let min_score = match blank(&q.score).map(|v| v.trim().parse::<f64>()) {
+        Some(Ok(v)) if v.is_finite() => Some(v),
+        Some(_) => {
+            wrong.push("Score at least: write a number, such as 6 or 7.5".into());
+            None
+        }
+        None => None,
+    };
+    let held = if wrong.is_empty() {
+        quarantine::list(
+            &c,
+            &who,
+            HeldQuery {
+                after: blank(&q.after),
+                limit: Some(PAGE),
+                recipient: blank(&q.recipient),
+                sender: blank(&q.sender),
+                verdict: blank(&q.verdict),
+                since,
+                until,
+                min_score,
+            },
+        )
+        .await
+    } else {
+        Ok(Vec::new())
+    };
     let held = match held {
         Ok(h) => h,
         Err(e) => return error_page(e.status, &e.message, Some(&who)),
@@ -380,12 +409,21 @@ async fn quarantine_page(
          <label for=\"sender\">Sender contains</label><input id=\"sender\" name=\"sender\" value=\"{}\">\
          <label for=\"verdict\">Verdict</label><input id=\"verdict\" name=\"verdict\" value=\"{}\" list=\"verdicts\">\
          <datalist id=\"verdicts\"><option value=\"spam\"><option value=\"phishing\"><option value=\"virus\"><option value=\"policy\"></datalist>\
+         <label for=\"since\">From day</label><input id=\"since\" name=\"since\" type=\"date\" value=\"{}\">\
+         <label for=\"until\">To day</label><input id=\"until\" name=\"until\" type=\"date\" value=\"{}\">\
+         <label for=\"score\">Score at least</label><input id=\"score\" name=\"score\" inputmode=\"decimal\" value=\"{}\">\
          <p><button type=\"submit\">Filter</button></p></form>",
         esc(&scope),
         value(&q.recipient),
         value(&q.sender),
-        value(&q.verdict)
+        value(&q.verdict),
+        value(&q.since),
+        value(&q.until),
+        value(&q.score)
     ));
+    for w in &wrong {
+        body.push_str(&format!("<p class=\"error\" role=\"alert\">{}</p>", esc(w)));
+    }
     if held.is_empty() {
         body.push_str("<p>Nothing is held.</p>");
     } else {
@@ -394,9 +432,15 @@ async fn quarantine_page(
              <input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
              <label for=\"bulk-action\">With the selected messages</label>\
              <select id=\"bulk-action\" name=\"action\"><option value=\"release\">Release</option>\
-             <option value=\"delete\">Delete</option><option value=\"report-ham\">Not spam: release and learn</option>\
-             <option value=\"report-spam\">Spam: delete and learn</option></select>\
-             <button type=\"submit\">Apply</button></form>"
+             <option value=\"delete\">Delete</option>{reports}</select>\
+             <button type=\"submit\">Apply</button></form>",
+            // Reports teach the model every client shares: an admin's or an operator's.
+            reports = if who.role == Role::User {
+                ""
+            } else {
+                "<option value=\"report-ham\">Not spam: release and learn</option>\
+                 <option value=\"report-spam\">Spam: delete and learn</option>"
+            }
         ));
         body.push_str(
             "<table><caption>Held messages</caption><thead><tr><th scope=\"col\">Select</th><th scope=\"col\">Received</th>\
@@ -434,12 +478,20 @@ async fn quarantine_page(
         if held.len() == PAGE
             && let Some(last) = held.last()
         {
+            let keep: String = [
+                ("recipient", &q.recipient),
+                ("sender", &q.sender),
+                ("verdict", &q.verdict),
+                ("since", &q.since),
+                ("until", &q.until),
+                ("score", &q.score),
+            ]
+            .iter()
+            .filter_map(|(k, v)| blank(v).map(|v| format!("&amp;{k}={}", url(&v))))
+            .collect();
             body.push_str(&format!(
-                "<p><a href=\"/quarantine?after={}&amp;recipient={}&amp;sender={}&amp;verdict={}\">Next page</a></p>",
+                "<p><a href=\"/quarantine?after={}{keep}\">Next page</a></p>",
                 url(&last.id),
-                url(q.recipient.as_deref().unwrap_or("")),
-                url(q.sender.as_deref().unwrap_or("")),
-                url(q.verdict.as_deref().unwrap_or(""))
             ));
         }
     }
@@ -682,6 +734,24 @@ async fn trace_page(
     page("Message trace", Some(&who), &body)
 }
 
+/// The cluster a mail server belongs to: the balancers' view (servers added at run time),
+/// else the configuration's.
+fn cluster_of(c: &Ctx, server: &str) -> Option<String> {
+    c.balancers
+        .servers()
+        .into_iter()
+        .find(|s| s.server == server)
+        .map(|s| s.cluster)
+        .or_else(|| {
+            c.config
+                .silos
+                .iter()
+                .flat_map(|s| &s.clusters)
+                .find(|k| k.servers.iter().any(|s| s.name == server))
+                .map(|k| k.name.clone())
+        })
+}
+
 /// One message's life: its arrival, and every event with the time since it arrived.
 async fn trace_one_page(
     State(c): State<Ctx>,
@@ -696,7 +766,7 @@ async fn trace_one_page(
     let mut body = format!(
         "<dl><dt>Queue id</dt><dd>{}</dd><dt>From</dt><dd>{}</dd><dt>To</dt><dd>{}</dd>\
          <dt>Subject</dt><dd>{}</dd><dt>Verdict</dt><dd>{}</dd><dt>Size</dt><dd>{} bytes</dd><dt>Client</dt><dd>{} (HELO {})</dd><dt>TLS</dt><dd>{}</dd>\
-         <dt>Taken by</dt><dd>mail server {} on node {}</dd></dl>",
+         <dt>Taken by</dt><dd>mail server {}{} on node {}</dd></dl>",
         esc(&t.id),
         esc(&t.sender),
         esc(&t.recipients.join(", ")),
@@ -711,18 +781,23 @@ async fn trace_one_page(
         esc(&a.helo),
         esc(a.tls.as_deref().unwrap_or("none")),
         esc(&a.server),
+        esc(&cluster_of(&c, &a.server).map_or(String::new(), |k| format!(" of cluster {k}"))),
         esc(&a.node)
     );
     body.push_str(&symbols_table(&t.symbols));
     body.push_str(
-        "<table><caption>Timeline</caption><thead><tr><th scope=\"col\">After</th><th scope=\"col\">Event</th>\
+        "<table><caption>Timeline</caption><thead><tr><th scope=\"col\">After</th><th scope=\"col\">Stage took</th><th scope=\"col\">Event</th>\
          <th scope=\"col\">Recipient</th><th scope=\"col\">Detail</th><th scope=\"col\">Node</th></tr></thead><tbody>",
     );
     let start = t.events.first().map_or(t.received_at * 1000, |e| e.at);
+    let mut previous = start;
     for e in &t.events {
+        // Each stage's duration: from the event before it to this one.
+        let took = (e.at - std::mem::replace(&mut previous, e.at)).max(0);
         body.push_str(&format!(
-            "<tr><td>{:.3} s</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            "<tr><td>{:.3} s</td><td>{:.3} s</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
             (e.at - start) as f64 / 1000.0,
+            took as f64 / 1000.0,
             esc(&e.kind),
             esc(e.recipient.as_deref().unwrap_or("")),
             esc(&e.detail),
@@ -829,7 +904,7 @@ async fn silo_page(
                     .collect();
                 body.push_str(&format!(
                     "<li id=\"s-{name}\"><strong>{name}</strong> {addr} \
-                     <span class=\"{health}\">{health}</span>, {state}, loading {loading}, {active} open sessions, {total} in all, {last_hour:.0} messages in the last hour ({rate:.2}/s)\
+                     <span class=\"{health}\">{health}</span>, {state}, loading {loading}, {active} open sessions, {total} in all, {last_hour:.0} messages in the last hour ({rate:.2}/s), {checked}\
                      <form method=\"post\" action=\"/silo/{id}/loading\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
                      <label for=\"l-{name}\">Loading of {name}</label>\
                      <input id=\"l-{name}\" name=\"value\" type=\"number\" min=\"1\" max=\"1000\" value=\"{loading}\">\
@@ -849,6 +924,12 @@ async fn silo_page(
                     total = s.total,
                     rate = rates.get(&s.server).copied().unwrap_or(0.0),
                     last_hour = rates.get(&s.server).copied().unwrap_or(0.0) * 3600.0,
+                    checked = match (&s.last_check, s.last_check_ago_ms) {
+                        (Some(what), Some(ago)) => {
+                            format!("last check {:.1} s ago: {}", ago as f64 / 1000.0, esc(what))
+                        }
+                        _ => "not checked yet".to_string(),
+                    },
                 ));
             }
             body.push_str(&format!(
