@@ -2196,3 +2196,122 @@ fn servers_taken_out_at_run_time_take_their_cluster_out_of_the_dns() {
         .all(|(_, _, serving)| !serving)));
     assert_eq!(answer(&silo), both);
 }
+
+/// Each user keeps their own allow and block lists (API and page), which mail to that
+/// address alone follows at once; an admin keeps its organisation's addresses' lists; no one
+/// sees another scope's; a wrong entry is named and nothing is stored; each change is
+/// audited.
+#[test]
+fn users_keep_their_own_lists_and_their_mail_follows_them() {
+    let g = gateway();
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    let (status, body) = alice.get(&g, "/api/v1/lists/alice@example.com");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"address": "alice@example.com", "allow": [], "block": []})
+    );
+    let put = |s: &Session, address: &str, body: &str| {
+        let h = [
+            ("Cookie", s.cookie.as_str()),
+            ("X-CSRF-Token", s.csrf.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let (status, _, b) = http(
+            g.control,
+            "PUT",
+            &format!("/api/v1/lists/{address}"),
+            &h,
+            body,
+        );
+        (status, b)
+    };
+    let (status, body) = put(
+        &alice,
+        "Alice@Example.com",
+        r#"{"allow": ["friend@pals.example"], "block": ["blocked.example", " blocked.example "]}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap(),
+        serde_json::json!({"address": "alice@example.com", "allow": ["friend@pals.example"], "block": ["blocked.example"]})
+    );
+    // A wrong entry is named, and nothing is stored.
+    let (status, body) = put(&alice, "alice@example.com", r#"{"block": ["bad sender!"]}"#);
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("bad sender!"), "{body}");
+    let (_, body) = alice.get(&g, "/api/v1/lists/alice@example.com");
+    assert!(body.contains("blocked.example"), "{body}");
+    // Another address is out of her scope; a domain that is not a client's too.
+    assert_eq!(alice.get(&g, "/api/v1/lists/bob@example.com").0, 404);
+    assert_eq!(
+        put(&alice, "bob@example.com", r#"{"block": ["x.example"]}"#).0,
+        404
+    );
+    let org = login(g.control, "admin@example.org", "org-admin-pass");
+    assert_eq!(org.get(&g, "/api/v1/lists/alice@example.com").0, 404);
+    let admin = login(g.control, "admin@example.com", "admin-pass");
+    assert_eq!(admin.get(&g, "/api/v1/lists/alice@example.com").0, 200);
+    assert_eq!(
+        admin.get(&g, "/api/v1/lists/nobody@elsewhere.example").0,
+        404
+    );
+
+    // Mail from the blocked domain is held for her, and only for her.
+    let send = |to: &str| {
+        let mut s = g.smtp();
+        assert_eq!(s.cmd("EHLO client.test").0, 250);
+        let (code, text) = s.mail(
+            "news@blocked.example",
+            &[to],
+            "Subject: weekly news\r\n\r\nhello\r\n",
+        );
+        assert_eq!(code, 250, "{text}");
+        text.rsplit(' ').next().unwrap().trim().to_string()
+    };
+    let hers = send("alice@example.com");
+    let bobs = send("bob@example.com");
+    let (_, held) = admin.get(&g, "/api/v1/quarantine");
+    let held = ids(&held);
+    assert!(held.contains(&hers), "{held:?}");
+    assert!(!held.contains(&bobs), "{held:?}");
+
+    // The page: her lists in the form; saving them; a forged form; a wrong entry.
+    let (status, page) = alice.get(&g, "/lists");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains(">friend@pals.example</textarea>"), "{page}");
+    let form = |csrf: &str, block: &str| {
+        let h = [
+            ("Cookie", alice.cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        let (status, _, body) = http(
+            g.control,
+            "POST",
+            "/lists",
+            &h,
+            &format!("csrf={csrf}&address=alice%40example.com&allow=&block={block}"),
+        );
+        (status, body)
+    };
+    assert_eq!(form("forged", "x.example").0, 403);
+    let (status, body) = form(&alice.csrf, "spam.example%0D%0Aworse.example");
+    assert_eq!(status, 303, "{body}");
+    let (_, body) = alice.get(&g, "/api/v1/lists/alice@example.com");
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&body).unwrap()["block"],
+        serde_json::json!(["spam.example", "worse.example"])
+    );
+    let (status, page) = form(&alice.csrf, "not%20a%20sender");
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("role=\"alert\""), "{page}");
+    assert!(page.contains(">not a sender</textarea>"), "{page}");
+    // Each change is on the domain's audit log, by who made it.
+    let (_, log) = admin.get(&g, "/api/v1/audit");
+    let log: Vec<serde_json::Value> = serde_json::from_str(&log).unwrap();
+    let by_alice = log
+        .iter()
+        .filter(|e| e["action"] == "domain.set" && e["actor"] == "alice@example.com")
+        .count();
+    assert_eq!(by_alice, 2, "{log:?}");
+}

@@ -2,7 +2,7 @@
 //! and users, which every administrative CLI command goes through as well. It owns the
 //! accounts' sessions, roles and scopes ([`auth`], [`login`]), the balancers' servers and
 //! the DNS's answers ([`lb`]), the quarantine and its digests ([`quarantine`], [`digest`]),
-//! the message trace ([`trace`]), the queue ([`queue`]), client domains and their policies
+//! recipients' own allow and block lists ([`lists`]), the message trace ([`trace`]), the queue ([`queue`]), client domains and their policies
 //! with the audit log ([`policy`], [`settings`], [`audit`]), statistics ([`stats`]), the
 //! HTML pages ([`web`]) and the OpenAPI document ([`openapi`]), all over the store every
 //! node shares.
@@ -43,6 +43,7 @@ pub mod audit;
 pub mod auth;
 pub mod digest;
 pub mod lb;
+pub mod lists;
 pub mod login;
 pub mod openapi;
 pub mod policy;
@@ -175,6 +176,8 @@ fn scoped(path: &str) -> bool {
     matches!(path, "/api/v1/me" | "/api/v1/logout" | "/" | "/logout")
         || path.starts_with("/api/v1/quarantine")
         || path.starts_with("/api/v1/trace")
+        || path.starts_with("/api/v1/lists/")
+        || path == "/lists"
         || path == "/api/v1/stats"
         || path == "/api/v1/audit"
         || path == "/api/v1/domains"
@@ -391,6 +394,7 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         .merge(quarantine::routes())
         .merge(trace::routes())
         .merge(settings::routes())
+        .merge(lists::routes())
         .fallback(|| async { refusal(StatusCode::NOT_FOUND, "no such API call") })
         .method_not_allowed_fallback(|| async {
             refusal(

@@ -11,6 +11,7 @@ use store::{HeldSummary, Summary, Trace, TraceQuery};
 use crate::audit::AuditQuery;
 use crate::digest::{SendNow, Sent};
 use crate::lb::{DnsSilo, Loading, NewServer, ServerState, ServerStatus};
+use crate::lists::{Lists, NewLists};
 use crate::login::{Login, Me};
 use crate::quarantine::{Bulk, BulkResult, HeldMessage, HeldQuery, Released};
 use crate::queue::{Bounced, Flushed, Page, QueuedMessage};
@@ -301,6 +302,25 @@ pub fn operations() -> Vec<Operation> {
                 "put",
                 "/api/v1/domains/{name}",
                 "Add or replace a client domain's settings (an admin: its own, not their silo)",
+                Scoped,
+            )
+        },
+        Operation {
+            ok: (200, Some(of::<Lists>)),
+            ..op(
+                "get",
+                "/api/v1/lists/{address}",
+                "One address's own allow and block lists (a user: their own)",
+                Scoped,
+            )
+        },
+        Operation {
+            body: Some(of::<NewLists>),
+            ok: (200, Some(of::<Lists>)),
+            ..op(
+                "put",
+                "/api/v1/lists/{address}",
+                "Replace one address's own allow and block lists (a user: their own)",
                 Scoped,
             )
         },

@@ -68,7 +68,7 @@ label{display:block;margin:.4em 0 .1em}input{padding:.35em;max-width:100%}\
 pub(crate) fn page(title: &str, who: Option<&Principal>, body: &str) -> Response {
     let nav = match who {
         Some(p) => format!(
-            "<nav aria-label=\"Portal\">{}<a href=\"/quarantine\">Quarantine</a><a href=\"/trace\">Trace</a>{}</nav>\
+            "<nav aria-label=\"Portal\">{}<a href=\"/quarantine\">Quarantine</a><a href=\"/lists\">Lists</a><a href=\"/trace\">Trace</a>{}</nav>\
              <span>{} ({})</span>\
              <form method=\"post\" action=\"/logout\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <button type=\"submit\">Log out</button></form>",
@@ -241,6 +241,7 @@ pub fn routes() -> Router<Ctx> {
             ),
         )
         .route("/quarantine", get(quarantine_page))
+        .route("/lists", get(lists_page).post(lists_save))
         .route("/quarantine/{id}", get(quarantine_one_page))
         .route("/trace", get(trace_page))
         .route(
@@ -500,6 +501,144 @@ async fn quarantine_page(
 
 /// Messages on one page of the quarantine.
 const PAGE: usize = 50;
+
+#[derive(Debug, Default, Deserialize)]
+struct ListsQuery {
+    address: Option<String>,
+    done: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct ListsForm {
+    csrf: String,
+    address: String,
+    #[serde(default)]
+    allow: String,
+    #[serde(default)]
+    block: String,
+}
+
+/// The lists' page: a user's own allow and block lists (an admin's or an operator's for
+/// the address they name), one sender per line.
+async fn lists_page(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<ListsQuery>, QueryRejection>,
+) -> Response {
+    let q = q.map(|Query(q)| q).unwrap_or_default();
+    let address = match q.address.filter(|a| !a.trim().is_empty()) {
+        Some(a) => a,
+        None if who.role == Role::User => who.account.clone(),
+        None => {
+            return page(
+                "Allow and block lists",
+                Some(&who),
+                &format!("{}{}", lists_pick(""), LISTS_HELP),
+            );
+        }
+    };
+    match crate::lists::show(&c, &who, &address).await {
+        Ok(l) => lists_form(
+            &who,
+            &l.address,
+            &l.allow.join("\n"),
+            &l.block.join("\n"),
+            q.done.as_deref(),
+            None,
+        ),
+        Err(e) => error_page(e.status, &e.message, Some(&who)),
+    }
+}
+
+const LISTS_HELP: &str = "<p>One sender per line: an address (<code>news@shop.example</code>), a domain \
+    (<code>shop.example</code>, its subdomains included) or a network \
+    (<code>192.0.2.0/24</code>). Mail from an allowed sender is never judged spam for this address \
+    (an allowed address counts only when SPF or DMARC passes); mail from a blocked one always is. \
+    Viruses and forbidden attachments are stopped whoever sends them.</p>";
+
+/// The form that asks an admin or an operator which address's lists to open.
+fn lists_pick(address: &str) -> String {
+    format!(
+        "<form method=\"get\" action=\"/lists\" aria-label=\"Whose lists\">\
+         <label for=\"address\">Address</label><input id=\"address\" name=\"address\" type=\"email\" required value=\"{}\">\
+         <button type=\"submit\">Open</button></form>",
+        esc(address)
+    )
+}
+
+fn lists_form(
+    who: &Principal,
+    address: &str,
+    allow: &str,
+    block: &str,
+    done: Option<&str>,
+    wrong: Option<&str>,
+) -> Response {
+    let mut body = String::new();
+    if let Some(done) = done {
+        body.push_str(&format!(
+            "<p class=\"notice\" role=\"status\">{}</p>",
+            esc(done)
+        ));
+    }
+    if let Some(wrong) = wrong {
+        body.push_str(&format!(
+            "<p class=\"error\" role=\"alert\">{}</p>",
+            esc(wrong)
+        ));
+    }
+    if who.role != Role::User {
+        body.push_str(&lists_pick(address));
+    }
+    body.push_str(&format!(
+        "<h2>Lists of {0}</h2>{LISTS_HELP}<form method=\"post\" action=\"/lists\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{1}\"><input type=\"hidden\" name=\"address\" value=\"{0}\">\
+         <label for=\"allow\">Allowed senders</label><textarea id=\"allow\" name=\"allow\" rows=\"8\" cols=\"50\">{2}</textarea>\
+         <label for=\"block\">Blocked senders</label><textarea id=\"block\" name=\"block\" rows=\"8\" cols=\"50\">{3}</textarea>\
+         <p><button type=\"submit\">Save the lists</button></p></form>",
+        esc(address),
+        esc(who.csrf.as_deref().unwrap_or("")),
+        esc(allow),
+        esc(block)
+    ));
+    let mut r = page("Allow and block lists", Some(who), &body);
+    if wrong.is_some() {
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    r
+}
+
+/// Saves the lists' form; a wrong entry is named above the form as it was sent, and
+/// nothing is stored.
+async fn lists_save(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    form: Result<Form<ListsForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(f)) = form else {
+        return forbidden_form(&who);
+    };
+    if !token_ok(&who, &f.csrf) {
+        return forbidden_form(&who);
+    }
+    let lines = |t: &str| -> Vec<String> { t.lines().map(str::to_string).collect() };
+    let new = crate::lists::NewLists {
+        allow: lines(&f.allow),
+        block: lines(&f.block),
+    };
+    match crate::lists::set(&c, &who, &f.address, new).await {
+        Ok(l) => Redirect::to(&format!(
+            "/lists?address={}&done={}",
+            url(&l.address),
+            url("Saved.")
+        ))
+        .into_response(),
+        Err(e) if e.status == StatusCode::BAD_REQUEST => {
+            lists_form(&who, &f.address, &f.allow, &f.block, None, Some(&e.message))
+        }
+        Err(e) => error_page(e.status, &e.message, Some(&who)),
+    }
+}
 
 /// The scan's symbols as a table: name, score, reason and the time its check took.
 fn symbols_table(symbols: &[store::ScanSymbol]) -> String {
