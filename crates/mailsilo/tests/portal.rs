@@ -2315,3 +2315,185 @@ fn users_keep_their_own_lists_and_their_mail_follows_them() {
         .count();
     assert_eq!(by_alice, 2, "{log:?}");
 }
+
+/// An admin manages its organisation's accounts (lists them, adds users and admins at its
+/// domains, sets passwords, disables them), an operator every account; a user none; each
+/// change ends the sessions it should and is audited without a hash.
+#[test]
+fn admins_manage_their_organisations_accounts() {
+    let g = gateway();
+    let admin = login(g.control, "admin@example.com", "admin-pass");
+    let (status, body) = admin.get(&g, "/api/v1/accounts");
+    assert_eq!(status, 200, "{body}");
+    let names = |body: &str| -> Vec<String> {
+        serde_json::from_str::<Vec<serde_json::Value>>(body)
+            .unwrap()
+            .iter()
+            .map(|a| a["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names(&body), ["admin@example.com", "alice@example.com"]);
+    let call = |s: &Session, method: &str, path: &str, body: &str| {
+        let h = [
+            ("Cookie", s.cookie.as_str()),
+            ("X-CSRF-Token", s.csrf.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let (status, _, b) = http(g.control, method, path, &h, body);
+        (status, b)
+    };
+    let add = |s: &Session, name: &str, role: &str, password: &str| {
+        call(
+            s,
+            "POST",
+            "/api/v1/accounts",
+            &format!(
+                r#"{{"name":"{name}","role":"{role}","password":"{password}","organisation":"Example Org"}}"#
+            ),
+        )
+    };
+    // The admin's organisation, whatever the request says.
+    let (status, body) = add(&admin, "bob@example.com", "user", "bob-password-1");
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains(r#""organisation":"Example Inc.""#), "{body}");
+    let bob = login(g.control, "bob@example.com", "bob-password-1");
+    assert_eq!(bob.get(&g, "/api/v1/accounts").0, 403);
+    assert_eq!(add(&bob, "x@example.com", "user", "long-enough-1").0, 403);
+    for (name, role, password, status) in [
+        ("eve@example.org", "user", "long-enough-1", 400),
+        ("root", "operator", "long-enough-1", 403),
+        ("alice@example.com", "user", "long-enough-1", 409),
+        ("carl@example.com", "user", "short", 400),
+    ] {
+        let (got, body) = add(&admin, name, role, password);
+        assert_eq!(got, status, "{name}: {body}");
+    }
+    // A new password ends her sessions; the old one no longer works.
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    let (status, body) = call(
+        &admin,
+        "PUT",
+        "/api/v1/accounts/alice@example.com/password",
+        r#"{"password":"alice-new-password"}"#,
+    );
+    assert_eq!(status, 204, "{body}");
+    assert_eq!(alice.get(&g, "/api/v1/me").0, 401);
+    login(g.control, "alice@example.com", "alice-new-password");
+    // Another organisation's admin: these accounts do not exist for it.
+    let org = login(g.control, "admin@example.org", "org-admin-pass");
+    let (_, body) = org.get(&g, "/api/v1/accounts");
+    assert_eq!(names(&body), ["admin@example.org"]);
+    for (method, path, body) in [
+        (
+            "PUT",
+            "/api/v1/accounts/alice@example.com/password",
+            r#"{"password":"taken-over-1"}"#,
+        ),
+        ("POST", "/api/v1/accounts/alice@example.com/disable", ""),
+    ] {
+        assert_eq!(call(&org, method, path, body).0, 404, "{path}");
+    }
+    // Disabled: no login, no session; not one's own.
+    assert_eq!(
+        call(
+            &admin,
+            "POST",
+            "/api/v1/accounts/bob@example.com/disable",
+            ""
+        )
+        .0,
+        204
+    );
+    assert_eq!(bob.get(&g, "/api/v1/me").0, 401);
+    let (status, _, _) = http(
+        g.control,
+        "POST",
+        "/api/v1/login",
+        &[],
+        r#"{"name":"bob@example.com","password":"bob-password-1"}"#,
+    );
+    assert_eq!(status, 401);
+    assert_eq!(
+        call(
+            &admin,
+            "POST",
+            "/api/v1/accounts/admin@example.com/disable",
+            ""
+        )
+        .0,
+        409
+    );
+    // An operator adds to any organisation.
+    let operator = login(g.control, "operator", "operator-pass");
+    let (status, body) = add(&operator, "dan@example.org", "user", "dan-password-1");
+    assert_eq!(status, 201, "{body}");
+    // The page: the admin's accounts, a forged form, an account added.
+    let (status, page) = admin.get(&g, "/accounts");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains(
+            "<td>bob@example.com</td><td>user</td><td>Example Inc.</td><td>disabled</td>"
+        ),
+        "{page}"
+    );
+    let form = |csrf: &str, body: &str| {
+        let h = [
+            ("Cookie", admin.cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        http(
+            g.control,
+            "POST",
+            "/accounts",
+            &h,
+            &format!("csrf={csrf}&{body}"),
+        )
+        .0
+    };
+    assert_eq!(
+        form(
+            "forged",
+            "name=carl%40example.com&role=user&password=carl-password-1"
+        ),
+        403
+    );
+    assert_eq!(
+        form(
+            &admin.csrf,
+            "name=carl%40example.com&role=user&password=carl-password-1"
+        ),
+        303
+    );
+    login(g.control, "carl@example.com", "carl-password-1");
+    assert_eq!(
+        form(
+            &admin.csrf,
+            "name=carl%40example.com&role=user&password=carl-password-1"
+        ),
+        400
+    );
+    assert_eq!(alice_page_status(&g), 403);
+    // Audited, in the organisation's log, never with a hash.
+    let (_, log) = admin.get(&g, "/api/v1/audit");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&log).unwrap();
+    let actions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .filter(|a| a.starts_with("account."))
+        .collect();
+    assert_eq!(
+        actions,
+        [
+            "account.add",
+            "account.disable",
+            "account.password",
+            "account.add"
+        ]
+    );
+    assert!(!log.contains("argon2"), "{log}");
+}
+
+fn alice_page_status(g: &Gateway) -> u16 {
+    let alice = login(g.control, "alice@example.com", "alice-new-password");
+    alice.get(g, "/accounts").0
+}

@@ -1,7 +1,7 @@
 //! The portal: the web UI and REST API of a running gateway, for operators, client admins
 //! and users, which every administrative CLI command goes through as well. It owns the
 //! accounts' sessions, roles and scopes ([`auth`], [`login`]), the balancers' servers and
-//! the DNS's answers ([`lb`]), the quarantine and its digests ([`quarantine`], [`digest`]),
+//! the DNS's answers ([`lb`]), the accounts an admin or an operator manages ([`accounts`]), the quarantine and its digests ([`quarantine`], [`digest`]),
 //! recipients' own allow and block lists ([`lists`]), the message trace ([`trace`]), the queue ([`queue`]), client domains and their policies
 //! with the audit log ([`policy`], [`settings`], [`audit`]), statistics ([`stats`]), the
 //! HTML pages ([`web`]) and the OpenAPI document ([`openapi`]), all over the store every
@@ -39,6 +39,7 @@ pub const MAX_CONNECTIONS: usize = 64;
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 /// The longest a connection lives, however busy.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
+pub mod accounts;
 pub mod audit;
 pub mod auth;
 pub mod digest;
@@ -177,6 +178,10 @@ fn scoped(path: &str) -> bool {
         || path.starts_with("/api/v1/quarantine")
         || path.starts_with("/api/v1/trace")
         || path.starts_with("/api/v1/lists/")
+        || path == "/api/v1/accounts"
+        || path.starts_with("/api/v1/accounts/")
+        || path == "/accounts"
+        || path.starts_with("/accounts/")
         || path == "/lists"
         || path == "/api/v1/stats"
         || path == "/api/v1/audit"
@@ -395,6 +400,7 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         .merge(trace::routes())
         .merge(settings::routes())
         .merge(lists::routes())
+        .merge(accounts::routes())
         .fallback(|| async { refusal(StatusCode::NOT_FOUND, "no such API call") })
         .method_not_allowed_fallback(|| async {
             refusal(

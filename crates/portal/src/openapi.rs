@@ -8,6 +8,7 @@ use schemars::{JsonSchema, Schema};
 use serde_json::{Map, Value, json};
 use store::{HeldSummary, Summary, Trace, TraceQuery};
 
+use crate::accounts::{AccountView, NewAccount, NewPassword};
 use crate::audit::AuditQuery;
 use crate::digest::{SendNow, Sent};
 use crate::lb::{DnsSilo, Loading, NewServer, ServerState, ServerStatus};
@@ -305,6 +306,40 @@ pub fn operations() -> Vec<Operation> {
                 Scoped,
             )
         },
+        Operation {
+            ok: (200, Some(of::<Vec<AccountView>>)),
+            ..op(
+                "get",
+                "/api/v1/accounts",
+                "The accounts the caller manages (an admin: its organisation's)",
+                Scoped,
+            )
+        },
+        Operation {
+            body: Some(of::<NewAccount>),
+            ok: (201, Some(of::<AccountView>)),
+            ..op(
+                "post",
+                "/api/v1/accounts",
+                "Add an account (an admin: to its organisation, not an operator)",
+                Scoped,
+            )
+        },
+        Operation {
+            body: Some(of::<NewPassword>),
+            ..op(
+                "put",
+                "/api/v1/accounts/{name}/password",
+                "Set an account's password; its sessions end",
+                Scoped,
+            )
+        },
+        op(
+            "post",
+            "/api/v1/accounts/{name}/disable",
+            "Disable an account: no password, sessions or API tokens",
+            Scoped,
+        ),
         Operation {
             ok: (200, Some(of::<Lists>)),
             ..op(

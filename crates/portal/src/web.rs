@@ -80,7 +80,7 @@ pub(crate) fn page(title: &str, who: Option<&Principal>, body: &str) -> Response
             if p.role == Role::User {
                 ""
             } else {
-                "<a href=\"/stats\">Statistics</a><a href=\"/domains\">Domains</a><a href=\"/audit\">Audit</a>"
+                "<a href=\"/stats\">Statistics</a><a href=\"/domains\">Domains</a><a href=\"/accounts\">Accounts</a><a href=\"/audit\">Audit</a>"
             },
             esc(&p.account),
             p.role.as_str(),
@@ -242,6 +242,8 @@ pub fn routes() -> Router<Ctx> {
         )
         .route("/quarantine", get(quarantine_page))
         .route("/lists", get(lists_page).post(lists_save))
+        .route("/accounts", get(accounts_page).post(account_add))
+        .route("/accounts/{name}/{what}", post(account_change))
         .route("/quarantine/{id}", get(quarantine_one_page))
         .route("/trace", get(trace_page))
         .route(
@@ -501,6 +503,183 @@ async fn quarantine_page(
 
 /// Messages on one page of the quarantine.
 const PAGE: usize = 50;
+
+#[derive(Debug, Deserialize)]
+struct AccountForm {
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    role: String,
+    #[serde(default)]
+    password: String,
+}
+
+/// The accounts an admin or an operator manages: each with its role and state, a form to
+/// set its password and a button to disable it, and a form to add one.
+async fn accounts_page(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<Notice>, QueryRejection>,
+) -> Response {
+    let notice = q.ok().and_then(|Query(n)| n.done);
+    accounts_body(&c, &who, notice.as_deref(), None).await
+}
+
+async fn accounts_body(
+    c: &Ctx,
+    who: &Principal,
+    done: Option<&str>,
+    wrong: Option<&str>,
+) -> Response {
+    let accounts = match crate::accounts::list(c, who).await {
+        Ok(a) => a,
+        Err(e) => return error_page(e.status, &e.message, Some(who)),
+    };
+    let csrf = esc(who.csrf.as_deref().unwrap_or(""));
+    let mut body = String::new();
+    if let Some(done) = done {
+        body.push_str(&format!(
+            "<p class=\"notice\" role=\"status\">{}</p>",
+            esc(done)
+        ));
+    }
+    if let Some(wrong) = wrong {
+        body.push_str(&format!(
+            "<p class=\"error\" role=\"alert\">{}</p>",
+            esc(wrong)
+        ));
+    }
+    body.push_str(
+        "<table><caption>Accounts</caption><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th>\
+         <th scope=\"col\">Organisation</th><th scope=\"col\">State</th><th scope=\"col\">Change</th></tr></thead><tbody>",
+    );
+    for a in &accounts {
+        let n = esc(&a.name);
+        let u = url(&a.name);
+        body.push_str(&format!(
+            "<tr><td>{n}</td><td>{}</td><td>{}</td><td>{}</td><td class=\"actions\">\
+             <form method=\"post\" action=\"/accounts/{u}/password\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <label for=\"p-{n}\">New password for {n}</label><input id=\"p-{n}\" name=\"password\" type=\"password\" autocomplete=\"new-password\" minlength=\"{min}\" required>\
+             <button type=\"submit\">Set password</button></form>\
+             <form method=\"post\" action=\"/accounts/{u}/disable\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <button type=\"submit\" aria-label=\"Disable {n}\">Disable</button></form></td></tr>",
+            a.role.as_str(),
+            esc(a.organisation.as_deref().unwrap_or("")),
+            if a.enabled { "enabled" } else { "disabled" },
+            min = crate::accounts::MIN_PASSWORD,
+        ));
+    }
+    body.push_str("</tbody></table>");
+    let roles = if who.role == Role::Operator {
+        "<option>user</option><option>admin</option><option>operator</option>"
+    } else {
+        "<option>user</option><option>admin</option>"
+    };
+    body.push_str(&format!(
+        "<form method=\"post\" action=\"/accounts\" class=\"add\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+         <fieldset><legend>Add an account{}</legend>\
+         <label for=\"name\">Name (an address; a user's at the organisation's domains)</label><input id=\"name\" name=\"name\" required>\
+         <label for=\"role\">Role</label><select id=\"role\" name=\"role\">{roles}</select>\
+         <label for=\"password\">Password (at least {} characters)</label><input id=\"password\" name=\"password\" type=\"password\" autocomplete=\"new-password\" required>\
+         <button type=\"submit\">Add the account</button></fieldset></form>",
+        who.organisation
+            .as_deref()
+            .map_or(String::new(), |o| format!(" to {}", esc(o))),
+        crate::accounts::MIN_PASSWORD
+    ));
+    let mut r = page("Accounts", Some(who), &body);
+    if wrong.is_some() {
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    r
+}
+
+/// Adds an account from the page's form (an operator adds admins and users to the
+/// organisation of the address's domain).
+async fn account_add(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    form: Result<Form<AccountForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(f)) = form else {
+        return forbidden_form(&who);
+    };
+    if !token_ok(&who, &f.csrf) {
+        return forbidden_form(&who);
+    }
+    let role = match f.role.as_str() {
+        "operator" => Role::Operator,
+        "admin" => Role::Admin,
+        _ => Role::User,
+    };
+    let organisation = match (who.role, role) {
+        (Role::Operator, Role::Admin | Role::User) => {
+            let domain = f
+                .name
+                .rsplit_once('@')
+                .map(|(_, d)| d.trim().to_ascii_lowercase());
+            match c.store.organisations().await {
+                Ok(orgs) => orgs
+                    .into_iter()
+                    .find(|o| domain.as_ref().is_some_and(|d| o.domains.contains(d)))
+                    .map(|o| o.name),
+                Err(e) => {
+                    return error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), Some(&who));
+                }
+            }
+        }
+        _ => None,
+    };
+    let new = crate::accounts::NewAccount {
+        name: f.name.clone(),
+        role,
+        organisation,
+        password: f.password,
+    };
+    match crate::accounts::add(&c, &who, new).await {
+        Ok(a) => Redirect::to(&format!(
+            "/accounts?done={}",
+            url(&format!("Added {}.", a.name))
+        ))
+        .into_response(),
+        Err(e) if matches!(e.status.as_u16(), 400 | 409) => {
+            accounts_body(&c, &who, None, Some(&e.message)).await
+        }
+        Err(e) => error_page(e.status, &e.message, Some(&who)),
+    }
+}
+
+/// Sets an account's password or disables it, from the page's forms.
+async fn account_change(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    Path((name, what)): Path<(String, String)>,
+    form: Result<Form<AccountForm>, FormRejection>,
+) -> Response {
+    let Ok(Form(f)) = form else {
+        return forbidden_form(&who);
+    };
+    if !token_ok(&who, &f.csrf) {
+        return forbidden_form(&who);
+    }
+    let done = match what.as_str() {
+        "password" => crate::accounts::set_password(&c, &who, &name, f.password)
+            .await
+            .map(|()| format!("Set the password of {name}; its sessions ended.")),
+        "disable" => crate::accounts::disable(&c, &who, &name)
+            .await
+            .map(|()| format!("Disabled {name}.")),
+        _ => return error_page(StatusCode::NOT_FOUND, "No such action.", Some(&who)),
+    };
+    match done {
+        Ok(m) => Redirect::to(&format!("/accounts?done={}", url(&m))).into_response(),
+        Err(e) if matches!(e.status.as_u16(), 400 | 409) => {
+            accounts_body(&c, &who, None, Some(&e.message)).await
+        }
+        Err(e) => error_page(e.status, &e.message, Some(&who)),
+    }
+}
 
 #[derive(Debug, Default, Deserialize)]
 struct ListsQuery {
