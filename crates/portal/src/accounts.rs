@@ -230,6 +230,19 @@ pub async fn add(c: &Ctx, who: &Principal, new: NewAccount) -> Result<AccountVie
     Ok(view(&account))
 }
 
+/// Stores a changed account and ends its sessions (they were opened under what changed).
+async fn replace(c: &Ctx, account: &Account) -> Result<(), Refused> {
+    c.store
+        .set_account(account.clone())
+        .await
+        .map_err(Refused::store)?;
+    c.store
+        .end_sessions(None, Some(&account.name))
+        .await
+        .map_err(Refused::store)?;
+    Ok(())
+}
+
 /// Sets an account's password (enabling a disabled one); its sessions end.
 pub async fn set_password(
     c: &Ctx,
@@ -242,14 +255,7 @@ pub async fn set_password(
         password: hashed(password).await?,
         ..before.clone()
     };
-    c.store
-        .set_account(account.clone())
-        .await
-        .map_err(Refused::store)?;
-    c.store
-        .end_sessions(None, Some(&account.name))
-        .await
-        .map_err(Refused::store)?;
+    replace(c, &account).await?;
     audit(c, who, "account.password", Some(&before), &account).await;
     Ok(())
 }
@@ -268,14 +274,7 @@ pub async fn disable(c: &Ctx, who: &Principal, name: &str) -> Result<(), Refused
         password: String::new(),
         ..before.clone()
     };
-    c.store
-        .set_account(account.clone())
-        .await
-        .map_err(Refused::store)?;
-    c.store
-        .end_sessions(None, Some(&account.name))
-        .await
-        .map_err(Refused::store)?;
+    replace(c, &account).await?;
     c.store
         .revoke_tokens(&account.name)
         .await

@@ -187,6 +187,44 @@ fn csrf_ok(who: &Principal, form: &Result<Form<CsrfForm>, FormRejection>) -> boo
     form.as_ref().is_ok_and(|Form(f)| token_ok(who, &f.csrf))
 }
 
+/// A posted form, once it read and carries the session's CSRF token (`csrf` finds it).
+fn accepted<T>(
+    who: &Principal,
+    form: Result<Form<T>, FormRejection>,
+    csrf: impl Fn(&T) -> &String,
+) -> Option<T> {
+    form.ok()
+        .map(|Form(f)| f)
+        .filter(|f| token_ok(who, csrf(f)))
+}
+
+/// A form's page: 400 when it says what was wrong with what was sent.
+fn form_page(title: &str, who: &Principal, body: &str, wrong: bool) -> Response {
+    let mut r = page(title, Some(who), body);
+    if wrong {
+        *r.status_mut() = StatusCode::BAD_REQUEST;
+    }
+    r
+}
+
+/// The paragraphs above a form: what was done, and what was wrong.
+fn notices(done: Option<&str>, wrong: Option<&str>) -> String {
+    let mut out = String::new();
+    if let Some(done) = done {
+        out.push_str(&format!(
+            "<p class=\"notice\" role=\"status\">{}</p>",
+            esc(done)
+        ));
+    }
+    if let Some(wrong) = wrong {
+        out.push_str(&format!(
+            "<p class=\"error\" role=\"alert\">{}</p>",
+            esc(wrong)
+        ));
+    }
+    out
+}
+
 pub(crate) fn forbidden_form(who: &Principal) -> Response {
     error_page(
         StatusCode::FORBIDDEN,
@@ -351,15 +389,7 @@ async fn quarantine_page(
     let q = q.map(|Query(q)| q).unwrap_or_default();
     let blank = |s: &Option<String>| s.clone().filter(|v| !v.trim().is_empty());
     let mut wrong = Vec::new();
-    let mut date = |field: &str, v: &Option<String>| match blank(v) {
-        Some(text) => day(&text).or_else(|| {
-            wrong.push(format!("{field}: write a date as YYYY-MM-DD"));
-            None
-        }),
-        None => None,
-    };
-    let since = date("From day", &q.since);
-    let until = date("To day", &q.until).map(|d| d + 86400);
+    let (since, until) = day_range(&q.since, &q.until, &mut wrong);
     let min_score = match blank(&q.score).map(|v| v.trim().parse::<f64>()) {
         Some(Ok(v)) if v.is_finite() => Some(v),
         Some(_) => {
@@ -538,18 +568,7 @@ async fn accounts_body(
     };
     let csrf = esc(who.csrf.as_deref().unwrap_or(""));
     let mut body = String::new();
-    if let Some(done) = done {
-        body.push_str(&format!(
-            "<p class=\"notice\" role=\"status\">{}</p>",
-            esc(done)
-        ));
-    }
-    if let Some(wrong) = wrong {
-        body.push_str(&format!(
-            "<p class=\"error\" role=\"alert\">{}</p>",
-            esc(wrong)
-        ));
-    }
+    body.push_str(&notices(done, wrong));
     body.push_str(
         "<table><caption>Accounts</caption><thead><tr><th scope=\"col\">Name</th><th scope=\"col\">Role</th>\
          <th scope=\"col\">Organisation</th><th scope=\"col\">State</th><th scope=\"col\">Change</th></tr></thead><tbody>",
@@ -588,11 +607,7 @@ async fn accounts_body(
             .map_or(String::new(), |o| format!(" to {}", esc(o))),
         crate::accounts::MIN_PASSWORD
     ));
-    let mut r = page("Accounts", Some(who), &body);
-    if wrong.is_some() {
-        *r.status_mut() = StatusCode::BAD_REQUEST;
-    }
-    r
+    form_page("Accounts", who, &body, wrong.is_some())
 }
 
 /// Adds an account from the page's form (an operator adds admins and users to the
@@ -602,12 +617,9 @@ async fn account_add(
     Extension(who): Extension<Principal>,
     form: Result<Form<AccountForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(f)) = form else {
+    let Some(f) = accepted(&who, form, |f| &f.csrf) else {
         return forbidden_form(&who);
     };
-    if !token_ok(&who, &f.csrf) {
-        return forbidden_form(&who);
-    }
     let role = match f.role.as_str() {
         "operator" => Role::Operator,
         "admin" => Role::Admin,
@@ -657,12 +669,9 @@ async fn account_change(
     Path((name, what)): Path<(String, String)>,
     form: Result<Form<AccountForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(f)) = form else {
+    let Some(f) = accepted(&who, form, |f| &f.csrf) else {
         return forbidden_form(&who);
     };
-    if !token_ok(&who, &f.csrf) {
-        return forbidden_form(&who);
-    }
     let done = match what.as_str() {
         "password" => crate::accounts::set_password(&c, &who, &name, f.password)
             .await
@@ -754,18 +763,7 @@ fn lists_form(
     wrong: Option<&str>,
 ) -> Response {
     let mut body = String::new();
-    if let Some(done) = done {
-        body.push_str(&format!(
-            "<p class=\"notice\" role=\"status\">{}</p>",
-            esc(done)
-        ));
-    }
-    if let Some(wrong) = wrong {
-        body.push_str(&format!(
-            "<p class=\"error\" role=\"alert\">{}</p>",
-            esc(wrong)
-        ));
-    }
+    body.push_str(&notices(done, wrong));
     if who.role != Role::User {
         body.push_str(&lists_pick(address));
     }
@@ -780,11 +778,7 @@ fn lists_form(
         esc(allow),
         esc(block)
     ));
-    let mut r = page("Allow and block lists", Some(who), &body);
-    if wrong.is_some() {
-        *r.status_mut() = StatusCode::BAD_REQUEST;
-    }
-    r
+    form_page("Allow and block lists", who, &body, wrong.is_some())
 }
 
 /// Saves the lists' form; a wrong entry is named above the form as it was sent, and
@@ -794,12 +788,9 @@ async fn lists_save(
     Extension(who): Extension<Principal>,
     form: Result<Form<ListsForm>, FormRejection>,
 ) -> Response {
-    let Ok(Form(f)) = form else {
+    let Some(f) = accepted(&who, form, |f| &f.csrf) else {
         return forbidden_form(&who);
     };
-    if !token_ok(&who, &f.csrf) {
-        return forbidden_form(&who);
-    }
     let lines = |t: &str| -> Vec<String> { t.lines().map(str::to_string).collect() };
     let new = crate::lists::NewLists {
         allow: lines(&f.allow),
@@ -917,6 +908,24 @@ struct TraceSearch {
     before: Option<String>,
 }
 
+/// A search form's days (`YYYY-MM-DD`, UTC) as unix seconds: the start of the first, and
+/// the end of the last (its day included); a wrong one is said in `wrong`.
+fn day_range(
+    since: &Option<String>,
+    until: &Option<String>,
+    wrong: &mut Vec<String>,
+) -> (Option<i64>, Option<i64>) {
+    let mut date = |field: &str, v: &Option<String>| match v.as_deref().map(str::trim) {
+        Some(text) if !text.is_empty() => day(text).or_else(|| {
+            wrong.push(format!("{field}: write a date as YYYY-MM-DD"));
+            None
+        }),
+        _ => None,
+    };
+    let since = date("From day", since);
+    (since, date("To day", until).map(|d| d + 86400))
+}
+
 /// A day (`YYYY-MM-DD`, UTC) as unix seconds at its start.
 fn day(text: &str) -> Option<i64> {
     let t = humantime::parse_rfc3339(&format!("{}T00:00:00Z", text.trim())).ok()?;
@@ -936,15 +945,7 @@ async fn trace_page(
         return Redirect::to(&format!("/trace/{}", url(id.trim()))).into_response();
     }
     let mut wrong = Vec::new();
-    let mut date = |field: &str, v: &Option<String>| match blank(v) {
-        Some(text) => day(&text).or_else(|| {
-            wrong.push(format!("{field}: write a date as YYYY-MM-DD"));
-            None
-        }),
-        None => None,
-    };
-    let since = date("From day", &q.since);
-    let until = date("To day", &q.until).map(|d| d + 86400);
+    let (since, until) = day_range(&q.since, &q.until, &mut wrong);
     let query = store::TraceQuery {
         from: blank(&q.from),
         to: blank(&q.to),
