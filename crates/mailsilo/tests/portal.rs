@@ -2497,3 +2497,33 @@ fn alice_page_status(g: &Gateway) -> u16 {
     let alice = login(g.control, "alice@example.com", "alice-new-password");
     alice.get(g, "/accounts").0
 }
+
+/// A user's lists may hold many entries (past the other calls' 4 KiB bodies), up to the
+/// lists' own bound; past it, the change is refused whole.
+#[test]
+fn long_lists_fit_and_too_long_ones_are_refused() {
+    let g = gateway();
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    let put = |n: usize| {
+        let block: Vec<String> = (0..n).map(|i| format!("sender{i}.example")).collect();
+        let body = serde_json::json!({ "block": block }).to_string();
+        let h = [
+            ("Cookie", alice.cookie.as_str()),
+            ("X-CSRF-Token", alice.csrf.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        http(
+            g.control,
+            "PUT",
+            "/api/v1/lists/alice@example.com",
+            &h,
+            &body,
+        )
+        .0
+    };
+    assert_eq!(put(1000), 200);
+    assert_eq!(put(1001), 400);
+    let (_, body) = alice.get(&g, "/api/v1/lists/alice@example.com");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["block"].as_array().unwrap().len(), 1000);
+}

@@ -349,6 +349,8 @@ async fn guard(token: Arc<str>, ctx: Ctx, mut request: Request, next: Next) -> R
     let path = request.uri().path();
     let limit = if path.starts_with("/api/v1/domains/") || path.starts_with("/domains/") {
         settings::MAX_SETTINGS_BODY
+    } else if path.starts_with("/api/v1/lists/") || path == "/lists" {
+        lists::MAX_LISTS_BODY
     } else {
         MAX_BODY
     };

@@ -6,7 +6,7 @@
 //! the audit log like any change of a domain's settings.
 
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -65,8 +65,13 @@ async fn resolve(
 /// One address's own lists.
 pub async fn show(c: &Ctx, who: &Principal, address: &str) -> Result<Lists, Refused> {
     let (view, local, address) = resolve(c, who, address).await?;
-    let own = view.settings.filter.users.get(&local).cloned();
-    let own = own.unwrap_or_default();
+    let own = view
+        .settings
+        .filter
+        .users
+        .get(&local)
+        .cloned()
+        .unwrap_or_default();
     Ok(Lists {
         address,
         allow: own.allow,
@@ -117,6 +122,9 @@ pub async fn set(c: &Ctx, who: &Principal, address: &str, new: NewLists) -> Resu
 
 /// The most entries one address's lists hold together.
 pub const MAX_ENTRIES: usize = 1000;
+/// The largest body of a lists' change: room for [`MAX_ENTRIES`] addresses (the other
+/// calls keep [`crate::MAX_BODY`]).
+pub const MAX_LISTS_BODY: usize = 128 * 1024;
 
 /// `GET|PUT /api/v1/lists/{address}`.
 pub fn routes() -> Router<Ctx> {
@@ -139,6 +147,7 @@ pub fn routes() -> Router<Ctx> {
                     Err(e) => refusal(e.status(), &e.body_text()),
                 }
             },
-        ),
+        )
+        .layer(DefaultBodyLimit::max(MAX_LISTS_BODY)),
     )
 }

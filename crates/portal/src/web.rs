@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use axum::extract::rejection::{FormRejection, QueryRejection};
-use axum::extract::{Form, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, Form, Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
@@ -279,7 +279,12 @@ pub fn routes() -> Router<Ctx> {
             ),
         )
         .route("/quarantine", get(quarantine_page))
-        .route("/lists", get(lists_page).post(lists_save))
+        .route(
+            "/lists",
+            get(lists_page)
+                .post(lists_save)
+                .layer(DefaultBodyLimit::max(crate::lists::MAX_LISTS_BODY)),
+        )
         .route("/accounts", get(accounts_page).post(account_add))
         .route("/accounts/{name}/{what}", post(account_change))
         .route("/quarantine/{id}", get(quarantine_one_page))
