@@ -8,7 +8,7 @@ use std::sync::mpsc;
 use std::thread;
 
 use async_trait::async_trait;
-use rusqlite::{Connection, MAIN_DB, OptionalExtension, params};
+use rusqlite::{Connection, MAIN_DB, OptionalExtension, TransactionBehavior, params};
 use tokio::sync::oneshot;
 
 use crate::{
@@ -229,7 +229,7 @@ CREATE INDEX IF NOT EXISTS recipient_due ON recipient (next_attempt) WHERE statu
 
 /// Brings a database to [`VERSION`], one migration at a time, in one transaction.
 fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let tx = conn.transaction()?;
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let mut version: i64 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     if version == 0 {
         tx.execute_batch(BASE)?;
@@ -420,7 +420,11 @@ fn writer(mut conn: Connection, rx: mpsc::Receiver<Op>, commits: &AtomicU64) {
                 synchronous_full = durable;
             }
         }
-        let tx = match conn.transaction() {
+        // IMMEDIATE: take the write lock at the start (waiting for it under the busy
+        // timeout). A deferred transaction that reads first cannot upgrade to a writer once
+        // another process (the CLI beside a running gateway) has committed in between:
+        // SQLite refuses that at once with "database is locked", without waiting.
+        let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
             Err(e) => {
                 let msg = e.to_string();
@@ -2188,5 +2192,32 @@ mod tests {
             commits < 100,
             "200 concurrent enqueues took {commits} commits: no group commit"
         );
+    }
+
+    /// A second process (the CLI next to a running gateway) opens the same database and
+    /// writes while the first keeps writing: neither is refused with "database is locked",
+    /// which a transaction that reads before it writes gets when the other commits between.
+    #[tokio::test(flavor = "multi_thread")]
+    async fn two_processes_write_the_same_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = std::sync::Arc::new(Embedded::open(dir.path()).unwrap());
+        let writer = {
+            let a = a.clone();
+            tokio::spawn(async move {
+                for i in 0..400 {
+                    let (got, put) =
+                        tokio::join!(a.get("A0"), a.enqueue(message(&format!("A{i}")), None));
+                    got.unwrap();
+                    put.unwrap();
+                }
+            })
+        };
+        for i in 0..40 {
+            let b = Embedded::open(dir.path()).unwrap();
+            let (got, put) = tokio::join!(b.get("A0"), b.enqueue(message(&format!("B{i}")), None));
+            got.unwrap();
+            put.unwrap();
+        }
+        writer.await.unwrap();
     }
 }
