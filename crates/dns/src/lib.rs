@@ -13,7 +13,7 @@ mod rate;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use catalog::{Catalog, Transport};
@@ -32,6 +32,109 @@ const MAX_TCP_PER_ADDRESS: usize = 16;
 const TCP_IDLE: Duration = Duration::from_secs(10);
 /// How often a UDP worker looks up from its socket to see whether to stop.
 const UDP_POLL: Duration = Duration::from_millis(200);
+
+/// Queries a UDP worker counts on its own before adding them to the shared counters (so
+/// that two workers do not fight over one cache line on every query).
+const COUNT_BATCH: u64 = 256;
+
+/// The DNS server's counters for `/metrics`: answers by response code and transport,
+/// queries left unanswered (responses, or too broken for a FORMERR), and answers the rate
+/// limit dropped or truncated.
+#[derive(Default)]
+pub struct Metrics {
+    /// Answers per RCODE (the header's four bits), UDP then TCP.
+    answers: [[AtomicU64; 16]; 2],
+    unanswered: AtomicU64,
+    dropped: AtomicU64,
+    slipped: AtomicU64,
+}
+
+/// One worker's counts not yet added to [`Metrics`].
+#[derive(Default)]
+struct Counts {
+    answers: [[u64; 16]; 2],
+    unanswered: u64,
+    dropped: u64,
+    slipped: u64,
+    total: u64,
+}
+
+impl Counts {
+    fn answer(&mut self, transport: Transport, answer: Option<&[u8]>) {
+        match answer {
+            Some(a) => self.answers[transport as usize][usize::from(a[3] & 0x0f)] += 1,
+            None => self.unanswered += 1,
+        }
+        self.total += 1;
+    }
+
+    /// Adds the counts to `m` and starts again.
+    fn flush(&mut self, m: &Metrics) {
+        for (shared, mine) in m.answers.iter().zip(&self.answers) {
+            for (s, n) in shared.iter().zip(mine) {
+                if *n > 0 {
+                    s.fetch_add(*n, Ordering::Relaxed);
+                }
+            }
+        }
+        m.unanswered.fetch_add(self.unanswered, Ordering::Relaxed);
+        m.dropped.fetch_add(self.dropped, Ordering::Relaxed);
+        m.slipped.fetch_add(self.slipped, Ordering::Relaxed);
+        *self = Counts::default();
+    }
+}
+
+impl Metrics {
+    /// The counters in Prometheus text format.
+    pub fn render(&self) -> String {
+        const RCODES: [&str; 16] = [
+            "NOERROR", "FORMERR", "SERVFAIL", "NXDOMAIN", "NOTIMP", "REFUSED", "YXDOMAIN",
+            "YXRRSET", "NXRRSET", "NOTAUTH", "NOTZONE", "11", "12", "13", "14", "15",
+        ];
+        let mut out = String::new();
+        let name = "mailsilo_dns_answers_total";
+        metrics::family(
+            &mut out,
+            name,
+            "counter",
+            "Answers sent, by transport and response code (the header's RCODE)",
+        );
+        for (transport, counts) in ["udp", "tcp"].iter().zip(&self.answers) {
+            for (rcode, n) in RCODES.iter().zip(counts) {
+                let n = n.load(Ordering::Relaxed);
+                if n > 0 {
+                    metrics::sample(
+                        &mut out,
+                        name,
+                        &[("transport", transport), ("rcode", rcode)],
+                        n,
+                    );
+                }
+            }
+        }
+        for (name, help, n) in [
+            (
+                "mailsilo_dns_unanswered_total",
+                "Queries given no answer: responses, or too short or broken for a FORMERR",
+                &self.unanswered,
+            ),
+            (
+                "mailsilo_dns_rate_limited_total",
+                "UDP answers the response rate limit dropped",
+                &self.dropped,
+            ),
+            (
+                "mailsilo_dns_rate_slipped_total",
+                "UDP answers the response rate limit sent truncated instead",
+                &self.slipped,
+            ),
+        ] {
+            metrics::family(&mut out, name, "counter", help);
+            metrics::sample(&mut out, name, &[], n.load(Ordering::Relaxed));
+        }
+        out
+    }
+}
 
 /// Binds UDP (one socket per core, SO_REUSEPORT) and TCP on `addr`.
 pub fn bind(addr: SocketAddr) -> io::Result<(Vec<std::net::UdpSocket>, TcpListener)> {
@@ -68,9 +171,14 @@ fn udp_worker(
     catalog: Arc<Catalog>,
     limiter: Arc<Option<rate::Limiter>>,
     stop: Arc<AtomicBool>,
+    metrics: Arc<Metrics>,
 ) {
     let mut buf = vec![0u8; 4096];
+    let mut counts = Counts::default();
     while !stop.load(Ordering::Relaxed) {
+        if counts.total >= COUNT_BATCH {
+            counts.flush(&metrics);
+        }
         let (n, peer) = match socket.recv_from(&mut buf) {
             Ok(x) => x,
             Err(e)
@@ -81,6 +189,8 @@ fn udp_worker(
                         | io::ErrorKind::Interrupted
                 ) =>
             {
+                // Idle: what was counted shows now rather than after the next batch.
+                counts.flush(&metrics);
                 continue;
             }
             Err(e) => {
@@ -88,14 +198,22 @@ fn udp_worker(
                 continue;
             }
         };
-        let Some(mut answer) = catalog.answer(&buf[..n], Transport::Udp) else {
+        let answer = catalog.answer(&buf[..n], Transport::Udp);
+        counts.answer(Transport::Udp, answer.as_deref());
+        let Some(mut answer) = answer else {
             continue;
         };
         if let Some(l) = limiter.as_ref().as_ref() {
             match l.check(peer.ip()) {
                 rate::Verdict::Send => {}
-                rate::Verdict::Drop => continue,
-                rate::Verdict::Slip => rate::truncate(&mut answer),
+                rate::Verdict::Drop => {
+                    counts.dropped += 1;
+                    continue;
+                }
+                rate::Verdict::Slip => {
+                    counts.slipped += 1;
+                    rate::truncate(&mut answer);
+                }
             }
         }
         let _ = socket.send_to(&answer, peer);
@@ -108,17 +226,23 @@ pub async fn serve(
     sockets: (Vec<std::net::UdpSocket>, TcpListener),
     rate_limit: Option<config::RateLimit>,
     shutdown: watch::Receiver<bool>,
+    metrics: Arc<Metrics>,
 ) {
     let limiter = Arc::new(rate_limit.map(rate::Limiter::new));
     let (udp, tcp) = sockets;
     let halt = Arc::new(AtomicBool::new(false));
     let mut workers = Vec::new();
     for socket in udp {
-        let (catalog, limiter, halt) = (catalog.clone(), limiter.clone(), halt.clone());
+        let (catalog, limiter, halt, metrics) = (
+            catalog.clone(),
+            limiter.clone(),
+            halt.clone(),
+            metrics.clone(),
+        );
         workers.push(
             std::thread::Builder::new()
                 .name("dns-udp".into())
-                .spawn(move || udp_worker(socket, catalog, limiter, halt)),
+                .spawn(move || udp_worker(socket, catalog, limiter, halt, metrics)),
         );
     }
     let mut stop = shutdown.clone();
@@ -144,10 +268,10 @@ pub async fn serve(
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
         };
-        let catalog = catalog.clone();
+        let (catalog, metrics) = (catalog.clone(), metrics.clone());
         tokio::spawn(async move {
             let (_permit, _slot) = (permit, slot);
-            let _ = tcp_session(stream, &catalog).await;
+            let _ = tcp_session(stream, &catalog, &metrics).await;
         });
     }
     halt.store(true, Ordering::Relaxed);
@@ -160,7 +284,11 @@ pub async fn serve(
 }
 
 /// Answers length-framed queries on one TCP connection until it closes or idles.
-async fn tcp_session(mut stream: TcpStream, catalog: &Catalog) -> io::Result<()> {
+async fn tcp_session(
+    mut stream: TcpStream,
+    catalog: &Catalog,
+    metrics: &Metrics,
+) -> io::Result<()> {
     let mut buf = vec![0u8; u16::MAX as usize];
     loop {
         let len = match tokio::time::timeout(TCP_IDLE, stream.read_u16()).await {
@@ -170,7 +298,11 @@ async fn tcp_session(mut stream: TcpStream, catalog: &Catalog) -> io::Result<()>
         tokio::time::timeout(TCP_IDLE, stream.read_exact(&mut buf[..len]))
             .await
             .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
-        match catalog.answer(&buf[..len], Transport::Tcp) {
+        let answer = catalog.answer(&buf[..len], Transport::Tcp);
+        let mut counts = Counts::default();
+        counts.answer(Transport::Tcp, answer.as_deref());
+        counts.flush(metrics);
+        match answer {
             Some(answer) => {
                 let mut out = Vec::with_capacity(answer.len() + 2);
                 out.extend_from_slice(&(answer.len() as u16).to_be_bytes());

@@ -275,10 +275,20 @@ impl Handler for Intake {
                 .metrics()
                 .outcome(d.verdict.as_str(), Action::Defer.as_str());
             info!(queue_id = %m.id, symbols = %report.symbols_line(), "deferred: the antivirus cannot scan");
-            return Err(Reply::new(
+            let reply = Reply::new(
                 451,
                 "4.7.1 The message cannot be scanned for viruses now, try again later",
-            ));
+            );
+            let traced = self.message(
+                &m,
+                m.id.clone(),
+                &m.envelope.recipients,
+                original,
+                now,
+                Some((line(d), d.verdict.as_str(), &report)),
+            );
+            self.trace_refused(traced, &reply).await;
+            return Err(reply);
         }
         if groups.keys().all(|k| k.0 == Action::Reject)
             && let Some((d, _)) = groups.values().next()
@@ -287,10 +297,17 @@ impl Handler for Intake {
                 .metrics()
                 .outcome(d.verdict.as_str(), Action::Reject.as_str());
             info!(queue_id = %m.id, score = report.score, symbols = %report.symbols_line(), reason = %d.reason, "rejected");
-            return Err(Reply::new(
-                550,
-                format!("5.7.1 Message refused as {}", d.reason),
-            ));
+            let reply = Reply::new(550, format!("5.7.1 Message refused as {}", d.reason));
+            let traced = self.message(
+                &m,
+                m.id.clone(),
+                &m.envelope.recipients,
+                original,
+                now,
+                Some((line(d), d.verdict.as_str(), &report)),
+            );
+            self.trace_refused(traced, &reply).await;
+            return Err(reply);
         }
         // Mixed policies: the refusing recipients' copies are held instead, and say so.
         let refused: Vec<_> = groups
@@ -481,6 +498,15 @@ impl Intake {
                     .collect()
             }),
             scan: scan.map(|(line, _, _)| line),
+        }
+    }
+
+    /// Keeps the trace of a message refused with `reply` (its queue id never reaches the
+    /// queue); a failure to keep it is logged and changes nothing for the sender.
+    async fn trace_refused(&self, message: NewMessage, reply: &Reply) {
+        let text = format!("{} {}", reply.code, reply.lines.join(" "));
+        if let Err(e) = self.queue.store().trace_refused(message, text).await {
+            warn!(error = %e, "the refused message's trace was not kept");
         }
     }
 

@@ -3,36 +3,46 @@
 //! in which it could not do its work.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::Mutex;
+
+use metrics::{Histogram, Labelled, family, sample};
 
 /// Upper bounds of the scan-time histogram's buckets, in seconds.
 const BUCKETS: [f64; 10] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
 ];
 
-#[derive(Default)]
-struct Counters {
-    outcomes: BTreeMap<(&'static str, &'static str), u64>,
-    /// Scans per bucket (the last: over every bound), their total seconds and count.
-    scan_buckets: [u64; BUCKETS.len() + 1],
-    scan_seconds: f64,
-    scans: u64,
+/// The filter's counters; shared by the engine and the intake of a process.
+pub struct Metrics {
+    outcomes: Labelled<2>,
+    scans: Histogram,
     /// Per check: runs, seconds, runs that could not do their work.
-    checks: BTreeMap<&'static str, (u64, f64, u64)>,
+    checks: Mutex<BTreeMap<&'static str, (u64, f64, u64)>>,
 }
 
-/// The filter's counters; shared by the engine and the intake of a process.
-#[derive(Default)]
-pub struct Metrics {
-    c: Mutex<Counters>,
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            outcomes: Labelled::counter(
+                "mailsilo_filter_messages_total",
+                "Messages (one per action taken on a message) by verdict and action",
+                ["verdict", "action"],
+            ),
+            scans: Histogram::new(
+                "mailsilo_filter_scan_seconds",
+                "Time one scan takes",
+                &BUCKETS,
+            ),
+            checks: Mutex::default(),
+        }
+    }
 }
 
 impl Metrics {
     /// One check's run.
     pub fn check(&self, name: &'static str, seconds: f64, failed: bool) {
-        let mut c = self.c.lock().expect("metrics");
-        let e = c.checks.entry(name).or_default();
+        let mut c = self.checks.lock().expect("metrics");
+        let e = c.entry(name).or_default();
         e.0 += 1;
         e.1 += seconds;
         e.2 += u64::from(failed);
@@ -40,58 +50,20 @@ impl Metrics {
 
     /// One whole scan.
     pub fn scan(&self, seconds: f64) {
-        let mut c = self.c.lock().expect("metrics");
-        let i = BUCKETS
-            .iter()
-            .position(|b| seconds <= *b)
-            .unwrap_or(BUCKETS.len());
-        c.scan_buckets[i] += 1;
-        c.scan_seconds += seconds;
-        c.scans += 1;
+        self.scans.observe(seconds);
     }
 
     /// A message's copy for some recipients became `action` on `verdict`.
     pub fn outcome(&self, verdict: &'static str, action: &'static str) {
-        *self
-            .c
-            .lock()
-            .expect("metrics")
-            .outcomes
-            .entry((verdict, action))
-            .or_default() += 1;
+        self.outcomes.inc([verdict, action]);
     }
 
     /// The counters in Prometheus text format.
     pub fn render(&self) -> String {
-        let c = self.c.lock().expect("metrics");
         let mut out = String::new();
-        let _ = writeln!(
-            out,
-            "# HELP mailsilo_filter_messages_total Messages (one per action taken on a message) by verdict and action\n# TYPE mailsilo_filter_messages_total counter"
-        );
-        for ((verdict, action), n) in &c.outcomes {
-            let _ = writeln!(
-                out,
-                "mailsilo_filter_messages_total{{verdict=\"{verdict}\",action=\"{action}\"}} {n}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "# HELP mailsilo_filter_scan_seconds Time one scan takes\n# TYPE mailsilo_filter_scan_seconds histogram"
-        );
-        let mut cumulative = 0;
-        for (i, bound) in BUCKETS.iter().enumerate() {
-            cumulative += c.scan_buckets[i];
-            let _ = writeln!(
-                out,
-                "mailsilo_filter_scan_seconds_bucket{{le=\"{bound}\"}} {cumulative}"
-            );
-        }
-        let _ = writeln!(
-            out,
-            "mailsilo_filter_scan_seconds_bucket{{le=\"+Inf\"}} {}\nmailsilo_filter_scan_seconds_sum {}\nmailsilo_filter_scan_seconds_count {}",
-            c.scans, c.scan_seconds, c.scans
-        );
+        self.outcomes.render(&mut out);
+        self.scans.render(&mut out);
+        let checks = self.checks.lock().expect("metrics").clone();
         for (name, help, kind, pick) in [
             (
                 "mailsilo_filter_check_runs_total",
@@ -112,9 +84,9 @@ impl Metrics {
                 |e| e.2.to_string(),
             ),
         ] {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
-            for (check, e) in &c.checks {
-                let _ = writeln!(out, "{name}{{check=\"{check}\"}} {}", pick(e));
+            family(&mut out, name, kind, help);
+            for (check, e) in &checks {
+                sample(&mut out, name, &[("check", check)], pick(e));
             }
         }
         out

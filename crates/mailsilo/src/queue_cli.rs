@@ -73,6 +73,10 @@ pub struct TraceArgs {
     /// Messages received within this long ("2h", "3d").
     #[arg(long)]
     since: Option<humantime::Duration>,
+    /// Messages the filter judged so (clean, spam, phishing, virus, policy), refused ones
+    /// included.
+    #[arg(long)]
+    verdict: Option<String>,
     /// At most this many messages.
     #[arg(long, default_value_t = 50)]
     limit: usize,
@@ -237,8 +241,12 @@ pub fn quarantine(api: &Client, command: QuarantineCommand) -> Result<()> {
 
 pub fn trace(api: &Client, args: TraceArgs) -> Result<()> {
     if let Some(id) = &args.id {
-        if args.from.is_some() || args.to.is_some() || args.since.is_some() {
-            bail!("give either a queue id or --from/--to/--since, not both");
+        if args.from.is_some()
+            || args.to.is_some()
+            || args.since.is_some()
+            || args.verdict.is_some()
+        {
+            bail!("give either a queue id or --from/--to/--since/--verdict, not both");
         }
         let t: Trace = api.get(&format!("/api/v1/trace/{}", urlencode(id)))?;
         println!(
@@ -270,14 +278,22 @@ pub fn trace(api: &Client, args: TraceArgs) -> Result<()> {
     if let Some(t) = &args.to {
         query.push_str(&format!("&to={}", urlencode(t)));
     }
+    if let Some(v) = &args.verdict {
+        query.push_str(&format!("&verdict={}", urlencode(v)));
+    }
     if let Some(s) = args.since {
         let since = smtp::date::now() - std::time::Duration::from(s).as_secs() as i64;
         query.push_str(&format!("&since={since}"));
     }
     let found: Vec<Trace> = api.get(&query)?;
     for t in &found {
+        let verdict = if t.verdict.is_empty() {
+            String::new()
+        } else {
+            format!("  [{}]", t.verdict)
+        };
         println!(
-            "{:<28} {}  {} -> {}",
+            "{:<28} {}  {} -> {}{verdict}",
             t.id,
             date(t.received_at),
             sender(&t.sender),

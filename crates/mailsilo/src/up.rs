@@ -392,6 +392,9 @@ pub async fn up(
             .with_network(network)
             .with_malware(malware),
     );
+    // The counters `/metrics` shows, one set per role for the whole process.
+    let smtp_metrics = Arc::new(smtp::metrics::Metrics::default());
+    let dns_metrics = Arc::new(dns::Metrics::default());
     if let Some(queue) = &queue {
         if config.filter.enabled {
             filter::training::refresh(&engine, queue.store().as_ref())
@@ -438,7 +441,8 @@ pub async fn up(
                 )?;
                 let server = Arc::new(
                     Server::new(config.smtp.clone(), Some(tls.clone()), intake.clone())
-                        .with_memory(memory.clone()),
+                        .with_memory(memory.clone())
+                        .with_metrics(smtp_metrics.clone()),
                 );
                 tasks.push(tokio::spawn(server.serve(listener, stopped.clone(), GRACE)));
             }
@@ -454,7 +458,8 @@ pub async fn up(
                 settings.hostname = s.name.clone();
                 settings.listen = vec![s.address];
                 let mut server = Server::new(settings, Some(tls.clone()), intake.clone())
-                    .with_memory(memory.clone());
+                    .with_memory(memory.clone())
+                    .with_metrics(smtp_metrics.clone());
                 if cluster.proxy {
                     server = server.with_proxy(ProxyPolicy {
                         from: vec![cluster.source],
@@ -564,6 +569,7 @@ pub async fn up(
                 sockets,
                 dns_config.rate_limit,
                 stopped.clone(),
+                dns_metrics.clone(),
             )));
         }
         for silo in &config.silos {
@@ -641,7 +647,9 @@ pub async fn up(
                 Arc::new(move || ids.next())
             }
         };
-        let filter_metrics = engine.clone();
+        let (filter_metrics, queue_metrics, serves_dns) =
+            (engine.clone(), queue.clone(), catalog.is_some());
+        let (smtp_metrics, dns_metrics) = (smtp_metrics.clone(), dns_metrics.clone());
         let (learn_store, learn_engine) = (store.clone(), engine.clone());
         let retrainer = filter::training::Retrainer::spawn(store.clone(), stopped.clone());
         let learn: portal::Learn = Arc::new(move |raw, spam| {
@@ -679,7 +687,17 @@ pub async fn up(
             learn,
             bounce,
             secure: c.tls,
-            metrics: Arc::new(move || filter_metrics.render_metrics()),
+            metrics: Arc::new(move || {
+                let mut out = smtp_metrics.render();
+                out.push_str(&filter_metrics.render_metrics());
+                if let Some(q) = &queue_metrics {
+                    out.push_str(&q.render_metrics());
+                }
+                if serves_dns {
+                    out.push_str(&dns_metrics.render());
+                }
+                out
+            }),
             config: config.clone(),
             balancers: Arc::new(Lbs {
                 config: config.clone(),

@@ -81,12 +81,31 @@ fn gtube_is_refused_at_end_of_data_and_nothing_is_kept() {
     );
     assert!(delivered[0].contains("Subject: lunch"));
     assert!(g.admin("quarantine", &["list"]).contains("-- 0 messages"));
+    // The refused message is traced, with the reply its sender got.
+    let found = g.admin("trace", &["--to", "alice@example.com", "--verdict", "spam"]);
+    assert!(
+        found.contains("[spam]") && found.contains("-- 1 message"),
+        "{found}"
+    );
+    let id = found.split_whitespace().next().unwrap();
+    let trace = g.admin("trace", &[id]);
+    assert!(
+        trace.contains("refused") && trace.contains("550 5.7.1 Message refused as"),
+        "{trace}"
+    );
     let metrics = http_get(g.control, "/metrics");
     for want in [
         "mailsilo_filter_messages_total{verdict=\"spam\",action=\"reject\"} 1",
         "mailsilo_filter_messages_total{verdict=\"clean\",action=\"deliver\"} 1",
         "mailsilo_filter_scan_seconds_count 2",
         "mailsilo_filter_check_failures_total{check=\"classifier\"} 2",
+        "result=\"refused\"} 1\n",
+        "result=\"taken\"} 1\n",
+        "code=\"550\"} 1\n",
+        "mailsilo_smtp_data_reply_seconds_count 2\n",
+        "mailsilo_queue_deliveries_total{outcome=\"delivered\"} 1\n",
+        "mailsilo_store_up 1\n",
+        "mailsilo_portal_requests_total{kind=\"api\",status=\"200\"}",
     ] {
         assert!(metrics.contains(want), "{want} not in:\n{metrics}");
     }

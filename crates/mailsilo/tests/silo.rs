@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Silo, assert_shares, banner_of, python, send_token, sessions, wait_until};
+use common::{Silo, assert_shares, banner_of, http_get, python, send_token, sessions, wait_until};
 
 /// The A records of a `dig +short` answer.
 fn short(out: &str) -> Vec<String> {
@@ -142,6 +142,25 @@ fn dns_answers_as_an_authoritative_server() {
     assert_eq!(
         short(&silo.dig(&["+short", "silo1.mailsilo.test"])).len(),
         4
+    );
+    // Every answer is counted by transport and code, and the packet that got none too (a
+    // UDP worker adds its counts when idle, so they show within a moment).
+    let counted = [
+        "mailsilo_dns_answers_total{transport=\"udp\",rcode=\"NOERROR\"}",
+        "mailsilo_dns_answers_total{transport=\"udp\",rcode=\"NXDOMAIN\"}",
+        "mailsilo_dns_answers_total{transport=\"udp\",rcode=\"REFUSED\"}",
+        "mailsilo_dns_answers_total{transport=\"udp\",rcode=\"FORMERR\"} 1\n",
+        "mailsilo_dns_answers_total{transport=\"tcp\",rcode=\"NOERROR\"} 2\n",
+        "mailsilo_dns_answers_total{transport=\"tcp\",rcode=\"REFUSED\"} 1\n",
+        "mailsilo_dns_unanswered_total 1\n",
+    ];
+    let mut metrics = String::new();
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            metrics = http_get(silo.control, "/metrics");
+            counted.iter().all(|c| metrics.contains(c))
+        }),
+        "{metrics}"
     );
 }
 
@@ -503,6 +522,14 @@ print("ok")
     assert!(log.contains("127.0.0.55"), "logs show the client");
     assert!(log.contains("closed: bad PROXY header"));
     assert!(log.contains("refused: not a balancer, on a PROXY listener"));
+    let metrics = http_get(silo.control, "/metrics");
+    for want in [
+        "mailsilo_smtp_connections_refused_total{server=\"c1-s1\",reason=\"bad_proxy_header\"} 4\n",
+        "mailsilo_smtp_connections_refused_total{server=\"c1-s1\",reason=\"not_a_balancer\"} 1\n",
+        "mailsilo_smtp_messages_total{server=\"c1-s1\",result=\"taken\"} 1\n",
+    ] {
+        assert!(metrics.contains(want), "{want} not in:\n{metrics}");
+    }
 }
 
 #[test]

@@ -1,7 +1,7 @@
 //! The balancers' part of the API: every balanced server's state, changing a server's
 //! loading or state, adding and removing servers, and their statistics for Prometheus.
 
-use std::fmt::Write;
+use std::sync::Arc;
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
@@ -251,9 +251,15 @@ pub fn routes() -> Router<Ctx> {
         )
         .route(
             "/metrics",
-            get(|State(c): State<Ctx>| async move {
-                metrics(&c.balancers.servers()) + &(c.metrics)()
-            }),
+            get(
+                |State(c): State<Ctx>, Extension(requests): Extension<Arc<crate::Requests>>| async move {
+                    let mut out = metrics(&c.balancers.servers());
+                    out.push_str(&(c.metrics)());
+                    out.push_str(&crate::queue::metrics(&c).await);
+                    requests.0.render(&mut out);
+                    out
+                },
+            ),
         )
 }
 
@@ -301,14 +307,13 @@ pub fn metrics(servers: &[ServerStatus]) -> String {
         ),
     ];
     for (name, kind, help, value) in series {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        metrics::family(&mut out, name, kind, help);
         for s in servers {
-            let _ = writeln!(
-                out,
-                "{name}{{cluster=\"{}\",server=\"{}\"}} {}",
-                s.cluster,
-                s.server,
-                value(s)
+            metrics::sample(
+                &mut out,
+                name,
+                &[("cluster", &s.cluster), ("server", &s.server)],
+                value(s),
             );
         }
     }

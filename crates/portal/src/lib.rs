@@ -87,7 +87,8 @@ pub struct Ctx {
     pub node: String,
     /// A new queue id of this node (for mail the API queues: a released copy).
     pub next_id: Arc<dyn Fn() -> String + Send + Sync>,
-    /// The other roles' metrics in this process (the filter's), in Prometheus text format.
+    /// The other roles' metrics in this process (SMTP, filter, queue, DNS), in Prometheus
+    /// text format.
     pub metrics: Arc<dyn Fn() -> String + Send + Sync>,
     /// Learning from messages reported from the quarantine.
     pub learn: Learn,
@@ -97,6 +98,19 @@ pub struct Ctx {
     pub dns: Arc<dyn Fn() -> Vec<lb::DnsSilo> + Send + Sync>,
     /// Served over HTTPS: session cookies are `Secure`.
     pub secure: bool,
+}
+
+/// The portal's own counter for `/metrics`: requests answered, by kind and status.
+pub(crate) struct Requests(metrics::Labelled<2>);
+
+impl Default for Requests {
+    fn default() -> Requests {
+        Requests(metrics::Labelled::counter(
+            "mailsilo_portal_requests_total",
+            "HTTP requests the control endpoint answered, by kind (api, page) and status",
+            ["kind", "status"],
+        ))
+    }
 }
 
 /// Equal in constant time (for equal lengths): no timing tells how much of a guess was right.
@@ -381,6 +395,8 @@ fn now() -> i64 {
 pub fn router(ctx: Ctx, token: &str) -> Router {
     let token: Arc<str> = token.into();
     let guarded = ctx.clone();
+    let requests = Arc::new(Requests::default());
+    let counted = requests.clone();
     Router::new()
         .merge(login::routes())
         .merge(web::routes())
@@ -416,6 +432,20 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         .layer(middleware::from_fn(move |req, next| {
             guard(token.clone(), guarded.clone(), req, next)
         }))
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let requests = counted.clone();
+            async move {
+                let kind = if req.uri().path().starts_with("/api/") {
+                    "api"
+                } else {
+                    "page"
+                };
+                let response = next.run(req).await;
+                requests.0.inc([kind, response.status().as_str()]);
+                response
+            }
+        }))
+        .layer(axum::Extension(requests))
 }
 
 async fn stopped(shutdown: &mut watch::Receiver<bool>) {

@@ -31,6 +31,60 @@ impl Page {
     }
 }
 
+/// The queue as the store every node shares holds it now, for `/metrics`: recipients
+/// waiting per destination domain (due now, or deferred to a later attempt) and the age
+/// of each domain's oldest, and whether the store answered at all.
+pub(crate) async fn metrics(c: &Ctx) -> String {
+    let mut out = String::new();
+    let queued = c.store.queue_by_domain(&store::StatQuery::default()).await;
+    metrics::family(
+        &mut out,
+        "mailsilo_store_up",
+        "gauge",
+        "1 if the store answered the queue's count for this scrape",
+    );
+    metrics::sample(&mut out, "mailsilo_store_up", &[], u8::from(queued.is_ok()));
+    let queued = queued.unwrap_or_default();
+    let name = "mailsilo_queue_recipients";
+    metrics::family(
+        &mut out,
+        name,
+        "gauge",
+        "Recipients waiting in the queue, by destination domain and state (pending: due now; deferred: waiting to retry)",
+    );
+    for q in &queued {
+        metrics::sample(
+            &mut out,
+            name,
+            &[("domain", &q.domain), ("state", "pending")],
+            q.pending,
+        );
+        metrics::sample(
+            &mut out,
+            name,
+            &[("domain", &q.domain), ("state", "deferred")],
+            q.deferred,
+        );
+    }
+    let name = "mailsilo_queue_oldest_seconds";
+    metrics::family(
+        &mut out,
+        name,
+        "gauge",
+        "Age of the oldest message waiting for each destination domain",
+    );
+    let now = now();
+    for q in &queued {
+        metrics::sample(
+            &mut out,
+            name,
+            &[("domain", &q.domain)],
+            (now - q.oldest).max(0),
+        );
+    }
+    out
+}
+
 /// One queued message as `GET /api/v1/queue/{id}` shows it (its headers, not its body).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct QueuedMessage {

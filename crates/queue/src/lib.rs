@@ -106,6 +106,8 @@ pub struct Queue {
     poll_interval: Duration,
     /// This node's statistics, added to the store's counters every [`STATS_FLUSH`].
     tally: Tally,
+    /// Delivery outcomes per recipient, for `/metrics`.
+    outcomes: metrics::Labelled<1>,
 }
 
 /// Errors starting the queue.
@@ -169,7 +171,29 @@ impl Queue {
             idle: Mutex::default(),
             poll_interval: Duration::from_secs(1),
             tally: Tally::default(),
+            outcomes: metrics::Labelled::counter(
+                "mailsilo_queue_deliveries_total",
+                "Delivery attempts' outcomes per recipient on this node",
+                ["outcome"],
+            ),
         }))
+    }
+
+    /// This node's delivery counters and the messages it is delivering now, in
+    /// Prometheus text format (the queue's size is the store's: see the control endpoint).
+    pub fn render_metrics(&self) -> String {
+        let mut out = String::new();
+        self.outcomes.render(&mut out);
+        let name = "mailsilo_queue_delivering";
+        metrics::family(
+            &mut out,
+            name,
+            "gauge",
+            "Messages this node holds a lease on and is delivering now",
+        );
+        let delivering = self.held.lock().map_or(0, |h| h.len());
+        metrics::sample(&mut out, name, &[], delivering);
+        out
     }
 
     /// A new queue id of this node.
@@ -657,6 +681,7 @@ impl Queue {
             };
             self.tally
                 .add(now, &store::domain_lc(&r.address), "delivery", label);
+            self.outcomes.inc([label]);
             outcomes.push((r.index, outcome));
         }
         // DSNs go with the outcomes that call for them, in the same transaction.

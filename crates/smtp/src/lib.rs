@@ -12,6 +12,7 @@ pub mod command;
 pub mod conn;
 pub mod data;
 pub mod date;
+pub mod metrics;
 pub mod proxy;
 pub mod reply;
 pub mod server;

@@ -28,6 +28,7 @@ use crate::address::{self, Recipient};
 use crate::command::{self, Command, ForwardPath, MailFrom, RcptTo, Ret};
 use crate::conn::{Conn, Line, Stream};
 use crate::data::{Decoder, MemoryBudget, Problem, Start};
+use crate::metrics::{Metrics, Refusal};
 use crate::proxy::{self, Proxied};
 use crate::{Reply, date, tls};
 
@@ -188,6 +189,8 @@ pub struct Server<H> {
     pub memory: Arc<MemoryBudget>,
     /// Sessions running now, for stress mode.
     active: AtomicUsize,
+    /// The counters of `/metrics` (shared by the process's servers).
+    metrics: Arc<Metrics>,
     /// Clients that waited for the greeting (`greet_pause`), and when.
     patient: std::sync::Mutex<std::collections::HashMap<IpAddr, Instant>>,
 }
@@ -199,11 +202,12 @@ const PATIENT_FOR: Duration = Duration::from_secs(86_400);
 const MAX_PATIENT: usize = 100_000;
 
 /// Counts a session as running while it lives.
-struct Running<'a>(&'a AtomicUsize);
+struct Running<'a, H>(&'a Server<H>);
 
-impl Drop for Running<'_> {
+impl<H> Drop for Running<'_, H> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.session(&self.0.settings.hostname, false);
     }
 }
 
@@ -229,8 +233,15 @@ impl<H: Handler> Server<H> {
             handler,
             proxy: None,
             active: AtomicUsize::new(0),
+            metrics: Arc::default(),
             patient: Default::default(),
         }
+    }
+
+    /// The same server counting into `metrics` (one set for the process's servers).
+    pub fn with_metrics(mut self, metrics: Arc<Metrics>) -> Server<H> {
+        self.metrics = metrics;
+        self
     }
 
     /// The same server requiring a PROXY v2 header from the given balancer addresses.
@@ -272,11 +283,15 @@ impl<H: Handler> Server<H> {
                 && !p.from.contains(&peer.ip())
             {
                 info!(server = %self.settings.hostname, %peer, "refused: not a balancer, on a PROXY listener");
+                self.metrics
+                    .refused(&self.settings.hostname, Refusal::NotABalancer);
                 continue;
             }
             let _ = stream.set_nodelay(true);
             let Ok(permit) = sessions.clone().try_acquire_owned() else {
                 info!(server = %self.settings.hostname, %peer, "refused: too many sessions");
+                self.metrics
+                    .refused(&self.settings.hostname, Refusal::TooManySessions);
                 tokio::spawn(refuse(
                     stream,
                     "421 4.7.0 Too many connections, try again later\r\n",
@@ -297,6 +312,9 @@ impl<H: Handler> Server<H> {
                         Ok(Proxied::Local) => (peer, true),
                         Err(e) => {
                             info!(server = %server.settings.hostname, %peer, error = %e, "closed: bad PROXY header");
+                            server
+                                .metrics
+                                .refused(&server.settings.hostname, Refusal::BadProxyHeader);
                             return;
                         }
                     },
@@ -304,6 +322,9 @@ impl<H: Handler> Server<H> {
                 let slot = per_client.take(client.ip());
                 let Some(_slot) = slot else {
                     info!(server = %server.settings.hostname, %client, "refused: too many sessions from this client");
+                    server
+                        .metrics
+                        .refused(&server.settings.hostname, Refusal::TooManyFromClient);
                     refuse(
                         stream,
                         "421 4.7.0 Too many connections from your address\r\n",
@@ -339,9 +360,10 @@ impl<H: Handler> Server<H> {
         shutdown: watch::Receiver<bool>,
     ) {
         self.active.fetch_add(1, Ordering::Relaxed);
+        self.metrics.session(&self.settings.hostname, true);
         let span = info_span!("session", server = %self.settings.hostname, %peer);
         async move {
-            let _running = Running(&self.active);
+            let _running = Running(&*self);
             let mut session = Session::new(self.clone(), Conn::new(stream), peer, shutdown);
             session.probe = probe;
             let result = session.run().await;
@@ -503,6 +525,9 @@ impl<H: Handler> Session<H> {
 
     /// Sends a reply; refusals count toward `max_errors`.
     fn send(&mut self, reply: Reply) {
+        self.server
+            .metrics
+            .reply(&self.server.settings.hostname, reply.code);
         if reply.code >= 400 {
             self.errors += 1;
             debug!(%reply, "error reply");
@@ -1025,6 +1050,12 @@ impl<H: Handler> Session<H> {
         let result = self.server.handler.accept(accepted).await;
         // The message has left this session (stored, or refused): its memory is free.
         drop(charge);
+        let taken = result.as_ref().ok().map(|_| size);
+        self.server.metrics.message(
+            &self.server.settings.hostname,
+            taken,
+            end_of_data.elapsed().as_secs_f64(),
+        );
         match result {
             Ok(verb) => {
                 self.messages += 1;
@@ -1101,6 +1132,7 @@ impl<H: Handler> Session<H> {
         let described = tls::describe(stream.get_ref().1);
         debug!(tls = %described, "TLS established");
         self.tls = Some(described);
+        self.server.metrics.tls(&self.server.settings.hostname);
         self.conn = Conn::new(Box::new(stream));
         // RFC 3207: the session starts over; the client must EHLO again.
         self.helo = None;

@@ -1236,6 +1236,14 @@ impl Store for Embedded {
         })
         .await
     }
+    async fn trace_refused(&self, message: NewMessage, reply: String) -> Result<()> {
+        self.call(false, move |c| {
+            insert_trace(c, &message)?;
+            add_event(c, &message.id, &crate::refused_event(&message, &reply))
+        })
+        .await
+    }
+
     async fn quarantined(
         &self,
         after: Option<&str>,

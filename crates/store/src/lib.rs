@@ -603,6 +603,17 @@ pub(crate) fn held_event(h: &Held) -> Event {
     }
 }
 
+/// The event a refused message's trace ends with: the reply its sender got.
+pub(crate) fn refused_event(m: &NewMessage, reply: &str) -> Event {
+    Event {
+        at: now_ms(),
+        node: m.arrival.node.clone(),
+        kind: "refused".into(),
+        recipient: None,
+        detail: reply.to_string(),
+    }
+}
+
 /// The event a quarantined message's trace gets when its retention ends.
 pub(crate) fn expired_held_event(node: &str) -> Event {
     Event {
@@ -916,6 +927,12 @@ pub trait Store: Send + Sync + 'static {
     /// Adds an event to a message's trace (other stages than the queue: the filter's
     /// verdict, an operator's action). Durable.
     async fn add_event(&self, id: &str, event: Event) -> Result<()>;
+
+    /// Keeps the trace of a message refused at the end of its transaction, which was
+    /// never queued (the body only gives its size and subject): its arrival and scan, and
+    /// a `refused` event with the reply the sender got. Not durable: the sender still holds
+    /// the message, and a lost trace loses no mail.
+    async fn trace_refused(&self, message: NewMessage, reply: String) -> Result<()>;
 
     /// Drops the traces of messages received before `before` (unix seconds) that have left
     /// the queue; returns how many. Durable.

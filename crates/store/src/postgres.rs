@@ -1207,6 +1207,14 @@ impl Store for Postgres {
         Ok(())
     }
 
+    async fn trace_refused(&self, message: NewMessage, reply: String) -> Result<()> {
+        let mut client = self.pool.get().await?;
+        let tx = client.transaction().await?;
+        insert_trace(&tx, &message, &[crate::refused_event(&message, &reply)]).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
     async fn quarantined(
         &self,
         after: Option<&str>,

@@ -987,6 +987,52 @@ async fn traces_are_found_by_subject_client_verdict_and_paged() {
     .await;
 }
 
+/// A message refused at the end of its transaction keeps a trace (found by verdict, with
+/// its symbols and the reply) without entering the queue, and its trace expires.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_message_keeps_its_trace_and_nothing_else() {
+    both(1, |s| async move {
+        let s = &s[0];
+        let mut m = message("R1", &["alice@example.com"], 100);
+        m.body = Bytes::from_static(b"Subject: GTUBE\r\n\r\nXJS*C4JDBQADN1\r\n");
+        m.verdict = Some("spam".into());
+        m.symbols = vec![mailsilo_store::ScanSymbol {
+            name: "GTUBE".into(),
+            score: 1000.0,
+            reason: "the GTUBE test string".into(),
+            micros: 3,
+        }];
+        s.trace_refused(m, "550 5.7.1 Message refused as spam".into())
+            .await
+            .unwrap();
+        assert!(s.get("R1").await.unwrap().is_none(), "never queued");
+        assert!(s.held("R1").await.unwrap().is_none(), "never held");
+        let found = s
+            .find_traces(&TraceQuery {
+                verdict: Some("spam".into()),
+                to: Some("alice@example.com".into()),
+                limit: 10,
+                ..TraceQuery::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(found.len(), 1);
+        let t = s.trace("R1").await.unwrap().unwrap();
+        assert_eq!((t.subject.as_str(), t.size), ("GTUBE", 34));
+        assert_eq!(t.symbols[0].name, "GTUBE");
+        let kinds: Vec<_> = t
+            .events
+            .iter()
+            .map(|e| (e.kind.as_str(), e.detail.as_str()))
+            .collect();
+        assert_eq!(kinds[0].0, "received");
+        assert_eq!(kinds[1], ("refused", "550 5.7.1 Message refused as spam"));
+        assert_eq!(s.expire_traces(101).await.unwrap(), 1);
+        assert!(s.trace("R1").await.unwrap().is_none());
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn traces_are_found_and_expire() {
     both(1, |s| async move {
