@@ -222,33 +222,11 @@ pub async fn org(command: OrgCommand) -> Result<()> {
             domains,
             digest,
         } => {
-            if let Some(d) = &digest {
-                config::digest_period(d).map_err(anyhow::Error::msg)?;
-            }
             let store = open(&at).await?;
-            let mut ds = Vec::new();
-            for d in domains {
-                let d = d.trim().trim_end_matches('.').to_ascii_lowercase();
-                if !config::is_domain_name(&d) {
-                    bail!("{d:?} is not a domain name");
-                }
-                ds.push(d);
-            }
             let others = store.organisations().await?;
-            if let Some((o, d)) = others
-                .iter()
-                .filter(|o| o.name != name)
-                .find_map(|o| ds.iter().find(|d| o.domains.contains(d)).map(|d| (o, d)))
-            {
-                bail!("{d} already belongs to organisation {:?}", o.name);
-            }
-            store
-                .set_organisation(Organisation {
-                    name: name.clone(),
-                    domains: ds,
-                    digest: digest.map(|d| d.trim().to_string()),
-                })
-                .await?;
+            let org = portal::organisations::checked(&name, &domains, digest.as_deref(), &others)
+                .map_err(anyhow::Error::msg)?;
+            store.set_organisation(org).await?;
             println!("organisation {name} set");
         }
         OrgCommand::List { at } => {

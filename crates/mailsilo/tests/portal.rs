@@ -2527,3 +2527,167 @@ fn long_lists_fit_and_too_long_ones_are_refused() {
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     assert_eq!(v["block"].as_array().unwrap().len(), 1000);
 }
+
+/// Organisations in the portal: an operator adds one and changes its domains and digest
+/// schedule; an admin sees its own and sets its schedule, not its domains and not another
+/// organisation's; a domain belongs to one organisation; the page saves and refuses a
+/// forged form; every change is audited, in the organisation's own log.
+#[test]
+fn organisations_are_managed_in_the_portal() {
+    let g = gateway();
+    let call = |s: &Session, method: &str, path: &str, body: &str| {
+        let h = [
+            ("Cookie", s.cookie.as_str()),
+            ("X-CSRF-Token", s.csrf.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let (status, _, b) = http(g.control, method, path, &h, body);
+        (status, b)
+    };
+    let names = |body: &str| -> Vec<String> {
+        serde_json::from_str::<Vec<serde_json::Value>>(body)
+            .unwrap_or_else(|e| panic!("{e}: {body}"))
+            .iter()
+            .map(|o| o["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let operator = login(g.control, "operator", "operator-pass");
+    let (status, body) = operator.get(&g, "/api/v1/organisations");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(names(&body), ["Example Inc.", "Example Org"]);
+    let (status, body) = call(
+        &operator,
+        "PUT",
+        "/api/v1/organisations/New%20Org",
+        r#"{"domains":["New.test."],"digest":"weekly"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.contains(r#""domains":["new.test"]"#) && body.contains(r#""digest":"weekly""#),
+        "{body}"
+    );
+    for (change, wrong) in [
+        (r#"{"domains":["example.com"]}"#, "already belongs"),
+        (r#"{"domains":["not a domain"]}"#, "not a domain name"),
+        (r#"{"domains":[],"digest":"fortnightly"}"#, "digest:"),
+    ] {
+        let (status, body) = call(&operator, "PUT", "/api/v1/organisations/New%20Org", change);
+        assert_eq!(status, 400, "{change}: {body}");
+        assert!(body.contains(wrong), "{change}: {body}");
+    }
+    // The admin: its own organisation, its schedule only.
+    let admin = login(g.control, "admin@example.com", "admin-pass");
+    let (_, body) = admin.get(&g, "/api/v1/organisations");
+    assert_eq!(names(&body), ["Example Inc."]);
+    let (status, body) = call(
+        &admin,
+        "PUT",
+        "/api/v1/organisations/Example%20Inc.",
+        r#"{"domains":["example.com"],"digest":"12h"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    let (status, _) = call(
+        &admin,
+        "PUT",
+        "/api/v1/organisations/Example%20Inc.",
+        r#"{"domains":["example.com","new2.test"]}"#,
+    );
+    assert_eq!(status, 403);
+    for other in ["Example%20Org", "New%20Org", "Nobody"] {
+        let path = format!("/api/v1/organisations/{other}");
+        let (status, _) = call(&admin, "PUT", &path, r#"{"domains":[]}"#);
+        assert_eq!(status, 404, "{other}");
+    }
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    assert_eq!(alice.get(&g, "/api/v1/organisations").0, 403);
+    assert_eq!(alice.get(&g, "/organisations").0, 403);
+    // The page: the admin's form changes the schedule and keeps the domains.
+    let (status, page) = admin.get(&g, "/organisations");
+    assert_eq!(status, 200);
+    assert!(
+        page.contains("<td>Example Inc.</td><td>example.com</td><td>12h</td>"),
+        "{page}"
+    );
+    assert!(!page.contains("Add an organisation"), "{page}");
+    let form = |s: &Session, csrf: &str, body: &str| {
+        let h = [
+            ("Cookie", s.cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        let (status, _, page) = http(
+            g.control,
+            "POST",
+            "/organisations",
+            &h,
+            &format!("csrf={csrf}&{body}"),
+        );
+        (status, page)
+    };
+    assert_eq!(
+        form(&admin, "forged", "name=Example+Inc.&digest=off").0,
+        403
+    );
+    assert_eq!(
+        form(&admin, &admin.csrf, "name=Example+Inc.&digest=daily").0,
+        303
+    );
+    let (status, page) = form(&admin, &admin.csrf, "name=Example+Inc.&digest=hourly-ish");
+    assert_eq!(status, 400);
+    assert!(page.contains("digest:"), "{page}");
+    let (_, body) = operator.get(&g, "/api/v1/organisations");
+    let orgs: Vec<serde_json::Value> = serde_json::from_str(&body).unwrap();
+    assert_eq!(orgs[0]["domains"], serde_json::json!(["example.com"]));
+    assert_eq!(orgs[0]["digest"], "daily");
+    // The operator's page adds one with its domains.
+    let (status, _) = form(
+        &operator,
+        &operator.csrf,
+        "name=Third&domains=third.test%2C+third.example&digest=",
+    );
+    assert_eq!(status, 303);
+    let (_, page) = operator.get(&g, "/organisations");
+    assert!(
+        page.contains("<td>Third</td><td>third.test, third.example</td><td>default</td>"),
+        "{page}"
+    );
+    // Audited: the admin sees its organisation's changes, not the others'.
+    let (_, log) = admin.get(&g, "/api/v1/audit");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&log).unwrap();
+    let objects: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["action"] == "organisation.set")
+        .map(|e| e["object"].as_str().unwrap())
+        .collect();
+    assert_eq!(objects, ["Example Inc.", "Example Inc."]);
+}
+
+/// An organisation's own digest schedule, set through the API, wins over the default: with
+/// digests off by default, the organisation that asked for daily ones gets one (at the
+/// scheduler's first round after a restart) and the other organisation none.
+#[test]
+fn an_organisations_own_digest_schedule_wins_over_the_default() {
+    let mut g = Gateway::start(Options {
+        tail: format!("{TAIL}\n[digest]\nschedule = \"off\"\n"),
+        ..Options::default()
+    });
+    hold(&g, &["alice@example.com", "bob@example.org"], "scheduled");
+    let operator = login(g.control, "operator", "operator-pass");
+    let h = [
+        ("Cookie", operator.cookie.as_str()),
+        ("X-CSRF-Token", operator.csrf.as_str()),
+        ("Content-Type", "application/json"),
+    ];
+    let (status, _, body) = http(
+        g.control,
+        "PUT",
+        "/api/v1/organisations/Example%20Inc.",
+        &h,
+        r#"{"domains":["example.com"],"digest":"daily"}"#,
+    );
+    assert_eq!(status, 200, "{body}");
+    g.up.take().unwrap().terminate();
+    g.start_up();
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(g.mailbox("bob@example.org").is_empty(), "off by default");
+}

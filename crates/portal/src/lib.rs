@@ -47,6 +47,7 @@ pub mod lb;
 pub mod lists;
 pub mod login;
 pub mod openapi;
+pub mod organisations;
 pub mod policy;
 pub mod quarantine;
 pub mod queue;
@@ -193,6 +194,10 @@ fn scoped(path: &str) -> bool {
         || path.starts_with("/api/v1/trace")
         || path.starts_with("/api/v1/lists/")
         || path == "/api/v1/accounts"
+        || path == "/api/v1/organisations"
+        || path.starts_with("/api/v1/organisations/")
+        || path == "/organisations"
+        || path.starts_with("/organisations/")
         || path.starts_with("/api/v1/accounts/")
         || path == "/accounts"
         || path.starts_with("/accounts/")
@@ -419,6 +424,7 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         .merge(settings::routes())
         .merge(lists::routes())
         .merge(accounts::routes())
+        .merge(organisations::routes())
         .fallback(|| async { refusal(StatusCode::NOT_FOUND, "no such API call") })
         .method_not_allowed_fallback(|| async {
             refusal(

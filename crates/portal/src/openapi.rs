@@ -14,6 +14,7 @@ use crate::digest::{SendNow, Sent};
 use crate::lb::{DnsSilo, Loading, NewServer, ServerState, ServerStatus};
 use crate::lists::{Lists, NewLists};
 use crate::login::{Login, Me};
+use crate::organisations::{OrganisationChange, OrganisationView};
 use crate::quarantine::{Bulk, BulkResult, HeldMessage, HeldQuery, Released};
 use crate::queue::{Bounced, Flushed, Page, QueuedMessage};
 use crate::settings::{DomainView, Effective};
@@ -340,6 +341,25 @@ pub fn operations() -> Vec<Operation> {
             "Disable an account: no password, sessions or API tokens",
             Scoped,
         ),
+        Operation {
+            ok: (200, Some(of::<Vec<OrganisationView>>)),
+            ..op(
+                "get",
+                "/api/v1/organisations",
+                "The organisations the caller sees (an admin: its own)",
+                Scoped,
+            )
+        },
+        Operation {
+            body: Some(of::<OrganisationChange>),
+            ok: (200, Some(of::<OrganisationView>)),
+            ..op(
+                "put",
+                "/api/v1/organisations/{name}",
+                "Add or change an organisation's domains and digest schedule (an admin: its own schedule)",
+                Scoped,
+            )
+        },
         Operation {
             ok: (200, Some(of::<Lists>)),
             ..op(

@@ -80,7 +80,7 @@ pub(crate) fn page(title: &str, who: Option<&Principal>, body: &str) -> Response
             if p.role == Role::User {
                 ""
             } else {
-                "<a href=\"/stats\">Statistics</a><a href=\"/domains\">Domains</a><a href=\"/accounts\">Accounts</a><a href=\"/audit\">Audit</a>"
+                "<a href=\"/stats\">Statistics</a><a href=\"/domains\">Domains</a><a href=\"/accounts\">Accounts</a><a href=\"/organisations\">Organisations</a><a href=\"/audit\">Audit</a>"
             },
             esc(&p.account),
             p.role.as_str(),
@@ -287,6 +287,10 @@ pub fn routes() -> Router<Ctx> {
         )
         .route("/accounts", get(accounts_page).post(account_add))
         .route("/accounts/{name}/{what}", post(account_change))
+        .route(
+            "/organisations",
+            get(organisations_page).post(organisation_set),
+        )
         .route("/quarantine/{id}", get(quarantine_one_page))
         .route("/trace", get(trace_page))
         .route(
@@ -690,6 +694,125 @@ async fn account_change(
         Ok(m) => Redirect::to(&format!("/accounts?done={}", url(&m))).into_response(),
         Err(e) if matches!(e.status.as_u16(), 400 | 409) => {
             accounts_body(&c, &who, None, Some(&e.message)).await
+        }
+        Err(e) => error_page(e.status, &e.message, Some(&who)),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+struct OrganisationForm {
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    /// Separated by commas or spaces; absent (an admin's form): unchanged.
+    domains: Option<String>,
+    #[serde(default)]
+    digest: String,
+}
+
+/// The organisations an operator manages (or an admin's own): each with its domains and
+/// digest schedule and a form to change them (an admin's: the schedule only), and for an
+/// operator a form to add one.
+async fn organisations_page(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    q: Result<Query<Notice>, QueryRejection>,
+) -> Response {
+    let notice = q.ok().and_then(|Query(n)| n.done);
+    organisations_body(&c, &who, notice.as_deref(), None).await
+}
+
+async fn organisations_body(
+    c: &Ctx,
+    who: &Principal,
+    done: Option<&str>,
+    wrong: Option<&str>,
+) -> Response {
+    let orgs = match crate::organisations::list(c, who).await {
+        Ok(o) => o,
+        Err(e) => return error_page(e.status, &e.message, Some(who)),
+    };
+    let csrf = esc(who.csrf.as_deref().unwrap_or(""));
+    let operator = who.role == Role::Operator;
+    let mut body = String::new();
+    body.push_str(&notices(done, wrong));
+    body.push_str(
+        "<table><caption>Organisations</caption><thead><tr><th scope=\"col\">Name</th>\
+         <th scope=\"col\">Domains</th><th scope=\"col\">Digest</th><th scope=\"col\">Change</th></tr></thead><tbody>",
+    );
+    for (i, o) in orgs.iter().enumerate() {
+        let domains = esc(&o.domains.join(", "));
+        let digest = esc(o.digest.as_deref().unwrap_or(""));
+        let domains_field = if operator {
+            format!(
+                "<label for=\"d-{i}\">Domains of {n}</label><input id=\"d-{i}\" name=\"domains\" value=\"{domains}\">",
+                n = esc(&o.name)
+            )
+        } else {
+            String::new()
+        };
+        body.push_str(&format!(
+            "<tr><td>{n}</td><td>{domains}</td><td>{shown}</td><td class=\"actions\">\
+             <form method=\"post\" action=\"/organisations\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <input type=\"hidden\" name=\"name\" value=\"{n}\">{domains_field}\
+             <label for=\"g-{i}\">Digest of {n} (daily, weekly, off, 12h; empty: default)</label>\
+             <input id=\"g-{i}\" name=\"digest\" value=\"{digest}\">\
+             <button type=\"submit\">Save {n}</button></form></td></tr>",
+            n = esc(&o.name),
+            shown = if digest.is_empty() { "default" } else { &digest },
+        ));
+    }
+    body.push_str("</tbody></table>");
+    if operator {
+        body.push_str(&format!(
+            "<form method=\"post\" action=\"/organisations\" class=\"add\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <fieldset><legend>Add an organisation</legend>\
+             <label for=\"name\">Name</label><input id=\"name\" name=\"name\" required>\
+             <label for=\"domains\">Domains (separated by commas)</label><input id=\"domains\" name=\"domains\">\
+             <label for=\"digest\">Digest (daily, weekly, off, 12h; empty: default)</label><input id=\"digest\" name=\"digest\">\
+             <button type=\"submit\">Add the organisation</button></fieldset></form>"
+        ));
+    }
+    form_page("Organisations", who, &body, wrong.is_some())
+}
+
+/// Adds or changes an organisation from the page's forms (an admin's form carries no
+/// domains: they stay as they are).
+async fn organisation_set(
+    State(c): State<Ctx>,
+    Extension(who): Extension<Principal>,
+    form: Result<Form<OrganisationForm>, FormRejection>,
+) -> Response {
+    let Some(f) = accepted(&who, form, |f| &f.csrf) else {
+        return forbidden_form(&who);
+    };
+    let domains = match &f.domains {
+        Some(d) => d
+            .split([',', ' '])
+            .filter(|d| !d.is_empty())
+            .map(str::to_string)
+            .collect(),
+        None => match crate::organisations::list(&c, &who).await {
+            Ok(orgs) => orgs
+                .into_iter()
+                .find(|o| o.name == f.name)
+                .map(|o| o.domains)
+                .unwrap_or_default(),
+            Err(e) => return error_page(e.status, &e.message, Some(&who)),
+        },
+    };
+    let change = crate::organisations::OrganisationChange {
+        domains,
+        digest: Some(f.digest),
+    };
+    match crate::organisations::set(&c, &who, &f.name, change).await {
+        Ok(o) => Redirect::to(&format!(
+            "/organisations?done={}",
+            url(&format!("Saved {}.", o.name))
+        ))
+        .into_response(),
+        Err(e) if e.status.as_u16() == 400 => {
+            organisations_body(&c, &who, None, Some(&e.message)).await
         }
         Err(e) => error_page(e.status, &e.message, Some(&who)),
     }
