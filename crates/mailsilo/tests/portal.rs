@@ -125,6 +125,47 @@ fn login(control: SocketAddr, name: &str, password: &str) -> Session {
     }
 }
 
+/// `list` pages by `key`: the first of `?limit=1` is the whole list's first, and
+/// `?after=` it gives the rest; a malformed limit is a 400.
+fn assert_paged(
+    s: &Session,
+    control: SocketAddr,
+    list: &str,
+    key: impl Fn(&serde_json::Value) -> String,
+) {
+    let get = |path: &str| {
+        let (status, body) = s.get_at(control, path);
+        assert_eq!(status, 200, "{path}: {body}");
+        serde_json::from_str::<Vec<serde_json::Value>>(&body).unwrap()
+    };
+    // Compared by key: a server's figures change between two calls.
+    let keys = |page: Vec<serde_json::Value>| page.iter().map(&key).collect::<Vec<String>>();
+    let all = keys(get(list));
+    assert!(all.len() > 1, "{list}: too short to page");
+    let first = keys(get(&format!("{list}?limit=1")));
+    assert_eq!(first, all[..1], "{list}");
+    let after: String = first[0]
+        .bytes()
+        .map(|b| {
+            if b.is_ascii_alphanumeric() || b"-._@".contains(&b) {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect();
+    assert_eq!(
+        keys(get(&format!("{list}?after={after}"))),
+        all[1..],
+        "{list}"
+    );
+    assert_eq!(
+        s.get_at(control, &format!("{list}?limit=many")).0,
+        400,
+        "{list}"
+    );
+}
+
 impl Session {
     fn get(&self, g: &Gateway, path: &str) -> (u16, String) {
         self.get_at(g.control, path)
@@ -2112,6 +2153,13 @@ fn servers_taken_out_at_run_time_take_their_cluster_out_of_the_dns() {
         &silo
     ) == both));
     let operator = login(silo.control, "operator", "operator-pass");
+    assert_paged(&operator, silo.control, "/api/v1/lb", |v| {
+        format!(
+            "{}/{}",
+            v["cluster"].as_str().unwrap(),
+            v["server"].as_str().unwrap()
+        )
+    });
     let dns = || {
         let (status, body) = operator.get_at(silo.control, "/api/v1/dns");
         assert_eq!(status, 200, "{body}");
@@ -2555,6 +2603,16 @@ fn organisations_are_managed_in_the_portal() {
     let (status, body) = operator.get(&g, "/api/v1/organisations");
     assert_eq!(status, 200, "{body}");
     assert_eq!(names(&body), ["Example Inc.", "Example Org"]);
+    // Every listing pages by name: `after` the last one seen, at most `limit`.
+    for list in [
+        "/api/v1/organisations",
+        "/api/v1/accounts",
+        "/api/v1/domains",
+    ] {
+        assert_paged(&operator, g.control, list, |v| {
+            v["name"].as_str().unwrap().into()
+        });
+    }
     let (status, body) = call(
         &operator,
         "PUT",

@@ -6,8 +6,8 @@
 //! blocking pool; a new password or a disabled account ends the account's sessions, and
 //! disabling revokes its API tokens too. Every change goes to the audit log (never a hash).
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
@@ -16,6 +16,7 @@ use serde::{Deserialize, Serialize};
 use store::{Account, Role};
 
 use crate::auth::Principal;
+use crate::queue::Page;
 use crate::{Ctx, Refused, now, refusal};
 
 /// An account as the API shows it.
@@ -291,8 +292,16 @@ pub fn routes() -> Router<Ctx> {
         .route(
             "/api/v1/accounts",
             get(
-                |State(c): State<Ctx>, Extension(who): Extension<Principal>| async move {
-                    list(&c, &who).await.map(Json).into_response()
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 p: Result<Query<Page>, QueryRejection>| async move {
+                    match crate::queue::page(p) {
+                        Ok(p) => list(&c, &who)
+                            .await
+                            .map(|a| Json(p.of(a, |a| a.name.clone())))
+                            .into_response(),
+                        Err(r) => r,
+                    }
                 },
             )
             .post(

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
@@ -12,6 +12,7 @@ use axum::{Extension, Json, Router};
 use serde::{Deserialize, Serialize};
 
 use crate::auth::Principal;
+use crate::queue::Page;
 use crate::{Ctx, Refused, refusal};
 
 /// One balanced mail server as operators see it.
@@ -184,11 +185,28 @@ pub fn routes() -> Router<Ctx> {
     Router::new()
         .route(
             "/api/v1/lb",
-            get(|State(c): State<Ctx>| async move { Json(c.balancers.servers()) }),
+            get(
+                |State(c): State<Ctx>, p: Result<Query<Page>, QueryRejection>| async move {
+                    match crate::queue::page(p) {
+                        Ok(p) => Json(p.of(c.balancers.servers(), |s| {
+                            format!("{}/{}", s.cluster, s.server)
+                        }))
+                        .into_response(),
+                        Err(r) => r,
+                    }
+                },
+            ),
         )
         .route(
             "/api/v1/dns",
-            get(|State(c): State<Ctx>| async move { Json((c.dns)()) }),
+            get(
+                |State(c): State<Ctx>, p: Result<Query<Page>, QueryRejection>| async move {
+                    match crate::queue::page(p) {
+                        Ok(p) => Json(p.of((c.dns)(), |s| s.name.clone())).into_response(),
+                        Err(r) => r,
+                    }
+                },
+            ),
         )
         .route(
             "/api/v1/lb/{cluster}",

@@ -89,6 +89,7 @@ pub fn operations() -> Vec<Operation> {
             ..op("get", "/api/v1/me", "Who the caller is", Scoped)
         },
         Operation {
+            query: Some(of::<Page>),
             ok: (200, Some(of::<Vec<ServerStatus>>)),
             ..op(
                 "get",
@@ -98,6 +99,7 @@ pub fn operations() -> Vec<Operation> {
             )
         },
         Operation {
+            query: Some(of::<Page>),
             ok: (200, Some(of::<Vec<DnsSilo>>)),
             ..op(
                 "get",
@@ -286,6 +288,7 @@ pub fn operations() -> Vec<Operation> {
             )
         },
         Operation {
+            query: Some(of::<Page>),
             ok: (200, Some(of::<Vec<DomainView>>)),
             ..op(
                 "get",
@@ -308,6 +311,7 @@ pub fn operations() -> Vec<Operation> {
             )
         },
         Operation {
+            query: Some(of::<Page>),
             ok: (200, Some(of::<Vec<AccountView>>)),
             ..op(
                 "get",
@@ -342,6 +346,7 @@ pub fn operations() -> Vec<Operation> {
             Scoped,
         ),
         Operation {
+            query: Some(of::<Page>),
             ok: (200, Some(of::<Vec<OrganisationView>>)),
             ..op(
                 "get",

@@ -5,8 +5,8 @@
 //! one organisation only, a schedule the digests understand. The digest scheduler reads
 //! the store each round, so a change applies without a restart; every change is audited.
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use store::{Organisation, Role};
 
 use crate::auth::Principal;
+use crate::queue::Page;
 use crate::{Ctx, Refused, refusal};
 
 /// An organisation as the API shows it.
@@ -181,8 +182,16 @@ pub fn routes() -> Router<Ctx> {
         .route(
             "/api/v1/organisations",
             get(
-                |State(c): State<Ctx>, Extension(who): Extension<Principal>| async move {
-                    list(&c, &who).await.map(Json).into_response()
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 p: Result<Query<Page>, QueryRejection>| async move {
+                    match crate::queue::page(p) {
+                        Ok(p) => list(&c, &who)
+                            .await
+                            .map(|o| Json(p.of(o, |o| o.name.clone())))
+                            .into_response(),
+                        Err(r) => r,
+                    }
                 },
             ),
         )

@@ -29,6 +29,23 @@ impl Page {
     pub fn limit(&self) -> usize {
         self.limit.unwrap_or(MAX_PAGE).min(MAX_PAGE)
     }
+
+    /// This page of a listing held whole in memory (domains, accounts, servers): the items
+    /// ordered by `key`, those after `after`, at most [`Page::limit`].
+    pub fn of<T>(&self, mut items: Vec<T>, key: impl Fn(&T) -> String) -> Vec<T> {
+        items.sort_by_key(|i| key(i));
+        items
+            .into_iter()
+            .filter(|i| self.after.as_ref().is_none_or(|a| key(i) > *a))
+            .take(self.limit())
+            .collect()
+    }
+}
+
+/// The page a listing's query asks for, or the refusal of a malformed one.
+pub fn page(p: Result<Query<Page>, QueryRejection>) -> Result<Page, axum::response::Response> {
+    p.map(|Query(p)| p)
+        .map_err(|e| refusal(e.status(), &e.body_text()))
 }
 
 /// The queue as the store every node shares holds it now, for `/metrics`: recipients

@@ -4,8 +4,8 @@
 
 use std::sync::Arc;
 
-use axum::extract::rejection::JsonRejection;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::rejection::{JsonRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use store::{DomainEntry, Role, ServerEntry, Store};
 
 use crate::auth::Principal;
+use crate::queue::Page;
 use crate::{Ctx, Refused, refusal, unavailable};
 
 /// The largest body of a domain's settings: room for a recipient list of tens of thousands
@@ -227,8 +228,17 @@ pub fn routes() -> Router<Ctx> {
         .route(
             "/api/v1/domains",
             get(
-                |State(c): State<Ctx>, Extension(who): Extension<Principal>| async move {
-                    visible(&c, &who).await.map(Json).into_response()
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 p: Result<Query<Page>, QueryRejection>| async move {
+                    let p = match crate::queue::page(p) {
+                        Ok(p) => p,
+                        Err(r) => return r,
+                    };
+                    visible(&c, &who)
+                        .await
+                        .map(|d| Json(p.of(d, |d| d.name.clone())))
+                        .into_response()
                 },
             ),
         )
