@@ -300,7 +300,7 @@ pub fn routes() -> Router<Ctx> {
                             .await
                             .map(|a| Json(p.of(a, |a| a.name.clone())))
                             .into_response(),
-                        Err(r) => r,
+                        Err(r) => r.into_response(),
                     }
                 },
             )

@@ -192,7 +192,7 @@ pub fn routes() -> Router<Ctx> {
                             format!("{}/{}", s.cluster, s.server)
                         }))
                         .into_response(),
-                        Err(r) => r,
+                        Err(r) => r.into_response(),
                     }
                 },
             ),
@@ -203,7 +203,7 @@ pub fn routes() -> Router<Ctx> {
                 |State(c): State<Ctx>, p: Result<Query<Page>, QueryRejection>| async move {
                     match crate::queue::page(p) {
                         Ok(p) => Json(p.of((c.dns)(), |s| s.name.clone())).into_response(),
-                        Err(r) => r,
+                        Err(r) => r.into_response(),
                     }
                 },
             ),

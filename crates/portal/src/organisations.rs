@@ -190,7 +190,7 @@ pub fn routes() -> Router<Ctx> {
                             .await
                             .map(|o| Json(p.of(o, |o| o.name.clone())))
                             .into_response(),
-                        Err(r) => r,
+                        Err(r) => r.into_response(),
                     }
                 },
             ),

@@ -43,9 +43,9 @@ impl Page {
 }
 
 /// The page a listing's query asks for, or the refusal of a malformed one.
-pub fn page(p: Result<Query<Page>, QueryRejection>) -> Result<Page, axum::response::Response> {
+pub fn page(p: Result<Query<Page>, QueryRejection>) -> Result<Page, crate::Refused> {
     p.map(|Query(p)| p)
-        .map_err(|e| refusal(e.status(), &e.body_text()))
+        .map_err(|e| crate::Refused::new(e.status(), e.body_text()))
 }
 
 /// The queue as the store every node shares holds it now, for `/metrics`: recipients

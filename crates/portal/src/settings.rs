@@ -233,7 +233,7 @@ pub fn routes() -> Router<Ctx> {
                  p: Result<Query<Page>, QueryRejection>| async move {
                     let p = match crate::queue::page(p) {
                         Ok(p) => p,
-                        Err(r) => return r,
+                        Err(r) => return r.into_response(),
                     };
                     visible(&c, &who)
                         .await
