@@ -2749,3 +2749,82 @@ fn an_organisations_own_digest_schedule_wins_over_the_default() {
     std::thread::sleep(Duration::from_secs(2));
     assert!(g.mailbox("bob@example.org").is_empty(), "off by default");
 }
+
+/// An operator adds a client domain on the domains page and removes it on its own page;
+/// the silo accepts and then refuses its mail without a restart. Admins get neither form,
+/// a forged form is refused, and both changes are audited.
+#[test]
+fn operators_add_and_remove_client_domains_on_the_pages() {
+    let g = gateway();
+    let operator = login(g.control, "operator", "operator-pass");
+    let admin = login(g.control, "admin@example.com", "admin-pass");
+    let (_, page) = operator.get(&g, "/domains");
+    assert!(page.contains("Add a client domain"), "{page}");
+    let (_, page) = admin.get(&g, "/domains");
+    assert!(!page.contains("Add a client domain"), "{page}");
+    let form = |s: &Session, path: &str, csrf: &str, body: &str| {
+        let h = [
+            ("Cookie", s.cookie.as_str()),
+            ("Content-Type", "application/x-www-form-urlencoded"),
+        ];
+        let (status, headers, page) =
+            http(g.control, "POST", path, &h, &format!("csrf={csrf}&{body}"));
+        (status, headers, page)
+    };
+    let new = "name=New.Test&destination=127.0.0.1%3A2&silo=";
+    assert_eq!(form(&operator, "/domains", "forged", new).0, 403);
+    assert_eq!(form(&admin, "/domains", &admin.csrf, new).0, 403);
+    let rcpt = |to: &str| {
+        let mut s = g.smtp();
+        assert_eq!(s.cmd("EHLO client.test").0, 250);
+        assert_eq!(s.cmd("MAIL FROM:<x@outside.example>").0, 250);
+        s.cmd(&format!("RCPT TO:<{to}>")).0
+    };
+    assert_eq!(rcpt("anyone@new.test"), 550, "not a client domain yet");
+    let (status, headers, _) = form(&operator, "/domains", &operator.csrf, new);
+    assert_eq!(status, 303);
+    assert!(
+        headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("location")
+                && v.starts_with("/domains/new.test?done=")),
+        "{headers:?}"
+    );
+    assert!(wait_until(WAIT, || rcpt("anyone@new.test") == 250));
+    let (_, page) = operator.get(&g, "/domains/new.test");
+    assert!(page.contains("Remove new.test"), "{page}");
+    let (_, page) = admin.get(&g, "/domains/example.com");
+    assert!(!page.contains("Remove example.com"), "{page}");
+    // A name taken and a bad destination are named above the form; nothing changes.
+    let (status, _, page) = form(&operator, "/domains", &operator.csrf, new);
+    assert_eq!(status, 400);
+    assert!(
+        page.contains("new.test is a client domain already"),
+        "{page}"
+    );
+    let (status, _, page) = form(
+        &operator,
+        "/domains",
+        &operator.csrf,
+        "name=other.test&destination=nowhere",
+    );
+    assert_eq!(status, 400);
+    assert!(page.contains("destination"), "{page}");
+    let (status, _, _) = form(&admin, "/domains/example.com/remove", &admin.csrf, "");
+    assert_eq!(status, 403);
+    assert_eq!(
+        form(&operator, "/domains/new.test/remove", "forged", "").0,
+        403
+    );
+    let (status, headers, _) = form(&operator, "/domains/new.test/remove", &operator.csrf, "");
+    assert_eq!(status, 303, "{headers:?}");
+    assert!(wait_until(WAIT, || rcpt("anyone@new.test") == 550));
+    let (_, log) = operator.get(&g, "/api/v1/audit");
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&log).unwrap();
+    let new_test: Vec<&str> = entries
+        .iter()
+        .filter(|e| e["object"] == "new.test")
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert_eq!(new_test, ["domain.remove", "domain.set"]);
+}

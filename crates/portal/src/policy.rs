@@ -10,10 +10,11 @@ use axum::extract::rejection::{FormRejection, QueryRejection};
 use axum::extract::{Form, Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Redirect, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 use config::{AttachmentAction, AttachmentRule, DomainSettings};
 use serde::{Deserialize, Serialize};
+use store::Role;
 
 use crate::audit::AuditQuery;
 use crate::auth::Principal;
@@ -329,12 +330,13 @@ fn domain_page(who: &Principal, name: &str, form: &DomainForm, message: Option<&
     body
 }
 
-async fn list_page(c: &Ctx, who: &Principal) -> Response {
+async fn list_page(c: &Ctx, who: &Principal, done: Option<&str>, wrong: Option<&str>) -> Response {
     let domains = match crate::settings::visible(c, who).await {
         Ok(d) => d,
         Err(e) => return error_page(e.status, &e.message, Some(who)),
     };
-    let mut body = String::from(
+    let mut body = crate::web::notices(done, wrong);
+    body.push_str(
         "<table><caption>Client domains</caption><thead><tr><th scope=\"col\">Domain</th>\
          <th scope=\"col\">Destination</th><th scope=\"col\">TLS</th><th scope=\"col\">Spam action</th>\
          <th scope=\"col\">Recipients</th></tr></thead><tbody>",
@@ -366,7 +368,96 @@ async fn list_page(c: &Ctx, who: &Principal) -> Response {
         body.push_str("<tr><td colspan=\"5\">No client domain.</td></tr>");
     }
     body.push_str("</tbody></table>");
-    page("Domains", Some(who), &body)
+    if who.role == Role::Operator {
+        let silos: String = c
+            .config
+            .silos
+            .iter()
+            .map(|s| format!("<option>{}</option>", esc(&s.name)))
+            .collect();
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/domains\" class=\"add\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <fieldset><legend>Add a client domain</legend>\
+             <label for=\"name\">Domain</label><input id=\"name\" name=\"name\" required>\
+             <label for=\"destination\">Destination (HOST:PORT, or mx)</label><input id=\"destination\" name=\"destination\" required>\
+             <label for=\"silo\">Silo its MX points at</label><select id=\"silo\" name=\"silo\"><option value=\"\">none</option>{silos}</select>\
+             <button type=\"submit\">Add the domain</button></fieldset></form>",
+            esc(who.csrf.as_deref().unwrap_or(""))
+        );
+    }
+    crate::web::form_page("Domains", who, &body, wrong.is_some())
+}
+
+/// The page's form for a new client domain (an operator's): its destination and silo;
+/// the rest of its policy is set on its own page.
+#[derive(Debug, Deserialize)]
+struct NewDomainForm {
+    csrf: String,
+    #[serde(default)]
+    name: String,
+    #[serde(default)]
+    destination: String,
+    #[serde(default)]
+    silo: String,
+}
+
+async fn add(c: &Ctx, who: &Principal, f: NewDomainForm) -> Response {
+    if who.role != Role::Operator {
+        return error_page(
+            StatusCode::FORBIDDEN,
+            "Client domains are added by operators.",
+            Some(who),
+        );
+    }
+    let name = crate::settings::key(&f.name);
+    let exists = match crate::settings::visible(c, who).await {
+        Ok(d) => d.iter().any(|d| d.name == name),
+        Err(e) => return error_page(e.status, &e.message, Some(who)),
+    };
+    if exists {
+        let m = format!("{name} is a client domain already: change it on its page");
+        return list_page(c, who, None, Some(&m)).await;
+    }
+    let settings = DomainSettings {
+        destination: f.destination.trim().to_string(),
+        silo: Some(f.silo.trim().to_string()).filter(|s| !s.is_empty()),
+        ..DomainSettings::default()
+    };
+    match crate::settings::set(c, who, &name, &settings).await {
+        Ok(d) => Redirect::to(&format!(
+            "/domains/{}?done={}",
+            url(&d.name),
+            url("Added: every node accepts its mail now. Set its policy below.")
+        ))
+        .into_response(),
+        Err(e) => {
+            let e = Refused::from(e);
+            if e.status == StatusCode::BAD_REQUEST {
+                list_page(c, who, None, Some(&e.message)).await
+            } else {
+                error_page(e.status, &e.message, Some(who))
+            }
+        }
+    }
+}
+
+/// Removes a client domain from its page's button (an operator's).
+async fn remove(c: &Ctx, who: &Principal, name: &str, csrf: &str) -> Response {
+    if !token_ok(who, csrf) {
+        return crate::web::forbidden_form(who);
+    }
+    let name = crate::settings::key(name);
+    match crate::settings::remove(c, who, &name).await {
+        Ok(()) => Redirect::to(&format!(
+            "/domains?done={}",
+            url(&format!(
+                "Removed {name}: no node accepts its mail now; mail queued for it is still delivered."
+            ))
+        ))
+        .into_response(),
+        Err(e) => error_page(e.status, &e.message, Some(who)),
+    }
 }
 
 async fn one_page(c: &Ctx, who: &Principal, name: &str, done: Option<&str>) -> Response {
@@ -391,6 +482,16 @@ async fn one_page(c: &Ctx, who: &Principal, name: &str, done: Option<&str>) -> R
         );
     }
     body.push_str(&domain_page(who, &name, &DomainForm::of(&d.settings), None));
+    if who.role == Role::Operator {
+        let _ = write!(
+            body,
+            "<form method=\"post\" action=\"/domains/{}/remove\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\">Remove {}</button> (its mail is refused from then on; mail queued for it is still delivered)</form>",
+            url(&name),
+            esc(who.csrf.as_deref().unwrap_or("")),
+            esc(&name)
+        );
+    }
     page(&format!("Domain {name}"), Some(who), &body)
 }
 
@@ -503,6 +604,11 @@ fn pretty(v: &str) -> String {
 }
 
 #[derive(Debug, Deserialize)]
+struct CsrfOnly {
+    csrf: String,
+}
+
+#[derive(Debug, Deserialize)]
 struct Done {
     done: Option<String>,
 }
@@ -513,8 +619,35 @@ pub fn routes() -> Router<Ctx> {
         .route(
             "/domains",
             get(
-                |State(c): State<Ctx>, Extension(who): Extension<Principal>| async move {
-                    list_page(&c, &who).await
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 q: Result<Query<Done>, QueryRejection>| async move {
+                    let done = q.ok().and_then(|Query(d)| d.done);
+                    list_page(&c, &who, done.as_deref(), None).await
+                },
+            )
+            .post(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 form: Result<Form<NewDomainForm>, FormRejection>| async move {
+                    match crate::web::accepted(&who, form, |f| &f.csrf) {
+                        Some(f) => add(&c, &who, f).await,
+                        None => crate::web::forbidden_form(&who),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/domains/{name}/remove",
+            post(
+                |State(c): State<Ctx>,
+                 Extension(who): Extension<Principal>,
+                 Path(name): Path<String>,
+                 form: Result<Form<CsrfOnly>, FormRejection>| async move {
+                    match form {
+                        Ok(Form(f)) => remove(&c, &who, &name, &f.csrf).await,
+                        Err(_) => crate::web::forbidden_form(&who),
+                    }
                 },
             ),
         )

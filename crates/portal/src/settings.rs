@@ -310,7 +310,7 @@ pub fn routes() -> Router<Ctx> {
 
 /// Stops accepting mail for a domain (an operator's call); mail queued before is still
 /// delivered by its settings, which stay in the store.
-async fn remove(c: &Ctx, who: &Principal, name: &str) -> Result<(), Refused> {
+pub(crate) async fn remove(c: &Ctx, who: &Principal, name: &str) -> Result<(), Refused> {
     if who.role != Role::Operator {
         visible(c, who)
             .await?

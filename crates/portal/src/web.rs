@@ -188,7 +188,7 @@ fn csrf_ok(who: &Principal, form: &Result<Form<CsrfForm>, FormRejection>) -> boo
 }
 
 /// A posted form, once it read and carries the session's CSRF token (`csrf` finds it).
-fn accepted<T>(
+pub(crate) fn accepted<T>(
     who: &Principal,
     form: Result<Form<T>, FormRejection>,
     csrf: impl Fn(&T) -> &String,
@@ -199,7 +199,7 @@ fn accepted<T>(
 }
 
 /// A form's page: 400 when it says what was wrong with what was sent.
-fn form_page(title: &str, who: &Principal, body: &str, wrong: bool) -> Response {
+pub(crate) fn form_page(title: &str, who: &Principal, body: &str, wrong: bool) -> Response {
     let mut r = page(title, Some(who), body);
     if wrong {
         *r.status_mut() = StatusCode::BAD_REQUEST;
@@ -208,7 +208,7 @@ fn form_page(title: &str, who: &Principal, body: &str, wrong: bool) -> Response 
 }
 
 /// The paragraphs above a form: what was done, and what was wrong.
-fn notices(done: Option<&str>, wrong: Option<&str>) -> String {
+pub(crate) fn notices(done: Option<&str>, wrong: Option<&str>) -> String {
     let mut out = String::new();
     if let Some(done) = done {
         out.push_str(&format!(
