@@ -270,34 +270,33 @@ impl Handler for Intake {
         let line = |d: &Decision| scan_line(&report, d);
         // One reply covers every recipient: when clamd could not scan and some domain
         // wants to wait for it, the whole message waits (the sender retries it whole).
-        if let Some((d, _)) = groups.values().find(|(d, _)| d.action == Action::Defer) {
-            self.engine
-                .metrics()
-                .outcome(d.verdict.as_str(), Action::Defer.as_str());
+        let refusal = if let Some((d, _)) = groups.values().find(|(d, _)| d.action == Action::Defer)
+        {
             info!(queue_id = %m.id, symbols = %report.symbols_line(), "deferred: the antivirus cannot scan");
-            let reply = Reply::new(
-                451,
-                "4.7.1 The message cannot be scanned for viruses now, try again later",
-            );
-            let traced = self.message(
-                &m,
-                m.id.clone(),
-                &m.envelope.recipients,
-                original,
-                now,
-                Some((line(d), d.verdict.as_str(), &report)),
-            );
-            self.trace_refused(traced, &reply).await;
-            return Err(reply);
-        }
-        if groups.keys().all(|k| k.0 == Action::Reject)
+            Some((
+                d,
+                Action::Defer,
+                Reply::new(
+                    451,
+                    "4.7.1 The message cannot be scanned for viruses now, try again later",
+                ),
+            ))
+        } else if groups.keys().all(|k| k.0 == Action::Reject)
             && let Some((d, _)) = groups.values().next()
         {
+            info!(queue_id = %m.id, score = report.score, symbols = %report.symbols_line(), reason = %d.reason, "rejected");
+            Some((
+                d,
+                Action::Reject,
+                Reply::new(550, format!("5.7.1 Message refused as {}", d.reason)),
+            ))
+        } else {
+            None
+        };
+        if let Some((d, action, reply)) = refusal {
             self.engine
                 .metrics()
-                .outcome(d.verdict.as_str(), Action::Reject.as_str());
-            info!(queue_id = %m.id, score = report.score, symbols = %report.symbols_line(), reason = %d.reason, "rejected");
-            let reply = Reply::new(550, format!("5.7.1 Message refused as {}", d.reason));
+                .outcome(d.verdict.as_str(), action.as_str());
             let traced = self.message(
                 &m,
                 m.id.clone(),
