@@ -295,13 +295,7 @@ pub fn routes() -> Router<Ctx> {
                 |State(c): State<Ctx>,
                  Extension(who): Extension<Principal>,
                  p: Result<Query<Page>, QueryRejection>| async move {
-                    match crate::queue::page(p) {
-                        Ok(p) => list(&c, &who)
-                            .await
-                            .map(|a| Json(p.of(a, |a| a.name.clone())))
-                            .into_response(),
-                        Err(r) => r.into_response(),
-                    }
+                    crate::queue::paged(p, list(&c, &who).await, |a| a.name.clone())
                 },
             )
             .post(

@@ -187,13 +187,9 @@ pub fn routes() -> Router<Ctx> {
             "/api/v1/lb",
             get(
                 |State(c): State<Ctx>, p: Result<Query<Page>, QueryRejection>| async move {
-                    match crate::queue::page(p) {
-                        Ok(p) => Json(p.of(c.balancers.servers(), |s| {
-                            format!("{}/{}", s.cluster, s.server)
-                        }))
-                        .into_response(),
-                        Err(r) => r.into_response(),
-                    }
+                    crate::queue::paged(p, Ok(c.balancers.servers()), |s| {
+                        format!("{}/{}", s.cluster, s.server)
+                    })
                 },
             ),
         )
@@ -201,10 +197,7 @@ pub fn routes() -> Router<Ctx> {
             "/api/v1/dns",
             get(
                 |State(c): State<Ctx>, p: Result<Query<Page>, QueryRejection>| async move {
-                    match crate::queue::page(p) {
-                        Ok(p) => Json(p.of((c.dns)(), |s| s.name.clone())).into_response(),
-                        Err(r) => r.into_response(),
-                    }
+                    crate::queue::paged(p, Ok((c.dns)()), |s| s.name.clone())
                 },
             ),
         )

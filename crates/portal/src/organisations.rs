@@ -185,13 +185,7 @@ pub fn routes() -> Router<Ctx> {
                 |State(c): State<Ctx>,
                  Extension(who): Extension<Principal>,
                  p: Result<Query<Page>, QueryRejection>| async move {
-                    match crate::queue::page(p) {
-                        Ok(p) => list(&c, &who)
-                            .await
-                            .map(|o| Json(p.of(o, |o| o.name.clone())))
-                            .into_response(),
-                        Err(r) => r.into_response(),
-                    }
+                    crate::queue::paged(p, list(&c, &who).await, |o| o.name.clone())
                 },
             ),
         )

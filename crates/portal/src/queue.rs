@@ -42,10 +42,18 @@ impl Page {
     }
 }
 
-/// The page a listing's query asks for, or the refusal of a malformed one.
-pub fn page(p: Result<Query<Page>, QueryRejection>) -> Result<Page, crate::Refused> {
-    p.map(|Query(p)| p)
-        .map_err(|e| crate::Refused::new(e.status(), e.body_text()))
+/// A listing held whole, answered as its query asks: the refusal of a malformed query or
+/// of the listing itself, else the page ([`Page::of`]) as JSON.
+pub fn paged<T: Serialize>(
+    p: Result<Query<Page>, QueryRejection>,
+    items: Result<Vec<T>, crate::Refused>,
+    key: impl Fn(&T) -> String,
+) -> axum::response::Response {
+    match (p, items) {
+        (Err(e), _) => refusal(e.status(), &e.body_text()),
+        (_, Err(r)) => r.into_response(),
+        (Ok(Query(p)), Ok(items)) => Json(p.of(items, key)).into_response(),
+    }
 }
 
 /// The queue as the store every node shares holds it now, for `/metrics`: recipients

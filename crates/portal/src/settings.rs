@@ -231,14 +231,7 @@ pub fn routes() -> Router<Ctx> {
                 |State(c): State<Ctx>,
                  Extension(who): Extension<Principal>,
                  p: Result<Query<Page>, QueryRejection>| async move {
-                    let p = match crate::queue::page(p) {
-                        Ok(p) => p,
-                        Err(r) => return r.into_response(),
-                    };
-                    visible(&c, &who)
-                        .await
-                        .map(|d| Json(p.of(d, |d| d.name.clone())))
-                        .into_response()
+                    crate::queue::paged(p, visible(&c, &who).await, |d| d.name.clone())
                 },
             ),
         )
