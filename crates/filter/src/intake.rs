@@ -421,9 +421,9 @@ impl Intake {
     fn count(&self, m: &Accepted, now: i64, groups: &BTreeMap<Group, (Decision, Vec<smtp::Rcpt>)>) {
         let deferred = groups.keys().any(|k| k.0 == Action::Defer);
         let refused = groups.keys().all(|k| k.0 == Action::Reject);
-        let sender = match m.envelope.sender.rsplit_once('@') {
-            Some((_, d)) => d.to_lowercase(),
-            None => "<>".to_string(),
+        let (address, sender) = match m.envelope.sender.rsplit_once('@') {
+            Some((_, d)) => (m.envelope.sender.to_lowercase(), d.to_lowercase()),
+            None => ("<>".to_string(), "<>".to_string()),
         };
         for (d, rcpts) in groups.values() {
             let action = match d.action {
@@ -440,6 +440,7 @@ impl Intake {
                 add("verdict", d.verdict.as_str());
                 add("action", action.as_str());
                 add("sender", &sender);
+                add("sender_address", &address);
                 add("server", &m.server);
                 if matches!(d.verdict.as_str(), "virus" | "policy") {
                     add(d.verdict.as_str(), &d.reason);

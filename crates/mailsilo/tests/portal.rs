@@ -787,6 +787,32 @@ fn the_queue_page_shows_waiting_mail_and_deletes_it() {
         page.contains("<td>example.com</td><td>1</td><td>1</td>"),
         "{page}"
     );
+    // The queue over time: sampled every 10 s, for the domain's admin too, not for the
+    // other organisation's.
+    let backlog = |who: &Session| {
+        let (status, body) = who.get(&g, "/api/v1/stats");
+        assert_eq!(status, 200, "{body}");
+        totals(&serde_json::from_str::<serde_json::Value>(&body).unwrap()["backlog"])
+    };
+    let admin = login(g.control, "admin@example.com", "admin-pass");
+    assert!(
+        wait_until(Duration::from_secs(40), || backlog(&admin)
+            .get("deferred")
+            .is_some_and(|n| *n >= 1)),
+        "{:?}",
+        backlog(&admin)
+    );
+    let org = login(g.control, "admin@example.org", "org-admin-pass");
+    assert!(
+        backlog(&org).values().all(|n| *n == 0),
+        "{:?}",
+        backlog(&org)
+    );
+    let (_, page) = admin.get(&g, "/stats");
+    assert!(
+        page.contains("<h2>Queue (recipients waiting, average)</h2>"),
+        "{page}"
+    );
     let post = |path: &str, body: &str| {
         http(
             g.control,
@@ -1195,7 +1221,9 @@ fn an_operator_changes_servers_on_the_silo_page() {
 /// The balancers sample each server's health into the statistics every 10 s: a running
 /// server counts up, one that fails its checks down, one in maintenance maint; operators
 /// see each server's availability over time (the API and the page's chart), admins do not.
-/// The silo page gives each mail server's messages over the last hour.
+/// The silo page gives each mail server's messages over the last hour, the statistics
+/// each cluster's. Also what a newcomer meets first: `up` prints the portal's address and
+/// the accounts to log in with, and the CLI without the control token says so.
 #[test]
 fn each_servers_availability_is_charted_over_time() {
     let accounts = TAIL
@@ -1204,6 +1232,49 @@ fn each_servers_availability_is_charted_over_time() {
         .unwrap();
     let mut silo = common::Silo::new(30, &[&[1, 1]], &accounts, "");
     silo.start_without_dns();
+    // `up` says where the portal is and the accounts the file gives a password; each
+    // logs in there with what was printed.
+    let out = std::fs::read_to_string(silo.dir.path().join("all.out")).unwrap();
+    let portal = format!("http://{}/", silo.control);
+    assert!(
+        out.contains(&format!(
+            "  portal                 {portal}  (API: {portal}api/v1/)"
+        )),
+        "{out}"
+    );
+    let printed: Vec<(&str, &str)> = out
+        .lines()
+        .filter_map(|l| l.trim().split_once(" / "))
+        .filter_map(|(who, password)| Some((who.rsplit_once(' ')?.1, password)))
+        .collect();
+    assert_eq!(printed.len(), 4, "{out}");
+    for (name, password) in printed {
+        login(silo.control, name, password);
+    }
+    // The CLI without the control token: refused, saying where it looked; with another
+    // token: refused by the gateway, saying which token it wants.
+    let empty = tempfile::tempdir().unwrap();
+    let cli = |token: &str| {
+        Command::new(&*BIN)
+            .args(["lb", "show", "--control", &silo.control.to_string()])
+            .arg("--data-dir")
+            .arg(empty.path())
+            .env("MAILSILO_CONTROL_TOKEN", token)
+            .output()
+            .unwrap()
+    };
+    let out = cli("");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("no control token at"),
+        "{said}"
+    );
+    let out = cli("not-the-token");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && said.contains("the gateway refused the control token"),
+        "{said}"
+    );
     silo.lb(&["maint", "c1/c1-s2"]);
     // Nothing listens at the new server's address: its checks fail.
     silo.lb(&["add", "c1/c1-s3", "127.2.30.9:2525", "--loading", "1"]);
@@ -1270,6 +1341,20 @@ fn each_servers_availability_is_charted_over_time() {
         "{}",
         silo_page()
     );
+    // Counted for its cluster too, the API and the page.
+    let clusters = totals(&stats(&operator)["clusters"]);
+    assert_eq!(clusters, [("c1".to_string(), 1)].into(), "{clusters:?}");
+    let (_, _, page) = http(
+        silo.control,
+        "GET",
+        "/stats",
+        &[("Cookie", &operator.cookie)],
+        "",
+    );
+    assert!(
+        page.contains("aria-label=\"Messages by cluster: 1 in all\""),
+        "{page}"
+    );
 }
 
 /// The sums of a series' buckets by label.
@@ -1333,6 +1418,16 @@ fn statistics_count_each_organisations_mail() {
         serde_json::json!([{"label": "example.com", "count": 3}, {"label": "example.org", "count": 2}])
     );
     assert_eq!(all["top_senders"][0]["label"], "outside.example");
+    assert_eq!(
+        all["top_sender_addresses"],
+        serde_json::json!([
+            {"label": "promo@outside.example", "count": 3},
+            {"label": "friend@partner.example", "count": 1},
+            {"label": "spammer@outside.example", "count": 1}
+        ])
+    );
+    // The gateway's listener is in no cluster.
+    assert_eq!(totals(&all["clusters"]), n(&[("-", 5)]));
     assert_eq!(all["step"], 3600);
     let hours = all["verdicts"].as_array().unwrap().len();
     assert!((24..=25).contains(&hours), "{all}");

@@ -1,7 +1,8 @@
 //! Statistics: the mail of a time range, by hour or by day, from the counters every node
-//! adds to the store (verdicts, actions, delivery outcomes, the mail server that took each
-//! message), the top senders, recipient domains, viruses and policy hits, and the queue now
-//! by client domain; for operators also each balanced server's health now and over time
+//! adds to the store (verdicts, actions, delivery outcomes, the mail server and the cluster
+//! that took each message), the top senders (addresses and domains), recipient domains,
+//! viruses and policy hits, and the queue by client domain, now and over time (from the
+//! queue's samples); for operators also each balanced server's health now and over time
 //! (its availability, from the balancers' samples). The API answers
 //! in JSON, the page draws the same figures as SVG charts rendered here (no script, no
 //! external resource), each with a table of its numbers beside it.
@@ -74,12 +75,22 @@ pub struct Stats {
     pub deliveries: Vec<Bucket>,
     /// Messages by the mail server that took them.
     pub servers: Vec<Bucket>,
+    /// Messages by the cluster of the mail server that took them (`-`: a listener outside
+    /// every cluster).
+    pub clusters: Vec<Bucket>,
+    /// Sender domains (`<>`: the null sender).
     pub top_senders: Vec<Ranked>,
+    /// Sender addresses, lower-case (`<>`: the null sender).
+    pub top_sender_addresses: Vec<Ranked>,
     pub top_domains: Vec<Ranked>,
     pub viruses: Vec<Ranked>,
     pub policy: Vec<Ranked>,
     /// The queue now, by client domain.
     pub queue: Vec<DomainQueue>,
+    /// The queue over time: the recipients waiting in the query's domains (`pending`,
+    /// `deferred`), each bucket's average over the samples every node running the queue
+    /// takes every 10 s; a bucket with no sample is empty.
+    pub backlog: Vec<Bucket>,
     /// Each balanced server now (operators only; empty for others).
     pub health: Vec<ServerStatus>,
     /// Each balanced server's health over time (operators only; empty for others): every
@@ -143,6 +154,28 @@ pub async fn gather(c: &Ctx, who: &Principal, q: &StatsQuery) -> Result<Stats, R
             .map(|(label, count)| Ranked { label, count })
             .collect())
     };
+    // Samples count for no client domain.
+    let silo = StatQuery {
+        domains: Some(vec![String::new()]),
+        ..query.clone()
+    };
+    let silo_series = async |metric: &str| -> Result<Vec<Bucket>, Refused> {
+        let rows = c
+            .store
+            .stat_series(&silo, metric)
+            .await
+            .map_err(Refused::store)?;
+        Ok(buckets(&rows, query.since, until, step))
+    };
+    let servers = series("server").await?;
+    let clusters: BTreeMap<String, String> = c
+        .store
+        .servers()
+        .await
+        .map_err(Refused::store)?
+        .into_iter()
+        .map(|s| (s.server, s.cluster))
+        .collect();
     Ok(Stats {
         since,
         until,
@@ -150,8 +183,12 @@ pub async fn gather(c: &Ctx, who: &Principal, q: &StatsQuery) -> Result<Stats, R
         verdicts: series("verdict").await?,
         actions: series("action").await?,
         deliveries: series("delivery").await?,
-        servers: series("server").await?,
+        clusters: relabel(&servers, |server| {
+            clusters.get(server).map_or("-", String::as_str)
+        }),
+        servers,
         top_senders: top("sender").await?,
+        top_sender_addresses: top("sender_address").await?,
         top_domains: top("domain").await?,
         viruses: top("virus").await?,
         policy: top("policy").await?,
@@ -160,23 +197,17 @@ pub async fn gather(c: &Ctx, who: &Principal, q: &StatsQuery) -> Result<Stats, R
             .queue_by_domain(&query)
             .await
             .map_err(Refused::store)?,
+        backlog: averages(
+            &series("backlog").await?,
+            &silo_series("backlog_samples").await?,
+        ),
         health: if who.role == Role::Operator {
             c.balancers.servers()
         } else {
             Vec::new()
         },
         availability: if who.role == Role::Operator {
-            // The samples count for no client domain.
-            let silo = StatQuery {
-                domains: Some(vec![String::new()]),
-                ..query.clone()
-            };
-            let rows = c
-                .store
-                .stat_series(&silo, "health")
-                .await
-                .map_err(Refused::store)?;
-            buckets(&rows, query.since, until, step)
+            silo_series("health").await?
         } else {
             Vec::new()
         },
@@ -203,6 +234,45 @@ pub fn buckets(rows: &[(i64, String, i64)], since: i64, until: i64, step: i64) -
         }
     }
     out
+}
+
+/// `series` with its labels renamed by `to`, the counts of labels renamed alike summed.
+fn relabel<'a>(series: &'a [Bucket], to: impl Fn(&'a str) -> &'a str) -> Vec<Bucket> {
+    series
+        .iter()
+        .map(|b| {
+            let mut counts = BTreeMap::new();
+            for (label, n) in &b.counts {
+                *counts.entry(to(label).to_string()).or_default() += n;
+            }
+            Bucket {
+                start: b.start,
+                counts,
+            }
+        })
+        .collect()
+}
+
+/// Each bucket of the sums `sums` divided by its number of samples (the only label of
+/// `samples`' bucket), rounded; empty where nothing was sampled.
+fn averages(sums: &[Bucket], samples: &[Bucket]) -> Vec<Bucket> {
+    sums.iter()
+        .zip(samples)
+        .map(|(b, s)| {
+            let n: i64 = s.counts.values().sum();
+            Bucket {
+                start: b.start,
+                counts: if n > 0 {
+                    b.counts
+                        .iter()
+                        .map(|(l, sum)| (l.clone(), (*sum as f64 / n as f64).round() as i64))
+                        .collect()
+                } else {
+                    BTreeMap::new()
+                },
+            }
+        })
+        .collect()
 }
 
 /// `GET /api/v1/stats`.
@@ -604,15 +674,22 @@ pub fn page_body(s: &Stats, who: &Principal, q: &StatsQuery) -> String {
     body.push_str(&stacked_chart("Messages by verdict", &s.verdicts, s.step));
     body.push_str(&stacked_chart("Messages by action", &s.actions, s.step));
     body.push_str(&stacked_chart("Delivery outcomes", &s.deliveries, s.step));
+    body.push_str(&stacked_chart("Messages by cluster", &s.clusters, s.step));
     body.push_str(&stacked_chart(
         "Messages by mail server",
         &s.servers,
         s.step,
     ));
+    body.push_str(&ranked_chart("Top senders", &s.top_sender_addresses));
     body.push_str(&ranked_chart("Top sender domains", &s.top_senders));
     body.push_str(&ranked_chart("Top recipient domains", &s.top_domains));
     body.push_str(&ranked_chart("Viruses", &s.viruses));
     body.push_str(&ranked_chart("Attachment policy hits", &s.policy));
+    body.push_str(&stacked_chart(
+        "Queue (recipients waiting, average)",
+        &s.backlog,
+        s.step,
+    ));
     body.push_str(
         "<section class=\"stat\" aria-label=\"Queue now\"><h2>Queue now</h2><table><thead><tr>\
          <th scope=\"col\">Client domain</th><th scope=\"col\">Waiting</th>\
@@ -678,6 +755,44 @@ mod tests {
         assert_eq!(daily.len(), 2);
         assert_eq!(daily[0].counts["spam"], 3);
         assert_eq!(daily[1].counts["clean"], 1);
+    }
+
+    #[test]
+    fn clusters_and_averages_from_other_series() {
+        let b = buckets(
+            &[
+                (0, "c1-s1".to_string(), 2),
+                (0, "c1-s2".to_string(), 3),
+                (0, "c2-s1".to_string(), 1),
+                (3600, "mx.test".to_string(), 4),
+            ],
+            0,
+            7200,
+            3600,
+        );
+        let cluster = |s: &str| if s.starts_with("c1-") { "c1" } else { "c2" };
+        let by = relabel(&b, cluster);
+        assert_eq!(by[0].counts, [("c1".into(), 5), ("c2".into(), 1)].into());
+        assert_eq!(by[1].counts, [("c2".into(), 4)].into());
+        // Two samples of 3 and 4 deferred, 1 pending: averages 3.5 -> 4 and 0.5 -> 1; an
+        // hour with no sample is a gap, not a zero.
+        let sums = buckets(
+            &[
+                (0, "deferred".to_string(), 7),
+                (0, "pending".to_string(), 1),
+                (3600, "deferred".to_string(), 9),
+            ],
+            0,
+            7200,
+            3600,
+        );
+        let samples = buckets(&[(0, String::new(), 2)], 0, 7200, 3600);
+        let avg = averages(&sums, &samples);
+        assert_eq!(
+            avg[0].counts,
+            [("deferred".into(), 4), ("pending".into(), 1)].into()
+        );
+        assert!(avg[1].counts.is_empty());
     }
 
     #[test]

@@ -27,8 +27,8 @@ use smtp::command::Ret;
 use smtp::server::{QueueIds, notify};
 use smtp::{Envelope, Rcpt, Reply};
 use store::{
-    Arrival, Attempt, Claimed, Lease, Message, NewMessage, NewRecipient, Outcome, Status, Store,
-    Tally,
+    Arrival, Attempt, Claimed, Lease, Message, NewMessage, NewRecipient, Outcome, StatQuery,
+    Status, Store, Tally,
 };
 use tokio::sync::{Semaphore, watch};
 use tracing::{Instrument, info, info_span, warn};
@@ -253,6 +253,7 @@ impl Queue {
                 last_expiry = Some(Instant::now());
             }
             if last_flush.elapsed() >= STATS_FLUSH {
+                self.sample_backlog().await;
                 self.flush_stats().await;
                 last_flush = Instant::now();
             }
@@ -274,6 +275,25 @@ impl Queue {
             c.quit().await;
         }
         self.flush_stats().await;
+    }
+
+    /// Counts the shared queue's backlog now into the statistics, per client domain: the
+    /// recipients waiting (metric `backlog`, labels `pending` and `deferred`), and one
+    /// sample (metric `backlog_samples`, no domain), so that the portal charts each
+    /// period's average whatever the number of nodes sampling.
+    async fn sample_backlog(&self) {
+        let waiting = match self.store.queue_by_domain(&StatQuery::default()).await {
+            Ok(w) => w,
+            Err(e) => return warn!(error = %e, "the queue's backlog not sampled"),
+        };
+        let now = self.clock.now();
+        self.tally.add(now, "", "backlog_samples", "");
+        for d in waiting {
+            self.tally
+                .add_n(now, &d.domain, "backlog", "pending", d.pending);
+            self.tally
+                .add_n(now, &d.domain, "backlog", "deferred", d.deferred);
+        }
     }
 
     /// Adds the statistics counted since the last flush to the store's counters.

@@ -19,6 +19,11 @@ pub struct Tally {
 impl Tally {
     /// Counts one `metric` = `label` for mail to `domain` at `at` (unix seconds).
     pub fn add(&self, at: i64, domain: &str, metric: &'static str, label: &str) {
+        self.add_n(at, domain, metric, label, 1);
+    }
+
+    /// Adds `n` to `metric` = `label` for `domain` at `at` (a sampled gauge's value).
+    pub fn add_n(&self, at: i64, domain: &str, metric: &'static str, label: &str, n: i64) {
         let mut end = label.len().min(MAX_LABEL);
         while !label.is_char_boundary(end) {
             end -= 1;
@@ -29,7 +34,7 @@ impl Tally {
             metric: metric.to_string(),
             label: label[..end].to_string(),
         };
-        *self.counts.lock().expect("tally").entry(key).or_default() += 1;
+        *self.counts.lock().expect("tally").entry(key).or_default() += n;
     }
 
     /// Adds what was counted to the store; on failure the counts wait for the next flush.
@@ -63,6 +68,7 @@ mod tests {
         t.add(7199, "A.example", "verdict", "spam");
         t.add(3600, "a.example", "verdict", "spam");
         t.add(7200, "a.example", "verdict", "spam");
+        t.add_n(7300, "a.example", "verdict", "spam", 5);
         let long = "é".repeat(100);
         t.add(0, "a.example", "sender", &long);
         let counts = t.counts.lock().unwrap();
@@ -73,7 +79,7 @@ mod tests {
             label: "spam".into(),
         };
         assert_eq!(counts[&spam(3600)], 2);
-        assert_eq!(counts[&spam(7200)], 1);
+        assert_eq!(counts[&spam(7200)], 6);
         let label = &counts.keys().find(|k| k.metric == "sender").unwrap().label;
         assert!(label.len() <= MAX_LABEL && label.chars().all(|c| c == 'é'));
     }
