@@ -310,12 +310,15 @@ pub fn health_label(s: &balancer::ServerStats) -> String {
 }
 
 /// Counts each local balancer's servers' health every [`HEALTH_SAMPLE`] into the store's
-/// hourly statistics (metric `health`, no client domain: operators' figures), so the
-/// portal charts each server's availability over time; the first sample comes one interval
-/// after start, once the first health checks have run.
+/// hourly statistics (metric `health`, no client domain: operators' figures), and each
+/// cluster's as the local DNS's checks of its balancer see it (metric `cluster_health`,
+/// `CLUSTER up` or `down`), so the portal charts each server's and each cluster's
+/// availability over time; the first sample comes one interval after start, once the
+/// first health checks have run.
 pub async fn sample_health(
     store: Arc<dyn Store>,
     balancers: Vec<Arc<Balancer>>,
+    catalog: Option<Arc<Catalog>>,
     mut shutdown: watch::Receiver<bool>,
 ) {
     let tally = store::Tally::default();
@@ -327,6 +330,18 @@ pub async fn sample_health(
         let now = smtp::date::now();
         for s in balancers.iter().flat_map(|b| b.stats()) {
             tally.add(now, "", "health", &health_label(&s));
+        }
+        for c in catalog
+            .iter()
+            .flat_map(|c| c.silos())
+            .flat_map(|s| &s.clusters)
+        {
+            let state = if c.healthy.load(Ordering::Relaxed) {
+                "up"
+            } else {
+                "down"
+            };
+            tally.add(now, "", "cluster_health", &format!("{} {state}", c.name));
         }
         if let Err(e) = tally.flush(store.as_ref()).await {
             warn!(error = %e, "server health samples not written; kept for the next");

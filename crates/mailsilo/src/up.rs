@@ -594,10 +594,14 @@ pub async fn up(
         )));
     }
 
-    if let Some(store) = store.as_ref().filter(|_| !balancers.is_empty()) {
+    if let Some(store) = store
+        .as_ref()
+        .filter(|_| !balancers.is_empty() || catalog.is_some())
+    {
         tasks.push(tokio::spawn(crate::live::sample_health(
             store.clone(),
             balancers.clone(),
+            catalog.clone(),
             stopped.clone(),
         )));
     }

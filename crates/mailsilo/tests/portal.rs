@@ -1231,7 +1231,7 @@ fn each_servers_availability_is_charted_over_time() {
         .map(|(_, rest)| format!("[[organisation]]{rest}"))
         .unwrap();
     let mut silo = common::Silo::new(30, &[&[1, 1]], &accounts, "");
-    silo.start_without_dns();
+    silo.start_all();
     // `up` says where the portal is and the accounts the file gives a password; each
     // logs in there with what was printed.
     let out = std::fs::read_to_string(silo.dir.path().join("all.out")).unwrap();
@@ -1295,6 +1295,12 @@ fn each_servers_availability_is_charted_over_time() {
         let seen = totals(&stats(&operator)["availability"]);
         want.iter().all(|w| seen.contains_key(*w))
     }));
+    // The DNS's checks of the cluster's balancer, sampled alike.
+    let clusters = totals(&stats(&operator)["cluster_availability"]);
+    assert!(
+        clusters.keys().eq(["c1 up"]) && clusters["c1 up"] >= 1,
+        "{clusters:?}"
+    );
     let seen = totals(&stats(&operator)["availability"]);
     assert!(
         seen.keys().all(|k| want.contains(&k.as_str())),
@@ -1312,11 +1318,14 @@ fn each_servers_availability_is_charted_over_time() {
         "c1/c1-s1</td><td>100.00%",
         "c1/c1-s3</td><td>0.00%",
         "c1/c1-s2</td><td>-</td>",
+        "<h2>Cluster availability</h2>",
+        "<tr><td>c1</td><td>100.00%",
     ] {
         assert!(page.contains(cell), "{cell}: {page}");
     }
     let admin = login(silo.control, "admin@example.com", "admin-pass");
     assert_eq!(stats(&admin)["availability"], serde_json::json!([]));
+    assert_eq!(stats(&admin)["cluster_availability"], serde_json::json!([]));
     // The silo page gives each mail server's messages over the last hour.
     let mut s = common::Smtp::connect(silo.clusters[0].address);
     assert_eq!(s.cmd("EHLO client.test").0, 250);

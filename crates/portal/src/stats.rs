@@ -97,6 +97,10 @@ pub struct Stats {
     /// balancer's samples, one per server every 10 s, labelled `CLUSTER/SERVER STATE`
     /// with the state `up`, `down` or `maint`.
     pub availability: Vec<Bucket>,
+    /// Each cluster's health over time (operators only; empty for others): every DNS
+    /// node's checks of each cluster's balancer, one sample every 10 s, labelled
+    /// `CLUSTER up` or `CLUSTER down`.
+    pub cluster_availability: Vec<Bucket>,
 }
 
 /// The statistics `q` asks for, within the caller's scope.
@@ -208,6 +212,11 @@ pub async fn gather(c: &Ctx, who: &Principal, q: &StatsQuery) -> Result<Stats, R
         },
         availability: if who.role == Role::Operator {
             silo_series("health").await?
+        } else {
+            Vec::new()
+        },
+        cluster_availability: if who.role == Role::Operator {
+            silo_series("cluster_health").await?
         } else {
             Vec::new()
         },
@@ -516,7 +525,7 @@ impl Samples {
     }
 }
 
-/// Per server (`CLUSTER/SERVER`), its samples in each of `buckets`.
+/// Per server (`CLUSTER/SERVER`) or cluster, its samples in each of `buckets`.
 fn samples_by_server(buckets: &[Bucket]) -> BTreeMap<&str, Vec<Samples>> {
     let mut out: BTreeMap<&str, Vec<Samples>> = BTreeMap::new();
     for (i, b) in buckets.iter().enumerate() {
@@ -538,13 +547,14 @@ fn samples_by_server(buckets: &[Bucket]) -> BTreeMap<&str, Vec<Samples>> {
     out
 }
 
-/// Each server's availability over time as inline SVG, HAProxy-stats style: one row per
-/// server, one cell per bucket, green when every sample was up, amber when most were, red
-/// otherwise, blue-grey in maintenance, pale where nothing was sampled; each cell's share
-/// in its tooltip, and each server's share over the range in a table.
-pub fn availability_chart(buckets: &[Bucket], step: i64) -> String {
+/// Each server's (or cluster's: `what`) availability over time as inline SVG,
+/// HAProxy-stats style: one row per server, one cell per bucket, green when every sample
+/// was up, amber when most were, red otherwise, blue-grey in maintenance, pale where
+/// nothing was sampled; each cell's share in its tooltip, and each server's share over the
+/// range in a table.
+pub fn availability_chart(what: &str, buckets: &[Bucket], step: i64) -> String {
     let esc = crate::web::esc;
-    let title = "Server availability";
+    let title = format!("{what} availability");
     let servers = samples_by_server(buckets);
     if servers.is_empty() {
         return format!(
@@ -558,7 +568,7 @@ pub fn availability_chart(buckets: &[Bucket], step: i64) -> String {
         "<svg class=\"chart\" viewBox=\"0 0 {w} {h}\" role=\"img\" aria-label=\"{title}\" xmlns=\"http://www.w3.org/2000/svg\"><title>{title}</title>"
     );
     let mut table = format!(
-        "<details><summary>{title} as a table</summary><table><thead><tr><th scope=\"col\">Server</th>\
+        "<details><summary>{title} as a table</summary><table><thead><tr><th scope=\"col\">{what}</th>\
          <th scope=\"col\">Up</th><th scope=\"col\">Samples up</th><th scope=\"col\">Samples down</th>\
          <th scope=\"col\">Samples in maintenance</th></tr></thead><tbody>"
     );
@@ -710,7 +720,12 @@ pub fn page_body(s: &Stats, who: &Principal, q: &StatsQuery) -> String {
     }
     body.push_str("</tbody></table></section>");
     if who.role == Role::Operator {
-        body.push_str(&availability_chart(&s.availability, s.step));
+        body.push_str(&availability_chart("Server", &s.availability, s.step));
+        body.push_str(&availability_chart(
+            "Cluster",
+            &s.cluster_availability,
+            s.step,
+        ));
         body.push_str(
             "<section class=\"stat\" aria-label=\"Servers now\"><h2>Servers now</h2><table><thead><tr>\
              <th scope=\"col\">Cluster</th><th scope=\"col\">Server</th><th scope=\"col\">Health</th>\
@@ -851,7 +866,7 @@ mod tests {
             (3600, "c1/s2 maint".to_string(), 360),
         ];
         let b = buckets(&rows, 0, 3 * 3600, 3600);
-        let svg = availability_chart(&b, 3600);
+        let svg = availability_chart("Server", &b, 3600);
         for want in [
             "c1/s1 01-01 00h: 100% up",
             "c1/s2 01-01 00h: 83.3% up",
@@ -877,7 +892,8 @@ mod tests {
             "{svg}"
         );
         assert!(
-            availability_chart(&buckets(&[], 0, 3600, 3600), 3600).contains("No health samples")
+            availability_chart("Cluster", &buckets(&[], 0, 3600, 3600), 3600)
+                .contains("No health samples")
         );
     }
 }
