@@ -311,6 +311,9 @@ pub struct Digest {
     pub link_lifetime: Duration,
     /// The digests' `From:` address.
     pub from: String,
+    /// Whether a link opens a page with a button that acts (true: link scanners that fetch
+    /// every URL change nothing) or acts as it is opened (one click).
+    pub confirm: bool,
 }
 
 /// A digest schedule's period: `daily`, `weekly`, a duration of at least an hour, or `off`
@@ -1157,6 +1160,13 @@ mod tests {
         assert_eq!(c.digest.period, Some(Duration::from_secs(86400)));
         assert_eq!(c.digest.link_lifetime, Duration::from_secs(14 * 86400));
         assert_eq!(c.digest.from, "quarantine@mx");
+        assert!(c.digest.confirm, "links confirm by default");
+        let one_click = Config::parse("t.toml", &format!("{MIN}[digest]\nconfirm = false\n"));
+        assert!(!one_click.unwrap().digest.confirm);
+        assert!(
+            err(&format!("{MIN}[digest]\nconfirm = \"no\"\n")).contains("t.toml:8"),
+            "a string where a boolean goes is named by its line"
+        );
         let c = Config::parse(
             "t.toml",
             &format!("{MIN}[control]\nlisten = \"127.0.0.1:8025\"\n[digest]\nschedule = \"weekly\"\nfrom = \"q@example.com\"\n[[organisation]]\nname = \"A\"\ndigest = \"12h\"\n"),

@@ -52,6 +52,7 @@ pub struct DigestRaw {
     pub schedule: Option<S<String>>,
     pub link_lifetime: Option<S<String>>,
     pub from: Option<S<String>>,
+    pub confirm: Option<S<bool>>,
 }
 
 #[derive(Deserialize)]
@@ -944,6 +945,7 @@ fn validate_digest(cx: &Ctx<'_>, d: Option<&DigestRaw>, hostname: &str) -> Resul
             Duration::from_secs(14 * 86400),
         )?,
         from,
+        confirm: d.confirm.as_ref().is_none_or(|c| *c.get_ref()),
     })
 }
 

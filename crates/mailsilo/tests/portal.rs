@@ -1637,6 +1637,42 @@ fn digest_links_release_once_and_refuse_altered_or_expired_ones() {
     let alice = login(g.control, "alice@example.com", "alice-pass");
     let (status, _) = alice.get(&g, &format!("/api/v1/quarantine/{id}"));
     assert_eq!(status, 200, "still held");
+
+    // One click (digest.confirm = false): opening the link releases, once; a delete link
+    // deletes as it is opened.
+    let g = Gateway::start(Options {
+        tail: format!("{TAIL}\n[digest]\nschedule = \"off\"\nconfirm = false\n"),
+        ..Options::default()
+    });
+    let kept = hold(&g, &["alice@example.com"], "wanted");
+    let dropped = hold(&g, &["alice@example.com"], "unwanted");
+    g.admin("digest", &["send"]);
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+    let text = text_part(&g.mailbox("alice@example.com")[0]);
+    assert!(text.contains("opening it does it"), "{text}");
+    let (release, delete) = (
+        digest_link(&text, "Release", 0),
+        digest_link(&text, "Delete", 1),
+    );
+    assert!(
+        release.contains(&kept) && delete.contains(&dropped),
+        "{text}"
+    );
+    let (status, _, page) = http(g.control, "GET", &release, &[], "");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Released"), "{page}");
+    let (status, _, page) = http(g.control, "GET", &release, &[], "");
+    assert_eq!(status, 404, "released once: {page}");
+    assert!(wait_until(WAIT, || g
+        .mailbox("alice@example.com")
+        .iter()
+        .any(|m| m.contains("hold me wanted"))));
+    let (status, _, page) = http(g.control, "GET", &delete, &[], "");
+    assert_eq!(status, 200, "{page}");
+    assert!(page.contains("Deleted"), "{page}");
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    let (status, _) = alice.get(&g, &format!("/api/v1/quarantine/{dropped}"));
+    assert_eq!(status, 404, "deleted");
 }
 
 /// Client domains and their policies: an organisation's admin reads and changes its own

@@ -179,12 +179,17 @@ fn compose(
         .as_ref()
         .map_or_else(String::new, |k| k.url.clone());
     let when = |t| smtp::date::rfc5322(t);
+    let opens = if d.confirm {
+        "it opens a page where you confirm"
+    } else {
+        "opening it does it"
+    };
     let (mut text, mut html) = (String::new(), String::new());
     let _ = write!(
         text,
         "{n} new message(s) were held in quarantine for {to} since {since}.\r\n\
-         Each link below works without logging in until {until}; it opens a page where\r\n\
-         you confirm. Release only what you trust: held mail may be dangerous.\r\n\r\n",
+         Each link below works without logging in until {until};\r\n\
+         {opens}. Release only what you trust: held mail may be dangerous.\r\n\r\n",
         n = listing.total,
         since = when(since),
         until = when(expires),
@@ -192,7 +197,7 @@ fn compose(
     let _ = write!(
         html,
         "<!DOCTYPE html><html><body><p>{n} new message(s) were held in quarantine for {to} since {since}.\
-         Each link works without logging in until {until}; it opens a page where you confirm.\
+         Each link works without logging in until {until}; {opens}.\
          Release only what you trust: held mail may be dangerous.</p><table border=\"1\" cellpadding=\"4\">\
          <tr><th>Received</th><th>From</th><th>Subject</th><th>Why</th><th></th></tr>",
         n = listing.total,
@@ -538,7 +543,8 @@ async fn act(c: &Ctx, action: Action, link: &Link) -> Response {
     }
 }
 
-/// `GET|POST /digest/{release|delete}` (public: the signature is the credential) and
+/// `GET|POST /digest/{release|delete}` (public: the signature is the credential; `GET`
+/// shows the confirmation page, or acts under `digest.confirm = false`) and
 /// `POST /api/v1/digests`.
 pub fn routes() -> Router<Ctx> {
     Router::new()
@@ -549,7 +555,10 @@ pub fn routes() -> Router<Ctx> {
                  Path(action): Path<String>,
                  q: Result<Query<Link>, QueryRejection>| async move {
                     match (Action::parse(&action), q) {
-                        (Some(a), Ok(Query(link))) => confirm(&c, a, &link).await,
+                        (Some(a), Ok(Query(link))) if c.config.digest.confirm => {
+                            confirm(&c, a, &link).await
+                        }
+                        (Some(a), Ok(Query(link))) => act(&c, a, &link).await,
                         _ => link_page(StatusCode::NOT_FOUND, "Not found", "<p>No such link.</p>"),
                     }
                 },
