@@ -452,6 +452,12 @@ pub struct FilterPolicy {
     pub dmarc: DmarcMode,
     /// Greylist mail for this domain (see [`Greylisting`]).
     pub greylist: bool,
+    /// Refuse this domain's recipients at RCPT TO (550) when a client-address list
+    /// (`filter.dnsbl`, any of them) lists the client, rather than score it.
+    pub reject_listed: bool,
+    /// Refuse this domain's recipients at RCPT TO (550) when the sender's SPF forbids the
+    /// client, rather than score it.
+    pub reject_spf_fail: bool,
     /// Recipients' own allow and block lists, by local part (lower-case).
     pub users: std::collections::HashMap<String, (Vec<Sender>, Vec<Sender>)>,
     pub virus_action: VirusAction,
@@ -507,6 +513,8 @@ impl Default for FilterPolicy {
             block: Vec::new(),
             dmarc: DmarcMode::Enforce,
             greylist: false,
+            reject_listed: false,
+            reject_spf_fail: false,
             users: Default::default(),
             virus_action: VirusAction::Reject,
             antivirus_fail_mode: FailMode::Tempfail,

@@ -1131,6 +1131,9 @@ fn validate_filter(cx: &Ctx<'_>, f: &S<FilterRaw>) -> Result<Filter, Error> {
         block: raw.block.iter().map(|a| a.get_ref().clone()).collect(),
         dmarc: raw.dmarc,
         greylist: raw.greylist,
+        // Refused for every domain by `spf_reject` and each list's `reject` instead.
+        reject_listed: None,
+        reject_spf_fail: None,
         users: Default::default(),
         virus_action: raw.virus_action,
         antivirus_fail_mode: raw.antivirus_fail_mode,

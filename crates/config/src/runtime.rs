@@ -60,6 +60,14 @@ pub struct FilterSettings {
     /// Greylist mail for this domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub greylist: Option<bool>,
+    /// Refuse recipients at RCPT TO when a client-address list lists the client (default:
+    /// score it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject_listed: Option<bool>,
+    /// Refuse recipients at RCPT TO when the sender's SPF forbids the client (default:
+    /// score it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reject_spf_fail: Option<bool>,
     /// Allow and block lists of single recipients (by local part), on top of the domain's.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub users: std::collections::BTreeMap<String, UserLists>,
@@ -122,6 +130,12 @@ impl FilterSettings {
         }
         if let Some(g) = self.greylist {
             p.greylist = g;
+        }
+        if let Some(r) = self.reject_listed {
+            p.reject_listed = r;
+        }
+        if let Some(r) = self.reject_spf_fail {
+            p.reject_spf_fail = r;
         }
         if let Some(a) = self.virus_action {
             p.virus_action = a;

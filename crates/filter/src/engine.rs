@@ -307,6 +307,14 @@ impl Engine {
         }
     }
 
+    /// The client-address list, marked `reject` or not, that lists `client`, if any.
+    pub async fn listed(&self, client: IpAddr) -> Option<String> {
+        match &self.network {
+            Some(n) => n.listed(client).await,
+            None => None,
+        }
+    }
+
     /// The sender's domain when its SPF forbids `client` (see [`Network::spf_fails`]).
     pub async fn spf_fails(&self, client: IpAddr, helo: &str, sender: &str) -> Option<String> {
         match &self.network {

@@ -131,6 +131,48 @@ fn client_network(ip: std::net::IpAddr) -> String {
     }
 }
 
+impl Intake {
+    /// A recipient's domain's early refusals: a client that a DNS list lists, a sender
+    /// whose SPF forbids the client, when the policy refuses them (550 for this recipient
+    /// alone). A network on the recipient's allow list exempts its clients; a sender
+    /// entry does not, since a sender proves itself only in the message (DKIM, DMARC).
+    async fn refuse_early(
+        &self,
+        policy: &FilterPolicy,
+        client: &smtp::ClientInfo,
+        sender: &str,
+    ) -> Result<(), Reply> {
+        if !policy.reject_listed && !policy.reject_spf_fail {
+            return Ok(());
+        }
+        let ip = client.peer.ip().to_canonical();
+        let exempt = policy
+            .allow
+            .iter()
+            .any(|s| matches!(s, config::Sender::Network(..)) && s.matches("", ip));
+        if exempt {
+            return Ok(());
+        }
+        if policy.reject_listed
+            && let Some(zone) = self.engine.listed(ip).await
+        {
+            return Err(Reply::new(
+                550,
+                format!("5.7.1 Client [{ip}] listed by {zone}; refused by the recipient's domain"),
+            ));
+        }
+        if policy.reject_spf_fail
+            && let Some(domain) = self.engine.spf_fails(ip, &client.helo, sender).await
+        {
+            return Err(Reply::new(
+                550,
+                format!("5.7.23 SPF of {domain} does not permit [{ip}] to send its mail"),
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// The policy for a recipient address: its domain's, with the recipient's own lists.
 fn policy_of(domains: &DomainTable, address: &str) -> Option<FilterPolicy> {
     let (local, domain) = address.rsplit_once('@')?;
@@ -195,9 +237,11 @@ impl Handler for Intake {
         sender: &str,
         recipient: &str,
     ) -> Result<(), Reply> {
-        let greylisted =
-            self.enabled && policy_of(&self.domains, recipient).is_some_and(|p| p.greylist);
-        if !greylisted {
+        let Some(policy) = policy_of(&self.domains, recipient).filter(|_| self.enabled) else {
+            return Ok(());
+        };
+        self.refuse_early(&policy, client, sender).await?;
+        if !policy.greylist {
             return Ok(());
         }
         match self

@@ -141,11 +141,22 @@ impl Network {
     /// (asked through the same cache the scan's lookups use). None when none does, or the
     /// resolver is down or does not answer: a list that cannot be asked refuses no one.
     pub async fn blocked(&self, client: IpAddr) -> Option<String> {
+        self.first_listing(client, true).await
+    }
+
+    /// The zone of the first client-address list, marked `reject` or not, that lists
+    /// `client` (for a client domain that refuses listed clients); None as for
+    /// [`Network::blocked`].
+    pub async fn listed(&self, client: IpAddr) -> Option<String> {
+        self.first_listing(client, false).await
+    }
+
+    async fn first_listing(&self, client: IpAddr, only_reject: bool) -> Option<String> {
         if self.down() {
             return None;
         }
         let reversed = client.to_reverse_name();
-        for l in self.dnsbl.iter().filter(|l| l.reject) {
+        for l in self.dnsbl.iter().filter(|l| l.reject || !only_reject) {
             let name = format!("{reversed}.{}.", l.zone);
             if let Ok(Ok(entry)) =
                 tokio::time::timeout(self.timeout, self.auth.ipv4_lookup_raw(&name)).await

@@ -479,3 +479,105 @@ fn a_recipients_own_block_list_applies_to_that_recipient_only() {
     );
     assert!(g.mailbox("alice@users.test").is_empty());
 }
+
+/// Early refusals per client domain: a domain that refuses listed clients gets 550 at RCPT
+/// TO from a client a DNS list lists, one that refuses SPF failures 550 for a sender whose
+/// SPF forbids the client; the other recipients of the same transaction are taken, and
+/// the message scored. A network on the domain's allow list exempts its clients. The DNS
+/// answers come from the gateway's own DNS on loopback.
+#[test]
+fn early_refusals_apply_to_the_domains_that_ask_for_them() {
+    let tail = r#"
+[dns]
+listen = ["{ip}:5353"]
+
+[[dns.zone]]
+name = "bl.test"
+nameservers = ["ns1.bl.test"]
+hostmaster = "hostmaster.bl.test"
+serial = 1
+
+[[dns.zone.record]]
+name = "1.0.0.127"
+type = "A"
+value = "127.0.0.2"
+
+[[dns.zone]]
+name = "senders.test"
+nameservers = ["ns1.senders.test"]
+hostmaster = "hostmaster.senders.test"
+serial = 1
+
+[[dns.zone.record]]
+name = "forbidden"
+type = "TXT"
+value = "v=spf1 -all"
+
+[[dns.zone.record]]
+name = "permitted"
+type = "TXT"
+value = "v=spf1 ip4:127.0.0.0/8 -all"
+
+[filter]
+nameservers = ["{ip}:5353"]
+
+[[filter.dnsbl]]
+zone = "bl.test"
+score = 1.0
+
+[[domain]]
+name = "listed.test"
+destination = "{sink}"
+[domain.filter]
+reject_listed = true
+
+[[domain]]
+name = "spf.test"
+destination = "{sink}"
+[domain.filter]
+reject_spf_fail = true
+
+[[domain]]
+name = "trusting.test"
+destination = "{sink}"
+[domain.filter]
+reject_listed = true
+allow = ["127.0.0.0/8"]
+"#;
+    let g = Gateway::start(Options {
+        tail: tail.into(),
+        ..Options::default()
+    });
+    let mut s = g.smtp();
+    assert_eq!(s.cmd("EHLO client.test").0, 250);
+    assert_eq!(s.cmd("MAIL FROM:<a@forbidden.senders.test>").0, 250);
+    let (code, text) = s.cmd("RCPT TO:<x@listed.test>");
+    assert_eq!(code, 550, "{text}");
+    assert!(
+        text.contains("5.7.1 Client [127.0.0.1] listed by bl.test"),
+        "{text}"
+    );
+    let (code, text) = s.cmd("RCPT TO:<y@spf.test>");
+    assert_eq!(code, 550, "{text}");
+    assert!(
+        text.contains("5.7.23 SPF of forbidden.senders.test does not permit [127.0.0.1]"),
+        "{text}"
+    );
+    assert_eq!(s.cmd("RCPT TO:<z@trusting.test>").0, 250, "allowed network");
+    assert_eq!(s.cmd("RCPT TO:<alice@example.com>").0, 250, "scores only");
+    assert_eq!(s.cmd("DATA").0, 354);
+    s.send(b"Subject: early\r\n\r\nhello\r\n.\r\n");
+    assert_eq!(s.reply().0, 250);
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len()
+        == 1
+        && g.mailbox("z@trusting.test").len() == 1));
+    let delivered = &g.mailbox("alice@example.com")[0];
+    assert!(
+        delivered.contains("DNSBL_LISTED(1.00)") && delivered.contains("SPF_FAIL("),
+        "scored instead: {delivered}"
+    );
+    assert!(g.mailbox("x@listed.test").is_empty() && g.mailbox("y@spf.test").is_empty());
+    // A sender whose SPF permits the client: taken by the SPF domain.
+    assert_eq!(s.cmd("MAIL FROM:<a@permitted.senders.test>").0, 250);
+    assert_eq!(s.cmd("RCPT TO:<y@spf.test>").0, 250);
+}

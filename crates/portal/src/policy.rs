@@ -46,6 +46,10 @@ pub struct DomainForm {
     #[serde(default)]
     pub greylist: String,
     #[serde(default)]
+    pub reject_listed: String,
+    #[serde(default)]
+    pub reject_spf_fail: String,
+    #[serde(default)]
     pub virus_action: String,
     #[serde(default)]
     pub antivirus_fail_mode: String,
@@ -82,6 +86,22 @@ fn choice<T: serde::de::DeserializeOwned>(field: &str, s: &str) -> Result<Option
         w => serde_json::from_value(serde_json::Value::String(w.into()))
             .map(Some)
             .map_err(|_| format!("{field}: {w:?} is not one of the choices")),
+    }
+}
+
+/// A switch as the form shows it: `on`, `off`, or empty (not set).
+fn on_off(v: Option<bool>) -> String {
+    v.map(|on| if on { "on" } else { "off" }.to_string())
+        .unwrap_or_default()
+}
+
+/// A switch from the form; empty: not set.
+fn switch(field: &str, s: &str) -> Result<Option<bool>, String> {
+    match s.trim() {
+        "" => Ok(None),
+        "on" => Ok(Some(true)),
+        "off" => Ok(Some(false)),
+        w => Err(format!("{field}: {w:?} is not on or off")),
     }
 }
 
@@ -144,10 +164,9 @@ impl DomainForm {
             spam_action: f.spam_action.as_ref().map(word).unwrap_or_default(),
             subject_prefix: f.subject_prefix.clone().unwrap_or_default(),
             dmarc: f.dmarc.as_ref().map(word).unwrap_or_default(),
-            greylist: f
-                .greylist
-                .map(|g| if g { "on" } else { "off" }.to_string())
-                .unwrap_or_default(),
+            greylist: on_off(f.greylist),
+            reject_listed: on_off(f.reject_listed),
+            reject_spf_fail: on_off(f.reject_spf_fail),
             virus_action: f.virus_action.as_ref().map(word).unwrap_or_default(),
             antivirus_fail_mode: f.antivirus_fail_mode.as_ref().map(word).unwrap_or_default(),
             allow: f.allow.join("\n"),
@@ -180,12 +199,9 @@ impl DomainForm {
         let prefix = self.subject_prefix.trim();
         f.subject_prefix = (!prefix.is_empty()).then(|| prefix.to_string());
         f.dmarc = choice("DMARC", &self.dmarc)?;
-        f.greylist = match self.greylist.trim() {
-            "" => None,
-            "on" => Some(true),
-            "off" => Some(false),
-            w => return Err(format!("greylisting: {w:?} is not on or off")),
-        };
+        f.greylist = switch("greylisting", &self.greylist)?;
+        f.reject_listed = switch("refusing listed clients", &self.reject_listed)?;
+        f.reject_spf_fail = switch("refusing SPF failures", &self.reject_spf_fail)?;
         f.virus_action = choice("virus action", &self.virus_action)?;
         f.antivirus_fail_mode = choice("antivirus fail mode", &self.antivirus_fail_mode)?;
         f.allow = lines(&self.allow);
@@ -247,7 +263,7 @@ fn domain_page(who: &Principal, name: &str, form: &DomainForm, message: Option<&
          <fieldset><legend>Delivery</legend>{}\
          <label><input type=\"checkbox\" name=\"require_tls\"{}> Require TLS to the destination</label>\
          {}{}</fieldset>\
-         <fieldset><legend>Spam policy</legend>{}{}{}{}{}{}</fieldset>\
+         <fieldset><legend>Spam policy</legend>{}{}{}{}{}{}{}{}</fieldset>\
          <fieldset><legend>Viruses and attachments</legend>{}{}{}{}</fieldset>\
          <fieldset><legend>Allow and block lists (an address, a domain or a network per line)</legend>{}{}</fieldset>\
          <button type=\"submit\">Save {}</button></form>",
@@ -301,6 +317,18 @@ fn domain_page(who: &Principal, name: &str, form: &DomainForm, message: Option<&
             &["enforce", "quarantine", "ignore"]
         ),
         select("greylist", "Greylisting", &form.greylist, &["on", "off"]),
+        select(
+            "reject_listed",
+            "Refuse clients a DNS list lists, at RCPT TO",
+            &form.reject_listed,
+            &["on", "off"]
+        ),
+        select(
+            "reject_spf_fail",
+            "Refuse senders whose SPF fails, at RCPT TO",
+            &form.reject_spf_fail,
+            &["on", "off"]
+        ),
         select(
             "virus_action",
             "Virus action",
@@ -711,7 +739,7 @@ mod tests {
             "retry": {"lifetime": "3d", "min_backoff": "1m"},
             "filter": {
                 "spam_threshold": 6.0, "spam_action": "quarantine", "dmarc": "ignore",
-                "greylist": false, "allow": ["friend.example"],
+                "greylist": false, "reject_listed": true, "allow": ["friend.example"],
                 "attachment_rule": [{"types": ["executable"], "extensions": ["exe"], "action": "reject"}],
                 "users": {"alice": {"allow": ["x@y.example"]}}
             }
@@ -720,6 +748,10 @@ mod tests {
         let form = DomainForm::of(&s);
         assert_eq!(form.attachment_rules, "reject: executable .exe");
         assert_eq!(form.greylist, "off");
+        assert_eq!(
+            (form.reject_listed.as_str(), form.reject_spf_fail.as_str()),
+            ("on", "")
+        );
         assert_eq!(
             form.apply(&s).unwrap(),
             s,
@@ -739,6 +771,13 @@ mod tests {
                 ..form.clone()
             })
             .starts_with("spam action")
+        );
+        assert!(
+            bad(DomainForm {
+                reject_spf_fail: "yes".into(),
+                ..form.clone()
+            })
+            .starts_with("refusing SPF failures")
         );
         assert!(
             bad(DomainForm {

@@ -221,7 +221,10 @@ listen = "{control}"
 {tail}
 "#,
             smtp = opts.smtp,
-            tail = opts.tail.replace("{sink}", &sink.to_string()),
+            tail = opts
+                .tail
+                .replace("{sink}", &sink.to_string())
+                .replace("{ip}", &ip.to_string()),
             store = store_table(),
         );
         let config = dir.path().join("mailsilo.toml");
