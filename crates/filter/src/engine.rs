@@ -664,10 +664,15 @@ fn shown_host(text: &str) -> Option<String> {
     looks_like_host.then(|| candidate.to_ascii_lowercase())
 }
 
-/// The last two labels of a host (a stand-in for its registrable domain).
+/// A host's registrable domain by the Public Suffix List (`bbc.co.uk` of
+/// `www.bbc.co.uk`; `a.github.io` of itself); the host itself when it has none (an address,
+/// a single label, a public suffix).
 fn site(host: &str) -> String {
-    let labels: Vec<&str> = host.trim_end_matches('.').rsplit('.').take(2).collect();
-    labels.into_iter().rev().collect::<Vec<_>>().join(".")
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if host.parse::<std::net::IpAddr>().is_ok() {
+        return host;
+    }
+    psl::domain_str(&host).map_or_else(|| host.clone(), str::to_string)
 }
 
 /// Whether `s` is one edit (insert, delete, substitute, swap) from `d`, or equal to it
@@ -959,6 +964,29 @@ Content-Type: text/html\r\n\r\n<a href=\"http://evil.example/login\">www.paypal.
 <a href=\"https://www.example.com/a\">example.com</a> <a href=\"https://x.example/\">here</a>\r\n";
         let r = engine().scan(fine, &Envelope::default(), &clients());
         assert!(!PHISHING.iter().any(|p| r.has(p)), "{}", r.symbols_line());
+    }
+
+    /// Sites by the Public Suffix List: two labels are not a registrable domain under
+    /// `co.uk`, and each `github.io` page is its own site.
+    #[test]
+    fn sites_are_registrable_domains() {
+        for (host, want) in [
+            ("www.bbc.co.uk", "bbc.co.uk"),
+            ("Login.Example.COM.", "example.com"),
+            ("a.b.github.io", "b.github.io"),
+            ("192.0.2.7", "192.0.2.7"),
+            ("localhost", "localhost"),
+        ] {
+            assert_eq!(site(host), want, "{host}");
+        }
+        let raw = b"From: Bank <it@bank.co.uk>\r\nContent-Type: text/html\r\n\r\n\
+<a href=\"https://evil.co.uk/login\">www.bank.co.uk</a>\r\n";
+        let r = engine().scan(raw, &Envelope::default(), &clients());
+        assert!(r.has("PHISH_LINK_MISMATCH"), "{}", r.symbols_line());
+        let client = ["bank.co.uk".to_string()];
+        let raw = b"From: <it@bamk.co.uk>\r\n\r\nhello\r\n";
+        let r = engine().scan(raw, &Envelope::default(), &client);
+        assert!(r.has("LOOKALIKE_DOMAIN"), "{}", r.symbols_line());
     }
 
     #[test]
