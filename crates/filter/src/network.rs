@@ -240,11 +240,18 @@ impl Network {
         };
         match tokio::time::timeout(budget, run).await {
             Ok(((dmarc, mut auth_symbols, ar), (iprev_symbol, iprev_out), list_symbols)) => {
+                // Only a question that got no reply counts: an error the DNS answered (a
+                // refusal, SERVFAIL) shows it alive. SPF's own error does not say which it
+                // was: it counts when it took the resolver's whole timeout.
+                let waited = self.timeout.as_micros() as u64 * 9 / 10;
                 let timed_out = auth_symbols
                     .iter()
                     .chain(&iprev_symbol)
                     .chain(&list_symbols)
-                    .any(|s| s.name.ends_with("TEMPERROR") && s.reason.contains("timed out"));
+                    .any(|s| match s.name.as_str() {
+                        "SPF_TEMPERROR" => s.micros >= waited,
+                        n => n.ends_with("TEMPERROR") && s.reason.ends_with("timed out"),
+                    });
                 self.note(timed_out);
                 let mut ar = ar;
                 if let (Some(iprev), Some(client)) = (&iprev_out, f.client) {
@@ -637,7 +644,7 @@ fn spf_symbol(spf: &mail_auth::SpfOutput, t: Instant) -> Symbol {
         SpfResult::TempError => symbol(
             "SPF_TEMPERROR",
             0.0,
-            format!("no answer from the DNS for {domain}'s SPF: timed out or failed"),
+            format!("no usable answer from the DNS for {domain}'s SPF (an error or none)"),
             t,
         ),
     }

@@ -580,4 +580,23 @@ allow = ["127.0.0.0/8"]
     // A sender whose SPF permits the client: taken by the SPF domain.
     assert_eq!(s.cmd("MAIL FROM:<a@permitted.senders.test>").0, 250);
     assert_eq!(s.cmd("RCPT TO:<y@spf.test>").0, 250);
+    assert_eq!(s.cmd("RSET").0, 250);
+    // A DNS that refuses a sender domain's questions is answering: the checks go on for
+    // the messages that follow (a refusal once read as a timeout, which took the resolver
+    // for down and skipped every check for 30 s).
+    for i in 0..4 {
+        let (code, text) = s.mail(
+            "a@outside.example",
+            &["bob@example.com"],
+            &format!("Subject: next {i}\r\n\r\nhello\r\n"),
+        );
+        assert_eq!(code, 250, "{text}");
+    }
+    assert!(wait_until(WAIT, || g.mailbox("bob@example.com").len() == 4));
+    for m in g.mailbox("bob@example.com") {
+        assert!(
+            m.contains("DNSBL_LISTED(1.00)") && !m.contains("DNS_UNAVAILABLE"),
+            "{m}"
+        );
+    }
 }
