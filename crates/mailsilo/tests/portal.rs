@@ -808,6 +808,14 @@ fn the_queue_page_shows_waiting_mail_and_deletes_it() {
         "{:?}",
         backlog(&org)
     );
+    // /metrics: the states add up to the one recipient waiting.
+    let (_, _, metrics) = http(g.control, "GET", "/metrics", &[], "");
+    for line in [
+        "mailsilo_queue_recipients{domain=\"example.com\",state=\"new\"} 0",
+        "mailsilo_queue_recipients{domain=\"example.com\",state=\"deferred\"} 1",
+    ] {
+        assert!(metrics.lines().any(|l| l == line), "{line}: {metrics}");
+    }
     let (_, page) = admin.get(&g, "/stats");
     assert!(
         page.contains("<h2>Queue (recipients waiting, average)</h2>"),
@@ -1541,6 +1549,12 @@ fn digest_links_release_once_and_refuse_altered_or_expired_ones() {
         assert!(text.contains(want), "{want}: {text}");
     }
     assert_eq!(text.matches("Release: ").count(), 3, "{text}");
+    assert_eq!(
+        text.matches("Held as spam (score 8.0): ").count(),
+        3,
+        "the verdict and score said once each: {text}"
+    );
+    assert!(!text.contains("): spam (score"), "{text}");
     let release = digest_link(&text, "Release", 0);
     assert!(release.contains(&format!("id={first}")), "{release}");
     // Opening the link (as a link scanner would) shows the message and changes nothing.
@@ -1658,6 +1672,11 @@ fn digest_links_release_once_and_refuse_altered_or_expired_ones() {
         release.contains(&kept) && delete.contains(&dropped),
         "{text}"
     );
+    // HEAD (a link checker) does nothing.
+    let (status, _, _) = http(g.control, "HEAD", &release, &[], "");
+    assert_eq!(status, 200);
+    let (status, _) = alice_of(&g).get(&g, &format!("/api/v1/quarantine/{kept}"));
+    assert_eq!(status, 200, "still held after HEAD");
     let (status, _, page) = http(g.control, "GET", &release, &[], "");
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("Released"), "{page}");
@@ -1670,9 +1689,12 @@ fn digest_links_release_once_and_refuse_altered_or_expired_ones() {
     let (status, _, page) = http(g.control, "GET", &delete, &[], "");
     assert_eq!(status, 200, "{page}");
     assert!(page.contains("Deleted"), "{page}");
-    let alice = login(g.control, "alice@example.com", "alice-pass");
-    let (status, _) = alice.get(&g, &format!("/api/v1/quarantine/{dropped}"));
+    let (status, _) = alice_of(&g).get(&g, &format!("/api/v1/quarantine/{dropped}"));
     assert_eq!(status, 404, "deleted");
+}
+
+fn alice_of(g: &Gateway) -> Session {
+    login(g.control, "alice@example.com", "alice-pass")
 }
 
 /// Client domains and their policies: an organisation's admin reads and changes its own

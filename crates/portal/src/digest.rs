@@ -162,6 +162,16 @@ struct Listing {
     total: usize,
 }
 
+/// Why a message is held, in words: its reason, which names its verdict and score when
+/// the score decided (`spam (score 8.0): ...`), else with them put before it.
+fn held_as(verdict: &str, score: f64, reason: &str) -> String {
+    if reason.starts_with(verdict) {
+        reason.to_string()
+    } else {
+        format!("{verdict} (score {score:.1}): {reason}")
+    }
+}
+
 fn compose(
     c: &Ctx,
     key: &[u8],
@@ -196,8 +206,8 @@ fn compose(
     );
     let _ = write!(
         html,
-        "<!DOCTYPE html><html><body><p>{n} new message(s) were held in quarantine for {to} since {since}.\
-         Each link works without logging in until {until}; {opens}.\
+        "<!DOCTYPE html><html><body><p>{n} new message(s) were held in quarantine for {to} since {since}. \
+         Each link works without logging in until {until}; {opens}. \
          Release only what you trust: held mail may be dangerous.</p><table border=\"1\" cellpadding=\"4\">\
          <tr><th>Received</th><th>From</th><th>Subject</th><th>Why</th><th></th></tr>",
         n = listing.total,
@@ -208,7 +218,7 @@ fn compose(
     for (i, h) in held.iter().enumerate() {
         let subject = store::decoded_subject(&h.subject);
         let sender = if h.sender.is_empty() { "<>" } else { &h.sender };
-        let why = format!("{} (score {:.1}): {}", h.verdict, h.score, h.reason);
+        let why = held_as(&h.verdict, h.score, &h.reason);
         let _ = write!(
             text,
             "{}. {} from {sender}\r\n   Subject: {subject}\r\n   Held as {why}\r\n",
@@ -488,7 +498,7 @@ async fn confirm(c: &Ctx, action: Action, link: &Link) -> Response {
         .map(|(_, v)| store::decoded_subject(v.trim()))
         .unwrap_or_default();
     let body = format!(
-        "<p>Held for {to}: from {from}, subject <q>{subject}</q>, as {verdict} (score {score:.1}): {reason}.</p>\
+        "<p>Held for {to}: from {from}, subject <q>{subject}</q>, as {why}.</p>\
          <form method=\"post\" action=\"/digest/{a}\">\
          <input type=\"hidden\" name=\"id\" value=\"{id}\"><input type=\"hidden\" name=\"to\" value=\"{to}\">\
          <input type=\"hidden\" name=\"expires\" value=\"{expires}\"><input type=\"hidden\" name=\"sig\" value=\"{sig}\">\
@@ -496,9 +506,7 @@ async fn confirm(c: &Ctx, action: Action, link: &Link) -> Response {
         to = esc(&link.to),
         from = esc(&shown.sender),
         subject = esc(&subject),
-        verdict = esc(&shown.verdict),
-        score = shown.score,
-        reason = esc(&shown.reason),
+        why = esc(&held_as(&shown.verdict, shown.score, &shown.reason)),
         a = action.as_str(),
         id = esc(&link.id),
         expires = link.expires,
@@ -552,13 +560,14 @@ pub fn routes() -> Router<Ctx> {
             "/digest/{action}",
             get(
                 |State(c): State<Ctx>,
+                 method: axum::http::Method,
                  Path(action): Path<String>,
                  q: Result<Query<Link>, QueryRejection>| async move {
+                    // HEAD (link checkers, prefetchers) never acts.
+                    let one_click = !c.config.digest.confirm && method == axum::http::Method::GET;
                     match (Action::parse(&action), q) {
-                        (Some(a), Ok(Query(link))) if c.config.digest.confirm => {
-                            confirm(&c, a, &link).await
-                        }
-                        (Some(a), Ok(Query(link))) => act(&c, a, &link).await,
+                        (Some(a), Ok(Query(link))) if one_click => act(&c, a, &link).await,
+                        (Some(a), Ok(Query(link))) => confirm(&c, a, &link).await,
                         _ => link_page(StatusCode::NOT_FOUND, "Not found", "<p>No such link.</p>"),
                     }
                 },
@@ -609,6 +618,19 @@ mod tests {
             expires: get("expires").parse().unwrap(),
             sig: get("sig"),
         }
+    }
+
+    #[test]
+    fn why_a_message_is_held_says_its_verdict_once() {
+        assert_eq!(
+            held_as("spam", 8.0, "spam (score 8.0): TEST_HOLD"),
+            "spam (score 8.0): TEST_HOLD"
+        );
+        assert_eq!(held_as("virus", 0.0, "virus: Eicar"), "virus: Eicar");
+        assert_eq!(
+            held_as("spam", 1.5, "the sender is on the domain's block list"),
+            "spam (score 1.5): the sender is on the domain's block list"
+        );
     }
 
     #[test]

@@ -75,14 +75,14 @@ pub(crate) async fn metrics(c: &Ctx) -> String {
         &mut out,
         name,
         "gauge",
-        "Recipients waiting in the queue, by destination domain and state (pending: due now; deferred: waiting to retry)",
+        "Recipients waiting in the queue, by destination domain and state (new: not tried yet; deferred: tried and waiting to retry); the states add up to the whole",
     );
     for q in &queued {
         metrics::sample(
             &mut out,
             name,
-            &[("domain", &q.domain), ("state", "pending")],
-            q.pending,
+            &[("domain", &q.domain), ("state", "new")],
+            q.untried(),
         );
         metrics::sample(
             &mut out,

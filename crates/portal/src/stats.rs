@@ -87,8 +87,9 @@ pub struct Stats {
     pub policy: Vec<Ranked>,
     /// The queue now, by client domain.
     pub queue: Vec<DomainQueue>,
-    /// The queue over time: the recipients waiting in the query's domains (`pending`,
-    /// `deferred`), each bucket's average over the samples every node running the queue
+    /// The queue over time: the recipients waiting in the query's domains (`new`: not
+    /// tried yet, `deferred`: tried and waiting to retry; together the whole queue), each
+    /// bucket's average over the samples every node running the queue
     /// takes every 10 s; a bucket with no sample is empty.
     pub backlog: Vec<Bucket>,
     /// Each balanced server now (operators only; empty for others).
@@ -314,6 +315,7 @@ const KNOWN: &[(&str, &str)] = &[
     ("tag", "#c9a227"),
     ("spam", "#d08c2e"),
     ("deferred", "#d08c2e"),
+    ("new", "#2e9aa0"),
     ("quarantine", "#8a5fb5"),
     ("phishing", "#8a5fb5"),
     ("policy", "#3f6fb5"),
@@ -469,14 +471,20 @@ pub fn ranked_chart(title: &str, items: &[Ranked]) -> String {
     for (i, r) in items.iter().enumerate() {
         let y = i as f64 * row + 2.0;
         let bar = (w - 300.0) * r.count as f64 / max as f64;
-        let label: String = r.label.chars().take(40).collect();
+        // Long labels are cut where they are drawn, and said whole in the tooltip.
+        let label: String = if r.label.chars().count() > 40 {
+            r.label.chars().take(39).chain(['…']).collect()
+        } else {
+            r.label.clone()
+        };
         let _ = write!(
             svg,
             "<text x=\"0\" y=\"{ty:.1}\" font-size=\"11\">{l}</text>\
-             <rect x=\"240\" y=\"{y:.1}\" width=\"{bar:.1}\" height=\"{bh:.1}\" fill=\"#3f6fb5\"><title>{l}: {n}</title></rect>\
+             <rect x=\"240\" y=\"{y:.1}\" width=\"{bar:.1}\" height=\"{bh:.1}\" fill=\"#3f6fb5\"><title>{whole}: {n}</title></rect>\
              <text x=\"{nx:.1}\" y=\"{ty:.1}\" font-size=\"11\">{n}</text>",
             ty = y + row * 0.65,
             l = esc(&label),
+            whole = esc(&r.label),
             bh = row * 0.75,
             nx = 244.0 + bar,
             n = r.count,
@@ -789,12 +797,12 @@ mod tests {
         let by = relabel(&b, cluster);
         assert_eq!(by[0].counts, [("c1".into(), 5), ("c2".into(), 1)].into());
         assert_eq!(by[1].counts, [("c2".into(), 4)].into());
-        // Two samples of 3 and 4 deferred, 1 pending: averages 3.5 -> 4 and 0.5 -> 1; an
+        // Two samples of 3 and 4 deferred, 1 new: averages 3.5 -> 4 and 0.5 -> 1; an
         // hour with no sample is a gap, not a zero.
         let sums = buckets(
             &[
                 (0, "deferred".to_string(), 7),
-                (0, "pending".to_string(), 1),
+                (0, "new".to_string(), 1),
                 (3600, "deferred".to_string(), 9),
             ],
             0,
@@ -805,7 +813,7 @@ mod tests {
         let avg = averages(&sums, &samples);
         assert_eq!(
             avg[0].counts,
-            [("deferred".into(), 4), ("pending".into(), 1)].into()
+            [("deferred".into(), 4), ("new".into(), 1)].into()
         );
         assert!(avg[1].counts.is_empty());
     }
@@ -839,6 +847,17 @@ mod tests {
             }],
         );
         assert!(top.contains("<li>a.example: 7</li>"), "{top}");
+        let long = format!("{}@example.com", "é".repeat(50));
+        let top = ranked_chart(
+            "Top",
+            &[Ranked {
+                label: long.clone(),
+                count: 1,
+            }],
+        );
+        let cut: String = long.chars().take(39).collect();
+        assert!(top.contains(&format!(">{cut}…</text>")), "{top}");
+        assert!(top.contains(&format!("<title>{long}: 1</title>")), "{top}");
     }
 
     #[test]

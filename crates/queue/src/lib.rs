@@ -278,7 +278,8 @@ impl Queue {
     }
 
     /// Counts the shared queue's backlog now into the statistics, per client domain: the
-    /// recipients waiting (metric `backlog`, labels `pending` and `deferred`), and one
+    /// recipients waiting (metric `backlog`, labels `new`: not tried yet, and `deferred`:
+    /// tried and waiting to retry, which add up to the whole), and one
     /// sample (metric `backlog_samples`, no domain), so that the portal charts each
     /// period's average whatever the number of nodes sampling.
     async fn sample_backlog(&self) {
@@ -290,7 +291,7 @@ impl Queue {
         self.tally.add(now, "", "backlog_samples", "");
         for d in waiting {
             self.tally
-                .add_n(now, &d.domain, "backlog", "pending", d.pending);
+                .add_n(now, &d.domain, "backlog", "new", d.untried());
             self.tally
                 .add_n(now, &d.domain, "backlog", "deferred", d.deferred);
         }

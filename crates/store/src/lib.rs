@@ -362,9 +362,18 @@ pub struct AuditEntry {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct DomainQueue {
     pub domain: String,
+    /// Every recipient waiting.
     pub pending: i64,
+    /// Those of them tried at least once.
     pub deferred: i64,
     pub oldest: i64,
+}
+
+impl DomainQueue {
+    /// The recipients waiting that were never tried yet.
+    pub fn untried(&self) -> i64 {
+        self.pending - self.deferred
+    }
 }
 
 /// A client domain in the store: its settings (the JSON of `config::DomainSettings`), and
