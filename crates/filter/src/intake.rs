@@ -164,13 +164,18 @@ impl Intake {
         if policy.reject_spf_fail
             && let Some(domain) = self.engine.spf_fails(ip, &client.helo, sender).await
         {
-            return Err(Reply::new(
-                550,
-                format!("5.7.23 SPF of {domain} does not permit [{ip}] to send its mail"),
-            ));
+            return Err(spf_refusal(&domain, ip));
         }
         Ok(())
     }
+}
+
+/// The reply to a sender whose domain's SPF forbids the client.
+fn spf_refusal(domain: &str, ip: std::net::IpAddr) -> Reply {
+    Reply::new(
+        550,
+        format!("5.7.23 SPF of {domain} does not permit [{ip}] to send its mail"),
+    )
 }
 
 /// The policy for a recipient address: its domain's, with the recipient's own lists.
@@ -217,10 +222,7 @@ impl Handler for Intake {
         if self.spf_reject
             && let Some(domain) = self.engine.spf_fails(ip, &client.helo, sender).await
         {
-            return Err(Reply::new(
-                550,
-                format!("5.7.23 SPF of {domain} does not permit [{ip}] to send its mail"),
-            ));
+            return Err(spf_refusal(&domain, ip));
         }
         if let Some(zone) = self.engine.blocked(ip).await {
             return Err(Reply::new(
