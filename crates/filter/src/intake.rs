@@ -607,6 +607,26 @@ fn claims(field: &[u8], id: &str) -> bool {
     found.eq_ignore_ascii_case(id)
 }
 
+/// A header field's name, without the whitespace obsolete syntax allows before the colon.
+fn field_name(field: &[u8]) -> &[u8] {
+    field
+        .split(|&b| b == b':')
+        .next()
+        .unwrap_or(b"")
+        .trim_ascii_end()
+}
+
+/// Whether a header field is one this server adds: a scan header, or an
+/// Authentication-Results claiming this server's authserv-id.
+fn ours(field: &[u8], authserv_id: Option<&str>) -> bool {
+    let name = field_name(field);
+    OWN_HEADERS
+        .iter()
+        .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
+        || (name.eq_ignore_ascii_case(b"authentication-results")
+            && authserv_id.is_some_and(|id| claims(field, id)))
+}
+
 /// The header fields of a header section, each with its folded lines and line ends.
 fn fields(section: &[u8]) -> impl Iterator<Item = &[u8]> {
     let mut rest = section;
@@ -640,17 +660,7 @@ pub fn without_scan_headers(raw: &[u8], authserv_id: Option<&str>) -> Vec<u8> {
         .map_or(raw.len(), |i| i + 2);
     let mut out = Vec::with_capacity(raw.len());
     for field in fields(&raw[..end]) {
-        let name = field
-            .split(|&b| b == b':')
-            .next()
-            .unwrap_or(b"")
-            .trim_ascii_end();
-        let ours = OWN_HEADERS
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-            || (name.eq_ignore_ascii_case(b"authentication-results")
-                && authserv_id.is_some_and(|id| claims(field, id)));
-        if !ours {
+        if !ours(field, authserv_id) {
             out.extend_from_slice(field);
         }
     }
@@ -747,20 +757,10 @@ fn scan_header(
     let prefix = tag.then_some(d.prefix.as_deref()).flatten();
     let mut subject_done = prefix.is_none();
     for field in fields(section) {
-        // The name, without the whitespace obsolete syntax allows before the colon.
-        let name = field
-            .split(|&b| b == b':')
-            .next()
-            .unwrap_or(b"")
-            .trim_ascii_end();
-        let forged = OWN_HEADERS
-            .iter()
-            .any(|h| name.eq_ignore_ascii_case(h.as_bytes()))
-            || (name.eq_ignore_ascii_case(b"authentication-results")
-                && authserv_id.is_some_and(|id| claims(field, id)));
-        if forged {
+        if ours(field, authserv_id) {
             continue;
         }
+        let name = field_name(field);
         if !subject_done && name.eq_ignore_ascii_case(b"subject") {
             let colon = field
                 .iter()

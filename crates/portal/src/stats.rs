@@ -142,14 +142,22 @@ pub async fn gather(c: &Ctx, who: &Principal, q: &StatsQuery) -> Result<Stats, R
         since: since - since.rem_euclid(3600),
         until,
     };
-    let series = async |metric: &str| -> Result<Vec<Bucket>, Refused> {
+    // A series of the query's domains, or (`silo`) of the samples, which count for no
+    // client domain.
+    let silo = StatQuery {
+        domains: Some(vec![String::new()]),
+        ..query.clone()
+    };
+    let series_of = async |q: &StatQuery, metric: &str| -> Result<Vec<Bucket>, Refused> {
         let rows = c
             .store
-            .stat_series(&query, metric)
+            .stat_series(q, metric)
             .await
             .map_err(Refused::store)?;
         Ok(buckets(&rows, query.since, until, step))
     };
+    let series = async |metric: &str| series_of(&query, metric).await;
+    let silo_series = async |metric: &str| series_of(&silo, metric).await;
     let top = async |metric: &str| -> Result<Vec<Ranked>, Refused> {
         Ok(c.store
             .stat_top(&query, metric, TOP)
@@ -158,19 +166,6 @@ pub async fn gather(c: &Ctx, who: &Principal, q: &StatsQuery) -> Result<Stats, R
             .into_iter()
             .map(|(label, count)| Ranked { label, count })
             .collect())
-    };
-    // Samples count for no client domain.
-    let silo = StatQuery {
-        domains: Some(vec![String::new()]),
-        ..query.clone()
-    };
-    let silo_series = async |metric: &str| -> Result<Vec<Bucket>, Refused> {
-        let rows = c
-            .store
-            .stat_series(&silo, metric)
-            .await
-            .map_err(Refused::store)?;
-        Ok(buckets(&rows, query.since, until, step))
     };
     let servers = series("server").await?;
     let clusters: BTreeMap<String, String> = c
