@@ -1434,6 +1434,13 @@ mod tests {
                 "t.toml:8:11: filter.clamd.address: \"clamd.local\" is neither IP:PORT",
             ),
             (
+                &format!(
+                    "[dns]\nlisten = [\"127.0.0.1:5353\"]\n[[dns.zone]]\nname = \"z.test\"\nnameservers = [\"ns.z.test\"]\nhostmaster = \"h.z.test\"\n[[dns.zone.record]]\nname = \"k\"\ntype = \"TXT\"\nvalue = \"{}\"\n",
+                    "p".repeat(2049)
+                ),
+                "t.toml:16:9: dns.zone[0].record[0].value: a TXT value is ASCII of at most 2048 characters (served as strings of 255); this one has 2049 bytes",
+            ),
+            (
                 "[filter.archives]\nmax_depth = 0\n",
                 "t.toml:8:13: filter.archives.max_depth: must be at least 1",
             ),

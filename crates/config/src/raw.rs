@@ -1572,8 +1572,21 @@ fn validate_dns(cx: &Ctx<'_>, d: &S<DnsRaw>, used: &mut Addresses) -> Result<Dns
                     }
                 }
                 "TXT" => {
-                    if value.len() > 255 {
-                        return bad("TXT (at most 255 characters)");
+                    if value.len() > 2048 || !value.is_ascii() {
+                        return cx.err(
+                            r.value.span(),
+                            &rkey("value"),
+                            format!(
+                                "a TXT value is ASCII of at most 2048 characters (served as \
+                                 strings of 255); this one has {} bytes{}",
+                                value.len(),
+                                if value.is_ascii() {
+                                    ""
+                                } else {
+                                    " and is not ASCII"
+                                }
+                            ),
+                        );
                     }
                     RecordData::Txt(value.to_string())
                 }

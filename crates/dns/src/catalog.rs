@@ -195,7 +195,15 @@ impl Catalog {
                             preference,
                             exchange,
                         } => RData::MX(MX::new(*preference, name(exchange))),
-                        RecordData::Txt(t) => RData::TXT(TXT::new(vec![t.clone()])),
+                        // A TXT string holds at most 255 octets; a longer value (a
+                        // 2048-bit DKIM key) is served as consecutive strings, as zone
+                        // files write it, which readers join.
+                        RecordData::Txt(t) => RData::TXT(TXT::new(
+                            t.as_bytes()
+                                .chunks(255)
+                                .map(|c| String::from_utf8_lossy(c).into_owned())
+                                .collect(),
+                        )),
                         RecordData::Ns(n) => RData::NS(NS(name(n))),
                     };
                     records
@@ -759,6 +767,36 @@ mod tests {
             "BADVERS (hickory names code 16 BADSIG when decoding)"
         );
         assert!(r.answers().is_empty());
+    }
+
+    #[test]
+    fn long_txt_values_are_served_as_strings_of_255_octets() {
+        let key = format!("v=DKIM1; k=rsa; p={}", "A".repeat(600));
+        // Into the zone mailsilo.test, before the next zone starts.
+        let text = config::DEMO.replace(
+            "\n# A demo DNS list",
+            &format!(
+                "\n[[dns.zone.record]]\nname = \"s1._domainkey\"\ntype = \"TXT\"\nvalue = \"{key}\"\n\n# A demo DNS list"
+            ),
+        );
+        let c = config::Config::parse("t.toml", &text).unwrap();
+        let cat = Catalog::new(c.dns.as_ref().unwrap(), &c.silos);
+        let r = ask(
+            &cat,
+            "s1._domainkey.mailsilo.test.",
+            RecordType::TXT,
+            Some((1232, 0)),
+            Transport::Udp,
+        );
+        let Some(RData::TXT(txt)) = r.answers().first().map(|a| a.data()) else {
+            panic!("{r:?}")
+        };
+        let strings: Vec<&[u8]> = txt.iter().map(|s| &s[..]).collect();
+        assert_eq!(
+            strings.iter().map(|s| s.len()).collect::<Vec<_>>(),
+            [255, 255, key.len() - 510]
+        );
+        assert_eq!(strings.concat(), key.as_bytes());
     }
 
     #[test]
