@@ -14,8 +14,10 @@ command -v python3 >/dev/null || missing+=(python3)
 command -v dig >/dev/null || missing+=(dnsutils)
 # Postfix on both sides of the gateway (tests start their own instances, never the system's).
 command -v postfix >/dev/null || missing+=(postfix)
-# A DKIM signer of another make than the Python one (the filter's tests).
+# DKIM signers of another make than the Python one: opendkim-tools for the filter's tests,
+# the opendkim milter in front of the sending Postfix.
 command -v opendkim-testmsg >/dev/null || missing+=(opendkim-tools)
+[ -x /usr/sbin/opendkim ] || missing+=(opendkim)
 # ClamAV's daemon: the malware tests start their own clamd with their own signatures.
 [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon clamav)
 # Chromium for the portal's browser tests (driven by playwright-core, from npm, below).
@@ -28,7 +30,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   # Installing postfix or ClamAV may start the system's instances; the tests need none
   # (and freshclam cannot reach its mirrors here).
   postfix stop >/dev/null 2>&1 || true
-  for s in clamav-daemon clamav-freshclam; do service "$s" stop >/dev/null 2>&1 || true; done
+  for s in clamav-daemon clamav-freshclam opendkim; do service "$s" stop >/dev/null 2>&1 || true; done
 fi
 
 # Python peers of the filter's tests, from PyPI: a DNS server for test zones (dnslib), the

@@ -184,8 +184,11 @@ impl Network {
         )
         .await
         {
-            Ok(Ok(_)) | Ok(Err(Error::Dns(DnsError::RecordNotFound(_)))) => true,
-            Ok(Err(_)) | Err(_) => false,
+            Ok(Ok(_)) => true,
+            // An error the resolver answered (no such name, a refusal, SERVFAIL), not one
+            // that says no reply came.
+            Ok(Err(e)) => !e.to_string().ends_with("timed out"),
+            Err(_) => false,
         };
         if !alive {
             self.breaker.lock().expect("breaker").open_until = Some(Instant::now() + BREAKER_PAUSE);

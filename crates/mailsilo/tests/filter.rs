@@ -370,6 +370,25 @@ fn a_silent_resolver_degrades_the_verdict_and_mail_keeps_flowing() {
     assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 5));
     let delivered = &g.mailbox("alice@example.com")[0];
     assert!(delivered.contains("X-Mailsilo-Degraded:"), "{delivered}");
+    // mailsilo check asks it once, gets no reply within the timeout, says so and skips the
+    // DNS checks of every message at once.
+    let files = tempfile::tempdir().unwrap();
+    for i in 0..3 {
+        std::fs::write(
+            files.path().join(format!("{i}.eml")),
+            "Subject: offline\r\n\r\nhello\r\n",
+        )
+        .unwrap();
+    }
+    let started = std::time::Instant::now();
+    let (_, out) = run(&g, &["check", files.path().to_str().unwrap()]);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(out.contains("does not answer"), "{out}");
+    assert_eq!(out.matches("DNS_UNAVAILABLE ").count(), 3, "{out}");
     drop(silent);
 }
 
@@ -599,4 +618,22 @@ allow = ["127.0.0.0/8"]
             "{m}"
         );
     }
+    // mailsilo check first asks the resolver about this server's own name; the gateway's
+    // DNS refuses it (no zone of its own holds it), which is an answer: the checks run.
+    // (A refusal once read as silence, and check skipped every DNS check.)
+    let message = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(message.path(), "Subject: offline\r\n\r\nhello\r\n").unwrap();
+    let (_, out) = run(
+        &g,
+        &[
+            "check",
+            "--ip",
+            "127.0.0.1",
+            message.path().to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.contains("DNSBL_LISTED") && !out.contains("DNS_UNAVAILABLE"),
+        "{out}"
+    );
 }
