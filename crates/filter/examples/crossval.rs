@@ -144,4 +144,17 @@ fn main() {
             .into(),
         split(&|i, n| i * 10 < n * 7),
     );
+    // New mail brings words the model never saw: trained on a fifth and tested on the rest,
+    // the filter shows how far it generalises from what it learned.
+    let mut fifths: [Vec<f64>; 3] = Default::default();
+    for fold in 0..FOLDS {
+        for (all, scored) in fifths.iter_mut().zip(split(&|i, _| i % FOLDS == fold)) {
+            all.extend(scored);
+        }
+    }
+    report(
+        "Learning from less: trained on one fold of five, tested on the other four (each in turn):"
+            .into(),
+        fifths,
+    );
 }
