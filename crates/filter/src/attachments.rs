@@ -232,14 +232,20 @@ impl Malware {
 pub const PING_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Asks clamd for its health every [`PING_INTERVAL`] until shutdown, logging each change,
-/// so `/metrics` shows a clamd that went down even when no mail comes.
+/// so `/metrics` shows a clamd that went down even when no mail comes; each answer is also
+/// counted into the store's hourly statistics (metric `clamd_health`, labelled `NODE up`
+/// or `NODE down`, no client domain: operators' figures), so the portal charts every
+/// node's clamd over time.
 pub async fn watch_clamd(
     engine: std::sync::Arc<crate::Engine>,
+    store: std::sync::Arc<dyn store::Store>,
+    node: String,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
 ) {
     let Some(clamd) = engine.malware().and_then(Malware::clamd) else {
         return;
     };
+    let tally = store::Tally::default();
     let mut was = true;
     loop {
         let up = clamd.ping().await;
@@ -250,6 +256,16 @@ pub async fn watch_clamd(
                 warn!(address = %clamd.address(), "clamd does not answer");
             }
             was = up;
+        }
+        let state = if up { "up" } else { "down" };
+        tally.add(
+            smtp::date::now(),
+            "",
+            "clamd_health",
+            &format!("{node} {state}"),
+        );
+        if let Err(e) = tally.flush(store.as_ref()).await {
+            warn!(error = %e, "clamd health samples not written; kept for the next");
         }
         tokio::select! {
             _ = tokio::time::sleep(PING_INTERVAL) => {}

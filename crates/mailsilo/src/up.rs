@@ -407,6 +407,8 @@ pub async fn up(
             )));
             tasks.push(tokio::spawn(filter::attachments::watch_clamd(
                 engine.clone(),
+                queue.store().clone(),
+                node.clone(),
                 stopped.clone(),
             )));
         }

@@ -1334,6 +1334,7 @@ fn each_servers_availability_is_charted_over_time() {
     let admin = login(silo.control, "admin@example.com", "admin-pass");
     assert_eq!(stats(&admin)["availability"], serde_json::json!([]));
     assert_eq!(stats(&admin)["cluster_availability"], serde_json::json!([]));
+    assert_eq!(stats(&admin)["clamd_availability"], serde_json::json!([]));
     // The silo page gives each mail server's messages over the last hour.
     let mut s = common::Smtp::connect(silo.clusters[0].address);
     assert_eq!(s.cmd("EHLO client.test").0, 250);

@@ -3,7 +3,8 @@
 //! that took each message), the top senders (addresses and domains), recipient domains,
 //! viruses and policy hits, and the queue by client domain, now and over time (from the
 //! queue's samples); for operators also each balanced server's health now and over time
-//! (its availability, from the balancers' samples). The API answers
+//! (its availability, from the balancers' samples), each cluster's and each node's clamd
+//! over time. The API answers
 //! in JSON, the page draws the same figures as SVG charts rendered here (no script, no
 //! external resource), each with a table of its numbers beside it.
 //!
@@ -102,6 +103,9 @@ pub struct Stats {
     /// node's checks of each cluster's balancer, one sample every 10 s, labelled
     /// `CLUSTER up` or `CLUSTER down`.
     pub cluster_availability: Vec<Bucket>,
+    /// Each node's clamd over time (operators only; empty for others): every node with a
+    /// clamd configured asks it every 10 s, labelled `NODE up` or `NODE down`.
+    pub clamd_availability: Vec<Bucket>,
 }
 
 /// The statistics `q` asks for, within the caller's scope.
@@ -213,6 +217,11 @@ pub async fn gather(c: &Ctx, who: &Principal, q: &StatsQuery) -> Result<Stats, R
         },
         cluster_availability: if who.role == Role::Operator {
             silo_series("cluster_health").await?
+        } else {
+            Vec::new()
+        },
+        clamd_availability: if who.role == Role::Operator {
+            silo_series("clamd_health").await?
         } else {
             Vec::new()
         },
@@ -550,7 +559,7 @@ fn samples_by_server(buckets: &[Bucket]) -> BTreeMap<&str, Vec<Samples>> {
     out
 }
 
-/// Each server's (or cluster's: `what`) availability over time as inline SVG,
+/// Each server's (or cluster's, or node's clamd: `what`) availability over time as inline SVG,
 /// HAProxy-stats style: one row per server, one cell per bucket, green when every sample
 /// was up, amber when most were, red otherwise, blue-grey in maintenance, pale where
 /// nothing was sampled; each cell's share in its tooltip, and each server's share over the
@@ -729,6 +738,7 @@ pub fn page_body(s: &Stats, who: &Principal, q: &StatsQuery) -> String {
             &s.cluster_availability,
             s.step,
         ));
+        body.push_str(&availability_chart("clamd", &s.clamd_availability, s.step));
         body.push_str(
             "<section class=\"stat\" aria-label=\"Servers now\"><h2>Servers now</h2><table><thead><tr>\
              <th scope=\"col\">Cluster</th><th scope=\"col\">Server</th><th scope=\"col\">Health</th>\
