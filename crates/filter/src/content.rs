@@ -26,6 +26,8 @@ const MAX_PARTS: usize = 2000;
 const HOST_LOOKAHEAD: usize = 300;
 /// The longest header value kept.
 const MAX_HEADER: usize = 16 * 1024;
+/// The most uuencoded files taken from one text part.
+const MAX_UUENCODED: usize = 32;
 
 /// A display name and address (either may be empty).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -202,6 +204,10 @@ impl Content {
                 PartType::Text(t) => {
                     if named {
                         self.attach(name(), &saved(), range);
+                    } else {
+                        for (file, data) in uudecoded(t) {
+                            self.attach(file, &data, range);
+                        }
                     }
                     self.push_text(t);
                     self.text_links(t);
@@ -514,9 +520,84 @@ fn strip_tags(h: &str) -> String {
     text.chars().take(200).collect()
 }
 
+/// Files uuencoded in a text body (`begin 644 NAME`, lines of encoded bytes, `end`), as old
+/// mailers sent attachments and malware still does, since a scanner that reads only MIME
+/// parts misses them; at most [`MAX_UUENCODED`]. A block cut short gives what it holds.
+fn uudecoded(text: &str) -> Vec<(String, Vec<u8>)> {
+    let mut files = Vec::new();
+    let mut lines = text.lines();
+    while files.len() < MAX_UUENCODED
+        && let Some(line) = lines.next()
+    {
+        let Some((mode, name)) = line
+            .strip_prefix("begin ")
+            .and_then(|rest| rest.trim_end().split_once(' '))
+        else {
+            continue;
+        };
+        if !(3..=4).contains(&mode.len())
+            || !mode.bytes().all(|b| (b'0'..=b'7').contains(&b))
+            || name.trim().is_empty()
+        {
+            continue;
+        }
+        let mut data = Vec::new();
+        for line in lines.by_ref() {
+            // Only the line break goes: trailing spaces are data (a space stands for 0, as
+            // a backquote does), and a line whose trailing spaces were lost reads them as 0.
+            let line = line.trim_end_matches('\r').as_bytes();
+            if line == b"end" || !line.iter().all(|c| (32..=96).contains(c)) {
+                break;
+            }
+            let Some((&count, body)) = line.split_first() else {
+                break;
+            };
+            // Each character carries 6 bits, offset by 32.
+            let six = |c: Option<&u8>| c.map_or(0, |c| u32::from(c.wrapping_sub(32) & 63));
+            let count = six(Some(&count)) as usize;
+            for group in 0..count.div_ceil(3) {
+                let v = (0..4).fold(0, |v, i| v << 6 | six(body.get(group * 4 + i)));
+                let bytes = v.to_be_bytes();
+                data.extend_from_slice(&bytes[1..1 + (count - group * 3).min(3)]);
+            }
+        }
+        files.push((name.trim().to_string(), data));
+    }
+    files
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuencoded_files_in_a_text_body_are_attachments() {
+        // "MZ" and 61 bytes more, as `uuencode setup.exe` writes them (45 bytes a line).
+        let data: Vec<u8> = b"MZ".iter().copied().chain(0..61).collect();
+        let mut body = String::from("Hello,\r\n\r\nbegin 644 setup.exe\r\n");
+        for line in data.chunks(45) {
+            body.push((32 + line.len() as u8) as char);
+            for g in line.chunks(3) {
+                let v = g
+                    .iter()
+                    .enumerate()
+                    .fold(0u32, |v, (i, &b)| v | u32::from(b) << (16 - 8 * i));
+                for k in (0..4).rev() {
+                    let c = (v >> (6 * k)) & 63;
+                    body.push(if c == 0 { '`' } else { (32 + c as u8) as char });
+                }
+            }
+            body.push_str("\r\n");
+        }
+        body.push_str("`\r\nend\r\n\r\nBye\r\n");
+        let c = Content::parse(format!("Subject: files\r\n\r\n{body}").as_bytes());
+        assert_eq!(c.attachments.len(), 1, "{:?}", c.attachments);
+        assert_eq!(c.attachments[0].name, "setup.exe");
+        assert_eq!(c.attachments[0].data, data);
+        // Text that only looks like a begin line is not a file.
+        let c = Content::parse(b"Subject: x\r\n\r\nbegin now the meeting\r\nend\r\n");
+        assert!(c.attachments.is_empty());
+    }
 
     #[test]
     fn headers_text_and_links_of_a_multipart_message() {
