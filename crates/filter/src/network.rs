@@ -187,7 +187,7 @@ impl Network {
             Ok(Ok(_)) => true,
             // An error the resolver answered (no such name, a refusal, SERVFAIL), not one
             // that says no reply came.
-            Ok(Err(e)) => !e.to_string().ends_with("timed out"),
+            Ok(Err(e)) => !timed_out(&e),
             Err(_) => false,
         };
         if !alive {
@@ -581,12 +581,17 @@ fn temperror(name: &str, e: &Error, t: Instant) -> Symbol {
 }
 
 fn dns_reason(e: &Error) -> String {
-    let text = e.to_string();
-    if text.to_ascii_lowercase().contains("timed out") || text.contains("timeout") {
+    if timed_out(e) {
         "timed out".into()
     } else {
-        text
+        e.to_string()
     }
+}
+
+/// Whether a DNS error says no reply came (rather than an answer that was an error).
+fn timed_out(e: &Error) -> bool {
+    let text = e.to_string();
+    text.to_ascii_lowercase().contains("timed out") || text.contains("timeout")
 }
 
 fn why(r: &DkimResult) -> String {
