@@ -20,6 +20,8 @@ command -v opendkim-testmsg >/dev/null || missing+=(opendkim-tools)
 [ -x /usr/sbin/opendkim ] || missing+=(opendkim)
 # ClamAV's daemon: the malware tests start their own clamd with their own signatures.
 [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon clamav)
+# 7-Zip: the malware tests make 7z archives with it (plain, solid, encrypted).
+command -v 7zz >/dev/null || missing+=(7zip)
 # Chromium for the portal's browser tests (driven by playwright-core, from npm, below).
 command -v chromium >/dev/null || missing+=(chromium)
 command -v npm >/dev/null || missing+=(npm)
