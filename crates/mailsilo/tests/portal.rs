@@ -1002,6 +1002,17 @@ fn a_held_virus_is_not_its_users_to_release() {
         true,
     );
     assert_eq!(status, 403, "{body}");
+    // Release-and-allow refused the same way leaves her allow list as it was (it used to
+    // allow the sender before the release was refused: found by a probe).
+    let (status, body) = alice.post(
+        &g,
+        "POST",
+        &format!("/api/v1/quarantine/{id}/release-and-allow"),
+        true,
+    );
+    assert_eq!(status, 403, "{body}");
+    let (_, lists) = alice.get(&g, "/api/v1/lists/alice@example.com");
+    assert!(!lists.contains("a@outside.example"), "{lists}");
     g.admin("digest", &["send"]);
     assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
     let digest = text_part(&g.mailbox("alice@example.com")[0]);
@@ -1748,7 +1759,21 @@ fn admins_change_their_domains_and_every_change_is_audited() {
     let moved = format!(r#"{{"destination":"{}","silo":"elsewhere"}}"#, g.sink);
     assert_eq!(put(&admin, "example.com", &moved), 403);
     // Not into the provider's own network, nor a retry policy of its own.
-    for inside in ["127.0.0.1:25", "10.1.2.3:25", "[::1]:25", "169.254.1.1:25"] {
+    // By number or by name (these got through before a probe tried them).
+    for inside in [
+        "127.0.0.1:25",
+        "10.1.2.3:25",
+        "[::1]:25",
+        "169.254.1.1:25",
+        "100.64.0.1:25",
+        "localhost:25",
+        "127.1:25",
+        "2130706433:25",
+        "0x7f000001:25",
+        "[::127.0.0.1]:25",
+        "[64:ff9b::7f00:1]:25",
+        "no-such-host.invalid:25",
+    ] {
         let body = format!(r#"{{"destination":"{inside}"}}"#);
         assert_eq!(put(&admin, "example.com", &body), 403, "{inside}");
     }
@@ -2569,11 +2594,23 @@ fn admins_manage_their_organisations_accounts() {
     assert!(body.contains(r#""organisation":"Example Inc.""#), "{body}");
     let bob = login(g.control, "bob@example.com", "bob-password-1");
     assert_eq!(bob.get(&g, "/api/v1/accounts").0, 403);
+    // A name in capitals is stored as login finds it, and logs in.
+    let (status, body) = add(&admin, "Boss@Example.com", "admin", "boss-password-1");
+    assert_eq!(status, 201, "{body}");
+    assert!(body.contains(r#""name":"boss@example.com""#), "{body}");
+    login(g.control, "Boss@Example.com", "boss-password-1");
     assert_eq!(add(&bob, "x@example.com", "user", "long-enough-1").0, 403);
     for (name, role, password, status) in [
         ("eve@example.org", "user", "long-enough-1", 400),
+        // An admin adds admins at its own domains only (found by a probe: it could name
+        // one at another organisation's domain, which that organisation could then never
+        // use or see).
+        ("postmaster@example.org", "admin", "long-enough-1", 400),
         ("root", "operator", "long-enough-1", 403),
         ("alice@example.com", "user", "long-enough-1", 409),
+        // Names are kept as login looks them up: a case variant is the same account.
+        ("ALICE@example.com", "user", "long-enough-1", 409),
+        ("tab\t@example.com", "user", "long-enough-1", 400),
         ("carl@example.com", "user", "short", 400),
     ] {
         let (got, body) = add(&admin, name, role, password);
@@ -2698,6 +2735,7 @@ fn admins_manage_their_organisations_accounts() {
             "account.add",
             "account.disable",
             "account.password",
+            "account.add",
             "account.add"
         ]
     );

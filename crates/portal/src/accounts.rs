@@ -122,24 +122,37 @@ async fn managed(c: &Ctx, who: &Principal, name: &str) -> Result<Account, Refuse
         .ok_or_else(|| Refused::not_found(format!("{name}: no such account in your scope")))
 }
 
-/// The client domain an account's audit entry is filed under (its address's), so the
-/// organisation's admins see it; none for an operator.
-fn audit_domain(a: &Account) -> String {
-    a.name
-        .rsplit_once('@')
-        .map(|(_, d)| d.to_ascii_lowercase())
+/// The client domain an account's audit entry is filed under, so that its organisation's
+/// admins see it: its address's domain when that is one of the organisation's, else the
+/// organisation's first; none for an operator.
+async fn audit_domain(c: &Ctx, a: &Account) -> String {
+    let Some(o) = &a.organisation else {
+        return String::new();
+    };
+    let domains = match c.store.organisations().await {
+        Ok(all) => all
+            .into_iter()
+            .find(|x| x.name == *o)
+            .map(|x| x.domains)
+            .unwrap_or_default(),
+        Err(_) => Vec::new(),
+    };
+    let own = a.name.rsplit_once('@').map(|(_, d)| d.to_ascii_lowercase());
+    own.filter(|d| domains.iter().any(|x| x.eq_ignore_ascii_case(d)))
+        .or_else(|| domains.first().map(|d| d.to_ascii_lowercase()))
         .unwrap_or_default()
 }
 
 async fn audit(c: &Ctx, who: &Principal, action: &str, before: Option<&Account>, after: &Account) {
     let shown = |a: &Account| serde_json::to_string(&view(a)).ok();
+    let domain = audit_domain(c, after).await;
     crate::audit::record(
         c,
         who,
         crate::audit::Change {
             action,
             object: &after.name,
-            domain: &audit_domain(after),
+            domain: &domain,
             before: before.and_then(shown),
             after: shown(after),
         },
@@ -162,7 +175,9 @@ pub async fn add(c: &Ctx, who: &Principal, new: NewAccount) -> Result<AccountVie
         (Role::Operator, Role::Operator) => None,
         (Role::Operator, _) => new.organisation.clone(),
     };
-    let name = new.name.trim().to_string();
+    // Names are kept as login looks them up: trimmed and in lower case (so a name differing
+    // only in case is the same account, and taken).
+    let name = new.name.trim().to_ascii_lowercase();
     let domains = match (&organisation, new.role) {
         (_, Role::Operator) => Vec::new(),
         (None, _) => return Err(bad("organisation: an admin or a user belongs to one".into())),
@@ -179,27 +194,35 @@ pub async fn add(c: &Ctx, who: &Principal, new: NewAccount) -> Result<AccountVie
             .map(|d| d.to_ascii_lowercase())
             .collect(),
     };
-    let valid = match new.role {
-        Role::Operator => {
-            !name.is_empty()
-                && !name.contains('@')
-                && name
-                    .chars()
-                    .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
-        }
-        Role::Admin => name
-            .rsplit_once('@')
-            .is_some_and(|(l, d)| !l.is_empty() && d.contains('.') && !name.contains(' ')),
-        Role::User => name.rsplit_once('@').is_some_and(|(l, d)| {
-            !l.is_empty() && !name.contains(' ') && domains.contains(&d.to_ascii_lowercase())
-        }),
+    let at_own = |name: &str| {
+        name.rsplit_once('@')
+            .is_some_and(|(l, d)| !l.is_empty() && domains.iter().any(|x| x == d))
     };
+    let plain = name.len() <= 254 && !name.chars().any(|ch| ch.is_whitespace() || ch.is_control());
+    let valid = plain
+        && match new.role {
+            Role::Operator => {
+                !name.is_empty()
+                    && !name.contains('@')
+                    && name
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || "._-".contains(ch))
+            }
+            // An operator may name an admin by any address (a contractor's, say); an admin
+            // names the admins it adds at its own organisation's domains, as its users.
+            Role::Admin if who.role == Role::Operator => name
+                .rsplit_once('@')
+                .is_some_and(|(l, d)| !l.is_empty() && d.contains('.')),
+            Role::Admin | Role::User => at_own(&name),
+        };
     if !valid {
         return Err(bad(match new.role {
             Role::Operator => "name: an operator's is a plain name (letters, digits, . _ -)".into(),
-            Role::Admin => "name: an admin is named by an e-mail address".into(),
-            Role::User => format!(
-                "name: a user is named by an address at one of the organisation's domains ({})",
+            Role::Admin if who.role == Role::Operator => {
+                "name: an admin is named by an e-mail address, without spaces".into()
+            }
+            Role::Admin | Role::User => format!(
+                "name: an address at one of the organisation's domains ({}), without spaces",
                 domains.join(", ")
             ),
         }));

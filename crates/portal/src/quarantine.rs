@@ -280,6 +280,8 @@ pub async fn release_and_allow(c: &Ctx, who: &Principal, id: &str) -> Result<Rel
             message: "a bounce has no sender to allow".into(),
         });
     }
+    // Released first: a release refused (a virus, for a user) changes no list.
+    let released = release(c, who, id).await?;
     let domains = crate::settings::domains(&c.store)
         .await
         .map_err(Refused::store)?;
@@ -308,7 +310,7 @@ pub async fn release_and_allow(c: &Ctx, who: &Principal, id: &str) -> Result<Rel
         crate::settings::set(c, who, &domain, &settings).await?;
         tracing::info!(domain = %domain, %sender, account = %who.account, "sender allowed from the quarantine");
     }
-    release(c, who, id).await
+    Ok(released)
 }
 
 /// Deletes a held message.

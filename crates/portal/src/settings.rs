@@ -163,11 +163,12 @@ pub(crate) async fn may_set(
                     "the retry policy of a domain is the provider's to change",
                 )),
                 Some(d)
-                    if d.settings.destination != new.destination && internal(&new.destination) =>
+                    if d.settings.destination != new.destination
+                        && internal(&new.destination).await =>
                 {
                     Err(Refused::new(
                         StatusCode::FORBIDDEN,
-                        "a client's destination is a host of its own: not a loopback, private or link-local address (the provider's to set)",
+                        "a client's destination is a host of its own: an address, or a name resolving to addresses, that is not loopback, private, shared or link-local (the provider's to set)",
                     ))
                 }
                 Some(_) => Ok(()),
@@ -176,27 +177,62 @@ pub(crate) async fn may_set(
     }
 }
 
-/// Whether a destination names an address inside the provider's network by number
-/// (loopback, private, link-local, unspecified): an admin pointing its domain there would
-/// have the gateway deliver into the provider's own services.
-fn internal(destination: &str) -> bool {
+/// Whether an address is inside the provider's network or no client's host: loopback,
+/// private, shared (100.64/10), link-local, unspecified or "this network" (0/8),
+/// broadcast, multicast, and IPv6 forms that carry such an IPv4 address (mapped,
+/// compatible, NAT64's 64:ff9b::/96).
+fn internal_ip(ip: std::net::IpAddr) -> bool {
+    use std::net::{IpAddr, Ipv4Addr};
+    match ip {
+        IpAddr::V4(a) => {
+            let [first, second, ..] = a.octets();
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || first == 0
+                || (first == 100 && second & 0xc0 == 64)
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let embedded = Ipv4Addr::from_bits(a.to_bits() as u32);
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some_and(|v4| internal_ip(v4.into()))
+                || (s[..6] == [0; 6] && internal_ip(embedded.into()))
+                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && internal_ip(embedded.into()))
+        }
+    }
+}
+
+/// Whether a destination leads inside the provider's network: by number, or by a name
+/// that resolves there, or that does not resolve from here (`127.1`, `2130706433` and
+/// `localhost` are names to Rust's parser and addresses to the system's resolver). An
+/// admin pointing its domain there would have the gateway deliver into the provider's
+/// own services. The name is resolved now, as this node's system resolver answers; a name
+/// whose records change later is not caught here (docs: an admin's destination).
+async fn internal(destination: &str) -> bool {
+    if destination == "mx" {
+        return false;
+    }
     let host = destination
         .rsplit_once(':')
         .map_or(destination, |(h, _)| h)
         .trim_matches(['[', ']']);
-    match host.parse::<std::net::IpAddr>() {
-        Ok(std::net::IpAddr::V4(a)) => {
-            a.is_loopback() || a.is_private() || a.is_link_local() || a.is_unspecified()
+    if let Ok(ip) = host.parse::<std::net::IpAddr>() {
+        return internal_ip(ip);
+    }
+    let lookup = tokio::net::lookup_host(destination);
+    match tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await {
+        Ok(Ok(addrs)) => {
+            let addrs: Vec<_> = addrs.collect();
+            addrs.is_empty() || addrs.iter().any(|a| internal_ip(a.ip()))
         }
-        Ok(std::net::IpAddr::V6(a)) => {
-            a.is_loopback()
-                || a.is_unspecified()
-                || (a.segments()[0] & 0xfe00) == 0xfc00
-                || (a.segments()[0] & 0xffc0) == 0xfe80
-                || a.to_ipv4_mapped()
-                    .is_some_and(|v4| internal(&v4.to_string()))
-        }
-        Err(_) => false,
+        _ => true,
     }
 }
 
