@@ -99,19 +99,26 @@ pub async fn set(c: &Ctx, who: &Principal, address: &str, new: NewLists) -> Resu
             format!("at most {MAX_ENTRIES} entries in one address's lists"),
         ));
     }
-    let mut settings = view.settings.clone();
-    if allow.is_empty() && block.is_empty() {
-        settings.filter.users.remove(&local);
-    } else {
-        settings.filter.users.insert(
-            local.clone(),
-            config::UserLists {
-                allow: allow.clone(),
-                block: block.clone(),
-            },
-        );
-    }
-    crate::settings::set(c, who, &view.name, &settings).await?;
+    // Applied to the settings as stored when written (an admin's change to the domain
+    // made meanwhile stays).
+    crate::settings::change(c, who, &view.name, |current| {
+        let mut settings = current.cloned().ok_or_else(|| {
+            crate::settings::NotSet::Invalid(format!("{} is not a client domain", view.name))
+        })?;
+        if allow.is_empty() && block.is_empty() {
+            settings.filter.users.remove(&local);
+        } else {
+            settings.filter.users.insert(
+                local.clone(),
+                config::UserLists {
+                    allow: allow.clone(),
+                    block: block.clone(),
+                },
+            );
+        }
+        Ok(settings)
+    })
+    .await?;
     tracing::info!(%address, account = %who.account, "personal lists changed");
     Ok(Lists {
         address,

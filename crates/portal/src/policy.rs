@@ -555,7 +555,13 @@ async fn save(c: &Ctx, who: &Principal, name: &str, form: DomainForm) -> Respons
     if let Err(e) = crate::settings::may_set(c, who, &name, &settings).await {
         return refused(e.status, &e.message);
     }
-    match crate::settings::set(c, who, &name, &settings).await {
+    // The form applied to the settings as stored when written: users' lists changed since
+    // the page was shown stay.
+    let changed = crate::settings::change(c, who, &name, |stored| {
+        form.apply(stored.unwrap_or(&current.settings))
+            .map_err(crate::settings::NotSet::Invalid)
+    });
+    match changed.await {
         Ok(_) => Redirect::to(&format!(
             "/domains/{}?done={}",
             url(&name),

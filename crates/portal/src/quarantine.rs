@@ -294,20 +294,42 @@ pub async fn release_and_allow(c: &Ctx, who: &Principal, id: &str) -> Result<Rel
         else {
             continue;
         };
+        let user = who.role == Role::User;
         let Some(view) = domains.iter().find(|d| d.name == domain) else {
             continue;
         };
-        let mut settings = view.settings.clone();
-        let list = if who.role == Role::User {
-            &mut settings.filter.users.entry(local).or_default().allow
+        let allowed = if user {
+            view.settings
+                .filter
+                .users
+                .get(&local)
+                .is_some_and(|l| l.allow.contains(&sender))
         } else {
-            &mut settings.filter.allow
+            view.settings.filter.allow.contains(&sender)
         };
-        if list.contains(&sender) {
+        if allowed {
             continue;
         }
-        list.push(sender.clone());
-        crate::settings::set(c, who, &domain, &settings).await?;
+        crate::settings::change(c, who, &domain, |current| {
+            let mut settings = current.cloned().ok_or_else(|| {
+                crate::settings::NotSet::Invalid(format!("{domain} is not a client domain"))
+            })?;
+            let list = if user {
+                &mut settings
+                    .filter
+                    .users
+                    .entry(local.clone())
+                    .or_default()
+                    .allow
+            } else {
+                &mut settings.filter.allow
+            };
+            if !list.contains(&sender) {
+                list.push(sender.clone());
+            }
+            Ok(settings)
+        })
+        .await?;
         tracing::info!(domain = %domain, %sender, account = %who.account, "sender allowed from the quarantine");
     }
     Ok(released)

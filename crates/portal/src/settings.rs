@@ -79,6 +79,8 @@ fn check(config: &Config, name: &str, s: &DomainSettings) -> Result<Domain, Stri
 pub(crate) enum NotSet {
     Invalid(String),
     Store(store::Error),
+    /// Other writers kept changing them: [`CHANGE_ATTEMPTS`] tries all lost.
+    Busy,
 }
 
 impl From<NotSet> for Refused {
@@ -86,48 +88,92 @@ impl From<NotSet> for Refused {
         match e {
             NotSet::Invalid(m) => Refused::new(StatusCode::BAD_REQUEST, m),
             NotSet::Store(e) => Refused::store(e),
+            NotSet::Busy => Refused::new(
+                StatusCode::CONFLICT,
+                "the domain's settings kept changing under this change: try again",
+            ),
         }
     }
 }
 
-/// Checks a domain's settings by the configuration's rules and stores them as the rules
-/// normalised them, as the nodes will apply them; the change goes to the audit log as
-/// `who`'s, with the settings before and after.
+/// How many times a change is applied again to settings another writer changed meanwhile.
+const CHANGE_ATTEMPTS: usize = 8;
+
+/// The stored entry of the domain `name` (a key), unless there is none or it is removed.
+async fn live(c: &Ctx, name: &str) -> store::Result<Option<DomainEntry>> {
+    Ok(c.store
+        .domains()
+        .await?
+        .into_iter()
+        .find(|e| e.name == name && !e.removed))
+}
+
+/// Replaces a domain's settings whole (a PUT, adding a domain): [`change`] with settings
+/// that do not depend on what is stored.
 pub(crate) async fn set(
     c: &Ctx,
     who: &Principal,
     name: &str,
     settings: &DomainSettings,
 ) -> Result<Domain, NotSet> {
-    let domain = check(&c.config, name, settings).map_err(NotSet::Invalid)?;
-    let before = c
-        .store
-        .domains()
-        .await
-        .map_err(NotSet::Store)?
-        .into_iter()
-        .find(|e| e.name == domain.name && !e.removed)
-        .map(|e| e.settings);
-    let after = serde_json::to_string(&domain.settings()).expect("settings serialize");
-    let entry = DomainEntry {
-        name: domain.name.clone(),
-        settings: after.clone(),
-        removed: false,
-    };
-    c.store.set_domain(entry).await.map_err(NotSet::Store)?;
-    crate::audit::record(
-        c,
-        who,
-        crate::audit::Change {
-            action: "domain.set",
-            object: &domain.name,
-            domain: &domain.name,
-            before,
-            after: Some(after),
-        },
-    )
-    .await;
-    Ok(domain)
+    change(c, who, name, |_| Ok(settings.clone())).await
+}
+
+/// Changes a domain's settings: `edit` gets what is stored (`None` for a domain not there
+/// or removed) and returns the new settings, which are checked by the configuration's rules
+/// and stored as the rules normalised them, as the nodes will apply them; the change goes
+/// to the audit log as `who`'s, with the settings before and after. The store writes only
+/// over what `edit` was given: when another writer (a user's lists, an admin's page, on any
+/// node) changed the settings meanwhile, `edit` runs again on theirs, so no change is lost.
+pub(crate) async fn change(
+    c: &Ctx,
+    who: &Principal,
+    name: &str,
+    edit: impl Fn(Option<&DomainSettings>) -> Result<DomainSettings, NotSet>,
+) -> Result<Domain, NotSet> {
+    let name = key(name);
+    for _ in 0..CHANGE_ATTEMPTS {
+        let before = live(c, &name)
+            .await
+            .map_err(NotSet::Store)?
+            .map(|e| e.settings);
+        let current =
+            match &before {
+                Some(json) => Some(serde_json::from_str::<DomainSettings>(json).map_err(|e| {
+                    NotSet::Invalid(format!("the stored settings do not read: {e}"))
+                })?),
+                None => None,
+            };
+        let domain = check(&c.config, &name, &edit(current.as_ref())?).map_err(NotSet::Invalid)?;
+        let after = serde_json::to_string(&domain.settings()).expect("settings serialize");
+        let entry = DomainEntry {
+            name: domain.name.clone(),
+            settings: after.clone(),
+            removed: false,
+        };
+        if !c
+            .store
+            .set_domain(entry, before.clone())
+            .await
+            .map_err(NotSet::Store)?
+        {
+            continue;
+        }
+        crate::audit::record(
+            c,
+            who,
+            crate::audit::Change {
+                action: "domain.set",
+                object: &domain.name,
+                domain: &domain.name,
+                before,
+                after: Some(after),
+            },
+        )
+        .await;
+        return Ok(domain);
+    }
+    Err(NotSet::Busy)
 }
 
 /// Whether `who` may set domain `name` to `new`: an operator any domain; an organisation's
@@ -351,22 +397,28 @@ pub(crate) async fn remove(c: &Ctx, who: &Principal, name: &str) -> Result<(), R
             "removing a client domain is the provider's call",
         ));
     }
-    let entry = c
-        .store
-        .domains()
+    let entry = live(c, name)
         .await
         .map_err(Refused::store)?
-        .into_iter()
-        .find(|e| e.name == name && !e.removed)
         .ok_or_else(|| Refused::not_found(format!("{name} is not a client domain")))?;
     let before = entry.settings.clone();
-    c.store
-        .set_domain(DomainEntry {
-            removed: true,
-            ..entry
-        })
+    let removed = c
+        .store
+        .set_domain(
+            DomainEntry {
+                removed: true,
+                ..entry
+            },
+            Some(before.clone()),
+        )
         .await
         .map_err(Refused::store)?;
+    if !removed {
+        return Err(Refused::new(
+            StatusCode::CONFLICT,
+            format!("{name} changed meanwhile: look at it again before removing it"),
+        ));
+    }
     tracing::info!(domain = %name, account = %who.account, "client domain removed");
     crate::audit::record(
         c,

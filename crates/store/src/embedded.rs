@@ -1005,13 +1005,25 @@ fn bump(c: &Connection) -> Result<()> {
     Ok(())
 }
 
-fn set_domain(c: &Connection, e: &DomainEntry) -> Result<()> {
-    c.prepare_cached(
-        "INSERT INTO runtime_domain (name, settings, removed) VALUES (?, ?, ?)
-         ON CONFLICT (name) DO UPDATE SET settings = excluded.settings, removed = excluded.removed",
-    )?
-    .execute(params![e.name, e.settings, e.removed])?;
-    Ok(())
+/// Writes a domain entry if the live entry's settings are still `before`; whether it did.
+fn set_domain_if(c: &Connection, e: &DomainEntry, before: Option<&str>) -> Result<bool> {
+    let changed = match before {
+        Some(b) => c
+            .prepare_cached(
+                "UPDATE runtime_domain SET settings = ?2, removed = ?3
+                 WHERE name = ?1 AND NOT removed AND settings = ?4",
+            )?
+            .execute(params![e.name, e.settings, e.removed, b])?,
+        None => c
+            .prepare_cached(
+                "INSERT INTO runtime_domain (name, settings, removed) VALUES (?, ?, ?)
+                 ON CONFLICT (name) DO UPDATE SET settings = excluded.settings,
+                     removed = excluded.removed
+                 WHERE runtime_domain.removed",
+            )?
+            .execute(params![e.name, e.settings, e.removed])?,
+    };
+    Ok(changed == 1)
 }
 
 fn set_server(c: &Connection, e: &ServerEntry) -> Result<()> {
@@ -1844,14 +1856,20 @@ impl Store for Embedded {
         })
         .await
     }
-    async fn set_domain(&self, entry: DomainEntry) -> Result<()> {
-        self.call(true, move |c| {
-            set_domain(c, &entry)?;
-            bump(c)
-        })
-        .await?;
-        self.changed();
-        Ok(())
+    async fn set_domain(&self, entry: DomainEntry, before: Option<String>) -> Result<bool> {
+        let written = self
+            .call(true, move |c| {
+                let written = set_domain_if(c, &entry, before.as_deref())?;
+                if written {
+                    bump(c)?;
+                }
+                Ok(written)
+            })
+            .await?;
+        if written {
+            self.changed();
+        }
+        Ok(written)
     }
     async fn servers(&self) -> Result<Vec<ServerEntry>> {
         self.call(false, |c| {

@@ -964,8 +964,11 @@ pub trait Store: Send + Sync + 'static {
     /// Every client domain entry, removed ones included, by name.
     async fn domains(&self) -> Result<Vec<DomainEntry>>;
 
-    /// Adds or replaces a domain entry (`settings: None` removes it). Durable.
-    async fn set_domain(&self, entry: DomainEntry) -> Result<()>;
+    /// Adds or replaces a domain entry (`removed: true` removes it), only if the live entry
+    /// (not removed) still has the settings `before` (`None`: there is no live entry), so a
+    /// read-change-write loses no change another writer made in between, on any node.
+    /// Returns whether it was written. Durable.
+    async fn set_domain(&self, entry: DomainEntry, before: Option<String>) -> Result<bool>;
 
     /// Every server entry.
     async fn servers(&self) -> Result<Vec<ServerEntry>>;

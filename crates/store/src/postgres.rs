@@ -1811,14 +1811,38 @@ impl Store for Postgres {
             .collect())
     }
 
-    async fn set_domain(&self, e: DomainEntry) -> Result<()> {
+    async fn set_domain(&self, e: DomainEntry, before: Option<String>) -> Result<bool> {
         let mut client = self.pool.get().await?;
         let tx = client.transaction().await?;
-        tx.execute(SET_DOMAIN, &[&e.name, &e.settings, &e.removed])
-            .await?;
+        // One statement each: under READ COMMITTED an UPDATE waiting on a row another
+        // transaction changed checks its WHERE again on the new row, and an INSERT racing
+        // another for the same name meets it as a conflict.
+        let changed = match &before {
+            Some(b) => {
+                tx.execute(
+                    "UPDATE runtime_domain SET settings = $2, removed = $3
+                     WHERE name = $1 AND NOT removed AND settings = $4",
+                    &[&e.name, &e.settings, &e.removed, b],
+                )
+                .await?
+            }
+            None => {
+                tx.execute(
+                    "INSERT INTO runtime_domain (name, settings, removed) VALUES ($1, $2, $3)
+                     ON CONFLICT (name) DO UPDATE SET settings = excluded.settings,
+                         removed = excluded.removed
+                     WHERE runtime_domain.removed",
+                    &[&e.name, &e.settings, &e.removed],
+                )
+                .await?
+            }
+        };
+        if changed != 1 {
+            return Ok(false);
+        }
         bump(&tx).await?;
         tx.commit().await?;
-        Ok(())
+        Ok(true)
     }
 
     async fn servers(&self) -> Result<Vec<ServerEntry>> {
@@ -2182,8 +2206,6 @@ async fn listen(config: tokio_postgres::Config, changes: watch::Sender<u64>) {
     }
 }
 
-const SET_DOMAIN: &str = "INSERT INTO runtime_domain (name, settings, removed) VALUES ($1, $2, $3)
-    ON CONFLICT (name) DO UPDATE SET settings = excluded.settings, removed = excluded.removed";
 const SET_SERVER: &str =
     "INSERT INTO runtime_server (cluster, server, loading, state, address, removed)
     VALUES ($1, $2, $3, $4, $5, $6)

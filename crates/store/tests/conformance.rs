@@ -1222,10 +1222,17 @@ async fn runtime_configuration_is_seeded_once_and_the_store_wins() {
         // Changed at run time, by another node: a.example removed (its settings kept, for
         // the mail still queued for it), b.example added.
         s[1].set_server(srv("c1-s1", 7, "drain")).await.unwrap();
-        s[1].set_domain(d("a.example", "10.0.0.1:25", true))
-            .await
-            .unwrap();
-        s[1].set_domain(d("b.example", "mx", false)).await.unwrap();
+        let mx = Some(d("a.example", "mx", false).settings);
+        assert!(
+            s[1].set_domain(d("a.example", "10.0.0.1:25", true), mx.clone())
+                .await
+                .unwrap()
+        );
+        assert!(
+            s[1].set_domain(d("b.example", "mx", false), None)
+                .await
+                .unwrap()
+        );
         assert!(s[0].runtime_version().await.unwrap() > v1);
         // Seeding again (a restart with the same TOML) changes nothing: the store wins, and
         // a removed domain stays removed; a server new in the TOML is added.
@@ -1271,6 +1278,58 @@ async fn runtime_configuration_is_seeded_once_and_the_store_wins() {
     .await;
 }
 
+/// A domain's settings change only from what the writer read: of two nodes changing the
+/// same settings at once, one writes and the other is told, whether the entry existed,
+/// was removed or is new; a removed entry is not live.
+#[tokio::test]
+async fn a_domain_changes_only_from_what_its_writer_read() {
+    use mailsilo_store::DomainEntry;
+    both(2, |s| async move {
+        let d = |settings: &str, removed: bool| DomainEntry {
+            name: "c.example".into(),
+            settings: settings.into(),
+            removed,
+        };
+        let v0 = s[0].runtime_version().await.unwrap();
+        assert!(s[0].set_domain(d("one", false), None).await.unwrap());
+        // Another node read nothing too: it is told the entry exists now.
+        assert!(!s[1].set_domain(d("two", false), None).await.unwrap());
+        // Both read "one"; the first write wins, the second is refused.
+        let one = Some("one".to_string());
+        let (a, b) = tokio::join!(
+            s[0].set_domain(d("from a", false), one.clone()),
+            s[1].set_domain(d("from b", false), one.clone())
+        );
+        assert!(
+            a.unwrap() ^ b.unwrap(),
+            "exactly one of two writers from one read"
+        );
+        let now = s[0].domains().await.unwrap();
+        assert_eq!(now.len(), 1);
+        assert!(now[0].settings.starts_with("from "), "{now:?}");
+        // A stale read changes nothing, and announces nothing.
+        let v1 = s[1].runtime_version().await.unwrap();
+        assert!(v1 > v0);
+        assert!(!s[1].set_domain(d("stale", true), one).await.unwrap());
+        assert_eq!(s[1].runtime_version().await.unwrap(), v1);
+        // Removed, it is not live: it is added again from nothing.
+        let current = Some(now[0].settings.clone());
+        assert!(
+            s[1].set_domain(d(&now[0].settings, true), current)
+                .await
+                .unwrap()
+        );
+        assert!(
+            !s[0]
+                .set_domain(d("x", false), Some(now[0].settings.clone()))
+                .await
+                .unwrap()
+        );
+        assert!(s[0].set_domain(d("back", false), None).await.unwrap());
+        assert_eq!(s[1].domains().await.unwrap(), vec![d("back", false)]);
+    })
+    .await;
+}
 /// Node numbers (which queue ids carry) are unique across the nodes of a store, however
 /// many start at once, and stable for each node.
 #[tokio::test(flavor = "multi_thread")]
