@@ -185,6 +185,17 @@ impl Session {
         let (s, _, b) = http(g.control, method, path, &h, "");
         (s, b)
     }
+
+    /// A JSON call with the session's cookie and CSRF token.
+    fn json(&self, g: &Gateway, method: &str, path: &str, body: &str) -> (u16, String) {
+        let h = [
+            ("Cookie", self.cookie.as_str()),
+            ("X-CSRF-Token", self.csrf.as_str()),
+            ("Content-Type", "application/json"),
+        ];
+        let (status, _, b) = http(g.control, method, path, &h, body);
+        (status, b)
+    }
 }
 
 fn hold(g: &Gateway, to: &[&str], subject: &str) -> String {
@@ -2561,17 +2572,8 @@ fn concurrent_changes_to_a_domain_lose_nothing() {
     let admin = login(g.control, "admin@example.com", "admin-pass");
     let alice = login(g.control, "alice@example.com", "alice-pass");
     let put = |s: &Session, address: &str, allow: &str| {
-        let (status, _, body) = http(
-            g.control,
-            "PUT",
-            &format!("/api/v1/lists/{address}"),
-            &[
-                ("Cookie", s.cookie.as_str()),
-                ("X-CSRF-Token", s.csrf.as_str()),
-                ("Content-Type", "application/json"),
-            ],
-            &format!(r#"{{"allow":["{allow}"]}}"#),
-        );
+        let path = format!("/api/v1/lists/{address}");
+        let (status, body) = s.json(&g, "PUT", &path, &format!(r#"{{"allow":["{allow}"]}}"#));
         assert_eq!(status, 200, "{body}");
     };
     let rounds = 25;
@@ -2636,15 +2638,7 @@ fn admins_manage_their_organisations_accounts() {
             .collect()
     };
     assert_eq!(names(&body), ["admin@example.com", "alice@example.com"]);
-    let call = |s: &Session, method: &str, path: &str, body: &str| {
-        let h = [
-            ("Cookie", s.cookie.as_str()),
-            ("X-CSRF-Token", s.csrf.as_str()),
-            ("Content-Type", "application/json"),
-        ];
-        let (status, _, b) = http(g.control, method, path, &h, body);
-        (status, b)
-    };
+    let call = |s: &Session, method: &str, path: &str, body: &str| s.json(&g, method, path, body);
     let add = |s: &Session, name: &str, role: &str, password: &str| {
         call(
             s,
@@ -2851,15 +2845,7 @@ fn long_lists_fit_and_too_long_ones_are_refused() {
 #[test]
 fn organisations_are_managed_in_the_portal() {
     let g = gateway();
-    let call = |s: &Session, method: &str, path: &str, body: &str| {
-        let h = [
-            ("Cookie", s.cookie.as_str()),
-            ("X-CSRF-Token", s.csrf.as_str()),
-            ("Content-Type", "application/json"),
-        ];
-        let (status, _, b) = http(g.control, method, path, &h, body);
-        (status, b)
-    };
+    let call = |s: &Session, method: &str, path: &str, body: &str| s.json(&g, method, path, body);
     let names = |body: &str| -> Vec<String> {
         serde_json::from_str::<Vec<serde_json::Value>>(body)
             .unwrap_or_else(|e| panic!("{e}: {body}"))
