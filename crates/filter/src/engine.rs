@@ -116,6 +116,7 @@ pub enum Verdict {
 }
 
 impl Verdict {
+    /// Its name, one of [`store::VERDICTS`].
     pub fn as_str(self) -> &'static str {
         match self {
             Verdict::Clean => "clean",
@@ -873,6 +874,19 @@ mod tests {
 
     fn clients() -> Vec<String> {
         vec!["example.com".into(), "paypal.com".into()]
+    }
+
+    #[test]
+    fn verdicts_are_named_as_the_store_keeps_them() {
+        let names = [
+            Verdict::Clean,
+            Verdict::Spam,
+            Verdict::Phishing,
+            Verdict::Virus,
+            Verdict::Policy,
+        ]
+        .map(Verdict::as_str);
+        assert_eq!(names, store::VERDICTS);
     }
 
     #[test]

@@ -575,6 +575,10 @@ pub fn scan_line(r: &Report, d: &Decision) -> String {
         r.symbols_line(),
         r.micros
     ) + if r.degraded() { " [degraded]" } else { "" }
+        + &d.strip
+            .iter()
+            .map(|s| format!("; stripped: {}", s.note))
+            .collect::<String>()
 }
 
 /// Whether an Authentication-Results field (`field`: its name, colon and value, folded

@@ -65,11 +65,17 @@ pub enum ClassifierCommand {
 /// Calls `each` with every message in `paths` and a name for it: a file holds one message,
 /// or several when it is an mbox (messages after `From ` lines, `>From ` unescaped); a
 /// directory is a Maildir (its `cur` and `new`) or a folder of message files, read in name
-/// order.
+/// order (what is not a regular file in it is skipped with a warning). Paths that hold no
+/// message at all are an error.
 pub fn each_message(
     paths: &[PathBuf],
     mut each: impl FnMut(String, Vec<u8>) -> Result<()>,
 ) -> Result<()> {
+    let mut found = 0usize;
+    let mut each = |name, raw| {
+        found += 1;
+        each(name, raw)
+    };
     for path in paths {
         let meta = std::fs::metadata(path).with_context(|| format!("{}", path.display()))?;
         if meta.is_dir() {
@@ -83,7 +89,14 @@ pub fn each_message(
                 let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
                     .with_context(|| format!("{}", dir.display()))?
                     .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.is_file())
+                    .filter(|p| {
+                        // A directory is read one level deep, as a Maildir folder is.
+                        let file = p.is_file();
+                        if !file {
+                            eprintln!("warning: {}: skipped, not a regular file", p.display());
+                        }
+                        file
+                    })
                     .collect();
                 files.sort();
                 for f in files {
@@ -93,6 +106,16 @@ pub fn each_message(
         } else {
             file_messages(path, &mut each)?;
         }
+    }
+    if found == 0 && !paths.is_empty() {
+        bail!(
+            "no messages in {}",
+            paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
     }
     Ok(())
 }
@@ -194,11 +217,13 @@ pub async fn check(config: &Config, data_dir: &Path, args: CheckArgs) -> Result<
         args.nameserver.clone()
     };
     let engine = std::sync::Arc::new(engine(config, store.as_ref(), Some(&nameservers)).await?);
-    let domain = args
-        .rcpt
-        .as_deref()
-        .and_then(|r| r.rsplit_once('@'))
-        .map(|(_, d)| d.to_ascii_lowercase());
+    let domain = match args.rcpt.as_deref().map(|r| r.rsplit_once('@')) {
+        None => None,
+        Some(Some((local, d))) if !local.is_empty() && !d.is_empty() => {
+            Some(d.to_ascii_lowercase())
+        }
+        Some(_) => bail!("--rcpt: give an address, local-part@domain"),
+    };
     let policy = match &domain {
         Some(d) => match config.domain(d) {
             Some(domain) => domain.filter.clone(),
@@ -258,6 +283,7 @@ pub async fn check(config: &Config, data_dir: &Path, args: CheckArgs) -> Result<
                     "degraded": report.degraded(),
                     "micros": report.micros,
                     "symbols": symbols,
+                    "stripped": d.strip.iter().map(|s| &s.note).collect::<Vec<_>>(),
                 })
             )?;
         } else {
@@ -269,6 +295,9 @@ pub async fn check(config: &Config, data_dir: &Path, args: CheckArgs) -> Result<
                 d.action.as_str(),
                 if report.degraded() { " [degraded]" } else { "" }
             )?;
+            for s in &d.strip {
+                writeln!(out, "  stripped: {}", s.note)?;
+            }
             for s in &report.symbols {
                 writeln!(
                     out,

@@ -103,9 +103,15 @@ pub async fn start(config: &Config, store: &Arc<dyn Store>) -> Result<Arc<Domain
             }
             Some(e) => {
                 let theirs: Option<DomainSettings> = serde_json::from_str(&e.settings).ok();
-                if theirs.as_ref() != Some(&d.settings()) {
-                    let theirs = theirs.map_or("unreadable settings".into(), |s| s.to_string());
-                    warn!(domain = %d.name, store = %theirs, file = %d.settings(), "the store's settings differ from the configuration file's: the store wins");
+                match theirs {
+                    None => {
+                        warn!(domain = %d.name, "the store's settings for this domain do not read: the store wins")
+                    }
+                    Some(theirs) => {
+                        for (field, store, file) in differences(&theirs, &d.settings()) {
+                            warn!(domain = %d.name, field, store, file, "the store's settings differ from the configuration file's: the store wins");
+                        }
+                    }
                 }
             }
             None => {}
@@ -346,5 +352,72 @@ pub async fn sample_health(
         if let Err(e) = tally.flush(store.as_ref()).await {
             warn!(error = %e, "server health samples not written; kept for the next");
         }
+    }
+}
+
+/// The settings' fields that differ between the store's copy and the file's: each field's
+/// path (`filter.spam_action`) and both values as JSON (`null` where one side has none).
+fn differences(store: &DomainSettings, file: &DomainSettings) -> Vec<(String, String, String)> {
+    let json = |s: &DomainSettings| serde_json::to_value(s).unwrap_or_default();
+    let mut found = Vec::new();
+    differ("", &json(store), &json(file), &mut found);
+    found
+}
+
+fn differ(
+    path: &str,
+    a: &serde_json::Value,
+    b: &serde_json::Value,
+    found: &mut Vec<(String, String, String)>,
+) {
+    use serde_json::Value;
+    match (a, b) {
+        _ if a == b => {}
+        (Value::Object(x), Value::Object(y)) => {
+            let mut fields: Vec<&String> = x.keys().chain(y.keys()).collect();
+            fields.sort();
+            fields.dedup();
+            for f in fields {
+                let at = if path.is_empty() {
+                    f.clone()
+                } else {
+                    format!("{path}.{f}")
+                };
+                differ(
+                    &at,
+                    x.get(f).unwrap_or(&Value::Null),
+                    y.get(f).unwrap_or(&Value::Null),
+                    found,
+                );
+            }
+        }
+        _ => found.push((path.to_string(), a.to_string(), b.to_string())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn differences_name_each_field_and_both_values() {
+        let store: DomainSettings =
+            serde_json::from_str(r#"{"destination": "10.0.0.1:25", "silo": "a"}"#).unwrap();
+        let file: DomainSettings = serde_json::from_str(
+            r#"{"destination": "10.0.0.1:25", "silo": "b", "filter": {"spam_action": "reject"}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            differences(&store, &file),
+            [
+                (
+                    "filter".into(),
+                    "null".into(),
+                    r#"{"spam_action":"reject"}"#.into()
+                ),
+                ("silo".into(), r#""a""#.into(), r#""b""#.into()),
+            ]
+        );
+        assert!(differences(&file, &file).is_empty());
     }
 }

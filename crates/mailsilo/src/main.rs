@@ -218,8 +218,12 @@ fn main() -> Result<()> {
                 up::up(config, &at.data_dir, roles, node_id).await
             }
             Command::Check { at, args } => {
-                let config = load_config(at.config.as_deref())?;
-                match filter_cli::check(&config, &at.data_dir, args).await {
+                // Any error, the configuration's too, is exit status 2 (1 is "not clean").
+                let checked = match load_config(at.config.as_deref()) {
+                    Ok(config) => filter_cli::check(&config, &at.data_dir, args).await,
+                    Err(e) => Err(e),
+                };
+                match checked {
                     Ok(true) => Ok(()),
                     Ok(false) => std::process::exit(1),
                     Err(e) => {

@@ -3,6 +3,7 @@
 //! through its control API.
 
 use anyhow::{Result, bail};
+use clap::builder::NonEmptyStringValueParser;
 use portal::quarantine::{HeldMessage, Released};
 use portal::queue::{Bounced, Flushed, MAX_PAGE, QueuedMessage};
 use store::{HeldSummary, Summary, Trace};
@@ -15,14 +16,23 @@ pub enum QueueCommand {
     /// One line per queued message with its pending recipients.
     List,
     /// Envelope, recipient states and headers of one message.
-    Show { id: String },
+    Show {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+    },
     /// Make every deferred recipient due now.
     Flush,
     /// Remove a message from the queue (its trace keeps the removal).
-    Delete { id: String },
+    Delete {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+    },
     /// Return a message to its sender now: its waiting recipients fail and one DSN goes
     /// to the sender (unless it is the null sender or its NOTIFY says never).
-    Bounce { id: String },
+    Bounce {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -30,11 +40,20 @@ pub enum QuarantineCommand {
     /// One line per quarantined message with its verdict and score.
     List,
     /// Envelope, verdict, reason and headers of one message.
-    Show { id: String },
+    Show {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+    },
     /// Deliver a message to its original recipients (queued again, not scanned again).
-    Release { id: String },
+    Release {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+    },
     /// Delete a message from the quarantine.
-    Delete { id: String },
+    Delete {
+        #[arg(value_parser = NonEmptyStringValueParser::new())]
+        id: String,
+    },
 }
 
 #[derive(clap::Subcommand)]
@@ -63,6 +82,7 @@ pub fn digest(api: &Client, command: DigestCommand) -> Result<()> {
 #[derive(clap::Args)]
 pub struct TraceArgs {
     /// One message's whole trace.
+    #[arg(value_parser = NonEmptyStringValueParser::new())]
     id: Option<String>,
     /// Messages from this sender.
     #[arg(long)]
@@ -75,11 +95,11 @@ pub struct TraceArgs {
     since: Option<humantime::Duration>,
     /// Messages the filter judged so (clean, spam, phishing, virus, policy), refused ones
     /// included.
-    #[arg(long)]
+    #[arg(long, value_parser = clap::builder::PossibleValuesParser::new(store::VERDICTS))]
     verdict: Option<String>,
     /// At most this many messages.
-    #[arg(long, default_value_t = 50)]
-    limit: usize,
+    #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u64).range(1..))]
+    limit: u64,
 }
 
 fn date(t: i64) -> String {

@@ -198,12 +198,14 @@ pub fn show(api: &Client) -> Result<()> {
     // The servers' loadings as comments: in a configuration file they belong inside their
     // [[silo.cluster.server]] tables, which hold what this output does not (addresses).
     println!(
-        "\n# Mail servers: cluster/server, loading, the operator's state (ready, drain, maint)."
+        "\n# Mail servers: cluster/server, loading, the operator's state (ready, drain, maint;\n\
+         # removed: taken out with `mailsilo lb remove`, though the file may still name it)."
     );
     for s in &e.servers {
+        let state = if s.removed { "removed" } else { &s.state };
         println!(
-            "#   {}/{}  loading {}  {}",
-            s.cluster, s.server, s.loading, s.state
+            "#   {}/{}  loading {}  {state}",
+            s.cluster, s.server, s.loading
         );
     }
     Ok(())

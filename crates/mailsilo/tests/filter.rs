@@ -88,6 +88,11 @@ fn gtube_is_refused_at_end_of_data_and_nothing_is_kept() {
         "{found}"
     );
     let id = found.split_whitespace().next().unwrap();
+    // Arguments that cannot find anything are refused, not answered with nothing.
+    for args in [&["--verdict", "spma"][..], &["--limit", "0"], &[""]] {
+        let out = g.admin_command("trace", args).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+    }
     let trace = g.admin("trace", &[id]);
     assert!(
         trace.contains("refused") && trace.contains("550 5.7.1 Message refused as"),
@@ -308,6 +313,23 @@ fn train_check_and_stats_and_the_gateway_follows_the_model() {
     assert_eq!(lines[1]["degraded"], false, "{out}");
     let (code, out) = run(&g, &["check", "/nonexistent/file"]);
     assert_eq!(code, 2, "{out}");
+    // Every error is status 2 (1 means "not clean"), a wrong configuration's too; a folder
+    // with no message is one; what is not a file in a folder is skipped aloud.
+    let empty = files.path().join("empty");
+    std::fs::create_dir_all(empty.join("sub")).unwrap();
+    let out = Command::new(&*BIN)
+        .args(["check", "--config", "/nonexistent.toml"])
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let (code, out) = run(&g, &["check", &empty.display().to_string()]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("sub: skipped, not a regular file"), "{out}");
+    assert!(out.contains("no messages in"), "{out}");
+    let (code, out) = run(&g, &["check", "--rcpt", "alice", &path("one-ham.eml")]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("--rcpt: give an address"), "{out}");
 
     // The running gateway loads the model by itself.
     assert!(wait_until(Duration::from_secs(15), || {

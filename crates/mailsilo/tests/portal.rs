@@ -1119,6 +1119,31 @@ fn pages_need_a_session_and_their_forms_a_csrf_token() {
     let (_, page) = alice.get(&g, "/quarantine");
     assert!(page.contains("&lt;b&gt;bold&lt;/b&gt;"), "{page}");
     assert!(!page.contains("<b>bold"), "{page}");
+    // What axum's extractors refuse (a path segment that is not UTF-8) is answered like
+    // every other refusal: the JSON error to the API, the error page to a browser.
+    let (status, body) = alice.get(&g, "/api/v1/quarantine/%FF");
+    assert_eq!(status, 400, "{body}");
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert!(
+        error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("UTF-8"),
+        "{body}"
+    );
+    let (status, page) = alice.get(&g, "/quarantine/%FF");
+    assert_eq!(status, 400, "{page}");
+    assert!(page.contains("<html") && page.contains("UTF-8"), "{page}");
+    // An error echoes what was asked for, not all 20 KB of it.
+    let long = "x".repeat(20_000);
+    let (status, body) = alice.get(&g, &format!("/api/v1/quarantine/{long}"));
+    assert_eq!(status, 404);
+    let error: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let message = error["error"]["message"].as_str().unwrap();
+    assert!(
+        message.contains("xxxx") && message.len() < 1100,
+        "{message}"
+    );
 }
 
 /// The operator's silo page draws the silo (its DNS answers, each cluster's balancer, each
@@ -2098,6 +2123,9 @@ fn traces_are_scoped_like_the_quarantine() {
     );
     assert_eq!(traced(&admin, "?verdict=spam").len(), 3);
     assert!(traced(&admin, "?verdict=clean").is_empty());
+    let (status, body) = admin.get(&g, "/api/v1/trace?verdict=spma");
+    assert_eq!(status, 400, "{body}");
+    assert!(body.contains("not one of clean, spam"), "{body}");
     assert_eq!(traced(&admin, "?client=127.0.0.1").len(), 3);
     assert!(traced(&admin, "?client=192.0.2.1").is_empty());
     assert!(traced(&admin, "?until=1").is_empty());

@@ -361,6 +361,13 @@ fn servers_join_and_leave_at_run_time_and_survive_a_restart() {
     silo.start_without_dns();
     let shown = silo.lb(&["show"]);
     assert!(!shown.contains("c1-s1"), "{shown}");
+    let config = silo.remote(&["config", "show"], &[]);
+    assert!(
+        config
+            .lines()
+            .any(|l| l.contains("c1/c1-s1 ") && l.ends_with("removed")),
+        "{config}"
+    );
     assert!(
         shown
             .lines()

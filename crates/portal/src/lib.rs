@@ -119,9 +119,17 @@ fn same(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
+/// The longest message an error carries, in characters: what a caller sent (an id, a
+/// name) is echoed in it, and a 20 KB id need not come back whole.
+const MAX_MESSAGE: usize = 1000;
+
 /// An error as every API call answers one: `{"error": {"code": ..., "message": ...}}`, the
-/// code a stable word for the status, the message for people.
+/// code a stable word for the status, the message for people (cut at [`MAX_MESSAGE`]).
 fn refusal(status: StatusCode, message: &str) -> Response {
+    let message = match message.char_indices().nth(MAX_MESSAGE) {
+        Some((at, _)) => format!("{}...", &message[..at]),
+        None => message.to_string(),
+    };
     let code = match status.as_u16() {
         400 => "bad_request",
         401 => "unauthorized",
@@ -360,6 +368,7 @@ async fn guard(token: Arc<str>, ctx: Ctx, mut request: Request, next: Next) -> R
         }
         request.extensions_mut().insert(principal);
     }
+    let principal = request.extensions().get::<Principal>().cloned();
     let announced = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -377,8 +386,32 @@ async fn guard(token: Arc<str>, ctx: Ctx, mut request: Request, next: Next) -> R
         return refusal(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
     }
     match tokio::time::timeout(REQUEST_TIMEOUT, next.run(request)).await {
-        Ok(r) => r,
+        Ok(r) => in_kind(r, api, principal.as_ref()).await,
         Err(_) => refusal(StatusCode::REQUEST_TIMEOUT, "request took too long"),
+    }
+}
+
+/// A refusal written by axum's extractors (a path segment that is not UTF-8, a query or
+/// form that does not parse: plain text) answered as every other refusal is: the JSON
+/// error for the API, the error page for the pages.
+async fn in_kind(response: Response, api: bool, principal: Option<&Principal>) -> Response {
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("text/plain"));
+    if !response.status().is_client_error() || !plain {
+        return response;
+    }
+    let status = response.status();
+    let body = axum::body::to_bytes(response.into_body(), 4096)
+        .await
+        .unwrap_or_default();
+    let message = String::from_utf8_lossy(&body);
+    if api {
+        refusal(status, &message)
+    } else {
+        web::error_page(status, &message, principal)
     }
 }
 

@@ -47,6 +47,9 @@ fn view(o: Organisation) -> OrganisationView {
     }
 }
 
+/// The longest organisation name, in characters.
+const MAX_NAME: usize = 200;
+
 /// The organisation `name` as it may be stored beside `others`: its domains as names
 /// (lower-case, without a final dot), none owned by another organisation, and a digest
 /// schedule the digests understand (empty: the default). The message names what is wrong.
@@ -57,8 +60,18 @@ pub fn checked(
     others: &[Organisation],
 ) -> Result<Organisation, String> {
     let name = name.trim();
-    if name.is_empty() || name.chars().any(char::is_control) {
-        return Err("name: an organisation needs a name (printable characters)".into());
+    // Direction marks would make the name read differently from what it is, on every page
+    // that shows it.
+    let hidden = |ch: char| {
+        ch.is_control()
+            || ['\u{61c}', '\u{200e}', '\u{200f}'].contains(&ch)
+            || ('\u{202a}'..='\u{202e}').contains(&ch)
+            || ('\u{2066}'..='\u{2069}').contains(&ch)
+    };
+    if name.is_empty() || name.chars().count() > MAX_NAME || name.chars().any(hidden) {
+        return Err(format!(
+            "name: an organisation needs a name of 1 to {MAX_NAME} printable characters, without direction marks"
+        ));
     }
     let digest = digest.map(str::trim).filter(|d| !d.is_empty());
     if let Some(d) = digest {
@@ -238,6 +251,8 @@ mod tests {
             ("B", vec!["not a domain"], None, "domains: \"not a domain\""),
             ("B", vec![], Some("fortnightly"), "digest: "),
             ("", vec![], None, "name: "),
+            ("Evil\u{202e}gro.elpmaxe", vec![], None, "name: "),
+            (&"x".repeat(201), vec![], None, "name: "),
         ] {
             let domains: Vec<String> = domains.into_iter().map(String::from).collect();
             let e = checked(name, &domains, digest, &others).unwrap_err();

@@ -21,6 +21,19 @@ use crate::{Ctx, Refused, refusal};
 
 /// The traces `q` asks for, within the caller's scope.
 pub async fn find(c: &Ctx, who: &Principal, mut q: TraceQuery) -> Result<Vec<Trace>, Refused> {
+    if let Some(v) = q
+        .verdict
+        .as_deref()
+        .filter(|v| !store::VERDICTS.contains(v))
+    {
+        return Err(Refused::new(
+            StatusCode::BAD_REQUEST,
+            format!(
+                "verdict: {v:?} is not one of {}",
+                store::VERDICTS.join(", ")
+            ),
+        ));
+    }
     q.limit = if q.limit == 0 {
         100
     } else {

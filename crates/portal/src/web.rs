@@ -1096,8 +1096,8 @@ async fn trace_page(
         Err(e) => return error_page(e.status, &e.message, Some(&who)),
     };
     let value = |s: &Option<String>| esc(s.as_deref().unwrap_or(""));
-    let options: String = ["", "clean", "spam", "phishing", "virus", "policy"]
-        .iter()
+    let options: String = std::iter::once(&"")
+        .chain(&store::VERDICTS)
         .map(|v| {
             format!(
                 "<option value=\"{v}\"{}>{}</option>",

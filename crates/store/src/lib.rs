@@ -284,6 +284,9 @@ pub struct Trace {
     pub events: Vec<Event>,
 }
 
+/// The filter's verdicts, as traces and the quarantine store them.
+pub const VERDICTS: [&str; 5] = ["clean", "spam", "phishing", "virus", "policy"];
+
 /// Which traces to find.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub struct TraceQuery {
@@ -299,7 +302,7 @@ pub struct TraceQuery {
     pub subject: Option<String>,
     /// The client's address, exactly.
     pub client: Option<String>,
-    /// The filter's verdict, exactly (`clean`, `spam`, `phishing`, `virus`, `policy`).
+    /// The filter's verdict, exactly (one of [`VERDICTS`]).
     pub verdict: Option<String>,
     /// The next page: traces older than this one's (the last id of the page before).
     pub before: Option<String>,
@@ -532,7 +535,12 @@ pub(crate) fn unheld_for_event(node: &str, recipient: &str, released_as: Option<
     Event {
         at: now_ms(),
         node: node.to_string(),
-        kind: "released".into(),
+        kind: if released_as.is_some() {
+            "released"
+        } else {
+            "deleted"
+        }
+        .into(),
         recipient: Some(recipient.to_string()),
         detail: match released_as {
             Some(id) => format!("released from the quarantine for this recipient, queued as {id}"),
@@ -628,7 +636,7 @@ pub(crate) fn expired_held_event(node: &str) -> Event {
     Event {
         at: now_ms(),
         node: node.to_string(),
-        kind: "released".into(),
+        kind: "deleted".into(),
         recipient: None,
         detail: "deleted from the quarantine: its retention (store.quarantine_retention) ended"
             .into(),
@@ -640,7 +648,12 @@ pub(crate) fn unheld_event(node: &str, released_as: Option<&str>) -> Event {
     Event {
         at: now_ms(),
         node: node.to_string(),
-        kind: "released".into(),
+        kind: if released_as.is_some() {
+            "released"
+        } else {
+            "deleted"
+        }
+        .into(),
         recipient: None,
         detail: match released_as {
             Some(id) => format!("released from the quarantine, queued as {id}"),

@@ -647,8 +647,14 @@ fall = 2
 
     /// Runs `mailsilo lb ...` against this silo's control endpoint.
     pub fn lb(&self, args: &[&str]) -> String {
+        self.remote(&["lb"], args)
+    }
+
+    /// Runs `mailsilo COMMAND --control ... ARGS` against this silo's control endpoint;
+    /// returns its output.
+    pub fn remote(&self, command: &[&str], args: &[&str]) -> String {
         let out = Command::new(&*BIN)
-            .arg("lb")
+            .args(command)
             .arg("--control")
             .arg(self.control.to_string())
             .arg("--token-file")
@@ -658,7 +664,7 @@ fall = 2
             .unwrap();
         assert!(
             out.status.success(),
-            "lb {args:?}: {}",
+            "{command:?} {args:?}: {}",
             String::from_utf8_lossy(&out.stderr)
         );
         String::from_utf8(out.stdout).unwrap()
