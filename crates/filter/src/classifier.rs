@@ -1,13 +1,14 @@
-//! The statistical classifier: the features of a message, and a model of how often each
-//! feature was seen in spam and in ham, combined by Robinson's chi-squared method (as
-//! SpamBayes does).
+//! The statistical classifier: the features of a message, and a model that weighs them
+//! (logistic regression, trained from every message learned).
 //!
 //! **Features** are words and pairs of adjacent words of the text (orthogonal sparse
 //! bigrams would add little here and double the model), words of the subject and of the
 //! sender's name, the sender's and Reply-To addresses and domains, the names of the header
 //! fields present (mailers differ in which they write), the mailer and content type, the
-//! hosts of the relays in Received: fields and the hosts of the links. Each is hashed to 32
-//! bits: at a million features, collisions touch a few hundred, which the counts absorb.
+//! hosts of the relays in Received: fields and of the links, HTML tags and presentational
+//! attributes, and the message's shape (how it is built, how it shouts). Each is hashed
+//! to 32 bits and folded into 2^21 weights; the few collisions among a corpus's features
+//! are absorbed by training.
 //!
 //! **The model** is logistic regression over the hashed features ([`Model`]). It was
 //! chosen over Bayes with Robinson-Fisher combining by measurement: in 5-fold
