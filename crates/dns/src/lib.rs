@@ -20,12 +20,13 @@ use catalog::{Catalog, Transport};
 use socket2::{Domain, Protocol, Socket, Type};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-/// Concurrent TCP connections; more wait for the OS backlog.
+/// Concurrent TCP connections; when all are held, a newcomer takes the place of the oldest
+/// connection of the client holding the most (see `listen::Admission`).
 const MAX_TCP: usize = 256;
-/// Concurrent TCP connections from one address (NSD's tcp-count is per server; a per-address
+/// Concurrent TCP connections from one client (NSD's tcp-count is per server; a per-client
 /// bound keeps one client from holding them all).
 const MAX_TCP_PER_ADDRESS: usize = 16;
 /// A TCP client idle this long is dropped.
@@ -246,8 +247,7 @@ pub async fn serve(
         );
     }
     let mut stop = shutdown.clone();
-    let slots = Arc::new(Semaphore::new(MAX_TCP));
-    let per_address = listen::PerAddress::new(MAX_TCP_PER_ADDRESS);
+    let admission = listen::Admission::new(MAX_TCP_PER_ADDRESS, MAX_TCP);
     loop {
         let (stream, peer) = tokio::select! {
             r = tcp.accept() => match r {
@@ -260,18 +260,18 @@ pub async fn serve(
             },
             _ = stop.changed() => break,
         };
-        // Over its share, a client is closed on at once (it may retry, or use UDP).
-        let Some(slot) = per_address.take(peer.ip()) else {
-            debug!(%peer, "dns tcp: too many connections from this address");
+        // Over its share, or with every place held by clients holding no more, a client is
+        // closed on at once (it may retry, or use UDP).
+        let Some(slot) = admission.admit(peer.ip()) else {
+            debug!(%peer, "dns tcp: too many connections");
             continue;
-        };
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
         };
         let (catalog, metrics) = (catalog.clone(), metrics.clone());
         tokio::spawn(async move {
-            let (_permit, _slot) = (permit, slot);
-            let _ = tcp_session(stream, &catalog, &metrics).await;
+            tokio::select! {
+                _ = tcp_session(stream, &catalog, &metrics) => {}
+                _ = slot.evicted() => debug!(%peer, "dns tcp: closed to make room for another client"),
+            }
         });
     }
     halt.store(true, Ordering::Relaxed);

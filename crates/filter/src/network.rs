@@ -353,62 +353,152 @@ impl Network {
         }
         let t = Instant::now();
         let mail_from_domain = f.sender.rsplit_once('@').map_or(helo, |(_, d)| d);
-        let dmarc = self
-            .auth
-            .verify_dmarc(DmarcParameters::new(
-                &message,
-                &dkim,
-                mail_from_domain,
-                &spf,
-            ))
-            .await;
-        ar = ar.with_dmarc_result(&dmarc);
+        // The author domains, read as a reader's mail program shows them (comments dropped)
+        // from every From: field. mail-auth exempts a message with several of them from
+        // DMARC, which would let a forged author through beside a harmless one; here each
+        // is checked alone and the strictest outcome applies (RFC 7489, 6.6.1).
+        let froms: Vec<&[u8]> = message
+            .headers
+            .iter()
+            .filter(|(name, _)| name.trim_ascii().eq_ignore_ascii_case(b"from"))
+            .map(|(_, value)| *value)
+            .collect();
+        let authors: Vec<String> = froms.iter().flat_map(|v| author_addresses(v)).collect();
+        let mut domains: Vec<&str> = authors
+            .iter()
+            .filter_map(|a| a.rsplit_once('@').map(|(_, d)| d))
+            .filter(|d| !d.is_empty())
+            .collect();
+        domains.sort_unstable();
+        domains.dedup();
+        if froms.len() > 1 {
+            symbols.push(symbol(
+                "FROM_MULTIPLE",
+                3.0,
+                format!(
+                    "{} From: fields (a message has one); DMARC applies to each author",
+                    froms.len()
+                ),
+                t,
+            ));
+        }
+        if domains.is_empty() {
+            symbols.push(symbol(
+                "FROM_MISSING",
+                2.5,
+                "no author address in From:, so DMARC cannot apply".into(),
+                t,
+            ));
+        }
+        if domains.len() > MAX_AUTHOR_DOMAINS {
+            symbols.push(symbol(
+                "FROM_TOO_MANY_DOMAINS",
+                6.0,
+                format!(
+                    "authors in {} domains: more than the {MAX_AUTHOR_DOMAINS} DMARC is checked for",
+                    domains.len()
+                ),
+                t,
+            ));
+        }
+        let mut worst: Option<(
+            u8,
+            mail_auth::DmarcOutput,
+            Option<Symbol>,
+            Option<Disposition>,
+        )> = None;
+        for domain in domains.iter().take(MAX_AUTHOR_DOMAINS) {
+            let author = authors
+                .iter()
+                .find(|a| a.rsplit_once('@').is_some_and(|(_, d)| d == *domain))
+                .cloned()
+                .unwrap_or_default();
+            let alone;
+            let checked = if message.from == [author.as_str()] {
+                &message
+            } else {
+                alone = AuthenticatedMessage {
+                    from: vec![author],
+                    ..message.clone()
+                };
+                &alone
+            };
+            let dmarc = self
+                .auth
+                .verify_dmarc(DmarcParameters::new(checked, &dkim, mail_from_domain, &spf))
+                .await;
+            let (rank, found, asked) = self.dmarc_outcome(&dmarc, t).await;
+            if worst.as_ref().is_none_or(|w| rank > w.0) {
+                worst = Some((rank, dmarc, found, asked));
+            }
+        }
+        if let Some((_, dmarc, found, asked)) = worst {
+            ar = ar.with_dmarc_result(&dmarc);
+            symbols.extend(found);
+            disposition = asked;
+        }
+        (disposition, symbols, ar)
+    }
+
+    /// What one author domain's DMARC result means: how bad it is (a failure under a
+    /// stricter policy is worse; a pass is better than an error), its symbol, and the
+    /// disposition its policy asks for.
+    async fn dmarc_outcome(
+        &self,
+        dmarc: &mail_auth::DmarcOutput,
+        t: Instant,
+    ) -> (u8, Option<Symbol>, Option<Disposition>) {
         let domain = dmarc.domain().to_string();
         match dmarc.result() {
-            DmarcResult::None => {}
-            DmarcResult::Pass => symbols.push(symbol(
-                "DMARC_PASS",
-                -1.0,
-                format!("{domain} is aligned with a passing SPF or DKIM"),
-                t,
-            )),
-            DmarcResult::TempError(e) => symbols.push(temperror("DMARC_TEMPERROR", &e, t)),
-            DmarcResult::PermError(e) => symbols.push(symbol(
-                "DMARC_PERMERROR",
-                0.5,
-                format!("{domain}'s DMARC record is broken: {e}"),
-                t,
-            )),
+            DmarcResult::None => (0, None, None),
+            DmarcResult::Pass => (
+                1,
+                Some(symbol(
+                    "DMARC_PASS",
+                    -1.0,
+                    format!("{domain} is aligned with a passing SPF or DKIM"),
+                    t,
+                )),
+                None,
+            ),
+            DmarcResult::TempError(e) => (2, Some(temperror("DMARC_TEMPERROR", &e, t)), None),
+            DmarcResult::PermError(e) => (
+                3,
+                Some(symbol(
+                    "DMARC_PERMERROR",
+                    0.5,
+                    format!("{domain}'s DMARC record is broken: {e}"),
+                    t,
+                )),
+                None,
+            ),
             _ => {
                 let pct = self.pct(&domain).await;
                 // mail-auth has already stepped the policy down for testing mode (t=y).
                 let applied = applied_policy(dmarc.policy(), pct);
-                let (name, score, asked) = match applied {
-                    Policy::Reject => ("DMARC_POLICY_REJECT", 6.0, Some(Disposition::Reject)),
+                let (rank, name, score, asked, word) = match applied {
+                    Policy::Reject => (
+                        6,
+                        "DMARC_POLICY_REJECT",
+                        6.0,
+                        Some(Disposition::Reject),
+                        "reject",
+                    ),
                     Policy::Quarantine => (
+                        5,
                         "DMARC_POLICY_QUARANTINE",
                         4.0,
                         Some(Disposition::Quarantine),
+                        "quarantine",
                     ),
-                    _ => ("DMARC_POLICY_NONE", 1.5, None),
+                    _ => (4, "DMARC_POLICY_NONE", 1.5, None, "none"),
                 };
-                disposition = asked;
-                symbols.push(symbol(
-                    name,
-                    score,
-                    format!(
-                        "{domain} fails DMARC (neither SPF nor DKIM aligned) and its policy is {}",
-                        match applied {
-                            Policy::Reject => "reject",
-                            Policy::Quarantine => "quarantine",
-                            _ => "none",
-                        }
-                    ),
-                    t,
-                ));
+                let reason = format!(
+                    "{domain} fails DMARC (neither SPF nor DKIM aligned) and its policy is {word}"
+                );
+                (rank, Some(symbol(name, score, reason, t)), asked)
             }
         }
-        (disposition, symbols, ar)
     }
 
     /// The `pct` of a domain's DMARC record (100 when absent): mail-auth follows
@@ -560,6 +650,96 @@ fn rand_percent() -> u8 {
     (h.finish() % 100) as u8
 }
 
+/// The most author domains of one message checked by DMARC; more is its own symbol.
+const MAX_AUTHOR_DOMAINS: usize = 4;
+
+/// The addresses in a From: field's value (lower-cased), as a reader's mail program shows
+/// them: comments dropped (`ceo@(x)example.com` is `ceo@example.com`), folding and
+/// white space removed, the address in angle brackets where there is one, and group
+/// names passed over.
+fn author_addresses(value: &[u8]) -> Vec<String> {
+    let value = String::from_utf8_lossy(value);
+    // Comments out (nested, outside quoted strings); quoted strings kept whole.
+    let mut plain = String::with_capacity(value.len());
+    let (mut depth, mut quoted, mut escaped) = (0usize, false, false);
+    for ch in value.chars() {
+        if escaped {
+            escaped = false;
+            if depth == 0 {
+                plain.push(ch);
+            }
+            continue;
+        }
+        match ch {
+            '\\' => {
+                escaped = true;
+                if depth == 0 {
+                    plain.push(ch);
+                }
+            }
+            '"' if depth == 0 => {
+                quoted = !quoted;
+                plain.push(ch);
+            }
+            '(' if !quoted => depth += 1,
+            ')' if !quoted && depth > 0 => depth -= 1,
+            _ if depth == 0 => plain.push(ch),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    for mailbox in split_outside_quotes(&plain, &[',', ';']) {
+        // A group's name ends at its colon: `Team: a@x.example, b@y.example;`.
+        let mailbox = match split_outside_quotes(mailbox, &[':']).as_slice() {
+            [_, rest @ ..] if !rest.is_empty() && !mailbox.contains('<') => rest.join(":"),
+            _ => mailbox.to_string(),
+        };
+        let address = match (mailbox.rfind('<'), mailbox.rfind('>')) {
+            (Some(open), Some(close)) if open < close => &mailbox[open + 1..close],
+            _ => mailbox.as_str(),
+        };
+        // A source route (`<@relay:user@example.com>`) is not the author.
+        let address = address.rsplit(':').next().unwrap_or("");
+        let address: String = address
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
+            .to_lowercase();
+        if let Some((local, domain)) = address.rsplit_once('@')
+            && !local.is_empty()
+            && !domain.is_empty()
+        {
+            out.push(format!("{local}@{}", domain.trim_end_matches('.')));
+        }
+    }
+    out
+}
+
+/// `text` split at any of `separators` outside quoted strings.
+fn split_outside_quotes<'a>(text: &'a str, separators: &[char]) -> Vec<&'a str> {
+    let mut parts = Vec::new();
+    let (mut start, mut quoted, mut escaped, mut angle) = (0, false, false, false);
+    for (i, ch) in text.char_indices() {
+        if escaped {
+            escaped = false;
+            continue;
+        }
+        match ch {
+            '\\' => escaped = true,
+            '"' => quoted = !quoted,
+            '<' if !quoted => angle = true,
+            '>' if !quoted => angle = false,
+            c if !quoted && !angle && separators.contains(&c) => {
+                parts.push(&text[start..i]);
+                start = i + c.len_utf8();
+            }
+            _ => {}
+        }
+    }
+    parts.push(&text[start..]);
+    parts
+}
+
 fn symbol(name: &str, score: f64, reason: String, t: Instant) -> Symbol {
     Symbol {
         name: name.to_string(),
@@ -694,6 +874,33 @@ fn dkim_symbols(dkim: &[mail_auth::DkimOutput<'_>], t: Instant) -> Vec<Symbol> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn authors_are_read_as_a_mail_program_shows_them() {
+        for (value, want) in [
+            ("Alice <alice@sender.test>", &["alice@sender.test"][..]),
+            ("ceo@(x)sender.test", &["ceo@sender.test"]),
+            ("ceo(a (nested) one)@sender.test", &["ceo@sender.test"]),
+            (
+                "friend@outside.net, ceo@sender.test",
+                &["friend@outside.net", "ceo@sender.test"],
+            ),
+            (
+                "\"ceo@sender.test\" <friend@outside.net>",
+                &["friend@outside.net"],
+            ),
+            ("\"Doe, (Jane)\" <jane@y.test>", &["jane@y.test"]),
+            ("Team: a@x.test, b@y.test;", &["a@x.test", "b@y.test"]),
+            ("undisclosed-recipients:;", &[]),
+            ("<@relay.test:user@example.com>", &["user@example.com"]),
+            (" CEO@Sender.Test. ", &["ceo@sender.test"]),
+            ("Alice\r\n <alice@sender.test>", &["alice@sender.test"]),
+            ("=?utf-8?q?Al=C3=AFce?= <a@b.test>", &["a@b.test"]),
+            ("no address here", &[]),
+        ] {
+            assert_eq!(author_addresses(value.as_bytes()), want, "{value}");
+        }
+    }
 
     #[test]
     fn pct_steps_the_policy_down() {

@@ -342,6 +342,56 @@ async fn dkim_arc_and_dmarc_against_dkimpy() {
         );
     }
 
+    // A forged author beside a harmless one, or hidden behind a comment, meets the forged
+    // domain's policy: several From: fields, several addresses in one, a comment in the
+    // domain. (mail-auth alone exempts several author domains from DMARC.)
+    server.set(&zone("v=DMARC1; p=reject", None));
+    let forged = unsigned.replace("From: Alice <alice@sender.test>\r\n", "");
+    for from in [
+        "From: friend@outside.test\r\nFrom: ceo@sender.test\r\n",
+        "From: ceo@sender.test\r\nFrom: friend@outside.test\r\n",
+        "From: friend@outside.test, ceo@sender.test\r\n",
+        "From: ceo@(x)sender.test\r\n",
+        "From: Team: friend@outside.test, CEO@Sender.Test.;\r\n",
+    ] {
+        let msg = format!("{from}{forged}");
+        let r = check(
+            &engine(),
+            msg.as_bytes(),
+            CLIENT,
+            "x.outside.test",
+            "x@outside.test",
+        )
+        .await;
+        assert!(
+            names(&r).contains(&"DMARC_POLICY_REJECT"),
+            "{from}: {}",
+            r.symbols_line()
+        );
+        assert_eq!(
+            action(&r, DmarcMode::Enforce, "x@outside.test"),
+            Action::Reject,
+            "{from}: {}",
+            r.symbols_line()
+        );
+        assert_eq!(
+            names(&r).contains(&"FROM_MULTIPLE"),
+            from.matches("From:").count() > 1,
+            "{from}"
+        );
+    }
+    // No author at all: its own symbol (a Sender: is not the author DMARC checks).
+    let msg = format!("Sender: ceo@sender.test\r\n{forged}");
+    let r = check(
+        &engine(),
+        msg.as_bytes(),
+        CLIENT,
+        "x.outside.test",
+        "x@outside.test",
+    )
+    .await;
+    assert!(names(&r).contains(&"FROM_MISSING"), "{}", r.symbols_line());
+
     // Alignment: SPF passes for the MAIL FROM domain mail.sender.test (a subdomain of the
     // From domain): aligned in relaxed mode, not in strict.
     let mut z = zone("v=DMARC1; p=reject; aspf=r", None);

@@ -908,3 +908,86 @@ fn a_slow_drip_through_a_balancer_is_cut() {
         silo.lb(&["show"])
     );
 }
+
+/// Holds `each` connections from each of `clients` loopback addresses to `target` (each
+/// sends one DNS query over TCP, or one HTTP request), then connects from 127.0.0.1 and
+/// asks once more. Returns whether the newcomer was answered and how many held
+/// connections were closed to make room.
+fn crowd(target: SocketAddr, proto: &str, clients: u8, each: u8) -> (bool, usize) {
+    let out = python(
+        r#"
+import json, socket, struct, sys, time
+host, port, proto, clients, each = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4]), int(sys.argv[5])
+if proto == "dns":
+    q = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x05silo1\x08mailsilo\x04test\x00" + struct.pack(">HH", 1, 1)
+    msg = struct.pack(">H", len(q)) + q
+else:
+    msg = b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n"
+def ask(s):
+    s.sendall(msg)
+    s.settimeout(3)
+    try:
+        return len(s.recv(65536)) > 0
+    except OSError:
+        return False
+held = []
+for c in range(1, clients + 1):
+    for _ in range(each):
+        s = socket.socket()
+        s.bind((f"127.9.{c}.1", 0))
+        s.settimeout(5)
+        s.connect((host, port))
+        held.append(s)
+        ask(s)
+newcomer = socket.socket()
+newcomer.settimeout(5)
+newcomer.connect((host, port))
+answered = ask(newcomer)
+time.sleep(0.3)
+# Closed or not, all read at once (the server drops idle connections after 10 s).
+closed = 0
+for s in held:
+    s.setblocking(False)
+    try:
+        if s.recv(65536) == b"":
+            closed += 1
+    except BlockingIOError:
+        pass
+    except OSError:
+        closed += 1
+print(json.dumps({"answered": answered, "closed": closed}))
+"#,
+        &[
+            &target.ip().to_string(),
+            &target.port().to_string(),
+            proto,
+            &clients.to_string(),
+            &each.to_string(),
+        ],
+    );
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    (
+        v["answered"].as_bool().unwrap(),
+        v["closed"].as_u64().unwrap() as usize,
+    )
+}
+
+/// A few clients holding every connection a listener takes do not keep others out: the
+/// DNS over TCP (256 connections, 16 a client) and the control port (64, 16 a client) give
+/// a newcomer the place of the oldest connection of the client holding the most.
+#[test]
+fn a_few_clients_cannot_hold_every_dns_or_control_connection() {
+    let mut silo = Silo::new(32, &[&[1]], "", "");
+    silo.start_all();
+    let (answered, closed) = crowd(silo.dns, "dns", 17, 16);
+    assert!(answered, "the newcomer was not answered over DNS/TCP");
+    // The 17th client's 16 and the newcomer each took one place.
+    assert_eq!(closed, 17, "DNS/TCP");
+    let (answered, closed) = crowd(silo.control, "http", 5, 16);
+    assert!(
+        answered,
+        "the newcomer was not answered on the control port"
+    );
+    assert_eq!(closed, 17, "control");
+    silo.terminate("all");
+}

@@ -25,7 +25,7 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::{Json, Router};
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
 /// How long a client has to send a request's headers.
 pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
@@ -33,9 +33,10 @@ pub const HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The largest request body (the control calls send a few dozen octets).
 pub const MAX_BODY: usize = 4096;
-/// Connections served at once; more wait in the listen backlog.
+/// Connections served at once; when all are held, a newcomer takes the place of the oldest
+/// connection of the client holding the most (see `listen::Admission`).
 pub const MAX_CONNECTIONS: usize = 64;
-/// Connections one address may hold (an unauthenticated client can open them: `/metrics`).
+/// Connections one client may hold (an unauthenticated client can open them: `/metrics`).
 pub const MAX_CONNECTIONS_PER_ADDRESS: usize = 16;
 /// The longest a connection lives, however busy.
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(120);
@@ -521,8 +522,7 @@ pub async fn serve(
     tokio::spawn(digest::follow(ctx.clone(), shutdown.clone()));
     let app = router(ctx, token);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
-    let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
-    let per_address = listen::PerAddress::new(MAX_CONNECTIONS_PER_ADDRESS);
+    let admission = listen::Admission::new(MAX_CONNECTIONS_PER_ADDRESS, MAX_CONNECTIONS);
     loop {
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
@@ -535,13 +535,9 @@ pub async fn serve(
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let Some(slot) = per_address.take(peer.ip()) else {
-            tracing::debug!(%peer, "control: too many connections from this address");
+        let Some(slot) = admission.admit(peer.ip()) else {
+            tracing::debug!(%peer, "control: too many connections");
             continue;
-        };
-        let permit = tokio::select! {
-            p = slots.clone().acquire_owned() => p.expect("never closed"),
-            _ = stopped(&mut shutdown) => break,
         };
         let service = hyper_util::service::TowerToHyperService::new(
             app.clone()
@@ -549,7 +545,6 @@ pub async fn serve(
         );
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            let (_permit, _slot) = (permit, slot);
             let http = hyper::server::conn::http1::Builder::new()
                 .timer(hyper_util::rt::TokioTimer::new())
                 .header_read_timeout(HEADER_TIMEOUT)
@@ -574,7 +569,12 @@ pub async fn serve(
                     }
                 }
             };
-            let _ = tokio::time::timeout(CONNECTION_LIFETIME, served).await;
+            tokio::select! {
+                _ = tokio::time::timeout(CONNECTION_LIFETIME, served) => {}
+                _ = slot.evicted() => {
+                    tracing::debug!(%peer, "control: closed to make room for another client");
+                }
+            }
         });
     }
 }

@@ -266,7 +266,8 @@ impl<H: Handler> Server<H> {
     ) {
         let max = self.settings.max_sessions;
         let sessions = Arc::new(Semaphore::new(max));
-        let per_client = listen::PerAddress::new(self.settings.max_sessions_per_client);
+        // The sessions' own bound is `max_sessions`, above; this one is per client only.
+        let per_client = listen::Admission::new(self.settings.max_sessions_per_client, usize::MAX);
         loop {
             let (stream, peer) = tokio::select! {
                 r = listener.accept() => match r {
@@ -319,7 +320,7 @@ impl<H: Handler> Server<H> {
                         }
                     },
                 };
-                let slot = per_client.take(client.ip());
+                let slot = per_client.admit(client.ip());
                 let Some(_slot) = slot else {
                     info!(server = %server.settings.hostname, %client, "refused: too many sessions from this client");
                     server
