@@ -382,10 +382,12 @@ impl Network {
                 t,
             ));
         }
+        // Said, not scored: a message without an author is no forgery of one (mail from
+        // scripts and devices often lacks it).
         if domains.is_empty() {
             symbols.push(symbol(
                 "FROM_MISSING",
-                2.5,
+                0.0,
                 "no author address in From:, so DMARC cannot apply".into(),
                 t,
             ));
