@@ -1,6 +1,7 @@
 //! The whole scanning engine (MIME view, rules, classifier features and judgement,
 //! phishing checks, the headers added to a delivered copy) on arbitrary bytes: no panic,
-//! finite scores, and a delivered copy that still ends with the message's own body.
+//! finite scores, and a delivered copy that still ends with the message's own body. The
+//! same bytes as a From: field's value give only addresses (DMARC's authors).
 #![no_main]
 
 use std::sync::OnceLock;
@@ -9,6 +10,7 @@ use libfuzzer_sys::fuzz_target;
 use mailsilo_filter::classifier::{Model, features};
 use mailsilo_filter::content::Content;
 use mailsilo_filter::intake::with_scan_headers;
+use mailsilo_filter::network::author_addresses;
 use mailsilo_filter::rules::Rules;
 use mailsilo_filter::{Engine, Envelope, decide};
 
@@ -44,4 +46,8 @@ fuzz_target!(|data: &[u8]| {
         .position(|w| w == b"\r\n\r\n")
         .map_or(data.len(), |i| i + 2);
     assert!(copy.ends_with(&data[header_end..]));
+    for author in author_addresses(data) {
+        let (local, domain) = author.rsplit_once('@').expect("an address");
+        assert!(!local.is_empty() && !domain.is_empty(), "{author:?}");
+    }
 });

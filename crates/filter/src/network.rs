@@ -659,7 +659,7 @@ const MAX_AUTHOR_DOMAINS: usize = 4;
 /// them: comments dropped (`ceo@(x)example.com` is `ceo@example.com`), folding and
 /// white space removed, the address in angle brackets where there is one, and group
 /// names passed over.
-fn author_addresses(value: &[u8]) -> Vec<String> {
+pub fn author_addresses(value: &[u8]) -> Vec<String> {
     let value = String::from_utf8_lossy(value);
     // Comments out (nested, outside quoted strings); quoted strings kept whole.
     let mut plain = String::with_capacity(value.len());
@@ -708,10 +708,11 @@ fn author_addresses(value: &[u8]) -> Vec<String> {
             .collect::<String>()
             .to_lowercase();
         if let Some((local, domain)) = address.rsplit_once('@')
+            && let domain = domain.trim_end_matches('.')
             && !local.is_empty()
             && !domain.is_empty()
         {
-            out.push(format!("{local}@{}", domain.trim_end_matches('.')));
+            out.push(format!("{local}@{domain}"));
         }
     }
     out
@@ -899,6 +900,7 @@ mod tests {
             ("Alice\r\n <alice@sender.test>", &["alice@sender.test"]),
             ("=?utf-8?q?Al=C3=AFce?= <a@b.test>", &["a@b.test"]),
             ("no address here", &[]),
+            ("x@.", &[]),
         ] {
             assert_eq!(author_addresses(value.as_bytes()), want, "{value}");
         }
