@@ -1289,14 +1289,20 @@ fn each_servers_availability_is_charted_over_time() {
     silo.start_all();
     // `up` says where the portal is and the accounts the file gives a password; each
     // logs in there with what was printed.
-    let out = std::fs::read_to_string(silo.dir.path().join("all.out")).unwrap();
+    // (The listeners answer before the map is printed: it is waited for.)
     let portal = format!("http://{}/", silo.control);
+    let line = format!("  portal                 {portal}  (API: {portal}api/v1/)");
+    let read = || std::fs::read_to_string(silo.dir.path().join("all.out")).unwrap();
+    let accounts_shown = |out: &str| out.lines().filter(|l| l.contains(" / ")).count();
     assert!(
-        out.contains(&format!(
-            "  portal                 {portal}  (API: {portal}api/v1/)"
-        )),
-        "{out}"
+        wait_until(Duration::from_secs(10), || {
+            let out = read();
+            out.contains(&line) && accounts_shown(&out) == 4
+        }),
+        "{}",
+        read()
     );
+    let out = read();
     let printed: Vec<(&str, &str)> = out
         .lines()
         .filter_map(|l| l.trim().split_once(" / "))
