@@ -192,6 +192,7 @@ fn timeouts_shrink_when_sessions_run_short() {
         smtp: "max_sessions = 10\nmax_sessions_per_client = 10\ncommand_timeout = \"60s\"\nstress_timeout = \"1s\"".into(),
         ..Options::default()
     });
+    g.wait_startup_session_closed();
     // Five idle sessions of ten: no stress, they stay.
     let mut calm: Vec<Smtp> = (0..5).map(|_| g.smtp()).collect();
     std::thread::sleep(Duration::from_secs(2));

@@ -241,6 +241,7 @@ fn session_limits_errors_and_timeouts() {
         smtp: "max_sessions_per_client = 2\nmax_errors = 3\ncommand_timeout = \"3s\"".into(),
         ..Options::default()
     });
+    g.wait_startup_session_closed();
     let mut a = g.smtp();
     let _b = g.smtp();
     let mut third = std::net::TcpStream::connect(g.mx).unwrap();

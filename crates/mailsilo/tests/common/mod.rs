@@ -322,6 +322,16 @@ listen = "{control}"
         c
     }
 
+    /// Waits until the session of the connection that found `up` listening has ended: until
+    /// then it holds a place, which tests of session limits must not count on.
+    pub fn wait_startup_session_closed(&self) {
+        assert!(wait_until(Duration::from_secs(20), || {
+            let m = http_get(self.control, "/metrics");
+            m.contains("mailsilo_smtp_sessions_total{server=\"mx.test\"} 1\n")
+                && m.contains("mailsilo_smtp_sessions_active{server=\"mx.test\"} 0\n")
+        }));
+    }
+
     pub fn smtp(&self) -> Smtp {
         Smtp::connect(self.mx)
     }
