@@ -6,7 +6,9 @@
 //! health (220, EHLO, 250, QUIT, 221; a failed connect also takes a server out at once, as
 //! HAProxy's `observe layer4` does), ramps returning servers up slowly, keeps per-server
 //! statistics, and takes run-time changes (loading, drain, maintenance, ready, servers
-//! added and removed) without touching established sessions.
+//! added and removed) without touching established sessions. It bounds the connections one
+//! client holds over all the cluster's servers, and all it relays (`listen::Admission`), so
+//! one sender cannot take every server's sessions by being spread over them.
 
 pub mod sched;
 
@@ -19,6 +21,7 @@ use std::time::{Duration, Instant};
 
 use config::Scheduler;
 use health::{Hysteresis, Swrr};
+use metrics::Labelled;
 use ppp::v2::{Builder, Command, Protocol, Version};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -62,6 +65,33 @@ async fn pump(client: TcpStream, upstream: TcpStream, fin_timeout: Duration) {
     tokio::select! {
         _ = &mut up => { let _ = tokio::time::timeout(fin_timeout, down).await; }
         _ = &mut down => { let _ = tokio::time::timeout(fin_timeout, up).await; }
+    }
+}
+
+/// The balancers' counters for `/metrics`, shared by every cluster of a process:
+/// connections refused or cut by the admission bounds, by cluster and reason.
+pub struct Metrics {
+    refused: Labelled<2>,
+}
+
+impl Default for Metrics {
+    fn default() -> Metrics {
+        Metrics {
+            refused: Labelled::counter(
+                "mailsilo_lb_connections_refused_total",
+                "Connections the balancer refused (421) or cut for a newcomer, by reason",
+                ["cluster", "reason"],
+            ),
+        }
+    }
+}
+
+impl Metrics {
+    /// The counters in Prometheus text format.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        self.refused.render(&mut out);
+        out
     }
 }
 
@@ -212,6 +242,9 @@ pub struct Balancer {
     changed: Notify,
     /// Woken when a server is added or removed (for the health checks).
     members: Notify,
+    /// Places for connections: per client and in all.
+    admission: listen::Admission,
+    metrics: Arc<Metrics>,
 }
 
 /// Counts a session against its server while it lives.
@@ -228,7 +261,9 @@ impl Drop for Active<'_> {
 }
 
 impl Balancer {
-    pub fn new(cluster: config::Cluster) -> Arc<Balancer> {
+    pub fn new(cluster: config::Cluster, metrics: Arc<Metrics>) -> Arc<Balancer> {
+        let admission =
+            listen::Admission::new(cluster.max_connections_per_client, cluster.max_connections);
         let servers = cluster
             .servers
             .iter()
@@ -241,6 +276,8 @@ impl Balancer {
             last: AtomicUsize::new(0),
             changed: Notify::new(),
             members: Notify::new(),
+            admission,
+            metrics,
         })
     }
 
@@ -529,10 +566,44 @@ impl Balancer {
             let span = debug_span!("relay", cluster = %self.cluster.name, %peer);
             relays.retain(|r| !r.is_finished());
             relays.push(tokio::spawn(
-                async move { this.relay(client, peer).await }.instrument(span),
+                async move { this.admit(client, peer).await }.instrument(span),
             ));
         }
         relays
+    }
+
+    /// Relays `client` if it gets a place: 421 from the balancer when its client holds
+    /// its share or every place is taken; cut when a newcomer takes its place.
+    async fn admit(&self, mut client: TcpStream, peer: SocketAddr) {
+        let cluster = self.cluster.name.as_str();
+        let slot = match self.admission.admit(peer.ip()) {
+            Ok(slot) => slot,
+            Err(why) => {
+                let (reason, msg) = match why {
+                    listen::Refused::Client => (
+                        "too_many_from_client",
+                        "421 4.7.0 Too many connections from your address\r\n",
+                    ),
+                    listen::Refused::Full => (
+                        "too_many_connections",
+                        "421 4.7.0 Too many connections, try again later\r\n",
+                    ),
+                };
+                info!(cluster, %peer, reason, "refused by the balancer: 421");
+                self.metrics.refused.inc([cluster, reason]);
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(5), client.write_all(msg.as_bytes()))
+                        .await;
+                return;
+            }
+        };
+        tokio::select! {
+            () = self.relay(client, peer) => {}
+            () = slot.evicted() => {
+                info!(cluster, %peer, "cut: a newcomer took its place (every place taken)");
+                self.metrics.refused.inc([cluster, "evicted"]);
+            }
+        }
     }
 
     async fn relay(&self, mut client: TcpStream, peer: SocketAddr) {
@@ -703,7 +774,7 @@ mod tests {
             1,
         );
         let c = config::Config::parse("t.toml", &text).unwrap();
-        Balancer::new(c.silos[0].clusters[0].clone())
+        Balancer::new(c.silos[0].clusters[0].clone(), Arc::default())
     }
 
     #[test]
@@ -819,7 +890,7 @@ mod tests {
             .replacen("loading = 1\n", "loading = 1\nmaxconn = 2\n", 1)
             .replacen("loading = 2\n", "loading = 2\nmaxconn = 1\n", 1);
         let c = config::Config::parse("t.toml", &text).unwrap();
-        let lb = Balancer::new(c.silos[0].clusters[0].clone());
+        let lb = Balancer::new(c.silos[0].clusters[0].clone(), Arc::default());
         let held: Vec<_> = (0..3)
             .map(|_| lb.pick(&[]).expect("room for three"))
             .collect();

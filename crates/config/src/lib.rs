@@ -811,6 +811,12 @@ pub struct Cluster {
     pub threads: Option<usize>,
     /// Once one side of a relayed session has closed, how long the other has to follow.
     pub fin_timeout: Duration,
+    /// Connections one client (an IPv4 address, an IPv6 /64) may hold through this
+    /// balancer at once, over all its servers; more get 421 from the balancer.
+    pub max_connections_per_client: usize,
+    /// Connections the balancer relays at once; past it, a newcomer takes the place of the
+    /// oldest connection of the client holding the most (see `listen::Admission`).
+    pub max_connections: usize,
     pub health: Health,
     pub servers: Vec<Server>,
 }
@@ -1323,6 +1329,19 @@ mod tests {
         );
         let e = err(&demo.replace("loading = 2\n", "loading = 0\n"));
         assert!(e.contains(".loading: must be from 1 to 1000"), "{e}");
+        let e = err(&demo.replace(
+            "name = \"c4\"\n",
+            "name = \"c4\"\nmax_connections_per_client = 0\n",
+        ));
+        assert!(
+            e.contains("silo[0].cluster[3].max_connections_per_client: must be at least 1"),
+            "{e}"
+        );
+        let cluster = &Config::demo().silos[0].clusters[3];
+        assert_eq!(
+            (cluster.max_connections_per_client, cluster.max_connections),
+            (50, 10_000)
+        );
         let e = err(&demo.replace("name = \"c4-s2\"", "name = \"c1-s1\""));
         assert!(e.contains("server name \"c1-s1\" is used twice"), "{e}");
         let e = err(&demo.replace(

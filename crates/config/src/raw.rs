@@ -322,6 +322,8 @@ pub struct ClusterRaw {
     pub slowstart: Option<S<String>>,
     pub threads: Option<S<usize>>,
     pub fin_timeout: Option<S<String>>,
+    pub max_connections_per_client: Option<S<usize>>,
+    pub max_connections: Option<S<usize>>,
     pub health: Option<HealthRaw>,
     #[serde(default, rename = "server")]
     pub servers: Vec<S<ServerRaw>>,
@@ -1789,6 +1791,16 @@ fn validate_silos(
                     &c.fin_timeout,
                     &ckey("fin_timeout"),
                     Duration::from_secs(30),
+                )?,
+                max_connections_per_client: cx.positive(
+                    &c.max_connections_per_client,
+                    &ckey("max_connections_per_client"),
+                    50,
+                )?,
+                max_connections: cx.positive(
+                    &c.max_connections,
+                    &ckey("max_connections"),
+                    10_000,
                 )?,
                 health: cx.health(&c.health, &ckey("health."))?,
                 servers,

@@ -262,7 +262,7 @@ pub async fn serve(
         };
         // Over its share, or with every place held by clients holding no more, a client is
         // closed on at once (it may retry, or use UDP).
-        let Some(slot) = admission.admit(peer.ip()) else {
+        let Ok(slot) = admission.admit(peer.ip()) else {
             debug!(%peer, "dns tcp: too many connections");
             continue;
         };

@@ -28,6 +28,15 @@ struct State {
     next: u64,
 }
 
+/// Why a connection got no place.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refused {
+    /// Its client holds `per_client` already.
+    Client,
+    /// Every place is taken, and no client holds more than one more than this one would.
+    Full,
+}
+
 /// One connection's place; given back when dropped.
 #[derive(Debug)]
 pub struct Slot {
@@ -56,27 +65,26 @@ impl Admission {
         }
     }
 
-    /// A place for a connection from `ip`, or `None` when its client holds
-    /// `per_client` already, or when all places are taken and no client holds more than
-    /// one more than this one would.
-    pub fn admit(&self, ip: IpAddr) -> Option<Slot> {
+    /// A place for a connection from `ip`, or why there is none.
+    pub fn admit(&self, ip: IpAddr) -> Result<Slot, Refused> {
         let client = client(ip);
         let mut st = self.state.lock().expect("admission state");
         let mine = st.held.get(&client).map_or(0, VecDeque::len);
         if mine >= self.per_client {
-            return None;
+            return Err(Refused::Client);
         }
         if st.count >= self.total {
             let (biggest, holds) = st
                 .held
                 .iter()
                 .map(|(c, q)| (*c, q.len()))
-                .max_by_key(|(_, n)| *n)?;
+                .max_by_key(|(_, n)| *n)
+                .ok_or(Refused::Full)?;
             if holds <= mine + 1 {
-                return None;
+                return Err(Refused::Full);
             }
-            let queue = st.held.get_mut(&biggest)?;
-            let (_, notify) = queue.pop_front()?;
+            let queue = st.held.get_mut(&biggest).ok_or(Refused::Full)?;
+            let (_, notify) = queue.pop_front().ok_or(Refused::Full)?;
             if queue.is_empty() {
                 st.held.remove(&biggest);
             }
@@ -91,7 +99,7 @@ impl Admission {
             .entry(client)
             .or_default()
             .push_back((number, evicted.clone()));
-        Some(Slot {
+        Ok(Slot {
             state: self.state.clone(),
             client,
             number,
@@ -138,11 +146,15 @@ mod tests {
         let (a, b) = (ip("192.0.2.1"), ip("192.0.2.2"));
         let first = limit.admit(a).unwrap();
         let second = limit.admit(a).unwrap();
-        assert!(limit.admit(a).is_none(), "a third from the same address");
-        assert!(limit.admit(b).is_some(), "another address has its own");
+        assert_eq!(
+            limit.admit(a).err(),
+            Some(Refused::Client),
+            "a third from the same address"
+        );
+        assert!(limit.admit(b).is_ok(), "another address has its own");
         drop(first);
         let third = limit.admit(a);
-        assert!(third.is_some(), "given back on drop");
+        assert!(third.is_ok(), "given back on drop");
         drop((third, second));
         assert!(
             limit.state.lock().unwrap().held.is_empty(),
@@ -151,11 +163,11 @@ mod tests {
         // An IPv6 client is its /64; an IPv4-mapped address is the IPv4 one.
         let _v6 = limit.admit(ip("2001:db8::1")).unwrap();
         let _v6b = limit.admit(ip("2001:db8::ffff:2")).unwrap();
-        assert!(limit.admit(ip("2001:db8::3:3")).is_none());
-        assert!(limit.admit(ip("2001:db8:0:1::1")).is_some());
+        assert!(limit.admit(ip("2001:db8::3:3")).is_err());
+        assert!(limit.admit(ip("2001:db8:0:1::1")).is_ok());
         let _mapped = limit.admit(ip("::ffff:192.0.2.9")).unwrap();
         let _plain = limit.admit(ip("192.0.2.9")).unwrap();
-        assert!(limit.admit(ip("192.0.2.9")).is_none());
+        assert!(limit.admit(ip("192.0.2.9")).is_err());
     }
 
     #[test]
@@ -184,7 +196,7 @@ mod tests {
         let each: Vec<Slot> = (1..=8)
             .map(|i| limit.admit(ip(&format!("10.0.1.{i}"))).unwrap())
             .collect();
-        assert!(limit.admit(ip("10.0.2.1")).is_none());
+        assert_eq!(limit.admit(ip("10.0.2.1")).err(), Some(Refused::Full));
         drop(each);
     }
 

@@ -500,13 +500,14 @@ pub async fn up(
     }
 
     let mut balancers = Vec::new();
+    let lb_metrics = Arc::new(balancer::Metrics::default());
     let stored_servers = match &store {
         Some(store) if !clusters.is_empty() => store.servers().await?,
         _ => Vec::new(),
     };
     for cluster in clusters {
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
-        let lb = Balancer::new(cluster.clone());
+        let lb = Balancer::new(cluster.clone(), lb_metrics.clone());
         // The loadings and states operators set at run time, before the first connection.
         crate::live::apply_servers(&config, std::slice::from_ref(&lb), &stored_servers);
         let handles = lb
@@ -656,6 +657,7 @@ pub async fn up(
         let (filter_metrics, queue_metrics, serves_dns) =
             (engine.clone(), queue.clone(), catalog.is_some());
         let (smtp_metrics, dns_metrics) = (smtp_metrics.clone(), dns_metrics.clone());
+        let lb_metrics = (!balancers.is_empty()).then(|| lb_metrics.clone());
         let (learn_store, learn_engine) = (store.clone(), engine.clone());
         let retrainer = filter::training::Retrainer::spawn(store.clone(), stopped.clone());
         let learn: portal::Learn = Arc::new(move |raw, spam| {
@@ -701,6 +703,9 @@ pub async fn up(
                 }
                 if serves_dns {
                     out.push_str(&dns_metrics.render());
+                }
+                if let Some(lb) = &lb_metrics {
+                    out.push_str(&lb.render());
                 }
                 out
             }),

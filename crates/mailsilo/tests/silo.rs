@@ -910,9 +910,9 @@ fn a_slow_drip_through_a_balancer_is_cut() {
 }
 
 /// Holds `each` connections from each of `clients` loopback addresses to `target` (each
-/// sends one DNS query over TCP, or one HTTP request), then connects from 127.0.0.1 and
-/// asks once more. Returns whether the newcomer was answered and how many held
-/// connections were closed to make room.
+/// sends one DNS query over TCP, or one HTTP request, or reads an SMTP greeting), then
+/// connects from 127.0.0.1 and asks once more. Returns whether the newcomer was answered
+/// (greeted with 220, for SMTP) and how many held connections were closed to make room.
 fn crowd(target: SocketAddr, proto: &str, clients: u8, each: u8) -> (bool, usize) {
     let out = python(
         r#"
@@ -921,13 +921,16 @@ host, port, proto, clients, each = sys.argv[1], int(sys.argv[2]), sys.argv[3], i
 if proto == "dns":
     q = struct.pack(">HHHHHH", 7, 0x0100, 1, 0, 0, 0) + b"\x05silo1\x08mailsilo\x04test\x00" + struct.pack(">HH", 1, 1)
     msg = struct.pack(">H", len(q)) + q
-else:
+elif proto == "http":
     msg = b"GET /api/v1/me HTTP/1.1\r\nHost: x\r\n\r\n"
+else:
+    msg = b""
 def ask(s):
     s.sendall(msg)
     s.settimeout(3)
     try:
-        return len(s.recv(65536)) > 0
+        got = s.recv(65536)
+        return got.startswith(b"220") if proto == "smtp" else len(got) > 0
     except OSError:
         return False
 held = []
@@ -989,5 +992,65 @@ fn a_few_clients_cannot_hold_every_dns_or_control_connection() {
         "the newcomer was not answered on the control port"
     );
     assert_eq!(closed, 17, "control");
+    silo.terminate("all");
+}
+
+/// The balancer bounds one client's connections over all the cluster's servers (each
+/// server's own bound is per server), and all it relays, giving a newcomer the place of the
+/// oldest connection of the client holding the most.
+#[test]
+fn a_balancer_bounds_each_client_over_its_servers_and_all_connections() {
+    let mut silo = Silo::new(
+        33,
+        &[&[1, 1]],
+        "",
+        "max_connections_per_client = 3\nmax_connections = 9",
+    );
+    silo.start_without_dns();
+    let lb = silo.clusters[0].address;
+    let mut held: Vec<common::Smtp> = (0..3).map(|_| common::Smtp::connect(lb)).collect();
+    let mut fourth = common::Smtp::connect_any(lb);
+    assert_eq!(
+        fourth.reply(),
+        (421, "4.7.0 Too many connections from your address".into())
+    );
+    assert!(fourth.closed());
+    let shown = silo.lb(&["show"]);
+    let mut active: Vec<&str> = shown
+        .lines()
+        .filter(|l| l.starts_with("c1 "))
+        .filter_map(|l| l.split_whitespace().nth(6))
+        .collect();
+    active.sort();
+    assert_eq!(active, ["1", "2"], "spread over both servers: {shown}");
+    // Given back when a session ends.
+    let sessions_are = |n: u32| {
+        wait_until(Duration::from_secs(5), || {
+            silo.lb(&["show"])
+                .lines()
+                .filter(|l| l.starts_with("c1 "))
+                .filter_map(|l| l.split_whitespace().nth(6)?.parse::<u32>().ok())
+                .sum::<u32>()
+                == n
+        })
+    };
+    let mut last = held.pop().unwrap();
+    assert_eq!(last.cmd("QUIT").0, 221);
+    drop(last);
+    assert!(sessions_are(2), "{}", silo.lb(&["show"]));
+    held.push(common::Smtp::connect(lb));
+    drop(held);
+    assert!(sessions_are(0), "{}", silo.lb(&["show"]));
+    // Three clients hold all nine places; a newcomer takes the oldest of one of them.
+    let (answered, closed) = crowd(lb, "smtp", 3, 3);
+    assert!(answered, "the newcomer was not greeted");
+    assert_eq!(closed, 1);
+    let metrics = http_get(silo.control, "/metrics");
+    for want in [
+        "mailsilo_lb_connections_refused_total{cluster=\"c1\",reason=\"too_many_from_client\"} 1\n",
+        "mailsilo_lb_connections_refused_total{cluster=\"c1\",reason=\"evicted\"} 1\n",
+    ] {
+        assert!(metrics.contains(want), "{want} in {metrics}");
+    }
     silo.terminate("all");
 }

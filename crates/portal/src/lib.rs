@@ -535,7 +535,7 @@ pub async fn serve(
             },
             _ = stopped(&mut shutdown) => break,
         };
-        let Some(slot) = admission.admit(peer.ip()) else {
+        let Ok(slot) = admission.admit(peer.ip()) else {
             tracing::debug!(%peer, "control: too many connections");
             continue;
         };

@@ -321,7 +321,7 @@ impl<H: Handler> Server<H> {
                     },
                 };
                 let slot = per_client.admit(client.ip());
-                let Some(_slot) = slot else {
+                let Ok(_slot) = slot else {
                     info!(server = %server.settings.hostname, %client, "refused: too many sessions from this client");
                     server
                         .metrics
