@@ -549,16 +549,11 @@ impl Balancer {
         mut shutdown: watch::Receiver<bool>,
     ) -> Vec<tokio::task::JoinHandle<()>> {
         let mut relays: Vec<tokio::task::JoinHandle<()>> = Vec::new();
+        let mut listener =
+            listen::Acceptor::new(listener, format!("balancer {}", self.cluster.name));
         loop {
             let (client, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        warn!(error = %e, "balancer accept");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = listener.next() => accepted,
                 _ = shutdown.changed() => break,
             };
             let _ = client.set_nodelay(true);

@@ -1340,8 +1340,11 @@ mod tests {
         let cluster = &Config::demo().silos[0].clusters[3];
         assert_eq!(
             (cluster.max_connections_per_client, cluster.max_connections),
-            (50, 10_000)
+            (50, 1000)
         );
+        let defaults =
+            Config::parse("t.toml", &demo.replace("max_connections = 1000", "")).unwrap();
+        assert_eq!(defaults.silos[0].clusters[3].max_connections, 10_000);
         let e = err(&demo.replace("name = \"c4-s2\"", "name = \"c1-s1\""));
         assert!(e.contains("server name \"c1-s1\" is used twice"), "{e}");
         let e = err(&demo.replace(

@@ -25,7 +25,7 @@ use tracing::{debug, info, warn};
 
 /// Concurrent TCP connections; when all are held, a newcomer takes the place of the oldest
 /// connection of the client holding the most (see `listen::Admission`).
-const MAX_TCP: usize = 256;
+pub const MAX_TCP: usize = 256;
 /// Concurrent TCP connections from one client (NSD's tcp-count is per server; a per-client
 /// bound keeps one client from holding them all).
 const MAX_TCP_PER_ADDRESS: usize = 16;
@@ -248,16 +248,10 @@ pub async fn serve(
     }
     let mut stop = shutdown.clone();
     let admission = listen::Admission::new(MAX_TCP_PER_ADDRESS, MAX_TCP);
+    let mut tcp = listen::Acceptor::new(tcp, "dns tcp");
     loop {
         let (stream, peer) = tokio::select! {
-            r = tcp.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    warn!(error = %e, "dns tcp accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = tcp.next() => accepted,
             _ = stop.changed() => break,
         };
         // Over its share, or with every place held by clients holding no more, a client is

@@ -3,13 +3,65 @@
 //! /64, which one host usually holds) may hold only so many connections at once, and a
 //! listener only so many in all; when all are taken, a newcomer takes the place of the
 //! oldest connection of the client holding the most, so that a few clients cannot keep
-//! everyone else out by holding every place.
+//! everyone else out by holding every place. And how it accepts them ([`Acceptor`]): riding
+//! out failures (a process out of file descriptors) with a backoff and one line of log.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
+use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Notify;
+use tracing::{info, warn};
+
+/// The longest pause between accepts that fail.
+const MAX_PAUSE: Duration = Duration::from_secs(1);
+
+/// A listener's accepting: a failed accept (out of file descriptors, mostly) leaves the
+/// connection in the kernel's queue, so it is retried after a pause that doubles from
+/// 100 ms to [`MAX_PAUSE`], and logged once when it starts failing and once when it
+/// recovers, not at every try.
+#[derive(Debug)]
+pub struct Acceptor {
+    listener: TcpListener,
+    what: String,
+    failed: u32,
+}
+
+impl Acceptor {
+    /// Accepts on `listener`; `what` names it in the log.
+    pub fn new(listener: TcpListener, what: impl Into<String>) -> Acceptor {
+        Acceptor {
+            listener,
+            what: what.into(),
+            failed: 0,
+        }
+    }
+
+    /// The next connection. Cancel-safe: it may be raced against a shutdown.
+    pub async fn next(&mut self) -> (TcpStream, SocketAddr) {
+        loop {
+            match self.listener.accept().await {
+                Ok(accepted) => {
+                    if self.failed > 0 {
+                        info!(listener = %self.what, failed = self.failed, "accepting again");
+                        self.failed = 0;
+                    }
+                    return accepted;
+                }
+                Err(e) => {
+                    if self.failed == 0 {
+                        warn!(listener = %self.what, error = %e, "accept failed: connections wait in the kernel's queue; retrying (logged again when it recovers)");
+                    }
+                    self.failed = self.failed.saturating_add(1);
+                    let pause = Duration::from_millis(50 << self.failed.min(5)).min(MAX_PAUSE);
+                    tokio::time::sleep(pause).await;
+                }
+            }
+        }
+    }
+}
 
 /// The connections a listener admits: at most `per_client` from one client and `total`
 /// in all (see the crate's documentation for who gives way when all are taken).

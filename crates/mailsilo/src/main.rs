@@ -330,7 +330,7 @@ async fn run_sink(listen: SocketAddr, data_dir: &Path, root: PathBuf) -> Result<
     let mut settings = Config::demo().smtp;
     settings.hostname = "mailsilo.test".into();
     let tls = smtp::tls::server_config(None, None, "sink.mailsilo.test", data_dir)?;
-    let listener = up::bind(listen, "the sink").await?;
+    let listener = up::bind(listen, "the sink")?;
     println!(
         "mailsilo sink: smtp://{} -> {}",
         listener.local_addr()?,

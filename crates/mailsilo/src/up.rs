@@ -15,7 +15,7 @@ use portal::Refused;
 use queue::{Queue, SystemClock};
 use smtp::server::{ProxyPolicy, Server};
 use store::{Embedded, Store};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -86,6 +86,88 @@ impl Roles {
     }
 }
 
+/// File descriptors this process keeps for what the bounds do not count: the store, the
+/// spool, deliveries, the resolver, the listeners themselves.
+const SPARE_DESCRIPTORS: u64 = 1024;
+
+/// The most file descriptors the roles this process runs may hold at once under their
+/// configured bounds: one per SMTP session, two per balancer connection (client and
+/// server), one per DNS/TCP and control connection, and [`SPARE_DESCRIPTORS`].
+fn descriptors_needed(config: &Config, roles: &Roles) -> u64 {
+    let servers = config
+        .silos
+        .iter()
+        .flat_map(|s| &s.clusters)
+        .flat_map(|c| &c.servers)
+        .filter(|s| roles.has("server", &s.name))
+        .count()
+        + if roles.has("mx", "") {
+            config.smtp.listen.len()
+        } else {
+            0
+        }
+        + usize::from(config.sink.is_some() && roles.has("sink", ""));
+    let balancers: usize = config
+        .silos
+        .iter()
+        .flat_map(|s| &s.clusters)
+        .filter(|c| roles.has("balancer", &c.name))
+        .map(|c| 2 * c.max_connections)
+        .sum();
+    let dns = config
+        .dns
+        .as_ref()
+        .filter(|_| roles.has("dns", ""))
+        .map_or(0, |d| d.listen.len() * dns::MAX_TCP);
+    let control = if config.control.is_some() && roles.has("control", "") {
+        portal::MAX_CONNECTIONS
+    } else {
+        0
+    };
+    (servers * config.smtp.max_sessions + balancers + dns + control) as u64 + SPARE_DESCRIPTORS
+}
+
+/// Raises this process's soft limit on open files to its hard limit, as HAProxy and nginx
+/// do: a shell's soft limit (often 1024) would hold a balancer to some 500 relayed
+/// connections. Warns when even the hard limit is below what the configured bounds may
+/// need; connections past the limit wait in the kernel's accept queue until descriptors
+/// are given back. Returns the limit now.
+fn raise_open_files(need: u64) -> u64 {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct they are given.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return 0;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    let now = limit.rlim_cur;
+    if now < need {
+        tracing::warn!(
+            limit = now,
+            need,
+            "open files: this process may hold {now}, and its bounds may need {need} (one per \
+             SMTP session, two per balancer connection): past the limit, connections wait to \
+             be accepted. Raise the hard limit (LimitNOFILE= in a systemd unit, ulimit -Hn) or \
+             lower smtp.max_sessions and silo.cluster.max_connections"
+        );
+    } else {
+        tracing::debug!(limit = now, need, "open files");
+    }
+    now
+}
+
 /// Why a listener could not be had, in words: which role, which address, and the likely
 /// cause.
 pub fn cannot_listen(what: &str, addr: SocketAddr, e: &std::io::Error) -> anyhow::Error {
@@ -104,10 +186,23 @@ pub fn cannot_listen(what: &str, addr: SocketAddr, e: &std::io::Error) -> anyhow
     anyhow::anyhow!("{what} cannot listen on {addr}: {e}{cause}")
 }
 
-pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .map_err(|e| cannot_listen(what, addr, &e))
+/// Connections the kernel holds for a listener before they are accepted (a burst, or while
+/// the process is out of file descriptors); tokio's default is 128, after which a client's
+/// SYN is dropped and it waits seconds to retry. The balancers use the same.
+const BACKLOG: u32 = 1024;
+
+pub fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
+    let listen = || {
+        let socket = if addr.is_ipv4() {
+            TcpSocket::new_v4()?
+        } else {
+            TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        socket.listen(BACKLOG)
+    };
+    listen().map_err(|e| cannot_listen(what, addr, &e))
 }
 
 pub async fn shutdown_signal() -> Result<()> {
@@ -296,6 +391,7 @@ pub async fn up(
     node_id: Option<String>,
 ) -> Result<()> {
     let config = Arc::new(config);
+    let open_files = raise_open_files(descriptors_needed(&config, &roles));
     crate::datadir::prepare(data_dir)?;
     let node = crate::datadir::node_id(data_dir, node_id)?;
     let tls = smtp::tls::server_config(
@@ -308,7 +404,7 @@ pub async fn up(
     let mut tasks: Vec<JoinHandle<()>> = Vec::new();
     // The map of what listens where, printed in one piece once everything is bound.
     let mut map = format!(
-        "mailsilo up: config {}, data dir {}, node {node}, store {}\n",
+        "mailsilo up: config {}, data dir {}, node {node}, store {}, open files {open_files}\n",
         config.source,
         data_dir.display(),
         if config.store.url.is_some() {
@@ -364,7 +460,7 @@ pub async fn up(
     };
 
     if let Some(s) = config.sink.as_ref().filter(|_| roles.has("sink", "")) {
-        let listener = bind(s.listen, "the demo sink (sink.listen)").await?;
+        let listener = bind(s.listen, "the demo sink (sink.listen)")?;
         let root = data_dir.join("mailbox");
         writeln!(
             map,
@@ -434,7 +530,7 @@ pub async fn up(
         let memory = smtp::data::MemoryBudget::new(config.smtp.max_message_memory);
         if roles.has("mx", "") {
             for addr in &config.smtp.listen {
-                let listener = bind(*addr, "the mx listener (smtp.listen)").await?;
+                let listener = bind(*addr, "the mx listener (smtp.listen)")?;
                 writeln!(
                     map,
                     "  mx listener            smtp://{}  ({})",
@@ -455,7 +551,7 @@ pub async fn up(
                 .iter()
                 .filter(|s| roles.has("server", &s.name))
             {
-                let listener = bind(s.address, &format!("mail server {}", s.name)).await?;
+                let listener = bind(s.address, &format!("mail server {}", s.name))?;
                 let mut settings = config.smtp.clone();
                 settings.hostname = s.name.clone();
                 settings.listen = vec![s.address];
@@ -619,7 +715,7 @@ pub async fn up(
         )));
     }
     if let (Some(c), Some(store)) = (control, store) {
-        let listener = bind(c.listen, "the control endpoint (control.listen)").await?;
+        let listener = bind(c.listen, "the control endpoint (control.listen)")?;
         let token = crate::datadir::control_token(data_dir)?;
         // HTTPS with the SMTP certificate if one is configured, else a self-signed one
         // for the host name and the listening address.

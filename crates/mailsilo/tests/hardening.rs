@@ -706,3 +706,81 @@ fn the_domain_api_refuses_what_the_rules_refuse_and_answers_in_json() {
     );
     assert_eq!(status, 200, "{text}");
 }
+
+/// The soft limit on open files of the process `pid`.
+fn open_files_limit(pid: u32) -> u64 {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    line.split_whitespace().nth(3).unwrap().parse().unwrap()
+}
+
+/// `up` raises its soft limit on open files to the hard limit (a shell's 1024 would hold a
+/// balancer to some 500 connections), and says what it has.
+#[test]
+fn up_raises_its_open_files_limit_to_the_hard_limit() {
+    let g = Gateway::start(Options {
+        before: "ulimit -S -n 300; ulimit -H -n 3000;".into(),
+        ..Options::default()
+    });
+    let pid = g.up.as_ref().unwrap().0.id();
+    assert_eq!(open_files_limit(pid), 3000);
+}
+
+/// Out of file descriptors (a hard limit of 150, a crowd of 300 connections): the sessions
+/// past the limit wait to be accepted, a message ended meanwhile is either stored (250; the
+/// embedded store's files are open already) or refused for now (4xx, so the sender keeps
+/// it), the process lives on, and once the crowd leaves the message arrives, once.
+#[test]
+fn out_of_file_descriptors_loses_nothing_and_recovers() {
+    let g = Gateway::start(Options {
+        smtp: "max_sessions = 1000\nmax_sessions_per_client = 1000".into(),
+        before: "ulimit -S -n 150; ulimit -H -n 150;".into(),
+        ..Options::default()
+    });
+    let pid = g.up.as_ref().unwrap().0.id();
+    let body = "Subject: under pressure\r\n\r\nkept\r\n";
+    let mut c = g.smtp();
+    ehlo(&mut c);
+    assert_eq!(c.cmd("MAIL FROM:<bob@sender.net>").0, 250);
+    assert_eq!(c.cmd("RCPT TO:<alice@example.com>").0, 250);
+    assert_eq!(c.cmd("DATA").0, 354);
+    c.send(body.as_bytes());
+    let crowd: Vec<TcpStream> = (0..300)
+        .map(|_| TcpStream::connect(g.mx).unwrap())
+        .collect();
+    // The process holds every descriptor it may.
+    let open = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .count()
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || open() >= 149),
+        "{} open",
+        open()
+    );
+    c.send(b".\r\n");
+    let (code, text) = c.reply();
+    assert!(code == 250 || (400..500).contains(&code), "{code} {text}");
+    drop(crowd);
+    // Given back: a refused message is sent again, as its sender would; either way it
+    // arrives once.
+    if code != 250 {
+        let r = c.mail("bob@sender.net", &["alice@example.com"], body);
+        assert_eq!(r.0, 250, "{r:?}");
+    }
+    assert!(wait_until(WAIT, || g.mailbox("alice@example.com").len() == 1));
+    assert!(g.mailbox("alice@example.com")[0].contains("kept"));
+    let mut fresh = g.smtp();
+    assert_eq!(fresh.cmd("QUIT").0, 221);
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(g.mailbox("alice@example.com").len(), 1);
+    // One line when accepting failed, one when it recovered: not one every try.
+    let log = g.log();
+    let failed = log.matches("accept failed").count();
+    assert_eq!(failed, 1, "{log}");
+    assert!(log.contains("accepting again"), "{log}");
+}

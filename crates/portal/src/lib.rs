@@ -523,16 +523,10 @@ pub async fn serve(
     let app = router(ctx, token);
     let acceptor = tls.map(tokio_rustls::TlsAcceptor::from);
     let admission = listen::Admission::new(MAX_CONNECTIONS_PER_ADDRESS, MAX_CONNECTIONS);
+    let mut listener = listen::Acceptor::new(listener, "control");
     loop {
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    tracing::warn!(error = %e, "control accept");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            accepted = listener.next() => accepted,
             _ = stopped(&mut shutdown) => break,
         };
         let Ok(slot) = admission.admit(peer.ip()) else {

@@ -268,16 +268,10 @@ impl<H: Handler> Server<H> {
         let sessions = Arc::new(Semaphore::new(max));
         // The sessions' own bound is `max_sessions`, above; this one is per client only.
         let per_client = listen::Admission::new(self.settings.max_sessions_per_client, usize::MAX);
+        let mut listener = listen::Acceptor::new(listener, self.settings.hostname.clone());
         loop {
             let (stream, peer) = tokio::select! {
-                r = listener.accept() => match r {
-                    Ok(a) => a,
-                    Err(e) => {
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
+                accepted = listener.next() => accepted,
                 _ = stopped(&mut shutdown) => break,
             };
             if let Some(p) = &self.proxy

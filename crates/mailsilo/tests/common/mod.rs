@@ -99,6 +99,8 @@ pub struct Options {
     pub tail: String,
     /// Leave the sink out of `up` (tests start their own with [`Gateway::start_sink`]).
     pub external_sink: bool,
+    /// Shell commands run before `up` starts, in its shell (`ulimit ...`).
+    pub before: String,
 }
 
 /// A running `mailsilo up` with its own data directory and ports.
@@ -111,6 +113,7 @@ pub struct Gateway {
     pub config: PathBuf,
     pub up: Option<Proc>,
     pub sink_proc: Option<Proc>,
+    before: String,
 }
 
 /// Whether the tests run with PostgreSQL as the store.
@@ -237,6 +240,7 @@ listen = "{control}"
             config,
             up: None,
             sink_proc: None,
+            before: opts.before,
         };
         g.start_up();
         g
@@ -259,7 +263,7 @@ listen = "{control}"
         let child = Command::new("sh")
             .args([
                 "-c",
-                "umask 022 && exec \"$0\" \"$@\"",
+                &format!("umask 022 && {} exec \"$0\" \"$@\"", self.before),
                 &BIN,
                 "up",
                 "--config",
@@ -320,6 +324,19 @@ listen = "{control}"
             .arg(self.data())
             .args(args);
         c
+    }
+
+    /// What every `up` of this gateway wrote to its log so far.
+    pub fn log(&self) -> String {
+        let mut logs: Vec<PathBuf> = std::fs::read_dir(self.dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.file_name().unwrap().to_string_lossy().starts_with("up-"))
+            .collect();
+        logs.sort();
+        logs.iter()
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect()
     }
 
     /// Waits until the session of the connection that found `up` listening has ended: until
