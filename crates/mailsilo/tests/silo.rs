@@ -694,6 +694,24 @@ fn the_control_endpoint_needs_the_token_and_bounds_every_request() {
         Duration::from_secs(5),
     );
     assert!(r.starts_with("HTTP/1.1 401"), "reading needs it too: {r}");
+    // RFC 9112: no Host in HTTP/1.1, or two of them, is 400 (HTTP/1.0 needs none).
+    for request in [
+        &b"GET /metrics HTTP/1.1\r\nConnection: close\r\n\r\n"[..],
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nHost: y\r\nConnection: close\r\n\r\n",
+        b"GET /api/v1/lb HTTP/1.0\r\nHost: x\r\nHost: x\r\n\r\n",
+    ] {
+        let r = http(silo.control, request, Duration::from_secs(5));
+        assert!(
+            r.get(8..13) == Some(" 400 ") && r.contains("Host header"),
+            "{r}"
+        );
+    }
+    let r = http(
+        silo.control,
+        b"GET /metrics HTTP/1.0\r\n\r\n",
+        Duration::from_secs(5),
+    );
+    assert_eq!(r.get(8..13), Some(" 200 "), "{r}");
     assert!(
         silo.lb(&["show"])
             .lines()

@@ -416,6 +416,24 @@ async fn in_kind(response: Response, api: bool, principal: Option<&Principal>) -
     }
 }
 
+/// RFC 9112, 3.2: an HTTP/1.1 request without a `Host` field, and any request with more than
+/// one, get 400: a proxy in front might read another host than the portal does.
+async fn one_host(req: Request, next: Next) -> Response {
+    let hosts = req.headers().get_all(header::HOST).iter().count();
+    let why = match hosts {
+        0 if req.version() == axum::http::Version::HTTP_11 => {
+            "an HTTP/1.1 request needs a Host header"
+        }
+        0 | 1 => return next.run(req).await,
+        _ => "a request may have only one Host header",
+    };
+    if req.uri().path().starts_with("/api/") {
+        refusal(StatusCode::BAD_REQUEST, why)
+    } else {
+        web::error_page(StatusCode::BAD_REQUEST, why, None)
+    }
+}
+
 /// 204 for a change made, the reason as a JSON error otherwise.
 /// A store that failed: 503 with its error.
 fn unavailable(e: store::Error) -> Response {
@@ -472,6 +490,7 @@ pub fn router(ctx: Ctx, token: &str) -> Router {
         .layer(middleware::from_fn(move |req, next| {
             guard(token.clone(), guarded.clone(), req, next)
         }))
+        .layer(middleware::from_fn(one_host))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let requests = counted.clone();
             async move {
