@@ -525,11 +525,18 @@ fall = 2
         );
         let mut clusters = Vec::new();
         let mut n = 0;
+        // Few enough connections that every process's bounds fit this machine's open-files
+        // limit (else `up` warns), unless the test sets its own.
+        let bound = if cluster_extra.contains("max_connections =") {
+            ""
+        } else {
+            "max_connections = 1000\n"
+        };
         for (i, ls) in loadings.iter().enumerate() {
             let name = format!("c{}", i + 1);
             let addr: SocketAddr = format!("127.1.{net}.{}:{lb_port}", i + 1).parse().unwrap();
             text.push_str(&format!(
-                "[[silo.cluster]]\nname = \"{name}\"\naddress = \"{addr}\"\nslowstart = \"0s\"\n{cluster_extra}\n[silo.cluster.health]\ninterval = \"1s\"\nrise = 1\n"
+                "[[silo.cluster]]\nname = \"{name}\"\naddress = \"{addr}\"\nslowstart = \"0s\"\n{bound}{cluster_extra}\n[silo.cluster.health]\ninterval = \"1s\"\nrise = 1\n"
             ));
             let mut servers = Vec::new();
             for (j, l) in ls.iter().enumerate() {
