@@ -698,16 +698,14 @@ fn the_portal_answers_over_https_with_secure_cookies() {
     )
     .unwrap();
     let data = dir.path().join("data");
-    let _up = common::Proc(
+    let _up = common::Proc::spawn(
         Command::new(&*BIN)
             .args(["up", "--config"])
             .arg(&config)
             .arg("--data-dir")
             .arg(&data)
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
+            .stderr(Stdio::null()),
     );
     assert!(wait_until(WAIT, || std::net::TcpStream::connect(control).is_ok()));
     // Plain HTTP gets no answer.

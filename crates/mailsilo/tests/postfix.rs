@@ -212,16 +212,14 @@ transport_maps = inline:{{ full@example.com=error:5.2.2_mailbox_full }}",
         )
         .unwrap();
         let log = std::fs::File::create(dir.path().join("mailsilo.log")).unwrap();
-        let up = Proc(
+        let up = Proc::spawn(
             Command::new(&*BIN)
                 .args(["up", "--config"])
                 .arg(&config)
                 .arg("--data-dir")
                 .arg(dir.path().join("data"))
                 .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .unwrap(),
+                .stderr(log),
         );
         assert!(wait_until(Duration::from_secs(20), || {
             std::net::TcpStream::connect(gateway).is_ok()

@@ -59,10 +59,28 @@ pub fn python(script: &str, args: &[&str]) -> String {
     stdout
 }
 
-/// A child process killed on drop.
+/// A child process killed on drop, and when the test that started it dies without
+/// dropping it (killed, or a timeout's signal): else it would hold its fixed addresses
+/// and break the next run.
 pub struct Proc(pub Child);
 
 impl Proc {
+    /// Starts `command`, asking the kernel to kill it when the test's thread ends
+    /// (`PR_SET_PDEATHSIG`; a test drops its processes before it returns).
+    pub fn spawn(command: &mut Command) -> Proc {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe, as code between fork and exec must be.
+        unsafe {
+            command.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        Proc(command.spawn().unwrap())
+    }
+
     pub fn kill9(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -260,36 +278,34 @@ listen = "{control}"
         .unwrap();
         // Under a permissive umask, as a careless operator's shell would have it: what
         // mailsilo writes must be private all the same.
-        let child = Command::new("sh")
-            .args([
-                "-c",
-                &format!("umask 022 && {} exec \"$0\" \"$@\"", self.before),
-                &BIN,
-                "up",
-                "--config",
-            ])
-            .arg(&self.config)
-            .arg("--data-dir")
-            .arg(self.data())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.up = Some(Proc(child));
+        self.up = Some(Proc::spawn(
+            Command::new("sh")
+                .args([
+                    "-c",
+                    &format!("umask 022 && {} exec \"$0\" \"$@\"", self.before),
+                    &BIN,
+                    "up",
+                    "--config",
+                ])
+                .arg(&self.config)
+                .arg("--data-dir")
+                .arg(self.data())
+                .stdout(Stdio::null())
+                .stderr(log),
+        ));
         wait_listening(self.mx);
         wait_listening(self.control);
     }
 
     /// Starts a separate `mailsilo sink` on the sink address.
     pub fn start_sink(&mut self) {
-        let child = Command::new(&*BIN)
-            .args(["sink", "--listen", &self.sink.to_string(), "--data-dir"])
-            .arg(self.data())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        self.sink_proc = Some(Proc(child));
+        self.sink_proc = Some(Proc::spawn(
+            Command::new(&*BIN)
+                .args(["sink", "--listen", &self.sink.to_string(), "--data-dir"])
+                .arg(self.data())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null()),
+        ));
         wait_listening(self.sink);
     }
 
@@ -587,16 +603,16 @@ fall = 2
             append(&format!("{name}.log")),
             append(&format!("{name}.out")),
         );
-        let child = Command::new(&*BIN)
-            .args(["up", "--only", roles, "--config"])
-            .arg(config)
-            .arg("--data-dir")
-            .arg(&data)
-            .stdout(out)
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        self.procs.insert(name.to_string(), Proc(child));
+        let child = Proc::spawn(
+            Command::new(&*BIN)
+                .args(["up", "--only", roles, "--config"])
+                .arg(config)
+                .arg("--data-dir")
+                .arg(&data)
+                .stdout(out)
+                .stderr(log),
+        );
+        self.procs.insert(name.to_string(), child);
         for a in ready {
             wait_listening(*a);
         }
