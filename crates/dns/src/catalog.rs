@@ -12,6 +12,7 @@ use config::{Dns, RecordData, Rotation, Silo};
 use hickory_proto::op::{Edns, Header, Message, MessageType, OpCode, ResponseCode};
 use hickory_proto::rr::rdata::{A, AAAA, MX, NS, SOA, TXT};
 use hickory_proto::rr::{DNSClass, Name, RData, Record, RecordType};
+use hickory_proto::serialize::binary::{BinDecodable, BinDecoder};
 
 /// The largest UDP answer we send (the DNS flag day 2020 value).
 pub const MAX_UDP: usize = 1232;
@@ -363,9 +364,12 @@ impl Catalog {
         if query.len() < Header::len() || query[2] & 0x80 != 0 {
             return None;
         }
-        let request = match Message::from_vec(query) {
-            Ok(m) => m,
-            Err(_) => return Some(formerr(query)),
+        // Bytes after the records the header counts are a malformed message too (as Knot
+        // has it): FORMERR, not an answer to the part that parsed.
+        let mut decoder = BinDecoder::new(query);
+        let request = match Message::read(&mut decoder) {
+            Ok(m) if decoder.is_empty() => m,
+            _ => return Some(formerr(query)),
         };
         if request.message_type() != MessageType::Query {
             return None;
@@ -854,6 +858,12 @@ mod tests {
         ));
         let mut bytes = q.to_vec().unwrap();
         bytes.truncate(bytes.len() - 3);
+        let r = Message::from_vec(&cat.answer(&bytes, Transport::Udp).unwrap()).unwrap();
+        assert_eq!((r.id(), r.response_code()), (7, ResponseCode::FormErr));
+        // Bytes after the counted records: FORMERR too (the fast path leaves such a query
+        // to the full path).
+        let mut bytes = q.to_vec().unwrap();
+        bytes.extend_from_slice(b"junk");
         let r = Message::from_vec(&cat.answer(&bytes, Transport::Udp).unwrap()).unwrap();
         assert_eq!((r.id(), r.response_code()), (7, ResponseCode::FormErr));
         // A response is never answered (no reflection loops).

@@ -202,7 +202,8 @@ impl Content {
             let saved = || transfer_decoded(message.raw_message(), part);
             match &part.body {
                 PartType::Text(t) => {
-                    if named {
+                    if named || malware::is_eicar(t.as_bytes()) {
+                        // (The EICAR test file typed into a message is the file as well.)
                         self.attach(name(), &saved(), range);
                     } else {
                         for (file, data) in uudecoded(t) {

@@ -331,7 +331,7 @@ fn pipelining_bdat_and_utf8() {
 }
 
 #[test]
-fn starttls_discards_injected_plaintext() {
+fn starttls_needs_ehlo_and_discards_injected_plaintext() {
     let g = Gateway::start(Options::default());
     // Python's ssl does the handshake; the plaintext sent after STARTTLS must vanish.
     let script = r#"
@@ -346,7 +346,16 @@ def reply(f):
             return lines
 f = s.makefile("rb")
 assert reply(f)[0].startswith("220")
+# STARTTLS is offered by EHLO: refused before it, and inside a transaction.
+s.sendall(b"STARTTLS\r\n")
+r = reply(f); assert r[0].startswith("503 5.5.1 Send EHLO"), r
+s.sendall(b"HELO x\r\nSTARTTLS\r\n"); reply(f)
+r = reply(f); assert r[0].startswith("503 5.5.1 Send EHLO"), r
 s.sendall(b"EHLO x\r\n"); reply(f)
+s.sendall(b"MAIL FROM:<a@b.net>\r\n"); reply(f)
+s.sendall(b"STARTTLS\r\n")
+r = reply(f); assert r[0].startswith("503 5.5.1 STARTTLS not allowed inside"), r
+s.sendall(b"RSET\r\n"); assert reply(f)[0].startswith("250")
 s.sendall(b"STARTTLS\r\nMAIL FROM:<injected@evil.net>\r\n")
 r = reply(f)
 assert r[0].startswith("220 2.0.0"), r

@@ -1108,6 +1108,17 @@ impl<H: Handler> Session<H> {
             self.reply(503, "5.5.1 Already in TLS");
             return Ok(());
         }
+        // STARTTLS is an extension EHLO offers (RFC 3207, 4), and it starts the session
+        // over: a client that has not said EHLO, or is inside a transaction, is refused
+        // rather than losing its envelope silently.
+        if !self.esmtp {
+            self.reply(503, "5.5.1 Send EHLO first");
+            return Ok(());
+        }
+        if self.tx.is_some() {
+            self.reply(503, "5.5.1 STARTTLS not allowed inside a mail transaction");
+            return Ok(());
+        }
         // Anything the client pipelined after STARTTLS came in plaintext: it must not count
         // as sent inside TLS (CVE-2011-0411), so it is thrown away.
         let injected = self.conn.discard_pending();
