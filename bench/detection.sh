@@ -125,7 +125,7 @@ echo "== held-out results: trained on set 1, tested on spam-2 and easy-ham-2"
 python3 - "$WORK" <<'EOF'
 import sys
 work = sys.argv[1]
-print(f"{'':<14}{'spam recall':>14}{'false positives':>20}{'precision':>12}{'scored':>9}")
+print(f"{'':<14}{'spam recall':>14}{'false positives':>20}{'precision':>12}{'scored':>9}{'recall at <= 0.1 % FP*':>24}")
 for name, f in [("mailsilo", "ms"), ("SpamAssassin", "sa"), ("Rspamd", "rs")]:
     rows = [l.split() for l in open(f"{work}/{f}.scores") if len(l.split()) == 3]
     spam = [r for r in rows if r[0] == "spam"]
@@ -133,7 +133,15 @@ for name, f in [("mailsilo", "ms"), ("SpamAssassin", "sa"), ("Rspamd", "rs")]:
     tp = sum(int(r[2]) for r in spam)
     fp = sum(int(r[2]) for r in ham)
     prec = tp / (tp + fp) if tp + fp else 0
-    print(f"{name:<14}{100*tp/max(len(spam),1):>13.2f}%{fp:>9} of {len(ham)} ({100*fp/max(len(ham),1):.2f}%){100*prec:>11.2f}%{len(rows):>9}")
+    # The ranking's view: spam scored above every ham message but the highest 0.1 %.
+    allowed = len(ham) // 1000
+    ham_scores = sorted((float(r[1]) for r in ham), reverse=True)
+    bar = ham_scores[allowed] if len(ham_scores) > allowed else float("-inf")
+    caught = sum(float(r[1]) > bar for r in spam)
+    print(f"{name:<14}{100*tp/max(len(spam),1):>13.2f}%{fp:>9} of {len(ham)} ({100*fp/max(len(ham),1):.2f}%){100*prec:>11.2f}%{len(rows):>9}{100*caught/max(len(spam),1):>23.2f}%")
+print("* with the threshold set after the fact on set 2 itself, just above all ham but the")
+print("  highest-scored 0.1 % (the issue's own figure for SpamAssassin, 87.5 %, is this one):")
+print("  how well each ranks the held-out mail, not what any of them catches as configured.")
 EOF
 # (time's first line says "Command exited with non-zero status 1": check found spam.)
 read -r MS_WALL MS_USER MS_SYS < <(tail -1 "$WORK/ms-check.time")
