@@ -22,6 +22,9 @@ command -v opendkim-testmsg >/dev/null || missing+=(opendkim-tools)
 [ -x /usr/sbin/clamd ] || missing+=(clamav-daemon clamav)
 # 7-Zip: the malware tests make 7z archives with it (plain, solid, encrypted).
 command -v 7zz >/dev/null || missing+=(7zip)
+# libarchive's bsdtar: the malware tests check the RAR archives they write with it (Debian's
+# 7-Zip has no RAR support, and no free tool writes RAR).
+command -v bsdtar >/dev/null || missing+=(libarchive-tools)
 # Chromium for the portal's browser tests (driven by playwright-core, from npm, below).
 command -v chromium >/dev/null || missing+=(chromium)
 command -v npm >/dev/null || missing+=(npm)
