@@ -87,6 +87,11 @@ fn read_password() -> Result<String> {
     if password.is_empty() {
         bail!("no password on standard input (echo PASSWORD | mailsilo user ...)");
     }
+    // The portal's own rule, which its API and pages hold to.
+    let min = portal::accounts::MIN_PASSWORD;
+    if password.chars().count() < min {
+        bail!("a password has at least {min} characters");
+    }
     Ok(password)
 }
 
@@ -94,8 +99,24 @@ fn hash(password: &str) -> Result<String> {
     portal::auth::hash_password(password).map_err(anyhow::Error::msg)
 }
 
-async fn open(at: &crate::Where) -> Result<std::sync::Arc<dyn Store>> {
+/// The store. An embedded one that does not exist yet is made only when `create` (adding
+/// an account or an organisation, so the first operator can be made before `up` runs), and
+/// then said so: a command run from another directory than `up`'s must not quietly read or
+/// change a new, empty store.
+async fn open(at: &crate::Where, create: bool) -> Result<std::sync::Arc<dyn Store>> {
     let config = crate::load_config(at.config.as_deref())?;
+    if config.store.url.is_none() && !at.data_dir.join("queue").exists() {
+        if !create {
+            bail!(
+                "no store in {}: give --data-dir, the data directory `mailsilo up` runs with",
+                at.data_dir.display()
+            );
+        }
+        eprintln!(
+            "{}: no store there yet; making a new one (give --data-dir for `up`'s)",
+            at.data_dir.display()
+        );
+    }
     crate::filter_cli::open(&config, &at.data_dir).await
 }
 
@@ -138,8 +159,11 @@ pub async fn user(command: UserCommand) -> Result<()> {
             role,
             organisation,
         } => {
-            let store = open(&at).await?;
             let name = name.trim().to_ascii_lowercase();
+            if !portal::accounts::plain_name(&name) {
+                bail!("an account's name has no white space or control characters");
+            }
+            let store = open(&at, true).await?;
             let role = Role::parse(&role).expect("clap checked it");
             if store.account(&name).await?.is_some() {
                 bail!("account {name:?} exists (change its password with `mailsilo user passwd`)");
@@ -158,7 +182,7 @@ pub async fn user(command: UserCommand) -> Result<()> {
             println!("added {} {name}", role.as_str());
         }
         UserCommand::Passwd { at, name } => {
-            let store = open(&at).await?;
+            let store = open(&at, false).await?;
             let Some(mut account) = store.account(&name.to_ascii_lowercase()).await? else {
                 bail!("no account {name:?}");
             };
@@ -169,12 +193,12 @@ pub async fn user(command: UserCommand) -> Result<()> {
             println!("password of {account_name} changed; {ended} session(s) ended");
         }
         UserCommand::Revoke { at, name } => {
-            let store = open(&at).await?;
+            let store = open(&at, false).await?;
             let n = store.revoke_tokens(&name.to_ascii_lowercase()).await?;
             println!("{n} token(s) of {name} revoked");
         }
         UserCommand::List { at } => {
-            let store = open(&at).await?;
+            let store = open(&at, false).await?;
             let accounts = store.accounts().await?;
             for a in &accounts {
                 println!(
@@ -192,7 +216,7 @@ pub async fn user(command: UserCommand) -> Result<()> {
             label,
             days,
         } => {
-            let store = open(&at).await?;
+            let store = open(&at, false).await?;
             let Some(account) = store.account(&name.to_ascii_lowercase()).await? else {
                 bail!("no account {name:?}");
             };
@@ -222,7 +246,7 @@ pub async fn org(command: OrgCommand) -> Result<()> {
             domains,
             digest,
         } => {
-            let store = open(&at).await?;
+            let store = open(&at, true).await?;
             let others = store.organisations().await?;
             let org = portal::organisations::checked(&name, &domains, digest.as_deref(), &others)
                 .map_err(anyhow::Error::msg)?;
@@ -230,7 +254,7 @@ pub async fn org(command: OrgCommand) -> Result<()> {
             println!("organisation {name} set");
         }
         OrgCommand::List { at } => {
-            let store = open(&at).await?;
+            let store = open(&at, false).await?;
             for o in store.organisations().await? {
                 let digest = o.digest.as_deref().unwrap_or("default");
                 println!("{:<32} digest {digest:<8} {}", o.name, o.domains.join(", "));

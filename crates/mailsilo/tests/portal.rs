@@ -9,6 +9,7 @@ mod common;
 
 use std::io::{Read, Write};
 use std::net::SocketAddr;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -451,30 +452,33 @@ fn failed_logins_are_throttled_and_tokens_keep_their_scope() {
     assert_eq!(status, 401);
 }
 
+/// `mailsilo user ARGS --config CONFIG --data-dir DATA` with `stdin`: whether it
+/// succeeded, and what it printed on both outputs.
+fn user_cli(config: &Path, data: &Path, args: &[&str], stdin: &str) -> (bool, String) {
+    let mut c = Command::new(&*BIN)
+        .arg("user")
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .arg("--data-dir")
+        .arg(data)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = c.wait_with_output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr),
+    )
+}
+
 #[test]
 fn accounts_are_added_and_changed_with_the_cli() {
     let g = gateway();
-    let user = |args: &[&str], stdin: &str| {
-        let mut c = Command::new(&*BIN)
-            .arg("user")
-            .args(args)
-            .arg("--config")
-            .arg(&g.config)
-            .arg("--data-dir")
-            .arg(g.data())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        c.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
-        let out = c.wait_with_output().unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stdout).into_owned()
-                + &String::from_utf8_lossy(&out.stderr),
-        )
-    };
+    let user = |args: &[&str], stdin: &str| user_cli(&g.config, &g.data(), args, stdin);
     let (ok, out) = user(
         &[
             "add",
@@ -484,9 +488,27 @@ fn accounts_are_added_and_changed_with_the_cli() {
             "--organisation",
             "Example Inc.",
         ],
-        "zoe-pass\n",
+        "zoe-password\n",
     );
     assert!(ok, "{out}");
+    // A password shorter than the portal allows, and a name with white space, are refused.
+    let (ok, out) = user(
+        &[
+            "add",
+            "zed@example.com",
+            "--role",
+            "user",
+            "--organisation",
+            "Example Inc.",
+        ],
+        "short\n",
+    );
+    assert!(!ok && out.contains("at least 10 characters"), "{out}");
+    let (ok, out) = user(
+        &["add", "night ops", "--role", "operator"],
+        "long-enough-pw\n",
+    );
+    assert!(!ok && out.contains("white space"), "{out}");
     // A user of another organisation's domain, and a name taken, are refused.
     let (ok, out) = user(
         &[
@@ -502,17 +524,31 @@ fn accounts_are_added_and_changed_with_the_cli() {
     assert!(!ok && out.contains("address at one of"), "{out}");
     let (ok, out) = user(&["add", "operator", "--role", "operator"], "x\n");
     assert!(!ok && out.contains("exists"), "{out}");
-    let zoe = login(g.control, "zoe@example.com", "zoe-pass");
+    let zoe = login(g.control, "zoe@example.com", "zoe-password");
     let (ok, out) = user(&["passwd", "zoe@example.com"], "new-pass\n");
+    assert!(!ok && out.contains("at least 10 characters"), "{out}");
+    let (ok, out) = user(&["passwd", "zoe@example.com"], "new-password\n");
     assert!(ok && out.contains("1 session(s) ended"), "{out}");
     let (status, _) = zoe.get(&g, "/api/v1/me");
     assert_eq!(status, 401, "the old session ended");
-    login(g.control, "zoe@example.com", "new-pass");
+    login(g.control, "zoe@example.com", "new-password");
     let (ok, out) = user(&["list"], "");
     assert!(
         ok && out.contains("zoe@example.com") && out.contains("-- 5 account(s)"),
         "{out}"
     );
+    // From a directory without a store, listing is refused rather than showing a new,
+    // empty one; adding makes the store and says so.
+    let elsewhere = tempfile::tempdir().unwrap();
+    let data = elsewhere.path().join("data");
+    let run = |args: &[&str]| user_cli(&g.config, &data, args, "long-enough-pw\n");
+    let (ok, out) = run(&["list"]);
+    assert!(!ok && out.contains("no store in"), "{out}");
+    assert!(!data.exists());
+    let (ok, out) = run(&["add", "ops", "--role", "operator"]);
+    assert!(ok && out.contains("making a new one"), "{out}");
+    let (ok, out) = run(&["list"]);
+    assert!(ok && out.contains("-- 1 account(s)"), "{out}");
 }
 
 /// The quarantine page in headless Chromium (Debian's `chromium`, driven by

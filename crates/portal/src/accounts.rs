@@ -109,6 +109,12 @@ async fn hashed(password: String) -> Result<String, Refused> {
         .map_err(|e| Refused::new(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
+/// Whether `name` may name an account at all: at most 254 bytes, no white space or control
+/// characters (the role's own rules come on top).
+pub fn plain_name(name: &str) -> bool {
+    name.len() <= 254 && !name.chars().any(|ch| ch.is_whitespace() || ch.is_control())
+}
+
 /// The account called `name` if `who` manages it; else 404, as for anything out of scope.
 async fn managed(c: &Ctx, who: &Principal, name: &str) -> Result<Account, Refused> {
     if who.role == Role::User {
@@ -198,8 +204,7 @@ pub async fn add(c: &Ctx, who: &Principal, new: NewAccount) -> Result<AccountVie
         name.rsplit_once('@')
             .is_some_and(|(l, d)| !l.is_empty() && domains.iter().any(|x| x == d))
     };
-    let plain = name.len() <= 254 && !name.chars().any(|ch| ch.is_whitespace() || ch.is_control());
-    let valid = plain
+    let valid = plain_name(&name)
         && match new.role {
             Role::Operator => {
                 !name.is_empty()
