@@ -22,6 +22,9 @@ pub const DEFAULT_MAXCONN: usize = 1000;
 
 /// The annotated demo configuration, used when no file is given.
 pub const DEMO: &str = include_str!("demo.toml");
+/// The fewest characters of a portal account's password, wherever it is set (the file,
+/// the CLI, the API and the pages).
+pub const MIN_PASSWORD: usize = 10;
 
 /// A configuration error, with where it is.
 #[derive(Debug, thiserror::Error)]
@@ -1516,6 +1519,10 @@ mod tests {
                 "account[0].password: write one of password or password_hash",
             ),
             (
+                "[[account]]\nname = \"op\"\nrole = \"operator\"\npassword = \"short\"\n",
+                "account[0].password: at least 10 characters",
+            ),
+            (
                 "[[account]]\nname = \"op\"\nrole = \"operator\"\npassword_hash = \"md5:abc\"\n",
                 "account[0].password_hash: an argon2 hash",
             ),
@@ -1531,7 +1538,7 @@ mod tests {
         }
         let ok = Config::parse(
             "t.toml",
-            &format!("{MIN}{org}[[account]]\nname = \"Alice@Example.com\"\nrole = \"user\"\norganisation = \"Org\"\npassword = \"x\"\n"),
+            &format!("{MIN}{org}[[account]]\nname = \"Alice@Example.com\"\nrole = \"user\"\norganisation = \"Org\"\npassword = \"alice-password\"\n"),
         )
         .unwrap();
         assert_eq!(ok.accounts[0].name, "alice@example.com");

@@ -1089,8 +1089,12 @@ fn validate_accounts(
         };
         let password = match (&a.password, &a.password_hash) {
             (Some(p), None) => {
-                if p.get_ref().is_empty() {
-                    return cx.err(p.span(), &key("password"), "must not be empty");
+                if p.get_ref().chars().count() < crate::MIN_PASSWORD {
+                    return cx.err(
+                        p.span(),
+                        &key("password"),
+                        &format!("at least {} characters", crate::MIN_PASSWORD),
+                    );
                 }
                 AccountPassword::Plain(p.get_ref().clone())
             }

@@ -52,8 +52,7 @@ pub struct NewPassword {
     pub password: String,
 }
 
-/// The shortest password the portal takes.
-pub const MIN_PASSWORD: usize = 10;
+pub use config::MIN_PASSWORD;
 
 fn view(a: &Account) -> AccountView {
     AccountView {
