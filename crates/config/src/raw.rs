@@ -1093,7 +1093,7 @@ fn validate_accounts(
                     return cx.err(
                         p.span(),
                         &key("password"),
-                        &format!("at least {} characters", crate::MIN_PASSWORD),
+                        format!("at least {} characters", crate::MIN_PASSWORD),
                     );
                 }
                 AccountPassword::Plain(p.get_ref().clone())
