@@ -106,7 +106,19 @@ impl Malware {
         };
         let mut inspector = malware::Inspector::new(&self.limits, self.blocklist.as_ref());
         for a in attachments {
-            for file in inspector.inspect(&a.name, &a.data) {
+            let mut files = inspector.inspect(&a.name, &a.data);
+            // A part that gives its file two names is judged under each, and its names lie:
+            // which one a mail client shows is the client's choice.
+            for alias in &a.aliases {
+                files.extend(inspector.inspect(alias, &a.data));
+            }
+            if let (Some(first), false) = (files.first_mut(), a.aliases.is_empty()) {
+                first.flags.push((
+                    Flag::NameLies,
+                    format!("the part names its file {:?} and {:?}", a.name, a.aliases),
+                ));
+            }
+            for file in files {
                 if let Some((name, score)) = kind_symbol(file.kind) {
                     note(name, score, format!("{}: {}", file.path, file.why));
                 }

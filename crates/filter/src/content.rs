@@ -53,22 +53,76 @@ pub struct Link {
     pub text: Option<String>,
 }
 
-/// A part's body with its transfer encoding (base64, quoted-printable) undone and nothing
-/// else: the bytes a mail client saves.
+/// A part's transfer encoding, as mail clients read the field: its first word, lower-cased
+/// (`base64 (c)` and `base64;` are base64).
+fn transfer_encoding(part: &mail_parser::MessagePart<'_>) -> Option<String> {
+    let e = part.content_transfer_encoding()?;
+    Some(e.split([' ', '\t', ';', '(']).next()?.to_ascii_lowercase())
+}
+
+/// Whether mail-parser decoded the part's body itself: its transfer encoding is one it
+/// knows, written plainly.
+fn decoded_by_parser(part: &mail_parser::MessagePart<'_>) -> bool {
+    part.content_transfer_encoding().is_none_or(|e| {
+        ["base64", "quoted-printable", "7bit", "8bit", "binary"]
+            .iter()
+            .any(|k| e.eq_ignore_ascii_case(k))
+    })
+}
+
+/// A part's body with its transfer encoding (base64, quoted-printable, uuencode) undone
+/// and nothing else: the bytes a mail client saves. Base64 is read as RFC 2045 (6.8) says:
+/// characters outside its alphabet are passed over, so a stray one hides nothing.
 fn transfer_decoded(raw: &[u8], part: &mail_parser::MessagePart<'_>) -> Vec<u8> {
     let body = raw
         .get(part.offset_body as usize..part.offset_end as usize)
         .unwrap_or_default();
-    let decoded = match part.content_transfer_encoding() {
-        Some(e) if e.eq_ignore_ascii_case("base64") => {
-            mail_parser::decoders::base64::base64_decode(body)
-        }
-        Some(e) if e.eq_ignore_ascii_case("quoted-printable") => {
+    let decoded = match transfer_encoding(part).as_deref() {
+        Some("base64") => mail_parser::decoders::base64::base64_decode(body).or_else(|| {
+            let mut clean: Vec<u8> = body
+                .iter()
+                .copied()
+                .take_while(|&b| b != b'=')
+                .filter(|b| b.is_ascii_alphanumeric() || *b == b'+' || *b == b'/')
+                .collect();
+            // Whole groups of four (a last lone character carries no byte).
+            if clean.len() % 4 == 1 {
+                clean.pop();
+            }
+            while !clean.len().is_multiple_of(4) {
+                clean.push(b'=');
+            }
+            mail_parser::decoders::base64::base64_decode(&clean)
+        }),
+        Some("quoted-printable") => {
             mail_parser::decoders::quoted_printable::quoted_printable_decode(body)
         }
+        Some("x-uuencode" | "x-uue" | "uuencode") => uudecoded(&String::from_utf8_lossy(body))
+            .into_iter()
+            .next()
+            .map(|(_, data)| data),
         _ => None,
     };
     decoded.unwrap_or_else(|| body.to_vec())
+}
+
+/// Every name a part gives its file (`filename` of Content-Disposition, RFC 2231's
+/// `filename*` among them, then `name` of Content-Type), each once, in that order.
+fn part_names(part: &mail_parser::MessagePart<'_>) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let fields = [
+        (part.content_disposition(), "filename"),
+        (part.content_type(), "name"),
+    ];
+    for (field, key) in fields {
+        for a in field.and_then(|f| f.attributes()).unwrap_or_default() {
+            let name = a.name.trim_end_matches('*');
+            if name.eq_ignore_ascii_case(key) && !names.iter().any(|n| *n == a.value) {
+                names.push(a.value.to_string());
+            }
+        }
+    }
+    names
 }
 
 /// An attachment: a part with a file name, or binary content.
@@ -76,6 +130,9 @@ fn transfer_decoded(raw: &[u8], part: &mail_parser::MessagePart<'_>) -> Vec<u8> 
 pub struct Attachment {
     /// Its file name, or `part N` when it has none.
     pub name: String,
+    /// Other names the part gives it (a `filename` and a `filename*` that differ: mail
+    /// clients pick one or the other, so it is judged under each).
+    pub aliases: Vec<String>,
     /// Its content, transfer encoding decoded.
     pub data: Vec<u8>,
     /// The bytes of the top-level part that holds it (its own part, or the attached
@@ -190,24 +247,24 @@ impl Content {
                 }
                 None => None,
             };
-            let named = part.attachment_name().is_some()
+            let mut names = part_names(part);
+            let named = !names.is_empty()
                 || part
                     .content_disposition()
                     .is_some_and(|d| d.ctype().eq_ignore_ascii_case("attachment"));
-            let name = || {
-                part.attachment_name()
-                    .map_or_else(|| format!("part {}", self.parts), str::to_string)
-            };
+            if names.is_empty() {
+                names.push(format!("part {}", self.parts));
+            }
             // A named text part is saved as its bytes, not as the text its charset gives.
             let saved = || transfer_decoded(message.raw_message(), part);
             match &part.body {
                 PartType::Text(t) => {
                     if named || malware::is_eicar(t.as_bytes()) {
                         // (The EICAR test file typed into a message is the file as well.)
-                        self.attach(name(), &saved(), range);
+                        self.attach(names, &saved(), range);
                     } else {
                         for (file, data) in uudecoded(t) {
-                            self.attach(file, &data, range);
+                            self.attach(vec![file], &data, range);
                         }
                     }
                     self.push_text(t);
@@ -215,7 +272,7 @@ impl Content {
                 }
                 PartType::Html(h) => {
                     if named {
-                        self.attach(name(), &saved(), range);
+                        self.attach(names, &saved(), range);
                     }
                     self.html_parts += 1;
                     self.html_links(h);
@@ -233,7 +290,11 @@ impl Content {
                                 s.eq_ignore_ascii_case("rfc822") || s.eq_ignore_ascii_case("global")
                             })
                     });
-                    self.attach(name(), b, range);
+                    if decoded_by_parser(part) {
+                        self.attach(names, b, range);
+                    } else {
+                        self.attach(names, &saved(), range);
+                    }
                 }
                 PartType::Message(inner) => self.walk(inner, depth + 1, range),
                 PartType::Multipart(_) => {}
@@ -241,9 +302,12 @@ impl Content {
         }
     }
 
-    fn attach(&mut self, name: String, data: &[u8], range: Option<(usize, usize)>) {
+    /// An attachment under the first of `names` (never empty), the others its aliases.
+    fn attach(&mut self, mut names: Vec<String>, data: &[u8], range: Option<(usize, usize)>) {
+        let aliases = names.split_off(1);
         self.attachments.push(Attachment {
-            name,
+            name: names.remove(0),
+            aliases,
             data: data.to_vec(),
             range,
         });
