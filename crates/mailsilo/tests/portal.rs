@@ -537,11 +537,20 @@ fn accounts_are_added_and_changed_with_the_cli() {
         ok && out.contains("zoe@example.com") && out.contains("-- 5 account(s)"),
         "{out}"
     );
-    // From a directory without a store, listing is refused rather than showing a new,
-    // empty one; adding makes the store and says so.
+    // With the embedded store, from a directory without a store, listing is refused
+    // rather than showing a new, empty one; adding makes the store and says so. (The
+    // gateway's own configuration may use PostgreSQL, where the data directory holds no
+    // store: this part has a configuration of its own.)
     let elsewhere = tempfile::tempdir().unwrap();
     let data = elsewhere.path().join("data");
-    let run = |args: &[&str]| user_cli(&g.config, &data, args, "long-enough-pw\n");
+    let embedded = elsewhere.path().join("embedded.toml");
+    std::fs::write(
+        &embedded,
+        "[smtp]\nhostname = \"mx.test\"\nlisten = [\"127.0.0.1:1\"]\n\
+         [[domain]]\nname = \"example.com\"\ndestination = \"127.0.0.1:1\"\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| user_cli(&embedded, &data, args, "long-enough-pw\n");
     let (ok, out) = run(&["list"]);
     assert!(!ok && out.contains("no store in"), "{out}");
     assert!(!data.exists());
