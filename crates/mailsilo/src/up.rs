@@ -369,6 +369,11 @@ impl portal::Balancers for Lbs {
     }
 }
 
+/// Where the embedded store lives in a data directory.
+pub fn embedded_store(data_dir: &Path) -> std::path::PathBuf {
+    data_dir.join("queue")
+}
+
 /// Opens the store the configuration names: PostgreSQL for a fleet, else the embedded one in
 /// the data directory.
 pub async fn open_store(config: &Config, data_dir: &Path) -> Result<Arc<dyn Store>> {
@@ -379,7 +384,7 @@ pub async fn open_store(config: &Config, data_dir: &Path) -> Result<Arc<dyn Stor
                 .context("opening the store (store.url)")?,
         )),
         None => Ok(Arc::new(
-            Embedded::open(&data_dir.join("queue")).context("opening the embedded store")?,
+            Embedded::open(&embedded_store(data_dir)).context("opening the embedded store")?,
         )),
     }
 }

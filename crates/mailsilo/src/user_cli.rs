@@ -105,7 +105,7 @@ fn hash(password: &str) -> Result<String> {
 /// change a new, empty store.
 async fn open(at: &crate::Where, create: bool) -> Result<std::sync::Arc<dyn Store>> {
     let config = crate::load_config(at.config.as_deref())?;
-    if config.store.url.is_none() && !at.data_dir.join("queue").exists() {
+    if config.store.url.is_none() && !crate::up::embedded_store(&at.data_dir).exists() {
         if !create {
             bail!(
                 "no store in {}: give --data-dir, the data directory `mailsilo up` runs with",
