@@ -319,7 +319,11 @@ pub struct Digest {
     pub confirm: bool,
 }
 
-/// A digest schedule's period: `daily`, `weekly`, a duration of at least an hour, or `off`
+/// The longest digest period: a year (longer ones would overflow the scheduler's clock,
+/// and "off" says never).
+pub const MAX_DIGEST_PERIOD: Duration = Duration::from_secs(366 * 86400);
+
+/// A digest schedule's period: `daily`, `weekly`, a duration of an hour to a year, or `off`
 /// (`None`).
 pub fn digest_period(s: &str) -> Result<Option<Duration>, String> {
     match s.trim() {
@@ -327,6 +331,7 @@ pub fn digest_period(s: &str) -> Result<Option<Duration>, String> {
         "daily" => Ok(Some(Duration::from_secs(86400))),
         "weekly" => Ok(Some(Duration::from_secs(7 * 86400))),
         other => match humantime::parse_duration(other) {
+            Ok(d) if d > MAX_DIGEST_PERIOD => Err(format!("{other:?} is longer than a year")),
             Ok(d) if d >= Duration::from_secs(3600) => Ok(Some(d)),
             Ok(_) => Err(format!("{other:?} is shorter than an hour")),
             Err(_) => Err(format!(
@@ -1218,6 +1223,10 @@ mod tests {
             (
                 "[digest]\nschedule = \"5m\"\n",
                 "digest.schedule: \"5m\" is shorter than an hour",
+            ),
+            (
+                "[digest]\nschedule = \"18446744073709551615s\"\n",
+                "digest.schedule: \"18446744073709551615s\" is longer than a year",
             ),
             ("[digest]\nfrom = \"not an address\"\n", "digest.from"),
             (

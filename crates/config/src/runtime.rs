@@ -165,7 +165,7 @@ impl FilterSettings {
         }
         for (local, lists) in &self.users {
             let local = local.trim().to_ascii_lowercase();
-            if local.is_empty() || local.contains(['@', ' ', '<', '>']) {
+            if !is_local_part(&local) {
                 return Err((
                     "filter.users",
                     format!("{local:?} is not a local part (write \"alice\", not an address)"),
@@ -326,7 +326,7 @@ impl Domain {
                 let mut set = HashSet::new();
                 for r in list {
                     let local = r.trim().to_ascii_lowercase();
-                    if local.is_empty() || local.contains(['@', ' ', '<', '>']) {
+                    if !is_local_part(&local) {
                         return Err((
                             "recipients",
                             format!(
@@ -475,10 +475,30 @@ impl DomainTable {
         });
     }
 }
+/// Whether `s` can be a recipient's local part as the settings name one: not empty, no
+/// `@`, no white space, angle brackets or control characters (a NUL or a line break would
+/// end up in a header or a log line).
+fn is_local_part(s: &str) -> bool {
+    !s.is_empty()
+        && !s
+            .chars()
+            .any(|c| matches!(c, '@' | '<' | '>') || c.is_whitespace() || c.is_control())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::Config;
+
+    #[test]
+    fn local_parts_have_no_addresses_spaces_or_control_characters() {
+        for good in ["alice", "a.b+tag", "\"x\""] {
+            assert!(is_local_part(good), "{good:?}");
+        }
+        for bad in ["", "a@b", "a b", "<a>", "x\r\ny", "x\0", "a\tb"] {
+            assert!(!is_local_part(bad), "{bad:?}");
+        }
+    }
 
     #[test]
     fn settings_round_trip_and_are_checked() {

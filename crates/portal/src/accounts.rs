@@ -64,11 +64,17 @@ fn view(a: &Account) -> AccountView {
     }
 }
 
-/// Whether `who` manages `a`: an operator every account, an admin its organisation's.
+/// Whether `who` manages `a`: an operator every account, an admin its organisation's,
+/// users only while their domain is still the organisation's (a domain the provider moved
+/// to another organisation is out of the old one's hands, its users too).
 fn manages(who: &Principal, a: &Account) -> bool {
     match who.role {
         Role::Operator => true,
-        Role::Admin => who.organisation.is_some() && a.organisation == who.organisation,
+        Role::Admin => {
+            who.organisation.is_some()
+                && a.organisation == who.organisation
+                && (a.role != Role::User || who.sees(&a.name))
+        }
         Role::User => false,
     }
 }

@@ -1,7 +1,9 @@
 //! The audit log: who changed what, when, and the object before and after, for every change
 //! made through the API or the pages (client domains and their policies, servers, held
 //! mail). An operator reads all of it, an organisation's admin its domains' entries, a user
-//! none.
+//! none. An entry keeps only the parts of the object that changed (adding one address to a
+//! user's list records that list, not the domain's every setting), each side cut at
+//! [`MAX_SIDE`] bytes, so the log grows with what changes, not with what exists.
 
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Query, State};
@@ -25,9 +27,13 @@ pub struct Change<'a> {
     pub after: Option<String>,
 }
 
+/// The most one side (before or after) of an entry keeps, in bytes.
+pub const MAX_SIDE: usize = 16 * 1024;
+
 /// Records a change made by `who`. The change is made already: a log that cannot be
 /// written is reported loudly, not turned into a refusal of what was done.
 pub async fn record(c: &Ctx, who: &Principal, change: Change<'_>) {
+    let (before, after) = changed(change.before, change.after);
     let entry = AuditEntry {
         seq: 0,
         at: now(),
@@ -35,12 +41,58 @@ pub async fn record(c: &Ctx, who: &Principal, change: Change<'_>) {
         action: change.action.into(),
         object: change.object.into(),
         domain: change.domain.to_lowercase(),
-        before: change.before,
-        after: change.after,
+        before: before.map(clip),
+        after: after.map(clip),
     };
     if let Err(e) = c.store.audit(entry).await {
         tracing::error!(error = %e, action = change.action, object = change.object, account = %who.account, "the audit log could not be written");
     }
+}
+
+/// The parts of two JSON objects that differ, before and after (members present on one
+/// side only are kept on that side; objects within objects are narrowed the same way).
+/// Anything else is kept whole.
+fn changed(before: Option<String>, after: Option<String>) -> (Option<String>, Option<String>) {
+    use serde_json::{Map, Value};
+    fn narrow(before: &mut Map<String, Value>, after: &mut Map<String, Value>) {
+        let same: Vec<String> = before
+            .iter()
+            .filter(|(k, v)| after.get(*k) == Some(*v))
+            .map(|(k, _)| k.clone())
+            .collect();
+        for k in same {
+            before.remove(&k);
+            after.remove(&k);
+        }
+        for (k, b) in before.iter_mut() {
+            if let (Value::Object(b), Some(Value::Object(a))) = (b, after.get_mut(k)) {
+                narrow(b, a);
+            }
+        }
+    }
+    let parse = |s: &Option<String>| s.as_deref().map(serde_json::from_str::<Value>);
+    match (parse(&before), parse(&after)) {
+        (Some(Ok(Value::Object(mut b))), Some(Ok(Value::Object(mut a)))) => {
+            narrow(&mut b, &mut a);
+            (
+                Some(Value::Object(b).to_string()),
+                Some(Value::Object(a).to_string()),
+            )
+        }
+        _ => (before, after),
+    }
+}
+
+/// `side` cut to [`MAX_SIDE`] bytes, saying how much was left out.
+fn clip(side: String) -> String {
+    if side.len() <= MAX_SIDE {
+        return side;
+    }
+    let mut end = MAX_SIDE;
+    while !side.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}... ({} bytes more)", &side[..end], side.len() - end)
 }
 
 /// `GET /api/v1/audit?before=SEQ&limit=N`.
@@ -86,4 +138,43 @@ pub fn routes() -> Router<Ctx> {
             },
         ),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_entry_keeps_what_changed() {
+        let before =
+            r#"{"action":"tag","lists":{"a@x":{"allow":["p.test"]},"b@x":{"allow":[]}},"n":1}"#;
+        let after = r#"{"action":"tag","lists":{"a@x":{"allow":["p.test","q.test"]},"b@x":{"allow":[]}},"m":2}"#;
+        let (b, a) = changed(Some(before.into()), Some(after.into()));
+        assert_eq!(
+            b.unwrap(),
+            r#"{"lists":{"a@x":{"allow":["p.test"]}},"n":1}"#
+        );
+        assert_eq!(
+            a.unwrap(),
+            r#"{"lists":{"a@x":{"allow":["p.test","q.test"]}},"m":2}"#
+        );
+        // A side alone, or not an object, is kept whole.
+        assert_eq!(
+            changed(None, Some(after.into())),
+            (None, Some(after.into()))
+        );
+        assert_eq!(
+            changed(Some("3".into()), Some("4".into())),
+            (Some("3".into()), Some("4".into()))
+        );
+    }
+
+    #[test]
+    fn a_side_is_cut_at_its_limit() {
+        assert_eq!(clip("short".into()), "short");
+        let long = "é".repeat(MAX_SIDE);
+        let cut = clip(long.clone());
+        assert!(cut.len() < MAX_SIDE + 40, "{}", cut.len());
+        assert!(cut.ends_with(&format!("... ({} bytes more)", long.len() - MAX_SIDE)));
+    }
 }

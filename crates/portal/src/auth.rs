@@ -36,7 +36,7 @@ pub struct Principal {
     pub account: String,
     pub role: Role,
     pub organisation: Option<String>,
-    /// The organisation's domains (lower-case), for an admin.
+    /// The organisation's domains (lower-case), for an admin or a user.
     pub domains: Vec<String>,
     /// The session's CSRF token, when the caller came with a session cookie.
     pub csrf: Option<String>,
@@ -58,15 +58,18 @@ impl Principal {
     }
 
     /// Whether mail for `address` is this caller's to see: an operator's all of it, an
-    /// admin's that of the organisation's domains, a user's that of their own address.
+    /// admin's that of the organisation's domains, a user's that of their own address while
+    /// its domain is the organisation's (a domain the provider moved to another
+    /// organisation takes its mail along).
     pub fn sees(&self, address: &str) -> bool {
         let address = address.trim_matches(['<', '>']).to_ascii_lowercase();
+        let ours = address
+            .rsplit_once('@')
+            .is_some_and(|(_, d)| self.domains.iter().any(|o| *o == d));
         match self.role {
             Role::Operator => true,
-            Role::Admin => address
-                .rsplit_once('@')
-                .is_some_and(|(_, d)| self.domains.iter().any(|o| *o == d)),
-            Role::User => address == self.account.to_ascii_lowercase(),
+            Role::Admin => ours,
+            Role::User => ours && address == self.account.to_ascii_lowercase(),
         }
     }
 }
@@ -99,11 +102,19 @@ pub fn hash_password(password: &str) -> Result<String, String> {
 /// Whether `password` matches `hash` (false for an empty or unreadable hash). Takes the
 /// same time whether or not an account exists: call it with [`DUMMY_HASH`] when none does.
 pub fn verify_password(hash: &str, password: &str) -> bool {
+    let check = |h: &PasswordHash| {
+        Argon2::default()
+            .verify_password(password.as_bytes(), h)
+            .is_ok()
+    };
     match PasswordHash::new(hash) {
-        Ok(h) => Argon2::default()
-            .verify_password(password.as_bytes(), &h)
-            .is_ok(),
-        Err(_) => false,
+        Ok(h) => check(&h),
+        // A disabled account's empty hash takes as long to refuse as a wrong password.
+        Err(_) => {
+            let dummy = PasswordHash::new(DUMMY_HASH).expect("the dummy hash reads");
+            std::hint::black_box(check(&dummy));
+            false
+        }
     }
 }
 
@@ -111,7 +122,8 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
 /// refusal takes does not tell whether it does.
 pub const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$bm8tc3VjaC1hY2NvdW50$8YRnXlZxIaFJ5Nq9Wm0tCmXl0N2Rr1P8mUuA2nS3x1Q";
 
-/// The principal an account stands for, with its organisation's domains.
+/// The principal an account stands for, with its organisation's domains (for an admin or
+/// a user: a user's mail is theirs to see only while their domain is the organisation's).
 pub async fn principal(
     store: &dyn Store,
     account: &str,
@@ -120,7 +132,7 @@ pub async fn principal(
     csrf: Option<String>,
 ) -> Result<Principal, store::Error> {
     let domains = match (&organisation, role) {
-        (Some(o), Role::Admin) => store
+        (Some(o), Role::Admin | Role::User) => store
             .organisations()
             .await?
             .into_iter()
@@ -239,6 +251,18 @@ mod tests {
             PasswordHash::new(DUMMY_HASH).is_ok(),
             "the dummy hash parses"
         );
+        // A disabled account (no hash) is refused no faster than a wrong password.
+        let hash = hash_password("a long password").unwrap();
+        let time = |h: &str| {
+            let start = std::time::Instant::now();
+            assert!(!verify_password(h, "a wrong password"));
+            start.elapsed()
+        };
+        let (wrong, disabled) = (time(&hash), time(""));
+        assert!(
+            disabled * 2 > wrong,
+            "disabled {disabled:?}, wrong {wrong:?}"
+        );
     }
 
     #[test]
@@ -270,6 +294,12 @@ mod tests {
         };
         assert!(user.sees("<ALICE@example.com>"));
         assert!(!user.sees("bob@example.com"));
+        // Once the provider moves the domain to another organisation, its mail goes along.
+        let moved = Principal {
+            domains: vec!["example.org".into()],
+            ..user.clone()
+        };
+        assert!(!moved.sees("alice@example.com"));
         assert!(Principal::control().sees("anyone@anywhere"));
     }
 

@@ -437,13 +437,17 @@ pub struct Sent {
     pub digests: usize,
 }
 
-/// The recipient a link acts as.
+/// The recipient a link acts as (the link is signed for its address, at its domain).
 fn recipient(link: &Link) -> Principal {
     Principal {
         account: link.to.clone(),
         role: Role::User,
         organisation: None,
-        domains: Vec::new(),
+        domains: link
+            .to
+            .rsplit_once('@')
+            .map(|(_, d)| vec![d.to_ascii_lowercase()])
+            .unwrap_or_default(),
         csrf: None,
         session: None,
     }

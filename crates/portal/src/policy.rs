@@ -18,7 +18,7 @@ use store::Role;
 
 use crate::audit::AuditQuery;
 use crate::auth::Principal;
-use crate::web::{error_page, esc, page, token_ok, url};
+use crate::web::{done_param, error_page, esc, page, token_ok, unseal, url};
 use crate::{Ctx, Refused};
 
 /// A domain's settings as the form carries them: text, one list item per line.
@@ -454,9 +454,12 @@ async fn add(c: &Ctx, who: &Principal, f: NewDomainForm) -> Response {
     };
     match crate::settings::set(c, who, &name, &settings).await {
         Ok(d) => Redirect::to(&format!(
-            "/domains/{}?done={}",
+            "/domains/{}?{}",
             url(&d.name),
-            url("Added: every node accepts its mail now. Set its policy below.")
+            done_param(
+                who,
+                "Added: every node accepts its mail now. Set its policy below."
+            )
         ))
         .into_response(),
         Err(e) => {
@@ -478,8 +481,8 @@ async fn remove(c: &Ctx, who: &Principal, name: &str, csrf: &str) -> Response {
     let name = crate::settings::key(name);
     match crate::settings::remove(c, who, &name).await {
         Ok(()) => Redirect::to(&format!(
-            "/domains?done={}",
-            url(&format!(
+            "/domains?{}",
+            done_param(who, &format!(
                 "Removed {name}: no node accepts its mail now; mail queued for it is still delivered."
             ))
         ))
@@ -501,14 +504,7 @@ async fn one_page(c: &Ctx, who: &Principal, name: &str, done: Option<&str>) -> R
             Some(who),
         );
     };
-    let mut body = String::new();
-    if let Some(done) = done {
-        let _ = write!(
-            body,
-            "<p class=\"notice\" role=\"status\">{}</p>",
-            esc(done)
-        );
-    }
+    let mut body = crate::web::notices(done, None);
     body.push_str(&domain_page(who, &name, &DomainForm::of(&d.settings), None));
     if who.role == Role::Operator {
         let _ = write!(
@@ -563,9 +559,9 @@ async fn save(c: &Ctx, who: &Principal, name: &str, form: DomainForm) -> Respons
     });
     match changed.await {
         Ok(_) => Redirect::to(&format!(
-            "/domains/{}?done={}",
+            "/domains/{}?{}",
             url(&name),
-            url("Saved: every node applies it now.")
+            done_param(who, "Saved: every node applies it now.")
         ))
         .into_response(),
         Err(e) => {
@@ -656,7 +652,7 @@ pub fn routes() -> Router<Ctx> {
                 |State(c): State<Ctx>,
                  Extension(who): Extension<Principal>,
                  q: Result<Query<Done>, QueryRejection>| async move {
-                    let done = q.ok().and_then(|Query(d)| d.done);
+                    let done = unseal(&who, q.ok().and_then(|Query(d)| d.done).as_deref());
                     list_page(&c, &who, done.as_deref(), None).await
                 },
             )
@@ -692,7 +688,7 @@ pub fn routes() -> Router<Ctx> {
                  Extension(who): Extension<Principal>,
                  Path(name): Path<String>,
                  q: Result<Query<Done>, QueryRejection>| async move {
-                    let done = q.ok().and_then(|Query(d)| d.done);
+                    let done = unseal(&who, q.ok().and_then(|Query(d)| d.done).as_deref());
                     one_page(&c, &who, &name, done.as_deref()).await
                 },
             )

@@ -146,6 +146,14 @@ pub(crate) async fn change(
             };
         let domain = check(&c.config, &name, &edit(current.as_ref())?).map_err(NotSet::Invalid)?;
         let after = serde_json::to_string(&domain.settings()).expect("settings serialize");
+        // Lists are changed one address at a time: their sum is bounded here, as a whole
+        // domain's settings are by the size of the request that sets them.
+        if after.len() > MAX_SETTINGS_BODY {
+            return Err(NotSet::Invalid(format!(
+                "{name}'s settings would take {} bytes, more than the {MAX_SETTINGS_BODY} allowed: remove entries first",
+                after.len()
+            )));
+        }
         let entry = DomainEntry {
             name: domain.name.clone(),
             settings: after.clone(),

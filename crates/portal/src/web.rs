@@ -207,6 +207,32 @@ pub(crate) fn form_page(title: &str, who: &Principal, body: &str, wrong: bool) -
     r
 }
 
+/// The query parameter that carries a notice of what was done to the page a form's
+/// redirect goes to: its text sealed to the caller's session (an HMAC keyed by the
+/// session's CSRF token), so a link made elsewhere cannot put words on a portal page.
+pub(crate) fn done_param(who: &Principal, text: &str) -> String {
+    format!("done={}", url(&format!("{}.{text}", seal(who, text))))
+}
+
+fn seal(who: &Principal, text: &str) -> String {
+    use hmac::{KeyInit, Mac};
+    let key = who.csrf.as_deref().unwrap_or("");
+    let mut m = hmac::Hmac::<sha2::Sha256>::new_from_slice(key.as_bytes())
+        .expect("HMAC takes any key length");
+    m.update(text.as_bytes());
+    m.finalize().into_bytes()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// The text of a `done` parameter made by [`done_param`] for this session; `None` for
+/// anything else.
+pub(crate) fn unseal(who: &Principal, done: Option<&str>) -> Option<String> {
+    let (mac, text) = done?.split_once('.')?;
+    (who.csrf.is_some() && mac == seal(who, text)).then(|| text.to_string())
+}
+
 /// The paragraphs above a form: what was done, and what was wrong.
 pub(crate) fn notices(done: Option<&str>, wrong: Option<&str>) -> String {
     let mut out = String::new();
@@ -433,12 +459,7 @@ async fn quarantine_page(
     let csrf = esc(who.csrf.as_deref().unwrap_or(""));
     let value = |s: &Option<String>| esc(s.as_deref().unwrap_or(""));
     let mut body = String::new();
-    if let Some(done) = &q.done {
-        body.push_str(&format!(
-            "<p class=\"notice\" role=\"status\">{}</p>",
-            esc(done)
-        ));
-    }
+    body.push_str(&notices(unseal(&who, q.done.as_deref()).as_deref(), None));
     let scope = match who.role {
         Role::Operator => "all held mail".to_string(),
         Role::Admin => format!("mail held for {}", who.domains.join(", ")),
@@ -561,7 +582,7 @@ async fn accounts_page(
     Extension(who): Extension<Principal>,
     q: Result<Query<Notice>, QueryRejection>,
 ) -> Response {
-    let notice = q.ok().and_then(|Query(n)| n.done);
+    let notice = unseal(&who, q.ok().and_then(|Query(n)| n.done).as_deref());
     accounts_body(&c, &who, notice.as_deref(), None).await
 }
 
@@ -660,8 +681,8 @@ async fn account_add(
     };
     match crate::accounts::add(&c, &who, new).await {
         Ok(a) => Redirect::to(&format!(
-            "/accounts?done={}",
-            url(&format!("Added {}.", a.name))
+            "/accounts?{}",
+            done_param(&who, &format!("Added {}.", a.name))
         ))
         .into_response(),
         Err(e) if matches!(e.status.as_u16(), 400 | 409) => {
@@ -691,7 +712,7 @@ async fn account_change(
         _ => return error_page(StatusCode::NOT_FOUND, "No such action.", Some(&who)),
     };
     match done {
-        Ok(m) => Redirect::to(&format!("/accounts?done={}", url(&m))).into_response(),
+        Ok(m) => Redirect::to(&format!("/accounts?{}", done_param(&who, &m))).into_response(),
         Err(e) if matches!(e.status.as_u16(), 400 | 409) => {
             accounts_body(&c, &who, None, Some(&e.message)).await
         }
@@ -718,7 +739,7 @@ async fn organisations_page(
     Extension(who): Extension<Principal>,
     q: Result<Query<Notice>, QueryRejection>,
 ) -> Response {
-    let notice = q.ok().and_then(|Query(n)| n.done);
+    let notice = unseal(&who, q.ok().and_then(|Query(n)| n.done).as_deref());
     organisations_body(&c, &who, notice.as_deref(), None).await
 }
 
@@ -807,8 +828,8 @@ async fn organisation_set(
     };
     match crate::organisations::set(&c, &who, &f.name, change).await {
         Ok(o) => Redirect::to(&format!(
-            "/organisations?done={}",
-            url(&format!("Saved {}.", o.name))
+            "/organisations?{}",
+            done_param(&who, &format!("Saved {}.", o.name))
         ))
         .into_response(),
         Err(e) if e.status.as_u16() == 400 => {
@@ -859,7 +880,7 @@ async fn lists_page(
             &l.address,
             &l.allow.join("\n"),
             &l.block.join("\n"),
-            q.done.as_deref(),
+            unseal(&who, q.done.as_deref()).as_deref(),
             None,
         ),
         Err(e) => error_page(e.status, &e.message, Some(&who)),
@@ -926,9 +947,9 @@ async fn lists_save(
     };
     match crate::lists::set(&c, &who, &f.address, new).await {
         Ok(l) => Redirect::to(&format!(
-            "/lists?address={}&done={}",
+            "/lists?address={}&{}",
             url(&l.address),
-            url("Saved.")
+            done_param(&who, "Saved.")
         ))
         .into_response(),
         Err(e) if e.status == StatusCode::BAD_REQUEST => {
@@ -1285,12 +1306,8 @@ async fn silo_page(
     };
     let csrf = esc(who.csrf.as_deref().unwrap_or(""));
     let mut body = String::new();
-    if let Some(done) = q.ok().and_then(|Query(n)| n.done) {
-        body.push_str(&format!(
-            "<p class=\"notice\" role=\"status\">{}</p>",
-            esc(&done)
-        ));
-    }
+    let done = q.ok().and_then(|Query(n)| n.done);
+    body.push_str(&notices(unseal(&who, done.as_deref()).as_deref(), None));
     let dns = (c.dns)();
     for silo in &c.config.silos {
         // What this node's DNS answers now; a node serving no DNS shows the configuration's.
@@ -1414,8 +1431,8 @@ struct ServerAdd {
 }
 
 /// The silo page again, saying what was done.
-fn silo_done(what: &str) -> Response {
-    Redirect::to(&format!("/silo?done={}", url(what))).into_response()
+fn silo_done(who: &Principal, what: &str) -> Response {
+    Redirect::to(&format!("/silo?{}", done_param(who, what))).into_response()
 }
 
 async fn server_add(
@@ -1448,10 +1465,13 @@ async fn server_add(
     )
     .await
     {
-        Ok(()) => silo_done(&format!(
-            "{cluster}/{}: added at {} with loading {loading}",
-            new.server, new.address
-        )),
+        Ok(()) => silo_done(
+            &who,
+            &format!(
+                "{cluster}/{}: added at {} with loading {loading}",
+                new.server, new.address
+            ),
+        ),
         Err(e) => error_page(e.status, &e.message, Some(&who)),
     }
 }
@@ -1494,14 +1514,15 @@ async fn server_change(
     match done {
         Ok(()) => {
             if what == "remove" {
-                silo_done(&format!(
-                    "{cluster}/{server}: removed; open sessions finish"
-                ))
+                silo_done(
+                    &who,
+                    &format!("{cluster}/{server}: removed; open sessions finish"),
+                )
             } else {
-                silo_done(&format!(
-                    "{cluster}/{server}: {what} set to {}",
-                    f.value.trim()
-                ))
+                silo_done(
+                    &who,
+                    &format!("{cluster}/{server}: {what} set to {}", f.value.trim()),
+                )
             }
         }
         Err(e) => error_page(e.status, &e.message, Some(&who)),
@@ -1542,7 +1563,9 @@ async fn quarantine_action(
         _ => return error_page(StatusCode::NOT_FOUND, "No such action.", Some(&who)),
     };
     match done {
-        Ok(message) => Redirect::to(&format!("/quarantine?done={}", url(&message))).into_response(),
+        Ok(message) => {
+            Redirect::to(&format!("/quarantine?{}", done_param(&who, &message))).into_response()
+        }
         Err(e) => error_page(e.status, &e.message, Some(&who)),
     }
 }
@@ -1568,12 +1591,8 @@ async fn queue_page(
     };
     let csrf = esc(who.csrf.as_deref().unwrap_or(""));
     let mut body = String::new();
-    if let Some(done) = q.ok().and_then(|Query(n)| n.done) {
-        body.push_str(&format!(
-            "<p class=\"notice\" role=\"status\">{}</p>",
-            esc(&done)
-        ));
-    }
+    let done = q.ok().and_then(|Query(n)| n.done);
+    body.push_str(&notices(unseal(&who, done.as_deref()).as_deref(), None));
     body.push_str(&format!(
         "<form method=\"post\" action=\"/queue/flush\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
          <button type=\"submit\">Flush: try every deferred recipient now</button></form>\
@@ -1666,7 +1685,7 @@ async fn queue_action(
         _ => return error_page(StatusCode::NOT_FOUND, "No such action.", Some(&who)),
     };
     match done {
-        Ok(text) => Redirect::to(&format!("/queue?done={}", url(&text))).into_response(),
+        Ok(text) => Redirect::to(&format!("/queue?{}", done_param(&who, &text))).into_response(),
         Err(e) => error_page(StatusCode::SERVICE_UNAVAILABLE, &e.to_string(), Some(&who)),
     }
 }
@@ -1699,8 +1718,8 @@ async fn quarantine_bulk(
         .collect();
     if ids.is_empty() {
         return Redirect::to(&format!(
-            "/quarantine?done={}",
-            url("No message was selected.")
+            "/quarantine?{}",
+            done_param(&who, "No message was selected.")
         ))
         .into_response();
     }
@@ -1711,7 +1730,7 @@ async fn quarantine_bulk(
             for r in results.iter().filter(|r| r.status != 200) {
                 text.push_str(&format!(" {}: {}.", r.id, r.error.as_deref().unwrap_or("")));
             }
-            Redirect::to(&format!("/quarantine?done={}", url(&text))).into_response()
+            Redirect::to(&format!("/quarantine?{}", done_param(&who, &text))).into_response()
         }
         Err(e) => error_page(e.status, &e.message, Some(&who)),
     }
