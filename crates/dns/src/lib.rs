@@ -301,7 +301,11 @@ async fn tcp_session(
                 let mut out = Vec::with_capacity(answer.len() + 2);
                 out.extend_from_slice(&(answer.len() as u16).to_be_bytes());
                 out.extend_from_slice(&answer);
-                stream.write_all(&out).await?;
+                // A client that stops reading its answers gives its place back like one
+                // that stops asking.
+                tokio::time::timeout(TCP_IDLE, stream.write_all(&out))
+                    .await
+                    .map_err(|_| io::Error::from(io::ErrorKind::TimedOut))??;
             }
             None => return Ok(()),
         }
@@ -375,5 +379,64 @@ pub fn prefix(ip: IpAddr, v4: u8, v6: u8) -> IpAddr {
         IpAddr::V6(a) => IpAddr::V6(
             (u128::from(a) & (u128::MAX.checked_shl(128 - u32::from(v6)).unwrap_or(0))).into(),
         ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::str::FromStr;
+
+    use hickory_proto::op::{Message, Query};
+    use hickory_proto::rr::{Name, RecordType};
+
+    use super::*;
+
+    /// A client that sends queries and never reads the answers holds its connection only
+    /// until the answers back up for [`TCP_IDLE`], as one that stops asking does.
+    #[tokio::test]
+    async fn a_tcp_client_that_stops_reading_is_dropped() {
+        let c = config::Config::parse("t.toml", config::DEMO).unwrap();
+        let catalog = Catalog::new(c.dns.as_ref().unwrap(), &c.silos);
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.set_recv_buffer_size(4096).unwrap();
+        let mut client = socket
+            .connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let session =
+            tokio::spawn(async move { tcp_session(server, &catalog, &Metrics::default()).await });
+        let mut m = Message::new();
+        m.add_query(Query::query(
+            Name::from_str("silo1.mailsilo.test.").unwrap(),
+            RecordType::A,
+        ));
+        let query = m.to_vec().unwrap();
+        let mut batch = Vec::new();
+        for _ in 0..1000 {
+            batch.extend((query.len() as u16).to_be_bytes());
+            batch.extend(&query);
+        }
+        // Queries for some 10 MB of answers (more than the sockets' buffers hold), each
+        // write given up once the server stops reading them.
+        let writer = tokio::spawn(async move {
+            for _ in 0..1000 {
+                let write = client.write_all(&batch);
+                if !matches!(
+                    tokio::time::timeout(Duration::from_secs(2), write).await,
+                    Ok(Ok(()))
+                ) {
+                    break;
+                }
+            }
+            client
+        });
+        let ended = tokio::time::timeout(TCP_IDLE * 3, session)
+            .await
+            .expect("the session ends while the client holds its connection")
+            .unwrap();
+        assert_eq!(ended.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        drop(writer.await.unwrap());
     }
 }

@@ -100,7 +100,7 @@ pub struct Slot {
 
 /// The client an address belongs to: an IPv4 address (also IPv4-mapped), or an IPv6
 /// address's /64.
-fn client(ip: IpAddr) -> IpAddr {
+pub fn client(ip: IpAddr) -> IpAddr {
     match ip.to_canonical() {
         IpAddr::V6(v6) => IpAddr::V6(Ipv6Addr::from(u128::from(v6) & !((1u128 << 64) - 1))),
         v4 => v4,

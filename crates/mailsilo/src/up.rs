@@ -532,7 +532,10 @@ pub async fn up(
             stopped.clone(),
         )));
         // Every server of this process shares one bound on message memory.
-        let memory = smtp::data::MemoryBudget::new(config.smtp.max_message_memory);
+        let memory = smtp::data::MemoryBudget::new(
+            config.smtp.max_message_memory,
+            config.smtp.max_message_size,
+        );
         if roles.has("mx", "") {
             for addr in &config.smtp.listen {
                 let listener = bind(*addr, "the mx listener (smtp.listen)")?;

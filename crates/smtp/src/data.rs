@@ -8,10 +8,13 @@
 //!
 //! So is the memory bound: the decoded message is the only copy a session holds, it starts
 //! with the server's Received: header (so nothing is copied to prepend it), and its size is
-//! charged to a [`MemoryBudget`] shared by every session of the process.
+//! charged to a [`MemoryBudget`] shared by every session of the process, of which one client
+//! may hold only a share.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use config::BareNewlines;
 
@@ -29,28 +32,41 @@ pub enum Problem {
     NoMemory,
 }
 
-/// How many octets of message content all sessions together may hold in memory.
+/// How many octets of message content all sessions together may hold in memory, and one
+/// client (an IPv4 address, an IPv6 /64) of them: a client that sends many messages slowly
+/// at once cannot hold off everyone else's mail.
 #[derive(Debug)]
 pub struct MemoryBudget {
     limit: usize,
+    client_limit: usize,
     used: AtomicUsize,
+    clients: Mutex<HashMap<IpAddr, usize>>,
 }
 
 /// The octets one message holds against a [`MemoryBudget`]; given back on drop.
 #[derive(Debug)]
 pub struct Charge {
     budget: Arc<MemoryBudget>,
+    client: IpAddr,
     bytes: usize,
 }
 
-/// Octets charged at a time, so the shared counter is touched once per 64 KiB.
+/// Octets charged at a time, so the shared counters are touched once per 64 KiB.
 const CHARGE_STEP: usize = 64 * 1024;
 
+/// The share of a budget one client may hold (one part in this many).
+const CLIENT_SHARE: usize = 8;
+
 impl MemoryBudget {
-    pub fn new(limit: usize) -> Arc<MemoryBudget> {
+    /// A budget of `limit` octets, of which one client may hold an eighth, or room for one
+    /// message of `max_message` octets if that is more (every client can always send one).
+    pub fn new(limit: usize, max_message: usize) -> Arc<MemoryBudget> {
+        let one_message = max_message.saturating_add(4 * CHARGE_STEP);
         Arc::new(MemoryBudget {
             limit,
+            client_limit: (limit / CLIENT_SHARE).max(one_message).min(limit),
             used: AtomicUsize::new(0),
+            clients: Mutex::default(),
         })
     }
 
@@ -59,36 +75,47 @@ impl MemoryBudget {
         self.used.load(Ordering::Relaxed)
     }
 
-    /// Whether the budget is used up (new transfers are then refused with 452).
-    pub fn exhausted(&self) -> bool {
-        self.used() >= self.limit
+    /// Whether the budget is used up, or `client`'s share of it (new transfers are then
+    /// refused with 452).
+    pub fn exhausted(&self, client: IpAddr) -> bool {
+        self.used() >= self.limit || self.held_by(listen::client(client)) >= self.client_limit
     }
 
-    /// A charge of nothing yet, to grow as content arrives.
-    pub fn charge(self: &Arc<Self>) -> Charge {
+    fn held_by(&self, client: IpAddr) -> usize {
+        let clients = self.clients.lock().expect("memory budget lock");
+        clients.get(&client).copied().unwrap_or(0)
+    }
+
+    /// A charge of nothing yet for a message from `client`, to grow as content arrives.
+    pub fn charge(self: &Arc<Self>, client: IpAddr) -> Charge {
         Charge {
             budget: self.clone(),
+            client: listen::client(client),
             bytes: 0,
         }
     }
 }
 
 impl Charge {
-    /// Grows the charge to cover `total` octets; false (and no change) past the limit.
+    /// Grows the charge to cover `total` octets; false (and no change) past the limit or
+    /// the client's share.
     fn cover(&mut self, total: usize) -> bool {
         if total <= self.bytes {
             return true;
         }
         let more = (total - self.bytes).div_ceil(CHARGE_STEP) * CHARGE_STEP;
-        let limit = self.budget.limit;
-        let ok = self
-            .budget
-            .used
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
-                (u + more <= limit).then_some(u + more)
-            })
-            .is_ok();
+        let budget = &self.budget;
+        let mut clients = budget.clients.lock().expect("memory budget lock");
+        let held = clients.get(&self.client).copied().unwrap_or(0);
+        let ok = held + more <= budget.client_limit
+            && budget
+                .used
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |u| {
+                    (u + more <= budget.limit).then_some(u + more)
+                })
+                .is_ok();
         if ok {
+            clients.insert(self.client, held + more);
             self.bytes += more;
         }
         ok
@@ -97,6 +124,16 @@ impl Charge {
 
 impl Drop for Charge {
     fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        let mut clients = self.budget.clients.lock().expect("memory budget lock");
+        if let Some(held) = clients.get_mut(&self.client) {
+            *held -= self.bytes;
+            if *held == 0 {
+                clients.remove(&self.client);
+            }
+        }
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
@@ -386,7 +423,7 @@ mod tests {
             max_size,
             prefix: Vec::new(),
             expected: None,
-            charge: MemoryBudget::new(1 << 30).charge(),
+            charge: MemoryBudget::new(1 << 30, 1 << 20).charge(CLIENT),
         }
     }
 
@@ -489,12 +526,14 @@ mod tests {
         assert_eq!(msg.unwrap(), b"ab\r\n\r\n");
     }
 
+    const CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 1));
+
     #[test]
     fn memory_is_charged_and_given_back() {
-        let budget = MemoryBudget::new(200 * 1024);
+        let budget = MemoryBudget::new(200 * 1024, 100 * 1024);
         let mut s = start(BareNewlines::Reject, 1 << 20);
         s.prefix = b"Received: x\r\n".to_vec();
-        s.charge = budget.charge();
+        s.charge = budget.charge(CLIENT);
         let mut d = Decoder::data(s);
         let line = [b'x'; 998];
         for _ in 0..100 {
@@ -508,10 +547,10 @@ mod tests {
             "the prefix comes first"
         );
         assert!(budget.used() >= m.len(), "{} < {}", budget.used(), m.len());
-        assert!(!budget.exhausted());
+        assert!(!budget.exhausted(CLIENT));
         // A second message does not fit beside the first: refused as a temporary failure.
         let mut s = start(BareNewlines::Reject, 1 << 20);
-        s.charge = budget.charge();
+        s.charge = budget.charge("192.0.2.2".parse().unwrap());
         let mut d = Decoder::data(s);
         for _ in 0..150 {
             d.feed(&line);
@@ -521,6 +560,39 @@ mod tests {
         assert_eq!(message(d.into_message()), Err(Problem::NoMemory));
         drop(charge);
         assert_eq!(budget.used(), 0, "every charge is given back");
+    }
+
+    #[test]
+    fn one_client_holds_a_share_of_the_memory_and_others_the_rest() {
+        // 8 MiB in all, messages up to 256 KiB: a client may hold 1 MiB.
+        let budget = MemoryBudget::new(8 << 20, 256 << 10);
+        let hog: IpAddr = "2001:db8::1".parse().unwrap();
+        let mut held = Vec::new();
+        for _ in 0..4 {
+            let mut c = budget.charge(hog);
+            assert!(c.cover(256 << 10));
+            held.push(c);
+        }
+        // Its fifth message does not fit, from any address of its /64; it is refused up
+        // front, and mid-transfer.
+        let neighbour: IpAddr = "2001:db8::2".parse().unwrap();
+        assert!(budget.exhausted(neighbour));
+        assert!(!budget.charge(neighbour).cover(1));
+        // Anyone else still has room, and the hog again once it lets go.
+        assert!(!budget.exhausted(CLIENT));
+        assert!(budget.charge(CLIENT).cover(256 << 10));
+        held.pop();
+        assert!(!budget.exhausted(hog));
+        drop(held);
+        assert_eq!(budget.used(), 0);
+        assert!(
+            budget.clients.lock().unwrap().is_empty(),
+            "nothing left behind"
+        );
+        // A client may always send one message of the largest size, however small the
+        // budget's eighth.
+        let small = MemoryBudget::new(1 << 20, 512 << 10);
+        assert!(small.charge(CLIENT).cover(512 << 10));
     }
 
     #[test]

@@ -227,7 +227,7 @@ impl<H: Handler> Server<H> {
         handler: Arc<H>,
     ) -> Server<H> {
         Server {
-            memory: MemoryBudget::new(settings.max_message_memory),
+            memory: MemoryBudget::new(settings.max_message_memory, settings.max_message_size),
             settings,
             tls: tls.map(TlsAcceptor::from),
             handler,
@@ -457,6 +457,10 @@ impl ContentDeadline {
     }
 }
 
+/// Commands that move no mail (NOOP, RSET, VRFY, HELP) a session may send before each
+/// counts as an error (Postfix's `smtpd_junk_command_limit`).
+pub const JUNK_LIMIT: usize = 100;
+
 struct Session<H> {
     server: Arc<Server<H>>,
     conn: Conn,
@@ -467,6 +471,8 @@ struct Session<H> {
     tls: Option<String>,
     tx: Option<Transaction>,
     errors: usize,
+    /// Commands that move no mail (NOOP, RSET, VRFY, HELP) so far.
+    junk: usize,
     /// MAIL was given at least once.
     transacted: bool,
     messages: usize,
@@ -491,6 +497,7 @@ impl<H: Handler> Session<H> {
             tls: None,
             tx: None,
             errors: 0,
+            junk: 0,
             transacted: false,
             messages: 0,
             probe: false,
@@ -672,18 +679,28 @@ impl<H: Handler> Session<H> {
             Command::Data => self.data().await?,
             Command::Bdat { size, last } => return self.bdat(size, last).await,
             Command::Rset => {
+                self.junk();
                 self.tx = None;
                 self.reply(250, "2.0.0 Ok");
             }
-            Command::Noop => self.reply(250, "2.0.0 Ok"),
-            Command::Vrfy => self.reply(
-                252,
-                "2.5.2 Cannot VRFY user, but will accept message and attempt delivery",
-            ),
-            Command::Help => self.reply(
-                214,
-                "2.0.0 See RFC 5321; mailsilo accepts mail for its client domains",
-            ),
+            Command::Noop => {
+                self.junk();
+                self.reply(250, "2.0.0 Ok");
+            }
+            Command::Vrfy => {
+                self.junk();
+                self.reply(
+                    252,
+                    "2.5.2 Cannot VRFY user, but will accept message and attempt delivery",
+                );
+            }
+            Command::Help => {
+                self.junk();
+                self.reply(
+                    214,
+                    "2.0.0 See RFC 5321; mailsilo accepts mail for its client domains",
+                );
+            }
             Command::Quit => {
                 self.reply(221, "2.0.0 Bye");
                 return Ok(Next::Close);
@@ -692,6 +709,16 @@ impl<H: Handler> Session<H> {
             Command::NotImplemented => self.reply(502, "5.5.1 Command not implemented"),
         }
         Ok(Next::Continue)
+    }
+
+    /// Counts a command that moves no mail: past [`JUNK_LIMIT`] of them, each counts as an
+    /// error too (Postfix's `smtpd_junk_command_limit`), so a client cannot hold a session
+    /// open for ever with them.
+    fn junk(&mut self) {
+        self.junk += 1;
+        if self.junk > JUNK_LIMIT {
+            self.errors += 1;
+        }
     }
 
     fn hello(&mut self, host: String, esmtp: bool) {
@@ -840,7 +867,7 @@ impl<H: Handler> Session<H> {
             Some(tx) if tx.recipients.is_empty() => {
                 Err(Reply::new(554, "5.5.1 No valid recipients"))
             }
-            Some(_) if self.server.memory.exhausted() => Err(Reply::new(
+            Some(_) if self.server.memory.exhausted(self.peer.ip()) => Err(Reply::new(
                 452,
                 "4.3.1 Insufficient system resources, try again later",
             )),
@@ -859,7 +886,7 @@ impl<H: Handler> Session<H> {
             max_size: self.settings().max_message_size,
             prefix: received.into_bytes(),
             expected: tx.size,
-            charge: self.server.memory.charge(),
+            charge: self.server.memory.charge(self.peer.ip()),
         };
         let decoder = if dots {
             Decoder::data(start)
@@ -1370,6 +1397,22 @@ mod tests {
         );
         assert_eq!(accepted.len(), 1);
         assert_eq!(accepted[0].envelope.recipients.len(), 100);
+    }
+
+    #[test]
+    fn junk_commands_past_the_limit_count_as_errors() {
+        let mut input = b"EHLO c.example\r\n".to_vec();
+        for _ in 0..200 {
+            input.extend_from_slice(b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\n");
+        }
+        let mut s = settings("");
+        s.max_errors = 5;
+        let (out, _) = run(s, &input);
+        let c = codes(&out);
+        // The greeting and EHLO's reply, 100 junk commands free, 5 counted as errors, 421.
+        assert_eq!(c.len(), 2 + JUNK_LIMIT + 5 + 1, "{out}");
+        assert_eq!(c.last(), Some(&421), "{out}");
+        assert!(out.contains("Too many errors"), "{out}");
     }
 
     #[test]
