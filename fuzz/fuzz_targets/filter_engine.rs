@@ -40,7 +40,13 @@ fuzz_target!(|data: &[u8]| {
     let report = engine().scan(data, &env, &["example.com".to_string()]);
     assert!(report.score.is_finite());
     let d = decide(&report, &mailsilo_config::FilterPolicy::default(), &env);
-    let copy = with_scan_headers(bytes::Bytes::copy_from_slice(data), &report, &d, true, Some("mx.test"));
+    let copy = with_scan_headers(
+        bytes::Bytes::copy_from_slice(data),
+        &report,
+        &d,
+        true,
+        Some("mx.test"),
+    );
     let header_end = data
         .windows(4)
         .position(|w| w == b"\r\n\r\n")

@@ -10,10 +10,16 @@ fuzz_target!(|data: &[u8]| {
         assert!(data.starts_with(&SIGNATURE));
         assert!(used <= data.len() && used <= proxy::MAX_HEADER);
     }
-    let rt = tokio::runtime::Builder::new_current_thread().enable_time().build().unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let mut input = data;
-        if proxy::read(&mut input, std::time::Duration::from_secs(1)).await.is_ok() {
+        if proxy::read(&mut input, std::time::Duration::from_secs(1))
+            .await
+            .is_ok()
+        {
             assert!(data.starts_with(&SIGNATURE));
         }
     });

@@ -28,7 +28,11 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         Ok(Command::Bdat { size, .. }) => {
-            let digits: String = text.chars().skip(4).filter(|c| c.is_ascii_digit()).collect();
+            let digits: String = text
+                .chars()
+                .skip(4)
+                .filter(|c| c.is_ascii_digit())
+                .collect();
             assert_eq!(digits.parse::<u64>().unwrap_or(u64::MAX), size);
         }
         Ok(_) => {}

@@ -14,9 +14,11 @@ fuzz_target!(|data: &[u8]| {
         max_size: 1 << 16,
         prefix: Vec::new(),
         expected: None,
-        charge: MemoryBudget::new(1 << 20).charge(),
+        charge: MemoryBudget::new(1 << 20, 1 << 16).charge(std::net::Ipv4Addr::LOCALHOST.into()),
     });
-    let end = d.feed(&data[..split]).or_else(|| d.feed(&data[split..]).map(|n| n + split));
+    let end = d
+        .feed(&data[..split])
+        .or_else(|| d.feed(&data[split..]).map(|n| n + split));
     if let Some(n) = end {
         assert!(data[..n].ends_with(b"\r\n.\r\n") || n == 3 || data[..n].ends_with(b".\r\n"));
     }
