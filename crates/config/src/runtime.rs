@@ -477,12 +477,17 @@ impl DomainTable {
 }
 /// Whether `s` can be a recipient's local part as the settings name one: not empty, no
 /// `@`, no white space, angle brackets or control characters (a NUL or a line break would
-/// end up in a header or a log line).
+/// end up in a header or a log line), and no invisible formatting characters (a
+/// right-to-left override or a zero-width space would make one name look like another).
 fn is_local_part(s: &str) -> bool {
+    let invisible = |c: char| {
+        matches!(c, '\u{ad}' | '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}'
+            | '\u{2060}'..='\u{2064}' | '\u{2066}'..='\u{2069}' | '\u{feff}')
+    };
     !s.is_empty()
-        && !s
-            .chars()
-            .any(|c| matches!(c, '@' | '<' | '>') || c.is_whitespace() || c.is_control())
+        && !s.chars().any(|c| {
+            matches!(c, '@' | '<' | '>') || c.is_whitespace() || c.is_control() || invisible(c)
+        })
 }
 
 #[cfg(test)]
@@ -495,7 +500,18 @@ mod tests {
         for good in ["alice", "a.b+tag", "\"x\""] {
             assert!(is_local_part(good), "{good:?}");
         }
-        for bad in ["", "a@b", "a b", "<a>", "x\r\ny", "x\0", "a\tb"] {
+        for bad in [
+            "",
+            "a@b",
+            "a b",
+            "<a>",
+            "x\r\ny",
+            "x\0",
+            "a\tb",
+            "a\u{202e}b",
+            "a\u{200b}",
+            "\u{feff}a",
+        ] {
             assert!(!is_local_part(bad), "{bad:?}");
         }
     }

@@ -3096,6 +3096,51 @@ fn organisations_are_managed_in_the_portal() {
     assert_eq!(objects, ["Example Inc.", "Example Inc."]);
 }
 
+/// A user is an address: when the provider moves a domain to another organisation, its
+/// users go with it. The new organisation's admin manages them and they see their mail; the
+/// old admin can no longer list them, reset their passwords or see their mail.
+#[test]
+fn users_follow_a_domain_moved_to_another_organisation() {
+    let g = gateway();
+    let id = hold(&g, &["alice@example.com"], "hold me moved");
+    let operator = login(g.control, "operator", "operator-pass");
+    let move_to = |from: &str, to: &str| {
+        for (org, domains) in [
+            (from, r#"{"domains":[]}"#),
+            (to, r#"{"domains":["example.com"]}"#),
+        ] {
+            let path = format!("/api/v1/organisations/{org}");
+            let (status, body) = operator.json(&g, "PUT", &path, domains);
+            assert_eq!(status, 200, "{path}: {body}");
+        }
+    };
+    move_to("Example%20Inc.", "Example%20Org");
+    let old = login(g.control, "admin@example.com", "admin-pass");
+    let (_, body) = old.get(&g, "/api/v1/accounts");
+    assert!(!body.contains("alice@example.com"), "{body}");
+    let reset = r#"{"password":"taken-over-password"}"#;
+    let path = "/api/v1/accounts/alice@example.com/password";
+    assert_eq!(old.json(&g, "PUT", path, reset).0, 404);
+    assert_eq!(old.get(&g, &format!("/api/v1/quarantine/{id}")).0, 404);
+    let new = login(g.control, "admin@example.org", "org-admin-pass");
+    let (_, body) = new.get(&g, "/api/v1/accounts");
+    assert!(body.contains("alice@example.com"), "{body}");
+    assert_eq!(new.get(&g, &format!("/api/v1/quarantine/{id}")).0, 200);
+    let alice = login(g.control, "alice@example.com", "alice-pass");
+    assert_eq!(alice.get(&g, &format!("/api/v1/quarantine/{id}")).0, 200);
+    assert_eq!(new.json(&g, "PUT", path, reset).0, 204);
+    // While the domain belongs to no organisation, its user sees nothing.
+    let (status, _) = operator.json(
+        &g,
+        "PUT",
+        "/api/v1/organisations/Example%20Org",
+        r#"{"domains":["example.org"]}"#,
+    );
+    assert_eq!(status, 200);
+    let alice = login(g.control, "alice@example.com", "taken-over-password");
+    assert_eq!(alice.get(&g, &format!("/api/v1/quarantine/{id}")).0, 404);
+}
+
 /// An organisation's own digest schedule, set through the API, wins over the default: with
 /// digests off by default, the organisation that asked for daily ones gets one (at the
 /// scheduler's first round after a restart) and the other organisation none.

@@ -64,18 +64,15 @@ fn view(a: &Account) -> AccountView {
     }
 }
 
-/// Whether `who` manages `a`: an operator every account, an admin its organisation's,
-/// users only while their domain is still the organisation's (a domain the provider moved
-/// to another organisation is out of the old one's hands, its users too).
+/// Whether `who` manages `a`: an operator every account; an admin its organisation's
+/// admins and the users at its domains (a user is an address: when the provider moves a
+/// domain to another organisation, its users go with it).
 fn manages(who: &Principal, a: &Account) -> bool {
-    match who.role {
-        Role::Operator => true,
-        Role::Admin => {
-            who.organisation.is_some()
-                && a.organisation == who.organisation
-                && (a.role != Role::User || who.sees(&a.name))
-        }
-        Role::User => false,
+    match (who.role, a.role) {
+        (Role::Operator, _) => true,
+        (Role::Admin, Role::User) => who.sees(&a.name),
+        (Role::Admin, _) => who.organisation.is_some() && a.organisation == who.organisation,
+        (Role::User, _) => false,
     }
 }
 

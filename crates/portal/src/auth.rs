@@ -122,8 +122,10 @@ pub fn verify_password(hash: &str, password: &str) -> bool {
 /// refusal takes does not tell whether it does.
 pub const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$bm8tc3VjaC1hY2NvdW50$8YRnXlZxIaFJ5Nq9Wm0tCmXl0N2Rr1P8mUuA2nS3x1Q";
 
-/// The principal an account stands for, with its organisation's domains (for an admin or
-/// a user: a user's mail is theirs to see only while their domain is the organisation's).
+/// The principal an account stands for, with its organisation's domains. A user is an
+/// address: their organisation is the one their domain belongs to now, so a user follows a
+/// domain the provider moves to another organisation (and sees nothing while it belongs
+/// to none).
 pub async fn principal(
     store: &dyn Store,
     account: &str,
@@ -131,15 +133,27 @@ pub async fn principal(
     organisation: Option<String>,
     csrf: Option<String>,
 ) -> Result<Principal, store::Error> {
-    let domains = match (&organisation, role) {
-        (Some(o), Role::Admin | Role::User) => store
-            .organisations()
-            .await?
-            .into_iter()
-            .find(|x| x.name == *o)
-            .map(|x| x.domains)
-            .unwrap_or_default(),
-        _ => Vec::new(),
+    let (organisation, domains) = match role {
+        Role::Operator => (organisation, Vec::new()),
+        Role::Admin => {
+            let domains = store
+                .organisations()
+                .await?
+                .into_iter()
+                .find(|x| Some(&x.name) == organisation.as_ref())
+                .map(|x| x.domains)
+                .unwrap_or_default();
+            (organisation, domains)
+        }
+        Role::User => {
+            let domain = account.rsplit_once('@').map_or("", |(_, d)| d);
+            store
+                .organisations()
+                .await?
+                .into_iter()
+                .find(|x| x.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)))
+                .map_or((organisation, Vec::new()), |x| (Some(x.name), x.domains))
+        }
     };
     Ok(Principal {
         account: account.to_string(),

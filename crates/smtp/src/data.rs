@@ -122,8 +122,9 @@ impl Charge {
     }
 }
 
-impl Drop for Charge {
-    fn drop(&mut self) {
+impl Charge {
+    /// Gives back everything charged so far.
+    fn release(&mut self) {
         if self.bytes == 0 {
             return;
         }
@@ -135,6 +136,13 @@ impl Drop for Charge {
             }
         }
         self.budget.used.fetch_sub(self.bytes, Ordering::AcqRel);
+        self.bytes = 0;
+    }
+}
+
+impl Drop for Charge {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -198,6 +206,9 @@ impl Decoder {
         out.reserve(expected);
         let mut charge = start.charge;
         let no_memory = !charge.cover(out.len());
+        if no_memory {
+            out = Vec::new();
+        }
         Decoder {
             mode: start.mode,
             dots,
@@ -227,8 +238,12 @@ impl Decoder {
         } else if !self.charge.cover(total) {
             self.no_memory = true;
         } else {
-            self.out.extend_from_slice(bytes);
+            return self.out.extend_from_slice(bytes);
         }
+        // The content is refused whatever follows: its memory goes back at once, so that
+        // other transfers (the same client's too) can finish with it.
+        self.out = Vec::new();
+        self.charge.release();
     }
 
     fn end_line(&mut self, proper: bool) {
@@ -589,6 +604,38 @@ mod tests {
             budget.clients.lock().unwrap().is_empty(),
             "nothing left behind"
         );
+        // Transfers of one client racing for its share: the one that crosses it gives its
+        // memory back at once, so the others finish (not all four refused).
+        let mut racing: Vec<Decoder> = (0..4)
+            .map(|_| {
+                let mut s = start(BareNewlines::Reject, 1 << 20);
+                s.charge = budget.charge(hog);
+                Decoder::data(s)
+            })
+            .collect();
+        let line = [b'x'; 998];
+        for _ in 0..300 {
+            for d in &mut racing {
+                d.feed(&line);
+                d.feed(b"\r\n");
+            }
+        }
+        let ended: Vec<_> = racing
+            .into_iter()
+            .map(|mut d| {
+                assert!(d.feed(b".\r\n").is_some());
+                d.into_message().map(|(m, _)| m.len())
+            })
+            .collect();
+        assert_eq!(
+            ended
+                .iter()
+                .filter(|r| **r == Err(Problem::NoMemory))
+                .count(),
+            1,
+            "{ended:?}"
+        );
+        assert_eq!(budget.used(), 0);
         // A client may always send one message of the largest size, however small the
         // budget's eighth.
         let small = MemoryBudget::new(1 << 20, 512 << 10);

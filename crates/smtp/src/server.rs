@@ -457,8 +457,8 @@ impl ContentDeadline {
     }
 }
 
-/// Commands that move no mail (NOOP, RSET, VRFY, HELP) a session may send before each
-/// counts as an error (Postfix's `smtpd_junk_command_limit`).
+/// Commands that move no mail (NOOP, RSET, VRFY, HELP, and HELO or EHLO again) a session
+/// may send before each counts as an error (Postfix's `smtpd_junk_command_limit`).
 pub const JUNK_LIMIT: usize = 100;
 
 struct Session<H> {
@@ -471,7 +471,7 @@ struct Session<H> {
     tls: Option<String>,
     tx: Option<Transaction>,
     errors: usize,
-    /// Commands that move no mail (NOOP, RSET, VRFY, HELP) so far.
+    /// Commands that move no mail (see [`JUNK_LIMIT`]) so far.
     junk: usize,
     /// MAIL was given at least once.
     transacted: bool,
@@ -722,6 +722,10 @@ impl<H: Handler> Session<H> {
     }
 
     fn hello(&mut self, host: String, esmtp: bool) {
+        // Greeting again (not after STARTTLS, which forgets the first) moves no mail.
+        if self.helo.is_some() {
+            self.junk();
+        }
         self.tx = None;
         self.esmtp = esmtp;
         self.helo = Some(host);
@@ -1404,13 +1408,18 @@ mod tests {
         let mut input = b"EHLO c.example\r\n".to_vec();
         for _ in 0..200 {
             input.extend_from_slice(b"NOOP\r\nRSET\r\nVRFY x\r\nHELP\r\n");
+            // A transaction begun and dropped by greeting again counts too.
+            input.extend_from_slice(b"MAIL FROM:<a@b.example>\r\nRCPT TO:<r@example.com>\r\n");
+            input.extend_from_slice(b"EHLO c.example\r\n");
         }
         let mut s = settings("");
         s.max_errors = 5;
         let (out, _) = run(s, &input);
         let c = codes(&out);
-        // The greeting and EHLO's reply, 100 junk commands free, 5 counted as errors, 421.
-        assert_eq!(c.len(), 2 + JUNK_LIMIT + 5 + 1, "{out}");
+        // Each round: 4 junk commands, MAIL and RCPT, and EHLO (junk): 7 replies, 5 junk.
+        // 100 junk commands are free (20 rounds); the 21st round's 5 count as errors, so
+        // the 421 comes after the greeting, EHLO and 21 rounds.
+        assert_eq!(c.len(), 2 + 21 * 7 + 1, "{out}");
         assert_eq!(c.last(), Some(&421), "{out}");
         assert!(out.contains("Too many errors"), "{out}");
     }
