@@ -162,22 +162,6 @@ fn main() {
             all.extend(scored);
         }
     }
-    if std::env::var("TOPHAM").is_ok() {
-        let mut rules_hits: Vec<(f64, usize)> = ham_rules
-            .iter()
-            .cloned()
-            .zip(0..)
-            .filter(|(r, _)| *r > 0.5)
-            .collect();
-        rules_hits.sort_by(|a, b| b.0.total_cmp(&a.0));
-        for (r, i) in rules_hits.iter().take(30) {
-            println!("ham rules {r:.2} #{i}");
-        }
-        let mut sp: Vec<(f64, usize)> = spam_rules.iter().cloned().zip(0..).collect();
-        sp.sort_by(|a, b| b.0.total_cmp(&a.0));
-        let n = sp.iter().filter(|(r, _)| *r > 0.5).count();
-        println!("spam with rules > 0.5: {n}/{}", sp.len());
-    }
     report(
         "Learning from less: trained on one fold of five, tested on the other four (each in turn):"
             .into(),
