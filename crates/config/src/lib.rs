@@ -1165,6 +1165,38 @@ mod runtime;
 
 pub use runtime::{DomainSettings, DomainTable, FilterSettings, RetrySettings, UserLists};
 
+/// Whether an address is inside the provider's network or no client's host: loopback,
+/// private, shared (100.64/10), link-local, unspecified or "this network" (0/8),
+/// broadcast, multicast, and IPv6 forms that carry such an IPv4 address (mapped,
+/// compatible, NAT64's 64:ff9b::/96).
+pub fn internal_ip(ip: IpAddr) -> bool {
+    use std::net::Ipv4Addr;
+    match ip {
+        IpAddr::V4(a) => {
+            let [first, second, ..] = a.octets();
+            a.is_loopback()
+                || a.is_private()
+                || a.is_link_local()
+                || a.is_broadcast()
+                || a.is_multicast()
+                || first == 0
+                || (first == 100 && second & 0xc0 == 64)
+        }
+        IpAddr::V6(a) => {
+            let s = a.segments();
+            let embedded = Ipv4Addr::from_bits(a.to_bits() as u32);
+            a.is_loopback()
+                || a.is_unspecified()
+                || a.is_multicast()
+                || (s[0] & 0xfe00) == 0xfc00
+                || (s[0] & 0xffc0) == 0xfe80
+                || a.to_ipv4_mapped().is_some_and(|v4| internal_ip(v4.into()))
+                || (s[..6] == [0; 6] && internal_ip(embedded.into()))
+                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && internal_ip(embedded.into()))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -231,38 +231,6 @@ pub(crate) async fn may_set(
     }
 }
 
-/// Whether an address is inside the provider's network or no client's host: loopback,
-/// private, shared (100.64/10), link-local, unspecified or "this network" (0/8),
-/// broadcast, multicast, and IPv6 forms that carry such an IPv4 address (mapped,
-/// compatible, NAT64's 64:ff9b::/96).
-fn internal_ip(ip: std::net::IpAddr) -> bool {
-    use std::net::{IpAddr, Ipv4Addr};
-    match ip {
-        IpAddr::V4(a) => {
-            let [first, second, ..] = a.octets();
-            a.is_loopback()
-                || a.is_private()
-                || a.is_link_local()
-                || a.is_broadcast()
-                || a.is_multicast()
-                || first == 0
-                || (first == 100 && second & 0xc0 == 64)
-        }
-        IpAddr::V6(a) => {
-            let s = a.segments();
-            let embedded = Ipv4Addr::from_bits(a.to_bits() as u32);
-            a.is_loopback()
-                || a.is_unspecified()
-                || a.is_multicast()
-                || (s[0] & 0xfe00) == 0xfc00
-                || (s[0] & 0xffc0) == 0xfe80
-                || a.to_ipv4_mapped().is_some_and(|v4| internal_ip(v4.into()))
-                || (s[..6] == [0; 6] && internal_ip(embedded.into()))
-                || (s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] && internal_ip(embedded.into()))
-        }
-    }
-}
-
 /// Whether a destination leads inside the provider's network: by number, or by a name
 /// that resolves there, or that does not resolve from here (`127.1`, `2130706433` and
 /// `localhost` are names to Rust's parser and addresses to the system's resolver). An
@@ -278,13 +246,13 @@ async fn internal(destination: &str) -> bool {
         .map_or(destination, |(h, _)| h)
         .trim_matches(['[', ']']);
     if let Ok(ip) = host.parse::<std::net::IpAddr>() {
-        return internal_ip(ip);
+        return config::internal_ip(ip);
     }
     let lookup = tokio::net::lookup_host(destination);
     match tokio::time::timeout(std::time::Duration::from_secs(5), lookup).await {
         Ok(Ok(addrs)) => {
             let addrs: Vec<_> = addrs.collect();
-            addrs.is_empty() || addrs.iter().any(|a| internal_ip(a.ip()))
+            addrs.is_empty() || addrs.iter().any(|a| config::internal_ip(a.ip()))
         }
         _ => true,
     }

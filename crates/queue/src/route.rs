@@ -103,13 +103,39 @@ pub async fn resolve(
             if out.is_empty() {
                 return Err(temp(format!("no address for {domain}: {last_error}")));
             }
-            Ok(out)
+            outside(domain, out)
         }
         (Destination::Mx, None) => Err(RouteError {
             permanent: true,
             reason: "no domain to look up".into(),
         }),
     }
+}
+
+/// The addresses of a domain's MX hosts that are outside the provider's network: MX
+/// records are the domain owner's to write (a forged sender's, for a DSN; an admin's, for
+/// a client domain routed by `mx`), and pointing them at loopback or private addresses
+/// would have the gateway deliver into the provider's own services. A next hop inside the
+/// network is configured as `HOST:PORT`. When none is outside, the mail waits (a
+/// temporary failure) until the records change or the operator routes the domain.
+fn outside(
+    domain: &str,
+    addrs: Vec<(SocketAddr, String)>,
+) -> Result<Vec<(SocketAddr, String)>, RouteError> {
+    let total = addrs.len();
+    let out: Vec<_> = addrs
+        .into_iter()
+        .filter(|(a, _)| !config::internal_ip(a.ip()))
+        .collect();
+    if out.is_empty() {
+        return Err(RouteError {
+            permanent: false,
+            reason: format!(
+                "all {total} addresses of {domain}'s mail hosts are inside the provider's network (loopback, private, link-local): not delivered there"
+            ),
+        });
+    }
+    Ok(out)
 }
 
 async fn host_addrs(
@@ -125,4 +151,32 @@ async fn host_addrs(
         .iter()
         .map(|ip| (SocketAddr::new(ip, port), host.to_string()))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mx_hosts_inside_the_network_are_not_delivered_to() {
+        let at = |a: &str| (a.parse::<SocketAddr>().unwrap(), "mx.example".to_string());
+        let mixed = vec![at("127.0.0.1:25"), at("192.0.2.7:25"), at("[fd00::1]:25")];
+        assert_eq!(
+            outside("example.net", mixed).unwrap(),
+            vec![at("192.0.2.7:25")]
+        );
+        for inside in [
+            "10.1.2.3:25",
+            "[::ffff:169.254.169.254]:25",
+            "100.64.0.1:25",
+        ] {
+            let e = outside("example.net", vec![at(inside)]).unwrap_err();
+            assert!(!e.permanent, "{inside}");
+            assert!(
+                e.reason.contains("inside the provider's network"),
+                "{}",
+                e.reason
+            );
+        }
+    }
 }
