@@ -181,6 +181,8 @@ pub const ADDRESS_FAILURES: u32 = 20;
 pub const THROTTLE_WINDOW: Duration = Duration::from_secs(15 * 60);
 /// Password checks at once (argon2 takes 19 MiB and tens of milliseconds each).
 pub const HASHING_AT_ONCE: usize = 4;
+/// How long a login waits for a password check to be free before it is refused (503).
+pub const HASHING_WAIT: Duration = Duration::from_secs(2);
 
 impl Default for Throttle {
     fn default() -> Throttle {
@@ -243,9 +245,14 @@ impl Throttle {
         store.login_succeeded(&account_key, &network_key).await
     }
 
-    /// A permit to check a password, when fewer than [`HASHING_AT_ONCE`] are under way.
-    pub fn hashing(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
-        self.hashing.try_acquire().ok()
+    /// A permit to check a password, once fewer than [`HASHING_AT_ONCE`] are under way;
+    /// `None` after waiting [`HASHING_WAIT`] for one (a burst of logins from many places
+    /// queues for a moment rather than being refused at once).
+    pub async fn hashing(&self) -> Option<tokio::sync::SemaphorePermit<'_>> {
+        tokio::time::timeout(HASHING_WAIT, self.hashing.acquire())
+            .await
+            .ok()?
+            .ok()
     }
 }
 
@@ -356,6 +363,25 @@ mod tests {
         // The window over, alice may try again.
         let later = now + THROTTLE_WINDOW.as_secs() as i64;
         assert_eq!(t.attempt(s, "alice", a, later).await.unwrap(), Ok(()));
-        assert!(t.hashing().is_some());
+        assert!(t.hashing().await.is_some());
+    }
+
+    #[tokio::test]
+    async fn password_checks_wait_their_turn_then_give_up() {
+        let t = Throttle::default();
+        let mut held: Vec<_> = (0..HASHING_AT_ONCE)
+            .map(|_| t.hashing.try_acquire().unwrap())
+            .collect();
+        // A fifth login waits, and gets the first check given back.
+        let give_back = async {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            held.pop();
+        };
+        let (permit, ()) = tokio::join!(t.hashing(), give_back);
+        assert!(permit.is_some());
+        // With every check held, a login gives up after HASHING_WAIT.
+        let start = std::time::Instant::now();
+        assert!(t.hashing().await.is_none());
+        assert!(start.elapsed() >= HASHING_WAIT);
     }
 }

@@ -112,7 +112,7 @@ pub async fn start_session(
         .await
         .map_err(LoginRefused::Store)?
         .map_err(LoginRefused::Throttled)?;
-    let Some(_permit) = throttle.hashing() else {
+    let Some(_permit) = throttle.hashing().await else {
         return Err(LoginRefused::Busy);
     };
     let account = c.store.account(&name).await.map_err(LoginRefused::Store)?;
