@@ -61,6 +61,10 @@ pub fn parse(buf: &[u8]) -> Result<Result<(Proxied, usize), usize>, ProxyError> 
     }
     let header = ppp::v2::Header::try_from(&buf[..total])
         .map_err(|e| ProxyError::Malformed(e.to_string()))?;
+    // Its TLVs too: one whose length runs past the header's end is as malformed as the rest.
+    if let Some(Err(e)) = header.tlvs().find(Result::is_err) {
+        return Err(ProxyError::Malformed(format!("its TLVs: {e}")));
+    }
     let proxied = match (header.command, header.addresses) {
         (ppp::v2::Command::Local, _) => Proxied::Local,
         (ppp::v2::Command::Proxy, ppp::v2::Addresses::IPv4(a)) => {
@@ -183,6 +187,27 @@ mod tests {
             read(&mut &bad[..], t).await,
             Err(ProxyError::Malformed(_))
         ));
+        // A TLV (type, 2-octet length, value) must end within the header.
+        let with_tlv = |tlv: &[u8]| {
+            let mut h = full.clone();
+            let len = u16::from_be_bytes([h[14], h[15]]) + tlv.len() as u16;
+            h[14..16].copy_from_slice(&len.to_be_bytes());
+            h.extend_from_slice(tlv);
+            h
+        };
+        assert_eq!(
+            read(&mut &with_tlv(&[0x04, 0, 1, 0])[..], t).await.unwrap(),
+            Proxied::Client("192.0.2.7:4444".parse().unwrap())
+        );
+        for tlv in [&[0x04, 0xff, 0xff][..], &[0x04, 0, 9, 0], &[0x04, 0]] {
+            assert!(
+                matches!(
+                    read(&mut &with_tlv(tlv)[..], t).await,
+                    Err(ProxyError::Malformed(_))
+                ),
+                "{tlv:?}"
+            );
+        }
     }
 
     proptest! {
