@@ -133,12 +133,14 @@ pub async fn principal(
     organisation: Option<String>,
     csrf: Option<String>,
 ) -> Result<Principal, store::Error> {
+    let organisations = match role {
+        Role::Operator => Vec::new(),
+        Role::Admin | Role::User => store.organisations().await?,
+    };
     let (organisation, domains) = match role {
         Role::Operator => (organisation, Vec::new()),
         Role::Admin => {
-            let domains = store
-                .organisations()
-                .await?
+            let domains = organisations
                 .into_iter()
                 .find(|x| Some(&x.name) == organisation.as_ref())
                 .map(|x| x.domains)
@@ -147,9 +149,7 @@ pub async fn principal(
         }
         Role::User => {
             let domain = account.rsplit_once('@').map_or("", |(_, d)| d);
-            store
-                .organisations()
-                .await?
+            organisations
                 .into_iter()
                 .find(|x| x.domains.iter().any(|d| d.eq_ignore_ascii_case(domain)))
                 .map_or((organisation, Vec::new()), |x| (Some(x.name), x.domains))

@@ -120,9 +120,7 @@ impl Charge {
         }
         ok
     }
-}
 
-impl Charge {
     /// Gives back everything charged so far.
     fn release(&mut self) {
         if self.bytes == 0 {
